@@ -1,0 +1,314 @@
+//! The ini file on disk: loading (missing file = empty document) and atomic, private saving.
+
+use std::fmt;
+use std::fs::{self, DirBuilder, File, OpenOptions, Permissions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use crate::ini::{IniDocument, IniProblem};
+use crate::settings::Config;
+
+/// Files larger than this are refused rather than read into memory.
+pub const MAX_FILE_SIZE: u64 = 64 * 1024 * 1024;
+
+/// A file operation that failed: which path, what was being done, and the system's
+/// reason (e.g. `No space left on device`).
+#[derive(Debug)]
+pub struct FileError {
+    /// The path the failing operation was about.
+    pub path: PathBuf,
+    /// What was being done: "read", "create", "write", "sync", "rename to ...", ...
+    pub action: String,
+    /// The underlying error.
+    pub source: io::Error,
+}
+
+impl FileError {
+    fn new(path: &Path, action: impl Into<String>, source: io::Error) -> Self {
+        FileError {
+            path: path.to_path_buf(),
+            action: action.into(),
+            source,
+        }
+    }
+
+    /// The kind of the underlying error.
+    pub fn kind(&self) -> io::ErrorKind {
+        self.source.kind()
+    }
+}
+
+impl fmt::Display for FileError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}: cannot {}: {}",
+            self.path.display(),
+            self.action,
+            self.source
+        )
+    }
+}
+
+impl std::error::Error for FileError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.source)
+    }
+}
+
+/// Reads a whole file, refusing files over [`MAX_FILE_SIZE`]. `Ok(None)` if it does
+/// not exist.
+pub fn read_file(path: &Path) -> Result<Option<Vec<u8>>, FileError> {
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(FileError::new(path, "open", e)),
+    };
+    let mut bytes = Vec::new();
+    file.take(MAX_FILE_SIZE + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| FileError::new(path, "read", e))?;
+    if bytes.len() as u64 > MAX_FILE_SIZE {
+        return Err(FileError::new(
+            path,
+            "read",
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("file is larger than {MAX_FILE_SIZE} bytes"),
+            ),
+        ));
+    }
+    Ok(Some(bytes))
+}
+
+/// Replaces `path` with `bytes` atomically, readable only by the user (mode 0600):
+/// writes `<path>.tmp-<pid>` in the same folder, syncs it, renames it over `path`
+/// and syncs the folder. Missing parent folders are created with mode 0700. If
+/// `path` is a symbolic link, the file it points to is replaced (the link stays).
+/// On error the old file is left whole and the temporary file is removed.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), FileError> {
+    let target = match fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_symlink() => fs::canonicalize(path).unwrap_or(path.into()),
+        _ => path.to_path_buf(),
+    };
+    let name = target.file_name().ok_or_else(|| {
+        FileError::new(
+            &target,
+            "write",
+            io::Error::new(io::ErrorKind::InvalidInput, "not a file name"),
+        )
+    })?;
+    let dir = match target.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    if !dir.is_dir() {
+        DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|e| FileError::new(&dir, "create folder", e))?;
+    }
+    let mut tmp_name = name.to_os_string();
+    tmp_name.push(format!(".tmp-{}", std::process::id()));
+    let tmp = dir.join(tmp_name);
+
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&tmp)
+        .map_err(|e| FileError::new(&tmp, "create", e))?;
+    let written = (|| {
+        file.write_all(bytes)
+            .map_err(|e| FileError::new(&tmp, "write", e))?;
+        file.set_permissions(Permissions::from_mode(0o600))
+            .map_err(|e| FileError::new(&tmp, "set mode 0600 on", e))?;
+        file.sync_all()
+            .map_err(|e| FileError::new(&tmp, "sync", e))?;
+        drop(file);
+        fs::rename(&tmp, &target)
+            .map_err(|e| FileError::new(&tmp, format!("rename to {}", target.display()), e))
+    })();
+    if let Err(e) = written {
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
+    }
+    let synced = File::open(&dir).and_then(|d| d.sync_all());
+    match synced {
+        // Some file systems cannot sync a folder; the rename itself has happened.
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok(()),
+        Err(e) => Err(FileError::new(&dir, "sync folder", e)),
+        Ok(()) => Ok(()),
+    }
+}
+
+/// An ini file: its path and its document. Change the document with
+/// [`IniFile::doc_mut`] (or [`IniFile::set`]) and [`IniFile::save`] it.
+#[derive(Debug, Clone)]
+pub struct IniFile {
+    path: PathBuf,
+    doc: IniDocument,
+    existed: bool,
+    problems: Vec<IniProblem>,
+}
+
+impl IniFile {
+    /// Reads the file. A missing file gives an empty document
+    /// ([`IniFile::existed`] is false: the caller decides whether to create it).
+    pub fn load(path: impl Into<PathBuf>) -> Result<IniFile, FileError> {
+        let path = path.into();
+        let (doc, problems, existed) = match read_file(&path)? {
+            Some(bytes) => {
+                let (doc, problems) = IniDocument::parse(&bytes);
+                (doc, problems, true)
+            }
+            None => (IniDocument::new(), Vec::new(), false),
+        };
+        Ok(IniFile {
+            path,
+            doc,
+            existed,
+            problems,
+        })
+    }
+
+    /// A file at `path` holding `doc`, not yet saved.
+    pub fn with_document(path: impl Into<PathBuf>, doc: IniDocument) -> IniFile {
+        IniFile {
+            path: path.into(),
+            doc,
+            existed: false,
+            problems: Vec::new(),
+        }
+    }
+
+    /// Reads the file again (e.g. before a change, to keep edits made meanwhile).
+    pub fn reload(&mut self) -> Result<(), FileError> {
+        *self = IniFile::load(self.path.clone())?;
+        Ok(())
+    }
+
+    /// Where the file is.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Whether the file existed when loaded.
+    pub fn existed(&self) -> bool {
+        self.existed
+    }
+
+    /// The document.
+    pub fn doc(&self) -> &IniDocument {
+        &self.doc
+    }
+
+    /// The document, to change it.
+    pub fn doc_mut(&mut self) -> &mut IniDocument {
+        &mut self.doc
+    }
+
+    /// Lines that could not be understood when loading.
+    pub fn problems(&self) -> &[IniProblem] {
+        &self.problems
+    }
+
+    /// Shorthand for `doc_mut().set(...)`.
+    pub fn set(&mut self, section: &str, key: &str, value: &str) -> Result<(), crate::IniError> {
+        self.doc.set(section, key, value)
+    }
+
+    /// The typed view of the document, problems tagged with this file's path.
+    /// Problems about the file as a whole (e.g. its encoding) come first.
+    pub fn config(&self) -> Config {
+        let mut config = Config::from_document(&self.doc, &self.path);
+        let whole_file = self.problems.iter().filter(|p| p.line == 0);
+        let mut problems: Vec<_> = whole_file
+            .map(|p| crate::ConfigProblem {
+                path: self.path.clone(),
+                line: 0,
+                section: String::new(),
+                key: String::new(),
+                value: String::new(),
+                allowed: p.message.clone(),
+                using: None,
+            })
+            .collect();
+        problems.append(&mut config.problems);
+        config.problems = problems;
+        config
+    }
+
+    /// Writes the document atomically with mode 0600 (see [`write_atomic`]).
+    pub fn save(&mut self) -> Result<(), FileError> {
+        write_atomic(&self.path, &self.doc.to_bytes())?;
+        self.existed = true;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_dir(tag: &str) -> PathBuf {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let dir = std::env::temp_dir().join(format!(
+            "microsip-config-unit-{tag}-{}-{nanos}",
+            std::process::id()
+        ));
+        fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn missing_file_is_empty_and_save_creates_private_folders() {
+        let dir = temp_dir("missing");
+        let path = dir.join("a/b/microsip.ini");
+        let mut f = IniFile::load(&path).unwrap();
+        assert!(!f.existed());
+        assert!(f.doc().sections().is_empty());
+        f.set("Settings", "accountId", "0").unwrap();
+        f.save().unwrap();
+        assert!(f.existed());
+        assert_eq!(fs::read(&path).unwrap(), b"[Settings]\naccountId=0\n");
+        let mode = fs::metadata(dir.join("a")).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0);
+        let mode = fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn symlink_target_is_replaced_and_link_kept() {
+        let dir = temp_dir("link");
+        let real = dir.join("real.ini");
+        let link = dir.join("microsip.ini");
+        fs::write(&real, "[S]\nk=1\n").unwrap();
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let mut f = IniFile::load(&link).unwrap();
+        f.set("S", "k", "2").unwrap();
+        f.save().unwrap();
+        assert!(fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        assert_eq!(fs::read_to_string(&real).unwrap(), "[S]\nk=2\n");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn unreadable_path_is_an_error_naming_it() {
+        let dir = temp_dir("dir");
+        let err = IniFile::load(&dir).unwrap_err();
+        assert!(err.to_string().starts_with(&dir.display().to_string()));
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,852 @@
+//! The round-trip INI document: every line kept, values read and changed in place.
+//!
+//! Rules (MicroSIP / Windows profile API compatible):
+//! - a comment is a line whose first non-blank character is `;` or `#`;
+//! - a section header is `[name]` (text after the `]` is ignored);
+//! - a key line is `key=value`: the value is everything after the first `=`, with
+//!   surrounding blanks trimmed — no escapes, no inline comments;
+//! - section and key names are compared case-insensitively and written with the
+//!   spelling they already have;
+//! - anything else is kept verbatim and reported as an [`IniProblem`].
+
+use std::fmt;
+
+/// Which line ending a line had (or new lines get).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LineEnding {
+    /// `\n`
+    Lf,
+    /// `\r\n`
+    CrLf,
+}
+
+impl LineEnding {
+    fn as_str(self) -> &'static str {
+        match self {
+            LineEnding::Lf => "\n",
+            LineEnding::CrLf => "\r\n",
+        }
+    }
+}
+
+/// The encoding the document was read from. Output is always UTF-8.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceEncoding {
+    /// UTF-8 without a byte order mark (also: an empty or new document).
+    Utf8,
+    /// UTF-8 with a byte order mark; the mark is written back.
+    Utf8Bom,
+    /// UTF-16 little endian with a byte order mark (MicroSIP on Windows).
+    Utf16Le,
+    /// UTF-16 big endian with a byte order mark.
+    Utf16Be,
+    /// Not valid UTF-8 and no byte order mark: read as Windows-1252 ("ANSI").
+    Windows1252,
+}
+
+/// A line of the file that could not be understood, or a suspicious one. The line is
+/// kept as it is; the problem only informs.
+#[derive(Clone, PartialEq, Eq)]
+pub struct IniProblem {
+    /// 1-based line number (0: the file as a whole, e.g. its encoding).
+    pub line: usize,
+    /// The section the line is in, if any.
+    pub section: Option<String>,
+    /// The text of the line (without its line ending).
+    pub text: String,
+    /// What is wrong and what happens about it.
+    pub message: String,
+}
+
+/// Replaces text that may hold a password with `***` before it is shown or logged.
+pub(crate) fn redact<'a>(key: &str, text: &'a str) -> &'a str {
+    let secret = |s: &str| s.to_ascii_lowercase().contains("pass");
+    if secret(key) || secret(text) {
+        "***"
+    } else {
+        text
+    }
+}
+
+impl fmt::Display for IniProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "line {}: ", self.line)?;
+        if let Some(s) = &self.section {
+            write!(f, "[{s}] ")?;
+        }
+        if !self.text.is_empty() {
+            write!(f, "\"{}\": ", redact("", &self.text))?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+impl fmt::Debug for IniProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "IniProblem({self})")
+    }
+}
+
+/// Why [`IniDocument::set`] refused a change. Never shows the value (it may be a
+/// password).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IniError {
+    /// The value holds a line break, which would split the line.
+    NewlineInValue { section: String, key: String },
+    /// The value starts or ends with a blank, which would be lost on reading back.
+    BlankAtEdge { section: String, key: String },
+    /// The key is empty, has `=` or a line break, has blanks around it, or starts
+    /// with `;`, `#` or `[`.
+    BadKey { section: String, key: String },
+    /// The section name is empty, has `]` or a line break, or blanks around it.
+    BadSection { section: String },
+}
+
+impl fmt::Display for IniError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            IniError::NewlineInValue { section, key } => {
+                write!(f, "[{section}] {key}: a value cannot contain a line break")
+            }
+            IniError::BlankAtEdge { section, key } => write!(
+                f,
+                "[{section}] {key}: a value cannot start or end with a blank (it would be lost)"
+            ),
+            IniError::BadKey { section, key } => write!(
+                f,
+                "[{section}] {key:?}: not a valid key name (empty, or has '=', a line break, \
+                 blanks around it, or starts with ';', '#' or '[')"
+            ),
+            IniError::BadSection { section } => write!(
+                f,
+                "[{section:?}]: not a valid section name (empty, or has ']', a line break or \
+                 blanks around it)"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for IniError {}
+
+#[derive(Clone, PartialEq, Eq)]
+enum Kind {
+    /// Blank line, comment, or a line that was not understood.
+    Other,
+    Section {
+        name: String,
+    },
+    Entry {
+        key: String,
+        value: String,
+    },
+}
+
+#[derive(Clone, PartialEq, Eq)]
+struct Line {
+    /// The line without its ending, exactly as read (or as generated).
+    text: String,
+    /// `None`: the last line of a file that does not end with a line break.
+    ending: Option<LineEnding>,
+    kind: Kind,
+}
+
+/// An INI file held line by line, so that writing it back changes only what was set.
+#[derive(Clone, PartialEq, Eq)]
+pub struct IniDocument {
+    lines: Vec<Line>,
+    newline: LineEnding,
+    encoding: SourceEncoding,
+}
+
+impl Default for IniDocument {
+    fn default() -> Self {
+        IniDocument::new()
+    }
+}
+
+/// Never prints values: a document holds passwords.
+impl fmt::Debug for IniDocument {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IniDocument")
+            .field("lines", &self.lines.len())
+            .field("sections", &self.sections())
+            .field("newline", &self.newline)
+            .field("encoding", &self.encoding)
+            .finish()
+    }
+}
+
+fn is_blank(c: char) -> bool {
+    c.is_ascii_whitespace()
+}
+
+fn trim(s: &str) -> &str {
+    s.trim_matches(is_blank)
+}
+
+/// Case-insensitive comparison of section and key names.
+pub(crate) fn same_name(a: &str, b: &str) -> bool {
+    if a.is_ascii() && b.is_ascii() {
+        a.eq_ignore_ascii_case(b)
+    } else {
+        a.to_lowercase() == b.to_lowercase()
+    }
+}
+
+/// Windows-1252 code points for bytes 0x80..=0x9F (undefined ones map to the C1
+/// control of the same value, as Windows does).
+const CP1252_HIGH: [u16; 32] = [
+    0x20AC, 0x0081, 0x201A, 0x0192, 0x201E, 0x2026, 0x2020, 0x2021, 0x02C6, 0x2030, 0x0160, 0x2039,
+    0x0152, 0x008D, 0x017D, 0x008F, 0x0090, 0x2018, 0x2019, 0x201C, 0x201D, 0x2022, 0x2013, 0x2014,
+    0x02DC, 0x2122, 0x0161, 0x203A, 0x0153, 0x009D, 0x017E, 0x0178,
+];
+
+fn decode(bytes: &[u8], problems: &mut Vec<IniProblem>) -> (String, SourceEncoding) {
+    let whole_file = |message: String| IniProblem {
+        line: 0,
+        section: None,
+        text: String::new(),
+        message,
+    };
+    let utf16 = |body: &[u8], le: bool, problems: &mut Vec<IniProblem>| {
+        if !body.chunks_exact(2).remainder().is_empty() {
+            problems.push(whole_file(
+                "UTF-16 file has an odd number of bytes; the last byte is ignored".into(),
+            ));
+        }
+        let units: Vec<u16> = body
+            .chunks_exact(2)
+            .map(|p| {
+                if le {
+                    u16::from_le_bytes([p[0], p[1]])
+                } else {
+                    u16::from_be_bytes([p[0], p[1]])
+                }
+            })
+            .collect();
+        match String::from_utf16(&units) {
+            Ok(s) => s,
+            Err(_) => {
+                problems.push(whole_file(
+                    "UTF-16 file has broken characters; they were replaced by U+FFFD".into(),
+                ));
+                String::from_utf16_lossy(&units)
+            }
+        }
+    };
+    if let Some(body) = bytes.strip_prefix(&[0xEF, 0xBB, 0xBF]) {
+        let text = match std::str::from_utf8(body) {
+            Ok(s) => s.to_owned(),
+            Err(e) => {
+                problems.push(whole_file(format!(
+                    "file starts with a UTF-8 mark but is not UTF-8 after byte {}; broken \
+                     characters were replaced by U+FFFD",
+                    e.valid_up_to() + 3
+                )));
+                String::from_utf8_lossy(body).into_owned()
+            }
+        };
+        return (text, SourceEncoding::Utf8Bom);
+    }
+    if let Some(body) = bytes.strip_prefix(&[0xFF, 0xFE]) {
+        return (utf16(body, true, problems), SourceEncoding::Utf16Le);
+    }
+    if let Some(body) = bytes.strip_prefix(&[0xFE, 0xFF]) {
+        return (utf16(body, false, problems), SourceEncoding::Utf16Be);
+    }
+    match std::str::from_utf8(bytes) {
+        Ok(s) => (s.to_owned(), SourceEncoding::Utf8),
+        Err(_) => {
+            problems.push(whole_file(
+                "file is not UTF-8; read as Windows-1252 and will be written back as UTF-8".into(),
+            ));
+            let text = bytes
+                .iter()
+                .map(|&b| match b {
+                    0x80..=0x9F => char::from_u32(u32::from(CP1252_HIGH[usize::from(b - 0x80)]))
+                        .unwrap_or('\u{FFFD}'),
+                    _ => char::from(b),
+                })
+                .collect();
+            (text, SourceEncoding::Windows1252)
+        }
+    }
+}
+
+impl IniDocument {
+    /// An empty document (LF line endings, UTF-8).
+    pub fn new() -> Self {
+        IniDocument {
+            lines: Vec::new(),
+            newline: LineEnding::Lf,
+            encoding: SourceEncoding::Utf8,
+        }
+    }
+
+    /// Reads a document from the bytes of a file. Never fails: what cannot be
+    /// understood is kept verbatim and listed in the returned problems.
+    pub fn parse(bytes: &[u8]) -> (IniDocument, Vec<IniProblem>) {
+        let mut problems = Vec::new();
+        let (text, encoding) = decode(bytes, &mut problems);
+        let mut lines = Vec::new();
+        let (mut crlf, mut lf) = (0usize, 0usize);
+        let mut rest = text.as_str();
+        while !rest.is_empty() {
+            let (line, ending, next) = match rest.find('\n') {
+                Some(i) => {
+                    let (line, ending) = match rest[..i].strip_suffix('\r') {
+                        Some(l) => {
+                            crlf += 1;
+                            (l, LineEnding::CrLf)
+                        }
+                        None => {
+                            lf += 1;
+                            (&rest[..i], LineEnding::Lf)
+                        }
+                    };
+                    (line, Some(ending), &rest[i + 1..])
+                }
+                None => (rest, None, ""),
+            };
+            lines.push(Line {
+                text: line.to_owned(),
+                ending,
+                kind: Kind::Other,
+            });
+            rest = next;
+        }
+        let mut doc = IniDocument {
+            lines,
+            newline: if crlf > lf {
+                LineEnding::CrLf
+            } else {
+                LineEnding::Lf
+            },
+            encoding,
+        };
+        doc.classify(&mut problems);
+        (doc, problems)
+    }
+
+    fn classify(&mut self, problems: &mut Vec<IniProblem>) {
+        let mut section: Option<String> = None;
+        // (section name, key, line number) of keys seen so far, to report duplicates.
+        let mut seen: Vec<(String, String, usize)> = Vec::new();
+        let mut seen_sections: Vec<(String, usize)> = Vec::new();
+        for (i, line) in self.lines.iter_mut().enumerate() {
+            let number = i + 1;
+            let t = trim(&line.text);
+            let mut problem = |message: String, section: &Option<String>| {
+                problems.push(IniProblem {
+                    line: number,
+                    section: section.clone(),
+                    text: line.text.clone(),
+                    message,
+                })
+            };
+            line.kind = Kind::Other;
+            if t.is_empty() || t.starts_with(';') || t.starts_with('#') {
+                continue;
+            }
+            if let Some(inner) = t.strip_prefix('[') {
+                match inner.find(']') {
+                    Some(end) if !trim(&inner[..end]).is_empty() => {
+                        let name = trim(&inner[..end]).to_owned();
+                        if let Some((_, first)) =
+                            seen_sections.iter().find(|(s, _)| same_name(s, &name))
+                        {
+                            problem(
+                                format!(
+                                    "section appears again (first at line {first}); its keys \
+                                     count only where the first one has none"
+                                ),
+                                &None,
+                            );
+                        } else {
+                            seen_sections.push((name.clone(), number));
+                        }
+                        section = Some(name.clone());
+                        line.kind = Kind::Section { name };
+                    }
+                    Some(_) => problem(
+                        "empty section name; the line is kept as it is".into(),
+                        &section,
+                    ),
+                    None => problem(
+                        "section header without ']'; the line is kept as it is".into(),
+                        &section,
+                    ),
+                }
+                continue;
+            }
+            let Some(eq) = t.find('=') else {
+                problem(
+                    "not understood: expected key=value, [Section] or a ';' comment; the line \
+                     is kept as it is"
+                        .into(),
+                    &section,
+                );
+                continue;
+            };
+            let key = trim(&t[..eq]);
+            if key.is_empty() {
+                problem(
+                    "no key name before '='; the line is kept as it is".into(),
+                    &section,
+                );
+                continue;
+            }
+            let Some(sec) = &section else {
+                problem(
+                    "key outside any [Section]; it is ignored and kept as it is".into(),
+                    &section,
+                );
+                continue;
+            };
+            if let Some((_, _, first)) = seen
+                .iter()
+                .find(|(s, k, _)| same_name(s, sec) && same_name(k, key))
+            {
+                problem(
+                    format!("duplicate key; the first one (line {first}) is used"),
+                    &section,
+                );
+            } else {
+                seen.push((sec.clone(), key.to_owned(), number));
+            }
+            line.kind = Kind::Entry {
+                key: key.to_owned(),
+                value: trim(&t[eq + 1..]).to_owned(),
+            };
+        }
+    }
+
+    /// The line ending new lines get (the one most used in the file read; LF for a new
+    /// document).
+    pub fn line_ending(&self) -> LineEnding {
+        self.newline
+    }
+
+    /// The encoding the document was read from (it is always written as UTF-8).
+    pub fn encoding(&self) -> SourceEncoding {
+        self.encoding
+    }
+
+    /// Index ranges `[header, end)` of each block belonging to `section`.
+    fn blocks(&self, section: &str) -> Vec<(usize, usize)> {
+        let mut out = Vec::new();
+        let mut open: Option<usize> = None;
+        for (i, line) in self.lines.iter().enumerate() {
+            if let Kind::Section { name } = &line.kind {
+                if let Some(start) = open.take() {
+                    out.push((start, i));
+                }
+                if same_name(name, section) {
+                    open = Some(i);
+                }
+            }
+        }
+        if let Some(start) = open {
+            out.push((start, self.lines.len()));
+        }
+        out
+    }
+
+    fn find(&self, section: &str, key: &str) -> Option<usize> {
+        self.blocks(section).into_iter().find_map(|(start, end)| {
+            (start + 1..end).find(
+                |&i| matches!(&self.lines[i].kind, Kind::Entry { key: k, .. } if same_name(k, key)),
+            )
+        })
+    }
+
+    /// The value of `key` in `section` (the first one if repeated).
+    pub fn get(&self, section: &str, key: &str) -> Option<&str> {
+        self.get_with_line(section, key).map(|(v, _)| v)
+    }
+
+    /// The value of `key` in `section` and its 1-based line number.
+    pub fn get_with_line(&self, section: &str, key: &str) -> Option<(&str, usize)> {
+        let i = self.find(section, key)?;
+        match &self.lines[i].kind {
+            Kind::Entry { value, .. } => Some((value.as_str(), i + 1)),
+            _ => None,
+        }
+    }
+
+    /// 1-based line number of the (first) header of `section`.
+    pub fn section_line(&self, section: &str) -> Option<usize> {
+        self.blocks(section).first().map(|(start, _)| start + 1)
+    }
+
+    /// Whether the section exists.
+    pub fn has_section(&self, section: &str) -> bool {
+        !self.blocks(section).is_empty()
+    }
+
+    /// Section names in file order, each once, with their first spelling.
+    pub fn sections(&self) -> Vec<&str> {
+        let mut out: Vec<&str> = Vec::new();
+        for line in &self.lines {
+            if let Kind::Section { name } = &line.kind {
+                if !out.iter().any(|s| same_name(s, name)) {
+                    out.push(name);
+                }
+            }
+        }
+        out
+    }
+
+    /// Keys of `section` in file order, each once, with their first spelling.
+    pub fn keys(&self, section: &str) -> Vec<&str> {
+        self.entries(section).into_iter().map(|(k, _)| k).collect()
+    }
+
+    /// `(key, value)` pairs of `section` in file order; a repeated key only once (its
+    /// first value).
+    pub fn entries(&self, section: &str) -> Vec<(&str, &str)> {
+        let mut out: Vec<(&str, &str)> = Vec::new();
+        for (start, end) in self.blocks(section) {
+            for line in &self.lines[start + 1..end] {
+                if let Kind::Entry { key, value } = &line.kind {
+                    if !out.iter().any(|(k, _)| same_name(k, key)) {
+                        out.push((key, value));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Sets `key` in `section`: replaces the value in place if the key exists (other
+    /// lines untouched; nothing changes if the value is the same), otherwise adds
+    /// `key=value` after the last key of the section, creating the section at the end
+    /// of the file if needed.
+    pub fn set(&mut self, section: &str, key: &str, value: &str) -> Result<(), IniError> {
+        check_names(section, key)?;
+        if value.contains(['\n', '\r']) {
+            return Err(IniError::NewlineInValue {
+                section: section.to_owned(),
+                key: key.to_owned(),
+            });
+        }
+        if trim(value) != value {
+            return Err(IniError::BlankAtEdge {
+                section: section.to_owned(),
+                key: key.to_owned(),
+            });
+        }
+        if let Some(i) = self.find(section, key) {
+            let line = &mut self.lines[i];
+            if let Kind::Entry { value: old, .. } = &mut line.kind {
+                if old == value {
+                    return Ok(());
+                }
+                *old = value.to_owned();
+            }
+            // Keep what precedes the value ("key = ") as written.
+            let eq = line.text.find('=').map_or(line.text.len(), |p| p + 1);
+            let after = &line.text[eq..];
+            let lead = after.len() - after.trim_start_matches(is_blank).len();
+            let mut text = line.text[..eq + lead].to_owned();
+            text.push_str(value);
+            line.text = text;
+            return Ok(());
+        }
+        let entry = Line {
+            text: format!("{key}={value}"),
+            ending: Some(self.newline),
+            kind: Kind::Entry {
+                key: key.to_owned(),
+                value: value.to_owned(),
+            },
+        };
+        match self.blocks(section).first() {
+            Some(&(start, end)) => {
+                let last_key = (start + 1..end)
+                    .rev()
+                    .find(|&i| matches!(self.lines[i].kind, Kind::Entry { .. }))
+                    .unwrap_or(start);
+                self.insert(last_key + 1, entry);
+            }
+            None => {
+                let header = Line {
+                    text: format!("[{section}]"),
+                    ending: Some(self.newline),
+                    kind: Kind::Section {
+                        name: section.to_owned(),
+                    },
+                };
+                let at = self.lines.len();
+                self.insert(at, header);
+                self.insert(at + 1, entry);
+            }
+        }
+        Ok(())
+    }
+
+    /// Inserts a line at `at`, giving the line before it a line ending if it had none.
+    fn insert(&mut self, at: usize, line: Line) {
+        if at > 0 {
+            let newline = self.newline;
+            let before = &mut self.lines[at - 1];
+            if before.ending.is_none() {
+                before.ending = Some(newline);
+            }
+        }
+        self.lines.insert(at, line);
+    }
+
+    /// Removes `key` from `section` (every copy of it). Returns whether it was there.
+    pub fn remove(&mut self, section: &str, key: &str) -> bool {
+        let mut removed = false;
+        for (start, end) in self.blocks(section).into_iter().rev() {
+            for i in (start + 1..end).rev() {
+                if matches!(&self.lines[i].kind, Kind::Entry { key: k, .. } if same_name(k, key)) {
+                    self.lines.remove(i);
+                    removed = true;
+                }
+            }
+        }
+        removed
+    }
+
+    /// Removes `section`: its header and every line up to the next section (every copy
+    /// of it). Returns whether it was there.
+    pub fn remove_section(&mut self, section: &str) -> bool {
+        let blocks = self.blocks(section);
+        for &(start, end) in blocks.iter().rev() {
+            self.lines.drain(start..end);
+        }
+        !blocks.is_empty()
+    }
+
+    /// The document as UTF-8 bytes (with the UTF-8 mark only if the file read had one).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        if self.encoding == SourceEncoding::Utf8Bom {
+            out.extend_from_slice(&[0xEF, 0xBB, 0xBF]);
+        }
+        out.extend_from_slice(self.to_string().as_bytes());
+        out
+    }
+}
+
+fn check_names(section: &str, key: &str) -> Result<(), IniError> {
+    let breaks = |s: &str| s.contains(['\n', '\r']);
+    if section.is_empty() || trim(section) != section || section.contains(']') || breaks(section) {
+        return Err(IniError::BadSection {
+            section: section.to_owned(),
+        });
+    }
+    if key.is_empty()
+        || trim(key) != key
+        || key.contains('=')
+        || breaks(key)
+        || key.starts_with([';', '#', '['])
+    {
+        return Err(IniError::BadKey {
+            section: section.to_owned(),
+            key: key.to_owned(),
+        });
+    }
+    Ok(())
+}
+
+/// The text of the document, lines with their own endings.
+impl fmt::Display for IniDocument {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for line in &self.lines {
+            f.write_str(&line.text)?;
+            if let Some(e) = line.ending {
+                f.write_str(e.as_str())?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SAMPLE: &str = "; MicroSIP settings\r\n\
+        \r\n\
+        [Settings]\r\n\
+        accountId=1\r\n\
+        # hash comment\r\n\
+        unknownKey = keep me \r\n\
+        this line is garbage\r\n\
+        \r\n\
+        [Account1]\r\n\
+        server=sip.example.com\r\n\
+        password=p;w#1005\r\n\
+        recordingPath=C:\\x;y\r\n\
+        \r\n\
+        [Mystery]\r\n\
+        x=1\r\n";
+
+    #[test]
+    fn round_trip_is_byte_identical() {
+        let (doc, problems) = IniDocument::parse(SAMPLE.as_bytes());
+        assert_eq!(doc.to_bytes(), SAMPLE.as_bytes());
+        assert_eq!(doc.line_ending(), LineEnding::CrLf);
+        assert_eq!(problems.len(), 1);
+        assert_eq!(problems[0].line, 7);
+        assert_eq!(problems[0].section.as_deref(), Some("Settings"));
+        assert!(problems[0].to_string().starts_with("line 7: [Settings]"));
+    }
+
+    #[test]
+    fn values_are_raw() {
+        let (doc, _) = IniDocument::parse(SAMPLE.as_bytes());
+        assert_eq!(doc.get("account1", "PASSWORD"), Some("p;w#1005"));
+        assert_eq!(doc.get("Account1", "recordingPath"), Some("C:\\x;y"));
+        assert_eq!(doc.get("Settings", "unknownkey"), Some("keep me"));
+        assert_eq!(doc.get("Settings", "missing"), None);
+        assert_eq!(doc.get_with_line("Settings", "accountId"), Some(("1", 4)));
+        assert_eq!(doc.section_line("mystery"), Some(14));
+    }
+
+    #[test]
+    fn set_in_place_changes_one_line() {
+        let (mut doc, _) = IniDocument::parse(SAMPLE.as_bytes());
+        doc.set("settings", "UNKNOWNKEY", "new").unwrap();
+        let expected = SAMPLE.replace("unknownKey = keep me \r\n", "unknownKey = new\r\n");
+        assert_eq!(doc.to_string(), expected);
+        // Same value: nothing changes at all.
+        let (mut doc, _) = IniDocument::parse(SAMPLE.as_bytes());
+        doc.set("Settings", "unknownKey", "keep me").unwrap();
+        assert_eq!(doc.to_string(), SAMPLE);
+    }
+
+    #[test]
+    fn set_appends_after_last_key_and_creates_sections() {
+        let (mut doc, _) = IniDocument::parse(SAMPLE.as_bytes());
+        doc.set("Account1", "domain", "example.com").unwrap();
+        doc.set("New", "a", "b").unwrap();
+        let expected = SAMPLE.replace(
+            "recordingPath=C:\\x;y\r\n",
+            "recordingPath=C:\\x;y\r\ndomain=example.com\r\n",
+        ) + "[New]\r\na=b\r\n";
+        assert_eq!(doc.to_string(), expected);
+        assert_eq!(doc.get("new", "A"), Some("b"));
+    }
+
+    #[test]
+    fn set_into_empty_section_and_file_without_final_newline() {
+        let (mut doc, _) = IniDocument::parse(b"[A]\n[B]\nx=1");
+        doc.set("A", "k", "v").unwrap();
+        doc.set("B", "y", "2").unwrap();
+        assert_eq!(doc.to_string(), "[A]\nk=v\n[B]\nx=1\ny=2\n");
+    }
+
+    #[test]
+    fn set_refuses_bad_input() {
+        let mut doc = IniDocument::new();
+        assert!(matches!(
+            doc.set("S", "k", "a\nb"),
+            Err(IniError::NewlineInValue { .. })
+        ));
+        assert!(matches!(
+            doc.set("S", "k", "a\rb"),
+            Err(IniError::NewlineInValue { .. })
+        ));
+        assert!(matches!(
+            doc.set("S", "k", " a"),
+            Err(IniError::BlankAtEdge { .. })
+        ));
+        assert!(matches!(
+            doc.set("S", "a=b", "1"),
+            Err(IniError::BadKey { .. })
+        ));
+        assert!(matches!(
+            doc.set("S", "", "1"),
+            Err(IniError::BadKey { .. })
+        ));
+        assert!(matches!(
+            doc.set("S]", "k", "1"),
+            Err(IniError::BadSection { .. })
+        ));
+        assert_eq!(doc.to_string(), "");
+        let err = doc.set("Account1", "password", "secret\n").unwrap_err();
+        assert!(!err.to_string().contains("secret"));
+    }
+
+    #[test]
+    fn remove_key_and_section() {
+        let (mut doc, _) = IniDocument::parse(SAMPLE.as_bytes());
+        assert!(doc.remove("Account1", "Password"));
+        assert!(!doc.remove("Account1", "Password"));
+        assert!(doc.remove_section("mystery"));
+        assert!(!doc.remove_section("mystery"));
+        assert_eq!(doc.sections(), vec!["Settings", "Account1"]);
+        assert_eq!(
+            doc.keys("Account1"),
+            vec!["server", "recordingPath"],
+            "{}",
+            doc
+        );
+        assert!(!doc.to_string().contains("password"));
+    }
+
+    #[test]
+    fn duplicates_first_wins_and_are_reported() {
+        let text = "[S]\nk=1\nk=2\n[s]\nk=3\nj=4\n";
+        let (doc, problems) = IniDocument::parse(text.as_bytes());
+        assert_eq!(doc.get("S", "k"), Some("1"));
+        assert_eq!(doc.get("S", "j"), Some("4"));
+        assert_eq!(doc.sections(), vec!["S"]);
+        assert_eq!(doc.entries("S"), vec![("k", "1"), ("j", "4")]);
+        let lines: Vec<usize> = problems.iter().map(|p| p.line).collect();
+        assert_eq!(lines, vec![3, 4, 5]);
+    }
+
+    #[test]
+    fn odd_lines() {
+        let text = "k=outside\n[]\n[Open\n=novalue\n[S] trailing\n  ; indented comment\n";
+        let (doc, problems) = IniDocument::parse(text.as_bytes());
+        assert_eq!(doc.to_string(), text);
+        assert_eq!(problems.len(), 4);
+        assert!(doc.has_section("S"));
+        assert_eq!(doc.keys("S"), Vec::<&str>::new());
+    }
+
+    #[test]
+    fn utf16_le_and_be() {
+        let text = "[Account1]\r\ndisplayName=Zoë\r\n";
+        let mut le = vec![0xFF, 0xFE];
+        let mut be = vec![0xFE, 0xFF];
+        for u in text.encode_utf16() {
+            le.extend_from_slice(&u.to_le_bytes());
+            be.extend_from_slice(&u.to_be_bytes());
+        }
+        for bytes in [le, be] {
+            let (doc, problems) = IniDocument::parse(&bytes);
+            assert!(problems.is_empty());
+            assert_eq!(doc.get("Account1", "displayName"), Some("Zoë"));
+            assert_eq!(doc.to_bytes(), text.as_bytes());
+        }
+    }
+
+    #[test]
+    fn utf8_bom_kept_and_ansi_fallback() {
+        let bytes = b"\xEF\xBB\xBF[S]\nk=v\n";
+        let (doc, _) = IniDocument::parse(bytes);
+        assert_eq!(doc.get("S", "k"), Some("v"));
+        assert_eq!(doc.to_bytes(), bytes);
+        let (doc, problems) = IniDocument::parse(b"[S]\nname=Jos\xe9 \x80\n");
+        assert_eq!(doc.get("S", "name"), Some("José €"));
+        assert_eq!(problems.len(), 1);
+        assert_eq!(doc.encoding(), SourceEncoding::Windows1252);
+    }
+
+    #[test]
+    fn debug_and_problems_hide_passwords() {
+        let (doc, problems) = IniDocument::parse(b"[A]\npassword=hunter2\npassword hunter3\n");
+        assert!(!format!("{doc:?}").contains("hunter"));
+        assert_eq!(problems.len(), 1);
+        assert!(!problems[0].to_string().contains("hunter"));
+        assert!(!format!("{problems:?}").contains("hunter"));
+    }
+}

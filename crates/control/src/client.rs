@@ -1,0 +1,108 @@
+//! The local control socket (client side): what a second `microsip ARGS...` does.
+//! It forwards the argument list exactly (JSON `argv`), prints the reply and turns it
+//! into an exit status. Plain blocking I/O: no runtime to start, so it is quick.
+
+use std::io::{BufRead, BufReader, ErrorKind, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::Value;
+
+/// Exit status: the phone did it.
+pub const EXIT_OK: i32 = 0;
+/// Exit status: the phone refused the command (the reason is on stderr).
+pub const EXIT_REFUSED: i32 = 1;
+/// Exit status: usage error, or no phone to talk to.
+pub const EXIT_NO_PHONE: i32 = 2;
+
+/// How long a reply may take (registration waits for the registrar).
+const REPLY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Connects to a running phone, or `None` when none answers on `path`.
+pub fn connect(path: &Path) -> Option<UnixStream> {
+    match UnixStream::connect(path) {
+        Ok(s) => Some(s),
+        Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::ConnectionRefused) => None,
+        Err(_) => None,
+    }
+}
+
+/// Sends `argv` to the phone on `stream`, prints the answer (stdout for text, stderr
+/// for errors; the raw JSON with `json`), and returns the exit status. `events`
+/// keeps printing the stream until the phone closes it.
+pub fn forward(mut stream: UnixStream, argv: &[String], json: bool) -> i32 {
+    let request = serde_json::json!({ "argv": argv }).to_string();
+    if let Err(e) = stream
+        .write_all(format!("{request}\n").as_bytes())
+        .and_then(|_| stream.flush())
+    {
+        eprintln!("microsip: cannot talk to the phone: {e}");
+        return EXIT_NO_PHONE;
+    }
+    let _ = stream.set_read_timeout(Some(REPLY_TIMEOUT));
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    match reader.read_line(&mut line) {
+        Ok(0) => {
+            eprintln!("microsip: the phone closed the connection without a reply");
+            return EXIT_REFUSED;
+        }
+        Ok(_) => {}
+        Err(e) => {
+            eprintln!("microsip: no reply from the phone: {e}");
+            return EXIT_REFUSED;
+        }
+    }
+    let reply: Value = match serde_json::from_str(line.trim()) {
+        Ok(v) => v,
+        Err(_) => {
+            eprintln!("microsip: unreadable reply from the phone: {}", line.trim());
+            return EXIT_REFUSED;
+        }
+    };
+    let ok = reply.get("ok").and_then(Value::as_bool).unwrap_or(false);
+    let is_stream = ok
+        && argv
+            .first()
+            .is_some_and(|w| w.eq_ignore_ascii_case("events"));
+    if json {
+        println!("{}", line.trim());
+    } else if ok {
+        if !is_stream {
+            let text = reply.get("text").and_then(Value::as_str).unwrap_or("");
+            println!("{text}");
+        }
+    } else {
+        let code = reply.get("code").and_then(Value::as_str).unwrap_or("error");
+        let message = reply.get("error").and_then(Value::as_str).unwrap_or("");
+        eprintln!("microsip: {message} ({code})");
+    }
+    if is_stream {
+        let _ = reader.get_ref().set_read_timeout(None);
+        return copy_stream(reader);
+    }
+    if ok {
+        EXIT_OK
+    } else {
+        EXIT_REFUSED
+    }
+}
+
+fn copy_stream(mut reader: BufReader<UnixStream>) -> i32 {
+    let stdout = std::io::stdout();
+    let mut line = String::new();
+    loop {
+        line.clear();
+        match reader.read_line(&mut line) {
+            Ok(0) => return EXIT_OK,
+            Ok(_) => {
+                let mut out = stdout.lock();
+                if out.write_all(line.as_bytes()).and_then(|_| out.flush()).is_err() {
+                    return EXIT_OK;
+                }
+            }
+            Err(_) => return EXIT_OK,
+        }
+    }
+}

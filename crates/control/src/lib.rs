@@ -1,0 +1,9 @@
+//! The faces of the phone: start options, the local control socket (server and
+//! client), the file locations, and the start-up that turns a process into the phone.
+//! The faces know no SIP and no RTP: they speak only `Command`, `Reply` and `Event`.
+
+pub mod client;
+pub mod options;
+pub mod paths;
+pub mod phone;
+pub mod socket;

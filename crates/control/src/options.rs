@@ -1,0 +1,763 @@
+//! The start options: `microsip [OPTIONS] [COMMAND...]` → [`StartOptions`] plus the command words.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use microsip_engine::command::WindowState;
+
+/// Account settings for this run (`--dn --user --domain --password --proxy --stun`);
+/// they override the ini. `Debug` prints the password as `***`.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct AccountOverrides {
+    pub display_name: Option<String>,
+    pub user: Option<String>,
+    pub domain: Option<String>,
+    pub password: Option<String>,
+    pub proxy: Option<String>,
+    pub stun: Option<String>,
+}
+
+impl AccountOverrides {
+    /// True when no account option was given.
+    pub fn is_empty(&self) -> bool {
+        *self == AccountOverrides::default()
+    }
+}
+
+/// Prints `***` in place of a password.
+struct Redacted;
+
+impl fmt::Debug for Redacted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl fmt::Debug for AccountOverrides {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AccountOverrides")
+            .field("display_name", &self.display_name)
+            .field("user", &self.user)
+            .field("domain", &self.domain)
+            .field("password", &self.password.as_ref().map(|_| Redacted))
+            .field("proxy", &self.proxy)
+            .field("stun", &self.stun)
+            .finish()
+    }
+}
+
+/// Everything given before the command words.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StartOptions {
+    /// `--ini FILE`, `/i:FILE`.
+    pub ini: Option<PathBuf>,
+    /// `--profile NAME`: `[A-Za-z0-9_.-]{1,64}`, not starting with `.`.
+    pub profile: Option<String>,
+    pub account: AccountOverrides,
+    /// `--call TARGET`: dial once registered.
+    pub call: Option<String>,
+    /// `--autoanswer 0|1`.
+    pub autoanswer: Option<bool>,
+    /// `--dialplan RULES`.
+    pub dialplan: Option<String>,
+    /// `--show normal|minimized|hidden`, `/minimized`, `/hide`.
+    pub show: Option<WindowState>,
+    /// `--debug FILE`: SIP trace.
+    pub debug: Option<PathBuf>,
+    /// `--log FILE`: CSV call log.
+    pub log: Option<PathBuf>,
+    /// `--setvolume N`, 0–100.
+    pub setvolume: Option<u8>,
+    /// `--micvolume N`, 0–100.
+    pub micvolume: Option<u8>,
+    /// `--headless` or `--daemon`.
+    pub headless: bool,
+    /// `--json`: replies in JSON.
+    pub json: bool,
+    /// `--help`, `-h`.
+    pub help: bool,
+    /// `--version`, `-V`.
+    pub version: bool,
+}
+
+/// Why the start options are wrong. `Display` is the text for the person; it never
+/// holds a `--password` value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OptionsError {
+    /// `--frobnicate`: the option's name only, never a `=value`.
+    UnknownOption { option: String },
+    /// `--ini` with nothing after it.
+    MissingValue {
+        option: &'static str,
+        what: &'static str,
+    },
+    /// `--setvolume loud`.
+    BadValue {
+        option: &'static str,
+        expected: &'static str,
+        got: String,
+    },
+    /// `--json=1`: a flag given a value.
+    UnexpectedValue { option: &'static str },
+    /// `--profile ../x`.
+    BadProfile { name: String },
+}
+
+impl fmt::Display for OptionsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            OptionsError::UnknownOption { option } => {
+                write!(
+                    f,
+                    "unknown option '{}' (see microsip --help)",
+                    shown(option)
+                )
+            }
+            OptionsError::MissingValue { option, what } => write!(f, "{option} needs {what}"),
+            OptionsError::BadValue {
+                option,
+                expected,
+                got,
+            } => write!(f, "{option} needs {expected}, got '{}'", shown(got)),
+            OptionsError::UnexpectedValue { option } => write!(f, "{option} takes no value"),
+            OptionsError::BadProfile { name } => write!(
+                f,
+                "profile name '{}' is not allowed: use 1-64 letters, digits, '_', '.' or '-', \
+                 not starting with '.'",
+                shown(name)
+            ),
+        }
+    }
+}
+
+impl std::error::Error for OptionsError {}
+
+/// One known option.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Key {
+    Ini,
+    Profile,
+    DisplayName,
+    User,
+    Domain,
+    Password,
+    Proxy,
+    Stun,
+    Call,
+    Autoanswer,
+    Dialplan,
+    Show,
+    Debug,
+    Log,
+    SetVolume,
+    MicVolume,
+    Headless,
+    Json,
+    Help,
+    Version,
+}
+
+impl Key {
+    /// The key and its canonical spelling for a `--name`.
+    fn lookup(name: &str) -> Option<(Key, &'static str)> {
+        Some(match name {
+            "ini" => (Key::Ini, "--ini"),
+            "profile" => (Key::Profile, "--profile"),
+            "dn" => (Key::DisplayName, "--dn"),
+            "user" => (Key::User, "--user"),
+            "domain" => (Key::Domain, "--domain"),
+            "password" => (Key::Password, "--password"),
+            "proxy" => (Key::Proxy, "--proxy"),
+            "stun" => (Key::Stun, "--stun"),
+            "call" => (Key::Call, "--call"),
+            "autoanswer" => (Key::Autoanswer, "--autoanswer"),
+            "dialplan" => (Key::Dialplan, "--dialplan"),
+            "show" => (Key::Show, "--show"),
+            "debug" => (Key::Debug, "--debug"),
+            "log" => (Key::Log, "--log"),
+            "setvolume" => (Key::SetVolume, "--setvolume"),
+            "micvolume" => (Key::MicVolume, "--micvolume"),
+            "headless" => (Key::Headless, "--headless"),
+            "daemon" => (Key::Headless, "--daemon"),
+            "json" => (Key::Json, "--json"),
+            "help" => (Key::Help, "--help"),
+            "version" => (Key::Version, "--version"),
+            _ => return None,
+        })
+    }
+
+    /// What the value is, for "needs ..." messages; `None` for flags.
+    fn value_kind(self) -> Option<&'static str> {
+        match self {
+            Key::Ini | Key::Debug | Key::Log => Some("a file name"),
+            Key::Profile => Some("a name"),
+            Key::DisplayName | Key::User | Key::Domain | Key::Password | Key::Proxy | Key::Stun => {
+                Some("a value")
+            }
+            Key::Call => Some("a target"),
+            Key::Autoanswer => Some("0 or 1"),
+            Key::Dialplan => Some("rules"),
+            Key::Show => Some("normal, minimized or hidden"),
+            Key::SetVolume | Key::MicVolume => Some("a number 0-100"),
+            Key::Headless | Key::Json | Key::Help | Key::Version => None,
+        }
+    }
+
+    /// Account settings may be set to an empty string (`--proxy=` clears it).
+    fn allows_empty(self) -> bool {
+        matches!(
+            self,
+            Key::DisplayName | Key::User | Key::Domain | Key::Password | Key::Proxy | Key::Stun
+        )
+    }
+}
+
+/// Parse the arguments after the program name. Options come first; the first word
+/// that is not an option starts the command, and every word from there on is a
+/// command word (`microsip message 100 --not-an-option`). `--` ends the options.
+/// `/minimized` and `/hide` are start options when no command word follows them, and
+/// commands otherwise; other `/x` words (`/answer`, `/exit`) are commands; `/i:FILE`
+/// is an option. When an option is given twice, the last one wins.
+pub fn parse_start(args: &[String]) -> Result<(StartOptions, Vec<String>), OptionsError> {
+    let mut options = StartOptions::default();
+    let mut i = 0;
+    while i < args.len() {
+        let arg = &args[i];
+        if arg == "--" {
+            return Ok((options, args[i + 1..].to_vec()));
+        }
+        if let Some(body) = arg.strip_prefix("--") {
+            let (name, inline) = match body.split_once('=') {
+                Some((name, value)) => (name, Some(value)),
+                None => (body, None),
+            };
+            let Some((key, spelling)) = Key::lookup(name) else {
+                return Err(OptionsError::UnknownOption {
+                    option: format!("--{name}"),
+                });
+            };
+            match key.value_kind() {
+                None if inline.is_some() => {
+                    return Err(OptionsError::UnexpectedValue { option: spelling })
+                }
+                None => set_flag(&mut options, key),
+                Some(what) => {
+                    let value = match inline {
+                        Some(value) => value,
+                        None => {
+                            i += 1;
+                            match args.get(i) {
+                                // A password may look like anything; other values may
+                                // not look like the next option.
+                                Some(value) if key == Key::Password || !value.starts_with("--") => {
+                                    value.as_str()
+                                }
+                                _ => {
+                                    return Err(OptionsError::MissingValue {
+                                        option: spelling,
+                                        what,
+                                    })
+                                }
+                            }
+                        }
+                    };
+                    if value.is_empty() && !key.allows_empty() {
+                        return Err(OptionsError::MissingValue {
+                            option: spelling,
+                            what,
+                        });
+                    }
+                    set_value(&mut options, key, spelling, value)?;
+                }
+            }
+            i += 1;
+            continue;
+        }
+        match arg.as_str() {
+            "-h" => options.help = true,
+            "-V" => options.version = true,
+            _ if arg.starts_with('-') && arg.len() > 1 => {
+                let name = arg.split_once('=').map_or(arg.as_str(), |(name, _)| name);
+                return Err(OptionsError::UnknownOption {
+                    option: name.to_string(),
+                });
+            }
+            _ => {
+                let lower = arg.to_ascii_lowercase();
+                if lower.starts_with("/i:") {
+                    let file = &arg[3..];
+                    if file.is_empty() {
+                        return Err(OptionsError::MissingValue {
+                            option: "/i:",
+                            what: "a file name",
+                        });
+                    }
+                    options.ini = Some(PathBuf::from(file));
+                } else if lower == "/minimized" || lower == "/hide" {
+                    // A start option only when no command word follows.
+                    let (_, command) = parse_start(&args[i + 1..])?;
+                    if !command.is_empty() {
+                        return Ok((options, args[i..].to_vec()));
+                    }
+                    options.show = Some(if lower == "/hide" {
+                        WindowState::Hidden
+                    } else {
+                        WindowState::Minimized
+                    });
+                } else {
+                    return Ok((options, args[i..].to_vec()));
+                }
+            }
+        }
+        i += 1;
+    }
+    Ok((options, Vec::new()))
+}
+
+fn set_flag(options: &mut StartOptions, key: Key) {
+    match key {
+        Key::Headless => options.headless = true,
+        Key::Json => options.json = true,
+        Key::Help => options.help = true,
+        Key::Version => options.version = true,
+        _ => {}
+    }
+}
+
+fn set_value(
+    options: &mut StartOptions,
+    key: Key,
+    spelling: &'static str,
+    value: &str,
+) -> Result<(), OptionsError> {
+    let bad = |expected: &'static str| OptionsError::BadValue {
+        option: spelling,
+        expected,
+        got: value.to_string(),
+    };
+    let text = Some(value.to_string());
+    match key {
+        Key::Ini => options.ini = Some(PathBuf::from(value)),
+        Key::Debug => options.debug = Some(PathBuf::from(value)),
+        Key::Log => options.log = Some(PathBuf::from(value)),
+        Key::Profile => {
+            if !is_profile_name(value) {
+                return Err(OptionsError::BadProfile {
+                    name: value.to_string(),
+                });
+            }
+            options.profile = text;
+        }
+        Key::DisplayName => options.account.display_name = text,
+        Key::User => options.account.user = text,
+        Key::Domain => options.account.domain = text,
+        Key::Password => options.account.password = text,
+        Key::Proxy => options.account.proxy = text,
+        Key::Stun => options.account.stun = text,
+        Key::Call => options.call = text,
+        Key::Dialplan => options.dialplan = text,
+        Key::Autoanswer => {
+            options.autoanswer = Some(match value.to_ascii_lowercase().as_str() {
+                "1" | "on" => true,
+                "0" | "off" => false,
+                _ => return Err(bad("0 or 1")),
+            })
+        }
+        Key::Show => {
+            options.show = Some(match value.to_ascii_lowercase().as_str() {
+                "normal" => WindowState::Normal,
+                "minimized" => WindowState::Minimized,
+                "hidden" => WindowState::Hidden,
+                _ => return Err(bad("normal, minimized or hidden")),
+            })
+        }
+        Key::SetVolume | Key::MicVolume => {
+            let level = match value.parse::<u8>() {
+                Ok(level) if level <= 100 && value.bytes().all(|b| b.is_ascii_digit()) => level,
+                _ => return Err(bad("a number 0-100")),
+            };
+            if key == Key::SetVolume {
+                options.setvolume = Some(level);
+            } else {
+                options.micvolume = Some(level);
+            }
+        }
+        Key::Headless | Key::Json | Key::Help | Key::Version => set_flag(options, key),
+    }
+    Ok(())
+}
+
+/// `[A-Za-z0-9_.-]{1,64}`, not starting with `.`: it becomes a socket file name.
+fn is_profile_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+}
+
+/// A value as an error shows it: at most 40 characters, controls escaped.
+fn shown(text: &str) -> String {
+    let mut out = String::new();
+    for (count, c) in text.chars().enumerate() {
+        if count == 40 {
+            out.push_str("...");
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The `--help` text: the options and the commands in short.
+pub fn usage() -> &'static str {
+    "\
+Usage: microsip [OPTIONS] [COMMAND...]
+
+The first microsip to start becomes the phone. A later `microsip COMMAND...` sends
+the command to the running phone, prints the reply and exits with its status.
+
+Options (before the command; `--name=value` works too; `--` ends the options):
+  --ini FILE, /i:FILE       the ini file to use
+  --profile NAME            a named instance with its own socket ([A-Za-z0-9_.-])
+  --dn NAME                 account display name for this run
+  --user USER               account user for this run
+  --domain DOMAIN           account domain (SIP server) for this run
+  --password PASSWORD       account password for this run (not written to the ini)
+  --proxy PROXY             account outbound proxy for this run
+  --stun SERVER             STUN server for this run
+  --call TARGET             dial TARGET once registered
+  --autoanswer 0|1          auto-answer incoming calls
+  --dialplan RULES          dial plan (x . <match:replace>, rules split by |)
+  --show normal|minimized|hidden, /minimized, /hide
+                            window state
+  --debug FILE              write a SIP trace to FILE
+  --log FILE                append one CSV row per finished call to FILE
+  --setvolume N             initial speaker volume, 0-100
+  --micvolume N             initial microphone level, 0-100
+  --headless, --daemon      run with no window
+  --json                    print replies as JSON
+  -h, --help                print this help
+  -V, --version             print the version
+
+Commands (case-insensitive; MicroSIP's DDE, /x: and msip: spellings work too):
+  dial TARGET [ACCOUNT]     call (an active call is held first); also a bare number,
+                            sip:, sips:, tel:, callto:, dial:, dialpad:, msip:NUMBER
+  callto TARGET [ACCOUNT]   call without holding the active call
+  NUMBER TEXT...            send TEXT as a SIP MESSAGE
+  message TARGET TEXT...    send a SIP MESSAGE
+  answer [ID]               answer a ringing call (/answer, msip:answer)
+  reject [ID] [CODE]        reject ringing calls (486; decline = 603) (/hangupincoming)
+  hangup [ID]               end the active call
+  hangupall                 end every call but ringing incoming ones
+  hangupcalling             cancel unanswered outgoing calls
+  hold [ID] [on|off]        toggle or set hold (msip:hold)
+  transfer TARGET [ID]      blind transfer (/transfer:N, msip:transfer_N)
+  dtmf DIGITS [ID]          send 0-9 * # A-D, ',' = pause (SendDTMF, /dtmf:D)
+  mute [on|off|1|0]         microphone mute (msip:micmute, micunmute, micmuteclick)
+  speakermute [on|off]      speaker mute (msip:speakmute, ...)
+  volumeup|volumedown [N]   speaker volume by N steps 1-10 (msip:speakup, speakdown)
+  micup|micdown [N]         microphone level by N steps (msip:micup, micdown)
+  setvolume N               speaker volume 0-100 (VOLUME)
+  setmicvolume N            microphone level 0-100
+  setdevice input|output|ring DEVICE
+                            switch an audio device
+  devices                   list audio devices
+  status                    call status (STATUS: 0 idle, 1 ringing, 2 active,
+                            3 hold, 4 disconnected)
+  activecall                remote URI of the active call
+  calls                     every call
+  history                   the call history
+  account N [/password:P]   switch account, or store its password (/account:N)
+  register [N], unregister [N]
+  show [normal|minimized|hidden], minimize, /hide, /minimized
+  events [FILTER]           stream events
+  exit                      hang up, unregister and exit (Close, QUIT, /exit)
+"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn words(line: &str) -> Vec<String> {
+        line.split_whitespace().map(str::to_string).collect()
+    }
+
+    fn parse(line: &str) -> Result<(StartOptions, Vec<String>), OptionsError> {
+        parse_start(&words(line))
+    }
+
+    fn options(line: &str) -> StartOptions {
+        let (options, command) = parse(line).unwrap();
+        assert!(command.is_empty(), "{line}: command {command:?}");
+        options
+    }
+
+    fn error(line: &str) -> String {
+        parse(line).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn nothing_given() {
+        assert_eq!(parse("").unwrap(), (StartOptions::default(), vec![]));
+    }
+
+    #[test]
+    fn every_value_option_in_both_spellings() {
+        for form in [
+            "--ini /tmp/a.ini",
+            "--ini=/tmp/a.ini",
+            "/i:/tmp/a.ini",
+            "/I:/tmp/a.ini",
+        ] {
+            assert_eq!(
+                options(form).ini,
+                Some(PathBuf::from("/tmp/a.ini")),
+                "{form}"
+            );
+        }
+        for form in ["--profile work", "--profile=work"] {
+            assert_eq!(options(form).profile.as_deref(), Some("work"));
+        }
+        let account = |line: &str| options(line).account;
+        for sep in [" ", "="] {
+            let a = account(&format!(
+                "--dn{sep}Alice --user{sep}1001 --domain{sep}pbx.example --password{sep}pw \
+                 --proxy{sep}sip:proxy --stun{sep}stun.example"
+            ));
+            assert_eq!(a.display_name.as_deref(), Some("Alice"));
+            assert_eq!(a.user.as_deref(), Some("1001"));
+            assert_eq!(a.domain.as_deref(), Some("pbx.example"));
+            assert_eq!(a.password.as_deref(), Some("pw"));
+            assert_eq!(a.proxy.as_deref(), Some("sip:proxy"));
+            assert_eq!(a.stun.as_deref(), Some("stun.example"));
+            assert!(!a.is_empty());
+
+            let o = options(&format!(
+                "--call{sep}123 --autoanswer{sep}1 --dialplan{sep}<0:>x. --show{sep}hidden \
+                 --debug{sep}/tmp/t --log{sep}/tmp/l.csv --setvolume{sep}40 --micvolume{sep}100"
+            ));
+            assert_eq!(o.call.as_deref(), Some("123"));
+            assert_eq!(o.autoanswer, Some(true));
+            assert_eq!(o.dialplan.as_deref(), Some("<0:>x."));
+            assert_eq!(o.show, Some(WindowState::Hidden));
+            assert_eq!(o.debug, Some(PathBuf::from("/tmp/t")));
+            assert_eq!(o.log, Some(PathBuf::from("/tmp/l.csv")));
+            assert_eq!(o.setvolume, Some(40));
+            assert_eq!(o.micvolume, Some(100));
+        }
+        assert_eq!(options("--autoanswer 0").autoanswer, Some(false));
+        assert_eq!(options("--show normal").show, Some(WindowState::Normal));
+        assert_eq!(
+            options("--show Minimized").show,
+            Some(WindowState::Minimized)
+        );
+        assert_eq!(options("--setvolume 0").setvolume, Some(0));
+        // An account value may be empty (`--proxy=` clears it) and may start with '-'.
+        assert_eq!(account("--proxy=").proxy.as_deref(), Some(""));
+        assert_eq!(account("--password --x").password.as_deref(), Some("--x"));
+        assert_eq!(account("--dn -x").display_name.as_deref(), Some("-x"));
+        // A value may contain '='.
+        assert_eq!(
+            options("--dialplan=<1:=>").dialplan.as_deref(),
+            Some("<1:=>")
+        );
+        // The last one wins.
+        assert_eq!(options("--setvolume 1 --setvolume 2").setvolume, Some(2));
+    }
+
+    #[test]
+    fn every_flag() {
+        assert!(options("--headless").headless);
+        assert!(options("--daemon").headless);
+        assert!(options("--json").json);
+        assert!(options("--help").help);
+        assert!(options("-h").help);
+        assert!(options("--version").version);
+        assert!(options("-V").version);
+        let all = options("--headless --json -h -V");
+        assert!(all.headless && all.json && all.help && all.version);
+        assert_eq!(options("/minimized").show, Some(WindowState::Minimized));
+        assert_eq!(options("/MINIMIZED").show, Some(WindowState::Minimized));
+        assert_eq!(options("/hide").show, Some(WindowState::Hidden));
+        let o = options("/hide --ini x.ini --json");
+        assert_eq!(o.show, Some(WindowState::Hidden));
+        assert_eq!(o.ini, Some(PathBuf::from("x.ini")));
+        assert!(o.json);
+    }
+
+    #[test]
+    fn the_command_split() {
+        let (o, command) = parse("--profile p --json message 100 --not-an-option").unwrap();
+        assert_eq!(o.profile.as_deref(), Some("p"));
+        assert!(o.json);
+        assert_eq!(command, words("message 100 --not-an-option"));
+
+        for line in [
+            "/answer",
+            "/exit",
+            "/account:2 /password:x",
+            "123",
+            "msip:hangupall",
+        ] {
+            let (o, command) = parse(line).unwrap();
+            assert_eq!(o, StartOptions::default(), "{line}");
+            assert_eq!(command, words(line));
+        }
+        let (o, command) = parse("/i:a.ini /transfer:200").unwrap();
+        assert_eq!(o.ini, Some(PathBuf::from("a.ini")));
+        assert_eq!(command, ["/transfer:200"]);
+
+        // `/hide` with command words after it is a command word itself.
+        let (o, command) = parse("--json /hide 123").unwrap();
+        assert!(o.json);
+        assert_eq!(o.show, None);
+        assert_eq!(command, ["/hide", "123"]);
+        let (o, command) = parse("/minimized --json dial 1").unwrap();
+        assert!(!o.json);
+        assert_eq!(command, words("/minimized --json dial 1"));
+
+        // `--` ends the options.
+        let (o, command) = parse("--json -- --help").unwrap();
+        assert!(o.json && !o.help);
+        assert_eq!(command, ["--help"]);
+        assert_eq!(parse("--").unwrap().1, Vec::<String>::new());
+
+        // Options after the command are command words.
+        let (o, command) = parse("status --json").unwrap();
+        assert!(!o.json);
+        assert_eq!(command, ["status", "--json"]);
+    }
+
+    #[test]
+    fn errors() {
+        assert_eq!(
+            error("--frobnicate"),
+            "unknown option '--frobnicate' (see microsip --help)"
+        );
+        assert_eq!(
+            error("--frob=1"),
+            "unknown option '--frob' (see microsip --help)"
+        );
+        assert_eq!(error("-x"), "unknown option '-x' (see microsip --help)");
+        assert_eq!(error("-v"), "unknown option '-v' (see microsip --help)");
+        assert_eq!(
+            error("--INI a"),
+            "unknown option '--INI' (see microsip --help)"
+        );
+        assert_eq!(
+            error("--setvolume loud"),
+            "--setvolume needs a number 0-100, got 'loud'"
+        );
+        assert_eq!(
+            error("--micvolume=101"),
+            "--micvolume needs a number 0-100, got '101'"
+        );
+        assert_eq!(
+            error("--setvolume -5"),
+            "--setvolume needs a number 0-100, got '-5'"
+        );
+        assert_eq!(
+            error("--setvolume +5"),
+            "--setvolume needs a number 0-100, got '+5'"
+        );
+        assert_eq!(error("--ini"), "--ini needs a file name");
+        assert_eq!(error("--ini="), "--ini needs a file name");
+        assert_eq!(error("--ini --json"), "--ini needs a file name");
+        assert_eq!(error("/i:"), "/i: needs a file name");
+        assert_eq!(error("--debug"), "--debug needs a file name");
+        assert_eq!(error("--log"), "--log needs a file name");
+        assert_eq!(error("--call"), "--call needs a target");
+        assert_eq!(error("--dialplan"), "--dialplan needs rules");
+        assert_eq!(error("--dn"), "--dn needs a value");
+        assert_eq!(error("--password"), "--password needs a value");
+        assert_eq!(
+            error("--autoanswer yes"),
+            "--autoanswer needs 0 or 1, got 'yes'"
+        );
+        assert_eq!(
+            error("--show big"),
+            "--show needs normal, minimized or hidden, got 'big'"
+        );
+        assert_eq!(error("--json=1"), "--json takes no value");
+        assert_eq!(error("--daemon=yes"), "--daemon takes no value");
+        assert_eq!(error("--profile"), "--profile needs a name");
+        for bad in [".hidden", "a/b", "../x", "a b", "é", &"x".repeat(65)] {
+            let result = parse_start(&["--profile".to_string(), bad.to_string()]);
+            let message = result.unwrap_err().to_string();
+            assert!(message.starts_with("profile name '"), "{bad}: {message}");
+        }
+        for good in ["a", "work-2", "A_b.c", &"x".repeat(64)] {
+            let (o, _) = parse_start(&["--profile".to_string(), good.to_string()]).unwrap();
+            assert_eq!(o.profile.as_deref(), Some(good));
+        }
+        // An error after /hide is still reported.
+        assert!(error("/hide --frob").contains("--frob"));
+    }
+
+    #[test]
+    fn a_password_never_shows() {
+        let (o, _) = parse("--password secret --user 1001").unwrap();
+        assert_eq!(o.account.password.as_deref(), Some("secret"));
+        let debug = format!("{o:?} {:?}", o.account);
+        assert!(!debug.contains("secret"), "{debug}");
+        assert!(debug.contains("password: Some(***)"), "{debug}");
+        assert!(format!("{:?}", AccountOverrides::default()).contains("password: None"));
+
+        for line in [
+            "--password secret --setvolume loud",
+            "--password secret --frob",
+            "--password=secret --frob=secret",
+            "--passwd=secret",
+            "--pasword secret",
+            "--password secret --json=secret",
+            "--password secret --profile ../bad",
+            "--password secret --ini",
+            "-p=secret",
+        ] {
+            let error = parse(line).unwrap_err();
+            let text = format!("{error} {error:?}");
+            assert!(!text.contains("secret"), "{line}: {text}");
+        }
+    }
+
+    #[test]
+    fn usage_names_every_option() {
+        let text = usage();
+        for option in [
+            "--ini",
+            "/i:",
+            "--profile",
+            "--dn",
+            "--user",
+            "--domain",
+            "--password",
+            "--proxy",
+            "--stun",
+            "--call",
+            "--autoanswer",
+            "--dialplan",
+            "--show",
+            "/minimized",
+            "/hide",
+            "--debug",
+            "--log",
+            "--setvolume",
+            "--micvolume",
+            "--headless",
+            "--daemon",
+            "--json",
+            "--help",
+            "--version",
+            "-h",
+            "-V",
+        ] {
+            assert!(text.contains(option), "{option}");
+        }
+    }
+}

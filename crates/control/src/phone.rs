@@ -1,0 +1,219 @@
+//! Becoming the phone: find and load the ini (creating the default profile on first
+//! run), apply this run's start options, start the engine and the control socket,
+//! and exit cleanly on `exit`, SIGTERM or SIGINT.
+
+use std::path::PathBuf;
+
+use microsip_config::{default_document, Config, IniFile};
+use microsip_engine::{Command, ConfigStore, EngineSetup};
+use tracing::{error, info, warn};
+
+use crate::options::StartOptions;
+use crate::paths;
+use crate::socket::SocketServer;
+
+/// Writes settings the engine changes back into the ini, atomically.
+struct IniStore {
+    file: IniFile,
+}
+
+impl ConfigStore for IniStore {
+    fn set(&mut self, section: &str, key: &str, value: &str) -> Result<(), String> {
+        // Re-read first so a change made by hand since start-up is not overwritten.
+        if let Err(e) = self.file.reload() {
+            return Err(e.to_string());
+        }
+        self.file
+            .set(section, key, value)
+            .map_err(|e| format!("[{section}] {key}: {e}"))?;
+        self.file.save().map_err(|e| e.to_string())
+    }
+}
+
+/// Sets up logging to stderr: our crates at `info` (or `$MICROSIP_LOG`), the SIP
+/// library at `warn`.
+pub fn init_logging() {
+    use tracing_subscriber::filter::{LevelFilter, Targets};
+    use tracing_subscriber::prelude::*;
+    let level = match std::env::var("MICROSIP_LOG").as_deref() {
+        Ok("debug") => LevelFilter::DEBUG,
+        Ok("trace") => LevelFilter::TRACE,
+        Ok("warn") => LevelFilter::WARN,
+        Ok("error") => LevelFilter::ERROR,
+        _ => LevelFilter::INFO,
+    };
+    let filter = Targets::new()
+        .with_default(level)
+        .with_target("rsipstack", LevelFilter::WARN.min(level));
+    let _ = tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_target(false),
+        )
+        .with(filter)
+        .try_init();
+}
+
+/// The account this run's `--user`/`--domain`/... apply to: `accountId`, or 1 when
+/// that is the local account 0.
+fn override_section(config: &Config) -> (u32, String) {
+    let n = if config.settings.account_id == 0 {
+        1
+    } else {
+        config.settings.account_id
+    };
+    (n, microsip_config::account_section(n))
+}
+
+/// Applies start options to a copy of the document (never saved: `--password` does
+/// not end up in the ini) and builds the typed config from it.
+fn effective_config(file: &IniFile, options: &StartOptions) -> Config {
+    let mut doc = file.doc().clone();
+    let base = file.config();
+    let o = &options.account;
+    let mut touched_account = false;
+    let (n, section) = override_section(&base);
+    let set = |doc: &mut microsip_config::IniDocument, section: &str, key: &str, value: &str| {
+        if let Err(e) = doc.set(section, key, value.trim()) {
+            warn!("start option for [{section}] {key} ignored: {e}");
+        }
+    };
+    for (key, value) in [
+        ("displayName", &o.display_name),
+        ("username", &o.user),
+        ("domain", &o.domain),
+        ("password", &o.password),
+        ("proxy", &o.proxy),
+    ] {
+        if let Some(v) = value {
+            set(&mut doc, &section, key, v);
+            touched_account = true;
+        }
+    }
+    if let Some(rules) = &options.dialplan {
+        set(&mut doc, &section, "dialPlan", rules);
+    }
+    if touched_account {
+        set(&mut doc, "Settings", "accountId", &n.to_string());
+    }
+    if let Some(stun) = &o.stun {
+        set(&mut doc, "Settings", "STUN", stun);
+        set(&mut doc, "Settings", "enableSTUN", "1");
+    }
+    if let Some(on) = options.autoanswer {
+        set(&mut doc, "Settings", "autoAnswer", if on { "all" } else { "button" });
+    }
+    if let Some(v) = options.setvolume {
+        set(&mut doc, "Settings", "volumeOutput", &v.to_string());
+    }
+    if let Some(v) = options.micvolume {
+        set(&mut doc, "Settings", "volumeInput", &v.to_string());
+    }
+    Config::from_document(&doc, file.path())
+}
+
+/// Loads the ini for this profile, creating it with the default profile when missing.
+fn load_ini(path: PathBuf) -> IniFile {
+    let mut file = match IniFile::load(&path) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("microsip: {e}; starting with the default profile");
+            IniFile::with_document(&path, default_document())
+        }
+    };
+    if !file.existed() {
+        file = IniFile::with_document(&path, default_document());
+        match file.save() {
+            Ok(()) => info!("created {}", path.display()),
+            Err(e) => warn!("could not create {}: {e}", path.display()),
+        }
+    }
+    file
+}
+
+/// Runs the phone in this process until it is told to exit. Returns the exit status.
+pub fn run(options: StartOptions, profile: &str, call_on_start: Option<String>) -> i32 {
+    init_logging();
+    let socket = match paths::socket_path(profile) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("microsip: {e}");
+            return 2;
+        }
+    };
+    let ini_path = paths::ini_path(options.ini.as_deref(), profile);
+    let file = load_ini(ini_path);
+    let config = effective_config(&file, &options);
+    for problem in &config.problems {
+        eprintln!("microsip: {problem}");
+    }
+    let call_on_start = call_on_start.or_else(|| options.call.clone());
+    let setup = EngineSetup {
+        config,
+        store: Box::new(IniStore { file }),
+        trace: options.debug.clone(),
+        call_on_start,
+    };
+
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("microsip: cannot start: {e}");
+            return 2;
+        }
+    };
+    runtime.block_on(async move {
+        let (engine, mut finished) = match microsip_engine::start(setup).await {
+            Ok(x) => x,
+            Err(e) => {
+                eprintln!("microsip: {e}");
+                return 2;
+            }
+        };
+        let server = match SocketServer::bind(&socket, engine.clone()).await {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("microsip: {e}");
+                let _ = engine.execute(Command::Exit).await;
+                return 2;
+            }
+        };
+        info!("phone ready; control socket {}", socket.display());
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
+            Ok(s) => Some(s),
+            Err(e) => {
+                error!("cannot watch SIGTERM: {e}");
+                None
+            }
+        };
+        let term_signal = async {
+            match term.as_mut() {
+                Some(s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            _ = &mut finished => {}
+            _ = term_signal => {
+                info!("SIGTERM: exiting");
+                let _ = engine.execute(Command::Exit).await;
+                let _ = (&mut finished).await;
+            }
+            _ = tokio::signal::ctrl_c() => {
+                info!("interrupted: exiting");
+                let _ = engine.execute(Command::Exit).await;
+                let _ = (&mut finished).await;
+            }
+        }
+        server.drain().await;
+        drop(server);
+        0
+    })
+}

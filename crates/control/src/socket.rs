@@ -1,0 +1,334 @@
+//! The local control socket (server side): a Unix stream socket, mode 0600, only for
+//! our own user. One request per line, plain (`hold 3 on`) or JSON
+//! (`{"argv":["hold","3","on"],"token":"t"}`); one reply line per request; `events`
+//! turns the connection into a JSON-lines event stream.
+
+use std::io::ErrorKind;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use microsip_engine::grammar::{parse_args, parse_line};
+use microsip_engine::reply::{fail, to_json, to_line};
+use microsip_engine::{Command, EngineHandle, ErrorCode, Reply};
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::broadcast::error::RecvError;
+use tracing::{debug, warn};
+
+/// Longest request line accepted; longer input is refused and the connection closed.
+pub const MAX_LINE: usize = 64 * 1024;
+/// A stream client that cannot take an event for this long is dropped.
+const EVENT_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The listening socket; removes its file when dropped.
+pub struct SocketServer {
+    path: PathBuf,
+    in_flight: Arc<AtomicUsize>,
+}
+
+impl SocketServer {
+    /// Binds `path` (refusing when another phone already answers there), sets mode
+    /// 0600 and serves connections with `engine`.
+    pub async fn bind(path: &Path, engine: EngineHandle) -> Result<SocketServer, String> {
+        if path.exists() {
+            if UnixStream::connect(path).await.is_ok() {
+                return Err(format!(
+                    "another phone is already running on {}",
+                    path.display()
+                ));
+            }
+            // A stale socket from a phone that did not exit cleanly.
+            std::fs::remove_file(path)
+                .map_err(|e| format!("cannot remove stale socket {}: {e}", path.display()))?;
+        }
+        let listener = UnixListener::bind(path)
+            .map_err(|e| format!("cannot listen on {}: {e}", path.display()))?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| format!("cannot set mode 0600 on {}: {e}", path.display()))?;
+        let in_flight = Arc::new(AtomicUsize::new(0));
+        tokio::spawn(accept_loop(listener, engine, in_flight.clone()));
+        Ok(SocketServer {
+            path: path.to_path_buf(),
+            in_flight,
+        })
+    }
+
+    /// Waits (bounded) until replies being written have gone out.
+    pub async fn drain(&self) {
+        for _ in 0..100 {
+            if self.in_flight.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+impl Drop for SocketServer {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+async fn accept_loop(listener: UnixListener, engine: EngineHandle, in_flight: Arc<AtomicUsize>) {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                warn!("control socket accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        match stream.peer_cred() {
+            Ok(cred) if cred.uid() == me => {}
+            Ok(cred) => {
+                warn!("refused control connection from uid {}", cred.uid());
+                continue;
+            }
+            Err(e) => {
+                warn!("refused control connection: cannot read peer credentials: {e}");
+                continue;
+            }
+        }
+        tokio::spawn(serve_connection(stream, engine.clone(), in_flight.clone()));
+    }
+}
+
+/// One parsed request line.
+struct Request {
+    command: Result<Command, Reply>,
+    /// `Some` for the JSON form: reply in JSON and echo this token.
+    json: Option<Value>,
+}
+
+fn parse_request(bytes: &[u8]) -> Request {
+    let Ok(text) = std::str::from_utf8(bytes) else {
+        return Request {
+            command: Err(fail(ErrorCode::BadArgument, "request is not UTF-8 text")),
+            json: None,
+        };
+    };
+    let text = text.trim();
+    if !text.starts_with('{') {
+        return Request {
+            command: parse_line(text).map_err(parse_failure),
+            json: None,
+        };
+    }
+    let value: Value = match serde_json::from_str(text) {
+        Ok(v) => v,
+        Err(e) => {
+            return Request {
+                command: Err(fail(ErrorCode::BadArgument, format!("bad JSON request: {e}"))),
+                json: Some(Value::Null),
+            }
+        }
+    };
+    let token = value.get("token").cloned().unwrap_or(Value::Null);
+    let command = if let Some(argv) = value.get("argv").and_then(Value::as_array) {
+        let words: Option<Vec<String>> = argv
+            .iter()
+            .map(|w| w.as_str().map(str::to_string))
+            .collect();
+        match words {
+            Some(words) => parse_args(&words).map_err(parse_failure),
+            None => Err(fail(ErrorCode::BadArgument, "argv must be a list of strings")),
+        }
+    } else if let Some(line) = value.get("command").and_then(Value::as_str) {
+        parse_line(line).map_err(parse_failure)
+    } else {
+        Err(fail(
+            ErrorCode::BadArgument,
+            "a JSON request needs \"argv\" (a list of words) or \"command\" (a line)",
+        ))
+    };
+    Request {
+        command,
+        json: Some(token),
+    }
+}
+
+fn parse_failure(e: microsip_engine::ParseError) -> Reply {
+    fail(ErrorCode::from_parse_code(e.code), e.message)
+}
+
+fn render(reply: &Reply, json: &Option<Value>) -> String {
+    match json {
+        Some(token) => {
+            let token = (!token.is_null()).then_some(token);
+            to_json(reply, token).to_string()
+        }
+        None => to_line(reply),
+    }
+}
+
+/// Reads one line of at most [`MAX_LINE`] bytes. `Ok(None)` at end of input;
+/// `Err(())` when the line is too long.
+async fn read_line<R: AsyncBufReadExt + Unpin>(
+    reader: &mut R,
+    buf: &mut Vec<u8>,
+) -> std::io::Result<Option<Result<(), ()>>> {
+    buf.clear();
+    loop {
+        let available = reader.fill_buf().await?;
+        if available.is_empty() {
+            return Ok(if buf.is_empty() { None } else { Some(Ok(())) });
+        }
+        let (take, done) = match available.iter().position(|&b| b == b'\n') {
+            Some(i) => (i + 1, true),
+            None => (available.len(), false),
+        };
+        buf.extend_from_slice(&available[..take]);
+        reader.consume(take);
+        if buf.len() > MAX_LINE + 1 {
+            return Ok(Some(Err(())));
+        }
+        if done {
+            return Ok(Some(Ok(())));
+        }
+    }
+}
+
+async fn serve_connection(stream: UnixStream, engine: EngineHandle, in_flight: Arc<AtomicUsize>) {
+    let (read, mut write) = stream.into_split();
+    let mut reader = BufReader::new(read);
+    let mut buf = Vec::new();
+    loop {
+        match read_line(&mut reader, &mut buf).await {
+            Ok(None) => return,
+            Err(e) => {
+                debug!("control connection read error: {e}");
+                return;
+            }
+            Ok(Some(Err(()))) => {
+                let reply = fail(
+                    ErrorCode::BadArgument,
+                    format!("request line longer than {MAX_LINE} bytes"),
+                );
+                let _ = write
+                    .write_all(format!("{}\n", to_line(&reply)).as_bytes())
+                    .await;
+                return;
+            }
+            Ok(Some(Ok(()))) => {}
+        }
+        if buf.iter().all(|b| b.is_ascii_whitespace()) {
+            continue;
+        }
+        let request = parse_request(&buf);
+        let command = match request.command {
+            Ok(c) => c,
+            Err(reply) => {
+                if write_line(&mut write, &render(&reply, &request.json)).await.is_err() {
+                    return;
+                }
+                continue;
+            }
+        };
+        if let Command::Events { filter } = command {
+            stream_events(&engine, &mut write, filter, &request.json).await;
+            return;
+        }
+        let is_exit = matches!(command, Command::Exit);
+        in_flight.fetch_add(1, Ordering::SeqCst);
+        let reply = engine.execute(command).await;
+        let written = write_line(&mut write, &render(&reply, &request.json)).await;
+        in_flight.fetch_sub(1, Ordering::SeqCst);
+        if written.is_err() || is_exit {
+            return;
+        }
+    }
+}
+
+async fn write_line<W: AsyncWriteExt + Unpin>(write: &mut W, line: &str) -> std::io::Result<()> {
+    let mut bytes = Vec::with_capacity(line.len() + 1);
+    bytes.extend_from_slice(line.as_bytes());
+    bytes.push(b'\n');
+    write.write_all(&bytes).await?;
+    write.flush().await
+}
+
+/// Sends the acknowledgement, the snapshot, then live events until the client goes
+/// away, stops reading for too long, or the phone exits.
+async fn stream_events<W: AsyncWriteExt + Unpin>(
+    engine: &EngineHandle,
+    write: &mut W,
+    filter: Option<String>,
+    json: &Option<Value>,
+) {
+    let Some((snapshot, mut events)) = engine.subscribe().await else {
+        let reply = fail(ErrorCode::Stopping, "the phone is stopping");
+        let _ = write_line(write, &render(&reply, json)).await;
+        return;
+    };
+    let ack = microsip_engine::reply::ok("streaming events");
+    if write_line(write, &render(&ack, json)).await.is_err() {
+        return;
+    }
+    let snapshot = serde_json::to_string(&snapshot).unwrap_or_default();
+    if write_line(write, &snapshot).await.is_err() {
+        return;
+    }
+    loop {
+        let line = match events.recv().await {
+            Ok(event) => {
+                if let Some(prefix) = &filter {
+                    if !event.kind.type_name().starts_with(prefix.as_str()) {
+                        continue;
+                    }
+                }
+                serde_json::to_string(&event).unwrap_or_default()
+            }
+            Err(RecvError::Lagged(missed)) => {
+                serde_json::json!({ "type": "lagged", "missed": missed }).to_string()
+            }
+            Err(RecvError::Closed) => return,
+        };
+        match tokio::time::timeout(EVENT_WRITE_TIMEOUT, write_line(write, &line)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) if e.kind() == ErrorKind::BrokenPipe => return,
+            Ok(Err(_)) | Err(_) => {
+                debug!("dropping an event client that stopped reading");
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_and_json_requests() {
+        let r = parse_request(b"STATUS\n");
+        assert!(r.json.is_none());
+        assert!(matches!(r.command, Ok(Command::Status { .. })));
+
+        let r = parse_request(br#"{"argv":["STATUS"],"token":"t1"}"#);
+        assert_eq!(r.json, Some(Value::from("t1")));
+        assert!(r.command.is_ok());
+
+        let r = parse_request(b"\xff\xfe garbage");
+        assert!(r.command.is_err());
+
+        let r = parse_request(br#"{"argv":[1,2]}"#);
+        assert!(r.command.is_err());
+    }
+
+    #[tokio::test]
+    async fn long_lines_are_refused() {
+        let data = vec![b'a'; MAX_LINE + 10];
+        let mut reader = BufReader::new(&data[..]);
+        let mut buf = Vec::new();
+        let got = read_line(&mut reader, &mut buf).await.unwrap();
+        assert_eq!(got, Some(Err(())));
+    }
+}

@@ -1,0 +1,163 @@
+//! The one command set every face speaks: the typed `Command`, and the grammar that
+//! turns MicroSIP's three families of spellings (DDE-style words, `WM_COPYDATA`-style
+//! codes, its real command line `/x:` and `msip:` forms) into it.
+//!
+//! This module knows no sockets and no SIP; it only reads words.
+
+/// An engine-made call id: small, positive, never reused while the phone runs.
+pub type CallId = u64;
+
+/// Which form of `status` the caller asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatusForm {
+    /// `status`, `Status`: one line of text that starts with the numeric code.
+    Word,
+    /// `STATUS`: just the integer (0 idle, 1 ringing, 2 active, 3 hold, 4 disconnected).
+    Numeric,
+}
+
+/// Which level a volume command changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LevelKind {
+    Speaker,
+    Microphone,
+}
+
+/// How a level changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LevelChange {
+    /// Set to this value, 0–100.
+    Absolute(u8),
+    /// Add this many points (negative: down).
+    Relative(i32),
+}
+
+/// Which audio device `setdevice` switches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceRole {
+    Input,
+    Output,
+    Ring,
+}
+
+/// Window state (`minimize`, `show`, `/hide`, `/minimized`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WindowState {
+    Normal,
+    Minimized,
+    Hidden,
+}
+
+/// One command, whatever face it came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// Start a call. `hold_active`: put an active call on hold first (`dial`: true,
+    /// `callto`: false). `numeric`: the DDE `DIAL` form that replies `1`/`0`.
+    Dial {
+        target: String,
+        account: Option<u32>,
+        hold_active: bool,
+        numeric: bool,
+    },
+    /// Send a SIP MESSAGE (`message TARGET TEXT`, or `NUMBER TEXT...`).
+    Message { target: String, text: String },
+    Answer { call: Option<CallId> },
+    /// `code`: SIP code to reject with (486 when `None`).
+    Reject { call: Option<CallId>, code: Option<u16> },
+    Hangup { call: Option<CallId> },
+    HangupAll,
+    HangupCalling,
+    /// `on`: `Some(true)` hold, `Some(false)` resume, `None` toggle.
+    Hold { call: Option<CallId>, on: Option<bool> },
+    Transfer { target: String, call: Option<CallId> },
+    Dtmf { digits: String, call: Option<CallId> },
+    /// Microphone mute; `None` toggles.
+    Mute { on: Option<bool> },
+    /// Speaker mute; `None` toggles.
+    SpeakerMute { on: Option<bool> },
+    Level { kind: LevelKind, change: LevelChange },
+    SetDevice { role: DeviceRole, device: String },
+    Devices,
+    Status { form: StatusForm },
+    ActiveCall,
+    Calls,
+    /// Switch the active account; with `password`, store that password for it instead.
+    Account { number: u32, password: Option<String> },
+    Register { account: Option<u32> },
+    Unregister { account: Option<u32> },
+    Window { state: WindowState },
+    Exit,
+    /// Keep the connection open and stream events; `filter` is an event-type prefix.
+    Events { filter: Option<String> },
+    /// `history`: the call history.
+    History,
+}
+
+impl Command {
+    /// The canonical name, as used in audit logs and "not available yet" replies.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::Dial { .. } => "dial",
+            Command::Message { .. } => "message",
+            Command::Answer { .. } => "answer",
+            Command::Reject { .. } => "reject",
+            Command::Hangup { .. } => "hangup",
+            Command::HangupAll => "hangupall",
+            Command::HangupCalling => "hangupcalling",
+            Command::Hold { .. } => "hold",
+            Command::Transfer { .. } => "transfer",
+            Command::Dtmf { .. } => "dtmf",
+            Command::Mute { .. } => "mute",
+            Command::SpeakerMute { .. } => "speakermute",
+            Command::Level {
+                kind: LevelKind::Speaker,
+                change: LevelChange::Absolute(_),
+            } => "setvolume",
+            Command::Level {
+                kind: LevelKind::Microphone,
+                change: LevelChange::Absolute(_),
+            } => "setmicvolume",
+            Command::Level {
+                kind: LevelKind::Speaker,
+                change: LevelChange::Relative(n),
+            } => {
+                if *n >= 0 {
+                    "volumeup"
+                } else {
+                    "volumedown"
+                }
+            }
+            Command::Level {
+                kind: LevelKind::Microphone,
+                change: LevelChange::Relative(n),
+            } => {
+                if *n >= 0 {
+                    "micup"
+                } else {
+                    "micdown"
+                }
+            }
+            Command::SetDevice { .. } => "setdevice",
+            Command::Devices => "devices",
+            Command::Status { .. } => "status",
+            Command::ActiveCall => "activecall",
+            Command::Calls => "calls",
+            Command::Account { .. } => "account",
+            Command::Register { .. } => "register",
+            Command::Unregister { .. } => "unregister",
+            Command::Window { .. } => "show",
+            Command::Exit => "exit",
+            Command::Events { .. } => "events",
+            Command::History => "history",
+        }
+    }
+}
+
+/// Why a list of words is not a command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParseError {
+    /// Stable machine code: `unknown_command` or `bad_argument`.
+    pub code: &'static str,
+    /// Words a person understands, e.g. `volume must be 0-100`.
+    pub message: String,
+}

@@ -1,0 +1,627 @@
+//! The engine task: one loop that owns the accounts and their registrations, applies
+//! each command in order, answers only after the change took effect, and publishes
+//! every change as an [`Event`]. Faces talk to it through an [`EngineHandle`].
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+use microsip_config::{Account, Config, Transport};
+use microsip_sip::{
+    Outcome, Registration, RegistrationConfig, RegistrationEvent, SipStack, SipTransport,
+    StackConfig,
+};
+use serde_json::json;
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tracing::{info, warn};
+
+use crate::command::{Command, StatusForm, WindowState};
+use crate::event::{AccountView, Event, EventKind, Snapshot};
+use crate::reply::{fail, ok, ok_with, ErrorCode, Reply};
+
+/// How long `exit` waits for un-REGISTERs before leaving anyway.
+const EXIT_GRACE: Duration = Duration::from_secs(4);
+/// Events kept for slow subscribers before they are told they lagged.
+const EVENT_BACKLOG: usize = 1024;
+
+/// Where the engine writes settings it changes (the ini, in the real phone).
+pub trait ConfigStore: Send {
+    /// Sets one key and saves atomically; the error says what failed.
+    fn set(&mut self, section: &str, key: &str, value: &str) -> Result<(), String>;
+}
+
+/// A store that keeps nothing (tests, or a read-only ini).
+pub struct NoStore;
+
+impl ConfigStore for NoStore {
+    fn set(&mut self, _section: &str, _key: &str, _value: &str) -> Result<(), String> {
+        Err("settings are read-only in this run".into())
+    }
+}
+
+/// Everything the engine starts from.
+pub struct EngineSetup {
+    pub config: Config,
+    pub store: Box<dyn ConfigStore>,
+    /// SIP trace file (`--debug`).
+    pub trace: Option<PathBuf>,
+    /// `--call TARGET`: dial once registered.
+    pub call_on_start: Option<String>,
+}
+
+enum Request {
+    Command(Command, oneshot::Sender<Reply>),
+    Subscribe(oneshot::Sender<(Snapshot, broadcast::Receiver<Event>)>),
+    /// A registration command finished in the background; publish its state.
+    Settled,
+}
+
+/// A cheap, cloneable way for faces to reach the engine.
+#[derive(Clone)]
+pub struct EngineHandle {
+    inbox: mpsc::UnboundedSender<Request>,
+}
+
+impl EngineHandle {
+    /// Applies one command; the reply comes after the change took effect.
+    pub async fn execute(&self, command: Command) -> Reply {
+        let (tx, rx) = oneshot::channel();
+        if self.inbox.send(Request::Command(command, tx)).is_err() {
+            return fail(ErrorCode::Stopping, "the phone is stopping");
+        }
+        rx.await
+            .unwrap_or_else(|_| fail(ErrorCode::Stopping, "the phone is stopping"))
+    }
+
+    /// A snapshot of where things stand and the live events after it, with no gap.
+    pub async fn subscribe(&self) -> Option<(Snapshot, broadcast::Receiver<Event>)> {
+        let (tx, rx) = oneshot::channel();
+        self.inbox.send(Request::Subscribe(tx)).ok()?;
+        rx.await.ok()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum RegState {
+    /// The account cannot work (no domain...).
+    Inactive(String),
+    /// No `server`: nothing to register (call-by-IP account).
+    Local,
+    Registering,
+    Registered { expires: u32 },
+    Failed { code: u16, reason: String },
+    Unregistered,
+}
+
+struct AccountSlot {
+    account: Account,
+    registration: Option<Registration>,
+    state: RegState,
+}
+
+/// The engine itself; lives inside its task.
+struct Engine {
+    config: Config,
+    store: Box<dyn ConfigStore>,
+    sip: SipStack,
+    accounts: BTreeMap<u32, AccountSlot>,
+    active_account: u32,
+    events: broadcast::Sender<Event>,
+    seq: u64,
+    reg_events: mpsc::UnboundedSender<RegistrationEvent>,
+    call_on_start: Option<String>,
+}
+
+/// Starts the SIP endpoint and the engine task. Returns the handle faces use and a
+/// join handle that completes when the phone has exited.
+pub async fn start(
+    setup: EngineSetup,
+) -> Result<(EngineHandle, tokio::task::JoinHandle<()>), String> {
+    let stack_config = stack_config(&setup.config, setup.trace.clone());
+    let sip = SipStack::start(stack_config)
+        .await
+        .map_err(|e| e.to_string())?;
+    let (events, _) = broadcast::channel(EVENT_BACKLOG);
+    let (reg_tx, reg_rx) = mpsc::unbounded_channel();
+    let (inbox, requests) = mpsc::unbounded_channel();
+
+    let mut engine = Engine {
+        active_account: setup.config.settings.account_id,
+        config: setup.config,
+        store: setup.store,
+        sip,
+        accounts: BTreeMap::new(),
+        events,
+        seq: 0,
+        reg_events: reg_tx,
+        call_on_start: setup.call_on_start,
+    };
+    engine.load_accounts();
+    let handle = EngineHandle {
+        inbox: inbox.clone(),
+    };
+    let join = tokio::spawn(engine.run(requests, reg_rx, inbox));
+    Ok((handle, join))
+}
+
+/// Bind address: the local address that reaches the first registrar (loopback for a
+/// loopback PBX), else every interface.
+fn stack_config(config: &Config, trace: Option<PathBuf>) -> StackConfig {
+    let first_server_ip = config
+        .accounts
+        .iter()
+        .filter(|a| a.active)
+        .filter_map(|a| a.proxy.first().cloned().or_else(|| a.server.clone()))
+        .find_map(|s| host_ip(&s));
+    let local_only = config.accounts.iter().all(|a| a.server.is_none());
+    let bind_ip = match first_server_ip {
+        Some(ip) => microsip_sip::local_ip_towards(ip),
+        None if local_only => config
+            .accounts
+            .iter()
+            .find_map(|a| host_ip(&a.domain))
+            .unwrap_or(IpAddr::from([127, 0, 0, 1])),
+        None => IpAddr::from([0, 0, 0, 0]),
+    };
+    let tcp = config
+        .accounts
+        .iter()
+        .any(|a| matches!(a.transport, Transport::Tcp | Transport::UdpTcp));
+    StackConfig {
+        bind_ip,
+        port: config.settings.source_port,
+        tcp: tcp || config.accounts.is_empty(),
+        user_agent: config.settings.user_agent.clone(),
+        callid_domain: "microsip-rs".into(),
+        trace,
+    }
+}
+
+/// The IP literal in `host[:port]` (or `[v6]:port`), if it is one.
+fn host_ip(host_port: &str) -> Option<IpAddr> {
+    let s = host_port.trim();
+    if let Ok(ip) = s.parse::<IpAddr>() {
+        return Some(ip);
+    }
+    if let Ok(sa) = s.parse::<std::net::SocketAddr>() {
+        return Some(sa.ip());
+    }
+    s.rsplit_once(':').and_then(|(h, _)| h.parse().ok())
+}
+
+fn registration_config(account: &Account) -> Option<RegistrationConfig> {
+    let server = account.server.clone().filter(|s| !s.trim().is_empty())?;
+    Some(RegistrationConfig {
+        account: account.number,
+        server,
+        proxy: account.proxy.first().cloned(),
+        domain: account.domain.clone(),
+        username: account.username.clone().unwrap_or_default(),
+        auth_id: account.auth_id.clone(),
+        password: account.password.clone().unwrap_or_default(),
+        display_name: account.display_name.clone(),
+        transport: match account.transport {
+            Transport::Tcp => SipTransport::Tcp,
+            _ => SipTransport::Udp,
+        },
+        expires: account.register_refresh,
+        keep_alive: account.keep_alive,
+        public_addr: account.public_addr.clone(),
+        allow_rewrite: account.allow_rewrite,
+    })
+}
+
+impl Engine {
+    fn load_accounts(&mut self) {
+        for account in self.config.accounts.clone() {
+            let state = if !account.active {
+                RegState::Inactive(
+                    account
+                        .inactive_reason
+                        .clone()
+                        .unwrap_or_else(|| "account is not usable".into()),
+                )
+            } else if account.server.as_deref().is_none_or(|s| s.trim().is_empty()) {
+                RegState::Local
+            } else {
+                RegState::Registering
+            };
+            let registration = match (&state, registration_config(&account)) {
+                (RegState::Registering, Some(rc)) => {
+                    if matches!(account.transport, Transport::Tls) {
+                        warn!(
+                            "account {}: TLS is not supported yet; registering over UDP",
+                            account.number
+                        );
+                    }
+                    Some(Registration::start(&self.sip, rc, self.reg_events.clone()))
+                }
+                _ => None,
+            };
+            self.accounts.insert(
+                account.number,
+                AccountSlot {
+                    account,
+                    registration,
+                    state,
+                },
+            );
+        }
+    }
+
+    async fn run(
+        mut self,
+        mut requests: mpsc::UnboundedReceiver<Request>,
+        mut reg_events: mpsc::UnboundedReceiver<RegistrationEvent>,
+        inbox: mpsc::UnboundedSender<Request>,
+    ) {
+        loop {
+            tokio::select! {
+                Some(request) = requests.recv() => match request {
+                    Request::Command(Command::Exit, reply) => {
+                        self.exit().await;
+                        let _ = reply.send(ok("exiting"));
+                        break;
+                    }
+                    Request::Command(command, reply) => self.apply(command, reply, &inbox),
+                    Request::Subscribe(reply) => {
+                        let _ = reply.send((self.snapshot(), self.events.subscribe()));
+                    }
+                    Request::Settled => {}
+                },
+                Some(event) = reg_events.recv() => self.on_registration(event),
+                else => break,
+            }
+        }
+        self.sip.shutdown();
+    }
+
+    fn publish(&mut self, kind: EventKind) {
+        self.seq += 1;
+        let event = Event {
+            seq: self.seq,
+            time: microsip_sip::time::rfc3339(SystemTime::now()),
+            kind,
+        };
+        // No subscriber is fine: events are also kept nowhere else yet.
+        let _ = self.events.send(event);
+    }
+
+    fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            kind: "snapshot",
+            seq: self.seq,
+            time: microsip_sip::time::rfc3339(SystemTime::now()),
+            accounts: self.account_views(),
+            calls: Vec::new(),
+        }
+    }
+
+    fn account_views(&self) -> Vec<AccountView> {
+        self.accounts
+            .values()
+            .map(|slot| {
+                let a = &slot.account;
+                let (state, code, reason, expires) = match &slot.state {
+                    RegState::Inactive(r) => ("inactive", None, Some(r.clone()), None),
+                    RegState::Local => ("local", None, None, None),
+                    RegState::Registering => ("registering", None, None, None),
+                    RegState::Registered { expires } => {
+                        ("registered", Some(200), None, Some(*expires))
+                    }
+                    RegState::Failed { code, reason } => {
+                        ("failed", Some(*code), Some(reason.clone()), None)
+                    }
+                    RegState::Unregistered => ("unregistered", None, None, None),
+                };
+                AccountView {
+                    account: a.number,
+                    state,
+                    aor: format!(
+                        "sip:{}@{}",
+                        a.username.clone().unwrap_or_default(),
+                        a.domain
+                    ),
+                    code,
+                    reason,
+                    expires,
+                    active: a.number == self.active_account,
+                }
+            })
+            .collect()
+    }
+
+    fn on_registration(&mut self, event: RegistrationEvent) {
+        let (number, state, kind) = match event {
+            RegistrationEvent::Registered {
+                account,
+                code,
+                reason,
+                expires,
+                contact,
+            } => (
+                account,
+                RegState::Registered { expires },
+                EventKind::AccountRegistered {
+                    account,
+                    code,
+                    reason,
+                    expires,
+                    contact,
+                },
+            ),
+            RegistrationEvent::Failed {
+                account,
+                code,
+                reason,
+                retry_in,
+            } => (
+                account,
+                RegState::Failed {
+                    code,
+                    reason: reason.clone(),
+                },
+                EventKind::AccountFailed {
+                    account,
+                    code,
+                    reason,
+                    retry_in,
+                },
+            ),
+            RegistrationEvent::Unregistered { account } => (
+                account,
+                RegState::Unregistered,
+                EventKind::AccountUnregistered { account },
+            ),
+        };
+        if let Some(slot) = self.accounts.get_mut(&number) {
+            slot.state = state;
+        }
+        if let Some(call) = self.call_on_start.take() {
+            if matches!(kind, EventKind::AccountRegistered { .. }) {
+                warn!("--call {call}: placing calls is not available yet");
+            } else {
+                self.call_on_start = Some(call);
+            }
+        }
+        self.publish(kind);
+    }
+
+    /// Applies one command. Registration commands finish in a background task so the
+    /// engine keeps serving; their reply still comes only after the outcome.
+    fn apply(
+        &mut self,
+        command: Command,
+        reply: oneshot::Sender<Reply>,
+        inbox: &mpsc::UnboundedSender<Request>,
+    ) {
+        let answer = match command {
+            Command::Status { form } => self.status(form),
+            Command::Window { state } => ok(match state {
+                WindowState::Normal => "no window: running headless",
+                WindowState::Minimized => "no window: running headless (minimized)",
+                WindowState::Hidden => "no window: running headless (hidden)",
+            }),
+            Command::Register { account } => {
+                return self.register(account, true, reply, inbox);
+            }
+            Command::Unregister { account } => {
+                return self.register(account, false, reply, inbox);
+            }
+            Command::Account { number, password } => self.account(number, password),
+            Command::Events { .. } => fail(
+                ErrorCode::BadArgument,
+                "events is a stream: ask for it on the socket (microsip events)",
+            ),
+            Command::Exit => ok("exiting"),
+            other => fail(
+                ErrorCode::NotAvailableYet,
+                format!("{} is not available yet in this version", other.name()),
+            ),
+        };
+        let _ = reply.send(answer);
+    }
+
+    fn status(&self, form: StatusForm) -> Reply {
+        // Calls arrive with the calls issue: until then the phone is always idle.
+        let code = 0;
+        match form {
+            StatusForm::Numeric => ok_with(code.to_string(), json!({ "status": code })),
+            StatusForm::Word => ok_with(
+                format!("{code} idle"),
+                json!({ "status": code, "state": "idle", "accounts": self.account_views() }),
+            ),
+        }
+    }
+
+    fn targets(&self, account: Option<u32>) -> Result<Vec<u32>, Reply> {
+        match account {
+            Some(n) => match self.accounts.get(&n) {
+                None => Err(fail(
+                    ErrorCode::NoSuchAccount,
+                    format!("there is no account {n}"),
+                )),
+                Some(slot) => match &slot.state {
+                    RegState::Inactive(reason) => Err(fail(
+                        ErrorCode::AccountInactive,
+                        format!("account {n} is inactive: {reason}"),
+                    )),
+                    _ if slot.registration.is_none() => Err(fail(
+                        ErrorCode::BadArgument,
+                        format!("account {n} has no server to register with"),
+                    )),
+                    _ => Ok(vec![n]),
+                },
+            },
+            None => {
+                let all: Vec<u32> = self
+                    .accounts
+                    .iter()
+                    .filter(|(_, s)| s.registration.is_some())
+                    .map(|(n, _)| *n)
+                    .collect();
+                if all.is_empty() {
+                    Err(fail(
+                        ErrorCode::NoSuchAccount,
+                        "no account has a server to register with",
+                    ))
+                } else {
+                    Ok(all)
+                }
+            }
+        }
+    }
+
+    fn register(
+        &mut self,
+        account: Option<u32>,
+        on: bool,
+        reply: oneshot::Sender<Reply>,
+        inbox: &mpsc::UnboundedSender<Request>,
+    ) {
+        let numbers = match self.targets(account) {
+            Ok(n) => n,
+            Err(r) => {
+                let _ = reply.send(r);
+                return;
+            }
+        };
+        let mut jobs = Vec::new();
+        for n in numbers {
+            if let Some(slot) = self.accounts.get_mut(&n) {
+                if let Some(reg) = slot.registration.clone() {
+                    if on {
+                        slot.state = RegState::Registering;
+                    }
+                    jobs.push((n, reg));
+                }
+            }
+        }
+        if on {
+            for (n, _) in &jobs {
+                self.publish(EventKind::AccountRegistering { account: *n });
+            }
+        }
+        let inbox = inbox.clone();
+        tokio::spawn(async move {
+            let mut done: Vec<(u32, Outcome)> = Vec::new();
+            for (n, reg) in jobs {
+                let out = if on {
+                    reg.register().await
+                } else {
+                    reg.unregister().await
+                };
+                done.push((n, out));
+            }
+            let _ = inbox.send(Request::Settled);
+            let _ = reply.send(summarize(&done, on));
+        });
+    }
+
+    fn account(&mut self, number: u32, password: Option<String>) -> Reply {
+        let Some(slot) = self.accounts.get_mut(&number) else {
+            return fail(
+                ErrorCode::NoSuchAccount,
+                format!("there is no account {number}"),
+            );
+        };
+        let section = slot.account.section();
+        if let Some(password) = password {
+            if let Err(e) = self.store.set(&section, "password", &password) {
+                return fail(
+                    ErrorCode::ConfigWrite,
+                    format!("password not stored: {e}"),
+                );
+            }
+            slot.account.password = Some(password.clone());
+            if let Some(reg) = &slot.registration {
+                reg.set_password(password);
+            }
+            return ok(format!("password stored for account {number}"));
+        }
+        if let RegState::Inactive(reason) = &slot.state {
+            return fail(
+                ErrorCode::AccountInactive,
+                format!("account {number} is inactive: {reason}"),
+            );
+        }
+        if let Err(e) = self
+            .store
+            .set("Settings", "accountId", &number.to_string())
+        {
+            warn!("accountId not saved: {e}");
+        }
+        self.active_account = number;
+        self.config.settings.account_id = number;
+        info!("account {number} is now the active account");
+        ok_with(
+            format!("account {number} active"),
+            json!({ "account": number }),
+        )
+    }
+
+    /// Un-registers every account (bounded in time) and says goodbye.
+    async fn exit(&mut self) {
+        self.publish(EventKind::PhoneExiting);
+        let stops: Vec<Registration> = self
+            .accounts
+            .values()
+            .filter_map(|s| s.registration.clone())
+            .collect();
+        let all = async {
+            let mut handles = Vec::new();
+            for reg in stops {
+                handles.push(tokio::spawn(async move { reg.stop().await }));
+            }
+            for h in handles {
+                let _ = h.await;
+            }
+        };
+        if tokio::time::timeout(EXIT_GRACE, all).await.is_err() {
+            warn!("some registrars did not answer the un-REGISTER in time");
+        }
+    }
+}
+
+fn summarize(done: &[(u32, Outcome)], on: bool) -> Reply {
+    let words: Vec<String> = done
+        .iter()
+        .map(|(n, o)| {
+            if on && o.is_success() {
+                format!(
+                    "account {n} registered ({} {}, expires {}s)",
+                    o.code, o.reason, o.expires
+                )
+            } else if on {
+                format!("account {n} failed: {} {}", o.code, o.reason)
+            } else if o.is_success() {
+                format!("account {n} unregistered")
+            } else {
+                format!("account {n} unregister failed: {} {}", o.code, o.reason)
+            }
+        })
+        .collect();
+    let data = json!(done
+        .iter()
+        .map(|(n, o)| json!({"account": n, "code": o.code, "reason": o.reason, "expires": o.expires}))
+        .collect::<Vec<_>>());
+    if done.iter().all(|(_, o)| o.is_success()) {
+        ok_with(words.join("; "), data)
+    } else {
+        fail(ErrorCode::RegistrationFailed, words.join("; "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_ip_forms() {
+        assert_eq!(host_ip("127.0.0.1"), Some(IpAddr::from([127, 0, 0, 1])));
+        assert_eq!(host_ip("127.0.0.1:5070"), Some(IpAddr::from([127, 0, 0, 1])));
+        assert_eq!(host_ip("[::1]:5070"), "::1".parse().ok());
+        assert_eq!(host_ip("pbx.example.com:5060"), None);
+    }
+}

@@ -1,0 +1,83 @@
+//! The one event stream: every state change, numbered, timed, as JSON-ready values.
+
+use serde::Serialize;
+
+/// One event, as every subscriber sees it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Event {
+    /// Increases by one per event, from 1.
+    pub seq: u64,
+    /// RFC 3339 UTC.
+    pub time: String,
+    #[serde(flatten)]
+    pub kind: EventKind,
+}
+
+/// What happened.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(tag = "type")]
+pub enum EventKind {
+    #[serde(rename = "account.registering")]
+    AccountRegistering { account: u32 },
+    #[serde(rename = "account.registered")]
+    AccountRegistered {
+        account: u32,
+        code: u16,
+        reason: String,
+        expires: u32,
+        contact: String,
+    },
+    #[serde(rename = "account.failed")]
+    AccountFailed {
+        account: u32,
+        code: u16,
+        reason: String,
+        retry_in: u32,
+    },
+    #[serde(rename = "account.unregistered")]
+    AccountUnregistered { account: u32 },
+    /// The phone is about to exit.
+    #[serde(rename = "phone.exiting")]
+    PhoneExiting,
+}
+
+impl EventKind {
+    /// The `type` field, for filters.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            EventKind::AccountRegistering { .. } => "account.registering",
+            EventKind::AccountRegistered { .. } => "account.registered",
+            EventKind::AccountFailed { .. } => "account.failed",
+            EventKind::AccountUnregistered { .. } => "account.unregistered",
+            EventKind::PhoneExiting => "phone.exiting",
+        }
+    }
+}
+
+/// Where a client stands when it subscribes: sent before any live event.
+#[derive(Debug, Clone, Serialize)]
+pub struct Snapshot {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    /// The last event's `seq` before this snapshot; live events follow from `seq + 1`.
+    pub seq: u64,
+    pub time: String,
+    pub accounts: Vec<AccountView>,
+    pub calls: Vec<serde_json::Value>,
+}
+
+/// One account as shown in snapshots and `status`.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct AccountView {
+    pub account: u32,
+    /// `registered`, `registering`, `failed`, `unregistered`, `inactive`, `local`.
+    pub state: &'static str,
+    pub aor: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub code: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires: Option<u32>,
+    pub active: bool,
+}

@@ -1,0 +1,1467 @@
+//! The grammar: the words a script sends (command line or one socket line) → one [`Command`].
+
+use crate::command::{
+    CallId, Command, DeviceRole, LevelChange, LevelKind, ParseError, StatusForm, WindowState,
+};
+
+/// Points one `volumeup`/`volumedown`/`micup`/`micdown` step moves a level. The `msip:`
+/// forms (`msip:speakup`...) move exactly one step.
+pub const LEVEL_STEP_POINTS: i32 = 5;
+
+/// What `dtmf` accepts, for error messages.
+const DTMF_ALLOWED: &str = "0-9, *, #, A-D, and ',' for a pause";
+
+/// Parse one socket line: split it into words (see [`split_words`]), then [`parse_args`].
+pub fn parse_line(line: &str) -> Result<Command, ParseError> {
+    parse_args(&split_words(line)?)
+}
+
+/// Split a line into words on whitespace. A double quote groups words (`"hello there"`,
+/// also mid-word: `/password:"a b"`); inside quotes `\"` is a quote and `\\` a
+/// backslash, any other backslash is itself. `""` is an empty word. An unterminated
+/// quote is a `bad_argument` error.
+pub fn split_words(line: &str) -> Result<Vec<String>, ParseError> {
+    let mut words = Vec::new();
+    let mut current = String::new();
+    let mut in_word = false;
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '"' {
+            in_word = true;
+            loop {
+                match chars.next() {
+                    None => return Err(bad("unterminated quote")),
+                    Some('"') => break,
+                    Some('\\') => match chars.peek() {
+                        Some(&next) if next == '"' || next == '\\' => {
+                            current.push(next);
+                            chars.next();
+                        }
+                        _ => current.push('\\'),
+                    },
+                    Some(other) => current.push(other),
+                }
+            }
+        } else if c.is_whitespace() {
+            if in_word {
+                words.push(std::mem::take(&mut current));
+                in_word = false;
+            }
+        } else {
+            in_word = true;
+            current.push(c);
+        }
+    }
+    if in_word {
+        words.push(current);
+    }
+    Ok(words)
+}
+
+/// Parse the words after the program's options (`microsip /answer`, `microsip hold 3
+/// on`, `microsip msip:hangupall`, `microsip 123`).
+///
+/// Three families of names reach the same command, case-insensitively: DDE-style words
+/// (`Dial`, `SendDTMF`, `QUIT`), MicroSIP's command-line forms (`/answer`,
+/// `/transfer:<n>`, `/account:<n> /password:<p>`), its `msip:` forms (`msip:answer`,
+/// `msip:transfer_<n>`), and dial targets on their own (`123`, `sip:100@host`,
+/// `tel:+123`, `1001@10.0.0.1`); a target followed by more words is a MESSAGE. Never
+/// panics; every error is `unknown_command` or `bad_argument`.
+///
+/// A single word that holds whitespace (`microsip "123 hello"`, how MicroSIP's own
+/// command line arrives) is split on whitespace first.
+pub fn parse_args(words: &[String]) -> Result<Command, ParseError> {
+    if let [only] = words {
+        if only.chars().any(char::is_whitespace) {
+            let split: Vec<String> = only.split_whitespace().map(str::to_string).collect();
+            return parse_words(&split);
+        }
+    }
+    parse_words(words)
+}
+
+fn parse_words(words: &[String]) -> Result<Command, ParseError> {
+    let Some((first, rest)) = words.split_first() else {
+        return Err(bad("empty command"));
+    };
+    if first.is_empty() {
+        return Err(bad("empty command"));
+    }
+    // ASCII lowercase keeps byte offsets, so `first[n..]` matches `lower[n..]`.
+    let lower = first.to_ascii_lowercase();
+    match lower.as_str() {
+        "dial" => dial("dial", rest, true, first == "DIAL"),
+        "callto" => dial("callto", rest, false, false),
+        "message" => message(rest),
+        "answer" => Ok(Command::Answer {
+            call: optional_call("answer", rest)?,
+        }),
+        "reject" => reject("reject", rest, None),
+        "decline" => reject("decline", rest, Some(603)),
+        "hangup" => Ok(Command::Hangup {
+            call: optional_call("hangup", rest)?,
+        }),
+        "hangupall" => no_arguments("hangupall", rest, Command::HangupAll),
+        "hangupcalling" => no_arguments("hangupcalling", rest, Command::HangupCalling),
+        "hold" => hold(rest),
+        "transfer" => transfer(rest),
+        "dtmf" | "senddtmf" => match rest.split_first() {
+            Some((digits, more)) => dtmf(digits, more),
+            None => Err(bad(format!("dtmf needs digits: {DTMF_ALLOWED}"))),
+        },
+        "mute" => Ok(Command::Mute {
+            on: optional_switch("mute", rest)?,
+        }),
+        "speakermute" => Ok(Command::SpeakerMute {
+            on: optional_switch("speakermute", rest)?,
+        }),
+        "volumeup" => relative("volumeup", LevelKind::Speaker, 1, rest),
+        "volumedown" => relative("volumedown", LevelKind::Speaker, -1, rest),
+        "micup" => relative("micup", LevelKind::Microphone, 1, rest),
+        "micdown" => relative("micdown", LevelKind::Microphone, -1, rest),
+        "setvolume" | "volume" => absolute("setvolume", LevelKind::Speaker, rest),
+        "setmicvolume" => absolute("setmicvolume", LevelKind::Microphone, rest),
+        "setdevice" => set_device(rest),
+        "devices" => no_arguments("devices", rest, Command::Devices),
+        "status" => {
+            let form = if first == "STATUS" {
+                StatusForm::Numeric
+            } else {
+                StatusForm::Word
+            };
+            no_arguments("status", rest, Command::Status { form })
+        }
+        "activecall" => no_arguments("activecall", rest, Command::ActiveCall),
+        "calls" => no_arguments("calls", rest, Command::Calls),
+        "history" => no_arguments("history", rest, Command::History),
+        "account" => match rest.split_first() {
+            Some((number, more)) => account(number, more),
+            None => Err(bad("account needs an account number")),
+        },
+        "register" => Ok(Command::Register {
+            account: optional_account("register", rest)?,
+        }),
+        "unregister" => Ok(Command::Unregister {
+            account: optional_account("unregister", rest)?,
+        }),
+        "show" => show(rest),
+        "minimize" => window("minimize", rest, WindowState::Minimized),
+        "hide" => window("hide", rest, WindowState::Hidden),
+        "exit" | "close" | "quit" => no_arguments("exit", rest, Command::Exit),
+        "events" => events(rest),
+        _ => prefixed(first, &lower, rest),
+    }
+}
+
+/// The forms that carry their argument inside the first word, and dial targets.
+fn prefixed(first: &str, lower: &str, rest: &[String]) -> Result<Command, ParseError> {
+    if lower.starts_with('/') {
+        return slash_form(first, lower, rest);
+    }
+    if let Some(lower_rest) = lower.strip_prefix("msip:") {
+        return msip_form(&first[5..], lower_rest, rest);
+    }
+    if lower.starts_with("dtmf:") {
+        return dtmf(&first[5..], rest);
+    }
+    const SCHEMES: [&str; 6] = ["sip:", "sips:", "tel:", "callto:", "dial:", "dialpad:"];
+    if SCHEMES.iter().any(|scheme| lower.starts_with(scheme)) {
+        return dial_target("dial", first, rest, true, false);
+    }
+    // A bare number or address: dial it, or with more words send them as a MESSAGE.
+    let decoded = percent_decode(first)?;
+    if is_number_like(&decoded) || is_address_like(&decoded) {
+        let target = checked_target("dial", &decoded)?;
+        if rest.is_empty() {
+            return Ok(Command::Dial {
+                target,
+                account: None,
+                hold_active: true,
+                numeric: false,
+            });
+        }
+        return Ok(Command::Message {
+            target,
+            text: rest.join(" "),
+        });
+    }
+    Err(unknown(first))
+}
+
+/// MicroSIP's command-line forms: `/answer`, `/transfer:<n>`, `/account:<n>`...
+fn slash_form(first: &str, lower: &str, rest: &[String]) -> Result<Command, ParseError> {
+    match lower {
+        "/answer" => {
+            return Ok(Command::Answer {
+                call: optional_call("/answer", rest)?,
+            })
+        }
+        "/hangupall" => return no_arguments("/hangupall", rest, Command::HangupAll),
+        "/hangupcalling" => return no_arguments("/hangupcalling", rest, Command::HangupCalling),
+        "/hangupincoming" => return reject("/hangupincoming", rest, None),
+        "/exit" => return no_arguments("/exit", rest, Command::Exit),
+        "/hide" => return window("/hide", rest, WindowState::Hidden),
+        "/minimized" => return window("/minimized", rest, WindowState::Minimized),
+        _ => {}
+    }
+    if lower.starts_with("/transfer:") {
+        let mut words = vec![first[10..].to_string()];
+        words.extend_from_slice(rest);
+        return transfer(&words);
+    }
+    if lower.starts_with("/dtmf:") {
+        return dtmf(&first[6..], rest);
+    }
+    if lower.starts_with("/account:") {
+        return account(&first[9..], rest);
+    }
+    if lower.starts_with("/password:") {
+        // `/password:P /account:N`: the same as the other order.
+        let password = first[10..].to_string();
+        return match rest {
+            [only] if only.to_ascii_lowercase().starts_with("/account:") => {
+                let number = parse_account(&only[9..])?;
+                Ok(Command::Account {
+                    number,
+                    password: Some(password),
+                })
+            }
+            _ => Err(bad(
+                "/password: goes with one /account:N (and nothing else)",
+            )),
+        };
+    }
+    Err(unknown(first))
+}
+
+/// `msip:` forms; `raw` and `lower` are what follows `msip:`.
+fn msip_form(raw: &str, lower: &str, rest: &[String]) -> Result<Command, ParseError> {
+    let step = LEVEL_STEP_POINTS;
+    let fixed = |name: &str, command: Command| no_arguments(&format!("msip:{name}"), rest, command);
+    let level = |kind, points| Command::Level {
+        kind,
+        change: LevelChange::Relative(points),
+    };
+    match lower {
+        "answer" => Ok(Command::Answer {
+            call: optional_call("msip:answer", rest)?,
+        }),
+        "hangupall" => fixed(lower, Command::HangupAll),
+        "hold" => hold(rest),
+        "micmute" => fixed(lower, Command::Mute { on: Some(true) }),
+        "micunmute" => fixed(lower, Command::Mute { on: Some(false) }),
+        "micmuteclick" => fixed(lower, Command::Mute { on: None }),
+        "speakmute" => fixed(lower, Command::SpeakerMute { on: Some(true) }),
+        "speakunmute" => fixed(lower, Command::SpeakerMute { on: Some(false) }),
+        "speakmuteclick" => fixed(lower, Command::SpeakerMute { on: None }),
+        "speakup" => fixed(lower, level(LevelKind::Speaker, step)),
+        "speakdown" => fixed(lower, level(LevelKind::Speaker, -step)),
+        "micup" => fixed(lower, level(LevelKind::Microphone, step)),
+        "micdown" => fixed(lower, level(LevelKind::Microphone, -step)),
+        "minimize" => fixed(
+            lower,
+            Command::Window {
+                state: WindowState::Minimized,
+            },
+        ),
+        _ if lower.starts_with("transfer_") => {
+            let mut words = vec![raw[9..].to_string()];
+            words.extend_from_slice(rest);
+            transfer(&words)
+        }
+        // `msip:<number>` (or any other target): dial it.
+        _ => dial_target("dial", raw, rest, true, false),
+    }
+}
+
+fn dial(
+    name: &str,
+    rest: &[String],
+    hold_active: bool,
+    numeric: bool,
+) -> Result<Command, ParseError> {
+    match rest.split_first() {
+        Some((target, more)) => dial_target(name, target, more, hold_active, numeric),
+        None => Err(bad(format!("{name} needs a target"))),
+    }
+}
+
+/// A dial with its target known: `more` is nothing, `N` or `account N`.
+fn dial_target(
+    name: &str,
+    raw_target: &str,
+    more: &[String],
+    hold_active: bool,
+    numeric: bool,
+) -> Result<Command, ParseError> {
+    let target = normalize_target(name, raw_target)?;
+    let account = match more {
+        [] => None,
+        [number] => Some(parse_account(number)?),
+        [word, number] if word.eq_ignore_ascii_case("account") => Some(parse_account(number)?),
+        _ => {
+            return Err(bad(format!(
+                "{name} takes a target and an optional account number"
+            )))
+        }
+    };
+    Ok(Command::Dial {
+        target,
+        account,
+        hold_active,
+        numeric,
+    })
+}
+
+fn message(rest: &[String]) -> Result<Command, ParseError> {
+    match rest.split_first() {
+        None => Err(bad("message needs a target and a text")),
+        Some((_, [])) => Err(bad("message needs a text after the target")),
+        Some((target, text)) => Ok(Command::Message {
+            target: normalize_target("message", target)?,
+            text: text.join(" "),
+        }),
+    }
+}
+
+fn reject(name: &str, rest: &[String], default_code: Option<u16>) -> Result<Command, ParseError> {
+    let mut call = None;
+    let mut code = default_code;
+    let mut code_given = false;
+    for word in rest {
+        let new_code = if word.eq_ignore_ascii_case("decline") {
+            Some(603)
+        } else if is_digits(word) {
+            match word.parse::<u64>() {
+                Ok(n) if (400..=699).contains(&n) => u16::try_from(n).ok(),
+                Ok(n) if n >= 400 => {
+                    return Err(bad(format!("SIP code must be 400-699, got '{n}'")));
+                }
+                _ => {
+                    if call.is_some() {
+                        return Err(bad(format!("{name} takes one call id")));
+                    }
+                    call = Some(parse_call_id(word)?);
+                    continue;
+                }
+            }
+        } else {
+            return Err(bad(format!(
+                "{name} takes an optional call id and SIP code (400-699, or 'decline'), got '{}'",
+                shown(word)
+            )));
+        };
+        if code_given {
+            return Err(bad(format!("{name} takes one SIP code")));
+        }
+        code_given = true;
+        code = new_code;
+    }
+    Ok(Command::Reject { call, code })
+}
+
+fn hold(rest: &[String]) -> Result<Command, ParseError> {
+    if rest.len() > 2 {
+        return Err(bad("hold takes an optional call id and on or off"));
+    }
+    let mut call = None;
+    let mut on = None;
+    for word in rest {
+        if is_digits(word) {
+            if call.is_some() {
+                return Err(bad("hold takes one call id"));
+            }
+            call = Some(parse_call_id(word)?);
+        } else {
+            let mode = match word.to_ascii_lowercase().as_str() {
+                "on" => true,
+                "off" => false,
+                _ => {
+                    return Err(bad(format!(
+                        "no such hold mode '{}': use on or off",
+                        shown(word)
+                    )))
+                }
+            };
+            if on.is_some() {
+                return Err(bad("hold takes one of on or off"));
+            }
+            on = Some(mode);
+        }
+    }
+    Ok(Command::Hold { call, on })
+}
+
+fn transfer(words: &[String]) -> Result<Command, ParseError> {
+    let Some((target, more)) = words.split_first() else {
+        return Err(bad("transfer needs a target"));
+    };
+    let target = normalize_target("transfer", target)?;
+    let call = match more {
+        [] => None,
+        [id] => Some(parse_call_id(id)?),
+        _ => return Err(bad("transfer takes a target and an optional call id")),
+    };
+    Ok(Command::Transfer { target, call })
+}
+
+fn dtmf(digits: &str, more: &[String]) -> Result<Command, ParseError> {
+    if digits.is_empty() {
+        return Err(bad(format!("dtmf needs digits: {DTMF_ALLOWED}")));
+    }
+    let mut checked = String::with_capacity(digits.len());
+    for c in digits.chars() {
+        match c {
+            '0'..='9' | '*' | '#' | ',' | 'A'..='D' => checked.push(c),
+            'a'..='d' => checked.push(c.to_ascii_uppercase()),
+            _ => {
+                return Err(bad(format!(
+                    "no such DTMF digit '{}': use {DTMF_ALLOWED}",
+                    shown(&c.to_string())
+                )))
+            }
+        }
+    }
+    let call = match more {
+        [] => None,
+        [id] => Some(parse_call_id(id)?),
+        _ => return Err(bad("dtmf takes digits and an optional call id")),
+    };
+    Ok(Command::Dtmf {
+        digits: checked,
+        call,
+    })
+}
+
+fn optional_switch(name: &str, rest: &[String]) -> Result<Option<bool>, ParseError> {
+    match rest {
+        [] => Ok(None),
+        [word] => match word.to_ascii_lowercase().as_str() {
+            "on" | "1" => Ok(Some(true)),
+            "off" | "0" => Ok(Some(false)),
+            _ => Err(bad(format!(
+                "no such {name} mode '{}': use on, off, 1 or 0",
+                shown(word)
+            ))),
+        },
+        _ => Err(bad(format!("{name} takes at most one of on, off, 1 or 0"))),
+    }
+}
+
+fn relative(
+    name: &str,
+    kind: LevelKind,
+    sign: i32,
+    rest: &[String],
+) -> Result<Command, ParseError> {
+    let steps: i32 = match rest {
+        [] => 1,
+        [word] => match word.parse::<i32>() {
+            Ok(n) if is_digits(word) && (1..=10).contains(&n) => n,
+            _ => {
+                return Err(bad(format!(
+                    "{name} steps must be 1-10, got '{}'",
+                    shown(word)
+                )))
+            }
+        },
+        _ => return Err(bad(format!("{name} takes at most a number of steps 1-10"))),
+    };
+    Ok(Command::Level {
+        kind,
+        change: LevelChange::Relative(sign * steps * LEVEL_STEP_POINTS),
+    })
+}
+
+fn absolute(name: &str, kind: LevelKind, rest: &[String]) -> Result<Command, ParseError> {
+    match rest {
+        [] => Err(bad(format!("{name} needs a level 0-100"))),
+        [word] => match word.parse::<u8>() {
+            Ok(n) if is_digits(word) && n <= 100 => Ok(Command::Level {
+                kind,
+                change: LevelChange::Absolute(n),
+            }),
+            _ => Err(bad("volume must be 0-100")),
+        },
+        _ => Err(bad(format!("{name} takes one level 0-100"))),
+    }
+}
+
+fn set_device(rest: &[String]) -> Result<Command, ParseError> {
+    let Some((role_word, device)) = rest.split_first() else {
+        return Err(bad(
+            "setdevice needs input, output or ring and a device id or name",
+        ));
+    };
+    let role = match role_word.to_ascii_lowercase().as_str() {
+        "input" => DeviceRole::Input,
+        "output" => DeviceRole::Output,
+        "ring" => DeviceRole::Ring,
+        _ => {
+            return Err(bad(format!(
+                "no such device role '{}': use input, output or ring",
+                shown(role_word)
+            )))
+        }
+    };
+    let device = device.join(" ");
+    if device.trim().is_empty() {
+        return Err(bad("setdevice needs a device id or name"));
+    }
+    Ok(Command::SetDevice { role, device })
+}
+
+/// `account N [/password:P]` and `/account:N [/password:P]`. Never echoes a password.
+fn account(number: &str, more: &[String]) -> Result<Command, ParseError> {
+    let number = parse_account(number)?;
+    let password = match more {
+        [] => None,
+        [word] if word.to_ascii_lowercase().starts_with("/password:") => {
+            Some(word[10..].to_string())
+        }
+        _ => {
+            return Err(bad(
+                "account takes an account number and an optional /password:P",
+            ))
+        }
+    };
+    Ok(Command::Account { number, password })
+}
+
+fn show(rest: &[String]) -> Result<Command, ParseError> {
+    let state = match rest {
+        [] => WindowState::Normal,
+        [word] => match word.to_ascii_lowercase().as_str() {
+            "normal" => WindowState::Normal,
+            "minimized" => WindowState::Minimized,
+            "hidden" => WindowState::Hidden,
+            _ => {
+                return Err(bad(format!(
+                    "no such window state '{}': use normal, minimized or hidden",
+                    shown(word)
+                )))
+            }
+        },
+        _ => return Err(bad("show takes at most one of normal, minimized or hidden")),
+    };
+    Ok(Command::Window { state })
+}
+
+fn window(name: &str, rest: &[String], state: WindowState) -> Result<Command, ParseError> {
+    no_arguments(name, rest, Command::Window { state })
+}
+
+fn events(rest: &[String]) -> Result<Command, ParseError> {
+    match rest {
+        [] => Ok(Command::Events { filter: None }),
+        [filter] => Ok(Command::Events {
+            filter: Some(filter.clone()),
+        }),
+        _ => Err(bad("events takes at most one filter")),
+    }
+}
+
+fn no_arguments(name: &str, rest: &[String], command: Command) -> Result<Command, ParseError> {
+    match rest.first() {
+        None => Ok(command),
+        Some(word) => Err(bad(format!(
+            "{name} takes no arguments, got '{}'",
+            shown(word)
+        ))),
+    }
+}
+
+fn optional_call(name: &str, rest: &[String]) -> Result<Option<CallId>, ParseError> {
+    match rest {
+        [] => Ok(None),
+        [id] => Ok(Some(parse_call_id(id)?)),
+        _ => Err(bad(format!("{name} takes at most one call id"))),
+    }
+}
+
+fn optional_account(name: &str, rest: &[String]) -> Result<Option<u32>, ParseError> {
+    match rest {
+        [] => Ok(None),
+        [number] => Ok(Some(parse_account(number)?)),
+        _ => Err(bad(format!("{name} takes at most one account number"))),
+    }
+}
+
+fn parse_call_id(word: &str) -> Result<CallId, ParseError> {
+    match word.parse::<CallId>() {
+        Ok(id) if is_digits(word) && id > 0 => Ok(id),
+        _ => Err(bad(format!(
+            "call id must be a positive number, got '{}'",
+            shown(word)
+        ))),
+    }
+}
+
+fn parse_account(word: &str) -> Result<u32, ParseError> {
+    match word.parse::<u32>() {
+        Ok(n) if is_digits(word) && n > 0 => Ok(n),
+        _ => Err(bad(format!(
+            "account number must be a positive number, got '{}'",
+            shown(word)
+        ))),
+    }
+}
+
+/// A dial/transfer/message target: strip `callto:`, `dial:`, `dialpad:` (and a `//`
+/// after them) and `tel:`; keep `sip:`/`sips:` URIs whole; percent-decode `%XX`.
+fn normalize_target(name: &str, raw: &str) -> Result<String, ParseError> {
+    let lower = raw.to_ascii_lowercase();
+    let mut target = raw;
+    for (prefix, slashes) in [
+        ("callto:", true),
+        ("dialpad:", true),
+        ("dial:", true),
+        ("tel:", false),
+    ] {
+        if lower.starts_with(prefix) {
+            target = &raw[prefix.len()..];
+            if slashes {
+                target = target.strip_prefix("//").unwrap_or(target);
+            }
+            break;
+        }
+    }
+    checked_target(name, &percent_decode(target)?)
+}
+
+/// Trim a target and refuse an empty one or one with control characters (a CR/LF
+/// would otherwise reach a SIP header).
+fn checked_target(name: &str, target: &str) -> Result<String, ParseError> {
+    let target = target.trim();
+    if target.is_empty() {
+        return Err(bad(format!("{name} needs a target")));
+    }
+    if target.chars().any(char::is_control) {
+        return Err(bad(format!("{name} target contains a control character")));
+    }
+    Ok(target.to_string())
+}
+
+/// Decode `%XX` escapes; a `%` not followed by two hex digits stays as it is.
+fn percent_decode(text: &str) -> Result<String, ParseError> {
+    if !text.contains('%') {
+        return Ok(text.to_string());
+    }
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let byte = bytes[i];
+        if byte == b'%' {
+            if let (Some(high), Some(low)) = (
+                bytes.get(i + 1).and_then(|b| hex_value(*b)),
+                bytes.get(i + 2).and_then(|b| hex_value(*b)),
+            ) {
+                out.push(high * 16 + low);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(byte);
+        i += 1;
+    }
+    String::from_utf8(out).map_err(|_| bad("target is not valid UTF-8 after percent-decoding"))
+}
+
+fn hex_value(byte: u8) -> Option<u8> {
+    match byte {
+        b'0'..=b'9' => Some(byte - b'0'),
+        b'a'..=b'f' => Some(byte - b'a' + 10),
+        b'A'..=b'F' => Some(byte - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// `[+]` then digits, `*`, `#`, `,`, with at least one digit, `*` or `#`.
+fn is_number_like(word: &str) -> bool {
+    let body = word.strip_prefix('+').unwrap_or(word);
+    !body.is_empty()
+        && body
+            .chars()
+            .all(|c| c.is_ascii_digit() || matches!(c, '*' | '#' | ','))
+        && body
+            .chars()
+            .any(|c| c.is_ascii_digit() || matches!(c, '*' | '#'))
+}
+
+/// `user@host`: something before and after one `@`, no whitespace, quotes or controls.
+fn is_address_like(word: &str) -> bool {
+    let Some((user, host)) = word.split_once('@') else {
+        return false;
+    };
+    !user.is_empty()
+        && !host.is_empty()
+        && !host.contains('@')
+        && !word
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || matches!(c, '"' | '<' | '>'))
+}
+
+fn is_digits(word: &str) -> bool {
+    !word.is_empty() && word.bytes().all(|b| b.is_ascii_digit())
+}
+
+fn bad(message: impl Into<String>) -> ParseError {
+    ParseError {
+        code: "bad_argument",
+        message: message.into(),
+    }
+}
+
+fn unknown(word: &str) -> ParseError {
+    ParseError {
+        code: "unknown_command",
+        message: format!("unknown command '{}'", shown(word)),
+    }
+}
+
+/// A word as an error message shows it: at most 40 characters, controls escaped.
+fn shown(word: &str) -> String {
+    let mut out = String::new();
+    for (count, c) in word.chars().enumerate() {
+        if count == 40 {
+            out.push_str("...");
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(line: &str) -> Result<Command, ParseError> {
+        parse_line(line)
+    }
+
+    fn dial(target: &str) -> Command {
+        Command::Dial {
+            target: target.to_string(),
+            account: None,
+            hold_active: true,
+            numeric: false,
+        }
+    }
+
+    fn speaker(points: i32) -> Command {
+        Command::Level {
+            kind: LevelKind::Speaker,
+            change: LevelChange::Relative(points),
+        }
+    }
+
+    fn mic(points: i32) -> Command {
+        Command::Level {
+            kind: LevelKind::Microphone,
+            change: LevelChange::Relative(points),
+        }
+    }
+
+    fn bad_argument(line: &str) -> String {
+        match parse(line) {
+            Err(error) => {
+                assert_eq!(error.code, "bad_argument", "{line}: {error:?}");
+                error.message
+            }
+            Ok(command) => panic!("{line}: expected an error, got {command:?}"),
+        }
+    }
+
+    #[test]
+    fn every_alias_in_the_spec_table() {
+        use Command as C;
+        let s = |t: &str| t.to_string();
+        let window = |state| C::Window { state };
+        let table: Vec<(&str, Command)> = vec![
+            // dial
+            ("dial 123", dial("123")),
+            ("Dial 123", dial("123")),
+            (
+                "DIAL 123",
+                C::Dial {
+                    target: s("123"),
+                    account: None,
+                    hold_active: true,
+                    numeric: true,
+                },
+            ),
+            ("msip:123", dial("123")),
+            ("123", dial("123")),
+            ("+4930123,45#", dial("+4930123,45#")),
+            ("*97", dial("*97")),
+            ("1001@10.0.0.1", dial("1001@10.0.0.1")),
+            ("sip:100@pbx.example", dial("sip:100@pbx.example")),
+            ("sips:100@pbx.example", dial("sips:100@pbx.example")),
+            ("SIP:100@pbx.example", dial("SIP:100@pbx.example")),
+            ("tel:+4930123", dial("+4930123")),
+            ("callto:123", dial("123")),
+            ("callto://123", dial("123")),
+            ("dial:123", dial("123")),
+            ("dialpad:123", dial("123")),
+            (
+                "dial 123 2",
+                C::Dial {
+                    target: s("123"),
+                    account: Some(2),
+                    hold_active: true,
+                    numeric: false,
+                },
+            ),
+            (
+                "dial 123 account 2",
+                C::Dial {
+                    target: s("123"),
+                    account: Some(2),
+                    hold_active: true,
+                    numeric: false,
+                },
+            ),
+            // callto
+            (
+                "callto 123",
+                C::Dial {
+                    target: s("123"),
+                    account: None,
+                    hold_active: false,
+                    numeric: false,
+                },
+            ),
+            (
+                "CallTo sip:1@h 3",
+                C::Dial {
+                    target: s("sip:1@h"),
+                    account: Some(3),
+                    hold_active: false,
+                    numeric: false,
+                },
+            ),
+            // number text -> message
+            (
+                "123 hello there",
+                C::Message {
+                    target: s("123"),
+                    text: s("hello there"),
+                },
+            ),
+            (
+                "message 100 \"hello  there\" again",
+                C::Message {
+                    target: s("100"),
+                    text: s("hello  there again"),
+                },
+            ),
+            // answer
+            ("answer", C::Answer { call: None }),
+            ("Answer 2", C::Answer { call: Some(2) }),
+            ("ANSWER", C::Answer { call: None }),
+            ("/answer", C::Answer { call: None }),
+            ("msip:answer", C::Answer { call: None }),
+            // reject
+            (
+                "reject",
+                C::Reject {
+                    call: None,
+                    code: None,
+                },
+            ),
+            (
+                "Reject 3 603",
+                C::Reject {
+                    call: Some(3),
+                    code: Some(603),
+                },
+            ),
+            (
+                "reject 480 3",
+                C::Reject {
+                    call: Some(3),
+                    code: Some(480),
+                },
+            ),
+            (
+                "reject decline",
+                C::Reject {
+                    call: None,
+                    code: Some(603),
+                },
+            ),
+            (
+                "decline 4",
+                C::Reject {
+                    call: Some(4),
+                    code: Some(603),
+                },
+            ),
+            (
+                "/hangupincoming",
+                C::Reject {
+                    call: None,
+                    code: None,
+                },
+            ),
+            // hangup
+            ("hangup", C::Hangup { call: None }),
+            ("Hangup 7", C::Hangup { call: Some(7) }),
+            ("HANGUP", C::Hangup { call: None }),
+            ("hangupall", C::HangupAll),
+            ("/hangupall", C::HangupAll),
+            ("msip:hangupall", C::HangupAll),
+            ("hangupcalling", C::HangupCalling),
+            ("/hangupcalling", C::HangupCalling),
+            // hold
+            (
+                "hold",
+                C::Hold {
+                    call: None,
+                    on: None,
+                },
+            ),
+            (
+                "Hold 3 on",
+                C::Hold {
+                    call: Some(3),
+                    on: Some(true),
+                },
+            ),
+            (
+                "hold OFF 3",
+                C::Hold {
+                    call: Some(3),
+                    on: Some(false),
+                },
+            ),
+            (
+                "msip:hold",
+                C::Hold {
+                    call: None,
+                    on: None,
+                },
+            ),
+            // transfer
+            (
+                "transfer 200",
+                C::Transfer {
+                    target: s("200"),
+                    call: None,
+                },
+            ),
+            (
+                "Transfer 200 4",
+                C::Transfer {
+                    target: s("200"),
+                    call: Some(4),
+                },
+            ),
+            (
+                "TRANSFER sip:200@h",
+                C::Transfer {
+                    target: s("sip:200@h"),
+                    call: None,
+                },
+            ),
+            (
+                "/transfer:200",
+                C::Transfer {
+                    target: s("200"),
+                    call: None,
+                },
+            ),
+            (
+                "msip:transfer_200",
+                C::Transfer {
+                    target: s("200"),
+                    call: None,
+                },
+            ),
+            // dtmf
+            (
+                "dtmf 12*#",
+                C::Dtmf {
+                    digits: s("12*#"),
+                    call: None,
+                },
+            ),
+            (
+                "SendDTMF 1,2abcd 5",
+                C::Dtmf {
+                    digits: s("1,2ABCD"),
+                    call: Some(5),
+                },
+            ),
+            (
+                "DTMF 9",
+                C::Dtmf {
+                    digits: s("9"),
+                    call: None,
+                },
+            ),
+            (
+                "/dtmf:55",
+                C::Dtmf {
+                    digits: s("55"),
+                    call: None,
+                },
+            ),
+            (
+                "dtmf:#",
+                C::Dtmf {
+                    digits: s("#"),
+                    call: None,
+                },
+            ),
+            // mute
+            ("mute", C::Mute { on: None }),
+            ("Mute on", C::Mute { on: Some(true) }),
+            ("MUTE 1", C::Mute { on: Some(true) }),
+            ("MUTE 0", C::Mute { on: Some(false) }),
+            ("mute off", C::Mute { on: Some(false) }),
+            ("msip:micmute", C::Mute { on: Some(true) }),
+            ("msip:micunmute", C::Mute { on: Some(false) }),
+            ("msip:micmuteclick", C::Mute { on: None }),
+            // speakermute
+            ("speakermute", C::SpeakerMute { on: None }),
+            ("speakermute on", C::SpeakerMute { on: Some(true) }),
+            ("msip:speakmute", C::SpeakerMute { on: Some(true) }),
+            ("msip:speakunmute", C::SpeakerMute { on: Some(false) }),
+            ("msip:speakmuteclick", C::SpeakerMute { on: None }),
+            // relative levels
+            ("volumeup", speaker(LEVEL_STEP_POINTS)),
+            ("VolumeUp 3", speaker(3 * LEVEL_STEP_POINTS)),
+            ("VolumeDown", speaker(-LEVEL_STEP_POINTS)),
+            ("volumedown 10", speaker(-10 * LEVEL_STEP_POINTS)),
+            ("msip:speakup", speaker(5)),
+            ("msip:speakdown", speaker(-5)),
+            ("micup", mic(LEVEL_STEP_POINTS)),
+            ("micdown 2", mic(-2 * LEVEL_STEP_POINTS)),
+            ("msip:micup", mic(5)),
+            ("msip:micdown", mic(-5)),
+            // absolute levels
+            (
+                "setvolume 40",
+                C::Level {
+                    kind: LevelKind::Speaker,
+                    change: LevelChange::Absolute(40),
+                },
+            ),
+            (
+                "SetVolume 0",
+                C::Level {
+                    kind: LevelKind::Speaker,
+                    change: LevelChange::Absolute(0),
+                },
+            ),
+            (
+                "VOLUME 100",
+                C::Level {
+                    kind: LevelKind::Speaker,
+                    change: LevelChange::Absolute(100),
+                },
+            ),
+            (
+                "SetMicVolume 70",
+                C::Level {
+                    kind: LevelKind::Microphone,
+                    change: LevelChange::Absolute(70),
+                },
+            ),
+            // devices
+            (
+                "SetDevice output \"USB Headset\"",
+                C::SetDevice {
+                    role: DeviceRole::Output,
+                    device: s("USB Headset"),
+                },
+            ),
+            (
+                "setdevice input Built in mic",
+                C::SetDevice {
+                    role: DeviceRole::Input,
+                    device: s("Built in mic"),
+                },
+            ),
+            (
+                "setdevice RING 3",
+                C::SetDevice {
+                    role: DeviceRole::Ring,
+                    device: s("3"),
+                },
+            ),
+            ("devices", C::Devices),
+            // status
+            (
+                "status",
+                C::Status {
+                    form: StatusForm::Word,
+                },
+            ),
+            (
+                "Status",
+                C::Status {
+                    form: StatusForm::Word,
+                },
+            ),
+            (
+                "STATUS",
+                C::Status {
+                    form: StatusForm::Numeric,
+                },
+            ),
+            ("activecall", C::ActiveCall),
+            ("ACTIVECALL", C::ActiveCall),
+            ("calls", C::Calls),
+            ("history", C::History),
+            // account
+            (
+                "account 2",
+                C::Account {
+                    number: 2,
+                    password: None,
+                },
+            ),
+            (
+                "/account:2",
+                C::Account {
+                    number: 2,
+                    password: None,
+                },
+            ),
+            (
+                "/account:2 /password:s3cret",
+                C::Account {
+                    number: 2,
+                    password: Some(s("s3cret")),
+                },
+            ),
+            (
+                "/password:s3cret /account:2",
+                C::Account {
+                    number: 2,
+                    password: Some(s("s3cret")),
+                },
+            ),
+            (
+                "account 3 /PASSWORD:\"a b\"",
+                C::Account {
+                    number: 3,
+                    password: Some(s("a b")),
+                },
+            ),
+            ("register", C::Register { account: None }),
+            ("register 2", C::Register { account: Some(2) }),
+            ("unregister", C::Unregister { account: None }),
+            ("unregister 1", C::Unregister { account: Some(1) }),
+            // window
+            ("minimize", window(WindowState::Minimized)),
+            ("msip:minimize", window(WindowState::Minimized)),
+            ("/minimized", window(WindowState::Minimized)),
+            ("/hide", window(WindowState::Hidden)),
+            ("hide", window(WindowState::Hidden)),
+            ("show", window(WindowState::Normal)),
+            ("show hidden", window(WindowState::Hidden)),
+            ("show Minimized", window(WindowState::Minimized)),
+            // exit
+            ("exit", C::Exit),
+            ("Close", C::Exit),
+            ("QUIT", C::Exit),
+            ("/exit", C::Exit),
+            ("/EXIT", C::Exit),
+            // events
+            ("events", C::Events { filter: None }),
+            (
+                "events call.",
+                C::Events {
+                    filter: Some(s("call.")),
+                },
+            ),
+        ];
+        for (line, expected) in table {
+            assert_eq!(parse(line), Ok(expected), "{line}");
+        }
+    }
+
+    #[test]
+    fn parse_args_takes_words_as_given() {
+        let words = |list: &[&str]| list.iter().map(|w| w.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            parse_args(&words(&["message", "100", "hello there"])),
+            Ok(Command::Message {
+                target: "100".into(),
+                text: "hello there".into()
+            })
+        );
+        assert_eq!(
+            parse_args(&words(&["hold", "3", "on"])),
+            Ok(Command::Hold {
+                call: Some(3),
+                on: Some(true)
+            })
+        );
+        // MicroSIP's one-string command line.
+        assert_eq!(
+            parse_args(&words(&["123 hello"])),
+            Ok(Command::Message {
+                target: "123".into(),
+                text: "hello".into()
+            })
+        );
+        assert_eq!(
+            parse_args(&words(&["  "])).map_err(|e| e.message),
+            Err("empty command".into())
+        );
+        assert_eq!(parse_args(&[]).map_err(|e| e.code), Err("bad_argument"));
+    }
+
+    #[test]
+    fn unknown_commands() {
+        for (line, shown_word) in [
+            ("xyz", "xyz"),
+            ("/frobnicate", "/frobnicate"),
+            ("hello world", "hello"),
+            ("+", "+"),
+            ("@host", "@host"),
+        ] {
+            let error = parse(line).unwrap_err();
+            assert_eq!(error.code, "unknown_command", "{line}");
+            assert_eq!(error.message, format!("unknown command '{shown_word}'"));
+        }
+    }
+
+    #[test]
+    fn bad_arguments_are_explained() {
+        assert_eq!(bad_argument(""), "empty command");
+        assert_eq!(bad_argument("   \t "), "empty command");
+        assert_eq!(bad_argument("dial"), "dial needs a target");
+        assert_eq!(bad_argument("callto"), "callto needs a target");
+        assert_eq!(bad_argument("msip:"), "dial needs a target");
+        assert_eq!(bad_argument("tel:"), "dial needs a target");
+        assert_eq!(bad_argument("dial \"  \""), "dial needs a target");
+        assert!(bad_argument("dial 123 x").contains("account number"));
+        assert!(bad_argument("dial 123 0").contains("positive"));
+        assert!(bad_argument("dial 1 2 3").contains("optional account"));
+        assert_eq!(
+            bad_argument("hold maybe"),
+            "no such hold mode 'maybe': use on or off"
+        );
+        assert!(bad_argument("hold 1 2").contains("one call id"));
+        assert!(bad_argument("hold on off").contains("one of on or off"));
+        assert!(bad_argument("hold 1 on x").contains("optional call id"));
+        assert!(bad_argument("hold 0").contains("positive"));
+        assert!(bad_argument("answer x").contains("call id must be a positive number, got 'x'"));
+        assert!(bad_argument("answer -1").contains("positive"));
+        assert!(bad_argument("hangup 1 2").contains("at most one call id"));
+        assert!(bad_argument("hangup 99999999999999999999999").contains("positive"));
+        assert!(bad_argument("hangupall 1").contains("takes no arguments"));
+        assert!(bad_argument("reject 700").contains("400-699"));
+        assert!(bad_argument("reject 486 603").contains("one SIP code"));
+        assert!(bad_argument("reject 1 2").contains("one call id"));
+        assert!(bad_argument("reject soon").contains("decline"));
+        assert_eq!(bad_argument("transfer"), "transfer needs a target");
+        assert_eq!(bad_argument("/transfer:"), "transfer needs a target");
+        assert_eq!(bad_argument("msip:transfer_"), "transfer needs a target");
+        assert!(bad_argument("transfer 1 2 3").contains("optional call id"));
+        let dtmf_error = bad_argument("dtmf 12x");
+        assert!(dtmf_error.contains("'x'") && dtmf_error.contains("0-9, *, #, A-D"));
+        assert!(bad_argument("dtmf").contains("0-9, *, #, A-D"));
+        assert!(bad_argument("/dtmf:").contains("0-9, *, #, A-D"));
+        assert!(bad_argument("dtmf E").contains("A-D"));
+        assert!(bad_argument("mute maybe").contains("on, off, 1 or 0"));
+        assert!(bad_argument("mute on off").contains("at most one"));
+        assert_eq!(bad_argument("setvolume 101"), "volume must be 0-100");
+        assert_eq!(bad_argument("setvolume loud"), "volume must be 0-100");
+        assert_eq!(bad_argument("setvolume -1"), "volume must be 0-100");
+        assert_eq!(bad_argument("setvolume +5"), "volume must be 0-100");
+        assert_eq!(bad_argument("SetMicVolume 300"), "volume must be 0-100");
+        assert!(bad_argument("setvolume").contains("needs a level"));
+        assert!(bad_argument("setvolume 1 2").contains("one level"));
+        assert!(bad_argument("volumeup 0").contains("1-10"));
+        assert!(bad_argument("volumeup 11").contains("1-10"));
+        assert!(bad_argument("volumedown x").contains("1-10"));
+        assert!(bad_argument("msip:speakup 3").contains("takes no arguments"));
+        assert!(bad_argument("setdevice").contains("input, output or ring"));
+        assert!(bad_argument("setdevice speaker 1").contains("no such device role 'speaker'"));
+        assert!(bad_argument("setdevice input").contains("device id or name"));
+        assert_eq!(bad_argument("account"), "account needs an account number");
+        assert!(bad_argument("account x").contains("positive"));
+        assert!(bad_argument("/account:").contains("positive"));
+        assert!(bad_argument("register 1 2").contains("at most one account"));
+        assert!(bad_argument("show sideways").contains("normal, minimized or hidden"));
+        assert!(bad_argument("events a b").contains("one filter"));
+        assert_eq!(bad_argument("message"), "message needs a target and a text");
+        assert_eq!(
+            bad_argument("message 100"),
+            "message needs a text after the target"
+        );
+        assert!(bad_argument("/hide now").contains("takes no arguments"));
+        assert!(bad_argument("status x").contains("takes no arguments"));
+    }
+
+    #[test]
+    fn account_errors_never_echo_a_password() {
+        for line in [
+            "account 2 /password:hunter2 extra",
+            "account 2 hunter2",
+            "/account:2 /password:hunter2 /password:hunter2",
+            "/account:x /password:hunter2",
+            "/password:hunter2",
+            "/password:hunter2 /account:2 more",
+        ] {
+            let error = parse(line).unwrap_err();
+            assert_eq!(error.code, "bad_argument", "{line}");
+            assert!(
+                !error.message.contains("hunter2"),
+                "{line}: {}",
+                error.message
+            );
+        }
+    }
+
+    #[test]
+    fn quoting() {
+        assert_eq!(
+            split_words("message 100 \"hello there\"").unwrap(),
+            ["message", "100", "hello there"]
+        );
+        assert_eq!(
+            split_words(r#"a "x \"y\" \\ \n" b"#).unwrap(),
+            ["a", r#"x "y" \ \n"#, "b"]
+        );
+        // Backslashes outside quotes are plain characters.
+        assert_eq!(split_words(r"a\b \").unwrap(), [r"a\b", r"\"]);
+        assert_eq!(split_words("a \"\" b").unwrap(), ["a", "", "b"]);
+        assert_eq!(
+            split_words("/password:\"a b\"c").unwrap(),
+            ["/password:a bc"]
+        );
+        assert_eq!(split_words(" \t a\r\n").unwrap(), ["a"]);
+        assert!(split_words("").unwrap().is_empty());
+        let error = parse("message 100 \"open").unwrap_err();
+        assert_eq!(error.code, "bad_argument");
+        assert_eq!(error.message, "unterminated quote");
+        assert_eq!(
+            parse(r#"message 1 "a\""#).unwrap_err().message,
+            "unterminated quote"
+        );
+        assert_eq!(
+            parse(r#"message 100 "say \"hi\"""#),
+            Ok(Command::Message {
+                target: "100".into(),
+                text: "say \"hi\"".into()
+            })
+        );
+        assert_eq!(parse("\"\"").unwrap_err().message, "empty command");
+    }
+
+    #[test]
+    fn percent_decoding() {
+        assert_eq!(parse("tel:%2B4930123"), Ok(dial("+4930123")));
+        assert_eq!(parse("%2B4930123"), Ok(dial("+4930123")));
+        assert_eq!(
+            parse("sip:alice%20smith@host"),
+            Ok(dial("sip:alice smith@host"))
+        );
+        assert_eq!(parse("callto:%2b1%2A"), Ok(dial("+1*")));
+        assert_eq!(parse("dial 100%23"), Ok(dial("100#")));
+        assert_eq!(parse("msip:%2B49"), Ok(dial("+49")));
+        // Not an escape: kept as it is.
+        assert_eq!(parse("sip:a%zz@h%"), Ok(dial("sip:a%zz@h%")));
+        assert_eq!(parse("sip:%C3%A9@h"), Ok(dial("sip:é@h")));
+        assert!(bad_argument("sip:%FF@h").contains("UTF-8"));
+        // A decoded CR/LF would reach a SIP header: refused.
+        assert!(bad_argument("sip:a%0D%0AVia:x@h").contains("control character"));
+        assert_eq!(
+            parse("/transfer:%2B200"),
+            Ok(Command::Transfer {
+                target: "+200".into(),
+                call: None
+            })
+        );
+    }
+
+    #[test]
+    fn error_words_are_shortened_and_escaped() {
+        let long = "x".repeat(200);
+        let error = parse(&long).unwrap_err();
+        assert!(error.message.len() < 80, "{}", error.message);
+        let error = parse_args(&["ab\u{1b}[2J".to_string()]).unwrap_err();
+        assert!(!error.message.contains('\u{1b}'), "{}", error.message);
+    }
+
+    struct XorShift(u64);
+
+    impl XorShift {
+        fn next(&mut self) -> u64 {
+            let mut x = self.0;
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            self.0 = x;
+            x
+        }
+
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+    }
+
+    #[test]
+    fn random_input_never_panics() {
+        const PIECES: [&str; 24] = [
+            "dial ",
+            "msip:",
+            "/account:",
+            "/password:",
+            "\"",
+            "\\",
+            "%",
+            "%2",
+            "%C3",
+            "%FF",
+            " ",
+            "hold ",
+            "reject ",
+            "1",
+            "999999999999999999999",
+            "on",
+            "sip:",
+            "tel:",
+            "@",
+            "dtmf ",
+            "/transfer:",
+            "setvolume ",
+            "é",
+            "\r\n",
+        ];
+        let mut rng = XorShift(0x9E37_79B9_7F4A_7C15);
+        for round in 0..10_000 {
+            let length = rng.below(48);
+            let mut bytes = Vec::with_capacity(length * 2);
+            for _ in 0..length {
+                // Even rounds: raw bytes only; odd rounds: a third raw bytes.
+                if round % 2 == 0 || rng.below(3) == 0 {
+                    bytes.push(rng.next() as u8);
+                } else {
+                    bytes.extend_from_slice(PIECES[rng.below(PIECES.len())].as_bytes());
+                }
+            }
+            let line = String::from_utf8_lossy(&bytes);
+            if let Err(error) = parse_line(&line) {
+                assert!(
+                    error.code == "bad_argument" || error.code == "unknown_command",
+                    "{line:?}: {error:?}"
+                );
+                assert!(!error.message.is_empty());
+            }
+        }
+    }
+}

@@ -1,0 +1,17 @@
+//! The phone's engine. It owns all state (accounts, registrations, calls) and is the
+//! only thing that changes it. Every face (command line, socket, HTTP) turns its input
+//! into one [`Command`], gets one [`Reply`], and may subscribe to the [`Event`] stream.
+//!
+//! The engine knows no sockets and no files: SIP goes through `microsip-sip`, the ini
+//! through the [`ConfigStore`] the binary hands in.
+
+pub mod command;
+pub mod engine;
+pub mod event;
+pub mod grammar;
+pub mod reply;
+
+pub use command::{CallId, Command, ParseError};
+pub use engine::{start, ConfigStore, EngineHandle, EngineSetup, NoStore};
+pub use event::{Event, EventKind, Snapshot};
+pub use reply::{Answer, ErrorCode, Failure, Reply};

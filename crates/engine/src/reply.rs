@@ -1,0 +1,108 @@
+//! The one reply type: success with text (and data for JSON clients), or a failure
+//! with a stable machine code and words a person understands.
+
+use serde_json::Value;
+
+/// Stable failure codes; scripts match on these, never on the words.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    UnknownCommand,
+    BadArgument,
+    /// A command whose feature lands in a later release.
+    NotAvailableYet,
+    NoSuchAccount,
+    AccountInactive,
+    RegistrationFailed,
+    ConfigWrite,
+    Stopping,
+    Internal,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::UnknownCommand => "unknown_command",
+            ErrorCode::BadArgument => "bad_argument",
+            ErrorCode::NotAvailableYet => "not_available",
+            ErrorCode::NoSuchAccount => "no_such_account",
+            ErrorCode::AccountInactive => "account_inactive",
+            ErrorCode::RegistrationFailed => "registration_failed",
+            ErrorCode::ConfigWrite => "config_write",
+            ErrorCode::Stopping => "stopping",
+            ErrorCode::Internal => "internal",
+        }
+    }
+
+    /// Maps a grammar error's code.
+    pub fn from_parse_code(code: &str) -> ErrorCode {
+        match code {
+            "unknown_command" => ErrorCode::UnknownCommand,
+            _ => ErrorCode::BadArgument,
+        }
+    }
+}
+
+/// A successful answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Answer {
+    /// The one-line text a person or a shell script reads.
+    pub text: String,
+    /// The same, structured, for JSON clients (`Value::Null` when the text says it all).
+    pub data: Value,
+}
+
+/// A refused command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+/// What every command gets back.
+pub type Reply = Result<Answer, Failure>;
+
+/// A text-only success.
+pub fn ok(text: impl Into<String>) -> Reply {
+    Ok(Answer {
+        text: text.into(),
+        data: Value::Null,
+    })
+}
+
+/// A success with structured data for JSON clients.
+pub fn ok_with(text: impl Into<String>, data: Value) -> Reply {
+    Ok(Answer {
+        text: text.into(),
+        data,
+    })
+}
+
+/// A failure.
+pub fn fail(code: ErrorCode, message: impl Into<String>) -> Reply {
+    Err(Failure {
+        code,
+        message: message.into(),
+    })
+}
+
+/// The JSON form of a reply, with the client's token echoed.
+pub fn to_json(reply: &Reply, token: Option<&Value>) -> Value {
+    let mut obj = match reply {
+        Ok(a) => serde_json::json!({ "ok": true, "text": a.text, "data": a.data }),
+        Err(f) => serde_json::json!({ "ok": false, "code": f.code.as_str(), "error": f.message }),
+    };
+    if let (Some(token), Some(map)) = (token, obj.as_object_mut()) {
+        map.insert("token".into(), token.clone());
+    }
+    obj
+}
+
+/// The plain line form: `OK <text>` or `ERR <code> <message>`, always one line.
+pub fn to_line(reply: &Reply) -> String {
+    let one_line = |s: &str| s.replace(['\r', '\n'], " ");
+    match reply {
+        Ok(a) if a.text.is_empty() => "OK".to_string(),
+        Ok(a) => format!("OK {}", one_line(&a.text)),
+        Err(f) => format!("ERR {} {}", f.code.as_str(), one_line(&f.message)),
+    }
+}

@@ -1,0 +1,30 @@
+//! SIP signalling for the phone. rsipstack (pinned) is used only inside this crate,
+//! so an upgrade touches one place. It owns the endpoint and its listeners, the
+//! registration clients, digest answers and the SIP trace. It knows nothing of the
+//! ini file, commands or RTP.
+
+pub mod digest;
+pub mod registration;
+pub mod stack;
+pub mod time;
+pub mod trace;
+
+pub use registration::{Outcome, Registration, RegistrationConfig, RegistrationEvent, SipTransport};
+pub use stack::{local_ip_towards, SipStack, StackConfig};
+
+/// A SIP failure the phone reports to the user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SipError {
+    /// The endpoint could not start (port taken, trace file not writable...).
+    Setup(String),
+}
+
+impl std::fmt::Display for SipError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SipError::Setup(s) => f.write_str(s),
+        }
+    }
+}
+
+impl std::error::Error for SipError {}

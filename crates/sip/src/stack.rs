@@ -1,0 +1,193 @@
+//! The SIP endpoint: listeners (UDP and TCP on one port), our own User-Agent and
+//! Call-ID domain, the trace, and the dispatcher that answers requests arriving
+//! outside any dialog (OPTIONS → 200; what we cannot serve yet gets a clear code).
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use rsipstack::sip::{Header, StatusCode};
+use rsipstack::transaction::endpoint::{EndpointInner, EndpointOption};
+use rsipstack::transaction::{Endpoint, EndpointBuilder, TransactionReceiver};
+use rsipstack::transport::tcp_listener::TcpListenerConnection;
+use rsipstack::transport::udp::UdpConnection;
+use rsipstack::transport::SipConnection;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::trace::{SipTrace, TraceInspector};
+use crate::SipError;
+
+/// The methods we answer; sent in `Allow`.
+pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, MESSAGE, NOTIFY, REFER, UPDATE";
+
+/// How to start the endpoint.
+#[derive(Debug, Clone)]
+pub struct StackConfig {
+    /// Address to bind; `0.0.0.0` listens everywhere.
+    pub bind_ip: IpAddr,
+    /// Local SIP port for both UDP and TCP; 0 picks a free one.
+    pub port: u16,
+    /// Also listen on TCP (same port number as UDP).
+    pub tcp: bool,
+    /// `User-Agent` header: ours, never the library's.
+    pub user_agent: String,
+    /// Domain part of the Call-IDs we make.
+    pub callid_domain: String,
+    /// Where to write the SIP trace, if anywhere.
+    pub trace: Option<PathBuf>,
+}
+
+/// A running SIP endpoint. Dropping it does not stop it; call [`SipStack::shutdown`].
+pub struct SipStack {
+    pub(crate) endpoint: Endpoint,
+    pub(crate) udp: UdpConnection,
+    pub(crate) tcp_addr: Option<SocketAddr>,
+    cancel: CancellationToken,
+}
+
+impl SipStack {
+    /// Binds the listeners and starts serving. Fails with a clear error when the port
+    /// is taken or the trace file cannot be opened.
+    pub async fn start(config: StackConfig) -> Result<SipStack, SipError> {
+        let cancel = CancellationToken::new();
+        let trace = match &config.trace {
+            Some(path) => Some(Arc::new(SipTrace::open(path).map_err(|e| {
+                SipError::Setup(format!("cannot open SIP trace {}: {e}", path.display()))
+            })?)),
+            None => None,
+        };
+
+        let mut builder = EndpointBuilder::new();
+        builder
+            .with_user_agent(&config.user_agent)
+            .with_cancel_token(cancel.clone())
+            .with_option(EndpointOption {
+                callid_suffix: Some(config.callid_domain.clone()),
+                ..Default::default()
+            });
+        if let Some(trace) = &trace {
+            builder.with_inspector(Box::new(TraceInspector(trace.clone())));
+        }
+        let endpoint = builder.build();
+
+        let bind = SocketAddr::new(config.bind_ip, config.port);
+        // With a wildcard bind the stack advertises the first non-loopback address.
+        let udp = UdpConnection::create_connection(bind, None, Some(cancel.child_token()))
+        .await
+        .map_err(|e| SipError::Setup(format!("cannot listen on UDP {bind}: {e}")))?;
+        let udp_port = udp
+            .get_addr()
+            .get_socketaddr()
+            .map(|a| a.port())
+            .map_err(|e| SipError::Setup(format!("UDP listener has no address: {e}")))?;
+        endpoint
+            .inner
+            .transport_layer
+            .add_transport(SipConnection::Udp(udp.clone()));
+
+        let mut tcp_addr = None;
+        if config.tcp {
+            let tcp_bind = SocketAddr::new(config.bind_ip, udp_port);
+            let listener = TcpListenerConnection::new(tcp_bind, None)
+                .await
+                .map_err(|e| SipError::Setup(format!("cannot listen on TCP {tcp_bind}: {e}")))?;
+            tcp_addr = Some(tcp_bind);
+            endpoint
+                .inner
+                .transport_layer
+                .add_transport(SipConnection::TcpListener(listener));
+        }
+        if let Some(trace) = &trace {
+            trace.set_local_addrs(endpoint.inner.transport_layer.get_listen_addrs());
+        }
+
+        let incoming = endpoint
+            .incoming_transactions()
+            .map_err(|e| SipError::Setup(format!("SIP endpoint: {e}")))?;
+        let inner = endpoint.inner.clone();
+        tokio::spawn(async move {
+            if let Err(e) = inner.serve().await {
+                warn!("SIP endpoint stopped: {e}");
+            }
+        });
+        tokio::spawn(dispatch(incoming));
+        info!(
+            "SIP listening on {}:{udp_port} (UDP{})",
+            config.bind_ip,
+            if config.tcp { ", TCP" } else { "" }
+        );
+
+        Ok(SipStack {
+            endpoint,
+            udp,
+            tcp_addr,
+            cancel,
+        })
+    }
+
+    /// The UDP listener's address.
+    pub fn udp_addr(&self) -> Option<SocketAddr> {
+        self.udp.get_addr().get_socketaddr().ok()
+    }
+
+    /// The TCP listener's address, when TCP is on.
+    pub fn tcp_addr(&self) -> Option<SocketAddr> {
+        self.tcp_addr
+    }
+
+    pub(crate) fn inner(&self) -> Arc<EndpointInner> {
+        self.endpoint.inner.clone()
+    }
+
+    /// Stops every listener and timer. Unregister first: this sends nothing.
+    pub fn shutdown(&self) {
+        self.cancel.cancel();
+    }
+}
+
+/// The local address the kernel would use to reach `remote` (no packet is sent).
+pub fn local_ip_towards(remote: IpAddr) -> IpAddr {
+    let probe = || -> std::io::Result<IpAddr> {
+        let bind: SocketAddr = if remote.is_ipv6() {
+            "[::]:0".parse().map_err(std::io::Error::other)?
+        } else {
+            SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0)
+        };
+        let socket = UdpSocket::bind(bind)?;
+        socket.connect(SocketAddr::new(remote, 9))?;
+        Ok(socket.local_addr()?.ip())
+    };
+    probe().unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST))
+}
+
+/// Answers requests that arrive outside a dialog. Calls arrive with the calls issue;
+/// until then an INVITE is refused with 480 so the caller gets an answer at once.
+async fn dispatch(mut incoming: TransactionReceiver) {
+    while let Some(mut tx) = incoming.recv().await {
+        let method = tx.original.method;
+        tokio::spawn(async move {
+            use rsipstack::sip::Method;
+            let result = match method {
+                Method::Options => {
+                    let headers = vec![
+                        Header::Allow(ALLOW.into()),
+                        Header::Accept("application/sdp".into()),
+                    ];
+                    tx.reply_with(StatusCode::OK, headers, None).await
+                }
+                Method::Ack => Ok(()),
+                Method::Bye | Method::Cancel => tx.reply(StatusCode::CallTransactionDoesNotExist).await,
+                Method::Invite => tx.reply(StatusCode::TemporarilyUnavailable).await,
+                _ => {
+                    let headers = vec![Header::Allow(ALLOW.into())];
+                    tx.reply_with(StatusCode::MethodNotAllowed, headers, None)
+                        .await
+                }
+            };
+            if let Err(e) = result {
+                debug!("could not answer {method}: {e}");
+            }
+        });
+    }
+}

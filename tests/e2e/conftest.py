@@ -1,0 +1,101 @@
+"""pytest fixtures for the end-to-end tests (see peers.py for the classes).
+
+Fixtures:
+- kamailio          Kamailio started on a free port with users 1001 ("p;w#1005")
+                    and 1002 ("secret2"), min_expires 5.
+- make_kamailio     factory: make_kamailio(users=..., min_expires=..., algorithm=..., start=True)
+- make_phone        factory: make_phone(ini={...}, profile=None, start=True, extra_args=())
+- make_sipp         factory: make_sipp("reg_423.xml", calls=1, timeout_s=120, start=True)
+- free_port         the peers.free_port function
+
+Everything a test starts is stopped at teardown, by pid / process group.
+When a test fails, the tails of the phone's stderr, its SIP trace, its
+events, Kamailio's log and SIPp's logs are printed with the failure.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import peers  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _live_objects():
+    """Starts each test with an empty list of live objects; cleans them up after."""
+    peers.LIVE.clear()
+    yield
+    errors = []
+    # Phones first (their /exit un-REGISTERs at the peers), then peers.
+    order = sorted(peers.LIVE, key=lambda o: 0 if isinstance(o, peers.Phone) else 1)
+    for obj in order:
+        try:
+            obj.cleanup()
+        except Exception as e:  # noqa: BLE001 - keep cleaning up the others
+            errors.append(f"{type(obj).__name__}: {e}")
+    if errors:
+        print("cleanup problems:\n" + "\n".join(errors), file=sys.stderr)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    if rep.failed and rep.when in ("setup", "call"):
+        for obj in list(peers.LIVE):
+            try:
+                for title, text in obj.diagnostics():
+                    rep.sections.append((title, text if text.strip() else "<empty>"))
+            except Exception as e:  # noqa: BLE001 - diagnostics only
+                rep.sections.append((type(obj).__name__, f"<diagnostics failed: {e}>"))
+
+
+@pytest.fixture
+def free_port():
+    return peers.free_port
+
+
+@pytest.fixture
+def make_kamailio(tmp_path):
+    n = [0]
+
+    def make(users=None, start=True, **kw) -> peers.Kamailio:
+        n[0] += 1
+        k = peers.Kamailio(tmp_path / f"kamailio{n[0]}", users=users, **kw)
+        if start:
+            k.start()
+        return k
+
+    return make
+
+
+@pytest.fixture
+def kamailio(make_kamailio) -> peers.Kamailio:
+    return make_kamailio()
+
+
+@pytest.fixture
+def make_phone(tmp_path):
+    def make(ini=None, profile=None, start=True, extra_args=(), **kw) -> peers.Phone:
+        p = peers.Phone(tmp_path, profile=profile, ini=ini, extra_args=extra_args, **kw)
+        if start:
+            p.start()
+        return p
+
+    return make
+
+
+@pytest.fixture
+def make_sipp(tmp_path):
+    def make(scenario, start=True, **kw) -> peers.Sipp:
+        s = peers.Sipp(tmp_path, scenario, **kw)
+        if start:
+            s.start()
+        return s
+
+    return make

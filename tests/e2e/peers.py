@@ -1,0 +1,1129 @@
+"""Peers and the phone under test, for the end-to-end tests.
+
+Everything here runs on 127.0.0.1 with ports found free at run time, starts
+each process in its own process group, and stops it by that pid / group only.
+Every wait is bounded in time.
+
+- free_port(kind)         a port free for UDP and TCP ("sip"), or one of them
+- Kamailio                registrar + proxy with digest auth (kamailio/kamailio.cfg)
+- Phone / EventStream     the phone under test ($MICROSIP_BIN) and its events
+- Sipp                    a SIPp UAS scenario from sipp/, run in the background
+- SipUac                  a tiny SIP registration client (harness self-tests)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import queue
+import re
+import secrets
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Callable, Iterable
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent.parent
+KAMAILIO_CFG = HERE / "kamailio" / "kamailio.cfg"
+SIPP_DIR = HERE / "sipp"
+LOOPBACK = "127.0.0.1"
+
+# Objects created during the current test; conftest prints their diagnostics
+# when the test fails.
+LIVE: list = []
+
+
+def _register(obj) -> None:
+    LIVE.append(obj)
+
+
+def tail(path: Path | str, lines: int = 60) -> str:
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        return f"<cannot read {path}: {e}>"
+    text = data.decode("utf-8", errors="replace")
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def which(name: str) -> str | None:
+    for d in os.environ.get("PATH", "").split(os.pathsep) + ["/usr/sbin", "/sbin"]:
+        p = Path(d) / name
+        if p.is_file() and os.access(p, os.X_OK):
+            return str(p)
+    return None
+
+
+def wait_until(pred: Callable[[], object], timeout: float, interval: float = 0.1,
+               what: str = "condition"):
+    """Polls pred() until it returns something truthy; bounded in time and count."""
+    deadline = time.monotonic() + timeout
+    tries = int(timeout / interval) + 2
+    last = None
+    for _ in range(tries):
+        last = pred()
+        if last:
+            return last
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
+
+
+def _kill_group(proc: subprocess.Popen, grace: float = 10.0) -> int | None:
+    """SIGTERM then SIGKILL to the process group we created (pgid == pid)."""
+    if proc is None:
+        return None
+    pgid = proc.pid
+    if proc.poll() is None:
+        try:
+            os.killpg(pgid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            pass
+    # Whatever is left in the group (children) goes too.
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        pass
+    return proc.returncode
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+
+
+# --------------------------------------------------------------------------
+# Ports
+# --------------------------------------------------------------------------
+
+_handed_out: set[int] = set()
+
+
+def free_port(kind: str = "sip") -> int:
+    """A port on 127.0.0.1 free right now.
+
+    kind "sip" (default): free for both UDP and TCP. "udp" / "tcp": just that.
+    Ports already handed out in this session are not given twice.
+    """
+    if kind not in ("sip", "udp", "tcp"):
+        raise ValueError(kind)
+    for _ in range(200):
+        first = socket.socket(socket.AF_INET,
+                              socket.SOCK_STREAM if kind == "tcp" else socket.SOCK_DGRAM)
+        try:
+            first.bind((LOOPBACK, 0))
+            port = first.getsockname()[1]
+            if port in _handed_out:
+                continue
+            if kind == "sip":
+                other = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                try:
+                    other.bind((LOOPBACK, port))
+                except OSError:
+                    continue
+                finally:
+                    other.close()
+            _handed_out.add(port)
+            return port
+        finally:
+            first.close()
+    raise RuntimeError("no free port found")
+
+
+# --------------------------------------------------------------------------
+# kamcmd output
+# --------------------------------------------------------------------------
+
+def parse_kamcmd(text: str) -> list:
+    """Parses kamcmd's structured output into nested lists of (key, value);
+    a value is a string, or a list for a `Key: {` block."""
+    root: list = []
+    stack = [root]
+    for raw in text.splitlines():
+        s = raw.strip()
+        if not s:
+            continue
+        if s == "}":
+            if len(stack) > 1:
+                stack.pop()
+            continue
+        if s.endswith("{"):
+            key = s[:-1].strip()
+            if key.endswith(":"):
+                key = key[:-1].strip()
+            block: list = []
+            stack[-1].append((key, block))
+            stack.append(block)
+            continue
+        if ":" in s:
+            k, v = s.split(":", 1)
+            stack[-1].append((k.strip(), v.strip()))
+        else:
+            stack[-1].append((s, ""))
+    return root
+
+
+def _walk(node: list, key: str):
+    for k, v in node:
+        if k == key:
+            yield v
+        if isinstance(v, list):
+            yield from _walk(v, key)
+
+
+def parse_ul_dump(text: str) -> dict[str, list[dict]]:
+    """{aor: [contact, ...]} from `kamcmd ul.dump`. Each contact is a dict of the
+    fields Kamailio prints (Address, Expires, User-Agent, Socket, Call-ID, CSeq,
+    Received, ...) plus normalised keys: address, expires (int or None),
+    user_agent, socket, call_id, cseq (int or None), received."""
+    out: dict[str, list[dict]] = {}
+    for info in _walk(parse_kamcmd(text), "Info"):
+        if not isinstance(info, list):
+            continue
+        aor = next((v for k, v in info if k == "AoR" and isinstance(v, str)), None)
+        if aor is None:
+            continue
+        contacts = []
+        for block in _walk(info, "Contact"):
+            if not isinstance(block, list):
+                continue
+            c = {k: v for k, v in block if isinstance(v, str)}
+            exp = c.get("Expires", "")
+            cseq = c.get("CSeq", "")
+            c.update(
+                address=c.get("Address", ""),
+                expires=int(exp) if exp.lstrip("-").isdigit() else None,
+                user_agent=c.get("User-Agent", ""),
+                socket=c.get("Socket", ""),
+                call_id=c.get("Call-ID", ""),
+                cseq=int(cseq) if cseq.isdigit() else None,
+                received=c.get("Received", ""),
+            )
+            contacts.append(c)
+        out.setdefault(aor, []).extend(contacts)
+    return out
+
+
+# --------------------------------------------------------------------------
+# Kamailio
+# --------------------------------------------------------------------------
+
+def _kam_quote(s: str) -> str:
+    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+class Kamailio:
+    """Kamailio from Debian as registrar + proxy, on 127.0.0.1:port (UDP+TCP).
+
+    users: {"1001": "p;w#1005", ...}. The port is kept across stop()/start().
+    """
+
+    def __init__(self, workdir: Path, users: dict[str, str] | None = None,
+                 port: int | None = None, min_expires: int = 5,
+                 max_expires: int = 3600, algorithm: str = "MD5"):
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        # The ctl socket path must stay short (sun_path is 108 bytes).
+        self.rundir = Path(tempfile.mkdtemp(prefix="kam", dir="/tmp"))
+        self.users = dict(users if users is not None else {"1001": "p;w#1005", "1002": "secret2"})
+        for u in self.users:
+            if not re.fullmatch(r"[A-Za-z0-9_.+-]+", u):
+                raise ValueError(f"user name {u!r} not supported by the harness")
+        self.port = port or free_port("sip")
+        self.min_expires = min_expires
+        self.max_expires = max_expires
+        self.algorithm = algorithm
+        self.cfg = self.workdir / "kamailio.cfg"
+        self.log = self.workdir / "kamailio.log"
+        self.pidfile = self.rundir / "kamailio.pid"
+        self.ctl = self.rundir / "ctl"
+        self.proc: subprocess.Popen | None = None
+        self.kamailio = which("kamailio") or "/usr/sbin/kamailio"
+        self.kamcmd = which("kamcmd") or "/usr/sbin/kamcmd"
+        self._render()
+        _register(self)
+
+    def _render(self) -> None:
+        users = "\n".join(f"\t$sht(users=>{u}) = {_kam_quote(p)};" for u, p in self.users.items())
+        text = KAMAILIO_CFG.read_text()
+        for key, val in {
+            "PORT": str(self.port),
+            "RUNDIR": str(self.rundir),
+            "MIN_EXPIRES": str(self.min_expires),
+            "MAX_EXPIRES": str(self.max_expires),
+            "ALGORITHM": self.algorithm,
+            "USERS": users,
+        }.items():
+            text = text.replace(f"@@{key}@@", val)
+        if "@@" in text:
+            raise AssertionError("unrendered marker in kamailio.cfg")
+        self.cfg.write_text(text)
+
+    @property
+    def address(self) -> str:
+        return f"{LOOPBACK}:{self.port}"
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def start(self, timeout: float = 30.0) -> "Kamailio":
+        if self.running():
+            return self
+        with open(self.log, "ab") as log:
+            log.write(f"\n==== start {time.strftime('%H:%M:%S')} port {self.port}\n".encode())
+            log.flush()
+            self.proc = subprocess.Popen(
+                [self.kamailio, "-f", str(self.cfg), "-P", str(self.pidfile),
+                 "-Y", str(self.rundir), "-m", "64", "-M", "8", "-DD", "-E"],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                start_new_session=True, cwd=str(self.workdir),
+            )
+        deadline = time.monotonic() + timeout
+        for _ in range(int(timeout / 0.2) + 2):
+            if self.proc.poll() is not None:
+                raise AssertionError(
+                    f"kamailio exited with {self.proc.returncode}:\n{tail(self.log, 40)}")
+            if self.ctl.exists() and self._options_ok():
+                return self
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        raise AssertionError(f"kamailio did not answer on {self.address}:\n{tail(self.log, 40)}")
+
+    def _options_ok(self) -> bool:
+        """Sends one OPTIONS over UDP and expects a 200 (Kamailio is serving SIP)."""
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            s.bind((LOOPBACK, 0))
+            s.settimeout(0.5)
+            lport = s.getsockname()[1]
+            branch = "z9hG4bK" + secrets.token_hex(8)
+            msg = (
+                f"OPTIONS sip:{self.address} SIP/2.0\r\n"
+                f"Via: SIP/2.0/UDP {LOOPBACK}:{lport};branch={branch};rport\r\n"
+                f"Max-Forwards: 5\r\n"
+                f"From: <sip:probe@{LOOPBACK}>;tag={secrets.token_hex(4)}\r\n"
+                f"To: <sip:{self.address}>\r\n"
+                f"Call-ID: {secrets.token_hex(8)}@{LOOPBACK}\r\n"
+                f"CSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+            )
+            s.sendto(msg.encode(), (LOOPBACK, self.port))
+            data, _ = s.recvfrom(65535)
+            return data.startswith(b"SIP/2.0 200")
+        except OSError:
+            return False
+        finally:
+            s.close()
+
+    def stop(self, timeout: float = 15.0) -> None:
+        if self.proc is None:
+            return
+        _kill_group(self.proc, grace=timeout)
+        wait_until(lambda: not _group_alive(self.proc.pid), 10, what="kamailio processes to end")
+        with open(self.log, "ab") as log:
+            log.write(f"==== stopped {time.strftime('%H:%M:%S')} rc={self.proc.returncode}\n".encode())
+
+    def rpc(self, *args: str, timeout: float = 10.0) -> str:
+        r = subprocess.run([self.kamcmd, "-s", f"unix:{self.ctl}", *args],
+                           capture_output=True, text=True, timeout=timeout,
+                           stdin=subprocess.DEVNULL)
+        if r.returncode != 0:
+            raise AssertionError(f"kamcmd {' '.join(args)} failed ({r.returncode}): {r.stderr}{r.stdout}")
+        return r.stdout
+
+    def ul_dump(self) -> dict[str, list[dict]]:
+        """The location table: {aor: [contact dict, ...]} (see parse_ul_dump)."""
+        return parse_ul_dump(self.rpc("ul.dump"))
+
+    def contacts(self, aor: str) -> list[dict]:
+        return self.ul_dump().get(aor, [])
+
+    def wait_contacts(self, aor: str, present: bool = True, timeout: float = 15.0,
+                      pred: Callable[[dict], bool] | None = None) -> list[dict]:
+        """Waits until aor has (present=True) or has no (False) contact matching pred."""
+        def check():
+            cs = [c for c in self.contacts(aor) if pred is None or pred(c)]
+            if present:
+                return cs or None
+            return True if not cs else None
+        what = f"AOR {aor} to {'hold' if present else 'lose'} its contact in ul.dump"
+        try:
+            res = wait_until(check, timeout, 0.2, what)
+        except AssertionError as e:
+            raise AssertionError(f"{e}\nul.dump: {self.ul_dump()}") from None
+        return res if present else []
+
+    def diagnostics(self) -> list[tuple[str, str]]:
+        out = [(f"kamailio {self.address} log (tail)", tail(self.log, 60))]
+        if self.running():
+            try:
+                out.append(("kamailio ul.dump", self.rpc("ul.dump", timeout=5)))
+            except Exception as e:  # noqa: BLE001 - diagnostics only
+                out.append(("kamailio ul.dump", f"<failed: {e}>"))
+        return out
+
+    def cleanup(self) -> None:
+        self.stop()
+
+
+# --------------------------------------------------------------------------
+# The phone under test
+# --------------------------------------------------------------------------
+
+def microsip_bin() -> str:
+    b = os.environ.get("MICROSIP_BIN") or str(REPO / "target" / "debug" / "microsip")
+    p = Path(b)
+    if not p.is_absolute():
+        p = (REPO / p) if (REPO / p).exists() else p.resolve()
+    if not (p.is_file() and os.access(p, os.X_OK)):
+        raise AssertionError(
+            f"the phone binary {p} does not exist: run `cargo build -p microsip` "
+            "or set MICROSIP_BIN")
+    return str(p)
+
+
+def render_ini(sections: dict[str, dict[str, object]]) -> str:
+    lines = []
+    for name, keys in sections.items():
+        lines.append(f"[{name}]")
+        for k, v in keys.items():
+            lines.append(f"{k}={v}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def account(server: str, username: str, password: str = "", domain: str = LOOPBACK,
+            **extra) -> dict[str, object]:
+    """An [AccountN] section for a registrar at `server` ("127.0.0.1:PORT")."""
+    sec: dict[str, object] = {
+        "label": username,
+        "server": server,
+        "proxy": "",
+        "domain": domain,
+        "username": username,
+        "password": password,
+        "authID": "",
+        "displayName": "",
+        "transport": "udp",
+        "publicAddr": "",
+        "registerRefresh": 300,
+        "keepAlive": 15,
+    }
+    sec.update(extra)
+    return sec
+
+
+class EventStream:
+    """`microsip --profile P events`: JSON lines read by a thread."""
+
+    def __init__(self, phone: "Phone"):
+        self.phone = phone
+        self.items: list[dict] = []
+        self.cursor = 0
+        self._cond = threading.Condition()
+        self.stderr_path = phone.workdir / f"events-{phone.profile}-{secrets.token_hex(3)}.stderr"
+        self._err = open(self.stderr_path, "wb")
+        self.proc = subprocess.Popen(
+            [phone.bin, "--profile", phone.profile, "events"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self._err,
+            env=phone.env, start_new_session=True,
+        )
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for raw in self.proc.stdout:
+            line = raw.decode("utf-8", errors="replace").strip()
+            if not line:
+                continue
+            try:
+                ev = json.loads(line)
+                if not isinstance(ev, dict):
+                    ev = {"type": "_unparsed", "line": line}
+            except ValueError:
+                ev = {"type": "_unparsed", "line": line}
+            with self._cond:
+                self.items.append(ev)
+                self._cond.notify_all()
+        with self._cond:
+            self.items.append({"type": "_eof"})
+            self._cond.notify_all()
+
+    def __iter__(self):
+        """Yields events as they come (blocks; ends at EOF)."""
+        i = 0
+        while True:
+            with self._cond:
+                while i >= len(self.items):
+                    self._cond.wait(1.0)
+                ev = self.items[i]
+            i += 1
+            if ev.get("type") == "_eof":
+                return
+            yield ev
+
+    def _describe(self) -> str:
+        return "\n".join(json.dumps(e) for e in self.items[-40:]) or "<no events>"
+
+    def wait_for(self, type_: str, pred: Callable[[dict], bool] | None = None,
+                 timeout: float = 30.0) -> dict:
+        """The next event (after the previous wait_for's match) of that type
+        matching pred; moves the cursor past it."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                while self.cursor < len(self.items):
+                    ev = self.items[self.cursor]
+                    self.cursor += 1
+                    if ev.get("type") == type_ and (pred is None or pred(ev)):
+                        return ev
+                    if ev.get("type") == "_eof":
+                        self.cursor -= 1
+                        raise AssertionError(
+                            f"event stream ended while waiting for {type_}; events:\n{self._describe()}")
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(
+                        f"no {type_} event within {timeout:.0f}s; events:\n{self._describe()}")
+                self._cond.wait(min(left, 1.0))
+
+    def count(self, type_: str, pred: Callable[[dict], bool] | None = None) -> int:
+        with self._cond:
+            return sum(1 for e in self.items
+                       if e.get("type") == type_ and (pred is None or pred(e)))
+
+    def snapshot(self, timeout: float = 15.0) -> dict:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                for e in self.items:
+                    if e.get("type") == "snapshot":
+                        return e
+                    if e.get("type") == "_eof":
+                        break
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(f"no snapshot event; events:\n{self._describe()}")
+                self._cond.wait(min(left, 1.0))
+
+    _STATE_OF = {
+        "account.registered": "registered",
+        "account.failed": "failed",
+        "account.unregistered": "unregistered",
+        "account.registering": "registering",
+    }
+
+    def account_state(self, account_no: int = 1) -> tuple[str | None, dict | None]:
+        """The account's current state from the snapshot and the events after it:
+        (state, the snapshot entry or event that set it)."""
+        state, rec = None, None
+        with self._cond:
+            items = list(self.items)
+        for e in items:
+            t = e.get("type")
+            if t == "snapshot":
+                for a in e.get("accounts", []) or []:
+                    if a.get("account") == account_no:
+                        state, rec = a.get("state"), a
+            elif t in self._STATE_OF and e.get("account") == account_no:
+                state, rec = self._STATE_OF[t], e
+        return state, rec
+
+    def wait_state(self, account_no: int, state: str, timeout: float = 30.0,
+                   codes: Iterable[int] | None = None) -> dict:
+        """Waits until the account's current state is `state` (and its code is in
+        codes, when given). Returns the snapshot entry or event that set it."""
+        codes = set(codes) if codes is not None else None
+        deadline = time.monotonic() + timeout
+        while True:
+            st, rec = self.account_state(account_no)
+            if st == state and (codes is None or (rec or {}).get("code") in codes):
+                return rec or {}
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(
+                    f"account {account_no} not {state}"
+                    f"{'' if codes is None else f' with code in {sorted(codes)}'}"
+                    f" within {timeout:.0f}s (now {st}: {rec}); events:\n{self._describe()}")
+            with self._cond:
+                self._cond.wait(min(left, 0.5))
+
+    def close(self) -> None:
+        _kill_group(self.proc, grace=3)
+        try:
+            self._err.close()
+        except OSError:
+            pass
+
+
+class Phone:
+    """The phone under test: `$MICROSIP_BIN --ini INI --profile NAME --debug TRACE --headless`.
+
+    ini: {section: {key: value}} (written as UTF-8 key=value lines), or a str
+    (written as is), or bytes (written as is, e.g. UTF-16LE with BOM).
+    """
+
+    def __init__(self, workdir: Path, profile: str | None = None,
+                 ini: dict | str | bytes | None = None, extra_args: Iterable[str] = (),
+                 runtime_dir: Path | None = None):
+        self.bin = microsip_bin()
+        self.profile = profile or ("p" + secrets.token_hex(3))
+        self.workdir = Path(workdir) / f"phone-{self.profile}"
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        # XDG_RUNTIME_DIR is kept short: the socket path must fit in 108 bytes.
+        self.runtime_dir = Path(runtime_dir) if runtime_dir else Path(
+            tempfile.mkdtemp(prefix="ms", dir="/tmp"))
+        os.chmod(self.runtime_dir, 0o700)
+        self.config_home = self.workdir / "config"
+        self.config_home.mkdir(exist_ok=True)
+        self.ini_path = self.workdir / "microsip.ini"
+        self.trace_path = self.workdir / "sip-trace.log"
+        self.stdout_path = self.workdir / "phone.stdout"
+        self.stderr_path = self.workdir / "phone.stderr"
+        self.extra_args = list(extra_args)
+        self.env = dict(os.environ)
+        self.env.update(XDG_RUNTIME_DIR=str(self.runtime_dir),
+                        XDG_CONFIG_HOME=str(self.config_home),
+                        RUST_BACKTRACE="1")
+        self.env.pop("DISPLAY", None)
+        self.env.pop("WAYLAND_DISPLAY", None)
+        self.proc: subprocess.Popen | None = None
+        self.returncode: int | None = None
+        self._events: EventStream | None = None
+        self._streams: list[EventStream] = []
+        self.commands: list[str] = []
+        if ini is not None:
+            self.write_ini(ini)
+        _register(self)
+
+    # -- files ------------------------------------------------------------
+    def write_ini(self, ini: dict | str | bytes) -> None:
+        if isinstance(ini, dict):
+            ini = render_ini(ini)
+        if isinstance(ini, str):
+            ini = ini.encode("utf-8")
+        self.ini_path.write_bytes(ini)
+        os.chmod(self.ini_path, 0o600)
+
+    @property
+    def socket_path(self) -> Path:
+        return self.runtime_dir / "microsip" / f"{self.profile}.sock"
+
+    def stderr_text(self) -> str:
+        try:
+            return self.stderr_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def trace_text(self) -> str:
+        try:
+            return self.trace_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    # -- process ----------------------------------------------------------
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def start(self, wait_ready: bool = True, timeout: float = 30.0) -> "Phone":
+        assert self.proc is None, "phone already started"
+        args = [self.bin, "--ini", str(self.ini_path), "--profile", self.profile,
+                "--debug", str(self.trace_path), "--headless", *self.extra_args]
+        self.commands.append(" ".join(args))
+        self._out = open(self.stdout_path, "wb")
+        self._errf = open(self.stderr_path, "wb")
+        self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=self._out,
+                                     stderr=self._errf, env=self.env,
+                                     start_new_session=True, cwd=str(self.workdir))
+        if wait_ready:
+            self.wait_ready(timeout)
+        return self
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        """Until the control socket answers `status` with exit 0."""
+        deadline = time.monotonic() + timeout
+        last = None
+        for _ in range(int(timeout / 0.1) + 2):
+            if self.proc.poll() is not None:
+                raise AssertionError(
+                    f"phone exited with {self.proc.returncode} before it was ready\n"
+                    f"stderr:\n{tail(self.stderr_path, 40)}")
+            if self.socket_path.exists():
+                last = self.cmd("status", check=False, timeout=10)
+                if last[0] == 0:
+                    return
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        raise AssertionError(f"phone not ready within {timeout:.0f}s (socket "
+                             f"{self.socket_path}, last status: {last})\n"
+                             f"stderr:\n{tail(self.stderr_path, 40)}")
+
+    def cmd(self, *words: str, check: bool = True, timeout: float = 60.0,
+            profile: str | None = None) -> tuple[int, str, str]:
+        """`$MICROSIP_BIN --profile NAME WORDS...` -> (exit code, stdout, stderr)."""
+        args = [self.bin, "--profile", profile or self.profile, *words]
+        self.commands.append(" ".join(args))
+        try:
+            r = subprocess.run(args, capture_output=True, env=self.env, timeout=timeout,
+                               stdin=subprocess.DEVNULL)
+        except subprocess.TimeoutExpired as e:
+            raise AssertionError(f"`microsip {' '.join(words)}` did not end within {timeout:.0f}s "
+                                 f"(stdout {e.stdout!r}, stderr {e.stderr!r})") from None
+        out = r.stdout.decode("utf-8", errors="replace")
+        err = r.stderr.decode("utf-8", errors="replace")
+        if check and r.returncode != 0:
+            raise AssertionError(f"`microsip {' '.join(words)}` exited {r.returncode}\n"
+                                 f"stdout: {out}\nstderr: {err}")
+        return r.returncode, out, err
+
+    def events(self) -> EventStream:
+        """The phone's event stream (started on first use, then the same one)."""
+        if self._events is None:
+            self._events = self.new_event_stream()
+        return self._events
+
+    def new_event_stream(self) -> EventStream:
+        es = EventStream(self)
+        self._streams.append(es)
+        return es
+
+    def wait_exit(self, timeout: float = 30.0) -> int:
+        try:
+            self.returncode = self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"phone (pid {self.pid}) still running after {timeout:.0f}s\n"
+                                 f"stderr:\n{tail(self.stderr_path, 40)}") from None
+        return self.returncode
+
+    def stop(self, timeout: float = 30.0) -> int | None:
+        """`/exit`, then wait (bounded); else SIGTERM / SIGKILL by process group."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            try:
+                self.cmd("/exit", check=False, timeout=timeout)
+            except AssertionError:
+                pass
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                pass
+        rc = self.proc.poll()
+        if rc is None:
+            _kill_group(self.proc, grace=5)
+            rc = self.proc.returncode
+        self.returncode = rc
+        return rc
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            _kill_group(self.proc, grace=5)
+
+    def rss_kb(self) -> int:
+        with open(f"/proc/{self.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+        raise AssertionError("no VmRSS")
+
+    def cleanup(self) -> None:
+        try:
+            self.stop(timeout=15)
+        finally:
+            for es in self._streams:
+                es.close()
+            for f in (getattr(self, "_out", None), getattr(self, "_errf", None)):
+                if f:
+                    f.close()
+
+    def diagnostics(self) -> list[tuple[str, str]]:
+        state = "not started" if self.proc is None else (
+            "running" if self.proc.poll() is None else f"exited {self.proc.returncode}")
+        out = [
+            (f"phone {self.profile} ({state}) commands", "\n".join(self.commands[-20:])),
+            (f"phone {self.profile} stderr (tail)", tail(self.stderr_path, 60)),
+            (f"phone {self.profile} SIP trace (tail)", tail(self.trace_path, 80)),
+        ]
+        for es in self._streams:
+            out.append((f"phone {self.profile} events", es._describe()))
+        return out
+
+
+# --------------------------------------------------------------------------
+# SIPp
+# --------------------------------------------------------------------------
+
+class Sipp:
+    """A SIPp scenario from tests/e2e/sipp/ run in the background (UAS by default)."""
+
+    def __init__(self, workdir: Path, scenario: str, port: int | None = None,
+                 calls: int = 1, timeout_s: int = 120, extra: Iterable[str] = ()):
+        self.scenario = SIPP_DIR / scenario if not Path(scenario).is_absolute() else Path(scenario)
+        self.port = port or free_port("sip")
+        self.workdir = Path(workdir) / f"sipp-{self.scenario.stem}-{self.port}"
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.calls = calls
+        self.timeout_s = timeout_s
+        self.extra = list(extra)
+        self.message_log = self.workdir / "messages.log"
+        self.error_log = self.workdir / "errors.log"
+        self.screen_log = self.workdir / "screen.log"
+        self.stdout_path = self.workdir / "sipp.stdout"
+        self.proc: subprocess.Popen | None = None
+        self.returncode: int | None = None
+        _register(self)
+
+    @property
+    def address(self) -> str:
+        return f"{LOOPBACK}:{self.port}"
+
+    def start(self) -> "Sipp":
+        args = [which("sipp") or "sipp", "-sf", str(self.scenario), "-i", LOOPBACK,
+                "-p", str(self.port), "-m", str(self.calls), "-timeout", f"{self.timeout_s}s",
+                "-nostdin", "-trace_err", "-error_file", str(self.error_log),
+                "-trace_msg", "-message_file", str(self.message_log),
+                "-trace_screen", "-screen_file", str(self.screen_log), *self.extra]
+        self.args = args
+        self._out = open(self.stdout_path, "wb")
+        self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=self._out,
+                                     stderr=subprocess.STDOUT, cwd=str(self.workdir),
+                                     start_new_session=True)
+        # Bounded wait until SIPp has bound its port (or died).
+        def bound():
+            if self.proc.poll() is not None:
+                return "exited"
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            try:
+                s.bind((LOOPBACK, self.port))
+                return None
+            except OSError:
+                return "bound"
+            finally:
+                s.close()
+        state = wait_until(bound, 15, 0.05, f"sipp to bind {self.address}")
+        if state == "exited":
+            raise AssertionError(f"sipp exited at once with {self.proc.returncode}:\n"
+                                 f"{tail(self.stdout_path, 30)}\n{tail(self.error_log, 30)}")
+        return self
+
+    def wait(self, timeout: float | None = None) -> int:
+        """Waits for SIPp to end by itself; returns its exit code."""
+        timeout = timeout if timeout is not None else self.timeout_s + 30
+        try:
+            self.returncode = self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"sipp still running after {timeout:.0f}s") from None
+        return self.returncode
+
+    def stop(self) -> int | None:
+        if self.proc is not None:
+            _kill_group(self.proc, grace=5)
+            self.returncode = self.proc.returncode
+        return self.returncode
+
+    def messages(self) -> str:
+        try:
+            return self.message_log.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def received(self, method: str | None = None) -> list[str]:
+        """Messages SIPp received (full text), optionally only requests of `method`."""
+        out = []
+        for block in re.split(r"\n-{20,}[^\n]*\n", "\n" + self.messages()):
+            m = re.match(r"\s*(UDP|TCP|TLS|SCTP) message received \[\d+\] bytes :\s*\n+(.*)",
+                         block, re.S)
+            if not m:
+                continue
+            text = m.group(2)
+            if method is None or text.startswith(method + " "):
+                out.append(text)
+        return out
+
+    def sent(self) -> list[str]:
+        out = []
+        for block in re.split(r"\n-{20,}[^\n]*\n", "\n" + self.messages()):
+            m = re.match(r"\s*(UDP|TCP|TLS|SCTP) message sent \(\d+ bytes\):\s*\n+(.*)",
+                         block, re.S)
+            if m:
+                out.append(m.group(2))
+        return out
+
+    def diagnostics(self) -> list[tuple[str, str]]:
+        state = "not started" if self.proc is None else (
+            "running" if self.proc.poll() is None else f"exited {self.proc.returncode}")
+        return [
+            (f"sipp {self.scenario.name} ({state}) errors", tail(self.error_log, 40)),
+            (f"sipp {self.scenario.name} messages (tail)", tail(self.message_log, 80)),
+        ]
+
+    def cleanup(self) -> None:
+        self.stop()
+        f = getattr(self, "_out", None)
+        if f:
+            f.close()
+
+
+# --------------------------------------------------------------------------
+# A tiny SIP registration client (for the harness's own tests)
+# --------------------------------------------------------------------------
+
+class SipResponse:
+    def __init__(self, raw: str):
+        self.raw = raw
+        head = raw.split("\r\n\r\n", 1)[0]
+        lines = head.split("\r\n")
+        parts = lines[0].split(" ", 2)
+        self.code = int(parts[1])
+        self.reason = parts[2] if len(parts) > 2 else ""
+        self.headers: list[tuple[str, str]] = []
+        for line in lines[1:]:
+            if ":" in line:
+                k, v = line.split(":", 1)
+                self.headers.append((k.strip().lower(), v.strip()))
+
+    def header(self, name: str) -> str | None:
+        name = name.lower()
+        return next((v for k, v in self.headers if k == name), None)
+
+    def __repr__(self) -> str:
+        return f"<{self.code} {self.reason}>"
+
+
+def _digest_params(value: str) -> dict[str, str]:
+    value = re.sub(r"^\s*Digest\s+", "", value, flags=re.I)
+    return {m.group(1).lower(): m.group(2) if m.group(2) is not None else m.group(3)
+            for m in re.finditer(r'(\w+)\s*=\s*(?:"([^"]*)"|([^\s,]+))', value)}
+
+
+class SipUac:
+    """Sends REGISTERs like a phone would: answers one digest challenge per
+    attempt (MD5 or SHA-256, qop=auth), retries once on 423 with Min-Expires,
+    retransmits on UDP (T1 500 ms, up to 32 s). Keeps one Call-ID."""
+
+    def __init__(self, server_port: int, user: str, password: str, transport: str = "udp",
+                 user_agent: str = "e2e-uac", domain: str = LOOPBACK,
+                 honour_423: bool = True):
+        self.server = (LOOPBACK, server_port)
+        self.user, self.password, self.transport = user, password, transport
+        self.user_agent, self.domain = user_agent, domain
+        self.honour_423 = honour_423
+        self.call_id = secrets.token_hex(10) + "@" + LOOPBACK
+        self.tag = secrets.token_hex(4)
+        self.cseq = 0
+        if transport == "udp":
+            self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            self.sock.bind((LOOPBACK, 0))
+        else:
+            self.sock = socket.create_connection(self.server, timeout=5)
+            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.local_port = self.sock.getsockname()[1]
+        self.sent: list[str] = []
+        self._buf = b""
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def _request(self, expires: int, auth: str | None) -> str:
+        self.cseq += 1
+        t = self.transport.upper()
+        tp = "" if self.transport == "udp" else f";transport={self.transport}"
+        lines = [
+            f"REGISTER sip:{self.server[0]}:{self.server[1]}{tp} SIP/2.0",
+            f"Via: SIP/2.0/{t} {LOOPBACK}:{self.local_port};branch=z9hG4bK{secrets.token_hex(8)};rport",
+            "Max-Forwards: 70",
+            f"From: <sip:{self.user}@{self.domain}>;tag={self.tag}",
+            f"To: <sip:{self.user}@{self.domain}>",
+            f"Call-ID: {self.call_id}",
+            f"CSeq: {self.cseq} REGISTER",
+            f"Contact: <sip:{self.user}@{LOOPBACK}:{self.local_port}{tp}>",
+            f"Expires: {expires}",
+            f"User-Agent: {self.user_agent}",
+        ]
+        if auth:
+            lines.append(auth)
+        lines += ["Content-Length: 0", "", ""]
+        return "\r\n".join(lines)
+
+    def _recv_one(self, timeout: float) -> str | None:
+        self.sock.settimeout(timeout)
+        try:
+            if self.transport == "udp":
+                data, _ = self.sock.recvfrom(65535)
+                return data.decode("utf-8", errors="replace")
+            while b"\r\n\r\n" not in self._buf:
+                chunk = self.sock.recv(65535)
+                if not chunk:
+                    return None
+                self._buf += chunk
+            head, rest = self._buf.split(b"\r\n\r\n", 1)
+            m = re.search(rb"(?im)^(content-length|l)\s*:\s*(\d+)", head)
+            n = int(m.group(2)) if m else 0
+            while len(rest) < n:
+                chunk = self.sock.recv(65535)
+                if not chunk:
+                    return None
+                rest += chunk
+            self._buf = rest[n:]
+            return (head + b"\r\n\r\n" + rest[:n]).decode("utf-8", errors="replace")
+        except (socket.timeout, TimeoutError):
+            return None
+
+    def _transact(self, msg: str, timeout: float = 32.0) -> SipResponse | None:
+        """Sends a request, returns its final response (None on timeout)."""
+        self.sent.append(msg)
+        cseq = f"{self.cseq} {msg.split(' ', 1)[0]}"
+        deadline = time.monotonic() + timeout
+        interval = 0.5
+        next_send = 0.0
+        for _ in range(1000):
+            now = time.monotonic()
+            if now >= deadline:
+                return None
+            if now >= next_send and (self.transport == "udp" or next_send == 0.0):
+                self.sock.sendto(msg.encode(), self.server) if self.transport == "udp" \
+                    else self.sock.sendall(msg.encode())
+                next_send = now + interval
+                interval = min(interval * 2, 4.0)
+            raw = self._recv_one(max(0.01, min(next_send, deadline) - time.monotonic()))
+            if raw is None:
+                continue
+            if not raw.startswith("SIP/2.0"):
+                continue
+            resp = SipResponse(raw)
+            if resp.header("cseq") != cseq or resp.code < 200:
+                continue
+            return resp
+        return None
+
+    def _authorization(self, challenge: SipResponse, uri: str, method: str = "REGISTER") -> str:
+        hdr_name = "www-authenticate" if challenge.code == 401 else "proxy-authenticate"
+        p = _digest_params(challenge.header(hdr_name) or "")
+        alg = p.get("algorithm", "MD5")
+        h = (lambda s: hashlib.sha256(s.encode()).hexdigest()) if alg.upper() == "SHA-256" \
+            else (lambda s: hashlib.md5(s.encode()).hexdigest())
+        realm, nonce = p.get("realm", ""), p.get("nonce", "")
+        ha1 = h(f"{self.user}:{realm}:{self.password}")
+        ha2 = h(f"{method}:{uri}")
+        out = f'Digest username="{self.user}", realm="{realm}", nonce="{nonce}", uri="{uri}"'
+        if "qop" in p:
+            cnonce, nc = secrets.token_hex(8), "00000001"
+            resp = h(f"{ha1}:{nonce}:{nc}:{cnonce}:auth:{ha2}")
+            out += f', qop=auth, nc={nc}, cnonce="{cnonce}"'
+        else:
+            resp = h(f"{ha1}:{nonce}:{ha2}")
+        out += f', response="{resp}", algorithm={alg}'
+        if "opaque" in p:
+            out += f', opaque="{p["opaque"]}"'
+        name = "Authorization" if challenge.code == 401 else "Proxy-Authorization"
+        return f"{name}: {out}"
+
+    def register(self, expires: int = 60, timeout: float = 32.0) -> list[SipResponse | None]:
+        """One registration attempt. Returns every final response received."""
+        tp = "" if self.transport == "udp" else f";transport={self.transport}"
+        uri = f"sip:{self.server[0]}:{self.server[1]}{tp}"
+        out: list[SipResponse | None] = []
+        auth = None
+        authed = retried_423 = False
+        for _ in range(4):
+            resp = self._transact(self._request(expires, auth), timeout)
+            out.append(resp)
+            if resp is None:
+                break
+            if resp.code in (401, 407) and not authed:
+                auth, authed = self._authorization(resp, uri), True
+                continue
+            if resp.code == 423 and not retried_423:
+                retried_423 = True
+                if self.honour_423:
+                    expires = int(resp.header("min-expires") or expires)
+                continue
+            break
+        return out
+
+    def message(self, to_user: str, text: str, timeout: float = 10.0) -> list[SipResponse | None]:
+        """An out-of-dialog MESSAGE to to_user@domain through the server,
+        answering one 401/407 challenge."""
+        tp = "" if self.transport == "udp" else f";transport={self.transport}"
+        uri = f"sip:{to_user}@{self.domain}"
+        out: list[SipResponse | None] = []
+        auth = None
+        for _ in range(2):
+            self.cseq += 1
+            body = text.encode()
+            lines = [
+                f"MESSAGE {uri} SIP/2.0",
+                f"Via: SIP/2.0/{self.transport.upper()} {LOOPBACK}:{self.local_port}"
+                f";branch=z9hG4bK{secrets.token_hex(8)};rport",
+                f"Route: <sip:{self.server[0]}:{self.server[1]};lr{tp}>",
+                "Max-Forwards: 70",
+                f"From: <sip:{self.user}@{self.domain}>;tag={self.tag}",
+                f"To: <{uri}>",
+                f"Call-ID: {secrets.token_hex(10)}@{LOOPBACK}",
+                f"CSeq: {self.cseq} MESSAGE",
+                "Content-Type: text/plain",
+            ]
+            if auth:
+                lines.append(auth)
+            lines += [f"Content-Length: {len(body)}", "", text]
+            resp = self._transact("\r\n".join(lines), timeout)
+            out.append(resp)
+            if resp is not None and resp.code in (401, 407) and auth is None:
+                auth = self._authorization(resp, uri, "MESSAGE")
+                continue
+            break
+        return out
+
+    def receive_request(self, timeout: float = 10.0) -> str | None:
+        """The next request that arrives on this client's socket (answered 200)."""
+        deadline = time.monotonic() + timeout
+        for _ in range(1000):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            raw = self._recv_one(left)
+            if raw is None:
+                return None
+            if raw.startswith("SIP/2.0"):
+                continue
+            head = raw.split("\r\n\r\n", 1)[0].split("\r\n")
+            keep = [h for h in head[1:] if re.match(r"(?i)(via|from|to|call-id|cseq)\s*:", h)]
+            reply = "\r\n".join(["SIP/2.0 200 OK", *keep, "Content-Length: 0", "", ""])
+            if self.transport == "udp":
+                via = next((h for h in keep if h.lower().startswith("via")), "")
+                m = re.search(r"SIP/2.0/UDP\s+([0-9.]+):(\d+)", via)
+                dest = (m.group(1), int(m.group(2))) if m else self.server
+                m2 = re.search(r"rport=(\d+)", via)
+                if m2:
+                    dest = (dest[0], int(m2.group(1)))
+                self.sock.sendto(reply.encode(), dest)
+            else:
+                self.sock.sendall(reply.encode())
+            return raw
+        return None
