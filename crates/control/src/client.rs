@@ -98,7 +98,11 @@ fn copy_stream(mut reader: BufReader<UnixStream>) -> i32 {
             Ok(0) => return EXIT_OK,
             Ok(_) => {
                 let mut out = stdout.lock();
-                if out.write_all(line.as_bytes()).and_then(|_| out.flush()).is_err() {
+                if out
+                    .write_all(line.as_bytes())
+                    .and_then(|_| out.flush())
+                    .is_err()
+                {
                     return EXIT_OK;
                 }
             }

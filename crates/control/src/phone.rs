@@ -102,7 +102,12 @@ fn effective_config(file: &IniFile, options: &StartOptions) -> Config {
         set(&mut doc, "Settings", "enableSTUN", "1");
     }
     if let Some(on) = options.autoanswer {
-        set(&mut doc, "Settings", "autoAnswer", if on { "all" } else { "button" });
+        set(
+            &mut doc,
+            "Settings",
+            "autoAnswer",
+            if on { "all" } else { "button" },
+        );
     }
     if let Some(v) = options.setvolume {
         set(&mut doc, "Settings", "volumeOutput", &v.to_string());
@@ -183,14 +188,14 @@ pub fn run(options: StartOptions, profile: &str, call_on_start: Option<String>) 
             }
         };
         info!("phone ready; control socket {}", socket.display());
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        {
-            Ok(s) => Some(s),
-            Err(e) => {
-                error!("cannot watch SIGTERM: {e}");
-                None
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    error!("cannot watch SIGTERM: {e}");
+                    None
+                }
+            };
         let term_signal = async {
             match term.as_mut() {
                 Some(s) => {

@@ -126,7 +126,10 @@ fn parse_request(bytes: &[u8]) -> Request {
         Ok(v) => v,
         Err(e) => {
             return Request {
-                command: Err(fail(ErrorCode::BadArgument, format!("bad JSON request: {e}"))),
+                command: Err(fail(
+                    ErrorCode::BadArgument,
+                    format!("bad JSON request: {e}"),
+                )),
                 json: Some(Value::Null),
             }
         }
@@ -139,7 +142,10 @@ fn parse_request(bytes: &[u8]) -> Request {
             .collect();
         match words {
             Some(words) => parse_args(&words).map_err(parse_failure),
-            None => Err(fail(ErrorCode::BadArgument, "argv must be a list of strings")),
+            None => Err(fail(
+                ErrorCode::BadArgument,
+                "argv must be a list of strings",
+            )),
         }
     } else if let Some(line) = value.get("command").and_then(Value::as_str) {
         parse_line(line).map_err(parse_failure)
@@ -226,7 +232,10 @@ async fn serve_connection(stream: UnixStream, engine: EngineHandle, in_flight: A
         let command = match request.command {
             Ok(c) => c,
             Err(reply) => {
-                if write_line(&mut write, &render(&reply, &request.json)).await.is_err() {
+                if write_line(&mut write, &render(&reply, &request.json))
+                    .await
+                    .is_err()
+                {
                     return;
                 }
                 continue;

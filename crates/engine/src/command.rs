@@ -7,6 +7,17 @@
 /// An engine-made call id: small, positive, never reused while the phone runs.
 pub type CallId = u64;
 
+/// A password: cloned and compared like a string, printed as `***` so a command can
+/// be logged without leaking it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
 /// Which form of `status` the caller asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StatusForm {
@@ -60,35 +71,77 @@ pub enum Command {
         numeric: bool,
     },
     /// Send a SIP MESSAGE (`message TARGET TEXT`, or `NUMBER TEXT...`).
-    Message { target: String, text: String },
-    Answer { call: Option<CallId> },
+    Message {
+        target: String,
+        text: String,
+    },
+    Answer {
+        call: Option<CallId>,
+    },
     /// `code`: SIP code to reject with (486 when `None`).
-    Reject { call: Option<CallId>, code: Option<u16> },
-    Hangup { call: Option<CallId> },
+    Reject {
+        call: Option<CallId>,
+        code: Option<u16>,
+    },
+    Hangup {
+        call: Option<CallId>,
+    },
     HangupAll,
     HangupCalling,
     /// `on`: `Some(true)` hold, `Some(false)` resume, `None` toggle.
-    Hold { call: Option<CallId>, on: Option<bool> },
-    Transfer { target: String, call: Option<CallId> },
-    Dtmf { digits: String, call: Option<CallId> },
+    Hold {
+        call: Option<CallId>,
+        on: Option<bool>,
+    },
+    Transfer {
+        target: String,
+        call: Option<CallId>,
+    },
+    Dtmf {
+        digits: String,
+        call: Option<CallId>,
+    },
     /// Microphone mute; `None` toggles.
-    Mute { on: Option<bool> },
+    Mute {
+        on: Option<bool>,
+    },
     /// Speaker mute; `None` toggles.
-    SpeakerMute { on: Option<bool> },
-    Level { kind: LevelKind, change: LevelChange },
-    SetDevice { role: DeviceRole, device: String },
+    SpeakerMute {
+        on: Option<bool>,
+    },
+    Level {
+        kind: LevelKind,
+        change: LevelChange,
+    },
+    SetDevice {
+        role: DeviceRole,
+        device: String,
+    },
     Devices,
-    Status { form: StatusForm },
+    Status {
+        form: StatusForm,
+    },
     ActiveCall,
     Calls,
     /// Switch the active account; with `password`, store that password for it instead.
-    Account { number: u32, password: Option<String> },
-    Register { account: Option<u32> },
-    Unregister { account: Option<u32> },
-    Window { state: WindowState },
+    Account {
+        number: u32,
+        password: Option<Secret>,
+    },
+    Register {
+        account: Option<u32>,
+    },
+    Unregister {
+        account: Option<u32>,
+    },
+    Window {
+        state: WindowState,
+    },
     Exit,
     /// Keep the connection open and stream events; `filter` is an event-type prefix.
-    Events { filter: Option<String> },
+    Events {
+        filter: Option<String>,
+    },
     /// `history`: the call history.
     History,
 }

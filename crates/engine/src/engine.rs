@@ -16,7 +16,7 @@ use serde_json::json;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tracing::{info, warn};
 
-use crate::command::{Command, StatusForm, WindowState};
+use crate::command::{Command, Secret, StatusForm, WindowState};
 use crate::event::{AccountView, Event, EventKind, Snapshot};
 use crate::reply::{fail, ok, ok_with, ErrorCode, Reply};
 
@@ -89,8 +89,13 @@ enum RegState {
     /// No `server`: nothing to register (call-by-IP account).
     Local,
     Registering,
-    Registered { expires: u32 },
-    Failed { code: u16, reason: String },
+    Registered {
+        expires: u32,
+    },
+    Failed {
+        code: u16,
+        reason: String,
+    },
     Unregistered,
 }
 
@@ -222,7 +227,11 @@ impl Engine {
                         .clone()
                         .unwrap_or_else(|| "account is not usable".into()),
                 )
-            } else if account.server.as_deref().is_none_or(|s| s.trim().is_empty()) {
+            } else if account
+                .server
+                .as_deref()
+                .is_none_or(|s| s.trim().is_empty())
+            {
                 RegState::Local
             } else {
                 RegState::Registering
@@ -519,7 +528,7 @@ impl Engine {
         });
     }
 
-    fn account(&mut self, number: u32, password: Option<String>) -> Reply {
+    fn account(&mut self, number: u32, password: Option<Secret>) -> Reply {
         let Some(slot) = self.accounts.get_mut(&number) else {
             return fail(
                 ErrorCode::NoSuchAccount,
@@ -527,12 +536,9 @@ impl Engine {
             );
         };
         let section = slot.account.section();
-        if let Some(password) = password {
+        if let Some(Secret(password)) = password {
             if let Err(e) = self.store.set(&section, "password", &password) {
-                return fail(
-                    ErrorCode::ConfigWrite,
-                    format!("password not stored: {e}"),
-                );
+                return fail(ErrorCode::ConfigWrite, format!("password not stored: {e}"));
             }
             slot.account.password = Some(password.clone());
             if let Some(reg) = &slot.registration {
@@ -546,10 +552,7 @@ impl Engine {
                 format!("account {number} is inactive: {reason}"),
             );
         }
-        if let Err(e) = self
-            .store
-            .set("Settings", "accountId", &number.to_string())
-        {
+        if let Err(e) = self.store.set("Settings", "accountId", &number.to_string()) {
             warn!("accountId not saved: {e}");
         }
         self.active_account = number;
@@ -604,7 +607,9 @@ fn summarize(done: &[(u32, Outcome)], on: bool) -> Reply {
         .collect();
     let data = json!(done
         .iter()
-        .map(|(n, o)| json!({"account": n, "code": o.code, "reason": o.reason, "expires": o.expires}))
+        .map(
+            |(n, o)| json!({"account": n, "code": o.code, "reason": o.reason, "expires": o.expires})
+        )
         .collect::<Vec<_>>());
     if done.iter().all(|(_, o)| o.is_success()) {
         ok_with(words.join("; "), data)
@@ -620,7 +625,10 @@ mod tests {
     #[test]
     fn host_ip_forms() {
         assert_eq!(host_ip("127.0.0.1"), Some(IpAddr::from([127, 0, 0, 1])));
-        assert_eq!(host_ip("127.0.0.1:5070"), Some(IpAddr::from([127, 0, 0, 1])));
+        assert_eq!(
+            host_ip("127.0.0.1:5070"),
+            Some(IpAddr::from([127, 0, 0, 1]))
+        );
         assert_eq!(host_ip("[::1]:5070"), "::1".parse().ok());
         assert_eq!(host_ip("pbx.example.com:5060"), None);
     }

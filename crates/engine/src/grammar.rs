@@ -1,7 +1,8 @@
 //! The grammar: the words a script sends (command line or one socket line) → one [`Command`].
 
 use crate::command::{
-    CallId, Command, DeviceRole, LevelChange, LevelKind, ParseError, StatusForm, WindowState,
+    CallId, Command, DeviceRole, LevelChange, LevelKind, ParseError, Secret, StatusForm,
+    WindowState,
 };
 
 /// Points one `volumeup`/`volumedown`/`micup`/`micdown` step moves a level. The `msip:`
@@ -223,7 +224,7 @@ fn slash_form(first: &str, lower: &str, rest: &[String]) -> Result<Command, Pars
                 let number = parse_account(&only[9..])?;
                 Ok(Command::Account {
                     number,
-                    password: Some(password),
+                    password: Some(Secret(password)),
                 })
             }
             _ => Err(bad(
@@ -525,7 +526,10 @@ fn account(number: &str, more: &[String]) -> Result<Command, ParseError> {
             ))
         }
     };
-    Ok(Command::Account { number, password })
+    Ok(Command::Account {
+        number,
+        password: password.map(Secret),
+    })
 }
 
 fn show(rest: &[String]) -> Result<Command, ParseError> {
@@ -1140,21 +1144,21 @@ mod tests {
                 "/account:2 /password:s3cret",
                 C::Account {
                     number: 2,
-                    password: Some(s("s3cret")),
+                    password: Some(Secret(s("s3cret"))),
                 },
             ),
             (
                 "/password:s3cret /account:2",
                 C::Account {
                     number: 2,
-                    password: Some(s("s3cret")),
+                    password: Some(Secret(s("s3cret"))),
                 },
             ),
             (
                 "account 3 /PASSWORD:\"a b\"",
                 C::Account {
                     number: 3,
-                    password: Some(s("a b")),
+                    password: Some(Secret(s("a b"))),
                 },
             ),
             ("register", C::Register { account: None }),

@@ -17,7 +17,10 @@ fn run() -> i32 {
         match arg.into_string() {
             Ok(s) => args.push(s),
             Err(bad) => {
-                eprintln!("microsip: argument is not valid UTF-8: {}", bad.to_string_lossy());
+                eprintln!(
+                    "microsip: argument is not valid UTF-8: {}",
+                    bad.to_string_lossy()
+                );
                 return EXIT_NO_PHONE;
             }
         }

@@ -144,10 +144,18 @@ fn replace_algorithm(text: &str, pairs: &[(&str, &str)]) -> String {
         .find(|c: char| c == ',' || c == '"' || c.is_whitespace())
         .unwrap_or(body.len());
     let name = &body[..end];
-    match pairs.iter().find(|(from, _)| name.eq_ignore_ascii_case(from)) {
+    match pairs
+        .iter()
+        .find(|(from, _)| name.eq_ignore_ascii_case(from))
+    {
         Some((_, to)) => {
             let skip = start + usize::from(quoted) + end;
-            format!("{}{}{to}{}", &text[..start], if quoted { "\"" } else { "" }, &text[skip..])
+            format!(
+                "{}{}{to}{}",
+                &text[..start],
+                if quoted { "\"" } else { "" },
+                &text[skip..]
+            )
         }
         None => text.to_string(),
     }
@@ -215,11 +223,11 @@ mod tests {
 
     #[test]
     fn stale_flag_and_no_usable_challenge() {
-        let resp = response_with(&[
-            r#"WWW-Authenticate: Digest realm="r", nonce="n", stale=true"#,
-        ]);
+        let resp = response_with(&[r#"WWW-Authenticate: Digest realm="r", nonce="n", stale=true"#]);
         assert!(pick_challenge(&resp).expect("challenge").is_stale());
-        let none = response_with(&[r#"WWW-Authenticate: Digest realm="r", nonce="n", algorithm=MD5-sess"#]);
+        let none = response_with(&[
+            r#"WWW-Authenticate: Digest realm="r", nonce="n", algorithm=MD5-sess"#,
+        ]);
         assert!(pick_challenge(&none).is_none());
     }
 
@@ -227,9 +235,9 @@ mod tests {
     /// against a second implementation, not against itself.
     fn md5_of(input: &str) -> Md5Digest {
         let s: [u32; 64] = [
-            7, 12, 17, 22, 7, 12, 17, 22, 7, 12, 17, 22, 7, 12, 17, 22, 5, 9, 14, 20, 5, 9, 14,
-            20, 5, 9, 14, 20, 5, 9, 14, 20, 4, 11, 16, 23, 4, 11, 16, 23, 4, 11, 16, 23, 4, 11,
-            16, 23, 6, 10, 15, 21, 6, 10, 15, 21, 6, 10, 15, 21, 6, 10, 15, 21,
+            7, 12, 17, 22, 7, 12, 17, 22, 7, 12, 17, 22, 7, 12, 17, 22, 5, 9, 14, 20, 5, 9, 14, 20,
+            5, 9, 14, 20, 5, 9, 14, 20, 4, 11, 16, 23, 4, 11, 16, 23, 4, 11, 16, 23, 4, 11, 16, 23,
+            6, 10, 15, 21, 6, 10, 15, 21, 6, 10, 15, 21, 6, 10, 15, 21,
         ];
         let k: Vec<u32> = (0..64)
             .map(|i| ((i as f64 + 1.0).sin().abs() * 4_294_967_296.0) as u32)

@@ -9,7 +9,9 @@ pub mod stack;
 pub mod time;
 pub mod trace;
 
-pub use registration::{Outcome, Registration, RegistrationConfig, RegistrationEvent, SipTransport};
+pub use registration::{
+    Outcome, Registration, RegistrationConfig, RegistrationEvent, SipTransport,
+};
 pub use stack::{local_ip_towards, SipStack, StackConfig};
 
 /// A SIP failure the phone reports to the user.

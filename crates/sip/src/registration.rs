@@ -376,7 +376,10 @@ impl Client {
             },
             _ => udp_addr,
         };
-        let target = config.proxy.clone().unwrap_or_else(|| config.server.clone());
+        let target = config
+            .proxy
+            .clone()
+            .unwrap_or_else(|| config.server.clone());
         let destination = sip_addr(&target, transport);
         let registrar_uri = Uri::try_from(format!("sip:{}", config.server).as_str())
             .unwrap_or_else(|_| Uri::try_from("sip:invalid").unwrap_or_default());
@@ -432,10 +435,10 @@ impl Client {
             req.headers
                 .push(Route::new(format!("<sip:{proxy};lr>")).into());
         }
-        req.headers.push(Contact::new(format!("<{}>", self.contact)).into());
-        req.headers.push(Expires::from(expires).into());
         req.headers
-            .push(Header::Allow(crate::stack::ALLOW.into()));
+            .push(Contact::new(format!("<{}>", self.contact)).into());
+        req.headers.push(Expires::from(expires).into());
+        req.headers.push(Header::Allow(crate::stack::ALLOW.into()));
         if let Some(auth) = auth {
             req.headers.push(auth);
         }
@@ -575,7 +578,10 @@ impl Client {
             }
             Ok(Err(_)) | Err(_) => {
                 self.drop_tcp();
-                Err(Outcome::local(408, "Request Timeout (no answer from registrar)"))
+                Err(Outcome::local(
+                    408,
+                    "Request Timeout (no answer from registrar)",
+                ))
             }
         }
     }
@@ -635,7 +641,14 @@ impl Client {
         let current = self.contact.host_with_port.to_string();
         let seen = match (host, port) {
             (Some(h), Some(p)) => format!("{h}:{p}"),
-            (Some(h), None) => format!("{h}:{}", self.contact.host_with_port.port.map(|p| p.to_string()).unwrap_or_default()),
+            (Some(h), None) => format!(
+                "{h}:{}",
+                self.contact
+                    .host_with_port
+                    .port
+                    .map(|p| p.to_string())
+                    .unwrap_or_default()
+            ),
             (None, Some(p)) => format!("{}:{p}", self.contact.host_with_port.host),
             (None, None) => return false,
         };

@@ -74,8 +74,8 @@ impl SipStack {
         let bind = SocketAddr::new(config.bind_ip, config.port);
         // With a wildcard bind the stack advertises the first non-loopback address.
         let udp = UdpConnection::create_connection(bind, None, Some(cancel.child_token()))
-        .await
-        .map_err(|e| SipError::Setup(format!("cannot listen on UDP {bind}: {e}")))?;
+            .await
+            .map_err(|e| SipError::Setup(format!("cannot listen on UDP {bind}: {e}")))?;
         let udp_port = udp
             .get_addr()
             .get_socketaddr()
@@ -177,7 +177,9 @@ async fn dispatch(mut incoming: TransactionReceiver) {
                     tx.reply_with(StatusCode::OK, headers, None).await
                 }
                 Method::Ack => Ok(()),
-                Method::Bye | Method::Cancel => tx.reply(StatusCode::CallTransactionDoesNotExist).await,
+                Method::Bye | Method::Cancel => {
+                    tx.reply(StatusCode::CallTransactionDoesNotExist).await
+                }
                 Method::Invite => tx.reply(StatusCode::TemporarilyUnavailable).await,
                 _ => {
                     let headers = vec![Header::Allow(ALLOW.into())];
