@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Benchmarks (prints numbers; not part of the test suite). Needs the test peers.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/install-test-deps.sh
+command -v hyperfine >/dev/null 2>&1 || {
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends hyperfine
+}
+cargo build --release -p microsip -p microsip-control --examples --bins
+python3 bench/registration_control.py
