@@ -19,6 +19,7 @@ import os
 import queue
 import re
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -384,6 +385,8 @@ class Kamailio:
 
     def cleanup(self) -> None:
         self.stop()
+        if not self.running():
+            shutil.rmtree(self.rundir, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------
@@ -431,6 +434,14 @@ def account(server: str, username: str, password: str = "", domain: str = LOOPBA
     }
     sec.update(extra)
     return sec
+
+
+def ini(*accounts: dict, **settings) -> dict:
+    """{Settings: {...}, Account1: accounts[0], ...} for Phone(ini=...)."""
+    d: dict[str, dict] = {"Settings": {"accountId": 1, "sourcePort": 0, **settings}}
+    for i, a in enumerate(accounts, 1):
+        d[f"Account{i}"] = a
+    return d
 
 
 class EventStream:
@@ -507,6 +518,12 @@ class EventStream:
                     raise AssertionError(
                         f"no {type_} event within {timeout:.0f}s; events:\n{self._describe()}")
                 self._cond.wait(min(left, 1.0))
+
+    def mark(self) -> int:
+        """Moves the cursor to the end: the next wait_for sees only newer events."""
+        with self._cond:
+            self.cursor = len(self.items)
+            return self.cursor
 
     def count(self, type_: str, pred: Callable[[dict], bool] | None = None) -> int:
         with self._cond:
@@ -592,6 +609,7 @@ class Phone:
         self.workdir = Path(workdir) / f"phone-{self.profile}"
         self.workdir.mkdir(parents=True, exist_ok=True)
         # XDG_RUNTIME_DIR is kept short: the socket path must fit in 108 bytes.
+        self._own_runtime_dir = runtime_dir is None
         self.runtime_dir = Path(runtime_dir) if runtime_dir else Path(
             tempfile.mkdtemp(prefix="ms", dir="/tmp"))
         os.chmod(self.runtime_dir, 0o700)
@@ -761,6 +779,8 @@ class Phone:
             for f in (getattr(self, "_out", None), getattr(self, "_errf", None)):
                 if f:
                     f.close()
+            if self._own_runtime_dir and not self.running():
+                shutil.rmtree(self.runtime_dir, ignore_errors=True)
 
     def diagnostics(self) -> list[tuple[str, str]]:
         state = "not started" if self.proc is None else (

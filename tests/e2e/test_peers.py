@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import threading
 import time
 
 import pytest
@@ -173,9 +174,17 @@ def test_kamailio_challenges_message_with_407_and_routes_to_registered_user(kama
     callee = SipUac(kamailio.port, "1002", "secret2")
     assert codes(callee.register()) == [401, 200]
     caller = SipUac(kamailio.port, "1001", "p;w#1005")
+    got = None
+
+    def answer():
+        nonlocal got
+        got = callee.receive_request(timeout=15)
+
+    t = threading.Thread(target=answer)
+    t.start()
     resp = caller.message("1002", "hello")
+    t.join(20)
     assert codes(resp) == [407, 200]
-    got = callee.receive_request(timeout=10)
     assert got is not None and got.startswith("MESSAGE sip:1002@127.0.0.1:")
     assert got.rstrip().endswith("hello")
     # Unregistered target.

@@ -121,9 +121,14 @@ fn to_stack_spelling(text: &str) -> String {
     replace_algorithm(text, &[("SHA-256", "SHA256"), ("SHA-512-256", "SHA512")])
 }
 
-/// …and back on the way out, so the registrar reads the name it offered.
+/// …and back on the way out, so the registrar reads the name it offered. The stack
+/// also quotes `qop`, which RFC 2617 §3.2.2 writes bare (`qop=auth`); strict
+/// servers refuse the quoted form.
 fn to_wire_spelling(header: Header) -> Header {
-    let fix = |v: &str| replace_algorithm(v, &[("SHA256", "SHA-256"), ("SHA512", "SHA-512-256")]);
+    let fix = |v: &str| {
+        replace_algorithm(v, &[("SHA256", "SHA-256"), ("SHA512", "SHA-512-256")])
+            .replace("qop=\"auth\"", "qop=auth")
+    };
     match header {
         Header::Authorization(h) => Header::Authorization(fix(h.value()).into()),
         Header::ProxyAuthorization(h) => Header::ProxyAuthorization(fix(h.value()).into()),
@@ -191,6 +196,10 @@ mod tests {
         let uri = Uri::try_from("sip:127.0.0.1").expect("uri");
         let text = answer(&c, &Method::Register, &uri, "1001", "pw", "cn", 1).to_string();
         assert!(text.contains("algorithm=SHA-256"), "{text}");
+        assert!(
+            text.contains("qop=auth,") || text.ends_with("qop=auth"),
+            "{text}"
+        );
     }
 
     #[test]
