@@ -26,6 +26,6 @@ step "cargo build -p microsip"
 cargo build -p microsip
 
 step "end-to-end tests (tests/e2e)"
-export MICROSIP_BIN="$PWD/target/debug/microsip"
+export MICROSIP_BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug/microsip"
 export PYTHONDONTWRITEBYTECODE=1
 "$PY" -m pytest -x -q -p no:cacheprovider tests/e2e
