@@ -5,18 +5,20 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use microsip_config::{Account, Config, Transport};
+use microsip_media::{MediaConfig, MediaEngine};
 use microsip_sip::{
-    Outcome, Registration, RegistrationConfig, RegistrationEvent, SipStack, SipTransport,
-    StackConfig,
+    CallSignal, Outcome, Registration, RegistrationConfig, RegistrationEvent, SipStack,
+    SipTransport, StackConfig,
 };
 use serde_json::json;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tracing::{info, warn};
 
-use crate::command::{Command, Secret, StatusForm, WindowState};
+use crate::calls::{Call, CallDone};
+use crate::command::{CallId, Command, Secret, WindowState};
 use crate::event::{AccountView, Event, EventKind, Snapshot};
 use crate::reply::{fail, ok, ok_with, ErrorCode, Reply};
 
@@ -50,11 +52,13 @@ pub struct EngineSetup {
     pub call_on_start: Option<String>,
 }
 
-enum Request {
+pub(crate) enum Request {
     Command(Command, oneshot::Sender<Reply>),
     Subscribe(oneshot::Sender<(Snapshot, broadcast::Receiver<Event>)>),
     /// A registration command finished in the background; publish its state.
     Settled,
+    /// Call work done in the background (re-INVITE answered, timers...).
+    CallDone(CallDone),
 }
 
 /// A cheap, cloneable way for faces to reach the engine.
@@ -99,23 +103,31 @@ enum RegState {
     Unregistered,
 }
 
-struct AccountSlot {
-    account: Account,
+pub(crate) struct AccountSlot {
+    pub(crate) account: Account,
     registration: Option<Registration>,
     state: RegState,
 }
 
 /// The engine itself; lives inside its task.
-struct Engine {
-    config: Config,
+pub(crate) struct Engine {
+    pub(crate) config: Config,
     store: Box<dyn ConfigStore>,
-    sip: SipStack,
-    accounts: BTreeMap<u32, AccountSlot>,
-    active_account: u32,
+    pub(crate) sip: SipStack,
+    pub(crate) media: MediaEngine,
+    /// The address SIP and RTP are bound to.
+    pub(crate) bind_ip: IpAddr,
+    pub(crate) accounts: BTreeMap<u32, AccountSlot>,
+    pub(crate) active_account: u32,
+    pub(crate) calls: BTreeMap<CallId, Call>,
+    /// When the last call ended (numeric STATUS says 4 for a while).
+    pub(crate) last_ended: Option<Instant>,
     events: broadcast::Sender<Event>,
     seq: u64,
     reg_events: mpsc::UnboundedSender<RegistrationEvent>,
     call_on_start: Option<String>,
+    /// The engine's own inbox, for background work to report back.
+    pub(crate) inbox: mpsc::UnboundedSender<Request>,
 }
 
 /// Starts the SIP endpoint and the engine task. Returns the handle faces use and a
@@ -124,9 +136,16 @@ pub async fn start(
     setup: EngineSetup,
 ) -> Result<(EngineHandle, tokio::task::JoinHandle<()>), String> {
     let stack_config = stack_config(&setup.config, setup.trace.clone());
-    let sip = SipStack::start(stack_config)
+    let bind_ip = stack_config.bind_ip;
+    let (sip, signals) = SipStack::start(stack_config)
         .await
         .map_err(|e| e.to_string())?;
+    let media = MediaEngine::start(MediaConfig {
+        bind_ip,
+        rtp_port_min: setup.config.settings.rtp_port_min,
+        rtp_port_max: setup.config.settings.rtp_port_max,
+    })
+    .map_err(|e| format!("cannot start media: {e}"))?;
     let (events, _) = broadcast::channel(EVENT_BACKLOG);
     let (reg_tx, reg_rx) = mpsc::unbounded_channel();
     let (inbox, requests) = mpsc::unbounded_channel();
@@ -136,17 +155,25 @@ pub async fn start(
         config: setup.config,
         store: setup.store,
         sip,
+        media,
+        bind_ip,
         accounts: BTreeMap::new(),
+        calls: BTreeMap::new(),
+        last_ended: None,
         events,
         seq: 0,
         reg_events: reg_tx,
         call_on_start: setup.call_on_start,
-    };
-    engine.load_accounts();
-    let handle = EngineHandle {
         inbox: inbox.clone(),
     };
-    let join = tokio::spawn(engine.run(requests, reg_rx, inbox));
+    engine.load_accounts();
+    if engine.call_on_start.is_some() && !engine.accounts.values().any(|s| s.registration.is_some())
+    {
+        // Nothing to wait for: dial now.
+        engine.dial_on_start();
+    }
+    let handle = EngineHandle { inbox };
+    let join = tokio::spawn(engine.run(requests, reg_rx, signals));
     Ok((handle, join))
 }
 
@@ -184,7 +211,7 @@ fn stack_config(config: &Config, trace: Option<PathBuf>) -> StackConfig {
 }
 
 /// The IP literal in `host[:port]` (or `[v6]:port`), if it is one.
-fn host_ip(host_port: &str) -> Option<IpAddr> {
+pub(crate) fn host_ip(host_port: &str) -> Option<IpAddr> {
     let s = host_port.trim();
     if let Ok(ip) = s.parse::<IpAddr>() {
         return Some(ip);
@@ -263,30 +290,41 @@ impl Engine {
         mut self,
         mut requests: mpsc::UnboundedReceiver<Request>,
         mut reg_events: mpsc::UnboundedReceiver<RegistrationEvent>,
-        inbox: mpsc::UnboundedSender<Request>,
+        mut signals: mpsc::UnboundedReceiver<CallSignal>,
     ) {
         loop {
             tokio::select! {
                 Some(request) = requests.recv() => match request {
                     Request::Command(Command::Exit, reply) => {
-                        self.exit().await;
+                        self.exit(&mut signals).await;
                         let _ = reply.send(ok("exiting"));
                         break;
                     }
-                    Request::Command(command, reply) => self.apply(command, reply, &inbox),
+                    Request::Command(command, reply) => self.apply(command, reply),
                     Request::Subscribe(reply) => {
                         let _ = reply.send((self.snapshot(), self.events.subscribe()));
                     }
                     Request::Settled => {}
+                    Request::CallDone(done) => self.on_call_done(done),
                 },
                 Some(event) = reg_events.recv() => self.on_registration(event),
+                Some(signal) = signals.recv() => self.on_signal(signal),
                 else => break,
             }
         }
         self.sip.shutdown();
     }
 
-    fn publish(&mut self, kind: EventKind) {
+    fn dial_on_start(&mut self) {
+        if let Some(target) = self.call_on_start.take() {
+            match self.dial(&target, None, true, false, None) {
+                Ok(a) => info!("--call {target}: call {}", a.text),
+                Err(f) => warn!("--call {target}: {}", f.message),
+            }
+        }
+    }
+
+    pub(crate) fn publish(&mut self, kind: EventKind) {
         self.seq += 1;
         let event = Event {
             seq: self.seq,
@@ -303,11 +341,11 @@ impl Engine {
             seq: self.seq,
             time: microsip_sip::time::rfc3339(SystemTime::now()),
             accounts: self.account_views(),
-            calls: Vec::new(),
+            calls: self.call_views(),
         }
     }
 
-    fn account_views(&self) -> Vec<AccountView> {
+    pub(crate) fn account_views(&self) -> Vec<AccountView> {
         self.accounts
             .values()
             .map(|slot| {
@@ -387,36 +425,43 @@ impl Engine {
         if let Some(slot) = self.accounts.get_mut(&number) {
             slot.state = state;
         }
-        if let Some(call) = self.call_on_start.take() {
-            if matches!(kind, EventKind::AccountRegistered { .. }) {
-                warn!("--call {call}: placing calls is not available yet");
-            } else {
-                self.call_on_start = Some(call);
-            }
-        }
+        let registered = matches!(kind, EventKind::AccountRegistered { .. });
         self.publish(kind);
+        if registered {
+            self.dial_on_start();
+        }
     }
 
     /// Applies one command. Registration commands finish in a background task so the
     /// engine keeps serving; their reply still comes only after the outcome.
-    fn apply(
-        &mut self,
-        command: Command,
-        reply: oneshot::Sender<Reply>,
-        inbox: &mpsc::UnboundedSender<Request>,
-    ) {
+    fn apply(&mut self, command: Command, reply: oneshot::Sender<Reply>) {
         let answer = match command {
             Command::Status { form } => self.status(form),
+            Command::Dial {
+                target,
+                account,
+                hold_active,
+                numeric,
+            } => self.dial(&target, account, hold_active, numeric, None),
+            Command::Answer { call } => self.answer(call),
+            Command::Reject { call, code } => self.reject(call, code),
+            Command::Hangup { call } => return self.hangup(call, reply),
+            Command::HangupAll => return self.hangup_many(false, reply),
+            Command::HangupCalling => return self.hangup_many(true, reply),
+            Command::Hold { call, on } => return self.hold(call, on, reply),
+            Command::Transfer { target, call } => return self.transfer(&target, call, reply),
+            Command::ActiveCall => self.active_remote(),
+            Command::Calls => self.list_calls(),
             Command::Window { state } => ok(match state {
                 WindowState::Normal => "no window: running headless",
                 WindowState::Minimized => "no window: running headless (minimized)",
                 WindowState::Hidden => "no window: running headless (hidden)",
             }),
             Command::Register { account } => {
-                return self.register(account, true, reply, inbox);
+                return self.register(account, true, reply);
             }
             Command::Unregister { account } => {
-                return self.register(account, false, reply, inbox);
+                return self.register(account, false, reply);
             }
             Command::Account { number, password } => self.account(number, password),
             Command::Events { .. } => fail(
@@ -430,18 +475,6 @@ impl Engine {
             ),
         };
         let _ = reply.send(answer);
-    }
-
-    fn status(&self, form: StatusForm) -> Reply {
-        // Calls arrive with the calls issue: until then the phone is always idle.
-        let code = 0;
-        match form {
-            StatusForm::Numeric => ok_with(code.to_string(), json!({ "status": code })),
-            StatusForm::Word => ok_with(
-                format!("{code} idle"),
-                json!({ "status": code, "state": "idle", "accounts": self.account_views() }),
-            ),
-        }
     }
 
     fn targets(&self, account: Option<u32>) -> Result<Vec<u32>, Reply> {
@@ -482,13 +515,7 @@ impl Engine {
         }
     }
 
-    fn register(
-        &mut self,
-        account: Option<u32>,
-        on: bool,
-        reply: oneshot::Sender<Reply>,
-        inbox: &mpsc::UnboundedSender<Request>,
-    ) {
+    fn register(&mut self, account: Option<u32>, on: bool, reply: oneshot::Sender<Reply>) {
         let numbers = match self.targets(account) {
             Ok(n) => n,
             Err(r) => {
@@ -512,7 +539,7 @@ impl Engine {
                 self.publish(EventKind::AccountRegistering { account: *n });
             }
         }
-        let inbox = inbox.clone();
+        let inbox = self.inbox.clone();
         tokio::spawn(async move {
             let mut done: Vec<(u32, Outcome)> = Vec::new();
             for (n, reg) in jobs {
@@ -564,9 +591,25 @@ impl Engine {
         )
     }
 
-    /// Un-registers every account (bounded in time) and says goodbye.
-    async fn exit(&mut self) {
+    /// Ends every call, un-registers every account (each bounded in time) and says
+    /// goodbye.
+    async fn exit(&mut self, signals: &mut mpsc::UnboundedReceiver<CallSignal>) {
         self.publish(EventKind::PhoneExiting);
+        let waits = self.end_all_calls();
+        if !waits.is_empty() {
+            // Keep handling signals so the calls' ends are seen and answered.
+            let deadline = tokio::time::Instant::now() + EXIT_GRACE;
+            while !self.calls.is_empty() {
+                match tokio::time::timeout_at(deadline, signals.recv()).await {
+                    Ok(Some(signal)) => self.on_signal(signal),
+                    _ => break,
+                }
+            }
+            let leftover: Vec<CallId> = self.calls.keys().copied().collect();
+            for id in leftover {
+                self.finish(id, 408, "phone exiting".into(), "local");
+            }
+        }
         let stops: Vec<Registration> = self
             .accounts
             .values()

@@ -36,6 +36,49 @@ pub enum EventKind {
     },
     #[serde(rename = "account.unregistered")]
     AccountUnregistered { account: u32 },
+    #[serde(rename = "call.outgoing")]
+    CallOutgoing {
+        call: u64,
+        account: u32,
+        remote: String,
+    },
+    #[serde(rename = "call.incoming")]
+    CallIncoming {
+        call: u64,
+        account: u32,
+        remote: String,
+        number: String,
+        name: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        diversion: Option<String>,
+    },
+    #[serde(rename = "call.ringing")]
+    CallRinging { call: u64 },
+    #[serde(rename = "call.early")]
+    CallEarly { call: u64, code: u16 },
+    #[serde(rename = "call.answered")]
+    CallAnswered { call: u64, code: u16 },
+    #[serde(rename = "call.confirmed")]
+    CallConfirmed { call: u64 },
+    #[serde(rename = "call.held")]
+    CallHeld { call: u64, by: &'static str },
+    #[serde(rename = "call.resumed")]
+    CallResumed { call: u64, by: &'static str },
+    #[serde(rename = "call.transfer")]
+    CallTransfer {
+        call: u64,
+        code: u16,
+        reason: String,
+        target: String,
+    },
+    #[serde(rename = "call.ended")]
+    CallEnded {
+        call: u64,
+        code: u16,
+        reason: String,
+        by: &'static str,
+        duration: u64,
+    },
     /// The phone is about to exit.
     #[serde(rename = "phone.exiting")]
     PhoneExiting,
@@ -49,6 +92,16 @@ impl EventKind {
             EventKind::AccountRegistered { .. } => "account.registered",
             EventKind::AccountFailed { .. } => "account.failed",
             EventKind::AccountUnregistered { .. } => "account.unregistered",
+            EventKind::CallOutgoing { .. } => "call.outgoing",
+            EventKind::CallIncoming { .. } => "call.incoming",
+            EventKind::CallRinging { .. } => "call.ringing",
+            EventKind::CallEarly { .. } => "call.early",
+            EventKind::CallAnswered { .. } => "call.answered",
+            EventKind::CallConfirmed { .. } => "call.confirmed",
+            EventKind::CallHeld { .. } => "call.held",
+            EventKind::CallResumed { .. } => "call.resumed",
+            EventKind::CallTransfer { .. } => "call.transfer",
+            EventKind::CallEnded { .. } => "call.ended",
             EventKind::PhoneExiting => "phone.exiting",
         }
     }

@@ -5,10 +5,13 @@
 //! The engine knows no sockets and no files: SIP goes through `microsip-sip`, the ini
 //! through the [`ConfigStore`] the binary hands in.
 
+mod calls;
 pub mod command;
+pub mod dialplan;
 pub mod engine;
 pub mod event;
 pub mod grammar;
+pub mod policy;
 pub mod reply;
 
 pub use command::{CallId, Command, ParseError};

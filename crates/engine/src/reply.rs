@@ -16,6 +16,23 @@ pub enum ErrorCode {
     ConfigWrite,
     Stopping,
     Internal,
+    /// No call to act on.
+    NoCall,
+    /// A call id that does not exist.
+    NoSuchCall,
+    /// No usable account to call from.
+    NoAccount,
+    /// The dial plan refused the number.
+    DialPlan,
+    /// Too many calls.
+    Busy,
+    /// The call is not in a state for this (e.g. answer a call that is not ringing).
+    WrongState,
+    /// The media could not be set up (no free RTP port, unreadable audio file...).
+    Media,
+    NoCommonCodec,
+    /// The other side refused (re-INVITE or REFER answered with an error).
+    Refused,
 }
 
 impl ErrorCode {
@@ -30,6 +47,15 @@ impl ErrorCode {
             ErrorCode::ConfigWrite => "config_write",
             ErrorCode::Stopping => "stopping",
             ErrorCode::Internal => "internal",
+            ErrorCode::NoCall => "no_call",
+            ErrorCode::NoSuchCall => "no_such_call",
+            ErrorCode::NoAccount => "no_account",
+            ErrorCode::DialPlan => "dial_plan",
+            ErrorCode::Busy => "busy",
+            ErrorCode::WrongState => "wrong_state",
+            ErrorCode::Media => "media",
+            ErrorCode::NoCommonCodec => "no_common_codec",
+            ErrorCode::Refused => "refused",
         }
     }
 

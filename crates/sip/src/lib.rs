@@ -3,12 +3,17 @@
 //! registration clients, digest answers and the SIP trace. It knows nothing of the
 //! ini file, commands or RTP.
 
+pub mod call;
 pub mod digest;
 pub mod registration;
 pub mod stack;
 pub mod time;
 pub mod trace;
 
+pub use call::{
+    CallError, CallSignal, CallerAccount, Calls, EndedBy, IncomingInvite, LegId, Responder,
+    SignalKind,
+};
 pub use registration::{
     Outcome, Registration, RegistrationConfig, RegistrationEvent, SipTransport,
 };

@@ -6,15 +6,19 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use rsipstack::sip::{Header, StatusCode};
+use rsipstack::dialog::dialog_layer::DialogLayer;
+use rsipstack::sip::prelude::HeadersExt;
+use rsipstack::sip::{Header, Method, StatusCode};
 use rsipstack::transaction::endpoint::{EndpointInner, EndpointOption};
 use rsipstack::transaction::{Endpoint, EndpointBuilder, TransactionReceiver};
 use rsipstack::transport::tcp_listener::TcpListenerConnection;
 use rsipstack::transport::udp::UdpConnection;
 use rsipstack::transport::SipConnection;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::call::{CallSignal, Calls};
 use crate::trace::{SipTrace, TraceInspector};
 use crate::SipError;
 
@@ -43,13 +47,17 @@ pub struct SipStack {
     pub(crate) endpoint: Endpoint,
     pub(crate) udp: UdpConnection,
     pub(crate) tcp_addr: Option<SocketAddr>,
+    calls: Calls,
     cancel: CancellationToken,
 }
 
 impl SipStack {
     /// Binds the listeners and starts serving. Fails with a clear error when the port
-    /// is taken or the trace file cannot be opened.
-    pub async fn start(config: StackConfig) -> Result<SipStack, SipError> {
+    /// is taken or the trace file cannot be opened. Call signals arrive on the
+    /// returned receiver.
+    pub async fn start(
+        config: StackConfig,
+    ) -> Result<(SipStack, mpsc::UnboundedReceiver<CallSignal>), SipError> {
         let cancel = CancellationToken::new();
         let trace = match &config.trace {
             Some(path) => Some(Arc::new(SipTrace::open(path).map_err(|e| {
@@ -87,12 +95,14 @@ impl SipStack {
             .add_transport(SipConnection::Udp(udp.clone()));
 
         let mut tcp_addr = None;
+        let mut tcp_local = None;
         if config.tcp {
             let tcp_bind = SocketAddr::new(config.bind_ip, udp_port);
             let listener = TcpListenerConnection::new(tcp_bind, None)
                 .await
                 .map_err(|e| SipError::Setup(format!("cannot listen on TCP {tcp_bind}: {e}")))?;
             tcp_addr = Some(tcp_bind);
+            tcp_local = Some(listener.get_addr().clone());
             endpoint
                 .inner
                 .transport_layer
@@ -111,19 +121,31 @@ impl SipStack {
                 warn!("SIP endpoint stopped: {e}");
             }
         });
-        tokio::spawn(dispatch(incoming));
+        let (signal_tx, signal_rx) = mpsc::unbounded_channel();
+        let layer = Arc::new(DialogLayer::new(endpoint.inner.clone()));
+        let calls = Calls::new(layer, signal_tx, udp.get_addr().clone(), tcp_local);
+        tokio::spawn(dispatch(incoming, calls.clone()));
         info!(
             "SIP listening on {}:{udp_port} (UDP{})",
             config.bind_ip,
             if config.tcp { ", TCP" } else { "" }
         );
 
-        Ok(SipStack {
-            endpoint,
-            udp,
-            tcp_addr,
-            cancel,
-        })
+        Ok((
+            SipStack {
+                endpoint,
+                udp,
+                tcp_addr,
+                calls,
+                cancel,
+            },
+            signal_rx,
+        ))
+    }
+
+    /// The call legs: dial, answer, hang up...
+    pub fn calls(&self) -> &Calls {
+        &self.calls
     }
 
     /// The UDP listener's address.
@@ -161,13 +183,27 @@ pub fn local_ip_towards(remote: IpAddr) -> IpAddr {
     probe().unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST))
 }
 
-/// Answers requests that arrive outside a dialog. Calls arrive with the calls issue;
-/// until then an INVITE is refused with 480 so the caller gets an answer at once.
-async fn dispatch(mut incoming: TransactionReceiver) {
+/// Routes requests the transaction layer hands us: in-dialog requests to their dialog
+/// (481 when none), new INVITEs to the call legs, OPTIONS answered 200, the rest
+/// refused with 405 and our Allow.
+async fn dispatch(mut incoming: TransactionReceiver, calls: Calls) {
     while let Some(mut tx) = incoming.recv().await {
         let method = tx.original.method;
+        let has_to_tag = tx
+            .original
+            .to_header()
+            .ok()
+            .and_then(|t| t.tag().ok().flatten())
+            .is_some();
+        if has_to_tag {
+            calls.in_dialog(tx);
+            continue;
+        }
+        if method == Method::Invite {
+            calls.incoming(tx);
+            continue;
+        }
         tokio::spawn(async move {
-            use rsipstack::sip::Method;
             let result = match method {
                 Method::Options => {
                     let headers = vec![
@@ -180,7 +216,6 @@ async fn dispatch(mut incoming: TransactionReceiver) {
                 Method::Bye | Method::Cancel => {
                     tx.reply(StatusCode::CallTransactionDoesNotExist).await
                 }
-                Method::Invite => tx.reply(StatusCode::TemporarilyUnavailable).await,
                 _ => {
                     let headers = vec![Header::Allow(ALLOW.into())];
                     tx.reply_with(StatusCode::MethodNotAllowed, headers, None)

@@ -1,0 +1,1374 @@
+//! Calls inside the engine: the call table, every call command (dial, answer,
+//! reject, hangup, hold, transfer, status, calls), and what the engine does with
+//! each SIP signal. Media is opened, configured and closed here, and nowhere else.
+
+use std::time::{Duration, Instant};
+
+use microsip_config::Account;
+use microsip_media::sdp::{self, Direction, LocalMedia, Negotiated};
+use microsip_media::AudioSpec;
+use microsip_sip::{CallSignal, CallerAccount, EndedBy, IncomingInvite, LegId, SignalKind};
+use serde_json::{json, Value};
+use tokio::sync::oneshot;
+use tracing::{debug, info, warn};
+
+use crate::command::{CallId, Command, StatusForm};
+use crate::dialplan;
+use crate::engine::{Engine, Request};
+use crate::event::EventKind;
+use crate::policy::{self, Decision, IncomingFacts};
+use crate::reply::{fail, ok, ok_with, ErrorCode, Reply};
+
+/// How long `hangup` waits for the far end before ending the call locally.
+const HANGUP_GRACE: Duration = Duration::from_secs(8);
+/// How long a `hold`/`transfer` sent during set-up waits for the answer.
+const DEFERRED_LIMIT: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CallDirection {
+    Outgoing,
+    Incoming,
+}
+
+impl CallDirection {
+    fn word(self) -> &'static str {
+        match self {
+            CallDirection::Outgoing => "out",
+            CallDirection::Incoming => "in",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CallState {
+    /// Our INVITE is out, nothing back yet.
+    Calling,
+    /// 180 received (outgoing) or we sent 180 (incoming).
+    Ringing,
+    /// 183 with media (outgoing).
+    Early,
+    /// Answered and not held by us.
+    Active,
+}
+
+pub(crate) struct Call {
+    pub(crate) id: CallId,
+    pub(crate) direction: CallDirection,
+    pub(crate) account: u32,
+    pub(crate) remote: String,
+    pub(crate) number: String,
+    pub(crate) name: Option<String>,
+    pub(crate) state: CallState,
+    pub(crate) started: Instant,
+    pub(crate) answered: Option<Instant>,
+    pub(crate) confirmed: bool,
+    pub(crate) codec: Option<&'static str>,
+    pub(crate) local_hold: bool,
+    pub(crate) remote_hold: bool,
+    /// The remote's offer, for an incoming call not answered yet.
+    pub(crate) offer: Option<String>,
+    /// Our side of the SDP (port, version), once media is open.
+    pub(crate) local: Option<LocalMedia>,
+    pub(crate) negotiated: Option<Negotiated>,
+    /// DTMF digits to send once answered (`123,45#`).
+    pub(crate) post_dial: Option<String>,
+    /// Session-Expires the caller asked for (answered with `Require: timer`).
+    pub(crate) session_expires: Option<u32>,
+    /// Replies owed when the call ends (hangup).
+    pub(crate) end_waiters: Vec<oneshot::Sender<Reply>>,
+    /// Commands waiting for the call to be answered.
+    pub(crate) deferred: Vec<(Command, oneshot::Sender<Reply>, Instant)>,
+    /// This call was placed for a REFER received on that call.
+    pub(crate) transfer_for: Option<CallId>,
+    /// A re-INVITE of ours is in flight.
+    pub(crate) busy_reinvite: bool,
+}
+
+impl Call {
+    fn is_ringing_in(&self) -> bool {
+        self.direction == CallDirection::Incoming && self.answered.is_none()
+    }
+    fn is_setting_up_out(&self) -> bool {
+        self.direction == CallDirection::Outgoing && self.answered.is_none()
+    }
+    fn state_word(&self) -> &'static str {
+        if self.answered.is_some() {
+            if self.local_hold || self.remote_hold {
+                "held"
+            } else {
+                "active"
+            }
+        } else {
+            match self.state {
+                CallState::Calling => "calling",
+                CallState::Ringing => "ringing",
+                CallState::Early => "early",
+                CallState::Active => "active",
+            }
+        }
+    }
+    fn duration_s(&self) -> u64 {
+        self.answered.map(|a| a.elapsed().as_secs()).unwrap_or(0)
+    }
+    fn view(&self) -> Value {
+        json!({
+            "id": self.id,
+            "direction": self.direction.word(),
+            "account": self.account,
+            "remote": self.remote,
+            "number": self.number,
+            "name": self.name,
+            "state": self.state_word(),
+            "duration": self.duration_s(),
+            "codec": self.codec,
+            "held_by_us": self.local_hold,
+            "held_by_remote": self.remote_hold,
+            "post_dial": self.post_dial,
+        })
+    }
+}
+
+/// What the engine's inbox gets back from call work done in a background task.
+pub(crate) enum CallDone {
+    Hold {
+        call: CallId,
+        on: bool,
+        result: Result<(u16, Option<String>), String>,
+        reply: oneshot::Sender<Reply>,
+    },
+    Transfer {
+        call: CallId,
+        target: String,
+        result: Result<u16, String>,
+        reply: oneshot::Sender<Reply>,
+    },
+    /// `hangup` gave the far end its time; end the call here if it is still there.
+    HangupTimeout {
+        call: CallId,
+    },
+    /// A timer for auto-answer, delayed forwarding or auto hang-up fired.
+    AutoAnswer {
+        call: CallId,
+    },
+    ForwardNow {
+        call: CallId,
+        target: String,
+    },
+    AutoHangup {
+        call: CallId,
+    },
+}
+
+fn to_audio(spec: Option<&str>) -> Result<AudioSpec, String> {
+    AudioSpec::parse(spec.unwrap_or("")).map_err(|e| e.to_string())
+}
+
+impl Engine {
+    fn caller_account(&self, account: &Account) -> CallerAccount {
+        CallerAccount {
+            username: account.username.clone().unwrap_or_default(),
+            domain: account.domain.clone(),
+            display_name: account.display_name.clone(),
+            auth_id: account.auth_id.clone(),
+            password: account.password.clone().unwrap_or_default(),
+            outbound: account
+                .proxy
+                .first()
+                .cloned()
+                .or_else(|| account.server.clone())
+                .filter(|s| !s.trim().is_empty()),
+            tcp: matches!(account.transport, microsip_config::Transport::Tcp),
+            public_addr: account.public_addr.clone(),
+            hide_cid: account.hide_cid,
+        }
+    }
+
+    /// The IP we put in SDP for a call on `account`.
+    fn media_ip(&self, account: &Account) -> std::net::IpAddr {
+        if let Some(ip) = account
+            .public_addr
+            .as_deref()
+            .and_then(crate::engine::host_ip)
+        {
+            return ip;
+        }
+        if !self.bind_ip.is_unspecified() {
+            return self.bind_ip;
+        }
+        match account.server.as_deref().and_then(crate::engine::host_ip) {
+            Some(ip) => microsip_sip::local_ip_towards(ip),
+            None => std::net::IpAddr::from([127, 0, 0, 1]),
+        }
+    }
+
+    fn local_media(&self, account: &Account, port: u16) -> LocalMedia {
+        let mut codecs: Vec<sdp::Codec> = self
+            .config
+            .settings
+            .audio_codecs
+            .iter()
+            .filter_map(|c| {
+                sdp::Codec::from_ini_name(&format!("{}/{}/{}", c.name, c.clock_rate, c.channels))
+            })
+            .collect();
+        if codecs.is_empty() {
+            codecs = vec![sdp::Codec::Pcma, sdp::Codec::Pcmu];
+        }
+        if self.config.settings.force_codec {
+            codecs.truncate(1);
+        }
+        LocalMedia {
+            ip: self.media_ip(account),
+            port,
+            codecs,
+            telephone_event: true,
+            direction: Direction::SendRecv,
+            session_id: rand_u64(),
+            version: 1,
+        }
+    }
+
+    fn open_media(&self, id: CallId) -> Result<u16, Reply> {
+        let source = to_audio(self.config.settings.audio_input_device.as_deref())
+            .map_err(|e| fail(ErrorCode::BadArgument, format!("audioInputDevice: {e}")))?;
+        let sink = to_audio(self.config.settings.audio_output_device.as_deref())
+            .map_err(|e| fail(ErrorCode::BadArgument, format!("audioOutputDevice: {e}")))?;
+        self.media
+            .open(id, source, sink)
+            .map_err(|e| fail(ErrorCode::Media, format!("cannot open media: {e}")))
+    }
+
+    /// The call a command without an id means: the active call, else the only one.
+    fn default_call(&self) -> Option<CallId> {
+        self.active_call().or_else(|| {
+            if self.calls.len() == 1 {
+                self.calls.keys().next().copied()
+            } else {
+                None
+            }
+        })
+    }
+
+    /// The call in conversation: the newest answered call we do not hold.
+    pub(crate) fn active_call(&self) -> Option<CallId> {
+        self.calls
+            .values()
+            .filter(|c| c.answered.is_some() && !c.local_hold)
+            .max_by_key(|c| c.answered)
+            .map(|c| c.id)
+            .or_else(|| {
+                self.calls
+                    .values()
+                    .filter(|c| c.answered.is_some())
+                    .max_by_key(|c| c.answered)
+                    .map(|c| c.id)
+            })
+    }
+
+    fn find(&self, id: Option<CallId>) -> Result<CallId, Reply> {
+        match id {
+            Some(id) if self.calls.contains_key(&id) => Ok(id),
+            Some(id) => Err(fail(
+                ErrorCode::NoSuchCall,
+                format!("there is no call {id}"),
+            )),
+            None => self
+                .default_call()
+                .ok_or_else(|| fail(ErrorCode::NoCall, "there is no call")),
+        }
+    }
+
+    pub(crate) fn status(&self, form: StatusForm) -> Reply {
+        let (code, word) = self.status_code();
+        match form {
+            StatusForm::Numeric => ok_with(code.to_string(), json!({ "status": code })),
+            StatusForm::Word => ok_with(
+                format!("{code} {word}"),
+                json!({
+                    "status": code,
+                    "state": word,
+                    "accounts": self.account_views(),
+                    "calls": self.call_views(),
+                }),
+            ),
+        }
+    }
+
+    fn status_code(&self) -> (u8, &'static str) {
+        let calls: Vec<&Call> = self.calls.values().collect();
+        if calls.iter().any(|c| c.is_ringing_in()) {
+            return (1, "ringing");
+        }
+        if calls
+            .iter()
+            .any(|c| c.answered.is_some() && !c.local_hold && !c.remote_hold)
+        {
+            return (2, "active");
+        }
+        if calls.iter().any(|c| c.answered.is_some()) {
+            return (3, "hold");
+        }
+        if calls.iter().any(|c| c.is_setting_up_out()) {
+            return (1, "calling");
+        }
+        let window = Duration::from_millis(u64::from(self.config.settings.status_disconnected_ms));
+        if self.last_ended.is_some_and(|t| t.elapsed() < window) {
+            return (4, "disconnected");
+        }
+        (0, "idle")
+    }
+
+    pub(crate) fn call_views(&self) -> Vec<Value> {
+        self.calls.values().map(Call::view).collect()
+    }
+
+    pub(crate) fn list_calls(&self) -> Reply {
+        let text: Vec<String> = self
+            .calls
+            .values()
+            .map(|c| {
+                format!(
+                    "{} {} {} {} {}s {}",
+                    c.id,
+                    c.direction.word(),
+                    c.remote,
+                    c.state_word(),
+                    c.duration_s(),
+                    c.codec.unwrap_or("-")
+                )
+            })
+            .collect();
+        ok_with(text.join("; "), Value::Array(self.call_views()))
+    }
+
+    pub(crate) fn active_remote(&self) -> Reply {
+        match self.active_call().and_then(|id| self.calls.get(&id)) {
+            Some(c) => ok_with(
+                c.remote.clone(),
+                json!({ "call": c.id, "remote": c.remote }),
+            ),
+            None => ok_with("", json!({ "call": null })),
+        }
+    }
+
+    // ------------------------------------------------------------------ dial
+
+    pub(crate) fn dial(
+        &mut self,
+        target: &str,
+        account: Option<u32>,
+        hold_active: bool,
+        numeric: bool,
+        transfer_for: Option<CallId>,
+    ) -> Reply {
+        let result = self.place_call(target, account, hold_active, transfer_for);
+        match (result, numeric) {
+            (Ok(id), false) => ok_with(id.to_string(), json!({ "call": id })),
+            (Ok(id), true) => ok_with("1", json!({ "call": id })),
+            (Err(_), true) => ok_with("0", json!({ "call": null })),
+            (Err(e), false) => e,
+        }
+    }
+
+    fn place_call(
+        &mut self,
+        target: &str,
+        account: Option<u32>,
+        hold_active: bool,
+        transfer_for: Option<CallId>,
+    ) -> Result<CallId, Reply> {
+        let number = account.unwrap_or(self.active_account);
+        let account = match self.accounts.get(&number) {
+            Some(slot) if slot.account.active => slot.account.clone(),
+            Some(slot) => {
+                return Err(fail(
+                    ErrorCode::NoAccount,
+                    format!(
+                        "account {number} cannot place calls: {}",
+                        slot.account
+                            .inactive_reason
+                            .clone()
+                            .unwrap_or_else(|| "inactive".into())
+                    ),
+                ))
+            }
+            None => {
+                return Err(fail(
+                    ErrorCode::NoAccount,
+                    format!("there is no account {number} to call from"),
+                ))
+            }
+        };
+        if let Some(max) = self.config.settings.max_concurrent_calls.filter(|m| *m > 0) {
+            if self.calls.len() >= max as usize {
+                return Err(fail(
+                    ErrorCode::Busy,
+                    format!("already {} calls (maxConcurrentCalls)", self.calls.len()),
+                ));
+            }
+        }
+        let dialled = dialplan::normalize_target(target, &account).map_err(|e| {
+            let code = match e {
+                dialplan::DialError::NoDialPlanMatch { .. }
+                | dialplan::DialError::BadDialPlan { .. } => ErrorCode::DialPlan,
+                _ => ErrorCode::BadArgument,
+            };
+            fail(code, e.to_string())
+        })?;
+        let id = self.sip.calls().new_leg_id();
+        let port = self.open_media(id)?;
+        let local = self.local_media(&account, port);
+        let offer = sdp::offer(&local);
+        let caller = self.caller_account(&account);
+        if let Err(e) = self
+            .sip
+            .calls()
+            .dial(id, &caller, &dialled.uri, offer, Vec::new())
+        {
+            media_done(id, "close", self.media.close(id));
+            return Err(fail(ErrorCode::BadArgument, e.to_string()));
+        }
+        if hold_active {
+            if let Some(active) = self.active_call() {
+                if let Some(c) = self.calls.get(&active) {
+                    if !c.local_hold {
+                        let (tx, _rx) = oneshot::channel();
+                        self.start_hold(active, true, tx);
+                    }
+                }
+            }
+        }
+        let (user, _) = microsip_sip::call::user_and_domain(&dialled.uri);
+        self.calls.insert(
+            id,
+            Call {
+                id,
+                direction: CallDirection::Outgoing,
+                account: number,
+                remote: dialled.uri.clone(),
+                number: user,
+                name: None,
+                state: CallState::Calling,
+                started: Instant::now(),
+                answered: None,
+                confirmed: false,
+                codec: None,
+                local_hold: false,
+                remote_hold: false,
+                offer: None,
+                local: Some(local),
+                negotiated: None,
+                post_dial: dialled.post_dial.clone(),
+                session_expires: None,
+                end_waiters: Vec::new(),
+                deferred: Vec::new(),
+                transfer_for,
+                busy_reinvite: false,
+            },
+        );
+        info!("call {id}: calling {}", dialled.uri);
+        self.publish(EventKind::CallOutgoing {
+            call: id,
+            account: number,
+            remote: dialled.uri,
+        });
+        Ok(id)
+    }
+
+    // ---------------------------------------------------------- incoming
+
+    fn on_incoming(&mut self, id: LegId, invite: IncomingInvite) {
+        let number = self.account_for(&invite.to_user);
+        let Some(account) = self.accounts.get(&number).map(|s| s.account.clone()) else {
+            let _ = self.sip.calls().reject(id, 404, Vec::new());
+            return;
+        };
+        let facts = IncomingFacts {
+            from_user: invite.remote_user.clone(),
+            from_domain: invite.remote_domain.clone(),
+            to_user: invite.to_user.clone(),
+            to_domain: invite.to_domain.clone(),
+            display_name: invite.display_name.clone(),
+            x_autoanswer: invite.x_autoanswer,
+            call_info_answer_after: invite
+                .call_info
+                .as_deref()
+                .and_then(policy::parse_answer_after),
+            active_calls: self.calls.len(),
+            calls_on_hold_only: !self.calls.is_empty()
+                && self.calls.values().all(|c| c.local_hold || c.remote_hold),
+            account_domain: account.domain.clone(),
+            account_users: self
+                .accounts
+                .values()
+                .filter_map(|s| s.account.username.clone())
+                .collect(),
+        };
+        self.calls.insert(
+            id,
+            Call {
+                id,
+                direction: CallDirection::Incoming,
+                account: number,
+                remote: invite.remote.clone(),
+                number: invite.remote_user.clone(),
+                name: invite.display_name.clone(),
+                state: CallState::Ringing,
+                started: Instant::now(),
+                answered: None,
+                confirmed: false,
+                codec: None,
+                local_hold: false,
+                remote_hold: false,
+                offer: invite.sdp.clone(),
+                local: None,
+                negotiated: None,
+                post_dial: None,
+                session_expires: invite.session_expires,
+                end_waiters: Vec::new(),
+                deferred: Vec::new(),
+                transfer_for: None,
+                busy_reinvite: false,
+            },
+        );
+        self.publish(EventKind::CallIncoming {
+            call: id,
+            account: number,
+            remote: invite.remote.clone(),
+            number: invite.remote_user.clone(),
+            name: invite.display_name.clone(),
+            diversion: invite.diversion.clone(),
+        });
+        match policy::decide(&self.config.settings, &account, &facts) {
+            Decision::Reject { code, reason, .. } => {
+                info!("call {id}: refused with {code} ({reason})");
+                let _ = self.sip.calls().reject(id, code, Vec::new());
+            }
+            Decision::Forward { target, delay_s } => {
+                if delay_s == 0 {
+                    self.forward(id, &target);
+                } else {
+                    let _ = self.sip.calls().ringing(id);
+                    self.publish(EventKind::CallRinging { call: id });
+                    let inbox = self.inbox.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(Duration::from_secs(u64::from(delay_s))).await;
+                        let _ = inbox
+                            .send(Request::CallDone(CallDone::ForwardNow { call: id, target }));
+                    });
+                }
+            }
+            Decision::Ring { auto_answer_after } => {
+                if let Err(e) = self.sip.calls().ringing(id) {
+                    debug!("call {id}: 180 not sent: {e}");
+                }
+                self.publish(EventKind::CallRinging { call: id });
+                if let Some(delay) = auto_answer_after {
+                    let inbox = self.inbox.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(delay).await;
+                        let _ = inbox.send(Request::CallDone(CallDone::AutoAnswer { call: id }));
+                    });
+                }
+            }
+        }
+    }
+
+    /// Which account an incoming call is for: the one whose user is called, else
+    /// the active account.
+    fn account_for(&self, to_user: &str) -> u32 {
+        self.accounts
+            .values()
+            .find(|s| {
+                s.account.active
+                    && s.account.username.as_deref() == Some(to_user)
+                    && s.account.server.is_some()
+            })
+            .map(|s| s.account.number)
+            .unwrap_or(self.active_account)
+    }
+
+    fn forward(&mut self, id: CallId, target: &str) {
+        let Some(call) = self.calls.get(&id) else {
+            return;
+        };
+        let Some(account) = self.accounts.get(&call.account).map(|s| s.account.clone()) else {
+            return;
+        };
+        let uri = match dialplan::normalize_target(target, &account) {
+            Ok(t) => t.uri,
+            Err(e) => {
+                warn!("forwarding target {target}: {e}; rejecting with 480");
+                let _ = self.sip.calls().reject(id, 480, Vec::new());
+                return;
+            }
+        };
+        let ours = format!(
+            "<sip:{}@{}>;reason=unconditional",
+            account.username.clone().unwrap_or_default(),
+            account.domain
+        );
+        let headers = vec![
+            ("Contact".to_string(), format!("<{uri}>")),
+            ("Diversion".to_string(), ours),
+        ];
+        info!("call {id}: forwarded to {uri}");
+        let _ = self.sip.calls().reject(id, 302, headers);
+    }
+
+    // ------------------------------------------------------------ answer
+
+    pub(crate) fn answer(&mut self, id: Option<CallId>) -> Reply {
+        let id = match id {
+            Some(id) => match self.calls.get(&id) {
+                Some(c) if c.is_ringing_in() => id,
+                Some(_) => return fail(ErrorCode::WrongState, format!("call {id} is not ringing")),
+                None => return fail(ErrorCode::NoSuchCall, format!("there is no call {id}")),
+            },
+            None => match self
+                .calls
+                .values()
+                .filter(|c| c.is_ringing_in())
+                .min_by_key(|c| c.started)
+            {
+                Some(c) => c.id,
+                None => return fail(ErrorCode::NoCall, "no call is ringing"),
+            },
+        };
+        let Some(call) = self.calls.get(&id) else {
+            return fail(ErrorCode::NoSuchCall, format!("there is no call {id}"));
+        };
+        let Some(account) = self.accounts.get(&call.account).map(|s| s.account.clone()) else {
+            return fail(ErrorCode::NoAccount, "the call's account is gone");
+        };
+        let offer_text = call.offer.clone();
+        let session_expires = call.session_expires;
+        let port = match self.open_media(id) {
+            Ok(p) => p,
+            Err(e) => return e,
+        };
+        let local = self.local_media(&account, port);
+        let (answer_sdp, negotiated) = match offer_text.as_deref().map(sdp::parse) {
+            Some(Ok(offer)) => match sdp::answer(&offer, &local) {
+                Ok(x) => (x.0, Some(x.1)),
+                Err(e) => {
+                    media_done(id, "close", self.media.close(id));
+                    let _ = self.sip.calls().reject(id, 488, Vec::new());
+                    return fail(
+                        ErrorCode::NoCommonCodec,
+                        format!("call {id} refused with 488: {e}"),
+                    );
+                }
+            },
+            Some(Err(e)) => {
+                media_done(id, "close", self.media.close(id));
+                let _ = self.sip.calls().reject(id, 400, Vec::new());
+                return fail(
+                    ErrorCode::BadArgument,
+                    format!("call {id}: unreadable SDP offer: {e}"),
+                );
+            }
+            // No offer: ours goes in the 200 and the peer's media is learnt from
+            // its RTP (symmetric RTP).
+            None => (sdp::offer(&local), None),
+        };
+        let mut extra = Vec::new();
+        if let Some(se) = session_expires {
+            extra.push(("Session-Expires".to_string(), format!("{se};refresher=uac")));
+            extra.push(("Require".to_string(), "timer".to_string()));
+        }
+        if let Err(e) = self.sip.calls().answer(id, answer_sdp, extra) {
+            media_done(id, "close", self.media.close(id));
+            return fail(ErrorCode::WrongState, format!("call {id}: {e}"));
+        }
+        if let Some(n) = &negotiated {
+            media_done(id, "configure", self.media.configure(id, n.clone()));
+        }
+        if let Some(call) = self.calls.get_mut(&id) {
+            call.codec = negotiated.as_ref().map(|n| n.codec.name());
+            call.negotiated = negotiated;
+            call.local = Some(local);
+            call.answered = Some(Instant::now());
+            call.state = CallState::Active;
+            call.offer = None;
+        }
+        self.after_answer(id);
+        self.publish(EventKind::CallAnswered {
+            call: id,
+            code: 200,
+        });
+        ok_with(format!("answered call {id}"), json!({ "call": id }))
+    }
+
+    /// Timers that start when a call is answered.
+    fn after_answer(&mut self, id: CallId) {
+        let secs = self.config.settings.auto_hang_up_time;
+        if secs > 0 {
+            let inbox = self.inbox.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(u64::from(secs))).await;
+                let _ = inbox.send(Request::CallDone(CallDone::AutoHangup { call: id }));
+            });
+        }
+    }
+
+    pub(crate) fn reject(&mut self, id: Option<CallId>, code: Option<u16>) -> Reply {
+        let code = code.unwrap_or(486);
+        let ids: Vec<CallId> = match id {
+            Some(id) => match self.calls.get(&id) {
+                Some(c) if c.is_ringing_in() => vec![id],
+                Some(_) => return fail(ErrorCode::WrongState, format!("call {id} is not ringing")),
+                None => return fail(ErrorCode::NoSuchCall, format!("there is no call {id}")),
+            },
+            None => self
+                .calls
+                .values()
+                .filter(|c| c.is_ringing_in())
+                .map(|c| c.id)
+                .collect(),
+        };
+        if ids.is_empty() {
+            return fail(ErrorCode::NoCall, "no call is ringing");
+        }
+        for id in &ids {
+            if let Err(e) = self.sip.calls().reject(*id, code, Vec::new()) {
+                return fail(ErrorCode::WrongState, format!("call {id}: {e}"));
+            }
+        }
+        let list: Vec<String> = ids.iter().map(|i| i.to_string()).collect();
+        ok_with(
+            format!("rejected call {} with {code}", list.join(", ")),
+            json!({ "calls": ids, "code": code }),
+        )
+    }
+
+    // ----------------------------------------------------------- hang up
+
+    /// Ends one call; the reply goes out once the call has ended.
+    pub(crate) fn hangup(&mut self, id: Option<CallId>, reply: oneshot::Sender<Reply>) {
+        let id = match self.find(id) {
+            Ok(id) => id,
+            Err(e) => {
+                let _ = reply.send(e);
+                return;
+            }
+        };
+        self.end_call(id, Some(reply));
+    }
+
+    fn end_call(&mut self, id: CallId, reply: Option<oneshot::Sender<Reply>>) {
+        let Some(call) = self.calls.get_mut(&id) else {
+            if let Some(r) = reply {
+                let _ = r.send(fail(
+                    ErrorCode::NoSuchCall,
+                    format!("there is no call {id}"),
+                ));
+            }
+            return;
+        };
+        if let Some(r) = reply {
+            call.end_waiters.push(r);
+        }
+        if call.is_ringing_in() {
+            if let Err(e) = self.sip.calls().reject(id, 603, Vec::new()) {
+                debug!("call {id}: decline: {e}");
+            }
+        } else {
+            let calls = self.sip.calls().clone();
+            tokio::spawn(async move {
+                let _ = calls.hangup(id).await;
+            });
+        }
+        let inbox = self.inbox.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(HANGUP_GRACE).await;
+            let _ = inbox.send(Request::CallDone(CallDone::HangupTimeout { call: id }));
+        });
+    }
+
+    /// `hangupall` (every call but incoming ones still ringing) and `hangupcalling`
+    /// (our calls not answered yet). Replies once they have ended.
+    pub(crate) fn hangup_many(&mut self, only_calling: bool, reply: oneshot::Sender<Reply>) {
+        let ids: Vec<CallId> = self
+            .calls
+            .values()
+            .filter(|c| {
+                if only_calling {
+                    c.is_setting_up_out()
+                } else {
+                    !c.is_ringing_in()
+                }
+            })
+            .map(|c| c.id)
+            .collect();
+        if ids.is_empty() {
+            let _ = reply.send(ok_with("no call to end", json!({ "calls": [] })));
+            return;
+        }
+        let mut waits = Vec::new();
+        for id in &ids {
+            let (tx, rx) = oneshot::channel();
+            self.end_call(*id, Some(tx));
+            waits.push(rx);
+        }
+        tokio::spawn(async move {
+            for w in waits {
+                let _ = w.await;
+            }
+            let list: Vec<String> = ids.iter().map(|i| i.to_string()).collect();
+            let _ = reply.send(ok_with(
+                format!("ended call {}", list.join(", ")),
+                json!({ "calls": ids }),
+            ));
+        });
+    }
+
+    // -------------------------------------------------------------- hold
+
+    pub(crate) fn hold(
+        &mut self,
+        id: Option<CallId>,
+        on: Option<bool>,
+        reply: oneshot::Sender<Reply>,
+    ) {
+        let id = match self.find(id) {
+            Ok(id) => id,
+            Err(e) => {
+                let _ = reply.send(e);
+                return;
+            }
+        };
+        let Some(call) = self.calls.get_mut(&id) else {
+            return;
+        };
+        if !call.confirmed {
+            if call.is_ringing_in() {
+                let _ = reply.send(fail(
+                    ErrorCode::WrongState,
+                    format!("call {id} is not answered yet"),
+                ));
+            } else {
+                call.deferred
+                    .push((Command::Hold { call: Some(id), on }, reply, Instant::now()));
+            }
+            return;
+        }
+        let want = on.unwrap_or(!call.local_hold);
+        if want == call.local_hold {
+            let _ = reply.send(ok(format!(
+                "call {id} {}",
+                if want { "already held" } else { "not held" }
+            )));
+            return;
+        }
+        self.start_hold(id, want, reply);
+    }
+
+    fn start_hold(&mut self, id: CallId, on: bool, reply: oneshot::Sender<Reply>) {
+        let Some(call) = self.calls.get_mut(&id) else {
+            return;
+        };
+        let Some(local) = call.local.as_mut() else {
+            let _ = reply.send(fail(
+                ErrorCode::WrongState,
+                format!("call {id} has no media"),
+            ));
+            return;
+        };
+        if call.busy_reinvite {
+            let _ = reply.send(fail(
+                ErrorCode::WrongState,
+                format!("call {id} is being changed; try again"),
+            ));
+            return;
+        }
+        call.busy_reinvite = true;
+        local.version += 1;
+        local.direction = if on {
+            if call.remote_hold {
+                Direction::Inactive
+            } else {
+                Direction::SendOnly
+            }
+        } else if call.remote_hold {
+            Direction::RecvOnly
+        } else {
+            Direction::SendRecv
+        };
+        let offer = sdp::offer(local);
+        if on {
+            // No sending while held: stop at once, before the answer comes back.
+            media_done(id, "set_hold", self.media.set_hold(id, true));
+        }
+        let calls = self.sip.calls().clone();
+        let inbox = self.inbox.clone();
+        tokio::spawn(async move {
+            let result = calls.reinvite(id, offer).await.map_err(|e| e.to_string());
+            let _ = inbox.send(Request::CallDone(CallDone::Hold {
+                call: id,
+                on,
+                result,
+                reply,
+            }));
+        });
+    }
+
+    // ---------------------------------------------------------- transfer
+
+    pub(crate) fn transfer(
+        &mut self,
+        target: &str,
+        id: Option<CallId>,
+        reply: oneshot::Sender<Reply>,
+    ) {
+        let id = match self.find(id) {
+            Ok(id) => id,
+            Err(e) => {
+                let _ = reply.send(e);
+                return;
+            }
+        };
+        let Some(call) = self.calls.get_mut(&id) else {
+            return;
+        };
+        if !call.confirmed {
+            if call.is_ringing_in() {
+                let _ = reply.send(fail(
+                    ErrorCode::WrongState,
+                    format!("call {id} is not answered yet"),
+                ));
+            } else {
+                call.deferred.push((
+                    Command::Transfer {
+                        target: target.to_string(),
+                        call: Some(id),
+                    },
+                    reply,
+                    Instant::now(),
+                ));
+            }
+            return;
+        }
+        let account_no = call.account;
+        let Some(account) = self.accounts.get(&account_no).map(|s| s.account.clone()) else {
+            let _ = reply.send(fail(ErrorCode::NoAccount, "the call's account is gone"));
+            return;
+        };
+        let uri = match dialplan::normalize_target(target, &account) {
+            Ok(t) => t.uri,
+            Err(e) => {
+                let _ = reply.send(fail(ErrorCode::BadArgument, e.to_string()));
+                return;
+            }
+        };
+        let calls = self.sip.calls().clone();
+        let inbox = self.inbox.clone();
+        tokio::spawn(async move {
+            let result = calls.refer(id, &uri).await.map_err(|e| e.to_string());
+            let _ = inbox.send(Request::CallDone(CallDone::Transfer {
+                call: id,
+                target: uri,
+                result,
+                reply,
+            }));
+        });
+    }
+
+    // ------------------------------------------------- background results
+
+    pub(crate) fn on_call_done(&mut self, done: CallDone) {
+        match done {
+            CallDone::Hold {
+                call,
+                on,
+                result,
+                reply,
+            } => {
+                let Some(c) = self.calls.get_mut(&call) else {
+                    let _ = reply.send(fail(
+                        ErrorCode::NoSuchCall,
+                        format!("call {call} has ended"),
+                    ));
+                    return;
+                };
+                c.busy_reinvite = false;
+                match result {
+                    Ok((code, _sdp)) if (200..300).contains(&code) => {
+                        c.local_hold = on;
+                        media_done(
+                            call,
+                            "set_hold",
+                            self.media.set_hold(call, on || c.remote_hold),
+                        );
+                        let by = "local";
+                        if on {
+                            self.publish(EventKind::CallHeld { call, by });
+                        } else {
+                            self.publish(EventKind::CallResumed { call, by });
+                        }
+                        let word = if on { "held" } else { "resumed" };
+                        let _ = reply.send(ok_with(
+                            format!("call {call} {word}"),
+                            json!({ "call": call }),
+                        ));
+                    }
+                    Ok((code, _)) => {
+                        media_done(
+                            call,
+                            "set_hold",
+                            self.media.set_hold(call, c.local_hold || c.remote_hold),
+                        );
+                        let _ = reply.send(fail(
+                            ErrorCode::Refused,
+                            format!(
+                                "call {call}: the other side answered the re-INVITE with {code}"
+                            ),
+                        ));
+                    }
+                    Err(e) => {
+                        media_done(
+                            call,
+                            "set_hold",
+                            self.media.set_hold(call, c.local_hold || c.remote_hold),
+                        );
+                        let _ = reply.send(fail(ErrorCode::Refused, format!("call {call}: {e}")));
+                    }
+                }
+            }
+            CallDone::Transfer {
+                call,
+                target,
+                result,
+                reply,
+            } => match result {
+                Ok(code) if (200..300).contains(&code) => {
+                    self.publish(EventKind::CallTransfer {
+                        call,
+                        code,
+                        reason: "Accepted".into(),
+                        target: target.clone(),
+                    });
+                    let _ = reply.send(ok_with(
+                        format!("call {call} transfer to {target} accepted ({code})"),
+                        json!({ "call": call, "code": code }),
+                    ));
+                }
+                Ok(code) => {
+                    let _ = reply.send(fail(
+                        ErrorCode::Refused,
+                        format!("call {call}: transfer refused with {code}"),
+                    ));
+                }
+                Err(e) => {
+                    let _ = reply.send(fail(ErrorCode::Refused, format!("call {call}: {e}")));
+                }
+            },
+            CallDone::HangupTimeout { call } => {
+                if self.calls.contains_key(&call) {
+                    warn!("call {call}: no answer to our hang-up; ending it here");
+                    self.finish(call, 408, "No answer to BYE".into(), "local");
+                }
+            }
+            CallDone::AutoAnswer { call } => {
+                if self.calls.get(&call).is_some_and(|c| c.is_ringing_in()) {
+                    let r = self.answer(Some(call));
+                    if let Err(f) = r {
+                        warn!("auto-answer of call {call}: {}", f.message);
+                    }
+                }
+            }
+            CallDone::ForwardNow { call, target } => {
+                if self.calls.get(&call).is_some_and(|c| c.is_ringing_in()) {
+                    self.forward(call, &target);
+                }
+            }
+            CallDone::AutoHangup { call } => {
+                if self.calls.contains_key(&call) {
+                    info!("call {call}: autoHangUpTime reached");
+                    self.end_call(call, None);
+                }
+            }
+        }
+    }
+
+    // ------------------------------------------------------ SIP signals
+
+    pub(crate) fn on_signal(&mut self, signal: CallSignal) {
+        let id = signal.call;
+        match signal.kind {
+            SignalKind::Incoming(invite) => self.on_incoming(id, *invite),
+            SignalKind::Ringing { code } => {
+                if let Some(c) = self.calls.get_mut(&id) {
+                    if c.state == CallState::Calling {
+                        c.state = CallState::Ringing;
+                        self.publish(EventKind::CallRinging { call: id });
+                    }
+                    let _ = code;
+                }
+            }
+            SignalKind::Early { code, sdp } => {
+                self.apply_remote_answer(id, sdp.as_deref(), true);
+                if let Some(c) = self.calls.get_mut(&id) {
+                    c.state = CallState::Early;
+                }
+                self.publish(EventKind::CallEarly { call: id, code });
+            }
+            SignalKind::Answered { sdp } => {
+                self.apply_remote_answer(id, sdp.as_deref(), false);
+                if let Some(c) = self.calls.get_mut(&id) {
+                    c.state = CallState::Active;
+                    c.answered = Some(Instant::now());
+                }
+                self.after_answer(id);
+                self.publish(EventKind::CallAnswered {
+                    call: id,
+                    code: 200,
+                });
+            }
+            SignalKind::Confirmed => {
+                let deferred = match self.calls.get_mut(&id) {
+                    Some(c) => {
+                        c.confirmed = true;
+                        std::mem::take(&mut c.deferred)
+                    }
+                    None => return,
+                };
+                self.publish(EventKind::CallConfirmed { call: id });
+                self.transfer_progress(id, 200, "OK", true);
+                for (command, reply, since) in deferred {
+                    if since.elapsed() > DEFERRED_LIMIT {
+                        let _ = reply.send(fail(
+                            ErrorCode::WrongState,
+                            "the call took too long to answer",
+                        ));
+                        continue;
+                    }
+                    match command {
+                        Command::Hold { call, on } => self.hold(call, on, reply),
+                        Command::Transfer { target, call } => self.transfer(&target, call, reply),
+                        _ => {
+                            let _ = reply
+                                .send(fail(ErrorCode::Internal, "unexpected deferred command"));
+                        }
+                    }
+                }
+            }
+            SignalKind::Reoffer { sdp, reply } => self.on_reoffer(id, sdp, reply),
+            SignalKind::Refer { target, reply } => {
+                let calls = self.sip.calls().clone();
+                tokio::spawn(async move { reply.respond(202, None).await });
+                let account = self.calls.get(&id).map(|c| c.account);
+                self.publish(EventKind::CallTransfer {
+                    call: id,
+                    code: 202,
+                    reason: "Transfer requested by the remote".into(),
+                    target: target.clone(),
+                });
+                match self.place_call(&target, account, false, Some(id)) {
+                    Ok(new_id) => {
+                        info!("call {id}: transferred by the remote to {target} (call {new_id})");
+                        tokio::spawn(
+                            async move { calls.notify_refer(id, 100, "Trying", false).await },
+                        );
+                    }
+                    Err(e) => {
+                        let (code, text) = match e {
+                            Err(f) => (503, f.message),
+                            Ok(_) => (503, "failed".into()),
+                        };
+                        warn!("call {id}: transfer to {target} failed: {text}");
+                        tokio::spawn(async move {
+                            calls
+                                .notify_refer(id, code, "Service Unavailable", true)
+                                .await
+                        });
+                    }
+                }
+            }
+            SignalKind::ReferProgress { code, reason, done } => {
+                let target = String::new();
+                self.publish(EventKind::CallTransfer {
+                    call: id,
+                    code,
+                    reason,
+                    target,
+                });
+                if done && (200..300).contains(&code) && self.calls.contains_key(&id) {
+                    info!("call {id}: transfer done; hanging up our leg");
+                    self.end_call(id, None);
+                }
+            }
+            SignalKind::Info { content_type, body } => {
+                debug!("call {id}: INFO {content_type} ({} bytes)", body.len());
+            }
+            SignalKind::Ended { code, reason, by } => {
+                let by = match by {
+                    EndedBy::Local => "local",
+                    EndedBy::Remote => "remote",
+                };
+                self.transfer_progress(id, code, &reason, true);
+                self.finish(id, code, reason, by);
+            }
+        }
+    }
+
+    /// A call we placed for a REFER progressed: tell the transferor.
+    fn transfer_progress(&mut self, id: CallId, code: u16, reason: &str, done: bool) {
+        let Some(origin) = self.calls.get_mut(&id).and_then(|c| c.transfer_for.take()) else {
+            return;
+        };
+        let calls = self.sip.calls().clone();
+        let reason = reason.to_string();
+        let success = (200..300).contains(&code);
+        tokio::spawn(async move { calls.notify_refer(origin, code, &reason, done).await });
+        if success && self.calls.contains_key(&origin) {
+            self.end_call(origin, None);
+        }
+    }
+
+    fn apply_remote_answer(&mut self, id: CallId, sdp_text: Option<&str>, early: bool) {
+        let Some(call) = self.calls.get_mut(&id) else {
+            return;
+        };
+        let (Some(text), Some(local)) = (sdp_text, call.local.as_ref()) else {
+            return;
+        };
+        match sdp::parse(text).and_then(|d| sdp::accept_answer(&d, local)) {
+            Ok(n) => {
+                call.codec = Some(n.codec.name());
+                call.negotiated = Some(n.clone());
+                media_done(id, "configure", self.media.configure(id, n));
+                media_done(
+                    id,
+                    "set_receive_only",
+                    self.media.set_receive_only(id, early),
+                );
+            }
+            Err(e) => warn!("call {id}: unusable SDP answer: {e}"),
+        }
+    }
+
+    fn on_reoffer(&mut self, id: CallId, sdp_text: Option<String>, reply: microsip_sip::Responder) {
+        let Some(call) = self.calls.get_mut(&id) else {
+            tokio::spawn(async move { reply.respond(481, None).await });
+            return;
+        };
+        let Some(local) = call.local.as_mut() else {
+            tokio::spawn(async move { reply.respond(488, None).await });
+            return;
+        };
+        let Some(text) = sdp_text else {
+            // An offer-less re-INVITE asks for our offer (session refresh).
+            local.version += 1;
+            let offer = sdp::offer(local);
+            tokio::spawn(async move { reply.respond(200, Some(offer)).await });
+            return;
+        };
+        let desc = match sdp::parse(&text) {
+            Ok(d) => d,
+            Err(_) => {
+                tokio::spawn(async move { reply.respond(400, None).await });
+                return;
+            }
+        };
+        local.version += 1;
+        local.direction = if call.local_hold {
+            Direction::SendOnly
+        } else {
+            Direction::SendRecv
+        };
+        let (answer, negotiated) = match sdp::answer(&desc, local) {
+            Ok(x) => x,
+            Err(_) => {
+                tokio::spawn(async move { reply.respond(488, None).await });
+                return;
+            }
+        };
+        let held_by_remote = matches!(
+            negotiated.remote_direction,
+            Direction::SendOnly | Direction::Inactive
+        ) || negotiated.remote.is_none();
+        let was = call.remote_hold;
+        call.remote_hold = held_by_remote;
+        call.codec = Some(negotiated.codec.name());
+        call.negotiated = Some(negotiated.clone());
+        let hold_media = call.local_hold || held_by_remote;
+        media_done(id, "configure", self.media.configure(id, negotiated));
+        media_done(id, "set_hold", self.media.set_hold(id, hold_media));
+        tokio::spawn(async move { reply.respond(200, Some(answer)).await });
+        if held_by_remote && !was {
+            self.publish(EventKind::CallHeld {
+                call: id,
+                by: "remote",
+            });
+        } else if !held_by_remote && was {
+            self.publish(EventKind::CallResumed {
+                call: id,
+                by: "remote",
+            });
+        }
+    }
+
+    /// The call is over: close media, publish, answer whoever waited, forget it.
+    pub(crate) fn finish(&mut self, id: CallId, code: u16, reason: String, by: &'static str) {
+        let Some(call) = self.calls.remove(&id) else {
+            return;
+        };
+        media_done(id, "close", self.media.close(id));
+        self.last_ended = Some(Instant::now());
+        let duration = call.duration_s();
+        info!("call {id}: ended {code} {reason} ({by}, {duration}s)");
+        self.publish(EventKind::CallEnded {
+            call: id,
+            code,
+            reason: reason.clone(),
+            by,
+            duration,
+        });
+        for w in call.end_waiters {
+            let _ = w.send(ok_with(
+                format!("call {id} ended"),
+                json!({ "call": id, "code": code, "reason": reason }),
+            ));
+        }
+        for (_, reply, _) in call.deferred {
+            let _ = reply.send(fail(
+                ErrorCode::NoSuchCall,
+                format!("call {id} ended ({code} {reason})"),
+            ));
+        }
+    }
+
+    /// Ends every call before the phone exits (bounded by the caller).
+    pub(crate) fn end_all_calls(&mut self) -> Vec<oneshot::Receiver<Reply>> {
+        let ids: Vec<CallId> = self.calls.keys().copied().collect();
+        let mut waits = Vec::new();
+        for id in ids {
+            let (tx, rx) = oneshot::channel();
+            self.end_call(id, Some(tx));
+            waits.push(rx);
+        }
+        waits
+    }
+}
+
+/// A random 64-bit number for SDP session ids (not security-relevant).
+fn rand_u64() -> u64 {
+    use std::collections::hash_map::RandomState;
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    h.finish() >> 1
+}
+
+/// Media changes do not fail a call: a failure is logged and the call goes on.
+fn media_done(call: CallId, what: &str, result: Result<(), microsip_media::MediaError>) {
+    if let Err(e) = result {
+        warn!("call {call}: media {what}: {e}");
+    }
+}

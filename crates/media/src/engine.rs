@@ -1,0 +1,792 @@
+//! The media engine: one thread, named `media`, that serves the RTP of every call on
+//! one 20 ms tick.
+//!
+//! This module owns the RTP sockets, the per-call stream state (SSRC, sequence,
+//! timestamp, symmetric-RTP latch, hold) and the clock. The tick runs on absolute
+//! deadlines (`start + n × 20 ms`), so it does not drift; there is no timer or task
+//! per call. Each tick, for each session: read 20 ms from the source, encode, send one
+//! packet; then drain what arrived, decode and hand it to the sink in arrival order
+//! (no jitter buffer yet).
+//!
+//! Callers talk to the thread through [`MediaEngine`], a cheap clonable handle; every
+//! request waits for the thread's acknowledgement (at most one second), so when
+//! `set_hold` or `close` returns the change has taken effect. Sockets and files are
+//! opened on the caller's thread, so their errors come back to the caller.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::hash::{BuildHasher, Hasher};
+use std::io;
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::audio::{self, AudioError, AudioSink, AudioSource, AudioSpec, FRAME_SAMPLES};
+use crate::g711;
+use crate::rtp::{self, RtpHeader};
+use crate::sdp::{Codec, Negotiated};
+
+/// The media clock: one packet per call every 20 ms.
+pub const TICK: Duration = Duration::from_millis(20);
+/// How long a request waits for the media thread.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(1);
+/// Packets read from one socket per tick at most (the rest waits for the next tick).
+const MAX_PACKETS_PER_TICK: usize = 32;
+/// When the thread falls further behind than this (suspend, overload), the missed
+/// ticks are skipped instead of being run back to back.
+const MAX_LATENESS: Duration = Duration::from_millis(100);
+
+/// Where the engine binds its RTP sockets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MediaConfig {
+    /// Local address for RTP sockets (`0.0.0.0` for all).
+    pub bind_ip: IpAddr,
+    /// Lowest RTP port (the ini's `rtpPortMin`); `None`: no lower bound (1024).
+    pub rtp_port_min: Option<u16>,
+    /// Highest RTP port (the ini's `rtpPortMax`); `None`: no upper bound (65535).
+    pub rtp_port_max: Option<u16>,
+}
+
+/// What went wrong with a media request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MediaError {
+    /// Every even port of the configured range is taken.
+    NoFreePort {
+        /// Range start, as configured.
+        min: u16,
+        /// Range end, as configured.
+        max: u16,
+    },
+    /// The configured range holds no even port.
+    BadPortRange {
+        /// Range start, as configured.
+        min: u16,
+        /// Range end, as configured.
+        max: u16,
+    },
+    /// The RTP socket could not be opened.
+    Socket(String),
+    /// The audio source or sink could not be opened or finished.
+    Audio(AudioError),
+    /// `open` with an id that is already open.
+    DuplicateSession(u64),
+    /// A request for an id that is not open.
+    UnknownSession(u64),
+    /// The media thread is gone.
+    Stopped,
+    /// The media thread did not acknowledge within [`REQUEST_TIMEOUT`].
+    Timeout,
+}
+
+impl fmt::Display for MediaError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MediaError::NoFreePort { min, max } => write!(f, "no free RTP port in {min}-{max}"),
+            MediaError::BadPortRange { min, max } => {
+                write!(f, "RTP port range {min}-{max} holds no even port")
+            }
+            MediaError::Socket(e) => write!(f, "cannot open an RTP socket: {e}"),
+            MediaError::Audio(e) => e.fmt(f),
+            MediaError::DuplicateSession(id) => write!(f, "media session {id} is already open"),
+            MediaError::UnknownSession(id) => write!(f, "no media session {id}"),
+            MediaError::Stopped => f.write_str("the media thread has stopped"),
+            MediaError::Timeout => f.write_str("the media thread did not answer within 1 s"),
+        }
+    }
+}
+
+impl std::error::Error for MediaError {}
+
+impl From<AudioError> for MediaError {
+    fn from(e: AudioError) -> MediaError {
+        MediaError::Audio(e)
+    }
+}
+
+/// Counters of one session, readable from any thread.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MediaStats {
+    /// The local RTP port.
+    pub local_port: u16,
+    /// The negotiated codec (`None` before `configure`).
+    pub codec: Option<Codec>,
+    /// RTP packets sent.
+    pub packets_sent: u64,
+    /// RTP packets received and accepted (negotiated payload type or telephone-event,
+    /// from the peer).
+    pub packets_received: u64,
+    /// Bytes sent (whole RTP packets).
+    pub bytes_sent: u64,
+    /// Bytes received (whole RTP packets).
+    pub bytes_received: u64,
+    /// Milliseconds since the last accepted packet (`None`: none yet).
+    pub last_received_ms_ago: Option<u64>,
+    /// Where packets go: the SDP address, or the latched source (symmetric RTP).
+    pub remote: Option<SocketAddr>,
+}
+
+/// Counters shared between the media thread (writer) and callers (readers).
+#[derive(Debug)]
+struct SharedStats {
+    local_port: u16,
+    packets_sent: AtomicU64,
+    packets_received: AtomicU64,
+    bytes_sent: AtomicU64,
+    bytes_received: AtomicU64,
+    /// Milliseconds since the engine's epoch, plus one; 0: never.
+    last_received: AtomicU64,
+    /// Changed only on configure and on latching.
+    peer: Mutex<(Option<Codec>, Option<SocketAddr>)>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+struct Shared {
+    bind_ip: IpAddr,
+    /// The configured port range, if any.
+    range: Option<PortRange>,
+    /// Index (in even ports from the first) where the next search starts.
+    next_port: Mutex<u32>,
+    sessions: Mutex<HashMap<u64, Arc<SharedStats>>>,
+    epoch: Instant,
+}
+
+enum Request {
+    Add(Box<Session>),
+    Configure(u64, Box<Negotiated>),
+    SetHold(u64, bool),
+    SetReceiveOnly(u64, bool),
+    Close(u64),
+}
+
+struct Envelope {
+    request: Request,
+    ack: mpsc::SyncSender<Result<(), MediaError>>,
+}
+
+/// Handle to the media thread. Clone it freely; the thread ends when the last handle
+/// is dropped (finishing every open sink).
+#[derive(Clone)]
+pub struct MediaEngine {
+    tx: mpsc::Sender<Envelope>,
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for MediaEngine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MediaEngine")
+            .field("bind_ip", &self.shared.bind_ip)
+            .field("range", &self.shared.range)
+            .finish()
+    }
+}
+
+/// A configured RTP port range and the even ports in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct PortRange {
+    /// As configured (for messages).
+    min: u16,
+    max: u16,
+    /// First and last even port inside.
+    first: u16,
+    last: u16,
+}
+
+/// The even ports of a configured range (`None`: no range, any port).
+fn even_range(min: Option<u16>, max: Option<u16>) -> Result<Option<PortRange>, MediaError> {
+    if min.is_none() && max.is_none() {
+        return Ok(None);
+    }
+    let lo = min.unwrap_or(1024);
+    let hi = max.unwrap_or(u16::MAX);
+    let first = u32::from(lo.max(2)).div_ceil(2) * 2;
+    let last = u32::from(hi) & !1;
+    if first > last || last > u32::from(u16::MAX) {
+        return Err(MediaError::BadPortRange { min: lo, max: hi });
+    }
+    Ok(Some(PortRange {
+        min: lo,
+        max: hi,
+        first: first as u16,
+        last: last as u16,
+    }))
+}
+
+impl MediaEngine {
+    /// Starts the media thread.
+    pub fn start(config: MediaConfig) -> Result<MediaEngine, MediaError> {
+        let range = even_range(config.rtp_port_min, config.rtp_port_max)?;
+        let shared = Arc::new(Shared {
+            bind_ip: config.bind_ip,
+            range,
+            next_port: Mutex::new(0),
+            sessions: Mutex::new(HashMap::new()),
+            epoch: Instant::now(),
+        });
+        let (tx, rx) = mpsc::channel();
+        thread::Builder::new()
+            .name("media".into())
+            .stack_size(256 * 1024)
+            .spawn(move || run(rx))
+            .map_err(|e| MediaError::Socket(format!("cannot start the media thread: {e}")))?;
+        Ok(MediaEngine { tx, shared })
+    }
+
+    fn request(&self, request: Request) -> Result<(), MediaError> {
+        let (ack, done) = mpsc::sync_channel(1);
+        self.tx
+            .send(Envelope { request, ack })
+            .map_err(|_| MediaError::Stopped)?;
+        match done.recv_timeout(REQUEST_TIMEOUT) {
+            Ok(result) => result,
+            Err(mpsc::RecvTimeoutError::Timeout) => Err(MediaError::Timeout),
+            Err(mpsc::RecvTimeoutError::Disconnected) => Err(MediaError::Stopped),
+        }
+    }
+
+    /// Opens a session for call `id`: binds an even RTP port (in the configured range,
+    /// tried in order from where the last search stopped, wrapping), opens the source
+    /// and the sink, and hands the session to the media thread. Returns the local RTP
+    /// port. Nothing is sent until [`MediaEngine::configure`].
+    pub fn open(&self, id: u64, source: AudioSpec, sink: AudioSpec) -> Result<u16, MediaError> {
+        {
+            let sessions = lock(&self.shared.sessions);
+            if sessions.contains_key(&id) {
+                return Err(MediaError::DuplicateSession(id));
+            }
+        }
+        let socket = self.bind_rtp()?;
+        let local_port = socket
+            .local_addr()
+            .map_err(|e| MediaError::Socket(e.to_string()))?
+            .port();
+        socket
+            .set_nonblocking(true)
+            .map_err(|e| MediaError::Socket(e.to_string()))?;
+        let source = audio::open_source(&source)?;
+        let sink = audio::open_sink(&sink)?;
+        let stats = Arc::new(SharedStats {
+            local_port,
+            packets_sent: AtomicU64::new(0),
+            packets_received: AtomicU64::new(0),
+            bytes_sent: AtomicU64::new(0),
+            bytes_received: AtomicU64::new(0),
+            last_received: AtomicU64::new(0),
+            peer: Mutex::new((None, None)),
+        });
+        {
+            let mut sessions = lock(&self.shared.sessions);
+            if sessions.contains_key(&id) {
+                return Err(MediaError::DuplicateSession(id));
+            }
+            sessions.insert(id, stats.clone());
+        }
+        let session = Session::new(id, socket, source, sink, stats, self.shared.epoch);
+        match self.request(Request::Add(Box::new(session))) {
+            Ok(()) => Ok(local_port),
+            Err(e) => {
+                lock(&self.shared.sessions).remove(&id);
+                Err(e)
+            }
+        }
+    }
+
+    fn bind_rtp(&self) -> Result<UdpSocket, MediaError> {
+        let ip = self.shared.bind_ip;
+        let Some(PortRange {
+            min,
+            max,
+            first,
+            last,
+        }) = self.shared.range
+        else {
+            // Any free port, preferably even: hold odd ones while asking again so the
+            // system hands out a different port.
+            let mut odd = Vec::new();
+            for _ in 0..16 {
+                let s = UdpSocket::bind(SocketAddr::new(ip, 0))
+                    .map_err(|e| MediaError::Socket(e.to_string()))?;
+                let port = s
+                    .local_addr()
+                    .map_err(|e| MediaError::Socket(e.to_string()))?
+                    .port();
+                if port % 2 == 0 {
+                    return Ok(s);
+                }
+                odd.push(s);
+            }
+            return odd.pop().ok_or(MediaError::NoFreePort { min: 0, max: 0 });
+        };
+        let count = (u32::from(last) - u32::from(first)) / 2 + 1;
+        let mut next = lock(&self.shared.next_port);
+        for i in 0..count {
+            let index = (*next + i) % count;
+            let port = (u32::from(first) + 2 * index) as u16;
+            match UdpSocket::bind(SocketAddr::new(ip, port)) {
+                Ok(s) => {
+                    *next = (index + 1) % count;
+                    return Ok(s);
+                }
+                Err(e) if e.kind() == io::ErrorKind::AddrInUse => continue,
+                Err(e) => return Err(MediaError::Socket(format!("{ip}:{port}: {e}"))),
+            }
+        }
+        Err(MediaError::NoFreePort { min, max })
+    }
+
+    /// Starts or updates the stream of `id` after an offer/answer (again after a
+    /// re-INVITE, or when the final answer follows early media). A new remote address
+    /// resets the symmetric-RTP latch.
+    pub fn configure(&self, id: u64, negotiated: Negotiated) -> Result<(), MediaError> {
+        self.request(Request::Configure(id, Box::new(negotiated)))
+    }
+
+    /// Our hold: while `true` the session neither sends nor plays.
+    pub fn set_hold(&self, id: u64, local_hold: bool) -> Result<(), MediaError> {
+        self.request(Request::SetHold(id, local_hold))
+    }
+
+    /// Early media on an outgoing call: while `true` the session plays what arrives and
+    /// sends nothing.
+    pub fn set_receive_only(&self, id: u64, receive_only: bool) -> Result<(), MediaError> {
+        self.request(Request::SetReceiveOnly(id, receive_only))
+    }
+
+    /// Stops and removes the session and finishes its sink (a file gets its final
+    /// header). Returns once done (at most [`REQUEST_TIMEOUT`]). A sink that failed to
+    /// finish is reported, but the session is gone either way.
+    pub fn close(&self, id: u64) -> Result<(), MediaError> {
+        if !lock(&self.shared.sessions).contains_key(&id) {
+            return Err(MediaError::UnknownSession(id));
+        }
+        let result = self.request(Request::Close(id));
+        lock(&self.shared.sessions).remove(&id);
+        result
+    }
+
+    /// The counters of session `id`.
+    pub fn stats(&self, id: u64) -> Option<MediaStats> {
+        let stats = lock(&self.shared.sessions).get(&id)?.clone();
+        let (codec, remote) = *lock(&stats.peer);
+        let last = stats.last_received.load(Ordering::Relaxed);
+        let now = self.shared.epoch.elapsed().as_millis() as u64;
+        Some(MediaStats {
+            local_port: stats.local_port,
+            codec,
+            packets_sent: stats.packets_sent.load(Ordering::Relaxed),
+            packets_received: stats.packets_received.load(Ordering::Relaxed),
+            bytes_sent: stats.bytes_sent.load(Ordering::Relaxed),
+            bytes_received: stats.bytes_received.load(Ordering::Relaxed),
+            last_received_ms_ago: (last > 0).then(|| now.saturating_sub(last - 1)),
+            remote,
+        })
+    }
+
+    /// Ids of the open sessions.
+    pub fn sessions(&self) -> Vec<u64> {
+        lock(&self.shared.sessions).keys().copied().collect()
+    }
+}
+
+/// A random 64-bit value from the standard library's per-process random keys.
+fn random_u64() -> u64 {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+    if let Ok(t) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+        h.write_u128(t.as_nanos());
+    }
+    h.finish()
+}
+
+/// Buffers reused by every session on the media thread (nothing is allocated per
+/// packet).
+struct Scratch {
+    pcm: [i16; FRAME_SAMPLES],
+    payload: [u8; FRAME_SAMPLES],
+    packet: [u8; rtp::HEADER_LEN + FRAME_SAMPLES],
+    recv: [u8; 2048],
+    decoded: [i16; 2048],
+}
+
+struct Session {
+    id: u64,
+    socket: UdpSocket,
+    source: Box<dyn AudioSource>,
+    sink: Box<dyn AudioSink>,
+    stats: Arc<SharedStats>,
+    epoch: Instant,
+    negotiated: Option<Negotiated>,
+    /// Where packets go: the SDP address until the peer's first packet, then its source.
+    target: Option<SocketAddr>,
+    latched: bool,
+    local_hold: bool,
+    receive_only: bool,
+    ssrc: u32,
+    sequence: u16,
+    timestamp: u32,
+    /// Whether the previous tick sent (the next first packet carries the marker).
+    sending: bool,
+    socket_error_logged: bool,
+}
+
+impl Session {
+    fn new(
+        id: u64,
+        socket: UdpSocket,
+        source: Box<dyn AudioSource>,
+        sink: Box<dyn AudioSink>,
+        stats: Arc<SharedStats>,
+        epoch: Instant,
+    ) -> Session {
+        let r = random_u64();
+        let t = random_u64();
+        Session {
+            id,
+            socket,
+            source,
+            sink,
+            stats,
+            epoch,
+            negotiated: None,
+            target: None,
+            latched: false,
+            local_hold: false,
+            receive_only: false,
+            ssrc: r as u32,
+            sequence: (r >> 32) as u16,
+            timestamp: t as u32,
+            sending: false,
+            socket_error_logged: false,
+        }
+    }
+
+    fn configure(&mut self, negotiated: Negotiated) {
+        let remote_changed = self.negotiated.as_ref().map(|n| n.remote) != Some(negotiated.remote);
+        if remote_changed {
+            self.target = negotiated.remote;
+            self.latched = false;
+        }
+        *lock(&self.stats.peer) = (Some(negotiated.codec), self.target);
+        self.negotiated = Some(negotiated);
+    }
+
+    fn may_send(&self) -> bool {
+        match &self.negotiated {
+            Some(n) => {
+                !self.local_hold
+                    && !self.receive_only
+                    && n.local_direction.sends()
+                    && n.remote_direction.receives()
+            }
+            None => false,
+        }
+    }
+
+    fn plays(&self) -> bool {
+        match &self.negotiated {
+            Some(n) => !self.local_hold && n.local_direction.receives(),
+            None => false,
+        }
+    }
+
+    fn socket_error(&mut self, what: &str, e: &io::Error) {
+        if !self.socket_error_logged {
+            self.socket_error_logged = true;
+            tracing::warn!(call = self.id, error = %e, "RTP {what} failed; the call goes on");
+        }
+    }
+
+    fn tick(&mut self, scratch: &mut Scratch) {
+        if let Some(n) = &self.negotiated {
+            let (pt, codec) = (n.payload_type, n.codec);
+            match self.target {
+                Some(to) if self.may_send() => {
+                    self.source.read(&mut scratch.pcm);
+                    match codec {
+                        Codec::Pcmu => g711::encode_ulaw(&scratch.pcm, &mut scratch.payload),
+                        Codec::Pcma => g711::encode_alaw(&scratch.pcm, &mut scratch.payload),
+                    };
+                    let header = RtpHeader {
+                        marker: !self.sending,
+                        payload_type: pt,
+                        sequence: self.sequence,
+                        timestamp: self.timestamp,
+                        ssrc: self.ssrc,
+                    };
+                    if let Ok(len) =
+                        rtp::write_packet(&header, &scratch.payload, &mut scratch.packet)
+                    {
+                        match self.socket.send_to(&scratch.packet[..len], to) {
+                            Ok(sent) => {
+                                self.stats.packets_sent.fetch_add(1, Ordering::Relaxed);
+                                self.stats
+                                    .bytes_sent
+                                    .fetch_add(sent as u64, Ordering::Relaxed);
+                            }
+                            // Kernel buffer full: this packet is lost, like on the wire.
+                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                            Err(e) => self.socket_error("send", &e),
+                        }
+                    }
+                    self.sequence = self.sequence.wrapping_add(1);
+                    self.sending = true;
+                }
+                _ => self.sending = false,
+            }
+            // The media clock runs on while we are silent.
+            self.timestamp = self.timestamp.wrapping_add(FRAME_SAMPLES as u32);
+        }
+        self.receive(scratch);
+    }
+
+    fn receive(&mut self, scratch: &mut Scratch) {
+        for _ in 0..MAX_PACKETS_PER_TICK {
+            match self.socket.recv_from(&mut scratch.recv) {
+                Ok((len, from)) => {
+                    let len = len.min(scratch.recv.len());
+                    self.on_packet(len, from, scratch);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                // ICMP errors surface here on some systems: not fatal.
+                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => continue,
+                Err(e) => {
+                    self.socket_error("receive", &e);
+                    break;
+                }
+            }
+        }
+    }
+
+    fn on_packet(&mut self, len: usize, from: SocketAddr, scratch: &mut Scratch) {
+        let Some(n) = &self.negotiated else { return };
+        let Ok(packet) = rtp::parse(&scratch.recv[..len]) else {
+            return;
+        };
+        let pt = packet.header.payload_type;
+        let is_media = pt == n.payload_type;
+        if !is_media && n.telephone_event != Some(pt) {
+            return;
+        }
+        // Symmetric RTP: answer to where the peer's packets come from.
+        if self.latched {
+            if self.target != Some(from) {
+                return;
+            }
+        } else if n.remote.is_some() {
+            self.latched = true;
+            if self.target != Some(from) {
+                self.target = Some(from);
+                lock(&self.stats.peer).1 = Some(from);
+            }
+        }
+        self.stats.packets_received.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .bytes_received
+            .fetch_add(len as u64, Ordering::Relaxed);
+        let now = self.epoch.elapsed().as_millis() as u64 + 1;
+        self.stats.last_received.store(now, Ordering::Relaxed);
+        if !is_media || !self.plays() {
+            return;
+        }
+        let samples = match n.codec {
+            Codec::Pcmu => g711::decode_ulaw(packet.payload, &mut scratch.decoded),
+            Codec::Pcma => g711::decode_alaw(packet.payload, &mut scratch.decoded),
+        };
+        if let Err(e) = self.sink.write(&scratch.decoded[..samples]) {
+            tracing::warn!(call = self.id, error = %e, "audio output failed; the call goes on without it");
+        }
+    }
+
+    fn close(&mut self) -> Result<(), MediaError> {
+        self.sink.close().map_err(MediaError::Audio)
+    }
+}
+
+fn find(sessions: &mut [Session], id: u64) -> Result<&mut Session, MediaError> {
+    sessions
+        .iter_mut()
+        .find(|s| s.id == id)
+        .ok_or(MediaError::UnknownSession(id))
+}
+
+fn handle(sessions: &mut Vec<Session>, request: Request) -> Result<(), MediaError> {
+    match request {
+        Request::Add(session) => {
+            if sessions.iter().any(|s| s.id == session.id) {
+                return Err(MediaError::DuplicateSession(session.id));
+            }
+            sessions.push(*session);
+            Ok(())
+        }
+        Request::Configure(id, negotiated) => {
+            find(sessions, id)?.configure(*negotiated);
+            Ok(())
+        }
+        Request::SetHold(id, on) => {
+            find(sessions, id)?.local_hold = on;
+            Ok(())
+        }
+        Request::SetReceiveOnly(id, on) => {
+            find(sessions, id)?.receive_only = on;
+            Ok(())
+        }
+        Request::Close(id) => {
+            let index = sessions
+                .iter()
+                .position(|s| s.id == id)
+                .ok_or(MediaError::UnknownSession(id))?;
+            let mut session = sessions.swap_remove(index);
+            session.close()
+        }
+    }
+}
+
+/// The media thread.
+fn run(rx: mpsc::Receiver<Envelope>) {
+    let mut sessions: Vec<Session> = Vec::new();
+    let mut scratch = Box::new(Scratch {
+        pcm: [0; FRAME_SAMPLES],
+        payload: [0; FRAME_SAMPLES],
+        packet: [0; rtp::HEADER_LEN + FRAME_SAMPLES],
+        recv: [0; 2048],
+        decoded: [0; 2048],
+    });
+    let mut start = Instant::now();
+    let mut ticks: u64 = 0;
+    loop {
+        if sessions.is_empty() {
+            // Idle: sleep until someone asks for something.
+            let Ok(envelope) = rx.recv() else { break };
+            let _ = envelope.ack.send(handle(&mut sessions, envelope.request));
+            start = Instant::now();
+            ticks = 0;
+            continue;
+        }
+        let deadline = start + Duration::from_micros(20_000 * ticks);
+        let now = Instant::now();
+        if now >= deadline {
+            for s in sessions.iter_mut() {
+                s.tick(&mut scratch);
+            }
+            ticks += 1;
+            if now - deadline > MAX_LATENESS {
+                let behind = (now - start).as_micros() as u64 / 20_000 + 1;
+                tracing::debug!(
+                    skipped = behind - ticks,
+                    "media thread fell behind; skipping ticks"
+                );
+                ticks = behind;
+            }
+            continue;
+        }
+        match rx.recv_timeout(deadline - now) {
+            Ok(envelope) => {
+                let _ = envelope.ack.send(handle(&mut sessions, envelope.request));
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    for mut s in sessions {
+        if let Err(e) = s.close() {
+            tracing::warn!(call = s.id, error = %e, "finishing the audio output failed");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_ranges() {
+        assert_eq!(even_range(None, None).unwrap(), None);
+        assert_eq!(
+            even_range(Some(4000), Some(4010)).unwrap(),
+            Some(PortRange {
+                min: 4000,
+                max: 4010,
+                first: 4000,
+                last: 4010
+            })
+        );
+        assert_eq!(
+            even_range(Some(4001), Some(4009)).unwrap(),
+            Some(PortRange {
+                min: 4001,
+                max: 4009,
+                first: 4002,
+                last: 4008
+            })
+        );
+        assert_eq!(
+            even_range(Some(4000), None).unwrap(),
+            Some(PortRange {
+                min: 4000,
+                max: 65535,
+                first: 4000,
+                last: 65534
+            })
+        );
+        assert_eq!(
+            even_range(None, Some(2000)).unwrap(),
+            Some(PortRange {
+                min: 1024,
+                max: 2000,
+                first: 1024,
+                last: 2000
+            })
+        );
+        assert_eq!(
+            even_range(Some(0), Some(3)).unwrap(),
+            Some(PortRange {
+                min: 0,
+                max: 3,
+                first: 2,
+                last: 2
+            })
+        );
+        assert_eq!(
+            even_range(Some(4001), Some(4001)),
+            Err(MediaError::BadPortRange {
+                min: 4001,
+                max: 4001
+            })
+        );
+        assert_eq!(
+            even_range(Some(5000), Some(4000)),
+            Err(MediaError::BadPortRange {
+                min: 5000,
+                max: 4000
+            })
+        );
+        assert_eq!(
+            MediaError::NoFreePort {
+                min: 4000,
+                max: 4010
+            }
+            .to_string(),
+            "no free RTP port in 4000-4010"
+        );
+    }
+
+    #[test]
+    fn random_values_differ() {
+        let a = random_u64();
+        let b = random_u64();
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn engine_is_clone_send_sync() {
+        fn check<T: Clone + Send + Sync>() {}
+        check::<MediaEngine>();
+    }
+}

@@ -1,0 +1,22 @@
+//! The phone's media: everything between a negotiated session description and the
+//! samples a call plays and records. Media knows no SIP: the SIP layer hands in SDP
+//! text and gets SDP text back, then drives the [`MediaEngine`] with call ids.
+//!
+//! * [`sdp`] reads and writes session descriptions and does offer/answer;
+//! * [`rtp`] is the RTP wire format;
+//! * [`g711`] is the PCMU/PCMA codec;
+//! * [`audio`] has the headless devices (`file:`, `tone:`, `null`);
+//! * [`engine`] is the one media thread serving every call on one 20 ms tick.
+
+pub mod audio;
+pub mod engine;
+pub mod g711;
+pub mod rtp;
+pub mod sdp;
+
+pub use audio::{AudioError, AudioSink, AudioSource, AudioSpec, FRAME_SAMPLES};
+pub use engine::{MediaConfig, MediaEngine, MediaError, MediaStats};
+pub use sdp::{
+    accept_answer, answer, offer, parse as parse_sdp, Codec, Direction, LocalMedia, Negotiated,
+    SdpError, SessionDesc,
+};

@@ -1,0 +1,1281 @@
+//! SDP (RFC 4566) reading and writing, and the offer/answer rules of RFC 3264 for one
+//! audio stream.
+//!
+//! This module owns the session description text: a lenient parser (unknown or
+//! malformed attribute lines are skipped, CRLF or LF), the offer we send, the answer
+//! we give to an offer, and what an answer to our offer means. The result of a
+//! negotiation is a [`Negotiated`] value the media engine takes; nothing here opens a
+//! socket or knows about SIP.
+//!
+//! Codecs are described by one table ([`Codec`]), so adding G.722 or Opus is a new
+//! table row plus its encoder.
+
+use std::fmt;
+use std::fmt::Write as _;
+use std::net::{IpAddr, SocketAddr};
+use std::str::FromStr;
+
+/// Media direction attribute (`a=sendrecv` and friends), from the point of view of
+/// whoever wrote the description.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Direction {
+    /// `a=sendrecv` (also the default when absent).
+    #[default]
+    SendRecv,
+    /// `a=sendonly`: the writer sends, does not receive (typically: it holds the call).
+    SendOnly,
+    /// `a=recvonly`: the writer receives only.
+    RecvOnly,
+    /// `a=inactive`: no media either way.
+    Inactive,
+}
+
+impl Direction {
+    /// The direction seen from the other side: sendonly ↔ recvonly.
+    pub fn reversed(self) -> Direction {
+        match self {
+            Direction::SendOnly => Direction::RecvOnly,
+            Direction::RecvOnly => Direction::SendOnly,
+            d => d,
+        }
+    }
+
+    /// Whether the writer of this direction sends media.
+    pub fn sends(self) -> bool {
+        matches!(self, Direction::SendRecv | Direction::SendOnly)
+    }
+
+    /// Whether the writer of this direction receives media.
+    pub fn receives(self) -> bool {
+        matches!(self, Direction::SendRecv | Direction::RecvOnly)
+    }
+
+    /// The direction allowed by both `self` and `other` (each flow must be allowed
+    /// by both).
+    pub fn intersect(self, other: Direction) -> Direction {
+        Direction::from_flags(
+            self.sends() && other.sends(),
+            self.receives() && other.receives(),
+        )
+    }
+
+    /// Builds a direction from whether one sends and receives.
+    pub fn from_flags(sends: bool, receives: bool) -> Direction {
+        match (sends, receives) {
+            (true, true) => Direction::SendRecv,
+            (true, false) => Direction::SendOnly,
+            (false, true) => Direction::RecvOnly,
+            (false, false) => Direction::Inactive,
+        }
+    }
+
+    /// The attribute name (`sendrecv`, `sendonly`, `recvonly`, `inactive`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::SendRecv => "sendrecv",
+            Direction::SendOnly => "sendonly",
+            Direction::RecvOnly => "recvonly",
+            Direction::Inactive => "inactive",
+        }
+    }
+
+    fn from_attribute(name: &str) -> Option<Direction> {
+        match name {
+            "sendrecv" => Some(Direction::SendRecv),
+            "sendonly" => Some(Direction::SendOnly),
+            "recvonly" => Some(Direction::RecvOnly),
+            "inactive" => Some(Direction::Inactive),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Direction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An audio codec the phone can send and receive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Codec {
+    /// G.711 µ-law.
+    Pcmu,
+    /// G.711 A-law.
+    Pcma,
+}
+
+/// One row of the codec table.
+struct CodecInfo {
+    codec: Codec,
+    /// Encoding name as written in `a=rtpmap` and in the ini.
+    name: &'static str,
+    /// RTP clock rate (the `a=rtpmap` rate).
+    clock_rate: u32,
+    /// Rate written in MicroSIP's ini (`audioCodecs=PCMA/8000/1 ...`).
+    ini_rate: u32,
+    /// Channels.
+    channels: u8,
+    /// RFC 3551 static payload type, if any.
+    static_pt: Option<u8>,
+}
+
+const CODECS: &[CodecInfo] = &[
+    CodecInfo {
+        codec: Codec::Pcmu,
+        name: "PCMU",
+        clock_rate: 8000,
+        ini_rate: 8000,
+        channels: 1,
+        static_pt: Some(0),
+    },
+    CodecInfo {
+        codec: Codec::Pcma,
+        name: "PCMA",
+        clock_rate: 8000,
+        ini_rate: 8000,
+        channels: 1,
+        static_pt: Some(8),
+    },
+];
+
+/// First payload type handed out to codecs without a static one.
+const FIRST_DYNAMIC_PT: u8 = 96;
+/// Payload type we offer for telephone-event (RFC 4733).
+pub const TELEPHONE_EVENT_PT: u8 = 101;
+
+impl Codec {
+    /// Every codec this build supports, in table order.
+    pub fn all() -> impl Iterator<Item = Codec> {
+        CODECS.iter().map(|c| c.codec)
+    }
+
+    fn info(self) -> &'static CodecInfo {
+        // The table has one row per variant; the fallback is never taken.
+        CODECS
+            .iter()
+            .find(|c| c.codec == self)
+            .unwrap_or(&CODECS[0])
+    }
+
+    /// Encoding name as in `a=rtpmap` (`PCMU`, `PCMA`).
+    pub fn name(self) -> &'static str {
+        self.info().name
+    }
+
+    /// RTP clock rate.
+    pub fn clock_rate(self) -> u32 {
+        self.info().clock_rate
+    }
+
+    /// Channels.
+    pub fn channels(self) -> u8 {
+        self.info().channels
+    }
+
+    /// The static payload type (RFC 3551), if the codec has one.
+    pub fn static_payload_type(self) -> Option<u8> {
+        self.info().static_pt
+    }
+
+    /// Parses one entry of MicroSIP's `audioCodecs` ini key, e.g. `PCMA/8000/1`
+    /// (case-insensitive; rate and channels may be left out). Unknown → `None`.
+    pub fn from_ini_name(text: &str) -> Option<Codec> {
+        let mut parts = text.trim().split('/');
+        let name = parts.next()?.trim();
+        let rate = match parts.next() {
+            Some(r) => Some(r.trim().parse::<u32>().ok()?),
+            None => None,
+        };
+        let channels = match parts.next() {
+            Some(c) => Some(c.trim().parse::<u8>().ok()?),
+            None => None,
+        };
+        if parts.next().is_some() {
+            return None;
+        }
+        CODECS
+            .iter()
+            .find(|c| {
+                c.name.eq_ignore_ascii_case(name)
+                    && rate.is_none_or(|r| r == c.ini_rate)
+                    && channels.is_none_or(|ch| ch == c.channels)
+            })
+            .map(|c| c.codec)
+    }
+
+    /// Parses MicroSIP's whole `audioCodecs` value (entries separated by spaces),
+    /// keeping the order and skipping codecs this build does not have.
+    pub fn list_from_ini(text: &str) -> Vec<Codec> {
+        let mut out = Vec::new();
+        for entry in text.split_whitespace() {
+            if let Some(c) = Codec::from_ini_name(entry) {
+                if !out.contains(&c) {
+                    out.push(c);
+                }
+            }
+        }
+        out
+    }
+
+    /// The ini spelling (`PCMA/8000/1`).
+    pub fn ini_name(self) -> String {
+        let i = self.info();
+        format!("{}/{}/{}", i.name, i.ini_rate, i.channels)
+    }
+
+    /// Whether an `a=rtpmap` entry describes this codec.
+    fn matches_rtpmap(self, map: &RtpMap) -> bool {
+        let i = self.info();
+        map.encoding.eq_ignore_ascii_case(i.name)
+            && map.clock_rate == i.clock_rate
+            && map.channels.unwrap_or(1) == i.channels
+    }
+}
+
+impl fmt::Display for Codec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Why a description could not be read or negotiated. The SIP layer answers
+/// `488 Not Acceptable Here` to [`SdpError::NoCommonCodec`] and [`SdpError::NoAudio`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SdpError {
+    /// The text is not a session description (or an `m=` line is unreadable).
+    Malformed(String),
+    /// No `m=audio` stream over RTP/AVP (or RTP/AVPF) in the description.
+    NoAudio,
+    /// The audio stream offers no codec we have (or the answer picked none we offered).
+    NoCommonCodec,
+}
+
+impl fmt::Display for SdpError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SdpError::Malformed(why) => write!(f, "malformed SDP: {why}"),
+            SdpError::NoAudio => f.write_str("no RTP/AVP audio stream in the SDP"),
+            SdpError::NoCommonCodec => f.write_str("no common audio codec"),
+        }
+    }
+}
+
+impl std::error::Error for SdpError {}
+
+/// The `o=` line.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Origin {
+    /// User name (`-` usually).
+    pub username: String,
+    /// Session id, as written.
+    pub session_id: String,
+    /// Session version, as written (changes when the description changes).
+    pub version: String,
+    /// Address, as written.
+    pub address: String,
+}
+
+/// An `a=rtpmap` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RtpMap {
+    /// Payload type.
+    pub payload_type: u8,
+    /// Encoding name, as written.
+    pub encoding: String,
+    /// Clock rate.
+    pub clock_rate: u32,
+    /// Channels, when written.
+    pub channels: Option<u8>,
+}
+
+/// An `a=fmtp` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fmtp {
+    /// Payload type.
+    pub payload_type: u8,
+    /// Parameters, as written.
+    pub params: String,
+}
+
+/// An `a=rtcp` attribute (RFC 3605).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rtcp {
+    /// RTCP port.
+    pub port: u16,
+    /// RTCP address, when given.
+    pub address: Option<IpAddr>,
+}
+
+/// One `m=` section.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct MediaDesc {
+    /// Media type (`audio`, `video`, ...).
+    pub media: String,
+    /// Port (0: stream rejected or disabled).
+    pub port: u16,
+    /// Transport protocol (`RTP/AVP`, ...).
+    pub protocol: String,
+    /// Formats, as written (payload type numbers for RTP).
+    pub formats: Vec<String>,
+    /// Media-level `c=` address.
+    pub connection: Option<IpAddr>,
+    /// `a=rtpmap` entries.
+    pub rtpmaps: Vec<RtpMap>,
+    /// `a=fmtp` entries.
+    pub fmtps: Vec<Fmtp>,
+    /// `a=ptime`, in milliseconds.
+    pub ptime: Option<u32>,
+    /// Media-level direction attribute.
+    pub direction: Option<Direction>,
+    /// `a=rtcp`.
+    pub rtcp: Option<Rtcp>,
+}
+
+impl MediaDesc {
+    /// The numeric formats (payload types), in order.
+    pub fn payload_types(&self) -> impl Iterator<Item = u8> + '_ {
+        self.formats
+            .iter()
+            .filter_map(|f| f.parse::<u8>().ok())
+            .filter(|pt| *pt <= 127)
+    }
+
+    /// The `a=rtpmap` for a payload type.
+    pub fn rtpmap(&self, pt: u8) -> Option<&RtpMap> {
+        self.rtpmaps.iter().find(|m| m.payload_type == pt)
+    }
+
+    /// Whether the transport is plain RTP we can speak.
+    pub fn is_rtp_avp(&self) -> bool {
+        self.protocol.eq_ignore_ascii_case("RTP/AVP")
+            || self.protocol.eq_ignore_ascii_case("RTP/AVPF")
+    }
+
+    /// The codec a payload type stands for here (rtpmap first, then static number).
+    pub fn codec_of(&self, pt: u8) -> Option<Codec> {
+        match self.rtpmap(pt) {
+            Some(map) => Codec::all().find(|c| c.matches_rtpmap(map)),
+            None => Codec::all().find(|c| c.static_payload_type() == Some(pt)),
+        }
+    }
+
+    /// The payload type of telephone-event/8000, if listed.
+    pub fn telephone_event(&self) -> Option<u8> {
+        self.payload_types().find(|pt| {
+            self.rtpmap(*pt).is_some_and(|m| {
+                m.encoding.eq_ignore_ascii_case("telephone-event") && m.clock_rate == 8000
+            })
+        })
+    }
+}
+
+/// A parsed session description.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SessionDesc {
+    /// The `o=` line.
+    pub origin: Option<Origin>,
+    /// Session-level `c=` address.
+    pub connection: Option<IpAddr>,
+    /// Session-level direction attribute.
+    pub direction: Option<Direction>,
+    /// The `m=` sections, in order.
+    pub media: Vec<MediaDesc>,
+}
+
+impl SessionDesc {
+    /// The address media of `m` goes to (media level wins over session level).
+    pub fn connection_of(&self, m: &MediaDesc) -> Option<IpAddr> {
+        m.connection.or(self.connection)
+    }
+
+    /// The direction of `m` (media level wins, then session level, then sendrecv).
+    pub fn direction_of(&self, m: &MediaDesc) -> Direction {
+        m.direction.or(self.direction).unwrap_or_default()
+    }
+
+    /// Where RTP for `m` is sent: `None` when the port is 0, or the address is
+    /// missing or unspecified (`0.0.0.0`, the old hold form).
+    pub fn rtp_address_of(&self, m: &MediaDesc) -> Option<SocketAddr> {
+        let ip = self.connection_of(m)?;
+        if m.port == 0 || ip.is_unspecified() {
+            return None;
+        }
+        Some(SocketAddr::new(ip, m.port))
+    }
+}
+
+/// Parses a session description. Lenient: unknown lines and unreadable attributes are
+/// skipped; only text with no `v=`/`m=` line at all, or an unreadable `m=` line, is an
+/// error.
+pub fn parse(text: &str) -> Result<SessionDesc, SdpError> {
+    let mut desc = SessionDesc::default();
+    let mut seen_version = false;
+    for raw in text.lines() {
+        let line = raw.trim_end_matches('\r').trim();
+        let Some((kind, value)) = line.split_once('=') else {
+            continue;
+        };
+        let kind = kind.trim();
+        if kind.len() != 1 {
+            continue;
+        }
+        match kind {
+            "v" => seen_version = true,
+            "o" => desc.origin = parse_origin(value),
+            "c" => {
+                let addr = parse_connection(value);
+                match desc.media.last_mut() {
+                    Some(m) => m.connection = addr,
+                    None => desc.connection = addr,
+                }
+            }
+            "m" => desc.media.push(parse_media_line(value)?),
+            "a" => {
+                let (name, arg) = match value.split_once(':') {
+                    Some((n, a)) => (n.trim(), Some(a.trim())),
+                    None => (value.trim(), None),
+                };
+                match desc.media.last_mut() {
+                    Some(m) => apply_media_attribute(m, name, arg),
+                    None => {
+                        if let Some(d) = Direction::from_attribute(name) {
+                            desc.direction = Some(d);
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    if !seen_version && desc.media.is_empty() {
+        return Err(SdpError::Malformed("no v= or m= line".into()));
+    }
+    Ok(desc)
+}
+
+fn parse_origin(value: &str) -> Option<Origin> {
+    let f: Vec<&str> = value.split_whitespace().collect();
+    if f.len() < 6 {
+        return None;
+    }
+    Some(Origin {
+        username: f[0].to_string(),
+        session_id: f[1].to_string(),
+        version: f[2].to_string(),
+        address: f[5].to_string(),
+    })
+}
+
+/// `IN IP4 192.0.2.1` (a multicast `/ttl` suffix is dropped; a host name gives `None`).
+fn parse_connection(value: &str) -> Option<IpAddr> {
+    let mut f = value.split_whitespace();
+    let _net = f.next()?;
+    let _family = f.next()?;
+    let addr = f.next()?;
+    let addr = addr.split('/').next().unwrap_or(addr);
+    IpAddr::from_str(addr).ok()
+}
+
+fn parse_media_line(value: &str) -> Result<MediaDesc, SdpError> {
+    let mut f = value.split_whitespace();
+    let (Some(media), Some(port), Some(protocol)) = (f.next(), f.next(), f.next()) else {
+        return Err(SdpError::Malformed(format!("m={value}")));
+    };
+    let port = port.split('/').next().unwrap_or(port);
+    let port = port
+        .parse::<u16>()
+        .map_err(|_| SdpError::Malformed(format!("m={value}")))?;
+    Ok(MediaDesc {
+        media: media.to_string(),
+        port,
+        protocol: protocol.to_string(),
+        formats: f.map(str::to_string).collect(),
+        ..MediaDesc::default()
+    })
+}
+
+fn apply_media_attribute(m: &mut MediaDesc, name: &str, arg: Option<&str>) {
+    if let Some(d) = Direction::from_attribute(name) {
+        m.direction = Some(d);
+        return;
+    }
+    let Some(arg) = arg else { return };
+    match name {
+        "rtpmap" => {
+            if let Some(map) = parse_rtpmap(arg) {
+                m.rtpmaps.push(map);
+            }
+        }
+        "fmtp" => {
+            let (pt, params) = arg.split_once(char::is_whitespace).unwrap_or((arg, ""));
+            if let Ok(pt) = pt.parse::<u8>() {
+                m.fmtps.push(Fmtp {
+                    payload_type: pt,
+                    params: params.trim().to_string(),
+                });
+            }
+        }
+        "ptime" => {
+            // Some peers write fractional values ("20.0"); keep the whole part.
+            let whole = arg.split('.').next().unwrap_or(arg);
+            if let Ok(p) = whole.trim().parse::<u32>() {
+                if p > 0 {
+                    m.ptime = Some(p);
+                }
+            }
+        }
+        "rtcp" => {
+            let mut f = arg.split_whitespace();
+            if let Some(Ok(port)) = f.next().map(str::parse::<u16>) {
+                let rest: Vec<&str> = f.collect();
+                let address = if rest.len() >= 3 {
+                    IpAddr::from_str(rest[2]).ok()
+                } else {
+                    None
+                };
+                m.rtcp = Some(Rtcp { port, address });
+            }
+        }
+        _ => {}
+    }
+}
+
+/// `8 PCMA/8000[/1]`.
+fn parse_rtpmap(arg: &str) -> Option<RtpMap> {
+    let (pt, rest) = arg.split_once(char::is_whitespace)?;
+    let payload_type = pt.trim().parse::<u8>().ok().filter(|pt| *pt <= 127)?;
+    let mut f = rest.trim().split('/');
+    let encoding = f.next()?.trim().to_string();
+    let clock_rate = f.next()?.trim().parse::<u32>().ok()?;
+    let channels = match f.next() {
+        Some(c) => Some(c.trim().parse::<u8>().ok()?),
+        None => None,
+    };
+    if encoding.is_empty() {
+        return None;
+    }
+    Some(RtpMap {
+        payload_type,
+        encoding,
+        clock_rate,
+        channels,
+    })
+}
+
+/// What we put in our offers and answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalMedia {
+    /// Our media address (written in `o=` and `c=`).
+    pub ip: IpAddr,
+    /// Our RTP port (from [`crate::MediaEngine::open`]).
+    pub port: u16,
+    /// Codecs, most preferred first.
+    pub codecs: Vec<Codec>,
+    /// Whether we offer/accept telephone-event (RFC 4733, events 0-16).
+    pub telephone_event: bool,
+    /// Our direction (`SendOnly` when we hold the call).
+    pub direction: Direction,
+    /// `o=` session id (stays the same for the dialog).
+    pub session_id: u64,
+    /// `o=` version (incremented on every new offer or answer that changes).
+    pub version: u64,
+}
+
+/// The outcome of an offer/answer exchange: what the media engine needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Negotiated {
+    /// The codec both sides use.
+    pub codec: Codec,
+    /// Its payload type on the wire.
+    pub payload_type: u8,
+    /// Where to send RTP: `None` when the stream is rejected (port 0) or the peer gave
+    /// no usable address (`c=0.0.0.0`).
+    pub remote: Option<SocketAddr>,
+    /// The peer's direction as it wrote it.
+    pub remote_direction: Direction,
+    /// Our direction as agreed (what we wrote in the answer, or what our offer allows
+    /// given the answer).
+    pub local_direction: Direction,
+    /// Payload type of telephone-event, when both sides have it.
+    pub telephone_event: Option<u8>,
+    /// The peer's `a=ptime` (20 when absent). We send 20 ms frames for now.
+    pub ptime_ms: u32,
+}
+
+impl Negotiated {
+    /// Whether the peer holds the call (`sendonly`/`inactive`, or `c=0.0.0.0`).
+    pub fn held_by_remote(&self) -> bool {
+        !self.remote_direction.receives() || self.remote.is_none()
+    }
+}
+
+fn ip_family(ip: IpAddr) -> &'static str {
+    match ip {
+        IpAddr::V4(_) => "IP4",
+        IpAddr::V6(_) => "IP6",
+    }
+}
+
+fn write_session_header(out: &mut String, local: &LocalMedia) {
+    let fam = ip_family(local.ip);
+    let _ = write!(
+        out,
+        "v=0\r\no=- {} {} IN {fam} {}\r\ns=microsip\r\nc=IN {fam} {}\r\nt=0 0\r\n",
+        local.session_id, local.version, local.ip, local.ip
+    );
+}
+
+/// Writes our offer: every codec of `local` in priority order, telephone-event with
+/// `0-16` when enabled, `a=ptime:20` and our direction.
+pub fn offer(local: &LocalMedia) -> String {
+    let mut out = String::with_capacity(320);
+    write_session_header(&mut out, local);
+    let mut next_dynamic = FIRST_DYNAMIC_PT;
+    let mut pts: Vec<(u8, Codec)> = Vec::new();
+    for &c in &local.codecs {
+        if pts.iter().any(|(_, have)| *have == c) {
+            continue;
+        }
+        let pt = match c.static_payload_type() {
+            Some(pt) => pt,
+            None => {
+                if next_dynamic == TELEPHONE_EVENT_PT {
+                    next_dynamic += 1;
+                }
+                let pt = next_dynamic;
+                next_dynamic += 1;
+                pt
+            }
+        };
+        pts.push((pt, c));
+    }
+    let te = local.telephone_event.then_some(TELEPHONE_EVENT_PT);
+    let _ = write!(out, "m=audio {} RTP/AVP", local.port);
+    for (pt, _) in &pts {
+        let _ = write!(out, " {pt}");
+    }
+    if let Some(te) = te {
+        let _ = write!(out, " {te}");
+    }
+    out.push_str("\r\n");
+    for (pt, c) in &pts {
+        write_rtpmap(&mut out, *pt, *c);
+    }
+    if let Some(te) = te {
+        write_telephone_event(&mut out, te);
+    }
+    let _ = write!(out, "a=ptime:20\r\na={}\r\n", local.direction);
+    out
+}
+
+fn write_rtpmap(out: &mut String, pt: u8, c: Codec) {
+    if c.channels() == 1 {
+        let _ = write!(out, "a=rtpmap:{pt} {}/{}\r\n", c.name(), c.clock_rate());
+    } else {
+        let _ = write!(
+            out,
+            "a=rtpmap:{pt} {}/{}/{}\r\n",
+            c.name(),
+            c.clock_rate(),
+            c.channels()
+        );
+    }
+}
+
+fn write_telephone_event(out: &mut String, pt: u8) {
+    let _ = write!(
+        out,
+        "a=rtpmap:{pt} telephone-event/8000\r\na=fmtp:{pt} 0-16\r\n"
+    );
+}
+
+/// The first of our codecs (in our order) that `m` lists, with the payload type `m`
+/// uses for it.
+fn pick_codec(m: &MediaDesc, ours: &[Codec]) -> Option<(Codec, u8)> {
+    ours.iter().find_map(|&c| {
+        m.payload_types()
+            .find(|&pt| m.codec_of(pt) == Some(c))
+            .map(|pt| (c, pt))
+    })
+}
+
+fn write_rejected(out: &mut String, m: &MediaDesc) {
+    let formats = if m.formats.is_empty() {
+        "0".to_string()
+    } else {
+        m.formats.join(" ")
+    };
+    let _ = write!(out, "m={} 0 {} {}\r\n", m.media, m.protocol, formats);
+}
+
+/// Answers `offer` (RFC 3264 §6): the first codec in OUR priority order that the
+/// offer has, the offer's payload type numbers kept, one `m=` line per offered line
+/// (all but the chosen audio stream rejected with port 0), and our direction as the
+/// reverse of the offer's, limited by `local.direction`.
+pub fn answer(offer: &SessionDesc, local: &LocalMedia) -> Result<(String, Negotiated), SdpError> {
+    let usable = |m: &MediaDesc| m.media.eq_ignore_ascii_case("audio") && m.is_rtp_avp();
+    let mut chosen = None;
+    let mut live_audio = false;
+    for (i, m) in offer.media.iter().enumerate() {
+        if !usable(m) || m.port == 0 {
+            continue;
+        }
+        live_audio = true;
+        if let Some((codec, pt)) = pick_codec(m, &local.codecs) {
+            chosen = Some((i, codec, pt));
+            break;
+        }
+    }
+    let disabled_audio = offer.media.iter().position(|m| usable(m) && m.port == 0);
+    if chosen.is_none() {
+        if live_audio {
+            return Err(SdpError::NoCommonCodec);
+        }
+        if disabled_audio.is_none() {
+            return Err(SdpError::NoAudio);
+        }
+    }
+
+    let mut out = String::with_capacity(320);
+    write_session_header(&mut out, local);
+    let negotiated = match chosen {
+        Some((index, codec, pt)) => {
+            let m = &offer.media[index];
+            let remote_direction = offer.direction_of(m);
+            let local_direction = remote_direction.reversed().intersect(local.direction);
+            let te = if local.telephone_event {
+                m.telephone_event()
+            } else {
+                None
+            };
+            for (i, other) in offer.media.iter().enumerate() {
+                if i != index {
+                    write_rejected(&mut out, other);
+                    continue;
+                }
+                let _ = write!(out, "m=audio {} {} {pt}", local.port, m.protocol);
+                if let Some(te) = te {
+                    let _ = write!(out, " {te}");
+                }
+                out.push_str("\r\n");
+                write_rtpmap(&mut out, pt, codec);
+                if let Some(te) = te {
+                    write_telephone_event(&mut out, te);
+                }
+                let _ = write!(out, "a=ptime:20\r\na={local_direction}\r\n");
+            }
+            Negotiated {
+                codec,
+                payload_type: pt,
+                remote: offer.rtp_address_of(m),
+                remote_direction,
+                local_direction,
+                telephone_event: te,
+                ptime_ms: m.ptime.unwrap_or(20),
+            }
+        }
+        None => {
+            // Every audio stream is disabled (port 0): answer with port 0 throughout.
+            let index = disabled_audio.ok_or(SdpError::NoAudio)?;
+            for m in &offer.media {
+                write_rejected(&mut out, m);
+            }
+            let m = &offer.media[index];
+            let (codec, payload_type) = pick_codec(m, &local.codecs)
+                .or_else(|| {
+                    local
+                        .codecs
+                        .first()
+                        .map(|&c| (c, c.static_payload_type().unwrap_or(0)))
+                })
+                .ok_or(SdpError::NoCommonCodec)?;
+            Negotiated {
+                codec,
+                payload_type,
+                remote: None,
+                remote_direction: Direction::Inactive,
+                local_direction: Direction::Inactive,
+                telephone_event: None,
+                ptime_ms: m.ptime.unwrap_or(20),
+            }
+        }
+    };
+    Ok((out, negotiated))
+}
+
+/// Reads the answer to our offer (made from `local`): the first payload type in the
+/// answer that is one of our codecs, the peer's address and direction.
+pub fn accept_answer(answer: &SessionDesc, local: &LocalMedia) -> Result<Negotiated, SdpError> {
+    let m = answer
+        .media
+        .iter()
+        .find(|m| m.media.eq_ignore_ascii_case("audio") && m.is_rtp_avp())
+        .ok_or(SdpError::NoAudio)?;
+    let in_answer_order = m.payload_types().find_map(|pt| {
+        m.codec_of(pt)
+            .filter(|c| local.codecs.contains(c))
+            .map(|c| (c, pt))
+    });
+    if m.port == 0 {
+        // The peer rejected the stream.
+        let (codec, payload_type) = in_answer_order
+            .or_else(|| {
+                local
+                    .codecs
+                    .first()
+                    .map(|&c| (c, c.static_payload_type().unwrap_or(0)))
+            })
+            .ok_or(SdpError::NoCommonCodec)?;
+        return Ok(Negotiated {
+            codec,
+            payload_type,
+            remote: None,
+            remote_direction: Direction::Inactive,
+            local_direction: Direction::Inactive,
+            telephone_event: None,
+            ptime_ms: m.ptime.unwrap_or(20),
+        });
+    }
+    let (codec, payload_type) = in_answer_order.ok_or(SdpError::NoCommonCodec)?;
+    let remote_direction = answer.direction_of(m);
+    Ok(Negotiated {
+        codec,
+        payload_type,
+        remote: answer.rtp_address_of(m),
+        remote_direction,
+        local_direction: local.direction.intersect(remote_direction.reversed()),
+        telephone_event: if local.telephone_event {
+            m.telephone_event()
+        } else {
+            None
+        },
+        ptime_ms: m.ptime.unwrap_or(20),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn local() -> LocalMedia {
+        LocalMedia {
+            ip: "192.0.2.20".parse().unwrap(),
+            port: 4000,
+            codecs: vec![Codec::Pcma, Codec::Pcmu],
+            telephone_event: true,
+            direction: Direction::SendRecv,
+            session_id: 1234,
+            version: 1,
+        }
+    }
+
+    const BARESIP: &str = "v=0\r\n\
+o=- 1672387263 2340518893 IN IP4 192.168.1.50\r\n\
+s=-\r\n\
+c=IN IP4 192.168.1.50\r\n\
+t=0 0\r\n\
+m=audio 10226 RTP/AVP 96 0 8 101\r\n\
+b=AS:128\r\n\
+a=rtpmap:96 opus/48000/2\r\n\
+a=fmtp:96 stereo=1;sprop-stereo=1\r\n\
+a=rtpmap:0 PCMU/8000\r\n\
+a=rtpmap:8 PCMA/8000\r\n\
+a=rtpmap:101 telephone-event/8000\r\n\
+a=fmtp:101 0-15\r\n\
+a=rtcp-mux\r\n\
+a=label:1\r\n\
+a=sendrecv\r\n\
+a=ssrc:2993454562 cname:1b0a2e4a-5a6b-4d93-a1d2-a4b4e1c3f1a2\r\n";
+
+    const MICROSIP: &str = "v=0\r\n\
+o=- 3906623712 3906623712 IN IP4 10.0.0.5\r\n\
+s=pjmedia\r\n\
+b=AS:84\r\n\
+t=0 0\r\n\
+a=X-nat:0\r\n\
+m=audio 4000 RTP/AVP 8 0 101\r\n\
+c=IN IP4 10.0.0.5\r\n\
+b=TIAS:64000\r\n\
+a=rtcp:4001 IN IP4 10.0.0.5\r\n\
+a=sendrecv\r\n\
+a=rtpmap:8 PCMA/8000\r\n\
+a=rtpmap:0 PCMU/8000\r\n\
+a=rtpmap:101 telephone-event/8000\r\n\
+a=fmtp:101 0-16\r\n\
+a=ssrc:1052359839 cname:7b0e3b5b2c5d6a1e\r\n";
+
+    const ASTERISK: &str = "v=0\r\n\
+o=- 1708351442 1708351442 IN IP4 203.0.113.5\r\n\
+s=Asterisk\r\n\
+c=IN IP4 203.0.113.5\r\n\
+t=0 0\r\n\
+m=audio 18062 RTP/AVP 0 8 3 101\r\n\
+a=rtpmap:0 PCMU/8000\r\n\
+a=rtpmap:8 PCMA/8000\r\n\
+a=rtpmap:3 GSM/8000\r\n\
+a=rtpmap:101 telephone-event/8000\r\n\
+a=fmtp:101 0-16\r\n\
+a=ptime:20\r\n\
+a=maxptime:150\r\n\
+a=sendrecv\r\n";
+
+    const LINPHONE: &str = "v=0\n\
+o=alice 2275 3412 IN IP4 192.168.0.23\n\
+s=Talk\n\
+c=IN IP4 192.168.0.23\n\
+t=0 0\n\
+a=rtcp-xr:rcvr-rtt=all:10000 stat-summary=loss,dup,jitt,TTL voip-metrics\n\
+m=audio 7078 RTP/AVP 96 97 98 0 8 18 101 99 100\n\
+a=rtpmap:96 opus/48000/2\n\
+a=fmtp:96 useinbandfec=1\n\
+a=rtpmap:97 speex/16000\n\
+a=fmtp:97 vbr=on\n\
+a=rtpmap:98 speex/8000\n\
+a=fmtp:98 vbr=on\n\
+a=fmtp:18 annexb=yes\n\
+a=rtpmap:101 telephone-event/48000\n\
+a=rtpmap:99 telephone-event/16000\n\
+a=rtpmap:100 telephone-event/8000\n\
+a=rtcp-fb:* trr-int 1000\n\
+a=rtcp-fb:* ccm tmmbr\n\
+m=video 9078 RTP/AVP 96\n\
+a=rtpmap:96 VP8/90000\n";
+
+    #[test]
+    fn direction_rules() {
+        assert_eq!(Direction::SendOnly.reversed(), Direction::RecvOnly);
+        assert_eq!(Direction::RecvOnly.reversed(), Direction::SendOnly);
+        assert_eq!(Direction::Inactive.reversed(), Direction::Inactive);
+        assert_eq!(Direction::SendRecv.reversed(), Direction::SendRecv);
+        assert_eq!(
+            Direction::SendRecv.intersect(Direction::SendOnly),
+            Direction::SendOnly
+        );
+        assert_eq!(
+            Direction::RecvOnly.intersect(Direction::SendOnly),
+            Direction::Inactive
+        );
+    }
+
+    #[test]
+    fn ini_names() {
+        assert_eq!(Codec::from_ini_name("PCMA/8000/1"), Some(Codec::Pcma));
+        assert_eq!(Codec::from_ini_name("pcmu/8000/1"), Some(Codec::Pcmu));
+        assert_eq!(Codec::from_ini_name("PCMU"), Some(Codec::Pcmu));
+        assert_eq!(Codec::from_ini_name("PCMU/16000/1"), None);
+        assert_eq!(Codec::from_ini_name("PCMU/8000/2"), None);
+        assert_eq!(Codec::from_ini_name("opus/48000/2"), None);
+        assert_eq!(Codec::from_ini_name("G722/16000/1"), None);
+        assert_eq!(Codec::from_ini_name(""), None);
+        assert_eq!(Codec::from_ini_name("PCMA/x"), None);
+        assert_eq!(
+            Codec::list_from_ini("opus/48000/2 G722/16000/1 PCMA/8000/1 PCMU/8000/1"),
+            vec![Codec::Pcma, Codec::Pcmu]
+        );
+        assert_eq!(Codec::Pcma.ini_name(), "PCMA/8000/1");
+    }
+
+    #[test]
+    fn offer_text() {
+        let text = offer(&local());
+        assert_eq!(
+            text,
+            "v=0\r\no=- 1234 1 IN IP4 192.0.2.20\r\ns=microsip\r\nc=IN IP4 192.0.2.20\r\nt=0 0\r\n\
+m=audio 4000 RTP/AVP 8 0 101\r\na=rtpmap:8 PCMA/8000\r\na=rtpmap:0 PCMU/8000\r\n\
+a=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-16\r\na=ptime:20\r\na=sendrecv\r\n"
+        );
+        let back = parse(&text).unwrap();
+        assert_eq!(back.media.len(), 1);
+        assert_eq!(back.media[0].port, 4000);
+        assert_eq!(back.media[0].telephone_event(), Some(101));
+        let mut held = local();
+        held.direction = Direction::SendOnly;
+        held.telephone_event = false;
+        held.ip = "2001:db8::1".parse().unwrap();
+        let text = offer(&held);
+        assert!(text.contains("c=IN IP6 2001:db8::1\r\n"));
+        assert!(text.contains("m=audio 4000 RTP/AVP 8 0\r\n"));
+        assert!(text.ends_with("a=sendonly\r\n"));
+        assert!(!text.contains("telephone-event"));
+    }
+
+    #[test]
+    fn parse_microsip_offer() {
+        let d = parse(MICROSIP).unwrap();
+        assert_eq!(d.connection, None);
+        let m = &d.media[0];
+        assert_eq!(m.connection, Some("10.0.0.5".parse().unwrap()));
+        assert_eq!(
+            m.rtcp,
+            Some(Rtcp {
+                port: 4001,
+                address: Some("10.0.0.5".parse().unwrap())
+            })
+        );
+        assert_eq!(d.rtp_address_of(m), Some("10.0.0.5:4000".parse().unwrap()));
+        assert_eq!(d.origin.as_ref().unwrap().version, "3906623712");
+        assert_eq!(
+            m.fmtps,
+            vec![Fmtp {
+                payload_type: 101,
+                params: "0-16".into()
+            }]
+        );
+    }
+
+    #[test]
+    fn answer_baresip_prefers_our_order() {
+        let d = parse(BARESIP).unwrap();
+        let (text, n) = answer(&d, &local()).unwrap();
+        assert_eq!(n.codec, Codec::Pcma);
+        assert_eq!(n.payload_type, 8);
+        assert_eq!(n.telephone_event, Some(101));
+        assert_eq!(n.remote, Some("192.168.1.50:10226".parse().unwrap()));
+        assert_eq!(n.local_direction, Direction::SendRecv);
+        assert_eq!(n.remote_direction, Direction::SendRecv);
+        assert_eq!(n.ptime_ms, 20);
+        assert!(text.contains("m=audio 4000 RTP/AVP 8 101\r\n"), "{text}");
+        assert!(text.contains("a=rtpmap:8 PCMA/8000\r\n"));
+        assert!(text.contains("a=fmtp:101 0-16\r\n"));
+        assert!(text.ends_with("a=sendrecv\r\n"));
+        // With PCMU first we take PCMU even though the offer lists PCMA too.
+        let mut l = local();
+        l.codecs = vec![Codec::Pcmu, Codec::Pcma];
+        let (_, n) = answer(&d, &l).unwrap();
+        assert_eq!((n.codec, n.payload_type), (Codec::Pcmu, 0));
+    }
+
+    #[test]
+    fn answer_asterisk_and_microsip() {
+        let (_, n) = answer(&parse(ASTERISK).unwrap(), &local()).unwrap();
+        assert_eq!((n.codec, n.payload_type), (Codec::Pcma, 8));
+        assert_eq!(n.remote, Some("203.0.113.5:18062".parse().unwrap()));
+        let (text, n) = answer(&parse(MICROSIP).unwrap(), &local()).unwrap();
+        assert_eq!((n.codec, n.telephone_event), (Codec::Pcma, Some(101)));
+        assert!(text.contains("c=IN IP4 192.0.2.20\r\n"));
+        // No telephone-event on our side: none in the answer.
+        let mut l = local();
+        l.telephone_event = false;
+        let (text, n) = answer(&parse(ASTERISK).unwrap(), &l).unwrap();
+        assert_eq!(n.telephone_event, None);
+        assert!(!text.contains("telephone-event"));
+    }
+
+    #[test]
+    fn answer_linphone_keeps_its_numbers_and_rejects_video() {
+        let d = parse(LINPHONE).unwrap();
+        assert_eq!(d.media.len(), 2);
+        let (text, n) = answer(&d, &local()).unwrap();
+        assert_eq!(n.codec, Codec::Pcma);
+        // telephone-event/8000 is 100 in this offer: keep 100.
+        assert_eq!(n.telephone_event, Some(100));
+        assert!(text.contains("m=audio 4000 RTP/AVP 8 100\r\n"), "{text}");
+        assert!(text.contains("a=rtpmap:100 telephone-event/8000\r\na=fmtp:100 0-16\r\n"));
+        assert!(text.contains("m=video 0 RTP/AVP 96\r\n"));
+        // Order of m= lines is the offer's.
+        assert!(text.find("m=audio").unwrap() < text.find("m=video").unwrap());
+    }
+
+    #[test]
+    fn dynamic_payload_type_for_a_static_codec() {
+        let offer_text = "v=0\r\nc=IN IP4 198.51.100.1\r\nm=audio 5004 RTP/AVP 112\r\na=rtpmap:112 pcmu/8000/1\r\n";
+        let (text, n) = answer(&parse(offer_text).unwrap(), &local()).unwrap();
+        assert_eq!((n.codec, n.payload_type), (Codec::Pcmu, 112));
+        assert!(text.contains("m=audio 4000 RTP/AVP 112\r\na=rtpmap:112 PCMU/8000\r\n"));
+        // A static number remapped to something else is not that codec.
+        let offer_text =
+            "v=0\r\nc=IN IP4 198.51.100.1\r\nm=audio 5004 RTP/AVP 8\r\na=rtpmap:8 G729/8000\r\n";
+        assert_eq!(
+            answer(&parse(offer_text).unwrap(), &local()).unwrap_err(),
+            SdpError::NoCommonCodec
+        );
+    }
+
+    #[test]
+    fn hold_forms() {
+        let sendonly = BARESIP.replace("a=sendrecv", "a=sendonly");
+        let (text, n) = answer(&parse(&sendonly).unwrap(), &local()).unwrap();
+        assert_eq!(n.remote_direction, Direction::SendOnly);
+        assert_eq!(n.local_direction, Direction::RecvOnly);
+        assert!(n.held_by_remote());
+        assert!(text.ends_with("a=recvonly\r\n"));
+
+        let inactive = BARESIP.replace("a=sendrecv", "a=inactive");
+        let (text, n) = answer(&parse(&inactive).unwrap(), &local()).unwrap();
+        assert_eq!(n.local_direction, Direction::Inactive);
+        assert!(text.ends_with("a=inactive\r\n"));
+
+        // Session-level direction applies when the media has none; media level wins.
+        let session_level =
+            "v=0\r\nc=IN IP4 198.51.100.1\r\na=sendonly\r\nm=audio 5004 RTP/AVP 0\r\n";
+        let (_, n) = answer(&parse(session_level).unwrap(), &local()).unwrap();
+        assert_eq!(n.remote_direction, Direction::SendOnly);
+        let both = "v=0\r\nc=IN IP4 198.51.100.1\r\na=sendonly\r\nm=audio 5004 RTP/AVP 0\r\na=sendrecv\r\n";
+        let (_, n) = answer(&parse(both).unwrap(), &local()).unwrap();
+        assert_eq!(n.remote_direction, Direction::SendRecv);
+
+        // RFC 2543 hold: c=0.0.0.0.
+        let zero = BARESIP.replace("c=IN IP4 192.168.1.50", "c=IN IP4 0.0.0.0");
+        let (_, n) = answer(&parse(&zero).unwrap(), &local()).unwrap();
+        assert_eq!(n.remote, None);
+        assert!(n.held_by_remote());
+
+        // We hold (our direction sendonly) and they offer sendrecv: we answer sendonly.
+        let mut l = local();
+        l.direction = Direction::SendOnly;
+        let (text, n) = answer(&parse(BARESIP).unwrap(), &l).unwrap();
+        assert_eq!(n.local_direction, Direction::SendOnly);
+        assert!(text.ends_with("a=sendonly\r\n"));
+    }
+
+    #[test]
+    fn port_zero_stream_is_rejected() {
+        let disabled = ASTERISK.replace("m=audio 18062", "m=audio 0");
+        let (text, n) = answer(&parse(&disabled).unwrap(), &local()).unwrap();
+        assert!(text.contains("m=audio 0 RTP/AVP 0 8 3 101\r\n"), "{text}");
+        assert_eq!(n.remote, None);
+        assert_eq!(n.local_direction, Direction::Inactive);
+        // A second audio stream is rejected while the first is taken.
+        let two = format!("{ASTERISK}m=audio 18064 RTP/AVP 0\r\n");
+        let (text, n) = answer(&parse(&two).unwrap(), &local()).unwrap();
+        assert_eq!(n.remote, Some("203.0.113.5:18062".parse().unwrap()));
+        assert!(text.contains("m=audio 0 RTP/AVP 0\r\n"));
+    }
+
+    #[test]
+    fn no_common_codec_and_no_audio() {
+        let g729 = "v=0\r\nc=IN IP4 198.51.100.1\r\nm=audio 5004 RTP/AVP 18 101\r\na=rtpmap:18 G729/8000\r\na=rtpmap:101 telephone-event/8000\r\n";
+        assert_eq!(
+            answer(&parse(g729).unwrap(), &local()).unwrap_err(),
+            SdpError::NoCommonCodec
+        );
+        let video = "v=0\r\nc=IN IP4 198.51.100.1\r\nm=video 5004 RTP/AVP 96\r\n";
+        assert_eq!(
+            answer(&parse(video).unwrap(), &local()).unwrap_err(),
+            SdpError::NoAudio
+        );
+        let srtp = "v=0\r\nc=IN IP4 198.51.100.1\r\nm=audio 5004 RTP/SAVP 0\r\n";
+        assert_eq!(
+            answer(&parse(srtp).unwrap(), &local()).unwrap_err(),
+            SdpError::NoAudio
+        );
+        let mut none = local();
+        none.codecs.clear();
+        assert_eq!(
+            answer(&parse(ASTERISK).unwrap(), &none).unwrap_err(),
+            SdpError::NoCommonCodec
+        );
+    }
+
+    #[test]
+    fn accept_answers() {
+        let l = local();
+        let ans = "v=0\r\no=- 1 1 IN IP4 198.51.100.7\r\ns=-\r\nc=IN IP4 198.51.100.7\r\nt=0 0\r\n\
+m=audio 30000 RTP/AVP 0 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:101 telephone-event/8000\r\na=ptime:30\r\na=recvonly\r\n";
+        let n = accept_answer(&parse(ans).unwrap(), &l).unwrap();
+        assert_eq!((n.codec, n.payload_type), (Codec::Pcmu, 0));
+        assert_eq!(n.remote, Some("198.51.100.7:30000".parse().unwrap()));
+        assert_eq!(n.remote_direction, Direction::RecvOnly);
+        assert_eq!(n.local_direction, Direction::SendOnly);
+        assert_eq!(n.telephone_event, Some(101));
+        assert_eq!(n.ptime_ms, 30);
+        assert!(!n.held_by_remote());
+
+        let mut only_pcma = l.clone();
+        only_pcma.codecs = vec![Codec::Pcma];
+        assert_eq!(
+            accept_answer(&parse(ans).unwrap(), &only_pcma).unwrap_err(),
+            SdpError::NoCommonCodec
+        );
+
+        let rejected = ans.replace("m=audio 30000", "m=audio 0");
+        let n = accept_answer(&parse(&rejected).unwrap(), &l).unwrap();
+        assert_eq!(n.remote, None);
+        assert_eq!(n.local_direction, Direction::Inactive);
+
+        // Our own offer, read back as if it were the answer.
+        let n = accept_answer(&parse(&offer(&l)).unwrap(), &l).unwrap();
+        assert_eq!((n.codec, n.payload_type), (Codec::Pcma, 8));
+        assert_eq!(n.local_direction, Direction::SendRecv);
+    }
+
+    #[test]
+    fn lenient_parsing() {
+        let messy = "v=0\n  \nnonsense\nx\n=\nzz=1\nc=IN IP4 example.com\nm=audio 49170/2 RTP/AVP 0\nc=IN IP4 224.2.1.1/127\na=rtpmap:bad\na=rtpmap:0\na=ptime:20.0\na=fmtp:x y\na=rtcp:abc\na=sendonly\n";
+        let d = parse(messy).unwrap();
+        assert_eq!(d.connection, None);
+        let m = &d.media[0];
+        assert_eq!(m.port, 49170);
+        assert_eq!(m.connection, Some("224.2.1.1".parse().unwrap()));
+        assert!(m.rtpmaps.is_empty());
+        assert_eq!(m.ptime, Some(20));
+        assert!(m.fmtps.is_empty());
+        assert_eq!(m.rtcp, None);
+        assert_eq!(m.direction, Some(Direction::SendOnly));
+
+        assert!(matches!(parse(""), Err(SdpError::Malformed(_))));
+        assert!(matches!(parse("hello world"), Err(SdpError::Malformed(_))));
+        assert!(matches!(
+            parse("v=0\nm=audio x RTP/AVP 0\n"),
+            Err(SdpError::Malformed(_))
+        ));
+        assert!(matches!(
+            parse("v=0\nm=audio\n"),
+            Err(SdpError::Malformed(_))
+        ));
+        // No c= anywhere: no remote address, answer still given.
+        let (_, n) = answer(&parse("v=0\nm=audio 5000 RTP/AVP 8\n").unwrap(), &local()).unwrap();
+        assert_eq!(n.remote, None);
+        // IPv6.
+        let v6 = "v=0\nc=IN IP6 2001:db8::5\nm=audio 5000 RTP/AVP 0\n";
+        let (_, n) = answer(&parse(v6).unwrap(), &local()).unwrap();
+        assert_eq!(n.remote, Some("[2001:db8::5]:5000".parse().unwrap()));
+    }
+
+    #[test]
+    fn garbage_never_panics() {
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let alphabet = b"vocmat=:/ \r\n0123456789.IPN4audioRTPAVsendrcvinactive-";
+        let mut bytes = Vec::new();
+        for round in 0..20_000 {
+            bytes.clear();
+            let len = (next() % 300) as usize;
+            for _ in 0..len {
+                let r = next();
+                bytes.push(if round % 2 == 0 {
+                    r as u8
+                } else {
+                    alphabet[(r % alphabet.len() as u64) as usize]
+                });
+            }
+            let text = String::from_utf8_lossy(&bytes);
+            if let Ok(d) = parse(&text) {
+                let _ = answer(&d, &local());
+                let _ = accept_answer(&d, &local());
+            }
+        }
+        // Mutations of real offers.
+        for base in [BARESIP, MICROSIP, ASTERISK, LINPHONE] {
+            for _ in 0..2_000 {
+                let mut b = base.as_bytes().to_vec();
+                for _ in 0..4 {
+                    let i = (next() % b.len() as u64) as usize;
+                    b[i] = next() as u8;
+                }
+                let cut = (next() % (b.len() as u64 + 1)) as usize;
+                let text = String::from_utf8_lossy(&b[..cut]);
+                if let Ok(d) = parse(&text) {
+                    let _ = answer(&d, &local());
+                    let _ = accept_answer(&d, &local());
+                }
+            }
+        }
+    }
+}

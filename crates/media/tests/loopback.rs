@@ -1,0 +1,656 @@
+//! The media engine end to end over loopback: sessions of one or two engines talk RTP
+//! to each other with tone and file devices.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use microsip_media::{
+    AudioSpec, Codec, Direction, MediaConfig, MediaEngine, MediaError, Negotiated,
+};
+
+const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+fn engine(range: Option<(u16, u16)>) -> MediaEngine {
+    MediaEngine::start(MediaConfig {
+        bind_ip: LOCALHOST,
+        rtp_port_min: range.map(|r| r.0),
+        rtp_port_max: range.map(|r| r.1),
+    })
+    .unwrap()
+}
+
+/// A fresh directory for one test, removed when the test ends.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> TempDir {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "microsip-media-loopback-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+
+    fn file(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn negotiated(codec: Codec, remote_port: u16) -> Negotiated {
+    Negotiated {
+        codec,
+        payload_type: codec.static_payload_type().unwrap(),
+        remote: Some(SocketAddr::new(LOCALHOST, remote_port)),
+        remote_direction: Direction::SendRecv,
+        local_direction: Direction::SendRecv,
+        telephone_event: Some(101),
+        ptime_ms: 20,
+    }
+}
+
+fn goertzel(x: &[i16], freq: f64) -> f64 {
+    let w = std::f64::consts::TAU * freq / 8000.0;
+    let c = 2.0 * w.cos();
+    let (mut s1, mut s2) = (0.0, 0.0);
+    for &v in x {
+        let s = f64::from(v) + c * s1 - s2;
+        s2 = s1;
+        s1 = s;
+    }
+    (s1 * s1 + s2 * s2 - c * s1 * s2) / (x.len() as f64).powi(2)
+}
+
+fn dominant(x: &[i16]) -> u32 {
+    (50..=3950)
+        .step_by(10)
+        .max_by(|a, b| goertzel(x, f64::from(*a)).total_cmp(&goertzel(x, f64::from(*b))))
+        .unwrap()
+}
+
+fn read_wav(path: &Path) -> Vec<i16> {
+    let mut r = hound::WavReader::open(path).unwrap();
+    assert_eq!(r.spec().sample_rate, 8000);
+    assert_eq!(r.spec().channels, 1);
+    r.samples::<i16>().map(Result::unwrap).collect()
+}
+
+fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let end = Instant::now() + Duration::from_secs(5);
+    while !f() {
+        assert!(Instant::now() < end, "timed out waiting for {what}");
+        sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn tone_crosses_two_engines_and_is_recorded() {
+    let tmp = TempDir::new();
+    for codec in [Codec::Pcma, Codec::Pcmu] {
+        let a = engine(None);
+        let b = engine(None);
+        let out = tmp.file("heard.wav");
+        let port_a = a.open(1, AudioSpec::Tone(440.0), AudioSpec::Null).unwrap();
+        let port_b = b
+            .open(1, AudioSpec::Null, AudioSpec::File(out.clone()))
+            .unwrap();
+        assert_eq!(port_a % 2, 0);
+        assert_eq!(port_b % 2, 0);
+        // Nothing is sent before configure.
+        sleep(Duration::from_millis(60));
+        assert_eq!(a.stats(1).unwrap().packets_sent, 0);
+        a.configure(1, negotiated(codec, port_b)).unwrap();
+        b.configure(1, negotiated(codec, port_a)).unwrap();
+        sleep(Duration::from_millis(1000));
+        let sa = a.stats(1).unwrap();
+        let sb = b.stats(1).unwrap();
+        assert_eq!(sa.codec, Some(codec));
+        assert!((40..=60).contains(&sa.packets_sent), "{sa:?}");
+        assert_eq!(sa.bytes_sent, sa.packets_sent * 172);
+        assert!(sb.packets_received >= 40, "{sb:?}");
+        assert!(sa.packets_received >= 40, "silence from b: {sa:?}");
+        assert!(sb.last_received_ms_ago.unwrap() < 200);
+        b.close(1).unwrap();
+        a.close(1).unwrap();
+        assert_eq!(b.stats(1), None);
+        let heard = read_wav(&out);
+        assert!(heard.len() >= 40 * 160, "{} samples", heard.len());
+        assert_eq!(dominant(&heard), 440, "{codec}");
+        let peak = heard.iter().map(|s| s.unsigned_abs()).max().unwrap();
+        assert!((15000..=17500).contains(&peak), "peak {peak}");
+    }
+}
+
+#[test]
+fn file_source_to_file_sink_in_one_engine() {
+    let tmp = TempDir::new();
+    let input = tmp.file("in.wav");
+    let spec = hound::WavSpec {
+        channels: 1,
+        sample_rate: 16_000,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let mut w = hound::WavWriter::create(&input, spec).unwrap();
+    for i in 0..3200 {
+        // 0.2 s: the source loops several times within the call.
+        let v = (std::f64::consts::TAU * 1000.0 * f64::from(i) / 16_000.0).sin() * 10_000.0;
+        w.write_sample(v as i16).unwrap();
+    }
+    w.finalize().unwrap();
+    let out = tmp.file("out.wav");
+    let e = engine(None);
+    let pa = e.open(10, AudioSpec::File(input), AudioSpec::Null).unwrap();
+    let pb = e
+        .open(11, AudioSpec::Null, AudioSpec::File(out.clone()))
+        .unwrap();
+    e.configure(10, negotiated(Codec::Pcmu, pb)).unwrap();
+    e.configure(11, negotiated(Codec::Pcmu, pa)).unwrap();
+    sleep(Duration::from_millis(700));
+    e.close(11).unwrap();
+    let heard = read_wav(&out);
+    assert!(heard.len() >= 25 * 160);
+    assert_eq!(dominant(&heard), 1000);
+    e.close(10).unwrap();
+}
+
+#[test]
+fn hold_stops_sending_and_playing() {
+    let tmp = TempDir::new();
+    let e = engine(None);
+    let out = tmp.file("held.wav");
+    let pa = e.open(1, AudioSpec::Tone(440.0), AudioSpec::Null).unwrap();
+    let pb = e
+        .open(2, AudioSpec::Tone(1000.0), AudioSpec::File(out.clone()))
+        .unwrap();
+    e.configure(1, negotiated(Codec::Pcma, pb)).unwrap();
+    e.configure(2, negotiated(Codec::Pcma, pa)).unwrap();
+    wait_until("packets", || e.stats(2).unwrap().packets_received > 5);
+
+    // Our hold on 1: it sends nothing while held.
+    e.set_hold(1, true).unwrap();
+    let sent = e.stats(1).unwrap().packets_sent;
+    sleep(Duration::from_millis(50)); // anything in flight lands
+    let received_by_2 = e.stats(2).unwrap().packets_received;
+    sleep(Duration::from_millis(300));
+    assert_eq!(e.stats(1).unwrap().packets_sent, sent);
+    assert_eq!(e.stats(2).unwrap().packets_received, received_by_2);
+    // 2 still sends to 1 (1 receives, but does not play).
+    let received_by_1 = e.stats(1).unwrap().packets_received;
+    assert!(received_by_1 > 10);
+
+    // Resume: 1 sends again.
+    e.set_hold(1, false).unwrap();
+    wait_until("1 sending again", || {
+        e.stats(1).unwrap().packets_sent > sent + 5
+    });
+
+    // Held by the remote: 1 is told the peer is sendonly → 1 does not send.
+    let mut held = negotiated(Codec::Pcma, pb);
+    held.remote_direction = Direction::SendOnly;
+    held.local_direction = Direction::RecvOnly;
+    e.configure(1, held.clone()).unwrap();
+    let sent = e.stats(1).unwrap().packets_sent;
+    sleep(Duration::from_millis(200));
+    assert_eq!(e.stats(1).unwrap().packets_sent, sent);
+    // Inactive and recvonly peers: no sending either.
+    held.remote_direction = Direction::Inactive;
+    held.local_direction = Direction::Inactive;
+    e.configure(1, held.clone()).unwrap();
+    held.remote_direction = Direction::RecvOnly;
+    held.local_direction = Direction::SendOnly;
+    e.configure(1, held).unwrap();
+    wait_until("1 sending to a recvonly peer", || {
+        e.stats(1).unwrap().packets_sent > sent + 5
+    });
+
+    // Early media: receive only.
+    e.configure(1, negotiated(Codec::Pcma, pb)).unwrap();
+    e.set_receive_only(1, true).unwrap();
+    let sent = e.stats(1).unwrap().packets_sent;
+    let got = e.stats(1).unwrap().packets_received;
+    sleep(Duration::from_millis(200));
+    assert_eq!(e.stats(1).unwrap().packets_sent, sent);
+    assert!(e.stats(1).unwrap().packets_received > got);
+    e.set_receive_only(1, false).unwrap();
+    wait_until("1 sending after early media", || {
+        e.stats(1).unwrap().packets_sent > sent + 3
+    });
+
+    e.close(1).unwrap();
+    e.close(2).unwrap();
+    assert!(read_wav(&out).len() > 160);
+}
+
+/// Reads RTP packets arriving at `sock` for `window`.
+fn collect(sock: &UdpSocket, window: Duration) -> Vec<Vec<u8>> {
+    sock.set_read_timeout(Some(Duration::from_millis(20)))
+        .unwrap();
+    let end = Instant::now() + window;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 2048];
+    while Instant::now() < end {
+        if let Ok((n, _)) = sock.recv_from(&mut buf) {
+            out.push(buf[..n].to_vec());
+        }
+    }
+    out
+}
+
+#[test]
+fn packets_on_the_wire() {
+    let e = engine(None);
+    let peer = UdpSocket::bind((LOCALHOST, 0)).unwrap();
+    let peer_port = peer.local_addr().unwrap().port();
+    let port = e.open(1, AudioSpec::Tone(440.0), AudioSpec::Null).unwrap();
+    e.configure(1, negotiated(Codec::Pcma, peer_port)).unwrap();
+    let first = collect(&peer, Duration::from_millis(300));
+    assert!(first.len() >= 10, "{} packets", first.len());
+    let parsed: Vec<_> = first
+        .iter()
+        .map(|p| microsip_media::rtp::parse(p).unwrap())
+        .collect();
+    assert!(
+        parsed[0].header.marker,
+        "the first packet carries the marker"
+    );
+    for (i, p) in parsed.iter().enumerate() {
+        assert_eq!(p.header.payload_type, 8);
+        assert_eq!(p.payload.len(), 160);
+        assert_eq!(p.header.ssrc, parsed[0].header.ssrc);
+        assert_eq!(
+            p.header.sequence,
+            parsed[0].header.sequence.wrapping_add(i as u16)
+        );
+        assert_eq!(
+            p.header.timestamp,
+            parsed[0].header.timestamp.wrapping_add(160 * i as u32)
+        );
+        if i > 0 {
+            assert!(!p.header.marker);
+        }
+    }
+    // Hold and resume: a new talk spurt with the marker, the clock having run on.
+    let last = parsed.last().unwrap().header;
+    e.set_hold(1, true).unwrap();
+    let _ = collect(&peer, Duration::from_millis(200));
+    e.set_hold(1, false).unwrap();
+    let again = collect(&peer, Duration::from_millis(100));
+    let p = microsip_media::rtp::parse(&again[0]).unwrap().header;
+    assert!(p.marker);
+    assert_eq!(p.ssrc, last.ssrc);
+    assert!(
+        p.timestamp.wrapping_sub(last.timestamp) >= 160 * 8,
+        "{p:?} after {last:?}"
+    );
+    assert_eq!(p.timestamp.wrapping_sub(last.timestamp) % 160, 0);
+
+    // What the peer sends: only the negotiated payload type is played; telephone-event
+    // counts as received; other payload types and garbage are ignored.
+    let to = SocketAddr::new(LOCALHOST, port);
+    let before = e.stats(1).unwrap().packets_received;
+    let mut pkt = [0u8; 172];
+    pkt[0] = 0x80;
+    for (pt, count) in [(8u8, 3), (101, 2), (0, 4), (18, 1)] {
+        pkt[1] = pt;
+        for _ in 0..count {
+            peer.send_to(&pkt, to).unwrap();
+        }
+    }
+    peer.send_to(&[0x80, 8, 0], to).unwrap();
+    wait_until("packets counted", || {
+        e.stats(1).unwrap().packets_received >= before + 5
+    });
+    sleep(Duration::from_millis(60));
+    let s = e.stats(1).unwrap();
+    assert_eq!(s.packets_received, before + 5);
+    assert_eq!(s.bytes_received, 5 * 172);
+    assert_eq!(s.remote, Some(SocketAddr::new(LOCALHOST, peer_port)));
+    e.close(1).unwrap();
+}
+
+#[test]
+fn tick_does_not_drift() {
+    let e = engine(None);
+    let peer = UdpSocket::bind((LOCALHOST, 0)).unwrap();
+    let peer_port = peer.local_addr().unwrap().port();
+    e.open(1, AudioSpec::Null, AudioSpec::Null).unwrap();
+    e.configure(1, negotiated(Codec::Pcmu, peer_port)).unwrap();
+    sleep(Duration::from_millis(200));
+    let (t1, n1) = (Instant::now(), e.stats(1).unwrap().packets_sent);
+    sleep(Duration::from_millis(2000));
+    let (t2, n2) = (Instant::now(), e.stats(1).unwrap().packets_sent);
+    let expected = (t2 - t1).as_secs_f64() / 0.020;
+    let sent = (n2 - n1) as f64;
+    assert!(
+        (sent - expected).abs() <= 2.0,
+        "{sent} packets in {:?}",
+        t2 - t1
+    );
+    e.close(1).unwrap();
+}
+
+#[test]
+fn a_held_session_plays_nothing() {
+    let tmp = TempDir::new();
+    let e = engine(None);
+    let out = tmp.file("silent.wav");
+    let pa = e.open(1, AudioSpec::Tone(440.0), AudioSpec::Null).unwrap();
+    let pb = e
+        .open(2, AudioSpec::Null, AudioSpec::File(out.clone()))
+        .unwrap();
+    e.set_hold(2, true).unwrap();
+    e.configure(1, negotiated(Codec::Pcmu, pb)).unwrap();
+    e.configure(2, negotiated(Codec::Pcmu, pa)).unwrap();
+    wait_until("packets", || e.stats(2).unwrap().packets_received > 10);
+    assert_eq!(e.stats(2).unwrap().packets_sent, 0);
+    e.close(2).unwrap();
+    assert!(read_wav(&out).is_empty());
+    e.close(1).unwrap();
+}
+
+#[test]
+fn symmetric_rtp_latches_to_the_real_source() {
+    let e = engine(None);
+    // The address "b" put in its SDP: a socket that only counts what reaches it.
+    let decoy = UdpSocket::bind((LOCALHOST, 0)).unwrap();
+    decoy
+        .set_read_timeout(Some(Duration::from_millis(50)))
+        .unwrap();
+    let decoy_port = decoy.local_addr().unwrap().port();
+    let pa = e.open(1, AudioSpec::Tone(440.0), AudioSpec::Null).unwrap();
+    let pb = e.open(2, AudioSpec::Tone(440.0), AudioSpec::Null).unwrap();
+    // a believes b is at the decoy; b sends from its real port.
+    e.configure(1, negotiated(Codec::Pcmu, decoy_port)).unwrap();
+    e.configure(2, negotiated(Codec::Pcmu, pa)).unwrap();
+    wait_until("a to latch on b", || {
+        e.stats(1).unwrap().remote == Some(SocketAddr::new(LOCALHOST, pb))
+    });
+    wait_until("b to hear a", || e.stats(2).unwrap().packets_received > 10);
+    // The decoy stops getting packets once a has latched.
+    let mut buf = [0u8; 2048];
+    while decoy.recv_from(&mut buf).is_ok() {}
+    sleep(Duration::from_millis(200));
+    decoy.set_nonblocking(true).unwrap();
+    assert!(
+        decoy.recv_from(&mut buf).is_err(),
+        "the decoy still gets packets"
+    );
+
+    // Packets from a third address are ignored once latched.
+    let stranger = UdpSocket::bind((LOCALHOST, 0)).unwrap();
+    let before = e.stats(1).unwrap().packets_received;
+    let mut pkt = [0u8; 172];
+    pkt[0] = 0x80;
+    for _ in 0..200 {
+        stranger.send_to(&pkt, (LOCALHOST, pa)).unwrap();
+    }
+    // Garbage is ignored too.
+    stranger.send_to(b"not rtp", (LOCALHOST, pa)).unwrap();
+    sleep(Duration::from_millis(300));
+    let after = e.stats(1).unwrap().packets_received;
+    assert!(
+        after - before < 100,
+        "{before} -> {after}: the stranger was counted"
+    );
+    assert_eq!(
+        e.stats(1).unwrap().remote,
+        Some(SocketAddr::new(LOCALHOST, pb))
+    );
+
+    // A re-INVITE to a new address resets the latch (b is quiet meanwhile, so a
+    // cannot latch again before we look).
+    e.set_hold(2, true).unwrap();
+    sleep(Duration::from_millis(100));
+    // The same SDP address again keeps the latch.
+    e.configure(1, negotiated(Codec::Pcmu, decoy_port)).unwrap();
+    assert_eq!(
+        e.stats(1).unwrap().remote,
+        Some(SocketAddr::new(LOCALHOST, pb))
+    );
+    let decoy2 = UdpSocket::bind((LOCALHOST, 0)).unwrap();
+    let decoy2_port = decoy2.local_addr().unwrap().port();
+    e.configure(1, negotiated(Codec::Pcmu, decoy2_port))
+        .unwrap();
+    sleep(Duration::from_millis(100));
+    assert_eq!(
+        e.stats(1).unwrap().remote,
+        Some(SocketAddr::new(LOCALHOST, decoy2_port))
+    );
+    e.set_hold(2, false).unwrap();
+    wait_until("a to latch again", || {
+        e.stats(1).unwrap().remote == Some(SocketAddr::new(LOCALHOST, pb))
+    });
+    e.close(1).unwrap();
+    e.close(2).unwrap();
+}
+
+#[test]
+fn rtp_port_range_is_honoured() {
+    let (min, max) = (47_100, 47_110);
+    let e = engine(Some((min, max)));
+    let mut ports = Vec::new();
+    for id in 0..6 {
+        ports.push(e.open(id, AudioSpec::Null, AudioSpec::Null).unwrap());
+    }
+    assert_eq!(ports, vec![47_100, 47_102, 47_104, 47_106, 47_108, 47_110]);
+    let err = e.open(99, AudioSpec::Null, AudioSpec::Null).unwrap_err();
+    assert_eq!(err.to_string(), "no free RTP port in 47100-47110");
+    // A failed open leaves no session behind.
+    assert_eq!(e.stats(99), None);
+    e.close(2).unwrap();
+    assert_eq!(e.open(7, AudioSpec::Null, AudioSpec::Null).unwrap(), 47_104);
+    for id in [0, 1, 3, 4, 5, 7] {
+        e.close(id).unwrap();
+    }
+    // Ports are reused in order, wrapping; a port taken by someone else is skipped.
+    let squatter = UdpSocket::bind((LOCALHOST, 47_106)).unwrap();
+    assert_eq!(e.open(8, AudioSpec::Null, AudioSpec::Null).unwrap(), 47_108);
+    assert_eq!(e.open(9, AudioSpec::Null, AudioSpec::Null).unwrap(), 47_110);
+    assert_eq!(
+        e.open(10, AudioSpec::Null, AudioSpec::Null).unwrap(),
+        47_100
+    );
+    drop(squatter);
+
+    // Odd bounds: only the even ports inside.
+    let odd = engine(Some((47_121, 47_125)));
+    assert_eq!(
+        odd.open(1, AudioSpec::Null, AudioSpec::Null).unwrap(),
+        47_122
+    );
+    assert_eq!(
+        odd.open(2, AudioSpec::Null, AudioSpec::Null).unwrap(),
+        47_124
+    );
+    assert_eq!(
+        odd.open(3, AudioSpec::Null, AudioSpec::Null).unwrap_err(),
+        MediaError::NoFreePort {
+            min: 47_121,
+            max: 47_125
+        }
+    );
+    assert!(matches!(
+        MediaEngine::start(MediaConfig {
+            bind_ip: LOCALHOST,
+            rtp_port_min: Some(5001),
+            rtp_port_max: Some(5001),
+        }),
+        Err(MediaError::BadPortRange { .. })
+    ));
+}
+
+#[test]
+fn errors_reach_the_caller() {
+    let tmp = TempDir::new();
+    let e = engine(None);
+    let missing = tmp.file("nope.wav");
+    let err = e
+        .open(1, AudioSpec::File(missing), AudioSpec::Null)
+        .unwrap_err();
+    assert!(matches!(err, MediaError::Audio(_)), "{err}");
+    assert!(err.to_string().contains("nope.wav"), "{err}");
+    assert_eq!(e.stats(1), None);
+    let err = e
+        .open(1, AudioSpec::Null, AudioSpec::Tone(440.0))
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("cannot be an audio output"),
+        "{err}"
+    );
+    e.open(1, AudioSpec::Null, AudioSpec::Null).unwrap();
+    assert_eq!(
+        e.open(1, AudioSpec::Null, AudioSpec::Null).unwrap_err(),
+        MediaError::DuplicateSession(1)
+    );
+    assert_eq!(e.close(2), Err(MediaError::UnknownSession(2)));
+    assert_eq!(
+        e.configure(2, negotiated(Codec::Pcma, 9)),
+        Err(MediaError::UnknownSession(2))
+    );
+    assert_eq!(e.set_hold(2, true), Err(MediaError::UnknownSession(2)));
+    assert_eq!(e.sessions(), vec![1]);
+    e.close(1).unwrap();
+    assert!(e.sessions().is_empty());
+}
+
+#[test]
+fn a_failing_socket_keeps_the_call() {
+    // Sending to an IPv6 peer from an IPv4 socket fails every time: the session stays.
+    let e = engine(None);
+    let p = e.open(1, AudioSpec::Tone(440.0), AudioSpec::Null).unwrap();
+    let mut n = negotiated(Codec::Pcma, 9);
+    n.remote = Some("[::1]:9".parse().unwrap());
+    e.configure(1, n).unwrap();
+    sleep(Duration::from_millis(100));
+    let s = e.stats(1).unwrap();
+    assert_eq!(s.local_port, p);
+    assert_eq!(s.packets_sent, 0);
+    e.set_hold(1, true).unwrap();
+    e.close(1).unwrap();
+}
+
+#[test]
+fn dropping_the_last_handle_finishes_files() {
+    let tmp = TempDir::new();
+    let out = tmp.file("dropped.wav");
+    let a = engine(None);
+    let b = engine(None);
+    let pa = a.open(1, AudioSpec::Tone(440.0), AudioSpec::Null).unwrap();
+    let pb = b
+        .open(1, AudioSpec::Null, AudioSpec::File(out.clone()))
+        .unwrap();
+    a.configure(1, negotiated(Codec::Pcma, pb)).unwrap();
+    b.configure(1, negotiated(Codec::Pcma, pa)).unwrap();
+    wait_until("audio", || b.stats(1).unwrap().packets_received > 10);
+    let clone = b.clone();
+    drop(b);
+    assert!(clone.stats(1).is_some());
+    drop(clone);
+    wait_until("the file to be finished", || {
+        hound::WavReader::open(&out)
+            .map(|r| r.duration() >= 1600)
+            .unwrap_or(false)
+    });
+}
+
+fn cpu_seconds() -> f64 {
+    // SAFETY: getrusage only writes the struct we hand it.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
+    assert_eq!(rc, 0);
+    let t = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
+    t(u.ru_utime) + t(u.ru_stime)
+}
+
+fn rss_kib() -> i64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// 50 sessions (25 pairs, file source → file sink both ways, PCMA) on one engine for
+/// 5 s; prints the CPU time the process used. Run with
+/// `cargo test -p microsip-media --release -- --ignored --nocapture cpu_50_sessions`.
+#[test]
+#[ignore]
+fn cpu_50_sessions() {
+    let tmp = TempDir::new();
+    let input = tmp.file("cpu-in.wav");
+    let spec = hound::WavSpec {
+        channels: 1,
+        sample_rate: 8000,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let mut w = hound::WavWriter::create(&input, spec).unwrap();
+    for i in 0..24_000 {
+        let v = (std::f64::consts::TAU * 440.0 * f64::from(i) / 8000.0).sin() * 16_000.0;
+        w.write_sample(v as i16).unwrap();
+    }
+    w.finalize().unwrap();
+
+    let rss0 = rss_kib();
+    let e = engine(None);
+    let mut outs = Vec::new();
+    let mut ports = Vec::new();
+    for id in 0..50u64 {
+        let out = tmp.file(&format!("cpu-out-{id}.wav"));
+        ports.push(
+            e.open(
+                id,
+                AudioSpec::File(input.clone()),
+                AudioSpec::File(out.clone()),
+            )
+            .unwrap(),
+        );
+        outs.push(out);
+    }
+    let cpu0 = cpu_seconds();
+    let t0 = Instant::now();
+    for pair in 0..25u64 {
+        let (a, b) = (2 * pair, 2 * pair + 1);
+        e.configure(a, negotiated(Codec::Pcma, ports[b as usize]))
+            .unwrap();
+        e.configure(b, negotiated(Codec::Pcma, ports[a as usize]))
+            .unwrap();
+    }
+    sleep(Duration::from_secs(5));
+    let cpu1 = cpu_seconds();
+    let rss1 = rss_kib();
+    let wall = t0.elapsed().as_secs_f64();
+    let sent: u64 = (0..50).map(|id| e.stats(id).unwrap().packets_sent).sum();
+    let received: u64 = (0..50)
+        .map(|id| e.stats(id).unwrap().packets_received)
+        .sum();
+    for id in 0..50 {
+        e.close(id).unwrap();
+    }
+    let cpu = cpu1 - cpu0;
+    println!(
+        "cpu_50_sessions: {cpu:.3} s CPU in {wall:.2} s wall = {:.2} % of a core in all, \
+         {:.4} % per session; {sent} packets sent, {received} received; RSS {rss0} KiB before the engine, {rss1} KiB with 50 sessions \
+         ({} KiB per session)",
+        100.0 * cpu / wall,
+        100.0 * cpu / wall / 50.0,
+        (rss1 - rss0) / 50
+    );
+    assert!(received > 50 * 200, "{received} packets received");
+    for out in outs {
+        assert!(read_wav(&out).len() > 200 * 160);
+    }
+}

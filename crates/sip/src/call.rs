@@ -1,0 +1,913 @@
+//! Call signalling: INVITE dialogs in both directions on rsipstack's dialog layer.
+//! Each call leg has a numeric id (the engine adopts it as the call id); everything
+//! that happens to a leg is reported as one [`CallSignal`]; the engine acts on a leg
+//! through [`Calls`]. SDP is carried as text: this module does not read it.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use rsipstack::dialog::authenticate::Credential;
+use rsipstack::dialog::dialog::{
+    DialogState, DialogStateReceiver, TerminatedReason, TransactionHandle,
+};
+use rsipstack::dialog::dialog_layer::DialogLayer;
+use rsipstack::dialog::invitation::InviteOption;
+use rsipstack::dialog::invite_dialog::InviteDialog;
+use rsipstack::sip::prelude::{HeadersExt, ToTypedHeader};
+use rsipstack::sip::{Header, Method, Request, StatusCode, Transport, Uri};
+use rsipstack::sip::{Param, Response};
+use rsipstack::transaction::endpoint::EndpointInner;
+use rsipstack::transaction::transaction::{Transaction, TransactionEvent, TransactionEventSender};
+use rsipstack::transport::SipAddr;
+use tokio::sync::mpsc;
+use tracing::{debug, warn};
+
+/// A call leg's id; the engine uses the same number as the call id.
+pub type LegId = u64;
+
+/// Who ended a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndedBy {
+    Local,
+    Remote,
+}
+
+/// What we know about an incoming INVITE, for the engine's policy and events.
+#[derive(Debug, Clone, Default)]
+pub struct IncomingInvite {
+    /// The caller as a URI (P-Asserted-Identity when present, else From).
+    pub remote: String,
+    pub remote_user: String,
+    pub remote_domain: String,
+    pub display_name: Option<String>,
+    /// The Request-URI's user (which of our accounts is called).
+    pub to_user: String,
+    pub to_domain: String,
+    /// `Diversion` as received (kept for history and events).
+    pub diversion: Option<String>,
+    /// `X-AUTOANSWER: true`.
+    pub x_autoanswer: bool,
+    /// `Call-Info` as received (the engine reads `answer-after`).
+    pub call_info: Option<String>,
+    /// `Session-Expires`, if the caller asks for session timers.
+    pub session_expires: Option<u32>,
+    pub sdp: Option<String>,
+    /// The transport it came on.
+    pub tcp: bool,
+}
+
+/// An answer owed to the remote for an in-dialog request.
+pub struct Responder(TransactionHandle);
+
+impl Responder {
+    /// Answers with `code`, and an SDP body when given.
+    pub async fn respond(self, code: u16, sdp: Option<String>) {
+        let (headers, body) = match sdp {
+            Some(s) => (
+                Some(vec![Header::ContentType("application/sdp".into())]),
+                Some(s.into_bytes()),
+            ),
+            None => (None, None),
+        };
+        if let Err(e) = self.0.respond(StatusCode::from(code), headers, body).await {
+            debug!("in-dialog answer not sent: {e}");
+        }
+    }
+}
+
+impl std::fmt::Debug for Responder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Responder")
+    }
+}
+
+/// One thing that happened to a call leg.
+#[derive(Debug)]
+pub enum SignalKind {
+    Incoming(Box<IncomingInvite>),
+    /// 180 (or 183 without SDP) for an outgoing call.
+    Ringing {
+        code: u16,
+    },
+    /// 183 with SDP: early media.
+    Early {
+        code: u16,
+        sdp: Option<String>,
+    },
+    /// 2xx to our INVITE.
+    Answered {
+        sdp: Option<String>,
+    },
+    /// The dialog is confirmed (ACK sent or received).
+    Confirmed,
+    /// The remote sent a re-INVITE or UPDATE; answer it with the responder.
+    Reoffer {
+        sdp: Option<String>,
+        reply: Responder,
+    },
+    /// The remote asks us to call `target` (blind transfer); answer 202 or refuse.
+    Refer {
+        target: String,
+        reply: Responder,
+    },
+    /// Progress of a REFER we sent (from the remote's NOTIFY).
+    ReferProgress {
+        code: u16,
+        reason: String,
+        done: bool,
+    },
+    /// An INFO (e.g. DTMF relay), already answered 200.
+    Info {
+        content_type: String,
+        body: String,
+    },
+    Ended {
+        code: u16,
+        reason: String,
+        by: EndedBy,
+    },
+}
+
+/// A signal and the leg it belongs to.
+#[derive(Debug)]
+pub struct CallSignal {
+    pub call: LegId,
+    pub kind: SignalKind,
+}
+
+/// The account an outgoing call is placed from.
+#[derive(Clone)]
+pub struct CallerAccount {
+    pub username: String,
+    pub domain: String,
+    pub display_name: Option<String>,
+    pub auth_id: Option<String>,
+    pub password: String,
+    /// Where requests go when not by the target's address: the proxy, else the
+    /// registrar (`host[:port]`).
+    pub outbound: Option<String>,
+    pub tcp: bool,
+    /// Address for the Contact instead of ours.
+    pub public_addr: Option<String>,
+    /// Send `Privacy: id` and an anonymous From.
+    pub hide_cid: bool,
+}
+
+/// Why the SIP layer refused to act.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallError {
+    NoSuchLeg,
+    BadTarget(String),
+    WrongState(String),
+    Failed(String),
+}
+
+impl std::fmt::Display for CallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CallError::NoSuchLeg => f.write_str("no such call"),
+            CallError::BadTarget(s) => write!(f, "bad target: {s}"),
+            CallError::WrongState(s) | CallError::Failed(s) => f.write_str(s),
+        }
+    }
+}
+
+struct Leg {
+    dialog: InviteDialog,
+    /// For incoming calls: how to answer the INVITE's transaction with headers of
+    /// our own (the dialog's reject() takes none).
+    server: Option<ServerInvite>,
+    /// We ended it (BYE/CANCEL/reject sent by us).
+    local_end: Arc<AtomicBool>,
+    confirmed: Arc<AtomicBool>,
+}
+
+#[derive(Clone)]
+struct ServerInvite {
+    request: Request,
+    respond: TransactionEventSender,
+    endpoint: Arc<EndpointInner>,
+}
+
+/// The call legs of the phone.
+#[derive(Clone)]
+pub struct Calls {
+    layer: Arc<DialogLayer>,
+    legs: Arc<Mutex<HashMap<LegId, Leg>>>,
+    next_id: Arc<AtomicU64>,
+    signals: mpsc::UnboundedSender<CallSignal>,
+    udp_local: SipAddr,
+    tcp_local: Option<SipAddr>,
+}
+
+impl Calls {
+    pub(crate) fn new(
+        layer: Arc<DialogLayer>,
+        signals: mpsc::UnboundedSender<CallSignal>,
+        udp_local: SipAddr,
+        tcp_local: Option<SipAddr>,
+    ) -> Calls {
+        Calls {
+            layer,
+            legs: Arc::new(Mutex::new(HashMap::new())),
+            next_id: Arc::new(AtomicU64::new(1)),
+            signals,
+            udp_local,
+            tcp_local,
+        }
+    }
+
+    fn allocate(&self) -> LegId {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Reserves the id of a call about to be dialled (so its media can be set up
+    /// under the same id before the INVITE leaves).
+    pub fn new_leg_id(&self) -> LegId {
+        self.allocate()
+    }
+
+    fn leg(&self, id: LegId) -> Result<InviteDialog, CallError> {
+        let legs = self
+            .legs
+            .lock()
+            .map_err(|_| CallError::Failed("lock".into()))?;
+        legs.get(&id)
+            .map(|l| l.dialog.clone())
+            .ok_or(CallError::NoSuchLeg)
+    }
+
+    fn mark_local_end(&self, id: LegId) {
+        if let Ok(legs) = self.legs.lock() {
+            if let Some(l) = legs.get(&id) {
+                l.local_end.store(true, Ordering::SeqCst);
+            }
+        }
+    }
+
+    fn contact(&self, user: &str, tcp: bool, public_addr: Option<&str>) -> Uri {
+        let local = match (tcp, &self.tcp_local) {
+            (true, Some(t)) => t,
+            _ => &self.udp_local,
+        };
+        let host_port = match public_addr.filter(|s| !s.is_empty()) {
+            Some(p) if p.contains(':') => p.to_string(),
+            Some(p) => format!(
+                "{p}:{}",
+                local.addr.port.map(|p| p.to_string()).unwrap_or_default()
+            ),
+            None => local.addr.to_string(),
+        };
+        let user_part = if user.is_empty() {
+            String::new()
+        } else {
+            format!("{user}@")
+        };
+        let text = format!(
+            "sip:{user_part}{host_port}{}",
+            if tcp { ";transport=tcp" } else { "" }
+        );
+        Uri::try_from(text.as_str()).unwrap_or_default()
+    }
+
+    /// Places a call: sends the INVITE (answering 401/407 with the account's
+    /// credentials) and returns the new leg's id once the INVITE is on its way.
+    pub fn dial(
+        &self,
+        id: LegId,
+        account: &CallerAccount,
+        target: &str,
+        sdp_offer: String,
+        extra_headers: Vec<(String, String)>,
+    ) -> Result<LegId, CallError> {
+        let callee =
+            Uri::try_from(target).map_err(|e| CallError::BadTarget(format!("{target}: {e}")))?;
+        let from_text = if account.hide_cid {
+            "sip:anonymous@anonymous.invalid".to_string()
+        } else {
+            format!("sip:{}@{}", account.username, account.domain)
+        };
+        let caller = Uri::try_from(from_text.as_str())
+            .map_err(|e| CallError::BadTarget(format!("{from_text}: {e}")))?;
+        let transport = if account.tcp {
+            Transport::Tcp
+        } else {
+            Transport::Udp
+        };
+        let destination = account.outbound.as_deref().and_then(|o| {
+            Uri::try_from(format!("sip:{o}").as_str())
+                .ok()
+                .map(|u| SipAddr {
+                    r#type: Some(transport),
+                    addr: u.host_with_port,
+                })
+        });
+        let mut headers: Vec<Header> = extra_headers
+            .into_iter()
+            .map(|(n, v)| Header::Other(n, v))
+            .collect();
+        headers.push(Header::Allow(crate::stack::ALLOW.into()));
+        headers.push(Header::Supported("replaces, timer".into()));
+        if account.hide_cid {
+            headers.push(Header::Privacy("id".into()));
+        }
+        let option = InviteOption {
+            caller_display_name: if account.hide_cid {
+                Some("Anonymous".into())
+            } else {
+                account.display_name.clone()
+            },
+            caller,
+            callee,
+            destination,
+            content_type: Some("application/sdp".into()),
+            offer: Some(sdp_offer.into_bytes()),
+            contact: self.contact(
+                &account.username,
+                account.tcp,
+                account.public_addr.as_deref(),
+            ),
+            credential: Some(Credential {
+                username: account.username.clone(),
+                password: account.password.clone(),
+                realm: None,
+                auth_username: account.auth_id.clone().filter(|s| !s.is_empty()),
+            }),
+            headers: Some(headers),
+            ..Default::default()
+        };
+        let (state_tx, state_rx) = self.layer.new_dialog_state_channel();
+        let (dialog, join) = self
+            .layer
+            .do_invite_async(option, state_tx)
+            .map_err(|e| CallError::Failed(format!("INVITE not sent: {e}")))?;
+        let local_end = Arc::new(AtomicBool::new(false));
+        let confirmed = Arc::new(AtomicBool::new(false));
+        if let Ok(mut legs) = self.legs.lock() {
+            legs.insert(
+                id,
+                Leg {
+                    dialog,
+                    server: None,
+                    local_end: local_end.clone(),
+                    confirmed: confirmed.clone(),
+                },
+            );
+        }
+        tokio::spawn(self.clone().watch(id, state_rx, true));
+        // The INVITE's final answer: a failure ends the call here.
+        let me = self.clone();
+        tokio::spawn(async move {
+            let outcome = join.await;
+            let failure = match outcome {
+                Ok(Ok((_, Some(resp)))) if resp.status_code.code() >= 300 => Some((
+                    resp.status_code.code(),
+                    resp.reason_phrase()
+                        .map(str::to_string)
+                        .unwrap_or_else(|| resp.status_code.text().to_string()),
+                )),
+                Ok(Ok((_, None))) => Some((408, "Request Timeout".to_string())),
+                Ok(Err(e)) => Some((500, format!("INVITE failed: {e}"))),
+                Err(_) => Some((500, "INVITE task ended".to_string())),
+                _ => None,
+            };
+            if let Some((code, reason)) = failure {
+                let by = if local_end.load(Ordering::SeqCst) {
+                    EndedBy::Local
+                } else {
+                    EndedBy::Remote
+                };
+                me.end(id, code, reason, by);
+            }
+        });
+        Ok(id)
+    }
+
+    /// A new INVITE from the dispatcher.
+    pub(crate) fn incoming(&self, mut tx: Transaction) {
+        let req = tx.original.clone();
+        let info = describe_invite(
+            &req,
+            tx.connection.as_ref().map(|c| c.transport()) == Some(Transport::Tcp),
+        );
+        let contact = self.contact(&info.to_user, info.tcp, None);
+        let (state_tx, state_rx) = self.layer.new_dialog_state_channel();
+        let dialog =
+            match self
+                .layer
+                .get_or_create_server_invite(&tx, state_tx, None, Some(contact))
+            {
+                Ok(d) => d,
+                Err(e) => {
+                    warn!("cannot take incoming INVITE: {e}");
+                    tokio::spawn(async move {
+                        let _ = tx.reply(StatusCode::ServerInternalError).await;
+                    });
+                    return;
+                }
+            };
+        let server = ServerInvite {
+            request: req.clone(),
+            respond: tx.tu_sender.clone(),
+            endpoint: tx.endpoint_inner.clone(),
+        };
+        let id = self.allocate();
+        if let Ok(mut legs) = self.legs.lock() {
+            legs.insert(
+                id,
+                Leg {
+                    dialog: dialog.clone(),
+                    server: Some(server),
+                    local_end: Arc::new(AtomicBool::new(false)),
+                    confirmed: Arc::new(AtomicBool::new(false)),
+                },
+            );
+        }
+        tokio::spawn(self.clone().watch(id, state_rx, false));
+        let mut driver = dialog;
+        tokio::spawn(async move {
+            if let Err(e) = driver.handle(&mut tx).await {
+                debug!("incoming INVITE transaction: {e}");
+            }
+        });
+        let _ = self.signals.send(CallSignal {
+            call: id,
+            kind: SignalKind::Incoming(Box::new(info)),
+        });
+    }
+
+    /// A request with a To-tag: hand it to its dialog, or 481.
+    pub(crate) fn in_dialog(&self, mut tx: Transaction) {
+        match self.layer.match_dialog(&tx) {
+            Some(mut dialog) => {
+                tokio::spawn(async move {
+                    if let Err(e) = dialog.handle(&mut tx).await {
+                        debug!("in-dialog {}: {e}", tx.original.method);
+                    }
+                });
+            }
+            None => {
+                if tx.original.method == Method::Ack {
+                    return;
+                }
+                tokio::spawn(async move {
+                    let _ = tx.reply(StatusCode::CallTransactionDoesNotExist).await;
+                });
+            }
+        }
+    }
+
+    /// Sends 180 Ringing on an incoming call.
+    pub fn ringing(&self, id: LegId) -> Result<(), CallError> {
+        self.leg(id)?
+            .ringing(None, None)
+            .map_err(|e| CallError::WrongState(format!("cannot ring: {e}")))
+    }
+
+    /// Answers an incoming call with 200 and our SDP.
+    pub fn answer(
+        &self,
+        id: LegId,
+        sdp: String,
+        extra: Vec<(String, String)>,
+    ) -> Result<(), CallError> {
+        let mut headers = vec![
+            Header::ContentType("application/sdp".into()),
+            Header::Allow(crate::stack::ALLOW.into()),
+            Header::Supported("replaces, timer".into()),
+        ];
+        headers.extend(extra.into_iter().map(|(n, v)| Header::Other(n, v)));
+        self.leg(id)?
+            .accept(Some(headers), Some(sdp.into_bytes()))
+            .map_err(|e| CallError::WrongState(format!("cannot answer: {e}")))
+    }
+
+    /// Refuses an incoming call that has not been answered (486, 603, 488, 302 with
+    /// a Contact and Diversion...). The call ends here with `code`.
+    pub fn reject(
+        &self,
+        id: LegId,
+        code: u16,
+        headers: Vec<(String, String)>,
+    ) -> Result<(), CallError> {
+        let (dialog, server) = {
+            let legs = self
+                .legs
+                .lock()
+                .map_err(|_| CallError::Failed("lock".into()))?;
+            let leg = legs.get(&id).ok_or(CallError::NoSuchLeg)?;
+            if leg.confirmed.load(Ordering::SeqCst) {
+                return Err(CallError::WrongState("the call is already answered".into()));
+            }
+            (leg.dialog.clone(), leg.server.clone())
+        };
+        let server = server.ok_or_else(|| CallError::WrongState("not an incoming call".into()))?;
+        let status = StatusCode::from(code);
+        let reason = status.text().to_string();
+        let mut resp: Response = server.endpoint.make_response(&server.request, status, None);
+        add_to_tag(&mut resp, &dialog.id().local_tag);
+        for (name, value) in headers {
+            resp.headers.push(Header::Other(name, value));
+        }
+        server
+            .respond
+            .send(TransactionEvent::Respond(resp))
+            .map_err(|_| CallError::WrongState("the call has already ended".into()))?;
+        self.mark_local_end(id);
+        self.end(id, code, reason, EndedBy::Local);
+        Ok(())
+    }
+
+    /// Ends a call whatever its state: CANCEL while ours is unanswered, reject while
+    /// theirs rings, BYE once confirmed. Returns when the request was answered.
+    pub async fn hangup(&self, id: LegId) -> Result<(), CallError> {
+        let dialog = self.leg(id)?;
+        self.mark_local_end(id);
+        let result = dialog.hangup().await;
+        if let Err(e) = result {
+            debug!("hangup of leg {id}: {e}");
+        }
+        // If the stack did not report an end (e.g. CANCEL of a call that then got
+        // 200 and was BYE'd), make sure the engine hears of it.
+        let confirmed = self
+            .legs
+            .lock()
+            .ok()
+            .and_then(|l| l.get(&id).map(|l| l.confirmed.load(Ordering::SeqCst)))
+            .unwrap_or(false);
+        if confirmed {
+            self.end(id, 200, "Normal Clearing".into(), EndedBy::Local);
+        }
+        Ok(())
+    }
+
+    /// Sends a re-INVITE with `sdp`; returns the answer's code and SDP.
+    pub async fn reinvite(
+        &self,
+        id: LegId,
+        sdp: String,
+    ) -> Result<(u16, Option<String>), CallError> {
+        let dialog = self.leg(id)?;
+        let headers = vec![Header::ContentType("application/sdp".into())];
+        match dialog.reinvite(Some(headers), Some(sdp.into_bytes())).await {
+            Ok(Some(resp)) => {
+                let body = (!resp.body.is_empty())
+                    .then(|| String::from_utf8_lossy(&resp.body).into_owned());
+                Ok((resp.status_code.code(), body))
+            }
+            Ok(None) => Err(CallError::WrongState("the call is not confirmed".into())),
+            Err(e) => Err(CallError::Failed(format!("re-INVITE failed: {e}"))),
+        }
+    }
+
+    /// Sends REFER to `target`; returns the code of the answer (202 expected).
+    pub async fn refer(&self, id: LegId, target: &str) -> Result<u16, CallError> {
+        let dialog = self.leg(id)?;
+        let uri =
+            Uri::try_from(target).map_err(|e| CallError::BadTarget(format!("{target}: {e}")))?;
+        match dialog.refer(uri, None, None).await {
+            Ok(Some(resp)) => Ok(resp.status_code.code()),
+            Ok(None) => Err(CallError::WrongState("the call is not confirmed".into())),
+            Err(e) => Err(CallError::Failed(format!("REFER failed: {e}"))),
+        }
+    }
+
+    /// Tells the transferor how our call to the REFER target goes (RFC 3515 NOTIFY).
+    pub async fn notify_refer(&self, id: LegId, code: u16, reason: &str, done: bool) {
+        let Ok(dialog) = self.leg(id) else { return };
+        let headers = vec![
+            Header::Event("refer".into()),
+            Header::SubscriptionState(
+                if done {
+                    "terminated;reason=noresource"
+                } else {
+                    "active;expires=60"
+                }
+                .into(),
+            ),
+            Header::ContentType("message/sipfrag;version=2.0".into()),
+        ];
+        let body = format!("SIP/2.0 {code} {reason}\r\n").into_bytes();
+        if let Err(e) = dialog.notify(Some(headers), Some(body)).await {
+            debug!("NOTIFY for REFER on leg {id}: {e}");
+        }
+    }
+
+    /// Reports the end of a leg once, and forgets it.
+    fn end(&self, id: LegId, code: u16, reason: String, by: EndedBy) {
+        let leg = self.legs.lock().ok().and_then(|mut l| l.remove(&id));
+        if let Some(leg) = leg {
+            self.layer.remove_dialog(&leg.dialog.id());
+            let _ = self.signals.send(CallSignal {
+                call: id,
+                kind: SignalKind::Ended { code, reason, by },
+            });
+        }
+    }
+
+    /// Turns one leg's dialog states into signals until it ends.
+    async fn watch(self, id: LegId, mut states: DialogStateReceiver, outgoing: bool) {
+        let (local_end, confirmed) = match self.legs.lock().ok().and_then(|l| {
+            l.get(&id)
+                .map(|leg| (leg.local_end.clone(), leg.confirmed.clone()))
+        }) {
+            Some(x) => x,
+            None => return,
+        };
+        let send = |kind| {
+            let _ = self.signals.send(CallSignal { call: id, kind });
+        };
+        while let Some(state) = states.recv().await {
+            match state {
+                DialogState::Early(_, resp) if outgoing => {
+                    let code = resp.status_code.code();
+                    let sdp = body_text(&resp.body);
+                    if sdp.is_some() {
+                        send(SignalKind::Early { code, sdp });
+                    } else {
+                        send(SignalKind::Ringing { code });
+                    }
+                }
+                // Sent again after every in-dialog request: only the first counts.
+                DialogState::Confirmed(_, resp) if !confirmed.swap(true, Ordering::SeqCst) => {
+                    if outgoing {
+                        send(SignalKind::Answered {
+                            sdp: body_text(&resp.body),
+                        });
+                    }
+                    send(SignalKind::Confirmed);
+                }
+                DialogState::Updated(_, req, handle) => {
+                    send(SignalKind::Reoffer {
+                        sdp: body_text(&req.body),
+                        reply: Responder(handle),
+                    });
+                }
+                DialogState::Refer(_, req, handle) => {
+                    let target = req
+                        .refer_to_header()
+                        .map(|h| strip_angle(h.value()))
+                        .unwrap_or_default();
+                    send(SignalKind::Refer {
+                        target,
+                        reply: Responder(handle),
+                    });
+                }
+                DialogState::Notify(_, req, handle) => {
+                    let _ = handle.reply(StatusCode::OK).await;
+                    if let Some((code, reason)) = sipfrag_status(&req.body) {
+                        let done = req.headers.iter().any(|h| {
+                            matches!(h, Header::SubscriptionState(s) if s.value().trim_start().starts_with("terminated"))
+                        }) || code >= 200;
+                        send(SignalKind::ReferProgress { code, reason, done });
+                    }
+                }
+                DialogState::Info(_, req, handle) => {
+                    let _ = handle.reply(StatusCode::OK).await;
+                    let content_type = req
+                        .headers
+                        .iter()
+                        .find_map(|h| match h {
+                            Header::ContentType(c) => Some(c.value().to_string()),
+                            _ => None,
+                        })
+                        .unwrap_or_default();
+                    send(SignalKind::Info {
+                        content_type,
+                        body: String::from_utf8_lossy(&req.body).into_owned(),
+                    });
+                }
+                DialogState::Options(_, _, handle) => {
+                    let _ = handle.reply(StatusCode::OK).await;
+                }
+                DialogState::Message(_, _, handle) | DialogState::Publish(_, _, handle) => {
+                    // Messages inside a call arrive with the messaging work.
+                    let _ = handle.reply(StatusCode::NotImplemented).await;
+                }
+                DialogState::Terminated(_, reason) => {
+                    let (code, text) = termination(&reason);
+                    let by = if local_end.load(Ordering::SeqCst) {
+                        EndedBy::Local
+                    } else {
+                        EndedBy::Remote
+                    };
+                    self.end(id, code, text, by);
+                    return;
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+fn add_to_tag(resp: &mut Response, tag: &str) {
+    for header in resp.headers.iter_mut() {
+        if let Header::To(to) = header {
+            if let Ok(mut typed) = to.typed() {
+                if !typed.params.iter().any(|p| matches!(p, Param::Tag(_))) {
+                    typed.params.push(Param::Tag(tag.to_string().into()));
+                }
+                *header = Header::To(typed.into());
+            }
+        }
+    }
+}
+
+fn body_text(body: &[u8]) -> Option<String> {
+    (!body.is_empty()).then(|| String::from_utf8_lossy(body).into_owned())
+}
+
+fn strip_angle(v: &str) -> String {
+    let v = v.trim();
+    match (v.find('<'), v.find('>')) {
+        (Some(a), Some(b)) if b > a => v[a + 1..b].to_string(),
+        _ => v.to_string(),
+    }
+}
+
+/// `SIP/2.0 200 OK` in a message/sipfrag body.
+fn sipfrag_status(body: &[u8]) -> Option<(u16, String)> {
+    let text = std::str::from_utf8(body).ok()?;
+    let line = text.lines().next()?.trim();
+    let rest = line.strip_prefix("SIP/2.0 ")?;
+    let (code, reason) = rest.split_once(' ').unwrap_or((rest, ""));
+    Some((code.parse().ok()?, reason.trim().to_string()))
+}
+
+fn termination(reason: &TerminatedReason) -> (u16, String) {
+    let coded = |c: &StatusCode| (c.code(), c.text().to_string());
+    match reason {
+        TerminatedReason::Timeout => (408, "Request Timeout".into()),
+        TerminatedReason::UacCancel => (487, "Request Terminated".into()),
+        TerminatedReason::UacBye | TerminatedReason::UasBye => (200, "Normal Clearing".into()),
+        TerminatedReason::UacBusy | TerminatedReason::UasBusy => (486, "Busy Here".into()),
+        TerminatedReason::UasDecline => (603, "Decline".into()),
+        TerminatedReason::ProxyAuthRequired => (407, "Proxy Authentication Required".into()),
+        TerminatedReason::ProxyError(c)
+        | TerminatedReason::UacOther(c)
+        | TerminatedReason::UasOther(c) => coded(c),
+    }
+}
+
+/// Reads the caller, the called user and the headers the engine's policy needs.
+fn describe_invite(req: &Request, tcp: bool) -> IncomingInvite {
+    let header_value = |name: &str| {
+        req.headers.iter().find_map(|h| match h {
+            Header::Other(n, v) if n.eq_ignore_ascii_case(name) => Some(v.clone()),
+            _ => None,
+        })
+    };
+    let from = req
+        .from_header()
+        .map(|f| f.value().to_string())
+        .unwrap_or_default();
+    let pai = req
+        .headers
+        .iter()
+        .find_map(|h| match h {
+            Header::PAssertedIdentity(p) => Some(p.value().to_string()),
+            _ => None,
+        })
+        .or_else(|| header_value("P-Asserted-Identity"));
+    let identity = pai.clone().unwrap_or_else(|| from.clone());
+    let (display_name, uri) = split_name_addr(&identity);
+    let (from_display, _) = split_name_addr(&from);
+    let (user, domain) = user_and_domain(&uri);
+    let diversion = req.headers.iter().find_map(|h| match h {
+        Header::Diversion(d) => Some(d.value().to_string()),
+        _ => None,
+    });
+    let call_info = req.headers.iter().find_map(|h| match h {
+        Header::CallInfo(c) => Some(c.value().to_string()),
+        _ => None,
+    });
+    let session_expires = req
+        .headers
+        .iter()
+        .find_map(|h| match h {
+            Header::SessionExpires(s) => Some(s.value().to_string()),
+            _ => None,
+        })
+        .and_then(|v| v.split(';').next().and_then(|n| n.trim().parse().ok()));
+    let x_autoanswer = header_value("X-AUTOANSWER")
+        .map(|v| v.trim().eq_ignore_ascii_case("true"))
+        .unwrap_or(false);
+    let (to_user, to_domain) = (
+        req.uri
+            .auth
+            .as_ref()
+            .map(|a| a.user.clone())
+            .unwrap_or_default(),
+        req.uri.host_with_port.host.to_string(),
+    );
+    IncomingInvite {
+        remote: uri,
+        remote_user: user,
+        remote_domain: domain,
+        display_name: display_name.or(from_display),
+        to_user,
+        to_domain,
+        diversion,
+        x_autoanswer,
+        call_info,
+        session_expires,
+        sdp: body_text(&req.body),
+        tcp,
+    }
+}
+
+/// `"Name" <sip:u@d>;tag=x` → (Some("Name"), "sip:u@d"). Quotes and escapes are
+/// removed from the name; nothing in it is interpreted.
+pub fn split_name_addr(value: &str) -> (Option<String>, String) {
+    let v = value.trim();
+    if let (Some(a), Some(b)) = (v.rfind('<'), v.rfind('>')) {
+        if b > a {
+            let name = v[..a].trim();
+            let name = name
+                .strip_prefix('"')
+                .and_then(|n| n.strip_suffix('"'))
+                .map(|n| n.replace("\\\"", "\"").replace("\\\\", "\\"))
+                .unwrap_or_else(|| name.to_string());
+            let name = (!name.is_empty()).then_some(name);
+            return (name, v[a + 1..b].to_string());
+        }
+    }
+    let uri = v.split(';').next().unwrap_or(v).trim().to_string();
+    (None, uri)
+}
+
+/// `sip:user@domain:port;params` → ("user", "domain").
+pub fn user_and_domain(uri: &str) -> (String, String) {
+    let rest = uri
+        .split_once(':')
+        .map(|(scheme, rest)| {
+            if scheme.eq_ignore_ascii_case("sip")
+                || scheme.eq_ignore_ascii_case("sips")
+                || scheme.eq_ignore_ascii_case("tel")
+            {
+                rest
+            } else {
+                uri
+            }
+        })
+        .unwrap_or(uri);
+    let rest = rest.split([';', '?', '>']).next().unwrap_or(rest);
+    match rest.split_once('@') {
+        Some((user, host)) => (
+            user.to_string(),
+            host.split(':').next().unwrap_or(host).to_string(),
+        ),
+        None => (
+            String::new(),
+            rest.split(':').next().unwrap_or(rest).to_string(),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn name_addr_forms() {
+        assert_eq!(
+            split_name_addr(r#""Alice \"A\"" <sip:1001@127.0.0.1:5060>;tag=x"#),
+            (Some("Alice \"A\"".into()), "sip:1001@127.0.0.1:5060".into())
+        );
+        assert_eq!(
+            split_name_addr("sip:1002@h;tag=1"),
+            (None, "sip:1002@h".into())
+        );
+        let hostile = "\"; rm -rf ~ $(id)\" <sip:evil@127.0.0.1>";
+        assert_eq!(
+            split_name_addr(hostile).0.as_deref(),
+            Some("; rm -rf ~ $(id)")
+        );
+    }
+
+    #[test]
+    fn user_domain() {
+        assert_eq!(
+            user_and_domain("sip:1001@127.0.0.1:5070;transport=tcp"),
+            ("1001".into(), "127.0.0.1".into())
+        );
+        assert_eq!(
+            user_and_domain("sip:pbx.example"),
+            (String::new(), "pbx.example".into())
+        );
+    }
+
+    #[test]
+    fn sipfrag() {
+        assert_eq!(
+            sipfrag_status(b"SIP/2.0 200 OK\r\n"),
+            Some((200, "OK".into()))
+        );
+        assert_eq!(
+            sipfrag_status(b"SIP/2.0 100 Trying"),
+            Some((100, "Trying".into()))
+        );
+        assert_eq!(sipfrag_status(b"garbage"), None);
+    }
+}
