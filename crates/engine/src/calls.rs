@@ -225,6 +225,7 @@ impl Engine {
             direction: Direction::SendRecv,
             session_id: rand_u64(),
             version: 1,
+            opus_stereo: self.config.settings.opus_stereo,
         }
     }
 
@@ -1311,13 +1312,13 @@ impl Engine {
 
     /// The call is over: close media, publish, answer whoever waited, forget it.
     pub(crate) fn finish(&mut self, id: CallId, code: u16, reason: String, by: &'static str) {
-        let Some(call) = self.calls.remove(&id) else {
+        let Some(duration) = self.calls.get(&id).map(Call::duration_s) else {
             return;
         };
         media_done(id, "close", self.media.close(id));
         self.last_ended = Some(Instant::now());
-        let duration = call.duration_s();
         info!("call {id}: ended {code} {reason} ({by}, {duration}s)");
+        // Published while the call is still in the table, so the event names its account.
         self.publish(EventKind::CallEnded {
             call: id,
             code,
@@ -1325,6 +1326,9 @@ impl Engine {
             by,
             duration,
         });
+        let Some(call) = self.calls.remove(&id) else {
+            return;
+        };
         for w in call.end_waiters {
             let _ = w.send(ok_with(
                 format!("call {id} ended"),

@@ -326,9 +326,17 @@ impl Engine {
 
     pub(crate) fn publish(&mut self, kind: EventKind) {
         self.seq += 1;
+        let account = if kind.needs_account() {
+            kind.call()
+                .and_then(|id| self.calls.get(&id))
+                .map(|c| c.account)
+        } else {
+            None
+        };
         let event = Event {
             seq: self.seq,
             time: microsip_sip::time::rfc3339(SystemTime::now()),
+            account,
             kind,
         };
         // No subscriber is fine: events are also kept nowhere else yet.

@@ -9,6 +9,9 @@ pub struct Event {
     pub seq: u64,
     /// RFC 3339 UTC.
     pub time: String,
+    /// The account of the call, for call events that do not carry it themselves.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub account: Option<u32>,
     #[serde(flatten)]
     pub kind: EventKind,
 }
@@ -85,6 +88,41 @@ pub enum EventKind {
 }
 
 impl EventKind {
+    /// The call this event is about, if any.
+    pub fn call(&self) -> Option<u64> {
+        match self {
+            EventKind::CallOutgoing { call, .. }
+            | EventKind::CallIncoming { call, .. }
+            | EventKind::CallRinging { call }
+            | EventKind::CallEarly { call, .. }
+            | EventKind::CallAnswered { call, .. }
+            | EventKind::CallConfirmed { call }
+            | EventKind::CallHeld { call, .. }
+            | EventKind::CallResumed { call, .. }
+            | EventKind::CallTransfer { call, .. }
+            | EventKind::CallEnded { call, .. } => Some(*call),
+            _ => None,
+        }
+    }
+
+    /// Whether the event names its account itself.
+    fn has_account(&self) -> bool {
+        matches!(
+            self,
+            EventKind::CallOutgoing { .. }
+                | EventKind::CallIncoming { .. }
+                | EventKind::AccountRegistering { .. }
+                | EventKind::AccountRegistered { .. }
+                | EventKind::AccountFailed { .. }
+                | EventKind::AccountUnregistered { .. }
+        )
+    }
+
+    /// Whether an `account` field must be added next to this event.
+    pub fn needs_account(&self) -> bool {
+        self.call().is_some() && !self.has_account()
+    }
+
     /// The `type` field, for filters.
     pub fn type_name(&self) -> &'static str {
         match self {
