@@ -2,7 +2,13 @@
 //! client), the file locations, and the start-up that turns a process into the phone.
 //! The faces know no SIP and no RTP: they speak only `Command`, `Reply` and `Event`.
 
+pub mod calllog;
 pub mod client;
+pub mod contacts;
+pub mod history;
+pub mod hooks;
+pub mod integrations;
+pub mod messages;
 pub mod options;
 pub mod paths;
 pub mod phone;

@@ -3,30 +3,34 @@
 //! and exit cleanly on `exit`, SIGTERM or SIGINT.
 
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 
 use microsip_config::{default_document, Config, IniFile};
 use microsip_engine::{Command, ConfigStore, EngineSetup};
 use tracing::{error, info, warn};
 
+use crate::integrations;
 use crate::options::StartOptions;
 use crate::paths;
 use crate::socket::SocketServer;
 
-/// Writes settings the engine changes back into the ini, atomically.
+/// Writes settings the engine changes back into the ini, atomically, under the lock
+/// every writer of the ini shares (the history is written by the integrations).
 struct IniStore {
-    file: IniFile,
+    file: Arc<Mutex<IniFile>>,
 }
 
 impl ConfigStore for IniStore {
     fn set(&mut self, section: &str, key: &str, value: &str) -> Result<(), String> {
+        let mut file = self
+            .file
+            .lock()
+            .map_err(|_| "the ini lock is poisoned".to_string())?;
         // Re-read first so a change made by hand since start-up is not overwritten.
-        if let Err(e) = self.file.reload() {
-            return Err(e.to_string());
-        }
-        self.file
-            .set(section, key, value)
+        file.reload().map_err(|e| e.to_string())?;
+        file.set(section, key, value)
             .map_err(|e| format!("[{section}] {key}: {e}"))?;
-        self.file.save().map_err(|e| e.to_string())
+        file.save().map_err(|e| e.to_string())
     }
 }
 
@@ -154,12 +158,7 @@ pub fn run(options: StartOptions, profile: &str, call_on_start: Option<String>) 
         eprintln!("microsip: {problem}");
     }
     let call_on_start = call_on_start.or_else(|| options.call.clone());
-    let setup = EngineSetup {
-        config,
-        store: Box::new(IniStore { file }),
-        trace: options.debug.clone(),
-        call_on_start,
-    };
+    let file = Arc::new(Mutex::new(file));
 
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -172,6 +171,14 @@ pub fn run(options: StartOptions, profile: &str, call_on_start: Option<String>) 
         }
     };
     runtime.block_on(async move {
+        let observer = integrations::spawn(config.clone(), file.clone(), options.log.clone());
+        let setup = EngineSetup {
+            config,
+            store: Box::new(IniStore { file }),
+            trace: options.debug.clone(),
+            call_on_start,
+            observers: vec![observer],
+        };
         let (engine, mut finished) = match microsip_engine::start(setup).await {
             Ok(x) => x,
             Err(e) => {

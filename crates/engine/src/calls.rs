@@ -440,6 +440,7 @@ impl Engine {
             }
         }
         let (user, _) = microsip_sip::call::user_and_domain(&dialled.uri);
+        let dialled_number = user.clone();
         self.calls.insert(
             id,
             Call {
@@ -472,6 +473,7 @@ impl Engine {
             call: id,
             account: number,
             remote: dialled.uri,
+            number: dialled_number,
         });
         Ok(id)
     }

@@ -50,6 +50,9 @@ pub struct EngineSetup {
     pub trace: Option<PathBuf>,
     /// `--call TARGET`: dial once registered.
     pub call_on_start: Option<String>,
+    /// Consumers that must see every event (history, hooks, call log): unbounded,
+    /// unlike the `events` stream, which drops what a slow client cannot take.
+    pub observers: Vec<mpsc::UnboundedSender<Event>>,
 }
 
 pub(crate) enum Request {
@@ -126,6 +129,7 @@ pub(crate) struct Engine {
     seq: u64,
     reg_events: mpsc::UnboundedSender<RegistrationEvent>,
     call_on_start: Option<String>,
+    observers: Vec<mpsc::UnboundedSender<Event>>,
     /// The engine's own inbox, for background work to report back.
     pub(crate) inbox: mpsc::UnboundedSender<Request>,
 }
@@ -164,6 +168,7 @@ pub async fn start(
         seq: 0,
         reg_events: reg_tx,
         call_on_start: setup.call_on_start,
+        observers: setup.observers,
         inbox: inbox.clone(),
     };
     engine.load_accounts();
@@ -339,7 +344,8 @@ impl Engine {
             account,
             kind,
         };
-        // No subscriber is fine: events are also kept nowhere else yet.
+        self.observers.retain(|o| o.send(event.clone()).is_ok());
+        // No subscriber is fine.
         let _ = self.events.send(event);
     }
 

@@ -44,6 +44,8 @@ pub enum EventKind {
         call: u64,
         account: u32,
         remote: String,
+        /// The user part of `remote` (the number dialled).
+        number: String,
     },
     #[serde(rename = "call.incoming")]
     CallIncoming {

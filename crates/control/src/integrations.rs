@@ -1,0 +1,244 @@
+//! What integrators get from each call event, off the engine's path: the `cmd*`
+//! hooks, the `[Calls]` history and `[Dialed]` list in the ini, and the CSV call
+//! log. Fed by an unbounded observer channel, so no event is ever skipped; nothing
+//! here can slow the engine down.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use microsip_config::{Config, IniFile};
+use microsip_engine::{Event, EventKind};
+use tokio::sync::mpsc;
+use tracing::warn;
+
+use crate::calllog::{CallLog, CallRecord};
+use crate::history::{self, CallType, HistoryEntry};
+use crate::hooks::{HookContext, HookEvent, HookRunner};
+
+/// What we remember of a call between its first and last event.
+struct CallInfo {
+    incoming: bool,
+    account: u32,
+    remote: String,
+    number: String,
+    name: String,
+    start: SystemTime,
+    answered: Option<SystemTime>,
+}
+
+struct Integrations {
+    config: Config,
+    hooks: HookRunner,
+    ini: Arc<Mutex<IniFile>>,
+    log: Option<CallLog>,
+    calls: HashMap<u64, CallInfo>,
+}
+
+/// Starts the integrations task; send it every engine event.
+pub fn spawn(
+    config: Config,
+    ini: Arc<Mutex<IniFile>>,
+    log: Option<PathBuf>,
+) -> mpsc::UnboundedSender<Event> {
+    let (tx, mut rx) = mpsc::unbounded_channel::<Event>();
+    let mut me = Integrations {
+        hooks: HookRunner::new(&config.settings.hooks),
+        config,
+        ini,
+        log: log.map(CallLog::new),
+        calls: HashMap::new(),
+    };
+    tokio::spawn(async move {
+        while let Some(event) = rx.recv().await {
+            me.on_event(event);
+        }
+    });
+    tx
+}
+
+fn unix(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+impl Integrations {
+    fn context(&self, call: u64, info: &CallInfo, duration: u64) -> HookContext {
+        let account = self.config.account(info.account);
+        HookContext {
+            number: info.number.clone(),
+            callerid: if info.name.is_empty() {
+                info.number.clone()
+            } else {
+                format!("{} <{}>", info.name, info.number)
+            },
+            name: info.name.clone(),
+            user: account.and_then(|a| a.username.clone()).unwrap_or_default(),
+            domain: account.map(|a| a.domain.clone()).unwrap_or_default(),
+            server: account.and_then(|a| a.server.clone()).unwrap_or_default(),
+            duration: duration.to_string(),
+            time: unix(SystemTime::now()).to_string(),
+            callid: call.to_string(),
+            direction: if info.incoming { "in" } else { "out" }.to_string(),
+        }
+    }
+
+    fn fire(&self, event: HookEvent, call: u64, duration: u64) {
+        if let Some(info) = self.calls.get(&call) {
+            let ctx = self.context(call, info, duration);
+            let _ = self.hooks.fire(event, &ctx);
+        }
+    }
+
+    fn on_event(&mut self, event: Event) {
+        match event.kind {
+            EventKind::CallOutgoing {
+                call,
+                account,
+                remote,
+                number,
+            } => {
+                self.calls.insert(
+                    call,
+                    CallInfo {
+                        incoming: false,
+                        account,
+                        remote,
+                        number: number.clone(),
+                        name: String::new(),
+                        start: SystemTime::now(),
+                        answered: None,
+                    },
+                );
+                self.with_ini(|doc| {
+                    history::remember_dialed(doc, &number).map_err(|e| e.to_string())
+                });
+                self.fire(HookEvent::OutgoingCall, call, 0);
+            }
+            EventKind::CallIncoming {
+                call,
+                account,
+                remote,
+                number,
+                name,
+                ..
+            } => {
+                self.calls.insert(
+                    call,
+                    CallInfo {
+                        incoming: true,
+                        account,
+                        remote,
+                        number,
+                        name: name.unwrap_or_default(),
+                        start: SystemTime::now(),
+                        answered: None,
+                    },
+                );
+                self.fire(HookEvent::IncomingCall, call, 0);
+            }
+            EventKind::CallRinging { call } => {
+                if self.calls.get(&call).is_some_and(|c| c.incoming) {
+                    self.fire(HookEvent::CallRing, call, 0);
+                }
+            }
+            EventKind::CallAnswered { call, .. } => {
+                let incoming = match self.calls.get_mut(&call) {
+                    Some(info) => {
+                        info.answered = Some(SystemTime::now());
+                        info.incoming
+                    }
+                    None => false,
+                };
+                if incoming {
+                    self.fire(HookEvent::CallAnswer, call, 0);
+                }
+            }
+            EventKind::CallConfirmed { call } => self.fire(HookEvent::CallStart, call, 0),
+            EventKind::CallEnded {
+                call,
+                code,
+                reason,
+                duration,
+                ..
+            } => {
+                self.fire(HookEvent::for_end(code), call, duration);
+                if let Some(info) = self.calls.remove(&call) {
+                    self.record(call, &info, code, &reason, duration);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// History entry in the ini and a CSV row, written as the call ends.
+    fn record(&self, call: u64, info: &CallInfo, code: u16, reason: &str, duration: u64) {
+        let kind = match (info.incoming, info.answered.is_some()) {
+            (false, _) => CallType::Outgoing,
+            (true, true) => CallType::Incoming,
+            (true, false) => CallType::Missed,
+        };
+        let entry = HistoryEntry {
+            number: info.number.clone(),
+            name: info.name.clone(),
+            kind,
+            time: unix(info.start),
+            duration,
+            info: String::new(),
+        };
+        self.with_ini(|doc| {
+            history::append(doc, &entry)
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        });
+        if let Some(log) = &self.log {
+            let account = self
+                .config
+                .account(info.account)
+                .map(|a| format!("{}@{}", a.username.clone().unwrap_or_default(), a.domain))
+                .unwrap_or_default();
+            let record = CallRecord {
+                start: info.start,
+                direction: if info.incoming { "in" } else { "out" }.to_string(),
+                account,
+                remote_uri: info.remote.clone(),
+                remote_number: info.number.clone(),
+                display_name: info.name.clone(),
+                answered: info.answered,
+                end: SystemTime::now(),
+                duration: Duration::from_secs(duration),
+                end_code: Some(code),
+                end_reason: reason.to_string(),
+                call_id: call.to_string(),
+            };
+            if let Err(e) = log.append(&record) {
+                warn!("call log: {e}");
+            }
+        }
+    }
+
+    /// Changes the ini under the lock every writer of it shares, re-reading it
+    /// first so no one's change is lost, and saves it atomically.
+    fn with_ini(
+        &self,
+        change: impl FnOnce(&mut microsip_config::IniDocument) -> Result<(), String>,
+    ) {
+        let Ok(mut file) = self.ini.lock() else {
+            warn!("history not saved: the ini lock is poisoned");
+            return;
+        };
+        if let Err(e) = file.reload() {
+            warn!("history not saved: {e}");
+            return;
+        }
+        if let Err(e) = change(file.doc_mut()) {
+            warn!("history not saved: {e}");
+            return;
+        }
+        if let Err(e) = file.save() {
+            warn!("history not saved: {e}");
+        }
+    }
+}
