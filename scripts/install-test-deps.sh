@@ -12,7 +12,7 @@ export DEBIAN_FRONTEND=noninteractive
 
 APT_PACKAGES=(
   sip-tester baresip-core kamailio sipsak tshark sox libsox-fmt-all espeak-ng
-  libasound2-dev cmake pkg-config python3-pip python3-venv
+  libasound2-dev libopus-dev cmake pkg-config python3-pip python3-venv
   # to build the `pesq` wheel from source on Debian's Python
   python3-dev gcc
 )

@@ -139,10 +139,10 @@ impl Integrations {
                 );
                 self.fire(HookEvent::IncomingCall, call, 0);
             }
-            EventKind::CallRinging { call } => {
-                if self.calls.get(&call).is_some_and(|c| c.incoming) {
-                    self.fire(HookEvent::CallRing, call, 0);
-                }
+            EventKind::CallRinging { call }
+                if self.calls.get(&call).is_some_and(|c| c.incoming) =>
+            {
+                self.fire(HookEvent::CallRing, call, 0);
             }
             EventKind::CallAnswered { call, .. } => {
                 let incoming = match self.calls.get_mut(&call) {

@@ -619,6 +619,70 @@ impl Engine {
         let _ = self.sip.calls().reject(id, 302, headers);
     }
 
+    // -------------------------------------------------------------- DTMF
+
+    /// Sends DTMF on a confirmed call by the configured method (RFC 4733 or in-band
+    /// through the media, or SIP INFO). Replies once the digits are queued.
+    pub(crate) fn dtmf(&mut self, digits: &str, id: Option<CallId>) -> Reply {
+        let id = match id {
+            Some(id) => match self.calls.get(&id) {
+                Some(c) if c.confirmed => id,
+                Some(_) => {
+                    return fail(
+                        ErrorCode::NoCall,
+                        format!("call {id} is not confirmed: no DTMF yet"),
+                    )
+                }
+                None => return fail(ErrorCode::NoSuchCall, format!("there is no call {id}")),
+            },
+            None => match self
+                .active_call()
+                .filter(|id| self.calls.get(id).is_some_and(|c| c.confirmed))
+            {
+                Some(id) => id,
+                None => return fail(ErrorCode::NoCall, "no confirmed call for DTMF"),
+            },
+        };
+        if let Err(e) = microsip_media::dtmf::parse_digits(digits) {
+            return fail(ErrorCode::BadArgument, e.to_string());
+        }
+        if self.config.settings.dtmf_method == microsip_config::DtmfMethod::SipInfo {
+            let calls = self.sip.calls().clone();
+            let digits = digits.to_string();
+            tokio::spawn(async move { send_info_digits(calls, id, digits).await });
+        } else if let Err(e) = self.media.send_dtmf(id, digits) {
+            return fail(ErrorCode::Media, format!("call {id}: {e}"));
+        }
+        ok_with(
+            format!("call {id}: sending {digits}"),
+            json!({ "call": id, "digits": digits }),
+        )
+    }
+
+    pub(crate) fn on_media_event(&mut self, event: microsip_media::MediaEvent) {
+        match event {
+            microsip_media::MediaEvent::Dtmf { call, digit } => {
+                if self.calls.contains_key(&call) {
+                    let method = if self
+                        .calls
+                        .get(&call)
+                        .and_then(|c| c.negotiated.as_ref())
+                        .is_some_and(|n| n.telephone_event.is_some())
+                    {
+                        "rfc4733"
+                    } else {
+                        "inband"
+                    };
+                    self.publish(EventKind::CallDtmf {
+                        call,
+                        digit: digit.to_string(),
+                        method,
+                    });
+                }
+            }
+        }
+    }
+
     // ------------------------------------------------------------ answer
 
     pub(crate) fn answer(&mut self, id: Option<CallId>) -> Reply {
@@ -1138,6 +1202,12 @@ impl Engine {
                 };
                 self.publish(EventKind::CallConfirmed { call: id });
                 self.transfer_progress(id, 200, "OK", true);
+                if let Some(digits) = self.calls.get_mut(&id).and_then(|c| c.post_dial.take()) {
+                    // `123,45#`: a one-second pause, then the digits.
+                    if let Err(f) = self.dtmf(&format!(",{digits}"), Some(id)) {
+                        warn!("call {id}: post-dial digits {digits}: {}", f.message);
+                    }
+                }
                 for (command, reply, since) in deferred {
                     if since.elapsed() > DEFERRED_LIMIT {
                         let _ = reply.send(fail(
@@ -1202,7 +1272,16 @@ impl Engine {
                 }
             }
             SignalKind::Info { content_type, body } => {
-                debug!("call {id}: INFO {content_type} ({} bytes)", body.len());
+                match microsip_media::dtmf::parse_info(&content_type, &body) {
+                    Some(digit) if self.calls.contains_key(&id) => {
+                        self.publish(EventKind::CallDtmf {
+                            call: id,
+                            digit: digit.to_string(),
+                            method: "info",
+                        });
+                    }
+                    _ => debug!("call {id}: INFO {content_type} ({} bytes)", body.len()),
+                }
             }
             SignalKind::Ended { code, reason, by } => {
                 let by = match by {
@@ -1370,6 +1449,29 @@ fn rand_u64() -> u64 {
             .unwrap_or(0),
     );
     h.finish() >> 1
+}
+
+/// Sends digits one SIP INFO each (`application/dtmf-relay`), paced like tones:
+/// 100 ms per digit plus a 60 ms gap, one second per `,`.
+async fn send_info_digits(calls: microsip_sip::Calls, id: CallId, digits: String) {
+    use microsip_media::dtmf::{info_body, parse_digits, DtmfStep};
+    let Ok(steps) = parse_digits(&digits) else {
+        return;
+    };
+    for step in steps {
+        match step {
+            DtmfStep::Pause => tokio::time::sleep(Duration::from_secs(1)).await,
+            DtmfStep::Digit(d) => {
+                if let Ok((content_type, body)) = info_body(d, 100) {
+                    if let Err(e) = calls.info(id, content_type, body).await {
+                        warn!("call {id}: INFO for {d}: {e}");
+                        return;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(160)).await;
+            }
+        }
+    }
 }
 
 /// Media changes do not fail a call: a failure is logged and the call goes on.

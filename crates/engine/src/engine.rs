@@ -7,8 +7,8 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
-use microsip_config::{Account, Config, Transport};
-use microsip_media::{MediaConfig, MediaEngine};
+use microsip_config::{Account, Config, DtmfMethod, Transport};
+use microsip_media::{DtmfMode, MediaConfig, MediaEngine, MediaEvent};
 use microsip_sip::{
     CallSignal, Outcome, Registration, RegistrationConfig, RegistrationEvent, SipStack,
     SipTransport, StackConfig,
@@ -62,6 +62,8 @@ pub(crate) enum Request {
     Settled,
     /// Call work done in the background (re-INVITE answered, timers...).
     CallDone(CallDone),
+    /// Something the media thread saw (a DTMF digit...).
+    Media(MediaEvent),
 }
 
 /// A cheap, cloneable way for faces to reach the engine.
@@ -144,15 +146,27 @@ pub async fn start(
     let (sip, signals) = SipStack::start(stack_config)
         .await
         .map_err(|e| e.to_string())?;
-    let media = MediaEngine::start(MediaConfig {
-        bind_ip,
-        rtp_port_min: setup.config.settings.rtp_port_min,
-        rtp_port_max: setup.config.settings.rtp_port_max,
-    })
-    .map_err(|e| format!("cannot start media: {e}"))?;
     let (events, _) = broadcast::channel(EVENT_BACKLOG);
     let (reg_tx, reg_rx) = mpsc::unbounded_channel();
     let (inbox, requests) = mpsc::unbounded_channel();
+    let media_inbox = inbox.clone();
+    let media = MediaEngine::start_with_events(
+        MediaConfig {
+            bind_ip,
+            rtp_port_min: setup.config.settings.rtp_port_min,
+            rtp_port_max: setup.config.settings.rtp_port_max,
+            dtmf: match setup.config.settings.dtmf_method {
+                DtmfMethod::Auto => DtmfMode::Auto,
+                DtmfMethod::InBand => DtmfMode::Inband,
+                DtmfMethod::Rfc4733 => DtmfMode::Rfc4733,
+                DtmfMethod::SipInfo => DtmfMode::SipInfo,
+            },
+        },
+        Box::new(move |event| {
+            let _ = media_inbox.send(Request::Media(event));
+        }),
+    )
+    .map_err(|e| format!("cannot start media: {e}"))?;
 
     let mut engine = Engine {
         active_account: setup.config.settings.account_id,
@@ -311,6 +325,7 @@ impl Engine {
                     }
                     Request::Settled => {}
                     Request::CallDone(done) => self.on_call_done(done),
+                    Request::Media(event) => self.on_media_event(event),
                 },
                 Some(event) = reg_events.recv() => self.on_registration(event),
                 Some(signal) = signals.recv() => self.on_signal(signal),
@@ -465,6 +480,7 @@ impl Engine {
             Command::Hold { call, on } => return self.hold(call, on, reply),
             Command::Transfer { target, call } => return self.transfer(&target, call, reply),
             Command::ActiveCall => self.active_remote(),
+            Command::Dtmf { digits, call } => self.dtmf(&digits, call),
             Command::Calls => self.list_calls(),
             Command::Window { state } => ok(match state {
                 WindowState::Normal => "no window: running headless",

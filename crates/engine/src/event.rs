@@ -76,6 +76,13 @@ pub enum EventKind {
         reason: String,
         target: String,
     },
+    /// A DTMF digit received; `method`: `rfc4733`, `inband` or `info`.
+    #[serde(rename = "call.dtmf")]
+    CallDtmf {
+        call: u64,
+        digit: String,
+        method: &'static str,
+    },
     #[serde(rename = "call.ended")]
     CallEnded {
         call: u64,
@@ -102,6 +109,7 @@ impl EventKind {
             | EventKind::CallHeld { call, .. }
             | EventKind::CallResumed { call, .. }
             | EventKind::CallTransfer { call, .. }
+            | EventKind::CallDtmf { call, .. }
             | EventKind::CallEnded { call, .. } => Some(*call),
             _ => None,
         }
@@ -141,6 +149,7 @@ impl EventKind {
             EventKind::CallHeld { .. } => "call.held",
             EventKind::CallResumed { .. } => "call.resumed",
             EventKind::CallTransfer { .. } => "call.transfer",
+            EventKind::CallDtmf { .. } => "call.dtmf",
             EventKind::CallEnded { .. } => "call.ended",
             EventKind::PhoneExiting => "phone.exiting",
         }

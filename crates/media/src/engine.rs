@@ -5,8 +5,9 @@
 //! timestamp, symmetric-RTP latch, hold) and the clock. The tick runs on absolute
 //! deadlines (`start + n × 20 ms`), so it does not drift; there is no timer or task
 //! per call. Each tick, for each session: read 20 ms from the source, encode, send one
-//! packet; then drain what arrived, decode and hand it to the sink in arrival order
-//! (no jitter buffer yet).
+//! packet (or a DTMF event packet); then drain what arrived into the session's jitter
+//! buffer and play one frame from it (decoded, or concealed when lost). Received
+//! DTMF (RFC 4733, or in-band when asked) is reported through the event callback.
 //!
 //! Callers talk to the thread through [`MediaEngine`], a cheap clonable handle; every
 //! request waits for the thread's acknowledgement (at most one second), so when
@@ -25,7 +26,10 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::audio::{self, AudioError, AudioSink, AudioSource, AudioSpec, FRAME_SAMPLES};
+use crate::dtmf::{GoertzelDetector, Rfc4733Receiver, Rfc4733Sender, ToneGenerator};
 use crate::g711;
+use crate::jitter::{JitterBuffer, JitterConfig, Playout};
+use crate::plc::Plc;
 use crate::rtp::{self, RtpHeader};
 use crate::sdp::{Codec, Negotiated};
 
@@ -39,6 +43,31 @@ const MAX_PACKETS_PER_TICK: usize = 32;
 /// ticks are skipped instead of being run back to back.
 const MAX_LATENESS: Duration = Duration::from_millis(100);
 
+/// How DTMF travels in the media (the ini's `DTMFMethod`; SIP INFO is the SIP
+/// layer's business and means "no in-band detection" here).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DtmfMode {
+    /// RFC 4733 when the peer offered telephone-event, else in-band.
+    #[default]
+    Auto,
+    /// In-band tones only.
+    Inband,
+    /// RFC 4733 only.
+    Rfc4733,
+    /// SIP INFO: nothing in the media.
+    SipInfo,
+}
+
+/// Something the media thread reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MediaEvent {
+    /// A DTMF digit was received on call `call`.
+    Dtmf { call: u64, digit: char },
+}
+
+/// Where media events go (called on the media thread: must not block).
+pub type EventSink = Box<dyn Fn(MediaEvent) + Send + 'static>;
+
 /// Where the engine binds its RTP sockets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MediaConfig {
@@ -48,6 +77,8 @@ pub struct MediaConfig {
     pub rtp_port_min: Option<u16>,
     /// Highest RTP port (the ini's `rtpPortMax`); `None`: no upper bound (65535).
     pub rtp_port_max: Option<u16>,
+    /// How DTMF is sent and detected.
+    pub dtmf: DtmfMode,
 }
 
 /// What went wrong with a media request.
@@ -79,6 +110,8 @@ pub enum MediaError {
     Stopped,
     /// The media thread did not acknowledge within [`REQUEST_TIMEOUT`].
     Timeout,
+    /// DTMF could not be sent (bad digit, no stream, method not possible).
+    Dtmf(String),
 }
 
 impl fmt::Display for MediaError {
@@ -94,6 +127,7 @@ impl fmt::Display for MediaError {
             MediaError::UnknownSession(id) => write!(f, "no media session {id}"),
             MediaError::Stopped => f.write_str("the media thread has stopped"),
             MediaError::Timeout => f.write_str("the media thread did not answer within 1 s"),
+            MediaError::Dtmf(e) => f.write_str(e),
         }
     }
 }
@@ -126,6 +160,12 @@ pub struct MediaStats {
     pub last_received_ms_ago: Option<u64>,
     /// Where packets go: the SDP address, or the latched source (symmetric RTP).
     pub remote: Option<SocketAddr>,
+    /// Packets lost (never arrived in time), from the jitter buffer.
+    pub packets_lost: u64,
+    /// Interarrival jitter (RFC 3550), milliseconds.
+    pub jitter_ms: u32,
+    /// Current playout delay of the jitter buffer, milliseconds.
+    pub playout_delay_ms: u32,
 }
 
 /// Counters shared between the media thread (writer) and callers (readers).
@@ -140,6 +180,9 @@ struct SharedStats {
     last_received: AtomicU64,
     /// Changed only on configure and on latching.
     peer: Mutex<(Option<Codec>, Option<SocketAddr>)>,
+    packets_lost: AtomicU64,
+    jitter_ms: AtomicU64,
+    playout_delay_ms: AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -161,6 +204,7 @@ enum Request {
     Configure(u64, Box<Negotiated>),
     SetHold(u64, bool),
     SetReceiveOnly(u64, bool),
+    SendDtmf(u64, String),
     Close(u64),
 }
 
@@ -220,6 +264,14 @@ fn even_range(min: Option<u16>, max: Option<u16>) -> Result<Option<PortRange>, M
 impl MediaEngine {
     /// Starts the media thread.
     pub fn start(config: MediaConfig) -> Result<MediaEngine, MediaError> {
+        MediaEngine::start_with_events(config, Box::new(|_| {}))
+    }
+
+    /// Starts the media thread; `events` hears of received DTMF and the like.
+    pub fn start_with_events(
+        config: MediaConfig,
+        events: EventSink,
+    ) -> Result<MediaEngine, MediaError> {
         let range = even_range(config.rtp_port_min, config.rtp_port_max)?;
         let shared = Arc::new(Shared {
             bind_ip: config.bind_ip,
@@ -232,7 +284,7 @@ impl MediaEngine {
         thread::Builder::new()
             .name("media".into())
             .stack_size(256 * 1024)
-            .spawn(move || run(rx))
+            .spawn(move || run(rx, config.dtmf, events))
             .map_err(|e| MediaError::Socket(format!("cannot start the media thread: {e}")))?;
         Ok(MediaEngine { tx, shared })
     }
@@ -278,6 +330,9 @@ impl MediaEngine {
             bytes_received: AtomicU64::new(0),
             last_received: AtomicU64::new(0),
             peer: Mutex::new((None, None)),
+            packets_lost: AtomicU64::new(0),
+            jitter_ms: AtomicU64::new(0),
+            playout_delay_ms: AtomicU64::new(0),
         });
         {
             let mut sessions = lock(&self.shared.sessions);
@@ -357,6 +412,13 @@ impl MediaEngine {
         self.request(Request::SetReceiveOnly(id, receive_only))
     }
 
+    /// Sends DTMF `digits` (`0-9*#A-D`, `,` = 1 s pause) on call `id`: as RFC 4733
+    /// events when the peer offered telephone-event (and the mode allows), else as
+    /// in-band tones. Errors: a digit outside the set, no negotiated stream.
+    pub fn send_dtmf(&self, id: u64, digits: &str) -> Result<(), MediaError> {
+        self.request(Request::SendDtmf(id, digits.to_string()))
+    }
+
     /// Stops and removes the session and finishes its sink (a file gets its final
     /// header). Returns once done (at most [`REQUEST_TIMEOUT`]). A sink that failed to
     /// finish is reported, but the session is gone either way.
@@ -384,6 +446,9 @@ impl MediaEngine {
             bytes_received: stats.bytes_received.load(Ordering::Relaxed),
             last_received_ms_ago: (last > 0).then(|| now.saturating_sub(last - 1)),
             remote,
+            packets_lost: stats.packets_lost.load(Ordering::Relaxed),
+            jitter_ms: stats.jitter_ms.load(Ordering::Relaxed) as u32,
+            playout_delay_ms: stats.playout_delay_ms.load(Ordering::Relaxed) as u32,
         })
     }
 
@@ -407,6 +472,7 @@ fn random_u64() -> u64 {
 /// Buffers reused by every session on the media thread (nothing is allocated per
 /// packet).
 struct Scratch {
+    events: EventSink,
     pcm: [i16; FRAME_SAMPLES],
     payload: [u8; FRAME_SAMPLES],
     packet: [u8; rtp::HEADER_LEN + FRAME_SAMPLES],
@@ -433,6 +499,16 @@ struct Session {
     /// Whether the previous tick sent (the next first packet carries the marker).
     sending: bool,
     socket_error_logged: bool,
+    /// Received audio waits here for its playout tick.
+    jitter: JitterBuffer,
+    plc: Plc,
+    dtmf_mode: DtmfMode,
+    /// RFC 4733 sender, when the peer offered telephone-event.
+    dtmf_out: Option<Rfc4733Sender>,
+    dtmf_in: Rfc4733Receiver,
+    tones_out: ToneGenerator,
+    /// In-band detection, when the mode asks for it.
+    detector: Option<GoertzelDetector>,
 }
 
 impl Session {
@@ -463,6 +539,13 @@ impl Session {
             timestamp: t as u32,
             sending: false,
             socket_error_logged: false,
+            jitter: JitterBuffer::new(JitterConfig::new(8000, FRAME_SAMPLES as u32)),
+            plc: Plc::new(FRAME_SAMPLES),
+            dtmf_mode: DtmfMode::Auto,
+            dtmf_out: None,
+            dtmf_in: Rfc4733Receiver::new(),
+            tones_out: ToneGenerator::new(),
+            detector: None,
         }
     }
 
@@ -473,7 +556,44 @@ impl Session {
             self.latched = false;
         }
         *lock(&self.stats.peer) = (Some(negotiated.codec), self.target);
+        let events_allowed = matches!(self.dtmf_mode, DtmfMode::Auto | DtmfMode::Rfc4733);
+        self.dtmf_out = match (negotiated.telephone_event, events_allowed) {
+            (Some(pt), true) => Some(Rfc4733Sender::new(pt, 8000)),
+            _ => None,
+        };
+        let inband = match self.dtmf_mode {
+            DtmfMode::Inband => true,
+            DtmfMode::Auto => negotiated.telephone_event.is_none(),
+            DtmfMode::Rfc4733 | DtmfMode::SipInfo => false,
+        };
+        self.detector = inband.then(GoertzelDetector::new);
+        if remote_changed {
+            self.jitter.reset();
+            self.dtmf_in.reset();
+        }
         self.negotiated = Some(negotiated);
+    }
+
+    /// Queues DTMF digits by the way this call can carry them.
+    fn send_dtmf(&mut self, digits: &str) -> Result<(), MediaError> {
+        if self.negotiated.is_none() {
+            return Err(MediaError::Dtmf("the call has no audio stream yet".into()));
+        }
+        let result = match (&mut self.dtmf_out, self.dtmf_mode) {
+            (_, DtmfMode::SipInfo) => {
+                return Err(MediaError::Dtmf(
+                    "DTMF goes by SIP INFO on this phone".into(),
+                ))
+            }
+            (Some(sender), DtmfMode::Auto | DtmfMode::Rfc4733) => sender.queue(digits),
+            (None, DtmfMode::Rfc4733) => {
+                return Err(MediaError::Dtmf(
+                    "the other side did not offer telephone-event (RFC 4733)".into(),
+                ))
+            }
+            _ => self.tones_out.queue(digits),
+        };
+        result.map_err(|e| MediaError::Dtmf(e.to_string()))
     }
 
     fn may_send(&self) -> bool {
@@ -507,21 +627,45 @@ impl Session {
             let (pt, codec) = (n.payload_type, n.codec);
             match self.target {
                 Some(to) if self.may_send() => {
+                    // The source always advances, so a file keeps its pace.
                     self.source.read(&mut scratch.pcm);
-                    match codec {
-                        Codec::Pcmu => g711::encode_ulaw(&scratch.pcm, &mut scratch.payload),
-                        Codec::Pcma => g711::encode_alaw(&scratch.pcm, &mut scratch.payload),
+                    let event = self.dtmf_out.as_mut().and_then(|sender| {
+                        sender
+                            .tick(self.timestamp)
+                            .map(|ev| (sender.payload_type(), ev))
+                    });
+                    let written = match event {
+                        Some((event_pt, ev)) => {
+                            let header = RtpHeader {
+                                marker: ev.marker,
+                                payload_type: event_pt,
+                                sequence: self.sequence,
+                                timestamp: ev.timestamp,
+                                ssrc: self.ssrc,
+                            };
+                            rtp::write_packet(&header, &ev.payload, &mut scratch.packet)
+                        }
+                        None => {
+                            self.tones_out.fill(&mut scratch.pcm);
+                            match codec {
+                                Codec::Pcmu => {
+                                    g711::encode_ulaw(&scratch.pcm, &mut scratch.payload)
+                                }
+                                Codec::Pcma => {
+                                    g711::encode_alaw(&scratch.pcm, &mut scratch.payload)
+                                }
+                            };
+                            let header = RtpHeader {
+                                marker: !self.sending,
+                                payload_type: pt,
+                                sequence: self.sequence,
+                                timestamp: self.timestamp,
+                                ssrc: self.ssrc,
+                            };
+                            rtp::write_packet(&header, &scratch.payload, &mut scratch.packet)
+                        }
                     };
-                    let header = RtpHeader {
-                        marker: !self.sending,
-                        payload_type: pt,
-                        sequence: self.sequence,
-                        timestamp: self.timestamp,
-                        ssrc: self.ssrc,
-                    };
-                    if let Ok(len) =
-                        rtp::write_packet(&header, &scratch.payload, &mut scratch.packet)
-                    {
+                    if let Ok(len) = written {
                         match self.socket.send_to(&scratch.packet[..len], to) {
                             Ok(sent) => {
                                 self.stats.packets_sent.fetch_add(1, Ordering::Relaxed);
@@ -543,6 +687,52 @@ impl Session {
             self.timestamp = self.timestamp.wrapping_add(FRAME_SAMPLES as u32);
         }
         self.receive(scratch);
+        self.play(scratch);
+    }
+
+    /// Plays one frame from the jitter buffer: decoded, or concealed when it was lost.
+    fn play(&mut self, scratch: &mut Scratch) {
+        let Some(codec) = self.negotiated.as_ref().map(|n| n.codec) else {
+            return;
+        };
+        if !self.plays() {
+            return;
+        }
+        let now = self.epoch.elapsed().as_millis() as u64;
+        let frame = &mut scratch.decoded[..FRAME_SAMPLES];
+        let samples = match self.jitter.pop(now) {
+            Playout::Frame(payload) => {
+                let n = match codec {
+                    Codec::Pcmu => g711::decode_ulaw(payload, frame),
+                    Codec::Pcma => g711::decode_alaw(payload, frame),
+                };
+                self.plc.smooth_recovery(&mut frame[..n]);
+                self.plc.good(&frame[..n]);
+                n
+            }
+            Playout::Missing => {
+                self.plc.conceal(frame);
+                FRAME_SAMPLES
+            }
+            Playout::Waiting => return,
+        };
+        if let Some(detector) = self.detector.as_mut() {
+            let (id, events) = (self.id, &scratch.events);
+            detector.process_samples(&frame[..samples], |digit| {
+                (events)(MediaEvent::Dtmf { call: id, digit })
+            });
+        }
+        if let Err(e) = self.sink.write(&frame[..samples]) {
+            tracing::warn!(call = self.id, error = %e, "audio output failed; the call goes on without it");
+        }
+        let js = self.jitter.stats();
+        self.stats.packets_lost.store(js.lost, Ordering::Relaxed);
+        self.stats
+            .jitter_ms
+            .store(js.jitter_ms.max(0.0) as u64, Ordering::Relaxed);
+        self.stats
+            .playout_delay_ms
+            .store(u64::from(js.current_delay_ms), Ordering::Relaxed);
     }
 
     fn receive(&mut self, scratch: &mut Scratch) {
@@ -592,15 +782,22 @@ impl Session {
             .fetch_add(len as u64, Ordering::Relaxed);
         let now = self.epoch.elapsed().as_millis() as u64 + 1;
         self.stats.last_received.store(now, Ordering::Relaxed);
-        if !is_media || !self.plays() {
+        if !is_media {
+            if matches!(self.dtmf_mode, DtmfMode::Auto | DtmfMode::Rfc4733) {
+                if let Some(digit) = self
+                    .dtmf_in
+                    .on_packet(packet.header.timestamp, packet.payload)
+                {
+                    (scratch.events)(MediaEvent::Dtmf {
+                        call: self.id,
+                        digit,
+                    });
+                }
+            }
             return;
         }
-        let samples = match n.codec {
-            Codec::Pcmu => g711::decode_ulaw(packet.payload, &mut scratch.decoded),
-            Codec::Pcma => g711::decode_alaw(packet.payload, &mut scratch.decoded),
-        };
-        if let Err(e) = self.sink.write(&scratch.decoded[..samples]) {
-            tracing::warn!(call = self.id, error = %e, "audio output failed; the call goes on without it");
+        if self.plays() {
+            self.jitter.push_packet(now, &packet.header, packet.payload);
         }
     }
 
@@ -616,9 +813,10 @@ fn find(sessions: &mut [Session], id: u64) -> Result<&mut Session, MediaError> {
         .ok_or(MediaError::UnknownSession(id))
 }
 
-fn handle(sessions: &mut Vec<Session>, request: Request) -> Result<(), MediaError> {
+fn handle(sessions: &mut Vec<Session>, request: Request, dtmf: DtmfMode) -> Result<(), MediaError> {
     match request {
-        Request::Add(session) => {
+        Request::Add(mut session) => {
+            session.dtmf_mode = dtmf;
             if sessions.iter().any(|s| s.id == session.id) {
                 return Err(MediaError::DuplicateSession(session.id));
             }
@@ -637,6 +835,7 @@ fn handle(sessions: &mut Vec<Session>, request: Request) -> Result<(), MediaErro
             find(sessions, id)?.receive_only = on;
             Ok(())
         }
+        Request::SendDtmf(id, digits) => find(sessions, id)?.send_dtmf(&digits),
         Request::Close(id) => {
             let index = sessions
                 .iter()
@@ -649,9 +848,10 @@ fn handle(sessions: &mut Vec<Session>, request: Request) -> Result<(), MediaErro
 }
 
 /// The media thread.
-fn run(rx: mpsc::Receiver<Envelope>) {
+fn run(rx: mpsc::Receiver<Envelope>, dtmf: DtmfMode, events: EventSink) {
     let mut sessions: Vec<Session> = Vec::new();
     let mut scratch = Box::new(Scratch {
+        events,
         pcm: [0; FRAME_SAMPLES],
         payload: [0; FRAME_SAMPLES],
         packet: [0; rtp::HEADER_LEN + FRAME_SAMPLES],
@@ -664,7 +864,9 @@ fn run(rx: mpsc::Receiver<Envelope>) {
         if sessions.is_empty() {
             // Idle: sleep until someone asks for something.
             let Ok(envelope) = rx.recv() else { break };
-            let _ = envelope.ack.send(handle(&mut sessions, envelope.request));
+            let _ = envelope
+                .ack
+                .send(handle(&mut sessions, envelope.request, dtmf));
             start = Instant::now();
             ticks = 0;
             continue;
@@ -688,7 +890,9 @@ fn run(rx: mpsc::Receiver<Envelope>) {
         }
         match rx.recv_timeout(deadline - now) {
             Ok(envelope) => {
-                let _ = envelope.ack.send(handle(&mut sessions, envelope.request));
+                let _ = envelope
+                    .ack
+                    .send(handle(&mut sessions, envelope.request, dtmf));
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) => break,

@@ -9,13 +9,22 @@
 //! * [`engine`] is the one media thread serving every call on one 20 ms tick.
 
 pub mod audio;
+pub mod codec;
+pub mod dtmf;
 pub mod engine;
 pub mod g711;
+pub mod g722;
+pub mod jitter;
+pub mod opus;
+pub mod plc;
+pub mod resample;
 pub mod rtp;
 pub mod sdp;
 
 pub use audio::{AudioError, AudioSink, AudioSource, AudioSpec, FRAME_SAMPLES};
-pub use engine::{MediaConfig, MediaEngine, MediaError, MediaStats};
+pub use engine::{
+    DtmfMode, EventSink, MediaConfig, MediaEngine, MediaError, MediaEvent, MediaStats,
+};
 pub use sdp::{
     accept_answer, answer, offer, parse as parse_sdp, Codec, Direction, LocalMedia, Negotiated,
     SdpError, SessionDesc,

@@ -7,8 +7,11 @@
 //! negotiation is a [`Negotiated`] value the media engine takes; nothing here opens a
 //! socket or knows about SIP.
 //!
-//! Codecs are described by one table ([`Codec`]), so adding G.722 or Opus is a new
-//! table row plus its encoder.
+//! Codecs are described by one table ([`Codec`]): PCMU and PCMA, and with the
+//! `wideband` feature G.722 (`G722/8000`, payload type 9: RFC 3551 keeps an 8 kHz RTP
+//! clock although it samples at 16 kHz) and Opus (`opus/48000/2`, dynamic payload
+//! type, 111 in our offers, with `a=fmtp` asking for in-band FEC and 20 ms frames).
+//! Answers keep the offerer's payload type numbers.
 
 use std::fmt;
 use std::fmt::Write as _;
@@ -103,6 +106,23 @@ pub enum Codec {
     Pcmu,
     /// G.711 A-law.
     Pcma,
+    /// G.722 at 64 kbit/s (16 kHz audio, RTP clock 8000).
+    #[cfg(feature = "wideband")]
+    G722,
+    /// Opus, sent mono at 48 kHz (RTP clock 48000, written `opus/48000/2`).
+    #[cfg(feature = "wideband")]
+    Opus,
+}
+
+/// Format parameters a codec writes in `a=fmtp`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FmtpKind {
+    /// None.
+    None,
+    /// Opus (RFC 7587): in-band FEC, 20 ms minimum packet time, and mono unless the
+    /// ini's `opusStereo` is set.
+    #[cfg_attr(not(feature = "wideband"), allow(dead_code))]
+    Opus,
 }
 
 /// One row of the codec table.
@@ -114,10 +134,17 @@ struct CodecInfo {
     clock_rate: u32,
     /// Rate written in MicroSIP's ini (`audioCodecs=PCMA/8000/1 ...`).
     ini_rate: u32,
-    /// Channels.
+    /// Channels, as written in `a=rtpmap` and in the ini.
     channels: u8,
+    /// Channel counts accepted when reading an `a=rtpmap` or the ini (Opus is
+    /// `/2` by RFC 7587, but `/1` and a missing count are seen too).
+    accepted_channels: &'static [u8],
     /// RFC 3551 static payload type, if any.
     static_pt: Option<u8>,
+    /// The payload type our offers use when there is no static one (when free).
+    offer_pt: Option<u8>,
+    /// What goes in `a=fmtp`.
+    fmtp: FmtpKind,
 }
 
 const CODECS: &[CodecInfo] = &[
@@ -127,7 +154,10 @@ const CODECS: &[CodecInfo] = &[
         clock_rate: 8000,
         ini_rate: 8000,
         channels: 1,
+        accepted_channels: &[1],
         static_pt: Some(0),
+        offer_pt: None,
+        fmtp: FmtpKind::None,
     },
     CodecInfo {
         codec: Codec::Pcma,
@@ -135,9 +165,40 @@ const CODECS: &[CodecInfo] = &[
         clock_rate: 8000,
         ini_rate: 8000,
         channels: 1,
+        accepted_channels: &[1],
         static_pt: Some(8),
+        offer_pt: None,
+        fmtp: FmtpKind::None,
+    },
+    #[cfg(feature = "wideband")]
+    CodecInfo {
+        codec: Codec::G722,
+        name: "G722",
+        // RFC 3551 §4.5.2: the RTP clock stays 8000 for historical reasons.
+        clock_rate: 8000,
+        ini_rate: 16000,
+        channels: 1,
+        accepted_channels: &[1],
+        static_pt: Some(9),
+        offer_pt: None,
+        fmtp: FmtpKind::None,
+    },
+    #[cfg(feature = "wideband")]
+    CodecInfo {
+        codec: Codec::Opus,
+        name: "opus",
+        clock_rate: 48000,
+        ini_rate: 48000,
+        channels: 2,
+        accepted_channels: &[2, 1],
+        static_pt: None,
+        offer_pt: Some(OPUS_PT),
+        fmtp: FmtpKind::Opus,
     },
 ];
+
+/// Payload type we offer for Opus (the common choice; answers keep the offerer's).
+pub const OPUS_PT: u8 = 111;
 
 /// First payload type handed out to codecs without a static one.
 const FIRST_DYNAMIC_PT: u8 = 96;
@@ -158,17 +219,17 @@ impl Codec {
             .unwrap_or(&CODECS[0])
     }
 
-    /// Encoding name as in `a=rtpmap` (`PCMU`, `PCMA`).
+    /// Encoding name as in `a=rtpmap` (`PCMU`, `PCMA`, `G722`, `opus`).
     pub fn name(self) -> &'static str {
         self.info().name
     }
 
-    /// RTP clock rate.
+    /// RTP clock rate (8000 for G.722 although it samples at 16 kHz).
     pub fn clock_rate(self) -> u32 {
         self.info().clock_rate
     }
 
-    /// Channels.
+    /// Channels as written in `a=rtpmap` (2 for Opus, which is still sent mono).
     pub fn channels(self) -> u8 {
         self.info().channels
     }
@@ -178,8 +239,10 @@ impl Codec {
         self.info().static_pt
     }
 
-    /// Parses one entry of MicroSIP's `audioCodecs` ini key, e.g. `PCMA/8000/1`
-    /// (case-insensitive; rate and channels may be left out). Unknown → `None`.
+    /// Parses one entry of MicroSIP's `audioCodecs` ini key, e.g. `PCMA/8000/1`,
+    /// `G722/16000/1`, `opus/48000/2` (case-insensitive; rate and channels may be
+    /// left out; G.722 is also accepted with its RTP rate 8000, Opus with 1
+    /// channel). Unknown → `None`.
     pub fn from_ini_name(text: &str) -> Option<Codec> {
         let mut parts = text.trim().split('/');
         let name = parts.next()?.trim();
@@ -198,8 +261,8 @@ impl Codec {
             .iter()
             .find(|c| {
                 c.name.eq_ignore_ascii_case(name)
-                    && rate.is_none_or(|r| r == c.ini_rate)
-                    && channels.is_none_or(|ch| ch == c.channels)
+                    && rate.is_none_or(|r| r == c.ini_rate || r == c.clock_rate)
+                    && channels.is_none_or(|ch| c.accepted_channels.contains(&ch))
             })
             .map(|c| c.codec)
     }
@@ -218,7 +281,7 @@ impl Codec {
         out
     }
 
-    /// The ini spelling (`PCMA/8000/1`).
+    /// The ini spelling (`PCMA/8000/1`, `G722/16000/1`, `opus/48000/2`).
     pub fn ini_name(self) -> String {
         let i = self.info();
         format!("{}/{}/{}", i.name, i.ini_rate, i.channels)
@@ -229,7 +292,23 @@ impl Codec {
         let i = self.info();
         map.encoding.eq_ignore_ascii_case(i.name)
             && map.clock_rate == i.clock_rate
-            && map.channels.unwrap_or(1) == i.channels
+            && i.accepted_channels.contains(&map.channels.unwrap_or(1))
+    }
+
+    /// The payload type our offers use when the codec has no static one.
+    fn offer_payload_type(self) -> Option<u8> {
+        self.info().offer_pt
+    }
+
+    /// Our `a=fmtp` parameters for this codec, if it has any.
+    fn fmtp_params(self, local: &LocalMedia) -> Option<&'static str> {
+        match self.info().fmtp {
+            FmtpKind::None => None,
+            FmtpKind::Opus if local.opus_stereo => {
+                Some("useinbandfec=1;minptime=20;stereo=1;sprop-stereo=1")
+            }
+            FmtpKind::Opus => Some("useinbandfec=1;minptime=20;stereo=0;sprop-stereo=0"),
+        }
     }
 }
 
@@ -580,6 +659,9 @@ pub struct LocalMedia {
     pub session_id: u64,
     /// `o=` version (incremented on every new offer or answer that changes).
     pub version: u64,
+    /// The ini's `opusStereo`: Opus `a=fmtp` says `stereo=1;sprop-stereo=1`
+    /// instead of `0` (we still send mono; stereo received is mixed down).
+    pub opus_stereo: bool,
 }
 
 /// The outcome of an offer/answer exchange: what the media engine needs.
@@ -631,21 +713,28 @@ fn write_session_header(out: &mut String, local: &LocalMedia) {
 pub fn offer(local: &LocalMedia) -> String {
     let mut out = String::with_capacity(320);
     write_session_header(&mut out, local);
-    let mut next_dynamic = FIRST_DYNAMIC_PT;
     let mut pts: Vec<(u8, Codec)> = Vec::new();
+    let taken = |pts: &[(u8, Codec)], pt: u8| {
+        pt == TELEPHONE_EVENT_PT || pts.iter().any(|(have, _)| *have == pt)
+    };
     for &c in &local.codecs {
         if pts.iter().any(|(_, have)| *have == c) {
             continue;
         }
-        let pt = match c.static_payload_type() {
-            Some(pt) => pt,
-            None => {
-                if next_dynamic == TELEPHONE_EVENT_PT {
-                    next_dynamic += 1;
+        let pt = match (c.static_payload_type(), c.offer_payload_type()) {
+            (Some(pt), _) => pt,
+            (None, Some(pt)) if !taken(&pts, pt) => pt,
+            (None, _) => {
+                match (FIRST_DYNAMIC_PT..=127).find(|&pt| {
+                    !taken(&pts, pt)
+                        && !local
+                            .codecs
+                            .iter()
+                            .any(|other| other.offer_payload_type() == Some(pt))
+                }) {
+                    Some(pt) => pt,
+                    None => continue,
                 }
-                let pt = next_dynamic;
-                next_dynamic += 1;
-                pt
             }
         };
         pts.push((pt, c));
@@ -660,7 +749,7 @@ pub fn offer(local: &LocalMedia) -> String {
     }
     out.push_str("\r\n");
     for (pt, c) in &pts {
-        write_rtpmap(&mut out, *pt, *c);
+        write_rtpmap(&mut out, *pt, *c, local);
     }
     if let Some(te) = te {
         write_telephone_event(&mut out, te);
@@ -669,7 +758,8 @@ pub fn offer(local: &LocalMedia) -> String {
     out
 }
 
-fn write_rtpmap(out: &mut String, pt: u8, c: Codec) {
+/// `a=rtpmap` for `c` under `pt`, and its `a=fmtp` when it has parameters.
+fn write_rtpmap(out: &mut String, pt: u8, c: Codec, local: &LocalMedia) {
     if c.channels() == 1 {
         let _ = write!(out, "a=rtpmap:{pt} {}/{}\r\n", c.name(), c.clock_rate());
     } else {
@@ -680,6 +770,9 @@ fn write_rtpmap(out: &mut String, pt: u8, c: Codec) {
             c.clock_rate(),
             c.channels()
         );
+    }
+    if let Some(params) = c.fmtp_params(local) {
+        let _ = write!(out, "a=fmtp:{pt} {params}\r\n");
     }
 }
 
@@ -759,7 +852,7 @@ pub fn answer(offer: &SessionDesc, local: &LocalMedia) -> Result<(String, Negoti
                     let _ = write!(out, " {te}");
                 }
                 out.push_str("\r\n");
-                write_rtpmap(&mut out, pt, codec);
+                write_rtpmap(&mut out, pt, codec, local);
                 if let Some(te) = te {
                     write_telephone_event(&mut out, te);
                 }
@@ -867,6 +960,7 @@ mod tests {
             direction: Direction::SendRecv,
             session_id: 1234,
             version: 1,
+            opus_stereo: false,
         }
     }
 
@@ -965,15 +1059,18 @@ a=rtpmap:96 VP8/90000\n";
         assert_eq!(Codec::from_ini_name("PCMU"), Some(Codec::Pcmu));
         assert_eq!(Codec::from_ini_name("PCMU/16000/1"), None);
         assert_eq!(Codec::from_ini_name("PCMU/8000/2"), None);
-        assert_eq!(Codec::from_ini_name("opus/48000/2"), None);
-        assert_eq!(Codec::from_ini_name("G722/16000/1"), None);
         assert_eq!(Codec::from_ini_name(""), None);
         assert_eq!(Codec::from_ini_name("PCMA/x"), None);
-        assert_eq!(
-            Codec::list_from_ini("opus/48000/2 G722/16000/1 PCMA/8000/1 PCMU/8000/1"),
-            vec![Codec::Pcma, Codec::Pcmu]
-        );
         assert_eq!(Codec::Pcma.ini_name(), "PCMA/8000/1");
+        #[cfg(not(feature = "wideband"))]
+        {
+            assert_eq!(Codec::from_ini_name("opus/48000/2"), None);
+            assert_eq!(Codec::from_ini_name("G722/16000/1"), None);
+            assert_eq!(
+                Codec::list_from_ini("opus/48000/2 G722/16000/1 PCMA/8000/1 PCMU/8000/1"),
+                vec![Codec::Pcma, Codec::Pcmu]
+            );
+        }
     }
 
     #[test]
@@ -1243,6 +1340,10 @@ m=audio 30000 RTP/AVP 0 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:101 telephone-ev
             state
         };
         let alphabet = b"vocmat=:/ \r\n0123456789.IPN4audioRTPAVsendrcvinactive-";
+        let every = LocalMedia {
+            codecs: Codec::all().collect(),
+            ..local()
+        };
         let mut bytes = Vec::new();
         for round in 0..20_000 {
             bytes.clear();
@@ -1259,6 +1360,7 @@ m=audio 30000 RTP/AVP 0 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:101 telephone-ev
             if let Ok(d) = parse(&text) {
                 let _ = answer(&d, &local());
                 let _ = accept_answer(&d, &local());
+                let _ = answer(&d, &every);
             }
         }
         // Mutations of real offers.
@@ -1274,8 +1376,260 @@ m=audio 30000 RTP/AVP 0 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:101 telephone-ev
                 if let Ok(d) = parse(&text) {
                     let _ = answer(&d, &local());
                     let _ = accept_answer(&d, &local());
+                    let _ = answer(&d, &every);
+                    let _ = accept_answer(&d, &every);
                 }
             }
         }
+    }
+    /// baresip 1.0 with its opus, g722 and g711 modules.
+    #[cfg(feature = "wideband")]
+    const BARESIP_WIDEBAND: &str = "v=0\r\n\
+o=- 2890844526 2890844526 IN IP4 127.0.0.1\r\n\
+s=-\r\n\
+c=IN IP4 127.0.0.1\r\n\
+t=0 0\r\n\
+m=audio 10300 RTP/AVP 96 9 0 8 101\r\n\
+b=AS:96\r\n\
+a=rtpmap:96 opus/48000/2\r\n\
+a=fmtp:96 stereo=1;sprop-stereo=1\r\n\
+a=rtpmap:9 G722/8000\r\n\
+a=rtpmap:0 PCMU/8000\r\n\
+a=rtpmap:8 PCMA/8000\r\n\
+a=rtpmap:101 telephone-event/8000\r\n\
+a=fmtp:101 0-15\r\n\
+a=rtcp-mux\r\n\
+a=sendrecv\r\n";
+
+    /// MicroSIP (pjsip) with `audioCodecs=opus/48000/2 G722/16000/1 PCMA/8000/1
+    /// PCMU/8000/1`: Opus on pjsip's dynamic number, G.722 without an rtpmap clock
+    /// surprise.
+    #[cfg(feature = "wideband")]
+    const MICROSIP_OPUS: &str = "v=0\r\n\
+o=- 3906700000 3906700000 IN IP4 10.0.0.5\r\n\
+s=pjmedia\r\n\
+b=AS:117\r\n\
+t=0 0\r\n\
+a=X-nat:0\r\n\
+m=audio 4002 RTP/AVP 120 9 8 0 101\r\n\
+c=IN IP4 10.0.0.5\r\n\
+b=TIAS:96000\r\n\
+a=rtcp:4003 IN IP4 10.0.0.5\r\n\
+a=sendrecv\r\n\
+a=rtpmap:120 opus/48000/2\r\n\
+a=fmtp:120 useinbandfec=1\r\n\
+a=rtpmap:9 G722/8000\r\n\
+a=rtpmap:8 PCMA/8000\r\n\
+a=rtpmap:0 PCMU/8000\r\n\
+a=rtpmap:101 telephone-event/8000\r\n\
+a=fmtp:101 0-16\r\n\
+a=ssrc:1052359840 cname:7b0e3b5b2c5d6a1f\r\n";
+
+    #[cfg(feature = "wideband")]
+    fn wideband_local(codecs: &[Codec]) -> LocalMedia {
+        LocalMedia {
+            codecs: codecs.to_vec(),
+            ..local()
+        }
+    }
+
+    #[cfg(feature = "wideband")]
+    #[test]
+    fn wideband_ini_names() {
+        for name in [
+            "opus/48000/2",
+            "OPUS/48000/2",
+            "opus/48000/1",
+            "opus/48000",
+            "Opus",
+        ] {
+            assert_eq!(Codec::from_ini_name(name), Some(Codec::Opus), "{name}");
+        }
+        for name in ["G722/16000/1", "g722/16000/1", "G722/8000/1", "G722"] {
+            assert_eq!(Codec::from_ini_name(name), Some(Codec::G722), "{name}");
+        }
+        for name in [
+            "opus/16000/2",
+            "opus/48000/3",
+            "G722/16000/2",
+            "G722/32000/1",
+            "G729/8000/1",
+        ] {
+            assert_eq!(Codec::from_ini_name(name), None, "{name}");
+        }
+        assert_eq!(
+            Codec::list_from_ini("opus/48000/2 G722/16000/1 PCMA/8000/1 PCMU/8000/1 G729/8000/1"),
+            vec![Codec::Opus, Codec::G722, Codec::Pcma, Codec::Pcmu]
+        );
+        assert_eq!(
+            Codec::list_from_ini("PCMU/8000/1 opus/48000/2 OPUS/48000/2"),
+            vec![Codec::Pcmu, Codec::Opus]
+        );
+        assert_eq!(Codec::G722.ini_name(), "G722/16000/1");
+        assert_eq!(Codec::Opus.ini_name(), "opus/48000/2");
+        assert_eq!(Codec::G722.clock_rate(), 8000);
+        assert_eq!(Codec::G722.static_payload_type(), Some(9));
+        assert_eq!(Codec::Opus.static_payload_type(), None);
+        assert_eq!(
+            Codec::all().collect::<Vec<_>>(),
+            vec![Codec::Pcmu, Codec::Pcma, Codec::G722, Codec::Opus]
+        );
+    }
+
+    #[cfg(feature = "wideband")]
+    #[test]
+    fn wideband_offer_text() {
+        let l = wideband_local(&[Codec::Opus, Codec::G722, Codec::Pcma, Codec::Pcmu]);
+        let text = offer(&l);
+        assert_eq!(
+            text,
+            "v=0\r\no=- 1234 1 IN IP4 192.0.2.20\r\ns=microsip\r\nc=IN IP4 192.0.2.20\r\nt=0 0\r\n\
+m=audio 4000 RTP/AVP 111 9 8 0 101\r\n\
+a=rtpmap:111 opus/48000/2\r\n\
+a=fmtp:111 useinbandfec=1;minptime=20;stereo=0;sprop-stereo=0\r\n\
+a=rtpmap:9 G722/8000\r\na=rtpmap:8 PCMA/8000\r\na=rtpmap:0 PCMU/8000\r\n\
+a=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-16\r\na=ptime:20\r\na=sendrecv\r\n"
+        );
+        // Read back: every codec on its number.
+        let m = &parse(&text).unwrap().media[0];
+        assert_eq!(m.codec_of(111), Some(Codec::Opus));
+        assert_eq!(m.codec_of(9), Some(Codec::G722));
+        // opusStereo.
+        let stereo = LocalMedia {
+            opus_stereo: true,
+            ..l.clone()
+        };
+        assert!(offer(&stereo)
+            .contains("a=fmtp:111 useinbandfec=1;minptime=20;stereo=1;sprop-stereo=1\r\n"));
+        // forceCodec (the engine keeps only the first): one codec, still with fmtp.
+        let forced = wideband_local(&[Codec::G722]);
+        let text = offer(&forced);
+        assert!(text.contains("m=audio 4000 RTP/AVP 9 101\r\na=rtpmap:9 G722/8000\r\n"));
+        assert!(!text.contains("a=fmtp:9"));
+        // Our own offer accepted back as an answer.
+        let n = accept_answer(&parse(&offer(&l)).unwrap(), &l).unwrap();
+        assert_eq!((n.codec, n.payload_type), (Codec::Opus, 111));
+    }
+
+    #[cfg(feature = "wideband")]
+    #[test]
+    fn answer_baresip_wideband_by_our_priority() {
+        let d = parse(BARESIP_WIDEBAND).unwrap();
+        // Opus first for us: the offerer's 96 is kept, with our fmtp.
+        let (text, n) = answer(
+            &d,
+            &wideband_local(&[Codec::Opus, Codec::G722, Codec::Pcmu]),
+        )
+        .unwrap();
+        assert_eq!((n.codec, n.payload_type), (Codec::Opus, 96));
+        assert_eq!(n.telephone_event, Some(101));
+        assert!(text.contains("m=audio 4000 RTP/AVP 96 101\r\n"), "{text}");
+        assert!(text.contains(
+            "a=rtpmap:96 opus/48000/2\r\na=fmtp:96 useinbandfec=1;minptime=20;stereo=0;sprop-stereo=0\r\n"
+        ));
+        assert!(!text.contains("a=rtpmap:111"));
+        // G.722 first: 9, RTP clock 8000 in the answer.
+        let (text, n) = answer(
+            &d,
+            &wideband_local(&[Codec::G722, Codec::Opus, Codec::Pcmu]),
+        )
+        .unwrap();
+        assert_eq!((n.codec, n.payload_type), (Codec::G722, 9));
+        assert!(text.contains("m=audio 4000 RTP/AVP 9 101\r\na=rtpmap:9 G722/8000\r\n"));
+        assert!(!text.contains("opus"));
+        // PCMU first (even though the offer lists opus and G.722 before it).
+        let (_, n) = answer(&d, &wideband_local(&[Codec::Pcmu, Codec::Opus])).unwrap();
+        assert_eq!((n.codec, n.payload_type), (Codec::Pcmu, 0));
+        // Only codecs the offer lacks: 488.
+        let no_g711 = BARESIP_WIDEBAND
+            .replace("96 9 0 8 101", "96 101")
+            .replace("a=rtpmap:9 G722/8000\r\n", "");
+        assert_eq!(
+            answer(
+                &parse(&no_g711).unwrap(),
+                &wideband_local(&[Codec::G722, Codec::Pcma])
+            )
+            .unwrap_err(),
+            SdpError::NoCommonCodec
+        );
+    }
+
+    #[cfg(feature = "wideband")]
+    #[test]
+    fn answer_microsip_opus_first() {
+        let d = parse(MICROSIP_OPUS).unwrap();
+        let m = &d.media[0];
+        assert_eq!(m.codec_of(120), Some(Codec::Opus));
+        assert_eq!(m.codec_of(9), Some(Codec::G722));
+        // MicroSIP's default order on our side too.
+        let ours = Codec::list_from_ini("opus/48000/2 G722/16000/1 PCMA/8000/1 PCMU/8000/1");
+        let (text, n) = answer(&d, &wideband_local(&ours)).unwrap();
+        assert_eq!((n.codec, n.payload_type), (Codec::Opus, 120));
+        assert_eq!(n.remote, Some("10.0.0.5:4002".parse().unwrap()));
+        assert!(text
+            .contains("m=audio 4000 RTP/AVP 120 101\r\na=rtpmap:120 opus/48000/2\r\na=fmtp:120 "));
+        // The old ini default (G.711 only) still answers PCMA.
+        let (_, n) = answer(&d, &local()).unwrap();
+        assert_eq!((n.codec, n.payload_type), (Codec::Pcma, 8));
+        // Linphone's opus on 96 (with telephone-event at 8000 on 100).
+        let (_, n) = answer(&parse(LINPHONE).unwrap(), &wideband_local(&[Codec::Opus])).unwrap();
+        assert_eq!(
+            (n.codec, n.payload_type, n.telephone_event),
+            (Codec::Opus, 96, Some(100))
+        );
+    }
+
+    #[cfg(feature = "wideband")]
+    #[test]
+    fn wideband_rtpmap_matching() {
+        // Static 9 without an rtpmap is G.722; a G722/16000 rtpmap is not (RFC 3551).
+        let bare = "v=0\r\nc=IN IP4 198.51.100.1\r\nm=audio 5004 RTP/AVP 9\r\n";
+        let (_, n) = answer(&parse(bare).unwrap(), &wideband_local(&[Codec::G722])).unwrap();
+        assert_eq!((n.codec, n.payload_type), (Codec::G722, 9));
+        let wrong =
+            "v=0\r\nc=IN IP4 198.51.100.1\r\nm=audio 5004 RTP/AVP 9\r\na=rtpmap:9 G722/16000\r\n";
+        assert_eq!(
+            answer(&parse(wrong).unwrap(), &wideband_local(&[Codec::G722])).unwrap_err(),
+            SdpError::NoCommonCodec
+        );
+        // opus without a channel count, or upper-case, is still Opus; opus/16000 is not.
+        for (map, ok) in [
+            ("opus/48000", true),
+            ("OPUS/48000/2", true),
+            ("opus/16000/2", false),
+        ] {
+            let text = format!(
+                "v=0\r\nc=IN IP4 198.51.100.1\r\nm=audio 5004 RTP/AVP 107\r\na=rtpmap:107 {map}\r\n"
+            );
+            let got = answer(&parse(&text).unwrap(), &wideband_local(&[Codec::Opus]));
+            assert_eq!(got.is_ok(), ok, "{map}");
+            if let Ok((text, n)) = got {
+                assert_eq!(n.payload_type, 107);
+                assert!(text.contains("a=rtpmap:107 opus/48000/2\r\n"));
+            }
+        }
+        // Opus keeps 111 wherever it stands in our list.
+        let l = wideband_local(&[Codec::Pcmu, Codec::Opus]);
+        assert!(offer(&l).contains("m=audio 4000 RTP/AVP 0 111 101\r\n"));
+    }
+
+    #[cfg(feature = "wideband")]
+    #[test]
+    fn accept_wideband_answers() {
+        let l = wideband_local(&[Codec::Opus, Codec::G722, Codec::Pcmu]);
+        let ans = "v=0\r\nc=IN IP4 198.51.100.7\r\nt=0 0\r\n\
+m=audio 30000 RTP/AVP 111 101\r\na=rtpmap:111 opus/48000/2\r\na=fmtp:111 useinbandfec=1\r\n\
+a=rtpmap:101 telephone-event/8000\r\n";
+        let n = accept_answer(&parse(ans).unwrap(), &l).unwrap();
+        assert_eq!((n.codec, n.payload_type), (Codec::Opus, 111));
+        let ans = "v=0\r\nc=IN IP4 198.51.100.7\r\nt=0 0\r\nm=audio 30000 RTP/AVP 9\r\n";
+        let n = accept_answer(&parse(ans).unwrap(), &l).unwrap();
+        assert_eq!((n.codec, n.payload_type), (Codec::G722, 9));
+        // An answer with a codec we did not offer is refused.
+        let only_g711 = wideband_local(&[Codec::Pcmu]);
+        assert_eq!(
+            accept_answer(&parse(ans).unwrap(), &only_g711).unwrap_err(),
+            SdpError::NoCommonCodec
+        );
     }
 }

@@ -561,6 +561,22 @@ impl Calls {
         }
     }
 
+    /// Sends an INFO with `body` of `content_type` (DTMF relay); returns the code.
+    pub async fn info(
+        &self,
+        id: LegId,
+        content_type: &str,
+        body: String,
+    ) -> Result<u16, CallError> {
+        let dialog = self.leg(id)?;
+        let headers = vec![Header::ContentType(content_type.into())];
+        match dialog.info(Some(headers), Some(body.into_bytes())).await {
+            Ok(Some(resp)) => Ok(resp.status_code.code()),
+            Ok(None) => Err(CallError::WrongState("the call is not confirmed".into())),
+            Err(e) => Err(CallError::Failed(format!("INFO failed: {e}"))),
+        }
+    }
+
     /// Sends REFER to `target`; returns the code of the answer (202 expected).
     pub async fn refer(&self, id: LegId, target: &str) -> Result<u16, CallError> {
         let dialog = self.leg(id)?;
