@@ -406,6 +406,49 @@ fn first_contact(path: &Path) -> Option<String> {
     None
 }
 
+/// The engine keeps its messages here: one file per contact.
+impl microsip_engine::MessageArchive for MessageStore {
+    fn store(&mut self, record: &microsip_engine::MessageRecord) -> Result<(), String> {
+        let message = StoredMessage {
+            time: record.time,
+            direction: if record.incoming {
+                MessageDirection::In
+            } else {
+                MessageDirection::Out
+            },
+            from: record.from.clone(),
+            to: record.to.clone(),
+            text: record.text.clone(),
+            status: record.status.clone(),
+            id: String::new(),
+        };
+        MessageStore::store(self, &record.contact, &message).map_err(|e| e.to_string())
+    }
+
+    fn list(&self, contact: Option<&str>) -> Result<Vec<microsip_engine::MessageRecord>, String> {
+        let contacts = match contact {
+            Some(c) => vec![c.to_string()],
+            None => self.contacts().map_err(|e| e.to_string())?,
+        };
+        let mut all = Vec::new();
+        for c in contacts {
+            for m in MessageStore::list(self, &c).map_err(|e| e.to_string())? {
+                all.push(microsip_engine::MessageRecord {
+                    time: m.time,
+                    incoming: m.direction == MessageDirection::In,
+                    contact: c.clone(),
+                    from: m.from,
+                    to: m.to,
+                    text: m.text,
+                    status: m.status,
+                });
+            }
+        }
+        all.sort_by_key(|m| m.time);
+        Ok(all)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,6 +10,7 @@ use microsip_engine::{Command, ConfigStore, EngineSetup};
 use tracing::{error, info, warn};
 
 use crate::integrations;
+use crate::messages::MessageStore;
 use crate::options::StartOptions;
 use crate::paths;
 use crate::socket::SocketServer;
@@ -152,7 +153,7 @@ pub fn run(options: StartOptions, profile: &str, call_on_start: Option<String>) 
         }
     };
     let ini_path = paths::ini_path(options.ini.as_deref(), profile);
-    let file = load_ini(ini_path);
+    let file = load_ini(ini_path.clone());
     let config = effective_config(&file, &options);
     for problem in &config.problems {
         eprintln!("microsip: {problem}");
@@ -178,6 +179,7 @@ pub fn run(options: StartOptions, profile: &str, call_on_start: Option<String>) 
             trace: options.debug.clone(),
             call_on_start,
             observers: vec![observer],
+            archive: Box::new(MessageStore::beside_ini(&ini_path)),
         };
         let (engine, mut finished) = match microsip_engine::start(setup).await {
             Ok(x) => x,

@@ -164,7 +164,7 @@ fn to_audio(spec: Option<&str>) -> Result<AudioSpec, String> {
 }
 
 impl Engine {
-    fn caller_account(&self, account: &Account) -> CallerAccount {
+    pub(crate) fn caller_account(&self, account: &Account) -> CallerAccount {
         CallerAccount {
             username: account.username.clone().unwrap_or_default(),
             domain: account.domain.clone(),

@@ -144,6 +144,10 @@ pub enum Command {
     },
     /// `history`: the call history.
     History,
+    /// `messages [CONTACT]`: stored text messages.
+    Messages {
+        contact: Option<String>,
+    },
 }
 
 impl Command {
@@ -202,6 +206,7 @@ impl Command {
             Command::Exit => "exit",
             Command::Events { .. } => "events",
             Command::History => "history",
+            Command::Messages { .. } => "messages",
         }
     }
 }

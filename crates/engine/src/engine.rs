@@ -10,8 +10,8 @@ use std::time::{Duration, Instant, SystemTime};
 use microsip_config::{Account, Config, DtmfMethod, Transport};
 use microsip_media::{DtmfMode, MediaConfig, MediaEngine, MediaEvent};
 use microsip_sip::{
-    CallSignal, Outcome, Registration, RegistrationConfig, RegistrationEvent, SipStack,
-    SipTransport, StackConfig,
+    Outcome, Registration, RegistrationConfig, RegistrationEvent, SipInbox, SipStack, SipTransport,
+    StackConfig,
 };
 use serde_json::json;
 use tokio::sync::{broadcast, mpsc, oneshot};
@@ -20,6 +20,7 @@ use tracing::{info, warn};
 use crate::calls::{Call, CallDone};
 use crate::command::{CallId, Command, Secret, WindowState};
 use crate::event::{AccountView, Event, EventKind, Snapshot};
+use crate::messages::{MessageArchive, MessageDone};
 use crate::reply::{fail, ok, ok_with, ErrorCode, Reply};
 
 /// How long `exit` waits for un-REGISTERs before leaving anyway.
@@ -50,6 +51,8 @@ pub struct EngineSetup {
     pub trace: Option<PathBuf>,
     /// `--call TARGET`: dial once registered.
     pub call_on_start: Option<String>,
+    /// Where text messages are kept.
+    pub archive: Box<dyn MessageArchive>,
     /// Consumers that must see every event (history, hooks, call log): unbounded,
     /// unlike the `events` stream, which drops what a slow client cannot take.
     pub observers: Vec<mpsc::UnboundedSender<Event>>,
@@ -64,6 +67,8 @@ pub(crate) enum Request {
     CallDone(CallDone),
     /// Something the media thread saw (a DTMF digit...).
     Media(MediaEvent),
+    /// A MESSAGE we sent got its answer.
+    MessageDone(MessageDone),
 }
 
 /// A cheap, cloneable way for faces to reach the engine.
@@ -132,6 +137,7 @@ pub(crate) struct Engine {
     reg_events: mpsc::UnboundedSender<RegistrationEvent>,
     call_on_start: Option<String>,
     observers: Vec<mpsc::UnboundedSender<Event>>,
+    pub(crate) archive: Box<dyn MessageArchive>,
     /// The engine's own inbox, for background work to report back.
     pub(crate) inbox: mpsc::UnboundedSender<Request>,
 }
@@ -183,6 +189,7 @@ pub async fn start(
         reg_events: reg_tx,
         call_on_start: setup.call_on_start,
         observers: setup.observers,
+        archive: setup.archive,
         inbox: inbox.clone(),
     };
     engine.load_accounts();
@@ -309,7 +316,7 @@ impl Engine {
         mut self,
         mut requests: mpsc::UnboundedReceiver<Request>,
         mut reg_events: mpsc::UnboundedReceiver<RegistrationEvent>,
-        mut signals: mpsc::UnboundedReceiver<CallSignal>,
+        mut signals: SipInbox,
     ) {
         loop {
             tokio::select! {
@@ -326,9 +333,11 @@ impl Engine {
                     Request::Settled => {}
                     Request::CallDone(done) => self.on_call_done(done),
                     Request::Media(event) => self.on_media_event(event),
+                    Request::MessageDone(done) => self.on_message_done(done),
                 },
                 Some(event) = reg_events.recv() => self.on_registration(event),
-                Some(signal) = signals.recv() => self.on_signal(signal),
+                Some(signal) = signals.calls.recv() => self.on_signal(signal),
+                Some(message) = signals.messages.recv() => self.on_message(message),
                 else => break,
             }
         }
@@ -481,6 +490,8 @@ impl Engine {
             Command::Transfer { target, call } => return self.transfer(&target, call, reply),
             Command::ActiveCall => self.active_remote(),
             Command::Dtmf { digits, call } => self.dtmf(&digits, call),
+            Command::Message { target, text } => return self.send_text(&target, &text, reply),
+            Command::Messages { contact } => self.list_messages(contact.as_deref()),
             Command::Calls => self.list_calls(),
             Command::Window { state } => ok(match state {
                 WindowState::Normal => "no window: running headless",
@@ -623,14 +634,14 @@ impl Engine {
 
     /// Ends every call, un-registers every account (each bounded in time) and says
     /// goodbye.
-    async fn exit(&mut self, signals: &mut mpsc::UnboundedReceiver<CallSignal>) {
+    async fn exit(&mut self, signals: &mut SipInbox) {
         self.publish(EventKind::PhoneExiting);
         let waits = self.end_all_calls();
         if !waits.is_empty() {
             // Keep handling signals so the calls' ends are seen and answered.
             let deadline = tokio::time::Instant::now() + EXIT_GRACE;
             while !self.calls.is_empty() {
-                match tokio::time::timeout_at(deadline, signals.recv()).await {
+                match tokio::time::timeout_at(deadline, signals.calls.recv()).await {
                     Ok(Some(signal)) => self.on_signal(signal),
                     _ => break,
                 }

@@ -91,6 +91,22 @@ pub enum EventKind {
         by: &'static str,
         duration: u64,
     },
+    #[serde(rename = "message.received")]
+    MessageReceived {
+        from: String,
+        name: Option<String>,
+        to: String,
+        content_type: String,
+        text: String,
+    },
+    #[serde(rename = "message.sent")]
+    MessageSent { to: String, code: u16 },
+    #[serde(rename = "message.failed")]
+    MessageFailed {
+        to: String,
+        code: u16,
+        reason: String,
+    },
     /// The phone is about to exit.
     #[serde(rename = "phone.exiting")]
     PhoneExiting,
@@ -151,6 +167,9 @@ impl EventKind {
             EventKind::CallTransfer { .. } => "call.transfer",
             EventKind::CallDtmf { .. } => "call.dtmf",
             EventKind::CallEnded { .. } => "call.ended",
+            EventKind::MessageReceived { .. } => "message.received",
+            EventKind::MessageSent { .. } => "message.sent",
+            EventKind::MessageFailed { .. } => "message.failed",
             EventKind::PhoneExiting => "phone.exiting",
         }
     }

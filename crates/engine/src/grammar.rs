@@ -135,6 +135,13 @@ fn parse_words(words: &[String]) -> Result<Command, ParseError> {
         "activecall" => no_arguments("activecall", rest, Command::ActiveCall),
         "calls" => no_arguments("calls", rest, Command::Calls),
         "history" => no_arguments("history", rest, Command::History),
+        "messages" => match rest {
+            [] => Ok(Command::Messages { contact: None }),
+            [contact] => Ok(Command::Messages {
+                contact: Some(contact.clone()),
+            }),
+            _ => Err(bad("messages takes at most one contact")),
+        },
         "account" => match rest.split_first() {
             Some((number, more)) => account(number, more),
             None => Err(bad("account needs an account number")),

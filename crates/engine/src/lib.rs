@@ -11,10 +11,12 @@ pub mod dialplan;
 pub mod engine;
 pub mod event;
 pub mod grammar;
+pub mod messages;
 pub mod policy;
 pub mod reply;
 
 pub use command::{CallId, Command, ParseError};
 pub use engine::{start, ConfigStore, EngineHandle, EngineSetup, NoStore};
 pub use event::{Event, EventKind, Snapshot};
+pub use messages::{MessageArchive, MessageRecord, NoArchive};
 pub use reply::{Answer, ErrorCode, Failure, Reply};

@@ -72,20 +72,28 @@ fn bessel_i0(x: f64) -> f64 {
     sum
 }
 
-/// Independent accumulators in [`dot`]: lets the compiler use SIMD lanes (a plain
-/// float sum must be added up in order).
+/// Taps per block in [`dot`] (branches are padded with zeros to whole blocks).
 const LANES: usize = 8;
 
-/// `Σ a[i]·b[i]` for slices of equal length, a multiple of [`LANES`].
+/// `Σ a[i]·b[i]` for slices of equal length, a multiple of [`LANES`]. Eight
+/// independent sums in locals: they stay in registers and overlap in the pipeline
+/// even at `opt-level = "s"` (which does not vectorize or unroll), where a plain
+/// `sum()` would wait on every addition in turn.
 #[inline]
 fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0.0f32; LANES];
+    let (mut s0, mut s1, mut s2, mut s3) = (0.0f32, 0.0f32, 0.0f32, 0.0f32);
+    let (mut s4, mut s5, mut s6, mut s7) = (0.0f32, 0.0f32, 0.0f32, 0.0f32);
     for (x, y) in a.chunks_exact(LANES).zip(b.chunks_exact(LANES)) {
-        for i in 0..LANES {
-            acc[i] += x[i] * y[i];
-        }
+        s0 += x[0] * y[0];
+        s1 += x[1] * y[1];
+        s2 += x[2] * y[2];
+        s3 += x[3] * y[3];
+        s4 += x[4] * y[4];
+        s5 += x[5] * y[5];
+        s6 += x[6] * y[6];
+        s7 += x[7] * y[7];
     }
-    acc.iter().sum()
+    ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
 }
 
 /// A stateful mono converter from one rate to another.

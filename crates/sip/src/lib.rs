@@ -5,7 +5,9 @@
 
 pub mod call;
 pub mod digest;
+pub mod message;
 pub mod registration;
+mod request;
 pub mod stack;
 pub mod time;
 pub mod trace;
@@ -14,10 +16,11 @@ pub use call::{
     CallError, CallSignal, CallerAccount, Calls, EndedBy, IncomingInvite, LegId, Responder,
     SignalKind,
 };
+pub use message::{send_message, IncomingMessage, MessageSender};
 pub use registration::{
     Outcome, Registration, RegistrationConfig, RegistrationEvent, SipTransport,
 };
-pub use stack::{local_ip_towards, SipStack, StackConfig};
+pub use stack::{local_ip_towards, SipInbox, SipStack, StackConfig};
 
 /// A SIP failure the phone reports to the user.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -9,12 +9,9 @@ use std::time::Duration;
 
 use rsipstack::sip::prelude::{HeadersExt, ToTypedHeader};
 use rsipstack::sip::{
-    CallId, Contact, Expires, Header, Method, Param, Request, Response, Route, SipMessage,
-    Transport, Uri,
+    CallId, Contact, Expires, Header, Method, Param, Request, Response, Route, Transport, Uri,
 };
 use rsipstack::transaction::endpoint::EndpointInner;
-use rsipstack::transaction::key::{TransactionKey, TransactionRole};
-use rsipstack::transaction::transaction::Transaction;
 use rsipstack::transaction::{make_tag, random_text};
 use rsipstack::transport::stream::StreamConnection;
 use rsipstack::transport::tcp::TcpConnection;
@@ -24,6 +21,7 @@ use tokio::time::{sleep_until, Instant};
 use tracing::{debug, info, warn};
 
 use crate::digest::{answer, pick_challenge, Challenge};
+use crate::request::NoAnswer;
 use crate::stack::SipStack;
 
 /// How long we wait for a registrar's final answer before calling it a failure.
@@ -550,33 +548,21 @@ impl Client {
         } else {
             Some(SipConnection::Udp(self.udp.clone()))
         };
-        let key = TransactionKey::from_request(&req, TransactionRole::Client)
-            .map_err(|e| Outcome::local(400, &e.to_string()))?;
-        let mut tx = Transaction::new_client(key, req, self.inner.clone(), connection.clone());
-        tx.destination = Some(self.destination.clone());
-        let (done, answer) = oneshot::channel();
-        tokio::spawn(async move {
-            if let Err(e) = tx.send().await {
-                let _ = done.send(Err(format!("cannot send REGISTER: {e}")));
-                return;
-            }
-            while let Some(msg) = tx.receive().await {
-                if let SipMessage::Response(resp) = msg {
-                    if resp.status_code.code() >= 200 {
-                        let _ = done.send(Ok(resp));
-                        return;
-                    }
-                }
-            }
-            let _ = done.send(Err("no answer".into()));
-        });
-        match tokio::time::timeout(ANSWER_TIMEOUT, answer).await {
-            Ok(Ok(Ok(resp))) => Ok(resp),
-            Ok(Ok(Err(e))) => {
+        let result = crate::request::send_and_wait(
+            self.inner.clone(),
+            req,
+            connection,
+            self.destination.clone(),
+            ANSWER_TIMEOUT,
+        )
+        .await;
+        match result {
+            Ok(resp) => Ok(resp),
+            Err(NoAnswer::Unsent(e)) => {
                 self.drop_tcp();
                 Err(Outcome::local(503, &e))
             }
-            Ok(Err(_)) | Err(_) => {
+            Err(NoAnswer::Timeout) => {
                 self.drop_tcp();
                 Err(Outcome::local(
                     408,

@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::call::{CallSignal, Calls};
+use crate::message::IncomingMessage;
 use crate::trace::{SipTrace, TraceInspector};
 use crate::SipError;
 
@@ -42,6 +43,12 @@ pub struct StackConfig {
     pub trace: Option<PathBuf>,
 }
 
+/// What the SIP layer hands the engine: call signals and received messages.
+pub struct SipInbox {
+    pub calls: mpsc::UnboundedReceiver<CallSignal>,
+    pub messages: mpsc::UnboundedReceiver<IncomingMessage>,
+}
+
 /// A running SIP endpoint. Dropping it does not stop it; call [`SipStack::shutdown`].
 pub struct SipStack {
     pub(crate) endpoint: Endpoint,
@@ -53,11 +60,9 @@ pub struct SipStack {
 
 impl SipStack {
     /// Binds the listeners and starts serving. Fails with a clear error when the port
-    /// is taken or the trace file cannot be opened. Call signals arrive on the
-    /// returned receiver.
-    pub async fn start(
-        config: StackConfig,
-    ) -> Result<(SipStack, mpsc::UnboundedReceiver<CallSignal>), SipError> {
+    /// is taken or the trace file cannot be opened. Call signals and messages arrive
+    /// on the returned inbox.
+    pub async fn start(config: StackConfig) -> Result<(SipStack, SipInbox), SipError> {
         let cancel = CancellationToken::new();
         let trace = match &config.trace {
             Some(path) => Some(Arc::new(SipTrace::open(path).map_err(|e| {
@@ -124,7 +129,8 @@ impl SipStack {
         let (signal_tx, signal_rx) = mpsc::unbounded_channel();
         let layer = Arc::new(DialogLayer::new(endpoint.inner.clone()));
         let calls = Calls::new(layer, signal_tx, udp.get_addr().clone(), tcp_local);
-        tokio::spawn(dispatch(incoming, calls.clone()));
+        let (message_tx, message_rx) = mpsc::unbounded_channel();
+        tokio::spawn(dispatch(incoming, calls.clone(), message_tx));
         info!(
             "SIP listening on {}:{udp_port} (UDP{})",
             config.bind_ip,
@@ -139,7 +145,10 @@ impl SipStack {
                 calls,
                 cancel,
             },
-            signal_rx,
+            SipInbox {
+                calls: signal_rx,
+                messages: message_rx,
+            },
         ))
     }
 
@@ -186,7 +195,11 @@ pub fn local_ip_towards(remote: IpAddr) -> IpAddr {
 /// Routes requests the transaction layer hands us: in-dialog requests to their dialog
 /// (481 when none), new INVITEs to the call legs, OPTIONS answered 200, the rest
 /// refused with 405 and our Allow.
-async fn dispatch(mut incoming: TransactionReceiver, calls: Calls) {
+async fn dispatch(
+    mut incoming: TransactionReceiver,
+    calls: Calls,
+    messages: mpsc::UnboundedSender<IncomingMessage>,
+) {
     while let Some(mut tx) = incoming.recv().await {
         let method = tx.original.method;
         let has_to_tag = tx
@@ -201,6 +214,22 @@ async fn dispatch(mut incoming: TransactionReceiver, calls: Calls) {
         }
         if method == Method::Invite {
             calls.incoming(tx);
+            continue;
+        }
+        if method == Method::Message {
+            match IncomingMessage::from_transaction(tx) {
+                Ok(message) => {
+                    // The engine answers once the text is stored.
+                    if let Err(returned) = messages.send(message) {
+                        tokio::spawn(returned.0.respond(503));
+                    }
+                }
+                Err(mut tx) => {
+                    tokio::spawn(async move {
+                        let _ = tx.reply(StatusCode::RequestEntityTooLarge).await;
+                    });
+                }
+            }
             continue;
         }
         tokio::spawn(async move {

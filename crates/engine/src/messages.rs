@@ -1,0 +1,212 @@
+//! Text messages (SIP MESSAGE): sending (`message TARGET TEXT`), receiving (stored
+//! before the sender is told 200, so nothing acknowledged is ever lost), listing
+//! (`messages [CONTACT]`), and the `message.*` events.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use microsip_sip::IncomingMessage;
+use serde::Serialize;
+use serde_json::json;
+use tokio::sync::oneshot;
+use tracing::warn;
+
+use crate::dialplan;
+use crate::engine::{Engine, Request};
+use crate::event::EventKind;
+use crate::reply::{fail, ok_with, ErrorCode, Reply};
+
+/// One stored message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MessageRecord {
+    /// Unix seconds.
+    pub time: i64,
+    pub incoming: bool,
+    /// The other party's URI (whose conversation it belongs to).
+    pub contact: String,
+    pub from: String,
+    pub to: String,
+    pub text: String,
+    /// `received`, `sent`, `failed 404 Not Found`, ...
+    pub status: String,
+}
+
+/// Where messages are kept (a folder of per-contact files in the real phone).
+pub trait MessageArchive: Send {
+    /// Stores one message durably (written and synced) before returning.
+    fn store(&mut self, record: &MessageRecord) -> Result<(), String>;
+    /// The stored messages with `contact`, or with everyone; oldest first.
+    fn list(&self, contact: Option<&str>) -> Result<Vec<MessageRecord>, String>;
+}
+
+/// An archive that keeps nothing (tests).
+pub struct NoArchive;
+
+impl MessageArchive for NoArchive {
+    fn store(&mut self, _record: &MessageRecord) -> Result<(), String> {
+        Ok(())
+    }
+    fn list(&self, _contact: Option<&str>) -> Result<Vec<MessageRecord>, String> {
+        Ok(Vec::new())
+    }
+}
+
+/// What comes back from a MESSAGE sent in the background.
+pub(crate) struct MessageDone {
+    pub(crate) record: MessageRecord,
+    pub(crate) result: Result<(u16, String), String>,
+    pub(crate) reply: oneshot::Sender<Reply>,
+}
+
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+impl Engine {
+    /// A MESSAGE arrived: refuse it (messaging off), or store it, report it, answer 200.
+    pub(crate) fn on_message(&mut self, message: IncomingMessage) {
+        if self.config.settings.disable_messaging {
+            tokio::spawn(message.respond(405));
+            return;
+        }
+        let record = MessageRecord {
+            time: now(),
+            incoming: true,
+            contact: message.from.clone(),
+            from: message.from.clone(),
+            to: message.to.clone(),
+            text: message.text.clone(),
+            status: "received".into(),
+        };
+        if let Err(e) = self.archive.store(&record) {
+            warn!(
+                "message from {} not stored: {e}; answering 500",
+                record.from
+            );
+            tokio::spawn(message.respond(500));
+            return;
+        }
+        self.publish(EventKind::MessageReceived {
+            from: record.from,
+            name: message.display_name.clone(),
+            to: record.to,
+            content_type: message.content_type.clone(),
+            text: record.text,
+        });
+        tokio::spawn(message.respond(200));
+    }
+
+    /// `message TARGET TEXT`: replies once the far end answered.
+    pub(crate) fn send_text(&mut self, target: &str, text: &str, reply: oneshot::Sender<Reply>) {
+        let Some(account) = self
+            .accounts
+            .get(&self.active_account)
+            .map(|s| s.account.clone())
+        else {
+            let _ = reply.send(fail(ErrorCode::NoAccount, "no account to send from"));
+            return;
+        };
+        let uri = match dialplan::normalize_target(target, &account) {
+            Ok(t) => t.uri,
+            Err(e) => {
+                let _ = reply.send(fail(ErrorCode::BadArgument, e.to_string()));
+                return;
+            }
+        };
+        let caller = self.caller_account(&account);
+        let record = MessageRecord {
+            time: now(),
+            incoming: false,
+            contact: uri.clone(),
+            from: format!(
+                "sip:{}@{}",
+                account.username.clone().unwrap_or_default(),
+                account.domain
+            ),
+            to: uri.clone(),
+            text: text.to_string(),
+            status: "sending".into(),
+        };
+        let sender = self.sip.message_sender();
+        let inbox = self.inbox.clone();
+        let text = text.to_string();
+        tokio::spawn(async move {
+            let result = microsip_sip::send_message(&sender, &caller, &uri, &text).await;
+            let _ = inbox.send(Request::MessageDone(MessageDone {
+                record,
+                result,
+                reply,
+            }));
+        });
+    }
+
+    pub(crate) fn on_message_done(&mut self, done: MessageDone) {
+        let MessageDone {
+            mut record,
+            result,
+            reply,
+        } = done;
+        let answer = match &result {
+            Ok((code, reason)) if (200..300).contains(code) => {
+                record.status = "sent".into();
+                self.publish(EventKind::MessageSent {
+                    to: record.to.clone(),
+                    code: *code,
+                });
+                ok_with(
+                    format!("message delivered to {} ({code} {reason})", record.to),
+                    json!({ "to": record.to, "code": code }),
+                )
+            }
+            Ok((code, reason)) => {
+                record.status = format!("failed {code} {reason}");
+                self.publish(EventKind::MessageFailed {
+                    to: record.to.clone(),
+                    code: *code,
+                    reason: reason.clone(),
+                });
+                fail(
+                    ErrorCode::Refused,
+                    format!("message to {} failed: {code} {reason}", record.to),
+                )
+            }
+            Err(e) => {
+                record.status = format!("failed {e}");
+                self.publish(EventKind::MessageFailed {
+                    to: record.to.clone(),
+                    code: 0,
+                    reason: e.clone(),
+                });
+                fail(ErrorCode::BadArgument, format!("message not sent: {e}"))
+            }
+        };
+        if let Err(e) = self.archive.store(&record) {
+            warn!("sent message to {} not stored: {e}", record.to);
+        }
+        let _ = reply.send(answer);
+    }
+
+    /// `messages [CONTACT]`.
+    pub(crate) fn list_messages(&self, contact: Option<&str>) -> Reply {
+        match self.archive.list(contact) {
+            Ok(list) => {
+                let text: Vec<String> = list
+                    .iter()
+                    .map(|m| {
+                        format!(
+                            "{} {} {}: {}",
+                            m.time,
+                            if m.incoming { "from" } else { "to" },
+                            m.contact,
+                            m.text.replace(['\r', '\n'], " ")
+                        )
+                    })
+                    .collect();
+                ok_with(text.join("; "), json!(list))
+            }
+            Err(e) => fail(ErrorCode::Internal, format!("messages cannot be read: {e}")),
+        }
+    }
+}
