@@ -408,6 +408,15 @@ impl Engine {
                 ));
             }
         }
+        if number == 0 && !is_direct_address(target) {
+            return Err(fail(
+                ErrorCode::NoAccount,
+                format!(
+                    "no account to call {target} from: configure an account, or give a \
+                     full address (sip:user@host or an IP address)"
+                ),
+            ));
+        }
         let dialled = dialplan::normalize_target(target, &account).map_err(|e| {
             let code = match e {
                 dialplan::DialError::NoDialPlanMatch { .. }
@@ -1181,6 +1190,18 @@ impl Engine {
                 self.publish(EventKind::CallEarly { call: id, code });
             }
             SignalKind::Answered { sdp } => {
+                // Answered after we cancelled it: end it with a BYE now.
+                if self
+                    .calls
+                    .get(&id)
+                    .is_some_and(|c| !c.end_waiters.is_empty())
+                {
+                    let calls = self.sip.calls().clone();
+                    tokio::spawn(async move {
+                        let _ = calls.hangup(id).await;
+                    });
+                    return;
+                }
                 self.apply_remote_answer(id, sdp.as_deref(), false);
                 if let Some(c) = self.calls.get_mut(&id) {
                     c.state = CallState::Active;
@@ -1451,6 +1472,25 @@ fn rand_u64() -> u64 {
     h.finish() >> 1
 }
 
+/// Whether `target` names its host itself (`sip:user@host`, `user@host`, an IP
+/// address), so the local account can call it without a domain of its own.
+fn is_direct_address(target: &str) -> bool {
+    let t = target.trim();
+    let rest = t
+        .strip_prefix("sips:")
+        .or_else(|| t.strip_prefix("sip:"))
+        .unwrap_or(t);
+    let host = match rest.split_once('@') {
+        Some((_, host)) => return !host.is_empty(),
+        None => rest.split([';', '?']).next().unwrap_or(rest),
+    };
+    host.parse::<std::net::IpAddr>().is_ok()
+        || host.parse::<std::net::SocketAddr>().is_ok()
+        || host
+            .rsplit_once(':')
+            .is_some_and(|(h, p)| h.parse::<std::net::IpAddr>().is_ok() && p.parse::<u16>().is_ok())
+}
+
 /// Sends digits one SIP INFO each (`application/dtmf-relay`), paced like tones:
 /// 100 ms per digit plus a 60 ms gap, one second per `,`.
 async fn send_info_digits(calls: microsip_sip::Calls, id: CallId, digits: String) {
@@ -1478,5 +1518,19 @@ async fn send_info_digits(calls: microsip_sip::Calls, id: CallId, digits: String
 fn media_done(call: CallId, what: &str, result: Result<(), microsip_media::MediaError>) {
     if let Err(e) = result {
         warn!("call {call}: media {what}: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn direct_addresses() {
+        use super::is_direct_address as d;
+        assert!(d("sip:1002@127.0.0.1:5070"));
+        assert!(d("1002@10.0.0.1"));
+        assert!(d("127.0.0.1"));
+        assert!(d("sip:127.0.0.1:5062"));
+        assert!(!d("123"));
+        assert!(!d("sip:123"));
     }
 }

@@ -175,6 +175,9 @@ impl std::fmt::Display for CallError {
 
 struct Leg {
     dialog: InviteDialog,
+    /// For outgoing calls: where the INVITE went (the outbound proxy), so the
+    /// CANCEL goes there too (the stack would send it by the Request-URI).
+    destination: Option<SipAddr>,
     /// For incoming calls: how to answer the INVITE's transaction with headers of
     /// our own (the dialog's reject() takes none).
     server: Option<ServerInvite>,
@@ -303,6 +306,7 @@ impl Calls {
                     addr: u.host_with_port,
                 })
         });
+        let invite_destination = destination.clone();
         let mut headers: Vec<Header> = extra_headers
             .into_iter()
             .map(|(n, v)| Header::Other(n, v))
@@ -349,6 +353,7 @@ impl Calls {
                 id,
                 Leg {
                     dialog,
+                    destination: invite_destination,
                     server: None,
                     local_end: local_end.clone(),
                     confirmed: confirmed.clone(),
@@ -418,6 +423,7 @@ impl Calls {
                 id,
                 Leg {
                     dialog: dialog.clone(),
+                    destination: None,
                     server: Some(server),
                     local_end: Arc::new(AtomicBool::new(false)),
                     confirmed: Arc::new(AtomicBool::new(false)),
@@ -524,6 +530,20 @@ impl Calls {
     pub async fn hangup(&self, id: LegId) -> Result<(), CallError> {
         let dialog = self.leg(id)?;
         self.mark_local_end(id);
+        let (destination, confirmed) = self
+            .legs
+            .lock()
+            .ok()
+            .and_then(|l| {
+                l.get(&id)
+                    .map(|l| (l.destination.clone(), l.confirmed.load(Ordering::SeqCst)))
+            })
+            .unwrap_or((None, false));
+        if let (Some(destination), false) = (destination, confirmed) {
+            if dialog.role() == rsipstack::transaction::key::TransactionRole::Client {
+                return self.cancel_via(&dialog, destination).await;
+            }
+        }
         let result = dialog.hangup().await;
         if let Err(e) = result {
             debug!("hangup of leg {id}: {e}");
@@ -540,6 +560,56 @@ impl Calls {
             self.end(id, 200, "Normal Clearing".into(), EndedBy::Local);
         }
         Ok(())
+    }
+
+    /// CANCELs our unanswered INVITE through the proxy it went to (RFC 3261 §9.1:
+    /// same Request-URI, Call-ID, From, To, CSeq number, top Via and Route).
+    async fn cancel_via(
+        &self,
+        dialog: &InviteDialog,
+        destination: SipAddr,
+    ) -> Result<(), CallError> {
+        let invite = dialog.initial_request();
+        let mut cancel = invite.clone();
+        cancel.method = Method::Cancel;
+        cancel.body = Vec::new();
+        let mut top_via_seen = false;
+        cancel.headers.retain(|h| match h {
+            Header::Via(_) => !std::mem::replace(&mut top_via_seen, true),
+            Header::From(_)
+            | Header::To(_)
+            | Header::CallId(_)
+            | Header::Route(_)
+            | Header::MaxForwards(_)
+            | Header::UserAgent(_) => true,
+            _ => false,
+        });
+        if let Ok(cseq) = invite.cseq_header().and_then(|c| c.seq()) {
+            cancel.headers.push(Header::CSeq(
+                rsipstack::sip::typed::CSeq {
+                    seq: cseq,
+                    method: Method::Cancel,
+                }
+                .into(),
+            ));
+        }
+        let inner = self.layer.endpoint.clone();
+        let result = crate::request::send_and_wait(
+            inner,
+            cancel,
+            None,
+            destination,
+            std::time::Duration::from_secs(10),
+        )
+        .await;
+        match result {
+            Ok(resp) if resp.status_code.code() < 300 => Ok(()),
+            Ok(resp) => Err(CallError::Failed(format!(
+                "CANCEL answered {}",
+                resp.status_code.code()
+            ))),
+            Err(e) => Err(CallError::Failed(format!("CANCEL not answered: {e:?}"))),
+        }
     }
 
     /// Sends a re-INVITE with `sdp`; returns the answer's code and SDP.
