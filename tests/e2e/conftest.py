@@ -5,7 +5,14 @@ Fixtures:
                     and 1002 ("secret2"), min_expires 5.
 - make_kamailio     factory: make_kamailio(users=..., min_expires=..., algorithm=..., start=True)
 - make_phone        factory: make_phone(ini={...}, profile=None, start=True, extra_args=())
-- make_sipp         factory: make_sipp("reg_423.xml", calls=1, timeout_s=120, start=True)
+- make_sipp         factory: make_sipp("reg_423.xml", calls=1, timeout_s=120, start=True,
+                    remote=None, builtin=None, files=None); see peers.Sipp
+- make_baresip      factory: make_baresip(kamailio, "1002", answermode="auto", tone=440,
+                    start=True, ...) -> a started, registered peers.Baresip (the
+                    password is the Kamailio user's); see peers.Baresip
+- rtp_tap           an rtp.RtpTap capturing RTP on lo for the test (needs root or
+                    CAP_NET_RAW; without it the test FAILS, unless E2E_NO_CAPTURE=1
+                    is set, which skips it)
 - free_port         the peers.free_port function
 
 Everything a test starts is stopped at teardown, by pid / process group.
@@ -15,6 +22,7 @@ events, Kamailio's log and SIPp's logs are printed with the failure.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -23,6 +31,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import peers  # noqa: E402
+import rtp  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -31,8 +40,11 @@ def _live_objects():
     peers.LIVE.clear()
     yield
     errors = []
-    # Phones first (their /exit un-REGISTERs at the peers), then peers.
-    order = sorted(peers.LIVE, key=lambda o: 0 if isinstance(o, peers.Phone) else 1)
+    # Phones first (their /exit un-REGISTERs at the peers), then the other
+    # phones (baresip un-REGISTERs on quit too, and waits for Kamailio's answer),
+    # then the rest.
+    order = sorted(peers.LIVE, key=lambda o: 0 if isinstance(o, peers.Phone)
+                   else 1 if isinstance(o, peers.Baresip) else 2)
     for obj in order:
         try:
             obj.cleanup()
@@ -92,10 +104,35 @@ def make_phone(tmp_path):
 
 @pytest.fixture
 def make_sipp(tmp_path):
-    def make(scenario, start=True, **kw) -> peers.Sipp:
+    def make(scenario=None, start=True, **kw) -> peers.Sipp:
         s = peers.Sipp(tmp_path, scenario, **kw)
         if start:
             s.start()
         return s
 
     return make
+
+
+@pytest.fixture
+def make_baresip(tmp_path):
+    def make(kamailio=None, user="1002", password=None, start=True, **kw) -> peers.Baresip:
+        if password is None:
+            password = kamailio.users[user] if kamailio is not None else "secret"
+        b = peers.Baresip(tmp_path, user, password, kamailio=kamailio, **kw)
+        if start:
+            b.start()
+        return b
+
+    return make
+
+
+@pytest.fixture
+def rtp_tap():
+    ok, why = rtp.RtpTap.available()
+    if not ok:
+        if os.environ.get("E2E_NO_CAPTURE") == "1":
+            pytest.skip(why)
+        pytest.fail(f"{why} (set E2E_NO_CAPTURE=1 to skip the tests that watch RTP)")
+    tap = rtp.RtpTap().start()
+    peers.LIVE.append(tap)
+    return tap

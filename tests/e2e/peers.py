@@ -7,7 +7,10 @@ Every wait is bounded in time.
 - free_port(kind)         a port free for UDP and TCP ("sip"), or one of them
 - Kamailio                registrar + proxy with digest auth (kamailio/kamailio.cfg)
 - Phone / EventStream     the phone under test ($MICROSIP_BIN) and its events
-- Sipp                    a SIPp UAS scenario from sipp/, run in the background
+- parse_trace             the phone's --debug SIP trace as TracedMessage records
+- Sipp                    a SIPp scenario from sipp/ (UAS, or UAC with remote=),
+                          or a built-in one, run in the background
+- Baresip                 baresip 1.0 as the other phone (ctrl_tcp, recordings)
 - SipUac                  a tiny SIP registration client (harness self-tests)
 """
 
@@ -444,6 +447,75 @@ def ini(*accounts: dict, **settings) -> dict:
     return d
 
 
+class TracedMessage:
+    """One record of the phone's SIP trace:
+    `---- 2026-11-23T17:07:53.059Z SENT UDP 127.0.0.1:5060 -> 127.0.0.1:5080 (736 bytes)`
+    followed by the message."""
+
+    def __init__(self, when: str, direction: str, transport: str, src: str, dst: str, text: str):
+        self.when, self.direction, self.transport = when, direction, transport
+        self.src, self.dst, self.text = src, dst, text
+        self.first_line = text.split("\n", 1)[0].strip()
+        self.is_response = self.first_line.startswith("SIP/2.0 ")
+        self.code = int(self.first_line.split()[1]) if self.is_response else None
+        self.method = None if self.is_response else self.first_line.split(" ", 1)[0]
+        head, _, self.body = text.replace("\r\n", "\n").partition("\n\n")
+        self.headers: list[tuple[str, str]] = []
+        for line in head.split("\n")[1:]:
+            if ":" in line:
+                k, v = line.split(":", 1)
+                self.headers.append((k.strip().lower(), v.strip()))
+
+    @property
+    def t(self) -> float:
+        """Seconds since the epoch (the trace has millisecond UTC times)."""
+        import datetime
+        return datetime.datetime.strptime(self.when, "%Y-%m-%dT%H:%M:%S.%fZ").replace(
+            tzinfo=datetime.timezone.utc).timestamp()
+
+    _COMPACT = {"i": "call-id", "f": "from", "t": "to", "v": "via", "m": "contact",
+                "l": "content-length", "c": "content-type"}
+
+    def header(self, name: str) -> str | None:
+        name = name.lower()
+        for k, v in self.headers:
+            if k == name or self._COMPACT.get(k) == name:
+                return v
+        return None
+
+    @property
+    def call_id(self) -> str | None:
+        return self.header("call-id")
+
+    @property
+    def cseq_method(self) -> str | None:
+        c = self.header("cseq")
+        return c.split()[-1] if c else None
+
+    @property
+    def to_tag(self) -> str | None:
+        m = re.search(r";\s*tag=([^;>\s]+)", self.header("to") or "")
+        return m.group(1) if m else None
+
+    @property
+    def sent(self) -> bool:
+        return self.direction == "SENT"
+
+    def __repr__(self) -> str:
+        return f"<{self.direction} {self.first_line}>"
+
+
+def parse_trace(text: str) -> list[TracedMessage]:
+    """The phone's --debug trace as TracedMessage records, in order."""
+    out = []
+    parts = re.split(r"(?m)^---- (\S+) (SENT|RECV) (\S+) (\S+) -> (\S+) \(\d+ bytes\)\n", text)
+    # parts: [before, when, dir, transport, src, dst, body, when, ...]
+    for i in range(1, len(parts) - 5, 6):
+        out.append(TracedMessage(parts[i], parts[i + 1], parts[i + 2], parts[i + 3],
+                                 parts[i + 4], parts[i + 5].rstrip("\n")))
+    return out
+
+
 class EventStream:
     """`microsip --profile P events`: JSON lines read by a thread."""
 
@@ -720,6 +792,44 @@ class Phone:
                                  f"stdout: {out}\nstderr: {err}")
         return r.returncode, out, err
 
+    def cmd_json(self, *words: str, timeout: float = 60.0) -> tuple[int, dict]:
+        """`$MICROSIP_BIN --json --profile NAME WORDS...` -> (exit code, reply dict:
+        {"ok": true, "text": ..., "data": ...} or {"ok": false, "code": ..., "error": ...})."""
+        rc, out, err = self.cmd("--json", *words, check=False, timeout=timeout)
+        line = (out.strip() or err.strip()).splitlines()[-1:] or [""]
+        try:
+            reply = json.loads(line[0])
+        except ValueError:
+            raise AssertionError(f"`microsip --json {' '.join(words)}` printed no JSON "
+                                 f"(exit {rc}): stdout {out!r} stderr {err!r}") from None
+        return rc, reply
+
+    def request(self, *argv: str, timeout: float = 10.0) -> dict:
+        """One JSON request straight on the control socket (no process spawned:
+        fast enough to poll STATUS every few ms). Returns the reply dict."""
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(timeout)
+        try:
+            s.connect(str(self.socket_path))
+            s.sendall(json.dumps({"argv": list(argv)}).encode() + b"\n")
+            buf = b""
+            deadline = time.monotonic() + timeout
+            while b"\n" not in buf and time.monotonic() < deadline:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                buf += chunk
+        finally:
+            s.close()
+        try:
+            return json.loads(buf.split(b"\n", 1)[0])
+        except ValueError:
+            raise AssertionError(f"no JSON reply to {argv} on the socket: {buf!r}") from None
+
+    def trace_messages(self) -> list["TracedMessage"]:
+        """The SIP trace (--debug) as a list of messages (see parse_trace)."""
+        return parse_trace(self.trace_text())
+
     def events(self) -> EventStream:
         """The phone's event stream (started on first use, then the same one)."""
         if self._events is None:
@@ -800,14 +910,41 @@ class Phone:
 # --------------------------------------------------------------------------
 
 class Sipp:
-    """A SIPp scenario from tests/e2e/sipp/ run in the background (UAS by default)."""
+    """A SIPp scenario from tests/e2e/sipp/ run in the background (UAS by default).
 
-    def __init__(self, workdir: Path, scenario: str, port: int | None = None,
-                 calls: int = 1, timeout_s: int = 120, extra: Iterable[str] = ()):
-        self.scenario = SIPP_DIR / scenario if not Path(scenario).is_absolute() else Path(scenario)
+    remote: "127.0.0.1:PORT" makes SIPp a UAC calling there (the scenario's
+    [remote_ip]:[remote_port]). builtin: a scenario built into SIPp ("uac",
+    "uas") instead of a file. files: {name: bytes or Path} copied into SIPp's
+    working folder before it starts (e.g. the raw mu-law file an
+    `rtp_stream` plays). media: SIPp's media IP/port (-mi 127.0.0.1 -mp FREE)
+    is set whenever the scenario mentions media (auto), or always (True).
+    trace=False drops the message log (load runs).
+    """
+
+    def __init__(self, workdir: Path, scenario: str | None = None, port: int | None = None,
+                 calls: int = 1, timeout_s: int = 120, extra: Iterable[str] = (),
+                 remote: str | None = None, builtin: str | None = None,
+                 files: dict | None = None, media: bool | None = None, trace: bool = True):
+        if (scenario is None) == (builtin is None):
+            raise ValueError("give a scenario file or a builtin scenario name")
+        if builtin is not None:
+            self.scenario = Path(f"builtin-{builtin}")
+        else:
+            self.scenario = SIPP_DIR / scenario if not Path(scenario).is_absolute() \
+                else Path(scenario)
+        self.builtin = builtin
+        self.remote = remote
+        self.trace = trace
         self.port = port or free_port("sip")
         self.workdir = Path(workdir) / f"sipp-{self.scenario.stem}-{self.port}"
         self.workdir.mkdir(parents=True, exist_ok=True)
+        for name, content in (files or {}).items():
+            data = Path(content).read_bytes() if isinstance(content, Path) else content
+            (self.workdir / name).write_bytes(data)
+        if media is None:
+            text = "" if builtin else self.scenario.read_text(errors="replace")
+            media = builtin is not None or "media_port" in text or "rtp_stream" in text
+        self.media_port = free_port("udp") if media else None
         self.calls = calls
         self.timeout_s = timeout_s
         self.extra = list(extra)
@@ -824,11 +961,18 @@ class Sipp:
         return f"{LOOPBACK}:{self.port}"
 
     def start(self) -> "Sipp":
-        args = [which("sipp") or "sipp", "-sf", str(self.scenario), "-i", LOOPBACK,
+        scen = ["-sn", self.builtin] if self.builtin else ["-sf", str(self.scenario)]
+        args = [which("sipp") or "sipp", *scen, "-i", LOOPBACK,
                 "-p", str(self.port), "-m", str(self.calls), "-timeout", f"{self.timeout_s}s",
-                "-nostdin", "-trace_err", "-error_file", str(self.error_log),
-                "-trace_msg", "-message_file", str(self.message_log),
-                "-trace_screen", "-screen_file", str(self.screen_log), *self.extra]
+                "-nostdin", "-trace_err", "-error_file", str(self.error_log)]
+        if self.trace:
+            args += ["-trace_msg", "-message_file", str(self.message_log)]
+        args += ["-trace_screen", "-screen_file", str(self.screen_log)]
+        if self.media_port:
+            args += ["-mi", LOOPBACK, "-mp", str(self.media_port)]
+        args += self.extra
+        if self.remote:
+            args.append(self.remote)
         self.args = args
         self._out = open(self.stdout_path, "wb")
         self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=self._out,
@@ -906,6 +1050,382 @@ class Sipp:
     def cleanup(self) -> None:
         self.stop()
         f = getattr(self, "_out", None)
+        if f:
+            f.close()
+
+
+# --------------------------------------------------------------------------
+# baresip: the other phone
+# --------------------------------------------------------------------------
+
+BARESIP_MODULE_DIR = "/usr/lib/baresip/modules"
+
+
+def _netstring(data: bytes) -> bytes:
+    return str(len(data)).encode() + b":" + data + b","
+
+
+class Baresip:
+    """baresip 1.0 as the other phone, with its own config folder.
+
+    - SIP on 127.0.0.1:sip_port (UDP), registered at the registrar
+      127.0.0.1:registrar_port (or kamailio.port) as `user`, with the registrar
+      as outbound proxy for every request (account line
+      `<sip:USER@127.0.0.1;transport=udp>;auth_pass=..;answermode=auto|manual;
+      audio_codecs=pcmu,pcma;regint=600;outbound="sip:127.0.0.1:REGPORT;transport=udp"`).
+      register=False / outbound=False: no REGISTER / requests go straight to
+      the Request-URI (baresip reached directly, e.g. by SIPp).
+    - Audio source: `aufile` playing `source` (a WAV, 8 kHz mono 16-bit), or a
+      tone file made here (`tone=FREQ`, `source_seconds` long; baresip hangs up
+      when its source file ends, so keep it longer than any call). tone=0 is
+      silence. Player and alert: `aubridge` (no CPU).
+    - `sndfile` records every call into `recdir`: dump-*-enc.wav (what it
+      sent), dump-*-dec.wav (what it received; only the RTP that came, and
+      nothing more after a direction-changing re-INVITE: a baresip 1.0 quirk).
+    - `ctrl_tcp` on 127.0.0.1:ctrl_port: one client (this object) keeps the
+      connection and one reader thread collects every event (each with `_t`,
+      time.monotonic() when read).
+    - `-s`: baresip's SIP trace goes to `log` (sip_trace=False for load).
+    - Runs with `-t quit_after` so it ends by itself even if a test leaks it.
+    - modules: codec modules to load ("g711"; "g722", "opus" are installed).
+    """
+
+    def __init__(self, workdir: Path, user: str, password: str,
+                 registrar_port: int | None = None, kamailio: "Kamailio | None" = None,
+                 answermode: str = "auto", tone: float | None = 440.0,
+                 source: Path | str | None = None, source_seconds: float = 300.0,
+                 codecs: str = "pcmu,pcma", modules: Iterable[str] = ("g711",),
+                 sip_port: int | None = None, quit_after: int = 900,
+                 account_extra: str = "", extra_config: str = "", name: str | None = None,
+                 sip_trace: bool = True, register: bool = True, outbound: bool = True,
+                 max_calls: int = 8):
+        if not re.fullmatch(r"[A-Za-z0-9_.+-]+", user):
+            raise ValueError(f"user name {user!r} not supported")
+        if re.search(r"[;,<>\s\"]", password):
+            raise ValueError("baresip's account line cannot carry ; , < > space or quotes "
+                             "in auth_pass: use another password for a baresip user")
+        self.kamailio = kamailio
+        self.registrar_port = registrar_port or (kamailio.port if kamailio else None)
+        self.register, self.outbound = register, outbound
+        if self.registrar_port is None and (register or outbound):
+            raise ValueError("registrar_port or kamailio is required")
+        self.user, self.password = user, password
+        self.answermode, self.codecs = answermode, codecs
+        self.sip_port = sip_port or free_port("sip")
+        self.ctrl_port = free_port("tcp")
+        self.name = name or f"bs{user}"
+        self.workdir = Path(workdir) / f"baresip-{user}-{self.sip_port}"
+        self.cfgdir = self.workdir / "config"
+        self.recdir = self.workdir / "recordings"
+        self.cfgdir.mkdir(parents=True, exist_ok=True)
+        self.recdir.mkdir(exist_ok=True)
+        self.log = self.workdir / "baresip.log"
+        self.quit_after = quit_after
+        self.sip_trace = sip_trace
+        self.max_calls = max_calls
+        if source is None:
+            from audio import make_tone_wav  # local import: numpy only when needed
+            source = make_tone_wav(self.workdir / f"source-{tone or 0:g}Hz.wav", tone or 0,
+                                   source_seconds)
+        self.source = Path(source)
+        self.modules = list(modules)
+        self.account_extra = account_extra
+        self.extra_config = extra_config
+        self.proc: subprocess.Popen | None = None
+        self.sock: socket.socket | None = None
+        self.events: list[dict] = []
+        self.cursor = 0
+        self._responses: dict[str, dict] = {}
+        self._cond = threading.Condition()
+        self._reader: threading.Thread | None = None
+        self._token = 0
+        self.sent_commands: list[str] = []
+        self._write_config()
+        _register(self)
+
+    # -- config -----------------------------------------------------------
+    @property
+    def aor(self) -> str:
+        """The address of record as callers use it (no port)."""
+        return f"sip:{self.user}@{LOOPBACK}"
+
+    @property
+    def contact_uri(self) -> str:
+        """Direct address, bypassing the registrar."""
+        return f"sip:{self.user}@{LOOPBACK}:{self.sip_port}"
+
+    def account_line(self) -> str:
+        # The AOR has no port (callers dial sip:USER@127.0.0.1); every request
+        # goes through the registrar as outbound proxy (preloaded Route, which
+        # kamailio.cfg consumes), so baresip can also call a bare
+        # sip:USER@127.0.0.1 given in a REFER.
+        line = (f"<sip:{self.user}@{LOOPBACK};transport=udp>"
+                f";auth_pass={self.password};answermode={self.answermode}"
+                f";audio_codecs={self.codecs};regint={600 if self.register else 0}")
+        if self.outbound:
+            line += f";outbound=\"sip:{LOOPBACK}:{self.registrar_port};transport=udp\""
+        return line + self.account_extra
+
+    def _write_config(self) -> None:
+        mods = "".join(f"module\t\t\t{m if m.endswith('.so') else m + '.so'}\n"
+                       for m in self.modules)
+        cfg = (
+            "# written by tests/e2e/peers.py\n"
+            "poll_method\t\tepoll\n"
+            f"sip_listen\t\t{LOOPBACK}:{self.sip_port}\n"
+            f"net_interface\t\t{LOOPBACK}\n"
+            "call_local_timeout\t120\n"
+            f"call_max_calls\t\t{self.max_calls}\n"
+            f"audio_player\t\taubridge,{self.name}\n"
+            f"audio_source\t\taufile,{self.source}\n"
+            f"audio_alert\t\taubridge,{self.name}\n"
+            "audio_level\t\tno\n"
+            "rtp_stats\t\tno\n"
+            f"module_path\t\t{BARESIP_MODULE_DIR}\n"
+            f"{mods}"
+            "module\t\t\taufile.so\n"
+            "module\t\t\taubridge.so\n"
+            "module\t\t\tsndfile.so\n"
+            "module_app\t\taccount.so\n"
+            "module_app\t\tmenu.so\n"
+            "module_app\t\tctrl_tcp.so\n"
+            f"ctrl_tcp_listen\t\t{LOOPBACK}:{self.ctrl_port}\n"
+            f"snd_path\t\t{self.recdir}\n"
+            f"{self.extra_config}"
+        )
+        (self.cfgdir / "config").write_text(cfg)
+        (self.cfgdir / "accounts").write_text(self.account_line() + "\n")
+        (self.cfgdir / "contacts").write_text("")
+
+    # -- process ----------------------------------------------------------
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def start(self, wait_registered: bool = True, timeout: float = 30.0) -> "Baresip":
+        assert self.proc is None, "baresip already started"
+        exe = which("baresip") or "baresip"
+        self._logf = open(self.log, "wb")
+        args = [exe, "-f", str(self.cfgdir), "-t", str(self.quit_after)]
+        if self.sip_trace:
+            args.append("-s")  # SIP trace into the log
+        self.proc = subprocess.Popen(args,
+                                     stdin=subprocess.DEVNULL, stdout=self._logf,
+                                     stderr=subprocess.STDOUT, cwd=str(self.workdir),
+                                     start_new_session=True)
+
+        def connect():
+            if self.proc.poll() is not None:
+                raise AssertionError(f"baresip exited with {self.proc.returncode}:\n"
+                                     f"{tail(self.log, 40)}")
+            try:
+                return socket.create_connection((LOOPBACK, self.ctrl_port), timeout=1)
+            except OSError:
+                return None
+        self.sock = wait_until(connect, timeout, 0.05, f"baresip ctrl_tcp on {self.ctrl_port}")
+        self.sock.settimeout(None)
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        if wait_registered and self.register:
+            self.wait_registered(timeout)
+        return self
+
+    def _read(self) -> None:
+        buf = b""
+        sock = self.sock
+        while True:
+            try:
+                chunk = sock.recv(65536)
+            except OSError:
+                chunk = b""
+            if not chunk:
+                break
+            buf += chunk
+            while True:
+                m = re.match(rb"(\d+):", buf)
+                if not m:
+                    if buf and not buf[:1].isdigit():
+                        buf = b""  # out of sync: drop (never seen)
+                    break
+                n = int(m.group(1))
+                start = m.end()
+                if len(buf) < start + n + 1:
+                    break
+                payload, buf = buf[start:start + n], buf[start + n + 1:]
+                try:
+                    msg = json.loads(payload.decode("utf-8", errors="replace"))
+                except ValueError:
+                    msg = {"type": "_unparsed", "raw": payload.decode("utf-8", "replace")}
+                msg["_t"] = time.monotonic()
+                with self._cond:
+                    if msg.get("response"):
+                        self._responses[str(msg.get("token"))] = msg
+                    else:
+                        self.events.append(msg)
+                    self._cond.notify_all()
+        with self._cond:
+            self.events.append({"type": "_eof", "_t": time.monotonic()})
+            self._cond.notify_all()
+
+    def command(self, command: str, params: str | None = None, timeout: float = 15.0) -> dict:
+        """Sends one ctrl_tcp command; returns its response dict (ok, data)."""
+        assert self.sock is not None, "baresip not started"
+        self._token += 1
+        token = f"t{self._token}"
+        msg: dict = {"command": command, "token": token}
+        if params is not None:
+            msg["params"] = params
+        self.sent_commands.append(f"{command} {params or ''}".strip())
+        self.sock.sendall(_netstring(json.dumps(msg).encode()))
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while token not in self._responses:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(f"baresip gave no response to {msg} within {timeout:.0f}s")
+                self._cond.wait(min(left, 0.5))
+            return self._responses.pop(token)
+
+    def _ok(self, command: str, params: str | None = None) -> dict:
+        r = self.command(command, params)
+        if not r.get("ok"):
+            raise AssertionError(f"baresip refused {command} {params or ''}: {r}")
+        return r
+
+    # -- call control -----------------------------------------------------
+    def dial(self, uri: str) -> dict:
+        return self._ok("dial", uri)
+
+    def answer(self) -> dict:
+        return self._ok("accept")
+
+    def hangup(self) -> dict:
+        return self._ok("hangup")
+
+    def hold(self) -> dict:
+        return self._ok("hold")
+
+    def resume(self) -> dict:
+        return self._ok("resume")
+
+    def transfer(self, uri: str) -> dict:
+        return self._ok("transfer", uri)
+
+    def list_calls(self) -> str:
+        return str(self.command("listcalls").get("data", ""))
+
+    # -- events -----------------------------------------------------------
+    def _describe(self) -> str:
+        with self._cond:
+            items = list(self.events[-40:])
+        return "\n".join(json.dumps({k: v for k, v in e.items() if k != "_t"})
+                         for e in items) or "<no events>"
+
+    def mark(self) -> int:
+        """Moves the cursor to the end: the next wait_event sees only newer events."""
+        with self._cond:
+            self.cursor = len(self.events)
+            return self.cursor
+
+    def wait_event(self, type_: str, pred: Callable[[dict], bool] | None = None,
+                   timeout: float = 30.0) -> dict:
+        """The next event (after the previous match) of that type matching pred;
+        moves the cursor past it. Events: CALL_INCOMING, CALL_RINGING,
+        CALL_PROGRESS, CALL_ESTABLISHED, CALL_CLOSED (param "603 Decline"),
+        CALL_REMOTE_SDP (param "offer"/"answer"), CALL_TRANSFER, REGISTER_OK, ..."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                while self.cursor < len(self.events):
+                    ev = self.events[self.cursor]
+                    self.cursor += 1
+                    if ev.get("type") == type_ and (pred is None or pred(ev)):
+                        return ev
+                    if ev.get("type") == "_eof":
+                        self.cursor -= 1
+                        raise AssertionError(f"baresip {self.user} ended while waiting for "
+                                             f"{type_}; events:\n{self._describe()}\n"
+                                             f"log:\n{tail(self.log, 30)}")
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(f"baresip {self.user}: no {type_} within "
+                                         f"{timeout:.0f}s; events:\n{self._describe()}")
+                self._cond.wait(min(left, 0.5))
+
+    def count(self, type_: str, pred: Callable[[dict], bool] | None = None) -> int:
+        with self._cond:
+            return sum(1 for e in self.events
+                       if e.get("type") == type_ and (pred is None or pred(e)))
+
+    # -- registration -----------------------------------------------------
+    def _my_contacts(self) -> list[dict]:
+        assert self.kamailio is not None, "registered() needs the Kamailio object"
+        return [c for c in self.kamailio.contacts(self.user)
+                if f"{LOOPBACK}:{self.sip_port}" in c["address"]]
+
+    def registered(self) -> bool:
+        """Whether Kamailio's location table holds this baresip's contact."""
+        return bool(self._my_contacts())
+
+    def wait_registered(self, timeout: float = 30.0) -> None:
+        if self.kamailio is not None:
+            wait_until(self.registered, timeout, 0.1,
+                       f"baresip {self.user} (port {self.sip_port}) in ul.dump")
+        else:
+            self.wait_event("REGISTER_OK", timeout=timeout)
+
+    # -- recordings -------------------------------------------------------
+    def recordings(self, index: int = -1) -> tuple[Path, Path]:
+        """(enc, dec) of the latest call (index -1; -2 the one before, ...):
+        enc = what baresip sent, dec = what it received. Files are named
+        dump-<start time, to the second>-enc/dec.wav."""
+        def pick(kind):
+            # The name holds the call's start time (to the second): name order
+            # is call order.
+            fs = sorted(self.recdir.glob(f"dump-*-{kind}.wav"), key=lambda p: p.name)
+            if not fs or len(fs) < -index:
+                raise AssertionError(f"no {kind} recording #{index} in {self.recdir} "
+                                     f"(files: {sorted(os.listdir(self.recdir))})")
+            return fs[index]
+        return pick("enc"), pick("dec")
+
+    def recording_files(self) -> list[Path]:
+        return sorted(self.recdir.glob("dump-*.wav"))
+
+    # -- end --------------------------------------------------------------
+    def stop(self) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None and self.sock is not None:
+            try:
+                self.command("quit", timeout=3)
+            except (AssertionError, OSError):
+                pass
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                pass
+        _kill_group(self.proc, grace=5)
+        if self.sock is not None:
+            try:
+                self.sock.close()
+            except OSError:
+                pass
+        return self.proc.returncode
+
+    def diagnostics(self) -> list[tuple[str, str]]:
+        state = "not started" if self.proc is None else (
+            "running" if self.proc.poll() is None else f"exited {self.proc.returncode}")
+        recs = "\n".join(f"{p.name} {p.stat().st_size} bytes" for p in self.recording_files())
+        return [
+            (f"baresip {self.user} ({state}) commands", "\n".join(self.sent_commands[-20:])),
+            (f"baresip {self.user} events", self._describe()),
+            (f"baresip {self.user} log (tail)", tail(self.log, 60)),
+            (f"baresip {self.user} recordings", recs),
+        ]
+
+    def cleanup(self) -> None:
+        self.stop()
+        f = getattr(self, "_logf", None)
         if f:
             f.close()
 
