@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
 use microsip_config::{Account, Config, DtmfMethod, Transport};
-use microsip_media::{DtmfMode, MediaConfig, MediaEngine, MediaEvent};
+use microsip_media::{DtmfMode, Levels, MediaConfig, MediaEngine, MediaEvent};
 use microsip_sip::{
     Outcome, Registration, RegistrationConfig, RegistrationEvent, SipInbox, SipStack, SipTransport,
     StackConfig,
@@ -18,7 +18,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use tracing::{info, warn};
 
 use crate::calls::{Call, CallDone};
-use crate::command::{CallId, Command, Secret, WindowState};
+use crate::command::{CallId, Command, LevelChange, LevelKind, Secret, WindowState};
 use crate::event::{AccountView, Event, EventKind, Snapshot};
 use crate::messages::{MessageArchive, MessageDone};
 use crate::reply::{fail, ok, ok_with, ErrorCode, Reply};
@@ -138,6 +138,8 @@ pub(crate) struct Engine {
     call_on_start: Option<String>,
     observers: Vec<mpsc::UnboundedSender<Event>>,
     pub(crate) archive: Box<dyn MessageArchive>,
+    /// Speaker/microphone levels and mutes, for every call.
+    pub(crate) levels: Levels,
     /// The engine's own inbox, for background work to report back.
     pub(crate) inbox: mpsc::UnboundedSender<Request>,
 }
@@ -190,8 +192,14 @@ pub async fn start(
         call_on_start: setup.call_on_start,
         observers: setup.observers,
         archive: setup.archive,
+        levels: Levels::default(),
         inbox: inbox.clone(),
     };
+    engine.levels.speaker = engine.config.settings.volume_output.min(100);
+    engine.levels.microphone = engine.config.settings.volume_input.min(100);
+    if let Err(e) = engine.media.set_levels(engine.levels) {
+        warn!("audio levels not applied: {e}");
+    }
     engine.load_accounts();
     if engine.call_on_start.is_some() && !engine.accounts.values().any(|s| s.registration.is_some())
     {
@@ -492,6 +500,9 @@ impl Engine {
             Command::Dtmf { digits, call } => self.dtmf(&digits, call),
             Command::Message { target, text } => return self.send_text(&target, &text, reply),
             Command::Messages { contact } => self.list_messages(contact.as_deref()),
+            Command::Mute { on } => self.set_mute(false, on),
+            Command::SpeakerMute { on } => self.set_mute(true, on),
+            Command::Level { kind, change } => self.set_level(kind, change),
             Command::Calls => self.list_calls(),
             Command::Window { state } => ok(match state {
                 WindowState::Normal => "no window: running headless",
@@ -630,6 +641,56 @@ impl Engine {
             format!("account {number} active"),
             json!({ "account": number }),
         )
+    }
+
+    fn apply_levels(&mut self) -> Result<(), Reply> {
+        self.media
+            .set_levels(self.levels)
+            .map_err(|e| fail(ErrorCode::Media, format!("levels not applied: {e}")))
+    }
+
+    /// `mute` (microphone) and `speakermute`: set, or toggle without an argument.
+    fn set_mute(&mut self, speaker: bool, on: Option<bool>) -> Reply {
+        let flag = if speaker {
+            &mut self.levels.speaker_muted
+        } else {
+            &mut self.levels.microphone_muted
+        };
+        *flag = on.unwrap_or(!*flag);
+        let now = *flag;
+        if let Err(r) = self.apply_levels() {
+            return r;
+        }
+        let what = if speaker { "speaker" } else { "microphone" };
+        ok_with(
+            format!("{what} {}", if now { "muted" } else { "unmuted" }),
+            json!({ "device": what, "muted": now }),
+        )
+    }
+
+    /// `setvolume`, `volumeup/down`, `setmicvolume`, `micup/down`: replies the new level.
+    fn set_level(&mut self, kind: LevelKind, change: LevelChange) -> Reply {
+        let level = match kind {
+            LevelKind::Speaker => &mut self.levels.speaker,
+            LevelKind::Microphone => &mut self.levels.microphone,
+        };
+        let new = match change {
+            LevelChange::Absolute(v) => i32::from(v),
+            LevelChange::Relative(d) => i32::from(*level) + d,
+        }
+        .clamp(0, 100) as u8;
+        *level = new;
+        if let Err(r) = self.apply_levels() {
+            return r;
+        }
+        let (what, key) = match kind {
+            LevelKind::Speaker => ("speaker", "volumeOutput"),
+            LevelKind::Microphone => ("microphone", "volumeInput"),
+        };
+        if let Err(e) = self.store.set("Settings", key, &new.to_string()) {
+            warn!("{key} not saved: {e}");
+        }
+        ok_with(new.to_string(), json!({ "device": what, "level": new }))
     }
 
     /// Ends every call, un-registers every account (each bounded in time) and says

@@ -58,6 +58,64 @@ pub enum DtmfMode {
     SipInfo,
 }
 
+/// The phone's audio levels, shared by every call: 0–100 each, and the mutes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Levels {
+    /// Speaker (what we hear), 0–100.
+    pub speaker: u8,
+    /// Microphone (what we send), 0–100.
+    pub microphone: u8,
+    pub speaker_muted: bool,
+    pub microphone_muted: bool,
+}
+
+impl Default for Levels {
+    fn default() -> Levels {
+        Levels {
+            speaker: 100,
+            microphone: 100,
+            speaker_muted: false,
+            microphone_muted: false,
+        }
+    }
+}
+
+impl Levels {
+    fn speaker_gain(&self) -> f32 {
+        if self.speaker_muted {
+            0.0
+        } else {
+            volume_gain(self.speaker)
+        }
+    }
+    fn microphone_gain(&self) -> f32 {
+        if self.microphone_muted {
+            0.0
+        } else {
+            volume_gain(self.microphone)
+        }
+    }
+}
+
+/// 0–100 → amplitude factor: 100 is unity, 50 is half (−6 dB), 0 is silence.
+fn volume_gain(level: u8) -> f32 {
+    f32::from(level.min(100)) / 100.0
+}
+
+/// Scales `frame` from gain `from` to gain `to` in a straight line across the frame,
+/// so a level change never clicks. Returns `to` (the gain now in force).
+fn apply_gain(frame: &mut [i16], from: f32, to: f32) -> f32 {
+    if from == 1.0 && to == 1.0 {
+        return to;
+    }
+    let n = frame.len().max(1) as f32;
+    for (i, s) in frame.iter_mut().enumerate() {
+        let g = from + (to - from) * (i as f32 + 1.0) / n;
+        *s = (f32::from(*s) * g).clamp(-32768.0, 32767.0) as i16;
+    }
+    to
+}
+
 /// Something the media thread reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MediaEvent {
@@ -205,6 +263,7 @@ enum Request {
     SetHold(u64, bool),
     SetReceiveOnly(u64, bool),
     SendDtmf(u64, String),
+    SetLevels(Levels),
     Close(u64),
 }
 
@@ -452,6 +511,12 @@ impl MediaEngine {
         })
     }
 
+    /// Sets the speaker and microphone levels and mutes of every call (ramped over
+    /// one frame, so the change does not click).
+    pub fn set_levels(&self, levels: Levels) -> Result<(), MediaError> {
+        self.request(Request::SetLevels(levels))
+    }
+
     /// Ids of the open sessions.
     pub fn sessions(&self) -> Vec<u64> {
         lock(&self.shared.sessions).keys().copied().collect()
@@ -473,6 +538,7 @@ fn random_u64() -> u64 {
 /// packet).
 struct Scratch {
     events: EventSink,
+    levels: Levels,
     pcm: [i16; FRAME_SAMPLES],
     payload: [u8; FRAME_SAMPLES],
     packet: [u8; rtp::HEADER_LEN + FRAME_SAMPLES],
@@ -509,6 +575,9 @@ struct Session {
     tones_out: ToneGenerator,
     /// In-band detection, when the mode asks for it.
     detector: Option<GoertzelDetector>,
+    /// Gains last applied (ramps start from here).
+    mic_gain: f32,
+    speaker_gain: f32,
 }
 
 impl Session {
@@ -546,6 +615,8 @@ impl Session {
             dtmf_in: Rfc4733Receiver::new(),
             tones_out: ToneGenerator::new(),
             detector: None,
+            mic_gain: 1.0,
+            speaker_gain: 1.0,
         }
     }
 
@@ -629,6 +700,11 @@ impl Session {
                 Some(to) if self.may_send() => {
                     // The source always advances, so a file keeps its pace.
                     self.source.read(&mut scratch.pcm);
+                    self.mic_gain = apply_gain(
+                        &mut scratch.pcm,
+                        self.mic_gain,
+                        scratch.levels.microphone_gain(),
+                    );
                     let event = self.dtmf_out.as_mut().and_then(|sender| {
                         sender
                             .tick(self.timestamp)
@@ -722,6 +798,11 @@ impl Session {
                 (events)(MediaEvent::Dtmf { call: id, digit })
             });
         }
+        self.speaker_gain = apply_gain(
+            &mut frame[..samples],
+            self.speaker_gain,
+            scratch.levels.speaker_gain(),
+        );
         if let Err(e) = self.sink.write(&frame[..samples]) {
             tracing::warn!(call = self.id, error = %e, "audio output failed; the call goes on without it");
         }
@@ -813,8 +894,17 @@ fn find(sessions: &mut [Session], id: u64) -> Result<&mut Session, MediaError> {
         .ok_or(MediaError::UnknownSession(id))
 }
 
-fn handle(sessions: &mut Vec<Session>, request: Request, dtmf: DtmfMode) -> Result<(), MediaError> {
+fn handle(
+    sessions: &mut Vec<Session>,
+    request: Request,
+    dtmf: DtmfMode,
+    levels: &mut Levels,
+) -> Result<(), MediaError> {
     match request {
+        Request::SetLevels(new) => {
+            *levels = new;
+            Ok(())
+        }
         Request::Add(mut session) => {
             session.dtmf_mode = dtmf;
             if sessions.iter().any(|s| s.id == session.id) {
@@ -852,6 +942,7 @@ fn run(rx: mpsc::Receiver<Envelope>, dtmf: DtmfMode, events: EventSink) {
     let mut sessions: Vec<Session> = Vec::new();
     let mut scratch = Box::new(Scratch {
         events,
+        levels: Levels::default(),
         pcm: [0; FRAME_SAMPLES],
         payload: [0; FRAME_SAMPLES],
         packet: [0; rtp::HEADER_LEN + FRAME_SAMPLES],
@@ -864,9 +955,12 @@ fn run(rx: mpsc::Receiver<Envelope>, dtmf: DtmfMode, events: EventSink) {
         if sessions.is_empty() {
             // Idle: sleep until someone asks for something.
             let Ok(envelope) = rx.recv() else { break };
-            let _ = envelope
-                .ack
-                .send(handle(&mut sessions, envelope.request, dtmf));
+            let _ = envelope.ack.send(handle(
+                &mut sessions,
+                envelope.request,
+                dtmf,
+                &mut scratch.levels,
+            ));
             start = Instant::now();
             ticks = 0;
             continue;
@@ -890,9 +984,12 @@ fn run(rx: mpsc::Receiver<Envelope>, dtmf: DtmfMode, events: EventSink) {
         }
         match rx.recv_timeout(deadline - now) {
             Ok(envelope) => {
-                let _ = envelope
-                    .ack
-                    .send(handle(&mut sessions, envelope.request, dtmf));
+                let _ = envelope.ack.send(handle(
+                    &mut sessions,
+                    envelope.request,
+                    dtmf,
+                    &mut scratch.levels,
+                ));
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
@@ -907,6 +1004,24 @@ fn run(rx: mpsc::Receiver<Envelope>, dtmf: DtmfMode, events: EventSink) {
 
 #[cfg(test)]
 mod tests {
+    use super::{apply_gain, volume_gain};
+
+    #[test]
+    fn gain_ramps_without_a_jump() {
+        let mut frame = [10_000i16; 160];
+        let now = apply_gain(&mut frame, 1.0, 0.5);
+        assert_eq!(now, 0.5);
+        assert!(frame[0] > 9_900, "starts near the old gain: {}", frame[0]);
+        assert_eq!(frame[159], 5_000);
+        assert!(frame.windows(2).all(|w| (w[0] - w[1]).abs() <= 40));
+        let mut again = [10_000i16; 160];
+        apply_gain(&mut again, 0.5, 0.5);
+        assert!(again.iter().all(|&s| s == 5_000));
+        assert_eq!(volume_gain(100), 1.0);
+        assert_eq!(volume_gain(0), 0.0);
+        assert_eq!(volume_gain(250), 1.0);
+    }
+
     use super::*;
 
     #[test]

@@ -23,7 +23,7 @@ pub mod sdp;
 
 pub use audio::{AudioError, AudioSink, AudioSource, AudioSpec, FRAME_SAMPLES};
 pub use engine::{
-    DtmfMode, EventSink, MediaConfig, MediaEngine, MediaError, MediaEvent, MediaStats,
+    DtmfMode, EventSink, Levels, MediaConfig, MediaEngine, MediaError, MediaEvent, MediaStats,
 };
 pub use sdp::{
     accept_answer, answer, offer, parse as parse_sdp, Codec, Direction, LocalMedia, Negotiated,
