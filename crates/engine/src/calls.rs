@@ -670,22 +670,16 @@ impl Engine {
 
     pub(crate) fn on_media_event(&mut self, event: microsip_media::MediaEvent) {
         match event {
-            microsip_media::MediaEvent::Dtmf { call, digit } => {
+            microsip_media::MediaEvent::Dtmf {
+                call,
+                digit,
+                inband,
+            } => {
                 if self.calls.contains_key(&call) {
-                    let method = if self
-                        .calls
-                        .get(&call)
-                        .and_then(|c| c.negotiated.as_ref())
-                        .is_some_and(|n| n.telephone_event.is_some())
-                    {
-                        "rfc4733"
-                    } else {
-                        "inband"
-                    };
                     self.publish(EventKind::CallDtmf {
                         call,
                         digit: digit.to_string(),
-                        method,
+                        method: if inband { "inband" } else { "rfc4733" },
                     });
                 }
             }

@@ -119,8 +119,13 @@ fn apply_gain(frame: &mut [i16], from: f32, to: f32) -> f32 {
 /// Something the media thread reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MediaEvent {
-    /// A DTMF digit was received on call `call`.
-    Dtmf { call: u64, digit: char },
+    /// A DTMF digit was received on call `call`; `inband`: heard in the audio
+    /// (else an RFC 4733 event).
+    Dtmf {
+        call: u64,
+        digit: char,
+        inband: bool,
+    },
 }
 
 /// Where media events go (called on the media thread: must not block).
@@ -795,7 +800,11 @@ impl Session {
         if let Some(detector) = self.detector.as_mut() {
             let (id, events) = (self.id, &scratch.events);
             detector.process_samples(&frame[..samples], |digit| {
-                (events)(MediaEvent::Dtmf { call: id, digit })
+                (events)(MediaEvent::Dtmf {
+                    call: id,
+                    digit,
+                    inband: true,
+                })
             });
         }
         self.speaker_gain = apply_gain(
@@ -872,6 +881,7 @@ impl Session {
                     (scratch.events)(MediaEvent::Dtmf {
                         call: self.id,
                         digit,
+                        inband: false,
                     });
                 }
             }
