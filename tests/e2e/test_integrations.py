@@ -149,6 +149,8 @@ def test_history_and_csv_after_three_calls_and_sigkill(kam, make_phone, make_bar
         time.sleep(1.1)
         ph.cmd("hangup", cid)
     wait_until(lambda: len(list(csv.reader(open(tmp_path / "calls.csv")))) >= 4, 10, 0.05, "rows")
+    rc, listed, _ = ph.cmd("history")
+    assert rc == 0 and listed.count(" out 1002 ") == 3, listed
     os.killpg(ph.proc.pid, signal.SIGKILL)
     ph.proc.wait(10)
     text = ph.ini_path.read_text()
@@ -224,3 +226,17 @@ def test_two_event_clients_see_the_same_events_and_a_stuck_one_slows_nothing(
         assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
     finally:
         stuck.close()
+
+
+def test_contacts_add_list_remove(make_phone):
+    ph = make_phone(ini(account("", "1001", "")))
+    assert ph.cmd("contacts", "add", "1002", "Alice", "O'Brien & <Co>")[0] == 0
+    assert ph.cmd("contacts", "add", "1003")[0] == 0
+    listed = ph.cmd("contacts")[1]
+    assert "1002 Alice O'Brien & <Co>" in listed and "1003 1003" in listed, listed
+    xml = (ph.ini_path.parent / "Contacts.xml").read_text()
+    assert "&amp;" in xml and "&lt;Co&gt;" in xml, xml
+    assert ph.cmd("contacts", "remove", "1003")[0] == 0
+    rc, _, err = ph.cmd("contacts", "remove", "1003", check=False)
+    assert rc == 1 and "no contact" in err
+    assert "1003" not in ph.cmd("contacts", "list")[1]

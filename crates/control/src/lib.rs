@@ -12,4 +12,5 @@ pub mod messages;
 pub mod options;
 pub mod paths;
 pub mod phone;
+pub mod records;
 pub mod socket;

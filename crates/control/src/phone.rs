@@ -9,10 +9,12 @@ use microsip_config::{default_document, Config, IniFile};
 use microsip_engine::{Command, ConfigStore, EngineSetup};
 use tracing::{error, info, warn};
 
+use crate::contacts::ContactsFile;
 use crate::integrations;
 use crate::messages::MessageStore;
 use crate::options::StartOptions;
 use crate::paths;
+use crate::records::RecordFiles;
 use crate::socket::SocketServer;
 
 /// Writes settings the engine changes back into the ini, atomically, under the lock
@@ -175,11 +177,15 @@ pub fn run(options: StartOptions, profile: &str, call_on_start: Option<String>) 
         let observer = integrations::spawn(config.clone(), file.clone(), options.log.clone());
         let setup = EngineSetup {
             config,
-            store: Box::new(IniStore { file }),
+            store: Box::new(IniStore { file: file.clone() }),
             trace: options.debug.clone(),
             call_on_start,
             observers: vec![observer],
             archive: Box::new(MessageStore::beside_ini(&ini_path)),
+            records: Box::new(RecordFiles {
+                ini: file.clone(),
+                contacts: ContactsFile::beside_ini(&ini_path),
+            }),
         };
         let (engine, mut finished) = match microsip_engine::start(setup).await {
             Ok(x) => x,

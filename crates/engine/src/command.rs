@@ -148,6 +148,24 @@ pub enum Command {
     Messages {
         contact: Option<String>,
     },
+    /// `contacts [list|add|remove]`: the address book (`Contacts.xml`).
+    Contacts {
+        action: ContactsAction,
+    },
+}
+
+/// What `contacts` does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ContactsAction {
+    List,
+    Add {
+        number: String,
+        name: String,
+        presence: bool,
+    },
+    Remove {
+        number: String,
+    },
 }
 
 impl Command {
@@ -207,6 +225,7 @@ impl Command {
             Command::Events { .. } => "events",
             Command::History => "history",
             Command::Messages { .. } => "messages",
+            Command::Contacts { .. } => "contacts",
         }
     }
 }

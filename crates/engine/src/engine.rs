@@ -20,7 +20,7 @@ use tracing::{info, warn};
 use crate::calls::{Call, CallDone};
 use crate::command::{CallId, Command, LevelChange, LevelKind, Secret, WindowState};
 use crate::event::{AccountView, Event, EventKind, Snapshot};
-use crate::messages::{MessageArchive, MessageDone};
+use crate::messages::{MessageArchive, MessageDone, Records};
 use crate::reply::{fail, ok, ok_with, ErrorCode, Reply};
 
 /// How long `exit` waits for un-REGISTERs before leaving anyway.
@@ -53,6 +53,8 @@ pub struct EngineSetup {
     pub call_on_start: Option<String>,
     /// Where text messages are kept.
     pub archive: Box<dyn MessageArchive>,
+    /// The call history and the address book.
+    pub records: Box<dyn Records>,
     /// Consumers that must see every event (history, hooks, call log): unbounded,
     /// unlike the `events` stream, which drops what a slow client cannot take.
     pub observers: Vec<mpsc::UnboundedSender<Event>>,
@@ -138,6 +140,7 @@ pub(crate) struct Engine {
     call_on_start: Option<String>,
     observers: Vec<mpsc::UnboundedSender<Event>>,
     pub(crate) archive: Box<dyn MessageArchive>,
+    pub(crate) records: Box<dyn Records>,
     /// Speaker/microphone levels and mutes, for every call.
     pub(crate) levels: Levels,
     /// The engine's own inbox, for background work to report back.
@@ -192,6 +195,7 @@ pub async fn start(
         call_on_start: setup.call_on_start,
         observers: setup.observers,
         archive: setup.archive,
+        records: setup.records,
         levels: Levels::default(),
         inbox: inbox.clone(),
     };
@@ -500,6 +504,8 @@ impl Engine {
             Command::Dtmf { digits, call } => self.dtmf(&digits, call),
             Command::Message { target, text } => return self.send_text(&target, &text, reply),
             Command::Messages { contact } => self.list_messages(contact.as_deref()),
+            Command::History => self.list_history(),
+            Command::Contacts { action } => self.contacts(action),
             Command::Mute { on } => self.set_mute(false, on),
             Command::SpeakerMute { on } => self.set_mute(true, on),
             Command::Level { kind, change } => self.set_level(kind, change),

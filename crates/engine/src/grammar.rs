@@ -1,8 +1,8 @@
 //! The grammar: the words a script sends (command line or one socket line) → one [`Command`].
 
 use crate::command::{
-    CallId, Command, DeviceRole, LevelChange, LevelKind, ParseError, Secret, StatusForm,
-    WindowState,
+    CallId, Command, ContactsAction, DeviceRole, LevelChange, LevelKind, ParseError, Secret,
+    StatusForm, WindowState,
 };
 
 /// Points one `volumeup`/`volumedown`/`micup`/`micdown` step moves a level. The `msip:`
@@ -135,6 +135,35 @@ fn parse_words(words: &[String]) -> Result<Command, ParseError> {
         "activecall" => no_arguments("activecall", rest, Command::ActiveCall),
         "calls" => no_arguments("calls", rest, Command::Calls),
         "history" => no_arguments("history", rest, Command::History),
+        "contacts" => match rest.split_first() {
+            None => Ok(Command::Contacts {
+                action: ContactsAction::List,
+            }),
+            Some((verb, args)) => match (verb.to_ascii_lowercase().as_str(), args) {
+                ("list", []) => Ok(Command::Contacts {
+                    action: ContactsAction::List,
+                }),
+                ("add", [number, name @ ..]) => Ok(Command::Contacts {
+                    action: ContactsAction::Add {
+                        number: number.clone(),
+                        name: if name.is_empty() {
+                            number.clone()
+                        } else {
+                            name.join(" ")
+                        },
+                        presence: false,
+                    },
+                }),
+                ("remove", [number]) => Ok(Command::Contacts {
+                    action: ContactsAction::Remove {
+                        number: number.clone(),
+                    },
+                }),
+                _ => Err(bad(
+                    "contacts takes: list | add NUMBER [NAME...] | remove NUMBER",
+                )),
+            },
+        },
         "messages" => match rest {
             [] => Ok(Command::Messages { contact: None }),
             [contact] => Ok(Command::Messages {

@@ -18,5 +18,5 @@ pub mod reply;
 pub use command::{CallId, Command, ParseError};
 pub use engine::{start, ConfigStore, EngineHandle, EngineSetup, NoStore};
 pub use event::{Event, EventKind, Snapshot};
-pub use messages::{MessageArchive, MessageRecord, NoArchive};
+pub use messages::{MessageArchive, MessageRecord, NoArchive, NoRecords, Records};
 pub use reply::{Answer, ErrorCode, Failure, Reply};

@@ -10,6 +10,7 @@ use serde_json::json;
 use tokio::sync::oneshot;
 use tracing::warn;
 
+use crate::command::ContactsAction;
 use crate::dialplan;
 use crate::engine::{Engine, Request};
 use crate::event::EventKind;
@@ -36,6 +37,36 @@ pub trait MessageArchive: Send {
     fn store(&mut self, record: &MessageRecord) -> Result<(), String>;
     /// The stored messages with `contact`, or with everyone; oldest first.
     fn list(&self, contact: Option<&str>) -> Result<Vec<MessageRecord>, String>;
+}
+
+/// The user's other records: the call history and the address book.
+pub trait Records: Send {
+    /// The call history, newest first, as JSON objects.
+    fn history(&self) -> Result<Vec<serde_json::Value>, String>;
+    /// The contacts, as JSON objects (`name`, `number`, `presence`, ...).
+    fn contacts(&self) -> Result<Vec<serde_json::Value>, String>;
+    /// Adds (or updates) a contact; says which.
+    fn add_contact(&mut self, name: &str, number: &str, presence: bool) -> Result<String, String>;
+    /// Removes the contact with `number`; false when there was none.
+    fn remove_contact(&mut self, number: &str) -> Result<bool, String>;
+}
+
+/// No records (tests).
+pub struct NoRecords;
+
+impl Records for NoRecords {
+    fn history(&self) -> Result<Vec<serde_json::Value>, String> {
+        Ok(Vec::new())
+    }
+    fn contacts(&self) -> Result<Vec<serde_json::Value>, String> {
+        Ok(Vec::new())
+    }
+    fn add_contact(&mut self, _: &str, _: &str, _: bool) -> Result<String, String> {
+        Err("no address book in this run".into())
+    }
+    fn remove_contact(&mut self, _: &str) -> Result<bool, String> {
+        Err("no address book in this run".into())
+    }
 }
 
 /// An archive that keeps nothing (tests).
@@ -186,6 +217,72 @@ impl Engine {
             warn!("sent message to {} not stored: {e}", record.to);
         }
         let _ = reply.send(answer);
+    }
+
+    /// `history`: one entry per line-part, newest first.
+    pub(crate) fn list_history(&self) -> Reply {
+        match self.records.history() {
+            Ok(list) => {
+                let text: Vec<String> = list
+                    .iter()
+                    .map(|e| {
+                        format!(
+                            "{} {} {} {}s",
+                            e["time"],
+                            e["type"].as_str().unwrap_or("?"),
+                            e["number"].as_str().unwrap_or(""),
+                            e["duration"]
+                        )
+                    })
+                    .collect();
+                ok_with(text.join("; "), json!(list))
+            }
+            Err(e) => fail(ErrorCode::Internal, format!("history cannot be read: {e}")),
+        }
+    }
+
+    /// `contacts [list]`, `contacts add NUMBER [NAME]`, `contacts remove NUMBER`.
+    pub(crate) fn contacts(&mut self, action: ContactsAction) -> Reply {
+        match action {
+            ContactsAction::List => match self.records.contacts() {
+                Ok(list) => {
+                    let text: Vec<String> = list
+                        .iter()
+                        .map(|c| {
+                            format!(
+                                "{} {}",
+                                c["number"].as_str().unwrap_or(""),
+                                c["name"].as_str().unwrap_or("")
+                            )
+                        })
+                        .collect();
+                    ok_with(text.join("; "), json!(list))
+                }
+                Err(e) => fail(ErrorCode::Internal, format!("contacts cannot be read: {e}")),
+            },
+            ContactsAction::Add {
+                number,
+                name,
+                presence,
+            } => match self.records.add_contact(&name, &number, presence) {
+                Ok(word) => ok_with(
+                    format!("contact {number} {word}"),
+                    json!({ "number": number }),
+                ),
+                Err(e) => fail(ErrorCode::ConfigWrite, format!("contact not saved: {e}")),
+            },
+            ContactsAction::Remove { number } => match self.records.remove_contact(&number) {
+                Ok(true) => ok_with(
+                    format!("contact {number} removed"),
+                    json!({ "number": number }),
+                ),
+                Ok(false) => fail(
+                    ErrorCode::BadArgument,
+                    format!("there is no contact {number}"),
+                ),
+                Err(e) => fail(ErrorCode::ConfigWrite, format!("contact not removed: {e}")),
+            },
+        }
     }
 
     /// `messages [CONTACT]`.
