@@ -895,34 +895,50 @@ impl Engine {
 
     // -------------------------------------------------------------- hold
 
+    /// The confirmed call a mid-call command acts on. A call still being set up
+    /// keeps the command until it is answered (so `dial`, `hold` back to back works);
+    /// a ringing incoming call refuses it. `None`: the reply has been sent or kept.
+    fn confirmed_call(
+        &mut self,
+        id: Option<CallId>,
+        command: impl FnOnce(CallId) -> Command,
+        reply: oneshot::Sender<Reply>,
+    ) -> Option<(CallId, oneshot::Sender<Reply>)> {
+        let id = match self.find(id) {
+            Ok(id) => id,
+            Err(e) => {
+                let _ = reply.send(e);
+                return None;
+            }
+        };
+        let call = self.calls.get_mut(&id)?;
+        if call.confirmed {
+            return Some((id, reply));
+        }
+        if call.is_ringing_in() {
+            let _ = reply.send(fail(
+                ErrorCode::WrongState,
+                format!("call {id} is not answered yet"),
+            ));
+        } else {
+            call.deferred.push((command(id), reply, Instant::now()));
+        }
+        None
+    }
+
     pub(crate) fn hold(
         &mut self,
         id: Option<CallId>,
         on: Option<bool>,
         reply: oneshot::Sender<Reply>,
     ) {
-        let id = match self.find(id) {
-            Ok(id) => id,
-            Err(e) => {
-                let _ = reply.send(e);
-                return;
-            }
-        };
-        let Some(call) = self.calls.get_mut(&id) else {
+        let command = |id| Command::Hold { call: Some(id), on };
+        let Some((id, reply)) = self.confirmed_call(id, command, reply) else {
             return;
         };
-        if !call.confirmed {
-            if call.is_ringing_in() {
-                let _ = reply.send(fail(
-                    ErrorCode::WrongState,
-                    format!("call {id} is not answered yet"),
-                ));
-            } else {
-                call.deferred
-                    .push((Command::Hold { call: Some(id), on }, reply, Instant::now()));
-            }
+        let Some(call) = self.calls.get(&id) else {
             return;
-        }
+        };
         let want = on.unwrap_or(!call.local_hold);
         if want == call.local_hold {
             let _ = reply.send(ok(format!(
@@ -991,34 +1007,16 @@ impl Engine {
         id: Option<CallId>,
         reply: oneshot::Sender<Reply>,
     ) {
-        let id = match self.find(id) {
-            Ok(id) => id,
-            Err(e) => {
-                let _ = reply.send(e);
-                return;
-            }
+        let command = |id| Command::Transfer {
+            target: target.to_string(),
+            call: Some(id),
         };
-        let Some(call) = self.calls.get_mut(&id) else {
+        let Some((id, reply)) = self.confirmed_call(id, command, reply) else {
             return;
         };
-        if !call.confirmed {
-            if call.is_ringing_in() {
-                let _ = reply.send(fail(
-                    ErrorCode::WrongState,
-                    format!("call {id} is not answered yet"),
-                ));
-            } else {
-                call.deferred.push((
-                    Command::Transfer {
-                        target: target.to_string(),
-                        call: Some(id),
-                    },
-                    reply,
-                    Instant::now(),
-                ));
-            }
+        let Some(call) = self.calls.get(&id) else {
             return;
-        }
+        };
         let account_no = call.account;
         let Some(account) = self.accounts.get(&account_no).map(|s| s.account.clone()) else {
             let _ = reply.send(fail(ErrorCode::NoAccount, "the call's account is gone"));

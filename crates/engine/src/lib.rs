@@ -19,4 +19,6 @@ pub use command::{CallId, Command, ParseError};
 pub use engine::{start, ConfigStore, EngineHandle, EngineSetup, NoStore};
 pub use event::{Event, EventKind, Snapshot};
 pub use messages::{MessageArchive, MessageRecord, NoArchive, NoRecords, Records};
+/// Wall-clock time as RFC 3339 text (shared with the faces' files).
+pub use microsip_sip::time;
 pub use reply::{Answer, ErrorCode, Failure, Reply};
