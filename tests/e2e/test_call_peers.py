@@ -187,6 +187,18 @@ def test_sipp_183_early_media(make_sipp, caller):
     assert all(abs(w.freq - 1000) <= 15 for w in ws[:first_600 - 1]), tones(dec, 1000, 600)
 
 
+def test_sipp_answering_uas(make_sipp, caller):
+    sipp = make_sipp("uas_answer.xml", timeout_s=60)
+    caller.dial(f"sip:svc@{sipp.address}")
+    caller.wait_event("CALL_ESTABLISHED")
+    caller.hangup()
+    caller.wait_event("CALL_CLOSED")
+    assert sipp.wait(60) == 0
+    # The 200 to baresip's BYE reached it (through Kamailio too).
+    assert re.search(r"SIP/2.0 200 OK\r?\n(?:[^\r\n]+\r?\n){0,15}?CSeq: \d+ BYE",
+                     caller.log.read_text(errors="replace"))
+
+
 def test_sipp_488(make_sipp, caller):
     sipp = make_sipp("uas_488.xml", timeout_s=60)
     caller.dial(f"sip:svc@{sipp.address}")
@@ -382,7 +394,8 @@ def test_sipp_rtp_call_is_heard_by_baresip(make_sipp, callee):
 # ---------------------------------------------------------------- every scenario can fail
 
 @pytest.mark.parametrize("scenario", ["uas_183_early_media.xml", "uas_488.xml",
-                                      "uas_reinvite.xml", "uas_forked_200.xml"])
+                                      "uas_reinvite.xml", "uas_forked_200.xml",
+                                      "uas_answer.xml"])
 def test_uas_scenarios_fail_when_nobody_calls(make_sipp, scenario):
     sipp = make_sipp(scenario, timeout_s=3, files=ulaw_files())
     assert sipp.wait(30) != 0

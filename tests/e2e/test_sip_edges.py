@@ -52,6 +52,10 @@ def test_account_password_command_stores_and_reregisters(kamailio, make_phone):
     assert saved.startswith("; my phone\n[Settings]\n"), saved  # comment and order kept
     assert "myOwnKey=kept;as#is\n" in saved  # unknown key kept literally
     assert (phone.ini_path.stat().st_mode & 0o777) == 0o600
+    # The API audit log has the command, from the command line, without the password.
+    audit = (phone.ini_path.parent / "audit.log").read_text()
+    assert '"source":"cli"' in audit and '"command":"account"' in audit, audit
+    assert PASSWORD not in audit and "wrong" not in audit, audit
 
 
 def test_account_switch_and_unknown_account(kamailio, make_phone):

@@ -32,7 +32,7 @@ pub fn connect(path: &Path) -> Option<UnixStream> {
 /// for errors; the raw JSON with `json`), and returns the exit status. `events`
 /// keeps printing the stream until the phone closes it.
 pub fn forward(mut stream: UnixStream, argv: &[String], json: bool) -> i32 {
-    let request = serde_json::json!({ "argv": argv }).to_string();
+    let request = serde_json::json!({ "argv": argv, "source": "cli" }).to_string();
     if let Err(e) = stream
         .write_all(format!("{request}\n").as_bytes())
         .and_then(|_| stream.flush())

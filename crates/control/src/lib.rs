@@ -2,6 +2,7 @@
 //! client), the file locations, and the start-up that turns a process into the phone.
 //! The faces know no SIP and no RTP: they speak only `Command`, `Reply` and `Event`.
 
+pub mod audit;
 pub mod calllog;
 pub mod client;
 pub mod contacts;

@@ -9,6 +9,7 @@ use microsip_config::{default_document, Config, IniFile};
 use microsip_engine::{Command, ConfigStore, EngineSetup};
 use tracing::{error, info, warn};
 
+use crate::audit::AuditLog;
 use crate::contacts::ContactsFile;
 use crate::integrations;
 use crate::messages::MessageStore;
@@ -194,7 +195,8 @@ pub fn run(options: StartOptions, profile: &str, call_on_start: Option<String>) 
                 return 2;
             }
         };
-        let server = match SocketServer::bind(&socket, engine.clone()).await {
+        let audit = Arc::new(AuditLog::beside_ini(&ini_path));
+        let server = match SocketServer::bind(&socket, engine.clone(), Some(audit)).await {
             Ok(s) => s,
             Err(e) => {
                 eprintln!("microsip: {e}");

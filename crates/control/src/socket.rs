@@ -13,6 +13,8 @@ use std::time::Duration;
 use microsip_engine::grammar::{parse_args, parse_line};
 use microsip_engine::reply::{fail, to_json, to_line};
 use microsip_engine::{Command, EngineHandle, ErrorCode, Reply};
+
+use crate::audit::AuditLog;
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
@@ -33,7 +35,11 @@ pub struct SocketServer {
 impl SocketServer {
     /// Binds `path` (refusing when another phone already answers there), sets mode
     /// 0600 and serves connections with `engine`.
-    pub async fn bind(path: &Path, engine: EngineHandle) -> Result<SocketServer, String> {
+    pub async fn bind(
+        path: &Path,
+        engine: EngineHandle,
+        audit: Option<Arc<AuditLog>>,
+    ) -> Result<SocketServer, String> {
         if path.exists() {
             if UnixStream::connect(path).await.is_ok() {
                 return Err(format!(
@@ -50,7 +56,7 @@ impl SocketServer {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
             .map_err(|e| format!("cannot set mode 0600 on {}: {e}", path.display()))?;
         let in_flight = Arc::new(AtomicUsize::new(0));
-        tokio::spawn(accept_loop(listener, engine, in_flight.clone()));
+        tokio::spawn(accept_loop(listener, engine, in_flight.clone(), audit));
         Ok(SocketServer {
             path: path.to_path_buf(),
             in_flight,
@@ -74,7 +80,12 @@ impl Drop for SocketServer {
     }
 }
 
-async fn accept_loop(listener: UnixListener, engine: EngineHandle, in_flight: Arc<AtomicUsize>) {
+async fn accept_loop(
+    listener: UnixListener,
+    engine: EngineHandle,
+    in_flight: Arc<AtomicUsize>,
+    audit: Option<Arc<AuditLog>>,
+) {
     // SAFETY: geteuid has no preconditions and cannot fail.
     let me = unsafe { libc::geteuid() };
     loop {
@@ -97,7 +108,12 @@ async fn accept_loop(listener: UnixListener, engine: EngineHandle, in_flight: Ar
                 continue;
             }
         }
-        tokio::spawn(serve_connection(stream, engine.clone(), in_flight.clone()));
+        tokio::spawn(serve_connection(
+            stream,
+            engine.clone(),
+            in_flight.clone(),
+            audit.clone(),
+        ));
     }
 }
 
@@ -106,6 +122,10 @@ struct Request {
     command: Result<Command, Reply>,
     /// `Some` for the JSON form: reply in JSON and echo this token.
     json: Option<Value>,
+    /// Who sent it: `cli` (a `microsip ARGS...` process says so) or `socket`.
+    source: &'static str,
+    /// The words as received, for the audit log when they made no command.
+    words: Vec<String>,
 }
 
 fn parse_request(bytes: &[u8]) -> Request {
@@ -113,6 +133,8 @@ fn parse_request(bytes: &[u8]) -> Request {
         return Request {
             command: Err(fail(ErrorCode::BadArgument, "request is not UTF-8 text")),
             json: None,
+            source: "socket",
+            words: Vec::new(),
         };
     };
     let text = text.trim();
@@ -120,6 +142,8 @@ fn parse_request(bytes: &[u8]) -> Request {
         return Request {
             command: parse_line(text).map_err(parse_failure),
             json: None,
+            source: "socket",
+            words: text.split_whitespace().map(str::to_string).collect(),
         };
     }
     let value: Value = match serde_json::from_str(text) {
@@ -131,17 +155,27 @@ fn parse_request(bytes: &[u8]) -> Request {
                     format!("bad JSON request: {e}"),
                 )),
                 json: Some(Value::Null),
+                source: "socket",
+                words: Vec::new(),
             }
         }
     };
     let token = value.get("token").cloned().unwrap_or(Value::Null);
+    let source = match value.get("source").and_then(Value::as_str) {
+        Some("cli") => "cli",
+        _ => "socket",
+    };
+    let mut words = Vec::new();
     let command = if let Some(argv) = value.get("argv").and_then(Value::as_array) {
-        let words: Option<Vec<String>> = argv
+        let words_of: Option<Vec<String>> = argv
             .iter()
             .map(|w| w.as_str().map(str::to_string))
             .collect();
-        match words {
-            Some(words) => parse_args(&words).map_err(parse_failure),
+        match words_of {
+            Some(w) => {
+                words = w;
+                parse_args(&words).map_err(parse_failure)
+            }
             None => Err(fail(
                 ErrorCode::BadArgument,
                 "argv must be a list of strings",
@@ -158,6 +192,8 @@ fn parse_request(bytes: &[u8]) -> Request {
     Request {
         command,
         json: Some(token),
+        source,
+        words,
     }
 }
 
@@ -202,7 +238,12 @@ async fn read_line<R: AsyncBufReadExt + Unpin>(
     }
 }
 
-async fn serve_connection(stream: UnixStream, engine: EngineHandle, in_flight: Arc<AtomicUsize>) {
+async fn serve_connection(
+    stream: UnixStream,
+    engine: EngineHandle,
+    in_flight: Arc<AtomicUsize>,
+    audit: Option<Arc<AuditLog>>,
+) {
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(read);
     let mut buf = Vec::new();
@@ -232,6 +273,9 @@ async fn serve_connection(stream: UnixStream, engine: EngineHandle, in_flight: A
         let command = match request.command {
             Ok(c) => c,
             Err(reply) => {
+                if let Some(audit) = &audit {
+                    audit.record(request.source, Err(&request.words), &reply);
+                }
                 if write_line(&mut write, &render(&reply, &request.json))
                     .await
                     .is_err()
@@ -247,7 +291,11 @@ async fn serve_connection(stream: UnixStream, engine: EngineHandle, in_flight: A
         }
         let is_exit = matches!(command, Command::Exit);
         in_flight.fetch_add(1, Ordering::SeqCst);
+        let audited = audit.as_ref().map(|_| command.clone());
         let reply = engine.execute(command).await;
+        if let (Some(audit), Some(command)) = (&audit, &audited) {
+            audit.record(request.source, Ok(command), &reply);
+        }
         let written = write_line(&mut write, &render(&reply, &request.json)).await;
         in_flight.fetch_sub(1, Ordering::SeqCst);
         if written.is_err() || is_exit {
