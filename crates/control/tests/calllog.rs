@@ -1,6 +1,8 @@
 //! The CSV call log: RFC 4180 rows read back by a small parser here and by Python's
 //! csv module, one header, hostile display names, failing writes.
 
+mod common;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -9,16 +11,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use microsip_control::calllog::{CallLog, CallRecord, COLUMNS, HEADER};
 
 fn temp_dir(tag: &str) -> PathBuf {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    let dir = std::env::temp_dir().join(format!(
-        "microsip-calllog-{tag}-{}-{nanos}",
-        std::process::id()
-    ));
-    fs::create_dir_all(&dir).unwrap();
-    dir
+    common::temp_dir("calllog", tag)
 }
 
 /// RFC 4180, strictly: records end with CRLF, quoted fields may hold anything with

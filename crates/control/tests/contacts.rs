@@ -1,22 +1,15 @@
 //! `Contacts.xml`: round trips, escaping, encodings, unknown attributes kept, DTDs
 //! refused, and no panic on any input.
 
+mod common;
+
 use std::fs;
 use std::path::PathBuf;
 
 use microsip_control::contacts::{self, AddOutcome, Contact, ContactsError, ContactsFile};
 
 fn temp_dir(tag: &str) -> PathBuf {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    let dir = std::env::temp_dir().join(format!(
-        "microsip-contacts-{tag}-{}-{nanos}",
-        std::process::id()
-    ));
-    fs::create_dir_all(&dir).unwrap();
-    dir
+    common::temp_dir("contacts", tag)
 }
 
 const MICROSIP_FILE: &str = r#"<?xml version="1.0" encoding="UTF-8"?>

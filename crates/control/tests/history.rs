@@ -1,5 +1,7 @@
 //! MicroSIP's `[Calls]` ring buffer and `[Dialed]` list in the ini.
 
+mod common;
+
 use std::fs;
 use std::path::PathBuf;
 
@@ -7,16 +9,7 @@ use microsip_config::{IniDocument, IniFile};
 use microsip_control::history::{self, CallType, HistoryEntry};
 
 fn temp_dir(tag: &str) -> PathBuf {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    let dir = std::env::temp_dir().join(format!(
-        "microsip-history-{tag}-{}-{nanos}",
-        std::process::id()
-    ));
-    fs::create_dir_all(&dir).unwrap();
-    dir
+    common::temp_dir("history", tag)
 }
 
 fn entry(number: &str, kind: CallType, time: i64) -> HistoryEntry {

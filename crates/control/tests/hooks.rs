@@ -1,6 +1,8 @@
 //! Hooks run as child processes without a shell: placeholders, the appended number,
 //! a hostile caller id as one literal argument, the time limit, a missing program.
 
+mod common;
+
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -10,16 +12,7 @@ use microsip_config::Hooks;
 use microsip_control::hooks::{HookContext, HookEvent, HookOutcome, HookOutput, HookRunner};
 
 fn temp_dir(tag: &str) -> PathBuf {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    let dir = std::env::temp_dir().join(format!(
-        "microsip-hooks-{tag}-{}-{nanos}",
-        std::process::id()
-    ));
-    fs::create_dir_all(&dir).unwrap();
-    dir
+    common::temp_dir("hooks", tag)
 }
 
 /// A script that writes `$#` and then each argument after the first (the output

@@ -1,6 +1,8 @@
 //! The message store: one JSON-lines file per contact, synced before `store`
 //! returns; torn and broken lines skipped; SIGKILL loses nothing stored.
 
+mod common;
+
 use std::fs;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -10,16 +12,7 @@ use std::process::{Command, Stdio};
 use microsip_control::messages::{self, MessageDirection, MessageStore, StoredMessage};
 
 fn temp_dir(tag: &str) -> PathBuf {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    let dir = std::env::temp_dir().join(format!(
-        "microsip-messages-{tag}-{}-{nanos}",
-        std::process::id()
-    ));
-    fs::create_dir_all(&dir).unwrap();
-    dir
+    common::temp_dir("messages", tag)
 }
 
 fn incoming(text: &str, time: i64) -> StoredMessage {

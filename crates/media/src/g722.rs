@@ -353,6 +353,7 @@ impl G722Decoder {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_signal::{snr_db, zero_crossings};
 
     fn fnv(bytes: impl IntoIterator<Item = u8>) -> u64 {
         let mut h = 0xcbf2_9ce4_8422_2325u64;
@@ -485,23 +486,6 @@ mod tests {
             out.extend_from_slice(&pcm[..m]);
         }
         out
-    }
-
-    /// Signal-to-noise ratio of `output` against `input` delayed by `delay` samples,
-    /// over `range` of the output.
-    fn snr_db(input: &[i16], output: &[i16], delay: usize, range: std::ops::Range<usize>) -> f64 {
-        let (mut signal, mut noise) = (0.0, 0.0);
-        for i in range {
-            let x = f64::from(input[i - delay]);
-            let e = f64::from(output[i]) - x;
-            signal += x * x;
-            noise += e * e;
-        }
-        10.0 * (signal / noise.max(1e-9)).log10()
-    }
-
-    fn zero_crossings(x: &[i16]) -> usize {
-        x.windows(2).filter(|w| (w[0] < 0) != (w[1] < 0)).count()
     }
 
     #[test]

@@ -20,6 +20,8 @@ pub mod plc;
 pub mod resample;
 pub mod rtp;
 pub mod sdp;
+#[cfg(test)]
+mod test_signal;
 
 pub use audio::{AudioError, AudioSink, AudioSource, AudioSpec, FRAME_SAMPLES};
 pub use engine::{

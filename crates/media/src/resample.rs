@@ -276,6 +276,7 @@ impl Resampler {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_signal::{snr_db, zero_crossings};
 
     fn sine(freq: f64, amplitude: f64, rate: u32, len: usize) -> Vec<i16> {
         (0..len)
@@ -295,26 +296,6 @@ mod tests {
             out.extend_from_slice(&buf[..n]);
         }
         out
-    }
-
-    fn snr_db(
-        reference: &[i16],
-        output: &[i16],
-        delay: usize,
-        range: std::ops::Range<usize>,
-    ) -> f64 {
-        let (mut signal, mut noise) = (0.0, 0.0);
-        for i in range {
-            let x = f64::from(reference[i - delay]);
-            let e = f64::from(output[i]) - x;
-            signal += x * x;
-            noise += e * e;
-        }
-        10.0 * (signal / noise.max(1e-9)).log10()
-    }
-
-    fn zero_crossings(x: &[i16]) -> usize {
-        x.windows(2).filter(|w| (w[0] < 0) != (w[1] < 0)).count()
     }
 
     #[test]

@@ -1,0 +1,18 @@
+//! Helpers shared by the control crate's integration tests.
+
+use std::fs;
+use std::path::PathBuf;
+
+/// A fresh folder for one test: `microsip-<suite>-<tag>-<pid>-<nanos>` in the temp dir.
+pub fn temp_dir(suite: &str, tag: &str) -> PathBuf {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let dir = std::env::temp_dir().join(format!(
+        "microsip-{suite}-{tag}-{}-{nanos}",
+        std::process::id()
+    ));
+    fs::create_dir_all(&dir).unwrap();
+    dir
+}
