@@ -89,20 +89,7 @@ impl DialError {
 
 /// Text from the input as it may be shown: control characters escaped, long text cut.
 fn shown(text: &str) -> String {
-    const MAX: usize = 80;
-    let mut out = String::new();
-    for (i, c) in text.chars().enumerate() {
-        if i == MAX {
-            out.push('…');
-            break;
-        }
-        if c.is_control() {
-            out.extend(c.escape_default());
-        } else {
-            out.push(c);
-        }
-    }
-    out
+    crate::grammar::shown_within(text, 80, "…")
 }
 
 impl fmt::Display for DialError {

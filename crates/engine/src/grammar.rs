@@ -762,10 +762,16 @@ fn unknown(word: &str) -> ParseError {
 
 /// A word as an error message shows it: at most 40 characters, controls escaped.
 fn shown(word: &str) -> String {
+    shown_within(word, 40, "...")
+}
+
+/// User input as an error message may show it: control characters escaped, cut
+/// after `max` characters with `ellipsis`. Shared with the dial plan's errors.
+pub(crate) fn shown_within(text: &str, max: usize, ellipsis: &str) -> String {
     let mut out = String::new();
-    for (count, c) in word.chars().enumerate() {
-        if count == 40 {
-            out.push_str("...");
+    for (count, c) in text.chars().enumerate() {
+        if count == max {
+            out.push_str(ellipsis);
             break;
         }
         if c.is_control() {

@@ -751,14 +751,7 @@ impl Calls {
                 }
                 DialogState::Info(_, req, handle) => {
                     let _ = handle.reply(StatusCode::OK).await;
-                    let content_type = req
-                        .headers
-                        .iter()
-                        .find_map(|h| match h {
-                            Header::ContentType(c) => Some(c.value().to_string()),
-                            _ => None,
-                        })
-                        .unwrap_or_default();
+                    let content_type = content_type(&req).unwrap_or_default();
                     send(SignalKind::Info {
                         content_type,
                         body: String::from_utf8_lossy(&req.body).into_owned(),
@@ -798,6 +791,14 @@ fn add_to_tag(resp: &mut Response, tag: &str) {
             }
         }
     }
+}
+
+/// A request's Content-Type, if it has one.
+pub(crate) fn content_type(req: &Request) -> Option<String> {
+    req.headers.iter().find_map(|h| match h {
+        Header::ContentType(c) => Some(c.value().to_string()),
+        _ => None,
+    })
 }
 
 fn body_text(body: &[u8]) -> Option<String> {

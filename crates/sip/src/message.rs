@@ -14,7 +14,7 @@ use rsipstack::transport::udp::UdpConnection;
 use rsipstack::transport::{SipAddr, SipConnection};
 use tracing::debug;
 
-use crate::call::{split_name_addr, CallerAccount};
+use crate::call::{content_type, split_name_addr, CallerAccount};
 use crate::digest::{answer, pick_challenge};
 use crate::request::{send_and_wait, NoAnswer};
 use crate::stack::SipStack;
@@ -68,14 +68,7 @@ impl IncomingMessage {
             .map(|t| t.value().to_string())
             .unwrap_or_default();
         let (_, to_uri) = split_name_addr(&to);
-        let content_type = req
-            .headers
-            .iter()
-            .find_map(|h| match h {
-                Header::ContentType(c) => Some(c.value().to_string()),
-                _ => None,
-            })
-            .unwrap_or_else(|| "text/plain".into());
+        let content_type = content_type(req).unwrap_or_else(|| "text/plain".into());
         if req.body.len() > MAX_TEXT {
             return Err(Box::new(tx));
         }
