@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from peers import account, ini
+from peers import account, ini, wait_until
 
 PASSWORD = "p;w#1005"
 USERS = {"1001": PASSWORD, "1002": "secret2", "1003": "secret3"}
@@ -55,8 +55,11 @@ def test_immediate_forwarding_answers_302(kam, make_phone, make_baresip):
     # baresip follows the 302 to 1003 (or reports it); either way we sent the 302.
     ended = ph.events().wait_for("call.ended", None, 15)
     assert ended["code"] == 302, ended
-    trace = ph.trace_text()
-    assert "SIP/2.0 302" in trace and "sip:1003@127.0.0.1" in trace, trace[-3000:]
+    # The event is emitted as the response is handed to the transaction layer; the
+    # trace line is written when it leaves the socket, a moment later.
+    trace = wait_until(lambda: (t := ph.trace_text()) and "SIP/2.0 302" in t and t, 5,
+                       what="302 in the SIP trace")
+    assert "sip:1003@127.0.0.1" in trace, trace[-3000:]
     assert "Diversion:" in trace
 
 
