@@ -10,3 +10,4 @@ command -v hyperfine >/dev/null 2>&1 || {
 cargo build --release -p microsip -p microsip-control --examples --bins
 python3 bench/registration_control.py
 python3 bench/calls.py
+python3 bench/integrations.py

@@ -1,7 +1,9 @@
 //! What integrators get from each call event, off the engine's path: the `cmd*`
 //! hooks, the `[Calls]` history and `[Dialed]` list in the ini, and the CSV call
-//! log. Fed by an unbounded observer channel, so no event is ever skipped; nothing
-//! here can slow the engine down.
+//! log. Fed by an unbounded observer channel, so no event is ever skipped, and run
+//! on a thread of its own (with its own small runtime for the hook children), so
+//! neither a slow disk (the ini is fsynced on every save) nor starting a hook
+//! process can hold up SIP, the control socket or media.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -32,30 +34,105 @@ struct Integrations {
     config: Config,
     hooks: HookRunner,
     ini: Arc<Mutex<IniFile>>,
-    log: Option<CallLog>,
+    log: Option<Arc<CallLog>>,
     calls: HashMap<u64, CallInfo>,
+    /// File writes (history, dialed list, CSV rows), in order, on the writer thread,
+    /// so a hook never waits for the previous call's fsync.
+    writes: std::sync::mpsc::Sender<FileWrite>,
 }
 
-/// Starts the integrations task; send it every engine event.
+/// One write for the writer thread.
+type FileWrite = Box<dyn FnOnce() + Send>;
+
+/// Runs file writes in the order they were queued until every sender is gone.
+fn spawn_writer() -> std::io::Result<(
+    std::sync::mpsc::Sender<FileWrite>,
+    std::thread::JoinHandle<()>,
+)> {
+    let (tx, rx) = std::sync::mpsc::channel::<FileWrite>();
+    let thread = std::thread::Builder::new()
+        .name("integrations-files".into())
+        .spawn(move || {
+            for write in rx {
+                write();
+            }
+        })?;
+    Ok((tx, thread))
+}
+
+/// How long the phone waits at exit for the last history/log writes and for hooks
+/// that are still running.
+const EXIT_GRACE: Duration = Duration::from_secs(3);
+
+/// The integrations thread: feed it events through [`Integrations::sender`]
+/// (given to the engine as an observer); at exit, once every sender is gone,
+/// [`IntegrationsThread::finish`] waits for it to write what is left.
+pub struct IntegrationsThread {
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl IntegrationsThread {
+    /// Waits (at most [`EXIT_GRACE`] plus a moment) for the thread to drain its
+    /// queue and for running hooks to end. Call after the engine has stopped.
+    pub fn finish(mut self) {
+        let Some(thread) = self.thread.take() else {
+            return;
+        };
+        let deadline = std::time::Instant::now() + EXIT_GRACE + Duration::from_millis(500);
+        while !thread.is_finished() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        if thread.is_finished() {
+            let _ = thread.join();
+        } else {
+            warn!("integrations still busy at exit; leaving them");
+        }
+    }
+}
+
+/// Starts the integrations thread; send it every engine event.
 pub fn spawn(
     config: Config,
     ini: Arc<Mutex<IniFile>>,
     log: Option<PathBuf>,
-) -> mpsc::UnboundedSender<Event> {
+) -> std::io::Result<(mpsc::UnboundedSender<Event>, IntegrationsThread)> {
     let (tx, mut rx) = mpsc::unbounded_channel::<Event>();
-    let mut me = Integrations {
-        hooks: HookRunner::new(&config.settings.hooks),
-        config,
-        ini,
-        log: log.map(CallLog::new),
-        calls: HashMap::new(),
-    };
-    tokio::spawn(async move {
-        while let Some(event) = rx.recv().await {
-            me.on_event(event);
-        }
-    });
-    tx
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (writes, writer) = spawn_writer()?;
+    let thread = std::thread::Builder::new()
+        .name("integrations".into())
+        .spawn(move || {
+            let mut me = Integrations {
+                hooks: HookRunner::new(&config.settings.hooks),
+                config,
+                ini,
+                log: log.map(|path| Arc::new(CallLog::new(path))),
+                calls: HashMap::new(),
+                writes,
+            };
+            runtime.block_on(async move {
+                while let Some(event) = rx.recv().await {
+                    me.on_event(event);
+                }
+                // The phone is exiting: give hooks fired by the last events (a
+                // cmdCallEnd, say) a moment to finish before the runtime goes.
+                let deadline = tokio::time::Instant::now() + EXIT_GRACE;
+                while me.hooks.running() > 0 && tokio::time::Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            });
+            // `me` (and with it the last write sender) is gone: the writer ends
+            // once the queue is empty.
+            let _ = writer.join();
+        })?;
+    Ok((
+        tx,
+        IntegrationsThread {
+            thread: Some(thread),
+        },
+    ))
 }
 
 fn unix(t: SystemTime) -> i64 {
@@ -112,7 +189,7 @@ impl Integrations {
                         answered: None,
                     },
                 );
-                self.with_ini(|doc| {
+                self.with_ini(move |doc| {
                     history::remember_dialed(doc, &number).map_err(|e| e.to_string())
                 });
                 self.fire(HookEvent::OutgoingCall, call, 0);
@@ -188,7 +265,7 @@ impl Integrations {
             duration,
             info: String::new(),
         };
-        self.with_ini(|doc| {
+        self.with_ini(move |doc| {
             history::append(doc, &entry)
                 .map(|_| ())
                 .map_err(|e| e.to_string())
@@ -213,32 +290,45 @@ impl Integrations {
                 end_reason: reason.to_string(),
                 call_id: call.to_string(),
             };
-            if let Err(e) = log.append(&record) {
-                warn!("call log: {e}");
-            }
+            let log = log.clone();
+            self.queue(move || {
+                if let Err(e) = log.append(&record) {
+                    warn!("call log: {e}");
+                }
+            });
+        }
+    }
+
+    fn queue(&self, write: impl FnOnce() + Send + 'static) {
+        if self.writes.send(Box::new(write)).is_err() {
+            warn!("history/call log not written: the writer thread is gone");
         }
     }
 
     /// Changes the ini under the lock every writer of it shares, re-reading it
     /// first so no one's change is lost, and saves it atomically.
+    /// Queued on the writer thread like every other file write.
     fn with_ini(
         &self,
-        change: impl FnOnce(&mut microsip_config::IniDocument) -> Result<(), String>,
+        change: impl FnOnce(&mut microsip_config::IniDocument) -> Result<(), String> + Send + 'static,
     ) {
-        let Ok(mut file) = self.ini.lock() else {
-            warn!("history not saved: the ini lock is poisoned");
-            return;
-        };
-        if let Err(e) = file.reload() {
-            warn!("history not saved: {e}");
-            return;
-        }
-        if let Err(e) = change(file.doc_mut()) {
-            warn!("history not saved: {e}");
-            return;
-        }
-        if let Err(e) = file.save() {
-            warn!("history not saved: {e}");
-        }
+        let ini = self.ini.clone();
+        self.queue(move || {
+            let Ok(mut file) = ini.lock() else {
+                warn!("history not saved: the ini lock is poisoned");
+                return;
+            };
+            if let Err(e) = file.reload() {
+                warn!("history not saved: {e}");
+                return;
+            }
+            if let Err(e) = change(file.doc_mut()) {
+                warn!("history not saved: {e}");
+                return;
+            }
+            if let Err(e) = file.save() {
+                warn!("history not saved: {e}");
+            }
+        });
     }
 }

@@ -174,8 +174,15 @@ pub fn run(options: StartOptions, profile: &str, call_on_start: Option<String>) 
             return 2;
         }
     };
-    runtime.block_on(async move {
-        let observer = integrations::spawn(config.clone(), file.clone(), options.log.clone());
+    let (observer, integrations) =
+        match integrations::spawn(config.clone(), file.clone(), options.log.clone()) {
+            Ok(x) => x,
+            Err(e) => {
+                eprintln!("microsip: cannot start: {e}");
+                return 2;
+            }
+        };
+    let code = runtime.block_on(async move {
         let setup = EngineSetup {
             config,
             store: Box::new(IniStore { file: file.clone() }),
@@ -237,5 +244,9 @@ pub fn run(options: StartOptions, profile: &str, call_on_start: Option<String>) 
         server.drain().await;
         drop(server);
         0
-    })
+    });
+    // Everything that held an event sender is gone with the runtime's tasks.
+    drop(runtime);
+    integrations.finish();
+    code
 }
