@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use microsip_config::{Account, Config, DtmfMethod, Transport};
@@ -20,7 +21,9 @@ use tracing::{info, warn};
 use crate::calls::{Call, CallDone};
 use crate::command::{CallId, Command, LevelChange, LevelKind, Secret, WindowState};
 use crate::event::{AccountView, Event, EventKind, Snapshot};
-use crate::messages::{MessageArchive, MessageDone, Records};
+use crate::messages::{
+    ArchiveQueue, MessageArchive, MessageDone, MessageStored, Records, SharedArchive,
+};
 use crate::reply::{fail, ok, ok_with, ErrorCode, Reply};
 
 /// How long `exit` waits for un-REGISTERs before leaving anyway.
@@ -71,6 +74,8 @@ pub(crate) enum Request {
     Media(MediaEvent),
     /// A MESSAGE we sent got its answer.
     MessageDone(MessageDone),
+    /// A MESSAGE we received is stored (or could not be).
+    MessageStored(Box<MessageStored>),
 }
 
 /// A cheap, cloneable way for faces to reach the engine.
@@ -139,7 +144,9 @@ pub(crate) struct Engine {
     reg_events: mpsc::UnboundedSender<RegistrationEvent>,
     call_on_start: Option<String>,
     observers: Vec<mpsc::UnboundedSender<Event>>,
-    pub(crate) archive: Box<dyn MessageArchive>,
+    pub(crate) archive: SharedArchive,
+    /// Writes to `archive`, in order, off the engine.
+    pub(crate) archive_queue: ArchiveQueue,
     pub(crate) records: Box<dyn Records>,
     /// Speaker/microphone levels and mutes, for every call.
     pub(crate) levels: Levels,
@@ -179,6 +186,7 @@ pub async fn start(
     )
     .map_err(|e| format!("cannot start media: {e}"))?;
 
+    let archive: SharedArchive = Arc::new(Mutex::new(setup.archive));
     let mut engine = Engine {
         active_account: setup.config.settings.account_id,
         config: setup.config,
@@ -194,7 +202,8 @@ pub async fn start(
         reg_events: reg_tx,
         call_on_start: setup.call_on_start,
         observers: setup.observers,
-        archive: setup.archive,
+        archive: archive.clone(),
+        archive_queue: ArchiveQueue::start(archive, inbox.clone()),
         records: setup.records,
         levels: Levels::default(),
         inbox: inbox.clone(),
@@ -346,6 +355,7 @@ impl Engine {
                     Request::CallDone(done) => self.on_call_done(done),
                     Request::Media(event) => self.on_media_event(event),
                     Request::MessageDone(done) => self.on_message_done(done),
+                    Request::MessageStored(stored) => self.on_message_stored(*stored),
                 },
                 Some(event) = reg_events.recv() => self.on_registration(event),
                 Some(signal) = signals.calls.recv() => self.on_signal(signal),

@@ -1,13 +1,16 @@
 //! Text messages (SIP MESSAGE): sending (`message TARGET TEXT`), receiving (stored
 //! before the sender is told 200, so nothing acknowledged is ever lost), listing
-//! (`messages [CONTACT]`), and the `message.*` events.
+//! (`messages [CONTACT]`), and the `message.*` events. Stores are synced to disk,
+//! so they run one at a time, in order, on a blocking thread ([`ArchiveQueue`]):
+//! the engine (and with it SIP and the control socket) never waits for a disk.
 
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use microsip_sip::IncomingMessage;
 use serde::Serialize;
 use serde_json::json;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 use tracing::warn;
 
 use crate::command::ContactsAction;
@@ -88,6 +91,83 @@ pub(crate) struct MessageDone {
     pub(crate) reply: oneshot::Sender<Reply>,
 }
 
+/// The archive, shared by the engine (listing) and the store queue (writing).
+pub(crate) type SharedArchive = Arc<Mutex<Box<dyn MessageArchive>>>;
+
+fn lock_archive(archive: &SharedArchive) -> MutexGuard<'_, Box<dyn MessageArchive>> {
+    archive
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// A message that was being stored, and what came of it.
+pub(crate) struct MessageStored {
+    pub(crate) message: IncomingMessage,
+    pub(crate) result: Result<MessageRecord, String>,
+}
+
+enum StoreJob {
+    /// Store, then let the engine answer the sender and publish the event.
+    Incoming(Box<IncomingMessage>, MessageRecord),
+    /// Store a sent message's record, then give the command its reply.
+    Outgoing(MessageRecord, oneshot::Sender<Reply>, Reply),
+}
+
+/// Stores messages one at a time, in the order they were queued, off the engine.
+pub(crate) struct ArchiveQueue {
+    jobs: mpsc::UnboundedSender<StoreJob>,
+}
+
+impl ArchiveQueue {
+    /// Starts the queue's task; outcomes of incoming messages come back to `inbox`.
+    pub(crate) fn start(archive: SharedArchive, inbox: mpsc::UnboundedSender<Request>) -> Self {
+        let (jobs, mut queue) = mpsc::unbounded_channel::<StoreJob>();
+        tokio::spawn(async move {
+            while let Some(job) = queue.recv().await {
+                let archive = archive.clone();
+                match job {
+                    StoreJob::Incoming(message, record) => {
+                        let result = tokio::task::spawn_blocking(move || {
+                            lock_archive(&archive).store(&record).map(|()| record)
+                        })
+                        .await
+                        .unwrap_or_else(|e| Err(format!("the store task failed: {e}")));
+                        let _ = inbox.send(Request::MessageStored(Box::new(MessageStored {
+                            message: *message,
+                            result,
+                        })));
+                    }
+                    StoreJob::Outgoing(record, reply, answer) => {
+                        let to = record.to.clone();
+                        let stored = tokio::task::spawn_blocking(move || {
+                            lock_archive(&archive).store(&record)
+                        })
+                        .await
+                        .unwrap_or_else(|e| Err(format!("the store task failed: {e}")));
+                        if let Err(e) = stored {
+                            warn!("sent message to {to} not stored: {e}");
+                        }
+                        let _ = reply.send(answer);
+                    }
+                }
+            }
+        });
+        ArchiveQueue { jobs }
+    }
+
+    fn push(&self, job: StoreJob) {
+        if let Err(mpsc::error::SendError(job)) = self.jobs.send(job) {
+            // Only when the runtime is going away: answer what can be answered.
+            match job {
+                StoreJob::Incoming(message, _) => drop(tokio::spawn(message.respond(500))),
+                StoreJob::Outgoing(_, reply, answer) => {
+                    let _ = reply.send(answer);
+                }
+            }
+        }
+    }
+}
+
 fn now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -111,22 +191,32 @@ impl Engine {
             text: message.text.clone(),
             status: "received".into(),
         };
-        if let Err(e) = self.archive.store(&record) {
-            warn!(
-                "message from {} not stored: {e}; answering 500",
-                record.from
-            );
-            tokio::spawn(message.respond(500));
-            return;
+        self.archive_queue
+            .push(StoreJob::Incoming(Box::new(message), record));
+    }
+
+    /// An incoming message is on disk (200 and the event) or could not be (500).
+    pub(crate) fn on_message_stored(&mut self, stored: MessageStored) {
+        let MessageStored { message, result } = stored;
+        match result {
+            Ok(record) => {
+                self.publish(EventKind::MessageReceived {
+                    from: record.from,
+                    name: message.display_name.clone(),
+                    to: record.to,
+                    content_type: message.content_type.clone(),
+                    text: record.text,
+                });
+                tokio::spawn(message.respond(200));
+            }
+            Err(e) => {
+                warn!(
+                    "message from {} not stored: {e}; answering 500",
+                    message.from
+                );
+                tokio::spawn(message.respond(500));
+            }
         }
-        self.publish(EventKind::MessageReceived {
-            from: record.from,
-            name: message.display_name.clone(),
-            to: record.to,
-            content_type: message.content_type.clone(),
-            text: record.text,
-        });
-        tokio::spawn(message.respond(200));
     }
 
     /// `message TARGET TEXT`: replies once the far end answered.
@@ -213,10 +303,8 @@ impl Engine {
                 fail(ErrorCode::BadArgument, format!("message not sent: {e}"))
             }
         };
-        if let Err(e) = self.archive.store(&record) {
-            warn!("sent message to {} not stored: {e}", record.to);
-        }
-        let _ = reply.send(answer);
+        self.archive_queue
+            .push(StoreJob::Outgoing(record, reply, answer));
     }
 
     /// `history`: one entry per line-part, newest first.
@@ -287,7 +375,7 @@ impl Engine {
 
     /// `messages [CONTACT]`.
     pub(crate) fn list_messages(&self, contact: Option<&str>) -> Reply {
-        match self.archive.list(contact) {
+        match lock_archive(&self.archive).list(contact) {
             Ok(list) => {
                 let text: Vec<String> = list
                     .iter()
