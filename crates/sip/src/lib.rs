@@ -5,10 +5,12 @@
 
 pub mod call;
 pub mod digest;
+pub mod event_bodies;
 pub mod message;
 pub mod registration;
 mod request;
 pub mod stack;
+pub mod subscription;
 pub mod time;
 pub mod trace;
 
@@ -19,6 +21,10 @@ pub use call::{
 pub use message::{send_message, IncomingMessage, MessageSender};
 pub use registration::{
     Outcome, Registration, RegistrationConfig, RegistrationEvent, SipTransport,
+};
+pub use subscription::{
+    Package, Publication, PublishConfig, Subscriber, Subscription, SubscriptionConfig,
+    SubscriptionEvent,
 };
 pub use stack::{local_ip_towards, SipInbox, SipStack, StackConfig};
 
