@@ -70,8 +70,13 @@ pub struct MessageSummary {
 #[derive(Debug, PartialEq, Eq)]
 enum Token<'a> {
     /// `<name ...>` (local name, without prefix); `empty` for `<name/>`.
-    Open { name: &'a str, empty: bool },
-    Close { name: &'a str },
+    Open {
+        name: &'a str,
+        empty: bool,
+    },
+    Close {
+        name: &'a str,
+    },
     Text(String),
 }
 
@@ -210,7 +215,8 @@ pub fn parse_pidf(body: &[u8]) -> Result<Presence, BodyError> {
     if body.len() > MAX_BODY {
         return err(format!("presence document over {MAX_BODY} bytes"));
     }
-    let text = std::str::from_utf8(body).map_err(|_| BodyError("presence document is not UTF-8".into()))?;
+    let text = std::str::from_utf8(body)
+        .map_err(|_| BodyError("presence document is not UTF-8".into()))?;
     let text = text.trim_start_matches('\u{feff}');
     let mut stack: Vec<&str> = Vec::new();
     let mut seen_root = false;
@@ -255,7 +261,10 @@ pub fn parse_pidf(body: &[u8]) -> Result<Presence, BodyError> {
                         } else if t.eq_ignore_ascii_case("closed") {
                             any_closed = true;
                         } else {
-                            return err(format!("basic status \"{}\" is neither open nor closed", short(t)));
+                            return err(format!(
+                                "basic status \"{}\" is neither open nor closed",
+                                short(t)
+                            ));
                         }
                     }
                     Some(&"note") if note.is_none() => note = Some(short(t)),
@@ -298,7 +307,8 @@ pub fn parse_message_summary(body: &[u8]) -> Result<MessageSummary, BodyError> {
     if body.len() > MAX_BODY {
         return err(format!("message summary over {MAX_BODY} bytes"));
     }
-    let text = std::str::from_utf8(body).map_err(|_| BodyError("message summary is not UTF-8".into()))?;
+    let text =
+        std::str::from_utf8(body).map_err(|_| BodyError("message summary is not UTF-8".into()))?;
     let mut waiting = None;
     let mut counts = None;
     let mut account = None;
@@ -318,7 +328,12 @@ pub fn parse_message_summary(body: &[u8]) -> Result<MessageSummary, BodyError> {
                 waiting = Some(match value.to_ascii_lowercase().as_str() {
                     "yes" => true,
                     "no" => false,
-                    _ => return err(format!("Messages-Waiting is \"{}\", not yes or no", short(value))),
+                    _ => {
+                        return err(format!(
+                            "Messages-Waiting is \"{}\", not yes or no",
+                            short(value)
+                        ))
+                    }
                 })
             }
             "message-account" => account = Some(short(value)),
@@ -435,7 +450,8 @@ mod tests {
             assert!(parse_pidf(bad.as_bytes()).is_err(), "accepted {bad:?}");
         }
         assert!(parse_pidf(&[0xff, 0xfe, 0x00]).is_err());
-        let deep = "<presence>".to_string() + &"<a>".repeat(100) + &"</a>".repeat(100) + "</presence>";
+        let deep =
+            "<presence>".to_string() + &"<a>".repeat(100) + &"</a>".repeat(100) + "</presence>";
         assert!(parse_pidf(deep.as_bytes()).is_err());
         let huge = vec![b' '; MAX_BODY + 1];
         assert!(parse_pidf(&huge).is_err());

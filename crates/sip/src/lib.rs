@@ -22,11 +22,11 @@ pub use message::{send_message, IncomingMessage, MessageSender};
 pub use registration::{
     Outcome, Registration, RegistrationConfig, RegistrationEvent, SipTransport,
 };
+pub use stack::{local_ip_towards, SipInbox, SipStack, StackConfig};
 pub use subscription::{
     Package, Publication, PublishConfig, Subscriber, Subscription, SubscriptionConfig,
     SubscriptionEvent,
 };
-pub use stack::{local_ip_towards, SipInbox, SipStack, StackConfig};
 
 /// A SIP failure the phone reports to the user.
 #[derive(Debug, Clone, PartialEq, Eq)]

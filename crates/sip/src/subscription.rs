@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use rsipstack::sip::prelude::HeadersExt;
 use rsipstack::sip::{
-    CallId, Contact, Expires, Header, Headers, Method, Param, Request, Response, Route,
-    StatusCode, Uri,
+    CallId, Contact, Expires, Header, Headers, Method, Param, Request, Response, Route, StatusCode,
+    Uri,
 };
 use rsipstack::transaction::transaction::Transaction;
 use rsipstack::transaction::{make_tag, random_text};
@@ -46,7 +46,11 @@ fn route_key(call_id: &str, tag: &str) -> String {
 
 /// Hands a NOTIFY to the subscription it belongs to; gives it back when none does.
 pub(crate) fn route_notify(routes: &NotifyRoutes, tx: Transaction) -> Option<Transaction> {
-    let call_id = tx.original.call_id_header().ok().map(|c| c.value().to_string());
+    let call_id = tx
+        .original
+        .call_id_header()
+        .ok()
+        .map(|c| c.value().to_string());
     let tag = tx
         .original
         .to_header()
@@ -538,7 +542,8 @@ impl Sub {
             caller.tcp && self.subscriber.sender.tcp(),
             caller.public_addr.as_deref(),
         );
-        req.headers.push(Contact::new(format!("<{contact}>")).into());
+        req.headers
+            .push(Contact::new(format!("<{contact}>")).into());
         req.headers.push(Header::Other(
             "Event".into(),
             self.config.package.event().into(),
@@ -595,9 +600,7 @@ impl Sub {
                 .auth
                 .header(&self.config.caller, &Method::Subscribe, &uri);
             let with_auth = auth.is_some();
-            let req = self
-                .build(expires, auth)
-                .map_err(|e| (400u16, e, None))?;
+            let req = self.build(expires, auth).map_err(|e| (400u16, e, None))?;
             let resp = match self.transact(req).await {
                 Ok(r) => r,
                 Err(NoAnswer::Unsent(e)) => return Err((503, e, None)),
@@ -712,7 +715,11 @@ impl Sub {
                     "{} subscription to {} terminated by the notifier ({})",
                     self.config.package.event(),
                     self.config.target,
-                    if reason.is_empty() { "no reason" } else { &reason }
+                    if reason.is_empty() {
+                        "no reason"
+                    } else {
+                        &reason
+                    }
                 );
                 self.report("terminated", 200, &reason);
                 let retry = param_u32("retry-after");
@@ -740,12 +747,14 @@ impl Sub {
             return;
         }
         let event = match self.config.package {
-            Package::Presence => parse_pidf(&req.body).map(|presence| SubscriptionEvent::Presence {
-                id: self.config.id,
-                account: self.config.account,
-                target: self.target_text(),
-                presence,
-            }),
+            Package::Presence => {
+                parse_pidf(&req.body).map(|presence| SubscriptionEvent::Presence {
+                    id: self.config.id,
+                    account: self.config.account,
+                    target: self.target_text(),
+                    presence,
+                })
+            }
             Package::MessageSummary => {
                 parse_message_summary(&req.body).map(|summary| SubscriptionEvent::MessageSummary {
                     id: self.config.id,
@@ -890,7 +899,9 @@ impl Publisher {
         for _round in 0..6 {
             let aor = Uri::try_from(self.aor().as_str())
                 .map_err(|e| (400u16, format!("bad account address: {e}"), None))?;
-            let auth = self.auth.header(&self.config.caller, &Method::Publish, &aor);
+            let auth = self
+                .auth
+                .header(&self.config.caller, &Method::Publish, &aor);
             let with_auth = auth.is_some();
             let caller = &self.config.caller;
             let next = match caller.outbound.as_deref() {
@@ -942,14 +953,14 @@ impl Publisher {
             if let Some(auth) = auth {
                 req.headers.push(auth);
             }
-            let resp = match send_and_wait(inner, req, connection, destination, ANSWER_TIMEOUT).await
-            {
-                Ok(r) => r,
-                Err(NoAnswer::Unsent(e)) => return Err((503, e, None)),
-                Err(NoAnswer::Timeout) => {
-                    return Err((408, "Request Timeout (no answer)".into(), None))
-                }
-            };
+            let resp =
+                match send_and_wait(inner, req, connection, destination, ANSWER_TIMEOUT).await {
+                    Ok(r) => r,
+                    Err(NoAnswer::Unsent(e)) => return Err((503, e, None)),
+                    Err(NoAnswer::Timeout) => {
+                        return Err((408, "Request Timeout (no answer)".into(), None))
+                    }
+                };
             let code = resp.status_code.code();
             match code {
                 200..=299 => {
