@@ -255,7 +255,7 @@ pub fn parse_pidf(body: &[u8]) -> Result<Presence, BodyError> {
                 }
                 match stack.last() {
                     None => return err("text outside the <presence> element"),
-                    Some(&"basic") if stack.iter().any(|n| *n == "tuple") => {
+                    Some(&"basic") if stack.contains(&"tuple") => {
                         if t.eq_ignore_ascii_case("open") {
                             any_open = true;
                         } else if t.eq_ignore_ascii_case("closed") {
@@ -268,10 +268,11 @@ pub fn parse_pidf(body: &[u8]) -> Result<Presence, BodyError> {
                         }
                     }
                     Some(&"note") if note.is_none() => note = Some(short(t)),
-                    Some(&"other") if stack.iter().rev().nth(1) == Some(&"activities") => {
-                        if activity.is_none() {
-                            activity = Some(short(t));
-                        }
+                    Some(&"other")
+                        if activity.is_none()
+                            && stack.iter().rev().nth(1) == Some(&"activities") =>
+                    {
+                        activity = Some(short(t));
                     }
                     _ => {}
                 }
