@@ -12,7 +12,8 @@ through Kamailio's Record-Route to the phone.
   200); `contacts list` shows the last status; exit unsubscribes (Expires: 0).
 - voicemailNumber set -> SUBSCRIBE (Event: message-summary) to the account's
   own AoR; `Voice-Message: 3/1` -> `mwi` new=3 old=1; a malformed summary ->
-  200 and no event; a NOTIFY without Subscription-State -> 400; then waiting=no.
+  200 and no event; a NOTIFY without Subscription-State -> 400; then waiting=no;
+  the refresh comes in the dialog before the granted 20 s run out.
 - publish=1 -> PUBLISH of a PIDF "open", refreshed with SIP-If-Match and no
   body, removed (Expires: 0) on exit.
 - a NOTIFY for no subscription of ours -> 481.
@@ -50,6 +51,12 @@ def setup(make_kamailio, make_sipp, make_phone, scenario: str, contacts: str | N
     # The REGISTER sent before Kamailio listened is retransmitted (or retried).
     ev.wait_state(1, "registered", 60, codes={200})
     return sipp, phone, ev
+
+
+def kam_port(phone) -> str:
+    """Kamailio's port, from the phone's first REGISTER."""
+    reg = next(m for m in phone.trace_messages() if m.method == "REGISTER")
+    return reg.dst.rsplit(":", 1)[1]
 
 
 def traced(phone, method: str, cseq_method: str | None = None):
@@ -117,6 +124,21 @@ def test_mwi_counts_become_events(make_kamailio, make_sipp, make_phone):
     # Subscription-State got 400.
     answers = [m.code for m in traced(phone, None, "NOTIFY")]
     assert answers == [200, 200, 400, 200], answers
+
+    # SIPp granted 20 s: the refresh comes in the dialog, through Kamailio's
+    # Record-Route, to SIPp's Contact.
+    subs = []
+
+    def refreshed():
+        subs[:] = [m for m in traced(phone, "SUBSCRIBE") if m.header("expires") != "0"]
+        return len(subs) >= 3 or None
+
+    wait_until(refreshed, 40, 0.5, "a refreshing SUBSCRIBE")
+    initial, refresh = subs[1], subs[2]
+    assert refresh.call_id == initial.call_id, (initial.text, refresh.text)
+    assert refresh.to_tag and not initial.to_tag, refresh.text
+    assert refresh.first_line.startswith("SUBSCRIBE sip:voicemail@127.0.0.1:"), refresh.text
+    assert f"sip:127.0.0.1:{kam_port(phone)};lr" in (refresh.header("route") or ""), refresh.text
 
     assert phone.stop() == 0
     assert sipp.wait(60) == 0, "SIPp failed (see its errors: wrong answer or no unsubscribe)"
