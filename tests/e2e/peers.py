@@ -244,7 +244,8 @@ class Kamailio:
 
     def __init__(self, workdir: Path, users: dict[str, str] | None = None,
                  port: int | None = None, min_expires: int = 5,
-                 max_expires: int = 3600, algorithm: str = "MD5"):
+                 max_expires: int = 3600, algorithm: str = "MD5",
+                 presence_server: str | None = None):
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         # The ctl socket path must stay short (sun_path is 108 bytes).
@@ -257,6 +258,9 @@ class Kamailio:
         self.min_expires = min_expires
         self.max_expires = max_expires
         self.algorithm = algorithm
+        # "sip:127.0.0.1:PORT": SUBSCRIBE and PUBLISH go there (htable pres, see
+        # kamailio.cfg); None: they are routed like other requests.
+        self.presence_server = presence_server
         self.cfg = self.workdir / "kamailio.cfg"
         self.log = self.workdir / "kamailio.log"
         self.pidfile = self.rundir / "kamailio.pid"
@@ -269,6 +273,8 @@ class Kamailio:
 
     def _render(self) -> None:
         users = "\n".join(f"\t$sht(users=>{u}) = {_kam_quote(p)};" for u, p in self.users.items())
+        if self.presence_server:
+            users += f"\n\t$sht(pres=>server) = {_kam_quote(self.presence_server)};"
         text = KAMAILIO_CFG.read_text()
         for key, val in {
             "PORT": str(self.port),

@@ -76,6 +76,8 @@ pub(crate) enum Request {
     MessageDone(MessageDone),
     /// A MESSAGE we received is stored (or could not be).
     MessageStored(Box<MessageStored>),
+    /// A subscription or publication reported (NOTIFY body, state change).
+    Presence(microsip_sip::SubscriptionEvent),
 }
 
 /// A cheap, cloneable way for faces to reach the engine.
@@ -152,6 +154,8 @@ pub(crate) struct Engine {
     pub(crate) levels: Levels,
     /// The engine's own inbox, for background work to report back.
     pub(crate) inbox: mpsc::UnboundedSender<Request>,
+    /// Presence and MWI subscriptions, our publication.
+    pub(crate) presence: crate::presence::PresenceState,
 }
 
 /// Starts the SIP endpoint and the engine task. Returns the handle faces use and a
@@ -206,6 +210,7 @@ pub async fn start(
         archive_queue: ArchiveQueue::start(archive, inbox.clone()),
         records: setup.records,
         levels: Levels::default(),
+        presence: crate::presence::PresenceState::new(inbox.clone()),
         inbox: inbox.clone(),
     };
     engine.levels.speaker = engine.config.settings.volume_output.min(100);
@@ -356,6 +361,7 @@ impl Engine {
                     Request::Media(event) => self.on_media_event(event),
                     Request::MessageDone(done) => self.on_message_done(done),
                     Request::MessageStored(stored) => self.on_message_stored(*stored),
+                    Request::Presence(event) => self.on_presence(event),
                 },
                 Some(event) = reg_events.recv() => self.on_registration(event),
                 Some(signal) = signals.calls.recv() => self.on_signal(signal),
@@ -439,6 +445,13 @@ impl Engine {
             .collect()
     }
 
+    /// Whether `account` is registered now.
+    pub(crate) fn is_registered(&self, account: u32) -> bool {
+        self.accounts
+            .get(&account)
+            .is_some_and(|s| matches!(s.state, RegState::Registered { .. }))
+    }
+
     fn on_registration(&mut self, event: RegistrationEvent) {
         let (number, state, kind) = match event {
             RegistrationEvent::Registered {
@@ -486,7 +499,11 @@ impl Engine {
             slot.state = state;
         }
         let registered = matches!(kind, EventKind::AccountRegistered { .. });
+        let unregistered = matches!(kind, EventKind::AccountUnregistered { .. });
         self.publish(kind);
+        if registered || unregistered {
+            self.presence_sync(number);
+        }
         if registered {
             self.dial_on_start();
         }
@@ -728,15 +745,18 @@ impl Engine {
                 self.finish(id, 408, "phone exiting".into(), "local");
             }
         }
+        let presence_stops = self.presence.stop_all();
         let stops: Vec<Registration> = self
             .accounts
             .values()
             .filter_map(|s| s.registration.clone())
             .collect();
         let all = async {
-            let mut handles = Vec::new();
+            let mut handles = presence_stops;
             for reg in stops {
-                handles.push(tokio::spawn(async move { reg.stop().await }));
+                handles.push(tokio::spawn(async move {
+                    reg.stop().await;
+                }));
             }
             for h in handles {
                 let _ = h.await;

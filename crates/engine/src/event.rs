@@ -107,6 +107,28 @@ pub enum EventKind {
         code: u16,
         reason: String,
     },
+    /// A contact's presence changed (a NOTIFY of a presence subscription). `status`:
+    /// `open`, `closed`, `busy`, `away` or `unknown`; `basic` is the PIDF basic
+    /// status; `activity` the first RPID activity.
+    #[serde(rename = "presence")]
+    Presence {
+        account: u32,
+        contact: String,
+        number: String,
+        status: &'static str,
+        basic: &'static str,
+        activity: Option<String>,
+        note: Option<String>,
+    },
+    /// The account's mailbox state (message-summary NOTIFY).
+    #[serde(rename = "mwi")]
+    Mwi {
+        account: u32,
+        waiting: bool,
+        new: u32,
+        old: u32,
+        voicemail: String,
+    },
     /// The phone is about to exit.
     #[serde(rename = "phone.exiting")]
     PhoneExiting,
@@ -141,6 +163,8 @@ impl EventKind {
                 | EventKind::AccountRegistered { .. }
                 | EventKind::AccountFailed { .. }
                 | EventKind::AccountUnregistered { .. }
+                | EventKind::Presence { .. }
+                | EventKind::Mwi { .. }
         )
     }
 
@@ -170,6 +194,8 @@ impl EventKind {
             EventKind::MessageReceived { .. } => "message.received",
             EventKind::MessageSent { .. } => "message.sent",
             EventKind::MessageFailed { .. } => "message.failed",
+            EventKind::Presence { .. } => "presence",
+            EventKind::Mwi { .. } => "mwi",
             EventKind::PhoneExiting => "phone.exiting",
         }
     }

@@ -333,15 +333,25 @@ impl Engine {
     pub(crate) fn contacts(&mut self, action: ContactsAction) -> Reply {
         match action {
             ContactsAction::List => match self.records.contacts() {
-                Ok(list) => {
+                Ok(mut list) => {
+                    for c in list.iter_mut() {
+                        let status = c["number"].as_str().and_then(|n| self.presence_of(n));
+                        if let (Some(status), Some(obj)) = (status, c.as_object_mut()) {
+                            obj.insert("status".into(), json!(status));
+                        }
+                    }
                     let text: Vec<String> = list
                         .iter()
                         .map(|c| {
-                            format!(
+                            let line = format!(
                                 "{} {}",
                                 c["number"].as_str().unwrap_or(""),
                                 c["name"].as_str().unwrap_or("")
-                            )
+                            );
+                            match c["status"].as_str() {
+                                Some(status) => format!("{line} ({status})"),
+                                None => line,
+                            }
                         })
                         .collect();
                     ok_with(text.join("; "), json!(list))
@@ -353,17 +363,25 @@ impl Engine {
                 name,
                 presence,
             } => match self.records.add_contact(&name, &number, presence) {
-                Ok(word) => ok_with(
-                    format!("contact {number} {word}"),
-                    json!({ "number": number }),
-                ),
+                Ok(word) => {
+                    let active = self.active_account;
+                    self.presence_sync(active);
+                    ok_with(
+                        format!("contact {number} {word}"),
+                        json!({ "number": number }),
+                    )
+                }
                 Err(e) => fail(ErrorCode::ConfigWrite, format!("contact not saved: {e}")),
             },
             ContactsAction::Remove { number } => match self.records.remove_contact(&number) {
-                Ok(true) => ok_with(
-                    format!("contact {number} removed"),
-                    json!({ "number": number }),
-                ),
+                Ok(true) => {
+                    let active = self.active_account;
+                    self.presence_sync(active);
+                    ok_with(
+                        format!("contact {number} removed"),
+                        json!({ "number": number }),
+                    )
+                }
                 Ok(false) => fail(
                     ErrorCode::BadArgument,
                     format!("there is no contact {number}"),

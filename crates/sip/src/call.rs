@@ -249,7 +249,7 @@ impl Calls {
         }
     }
 
-    fn contact(&self, user: &str, tcp: bool, public_addr: Option<&str>) -> Uri {
+    pub(crate) fn contact(&self, user: &str, tcp: bool, public_addr: Option<&str>) -> Uri {
         let local = match (tcp, &self.tcp_local) {
             (true, Some(t)) => t,
             _ => &self.udp_local,
@@ -805,7 +805,7 @@ fn body_text(body: &[u8]) -> Option<String> {
     (!body.is_empty()).then(|| String::from_utf8_lossy(body).into_owned())
 }
 
-fn strip_angle(v: &str) -> String {
+pub(crate) fn strip_angle(v: &str) -> String {
     let v = v.trim();
     match (v.find('<'), v.find('>')) {
         (Some(a), Some(b)) if b > a => v[a + 1..b].to_string(),

@@ -5,10 +5,12 @@
 
 pub mod call;
 pub mod digest;
+pub mod event_bodies;
 pub mod message;
 pub mod registration;
 mod request;
 pub mod stack;
+pub mod subscription;
 pub mod time;
 pub mod trace;
 
@@ -21,6 +23,10 @@ pub use registration::{
     Outcome, Registration, RegistrationConfig, RegistrationEvent, SipTransport,
 };
 pub use stack::{local_ip_towards, SipInbox, SipStack, StackConfig};
+pub use subscription::{
+    Package, Publication, PublishConfig, Subscriber, Subscription, SubscriptionConfig,
+    SubscriptionEvent,
+};
 
 /// A SIP failure the phone reports to the user.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -92,6 +92,48 @@ pub struct MessageSender {
     tcp: bool,
 }
 
+impl MessageSender {
+    /// How a request goes to `next` (the first hop): the destination with its
+    /// transport, the connection to use (UDP: our listener; TCP: the stack finds or
+    /// opens one) and our listener address for Via. TCP only when the account asks
+    /// for it and the stack listens on TCP.
+    pub(crate) fn hop(
+        &self,
+        account_tcp: bool,
+        next: rsipstack::sip::HostWithPort,
+    ) -> (SipAddr, Option<SipConnection>, Option<SipAddr>) {
+        let tcp = account_tcp && self.tcp;
+        let destination = SipAddr {
+            r#type: Some(if tcp { Transport::Tcp } else { Transport::Udp }),
+            addr: next,
+        };
+        let connection = if tcp {
+            None // the stack looks up (or opens) a TCP connection to the destination
+        } else {
+            Some(SipConnection::Udp(self.udp.clone()))
+        };
+        let local = if tcp {
+            self.inner
+                .transport_layer
+                .get_listen_addrs()
+                .into_iter()
+                .find(|a| a.r#type == Some(Transport::Tcp))
+        } else {
+            Some(self.udp.get_addr().clone())
+        };
+        (destination, connection, local)
+    }
+
+    pub(crate) fn inner(&self) -> Arc<EndpointInner> {
+        self.inner.clone()
+    }
+
+    /// Whether the stack listens on TCP.
+    pub(crate) fn tcp(&self) -> bool {
+        self.tcp
+    }
+}
+
 impl SipStack {
     /// A handle for sending MESSAGEs.
     pub fn message_sender(&self) -> MessageSender {
@@ -118,32 +160,13 @@ pub async fn send_message(
     let uri = Uri::try_from(target).map_err(|e| format!("bad target {target}: {e}"))?;
     let aor_text = format!("sip:{}@{}", account.username, account.domain);
     let aor = Uri::try_from(aor_text.as_str()).map_err(|e| format!("bad account address: {e}"))?;
-    let tcp = account.tcp && sender.tcp;
-    let transport = if tcp { Transport::Tcp } else { Transport::Udp };
     let destination = match account.outbound.as_deref() {
         Some(o) => Uri::try_from(format!("sip:{o}").as_str())
             .map(|u| u.host_with_port)
             .map_err(|e| format!("bad server {o}: {e}"))?,
         None => uri.host_with_port.clone(),
     };
-    let destination = SipAddr {
-        r#type: Some(transport),
-        addr: destination,
-    };
-    let connection = if tcp {
-        None // the stack looks up (or opens) a TCP connection to the destination
-    } else {
-        Some(SipConnection::Udp(sender.udp.clone()))
-    };
-    let local = if tcp {
-        inner
-            .transport_layer
-            .get_listen_addrs()
-            .into_iter()
-            .find(|a| a.r#type == Some(Transport::Tcp))
-    } else {
-        Some(sender.udp.get_addr().clone())
-    };
+    let (destination, connection, local) = sender.hop(account.tcp, destination);
     let call_id = format!("{}@microsip-rs", random_text(20));
     let from_tag = make_tag().to_string();
     let mut challenge = None;

@@ -194,7 +194,7 @@ struct Client {
 }
 
 /// Back-off after failures: 2, 4, 8 … up to 120 s; credentials errors start at 30 s.
-fn backoff(failures: u32, code: u16) -> u32 {
+pub(crate) fn backoff(failures: u32, code: u16) -> u32 {
     let base: u32 = if matches!(code, 401 | 403 | 404 | 407) {
         30
     } else {
@@ -204,7 +204,7 @@ fn backoff(failures: u32, code: u16) -> u32 {
 }
 
 /// When to refresh a binding that expires in `expires` seconds.
-fn refresh_after(expires: u32) -> Duration {
+pub(crate) fn refresh_after(expires: u32) -> Duration {
     let secs = if expires >= 40 {
         expires - 10
     } else {
@@ -701,7 +701,7 @@ fn make_contact(config: &RegistrationConfig, local: &SipAddr, tcp: bool) -> Uri 
     Uri::try_from(text.as_str()).unwrap_or_default()
 }
 
-fn reason_of(resp: &Response) -> String {
+pub(crate) fn reason_of(resp: &Response) -> String {
     resp.reason_phrase()
         .map(str::to_string)
         .unwrap_or_else(|| resp.status_code.text().to_string())

@@ -20,6 +20,7 @@ use tracing::{debug, info, warn};
 
 use crate::call::{CallSignal, Calls};
 use crate::message::IncomingMessage;
+use crate::subscription::{route_notify, NotifyRoutes};
 use crate::trace::{SipTrace, TraceInspector};
 use crate::SipError;
 
@@ -55,6 +56,8 @@ pub struct SipStack {
     pub(crate) udp: UdpConnection,
     pub(crate) tcp_addr: Option<SocketAddr>,
     calls: Calls,
+    /// Where NOTIFYs for our subscriptions go (by Call-ID and our tag).
+    pub(crate) notify_routes: NotifyRoutes,
     cancel: CancellationToken,
 }
 
@@ -130,7 +133,13 @@ impl SipStack {
         let layer = Arc::new(DialogLayer::new(endpoint.inner.clone()));
         let calls = Calls::new(layer, signal_tx, udp.get_addr().clone(), tcp_local);
         let (message_tx, message_rx) = mpsc::unbounded_channel();
-        tokio::spawn(dispatch(incoming, calls.clone(), message_tx));
+        let notify_routes = NotifyRoutes::default();
+        tokio::spawn(dispatch(
+            incoming,
+            calls.clone(),
+            message_tx,
+            notify_routes.clone(),
+        ));
         info!(
             "SIP listening on {}:{udp_port} (UDP{})",
             config.bind_ip,
@@ -143,6 +152,7 @@ impl SipStack {
                 udp,
                 tcp_addr,
                 calls,
+                notify_routes,
                 cancel,
             },
             SipInbox {
@@ -192,15 +202,25 @@ pub fn local_ip_towards(remote: IpAddr) -> IpAddr {
     probe().unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST))
 }
 
-/// Routes requests the transaction layer hands us: in-dialog requests to their dialog
-/// (481 when none), new INVITEs to the call legs, OPTIONS answered 200, the rest
-/// refused with 405 and our Allow.
+/// Routes requests the transaction layer hands us: NOTIFYs of our subscriptions to
+/// them (an unknown out-of-dialog NOTIFY gets 481), in-dialog requests to their
+/// dialog (481 when none), new INVITEs to the call legs, OPTIONS answered 200, the
+/// rest refused with 405 and our Allow.
 async fn dispatch(
     mut incoming: TransactionReceiver,
     calls: Calls,
     messages: mpsc::UnboundedSender<IncomingMessage>,
+    notify_routes: NotifyRoutes,
 ) {
-    while let Some(mut tx) = incoming.recv().await {
+    while let Some(tx) = incoming.recv().await {
+        let mut tx = if tx.original.method == Method::Notify {
+            match route_notify(&notify_routes, tx) {
+                None => continue,
+                Some(tx) => tx,
+            }
+        } else {
+            tx
+        };
         let method = tx.original.method;
         let has_to_tag = tx
             .original
@@ -242,7 +262,7 @@ async fn dispatch(
                     tx.reply_with(StatusCode::OK, headers, None).await
                 }
                 Method::Ack => Ok(()),
-                Method::Bye | Method::Cancel => {
+                Method::Bye | Method::Cancel | Method::Notify => {
                     tx.reply(StatusCode::CallTransactionDoesNotExist).await
                 }
                 _ => {

@@ -1,0 +1,1027 @@
+//! Event subscriptions (RFC 6665) and presence publication (RFC 3903), one task
+//! each. A [`Subscription`] SUBSCRIBEs to a package (presence of a contact, or the
+//! message-summary of our own mailbox), answers digest challenges, refreshes before
+//! expiry, takes the NOTIFYs the dispatcher routes to it by Call-ID and our tag,
+//! reads their bodies, resubscribes when the notifier ends the subscription with a
+//! reason that allows it, and unsubscribes (Expires: 0) when stopped. A
+//! [`Publication`] PUBLISHes our own PIDF status and refreshes it with
+//! SIP-If-Match, removing it when stopped.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rsipstack::sip::prelude::HeadersExt;
+use rsipstack::sip::{
+    CallId, Contact, Expires, Header, Headers, Method, Param, Request, Response, Route, StatusCode,
+    Uri,
+};
+use rsipstack::transaction::transaction::Transaction;
+use rsipstack::transaction::{make_tag, random_text};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::{sleep_until, Instant};
+use tracing::{debug, info, warn};
+
+use crate::call::{content_type, strip_angle, CallerAccount, Calls};
+use crate::digest::{answer, pick_challenge, Challenge};
+use crate::event_bodies::{
+    parse_message_summary, parse_pidf, pidf_document, MessageSummary, Presence,
+};
+use crate::message::MessageSender;
+use crate::registration::{backoff, reason_of, refresh_after};
+use crate::request::{send_and_wait, NoAnswer};
+use crate::stack::SipStack;
+
+/// How long we wait for the answer to a SUBSCRIBE or PUBLISH.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long an unsubscribe or unpublish may take when stopping.
+const STOP_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Where NOTIFYs go: `call-id` + our tag → the subscription's task.
+pub(crate) type NotifyRoutes = Arc<Mutex<HashMap<String, mpsc::UnboundedSender<Transaction>>>>;
+
+fn route_key(call_id: &str, tag: &str) -> String {
+    format!("{call_id}\n{tag}")
+}
+
+/// Hands a NOTIFY to the subscription it belongs to; gives it back when none does.
+pub(crate) fn route_notify(routes: &NotifyRoutes, tx: Transaction) -> Option<Transaction> {
+    let call_id = tx
+        .original
+        .call_id_header()
+        .ok()
+        .map(|c| c.value().to_string());
+    let tag = tx
+        .original
+        .to_header()
+        .ok()
+        .and_then(|t| t.tag().ok().flatten())
+        .map(|t| t.value().to_string());
+    let (Some(call_id), Some(tag)) = (call_id, tag) else {
+        return Some(tx);
+    };
+    let sender = routes
+        .lock()
+        .ok()
+        .and_then(|r| r.get(&route_key(&call_id, &tag)).cloned());
+    match sender {
+        Some(s) => s.send(tx).err().map(|e| e.0),
+        None => Some(tx),
+    }
+}
+
+/// The event package subscribed to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Package {
+    /// `presence`, bodies `application/pidf+xml`.
+    Presence,
+    /// `message-summary` (MWI), bodies `application/simple-message-summary`.
+    MessageSummary,
+}
+
+impl Package {
+    pub fn event(self) -> &'static str {
+        match self {
+            Package::Presence => "presence",
+            Package::MessageSummary => "message-summary",
+        }
+    }
+    fn accept(self) -> &'static str {
+        match self {
+            Package::Presence => "application/pidf+xml",
+            Package::MessageSummary => "application/simple-message-summary",
+        }
+    }
+}
+
+/// What a subscription or publication reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SubscriptionEvent {
+    /// A presence document arrived for `target`.
+    Presence {
+        id: u64,
+        account: u32,
+        target: String,
+        presence: Presence,
+    },
+    /// A message summary arrived.
+    MessageSummary {
+        id: u64,
+        account: u32,
+        target: String,
+        summary: MessageSummary,
+    },
+    /// The subscription (or publication) changed state: `active`, `pending`,
+    /// `terminated` (by the notifier; `reason` says why), `failed` (the request was
+    /// refused: `code`), `published`.
+    State {
+        id: u64,
+        account: u32,
+        target: String,
+        package: Package,
+        state: &'static str,
+        code: u16,
+        reason: String,
+    },
+}
+
+/// A way to start subscriptions and publications on the stack.
+#[derive(Clone)]
+pub struct Subscriber {
+    sender: MessageSender,
+    calls: Calls,
+    routes: NotifyRoutes,
+}
+
+impl SipStack {
+    /// A handle for starting subscriptions and publications.
+    pub fn subscriber(&self) -> Subscriber {
+        Subscriber {
+            sender: self.message_sender(),
+            calls: self.calls().clone(),
+            routes: self.notify_routes.clone(),
+        }
+    }
+}
+
+/// What one subscription needs.
+#[derive(Clone)]
+pub struct SubscriptionConfig {
+    /// The caller's id for this subscription, echoed in events.
+    pub id: u64,
+    pub account: u32,
+    pub caller: CallerAccount,
+    /// Request-URI and To of the initial SUBSCRIBE (`sip:` URI).
+    pub target: String,
+    pub package: Package,
+    /// Requested expiry, seconds.
+    pub expires: u32,
+}
+
+/// The digest state one requester keeps: the last challenge and its nonce count.
+#[derive(Default)]
+struct Auth {
+    challenge: Option<(Challenge, u8)>,
+    /// Challenges since the last success.
+    rounds: u8,
+}
+
+impl Auth {
+    fn header(&mut self, caller: &CallerAccount, method: &Method, uri: &Uri) -> Option<Header> {
+        let (challenge, nc) = self.challenge.as_mut()?;
+        *nc = nc.checked_add(1)?;
+        let user = caller
+            .auth_id
+            .clone()
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| caller.username.clone());
+        Some(answer(
+            challenge,
+            method,
+            uri,
+            &user,
+            &caller.password,
+            &random_text(12),
+            *nc,
+        ))
+    }
+
+    /// A 401/407 came: true when we should answer it (a first challenge, or a
+    /// stale nonce), false when the credentials were refused.
+    fn challenged(&mut self, resp: &Response, sent_with_auth: bool) -> bool {
+        let Some(challenge) = pick_challenge(resp) else {
+            return false;
+        };
+        self.rounds += 1;
+        if (sent_with_auth && !challenge.is_stale()) || self.rounds > 3 {
+            self.challenge = None;
+            return false;
+        }
+        self.challenge = Some((challenge, 0));
+        true
+    }
+}
+
+/// One dialog's identifiers and route.
+struct Dialog {
+    call_id: String,
+    local_tag: String,
+    remote_tag: Option<String>,
+    /// Where in-dialog requests go (the notifier's Contact).
+    remote_target: Option<Uri>,
+    /// Route set, first hop first, each `<uri>`.
+    route_set: Vec<String>,
+    cseq: u32,
+    /// A 2xx (or a NOTIFY) established it.
+    established: bool,
+}
+
+impl Dialog {
+    fn new() -> Dialog {
+        Dialog {
+            call_id: format!("{}@microsip-rs", random_text(20)),
+            local_tag: make_tag().to_string(),
+            remote_tag: None,
+            remote_target: None,
+            route_set: Vec::new(),
+            cseq: 0,
+            established: false,
+        }
+    }
+}
+
+/// The values of every header named `name` (or its compact form), in order.
+fn header_values(headers: &Headers, names: &[&str]) -> Vec<String> {
+    headers
+        .iter()
+        .filter(|h| names.iter().any(|n| h.name().eq_ignore_ascii_case(n)))
+        .map(|h| h.value().trim().to_string())
+        .collect()
+}
+
+fn header_value(headers: &Headers, names: &[&str]) -> Option<String> {
+    header_values(headers, names).into_iter().next()
+}
+
+/// The individual entries of Record-Route headers, in message order.
+fn record_routes(headers: &Headers) -> Vec<String> {
+    header_values(headers, &["Record-Route"])
+        .iter()
+        .flat_map(|v| split_list(v))
+        .collect()
+}
+
+/// Splits a header list on commas outside `<...>` and quotes.
+fn split_list(value: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut depth = 0i32;
+    let mut quoted = false;
+    let mut start = 0;
+    for (i, c) in value.char_indices() {
+        match c {
+            '"' => quoted = !quoted,
+            '<' if !quoted => depth += 1,
+            '>' if !quoted => depth -= 1,
+            ',' if !quoted && depth <= 0 => {
+                out.push(value[start..i].trim().to_string());
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    out.push(value[start..].trim().to_string());
+    out.retain(|s| !s.is_empty());
+    out
+}
+
+/// `name;a=1;b=2` → (`name`, params lower-cased).
+fn split_params(value: &str) -> (String, HashMap<String, String>) {
+    let mut parts = value.split(';');
+    let name = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+    let params = parts
+        .filter_map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            let k = k.trim().to_ascii_lowercase();
+            (!k.is_empty()).then(|| (k, v.trim().trim_matches('"').to_string()))
+        })
+        .collect();
+    (name, params)
+}
+
+fn expires_of(resp: &Response) -> Option<u32> {
+    resp.expires_header()
+        .and_then(|h| h.value().trim().parse::<u32>().ok())
+}
+
+fn retry_after(headers: &Headers) -> Option<u32> {
+    header_value(headers, &["Retry-After"])
+        .and_then(|v| v.split([';', '(', ' ']).next().map(str::to_string))
+        .and_then(|v| v.trim().parse::<u32>().ok())
+}
+
+/// What a NOTIFY asks of the subscription.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Next {
+    /// Nothing changes.
+    Stay,
+    /// Still active; the notifier grants this many seconds.
+    Expires(u32),
+    /// Ended; subscribe again (new dialog) after this many seconds.
+    Resubscribe(u32),
+    /// Ended for good.
+    Ended,
+}
+
+enum Control {
+    Stop(oneshot::Sender<()>),
+}
+
+/// A handle on one subscription's task.
+pub struct Subscription {
+    control: mpsc::UnboundedSender<Control>,
+}
+
+impl Subscription {
+    /// Starts the task; it subscribes at once.
+    pub fn start(
+        subscriber: &Subscriber,
+        config: SubscriptionConfig,
+        events: mpsc::UnboundedSender<SubscriptionEvent>,
+    ) -> Subscription {
+        let (control, rx) = mpsc::unbounded_channel();
+        let (notify_tx, notify_rx) = mpsc::unbounded_channel();
+        let sub = Sub {
+            subscriber: subscriber.clone(),
+            config,
+            events,
+            dialog: Dialog::new(),
+            auth: Auth::default(),
+            notify_tx,
+            notifies: notify_rx,
+            pending: None,
+        };
+        tokio::spawn(run_subscription(sub, rx));
+        Subscription { control }
+    }
+
+    /// Unsubscribes (bounded in time) and ends the task.
+    pub async fn stop(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.control.send(Control::Stop(tx)).is_ok() {
+            let _ = rx.await;
+        }
+    }
+}
+
+struct Sub {
+    subscriber: Subscriber,
+    config: SubscriptionConfig,
+    events: mpsc::UnboundedSender<SubscriptionEvent>,
+    dialog: Dialog,
+    auth: Auth,
+    notify_tx: mpsc::UnboundedSender<Transaction>,
+    notifies: mpsc::UnboundedReceiver<Transaction>,
+    /// What a NOTIFY handled during an exchange asked for.
+    pending: Option<Next>,
+}
+
+async fn run_subscription(mut sub: Sub, mut control: mpsc::UnboundedReceiver<Control>) {
+    sub.route(true);
+    let mut next: Option<Instant> = Some(Instant::now());
+    let mut failures: u32 = 0;
+    loop {
+        let far = Instant::now() + Duration::from_secs(86_400);
+        tokio::select! {
+            c = control.recv() => {
+                if sub.dialog.established {
+                    let _ = tokio::time::timeout(STOP_TIMEOUT, sub.exchange(0)).await;
+                }
+                sub.route(false);
+                if let Some(Control::Stop(done)) = c {
+                    let _ = done.send(());
+                }
+                return;
+            }
+            Some(tx) = sub.notifies.recv() => {
+                let asked = sub.on_notify(tx).await;
+                next = sub.follow(asked, next);
+            }
+            _ = sleep_until(next.unwrap_or(far)), if next.is_some() => {
+                let refresh = sub.dialog.established;
+                let result = sub.exchange(sub.config.expires).await;
+                next = match result {
+                    Ok(granted) => {
+                        failures = 0;
+                        if !refresh {
+                            sub.report("active", 200, "subscribed");
+                        }
+                        Some(Instant::now() + refresh_after(granted.max(10)))
+                    }
+                    Err((code, reason, retry)) => {
+                        sub.report("failed", code, &reason);
+                        failures = failures.saturating_add(1);
+                        if refresh && matches!(code, 481 | 408) && failures == 1 {
+                            // The notifier lost our dialog: start a new one now.
+                            sub.new_dialog();
+                            Some(Instant::now())
+                        } else {
+                            sub.new_dialog();
+                            let wait = retry.unwrap_or_else(|| backoff(failures - 1, code));
+                            Some(Instant::now() + Duration::from_secs(u64::from(wait)))
+                        }
+                    }
+                };
+                if let Some(asked) = sub.pending.take() {
+                    next = sub.follow(asked, next);
+                }
+            }
+        }
+    }
+}
+
+impl Sub {
+    fn target_text(&self) -> String {
+        self.config.target.clone()
+    }
+
+    fn report(&self, state: &'static str, code: u16, reason: &str) {
+        let _ = self.events.send(SubscriptionEvent::State {
+            id: self.config.id,
+            account: self.config.account,
+            target: self.target_text(),
+            package: self.config.package,
+            state,
+            code,
+            reason: reason.to_string(),
+        });
+    }
+
+    /// Adds (or removes) this dialog's NOTIFY route.
+    fn route(&self, add: bool) {
+        if let Ok(mut routes) = self.subscriber.routes.lock() {
+            let key = route_key(&self.dialog.call_id, &self.dialog.local_tag);
+            if add {
+                routes.insert(key, self.notify_tx.clone());
+            } else {
+                routes.remove(&key);
+            }
+        }
+    }
+
+    fn new_dialog(&mut self) {
+        self.route(false);
+        self.dialog = Dialog::new();
+        self.auth = Auth::default();
+        self.route(true);
+    }
+
+    /// Applies what a NOTIFY asked to the refresh timer.
+    fn follow(&mut self, asked: Next, next: Option<Instant>) -> Option<Instant> {
+        match asked {
+            Next::Stay => next,
+            Next::Expires(secs) => {
+                let at = Instant::now() + refresh_after(secs.max(1));
+                Some(next.map_or(at, |n| n.min(at)))
+            }
+            Next::Resubscribe(after) => {
+                self.new_dialog();
+                Some(Instant::now() + Duration::from_secs(u64::from(after)))
+            }
+            Next::Ended => {
+                self.new_dialog();
+                None
+            }
+        }
+    }
+
+    /// The first hop of a request to `request_uri`: in a dialog the first route, else
+    /// the notifier's Contact; outside, the outbound proxy, else the target.
+    fn next_hop(&self, request_uri: &Uri) -> rsipstack::sip::HostWithPort {
+        let uri_host = |text: &str| {
+            Uri::try_from(text)
+                .map(|u| u.host_with_port)
+                .unwrap_or_else(|_| request_uri.host_with_port.clone())
+        };
+        match self.dialog.route_set.first() {
+            Some(r) if self.dialog.established => uri_host(&strip_angle(r)),
+            _ if self.dialog.established => request_uri.host_with_port.clone(),
+            _ => match self.config.caller.outbound.as_deref() {
+                Some(o) => uri_host(&format!("sip:{o}")),
+                None => request_uri.host_with_port.clone(),
+            },
+        }
+    }
+
+    fn build(&mut self, expires: u32, auth: Option<Header>) -> Result<Request, String> {
+        let caller = &self.config.caller;
+        let target = Uri::try_from(self.config.target.as_str())
+            .map_err(|e| format!("bad target {}: {e}", self.config.target))?;
+        let aor = Uri::try_from(format!("sip:{}@{}", caller.username, caller.domain).as_str())
+            .map_err(|e| format!("bad account address: {e}"))?;
+        let request_uri = match (&self.dialog.remote_target, self.dialog.established) {
+            (Some(t), true) => t.clone(),
+            _ => target.clone(),
+        };
+        let next = self.next_hop(&request_uri);
+        let (_, _, local) = self.subscriber.sender.hop(caller.tcp, next);
+        let inner = self.subscriber.sender.inner();
+        let via = inner
+            .get_via(local, None)
+            .map_err(|e| format!("no local address: {e}"))?;
+        self.dialog.cseq += 1;
+        let from = rsipstack::sip::typed::From {
+            display_name: caller.display_name.clone(),
+            uri: aor,
+            params: vec![Param::Tag(self.dialog.local_tag.clone().into())],
+        };
+        let to_params = match (&self.dialog.remote_tag, self.dialog.established) {
+            (Some(tag), true) => vec![Param::Tag(tag.clone().into())],
+            _ => vec![],
+        };
+        let to = rsipstack::sip::typed::To {
+            display_name: None,
+            uri: target,
+            params: to_params,
+        };
+        let mut req = inner.make_request(
+            Method::Subscribe,
+            request_uri,
+            via,
+            from,
+            to,
+            self.dialog.cseq,
+            Some(CallId::new(self.dialog.call_id.clone())),
+        );
+        if self.dialog.established {
+            for r in &self.dialog.route_set {
+                req.headers.push(Route::new(r.clone()).into());
+            }
+        }
+        let contact = self.subscriber.calls.contact(
+            &caller.username,
+            caller.tcp && self.subscriber.sender.tcp(),
+            caller.public_addr.as_deref(),
+        );
+        req.headers
+            .push(Contact::new(format!("<{contact}>")).into());
+        req.headers.push(Header::Other(
+            "Event".into(),
+            self.config.package.event().into(),
+        ));
+        req.headers
+            .push(Header::Accept(self.config.package.accept().into()));
+        req.headers.push(Expires::from(expires).into());
+        req.headers.push(Header::Allow(crate::stack::ALLOW.into()));
+        if let Some(auth) = auth {
+            req.headers.push(auth);
+        }
+        Ok(req)
+    }
+
+    /// Sends `req` and waits for its final answer, handling NOTIFYs meanwhile (they
+    /// may overtake the 2xx).
+    async fn transact(&mut self, req: Request) -> Result<Response, NoAnswer> {
+        let caller = &self.config.caller;
+        let next = self.next_hop(&req.uri);
+        let (destination, connection, _) = self.subscriber.sender.hop(caller.tcp, next);
+        let answer = send_and_wait(
+            self.subscriber.sender.inner(),
+            req,
+            connection,
+            destination,
+            ANSWER_TIMEOUT,
+        );
+        tokio::pin!(answer);
+        loop {
+            tokio::select! {
+                out = &mut answer => return out,
+                Some(tx) = self.notifies.recv() => {
+                    let asked = self.on_notify(tx).await;
+                    if asked != Next::Stay {
+                        self.pending = Some(asked);
+                    }
+                }
+            }
+        }
+    }
+
+    /// One SUBSCRIBE exchange (initial or refresh; `expires` 0 unsubscribes), with
+    /// digest answers and a 423 retry. Ok: the granted expiry.
+    async fn exchange(&mut self, expires: u32) -> Result<u32, (u16, String, Option<u32>)> {
+        let mut expires = expires;
+        self.auth.rounds = 0;
+        for _round in 0..6 {
+            let uri = match (&self.dialog.remote_target, self.dialog.established) {
+                (Some(t), true) => t.clone(),
+                _ => Uri::try_from(self.config.target.as_str())
+                    .map_err(|e| (400, format!("bad target: {e}"), None))?,
+            };
+            let auth = self
+                .auth
+                .header(&self.config.caller, &Method::Subscribe, &uri);
+            let with_auth = auth.is_some();
+            let req = self.build(expires, auth).map_err(|e| (400u16, e, None))?;
+            let resp = match self.transact(req).await {
+                Ok(r) => r,
+                Err(NoAnswer::Unsent(e)) => return Err((503, e, None)),
+                Err(NoAnswer::Timeout) => {
+                    return Err((408, "Request Timeout (no answer)".into(), None))
+                }
+            };
+            let code = resp.status_code.code();
+            match code {
+                200..=299 => {
+                    if !self.dialog.established && expires > 0 {
+                        self.establish_from_response(&resp);
+                    }
+                    return Ok(expires_of(&resp).unwrap_or(expires).min(expires.max(1)));
+                }
+                401 | 407 => {
+                    if !self.auth.challenged(&resp, with_auth) {
+                        return Err((code, reason_of(&resp), None));
+                    }
+                }
+                423 => {
+                    let min = resp
+                        .min_expires_header()
+                        .and_then(|h| h.value().trim().parse::<u32>().ok());
+                    match min {
+                        Some(min) if min > expires && min <= 86_400 => {
+                            expires = min;
+                            self.config.expires = min;
+                        }
+                        _ => return Err((code, reason_of(&resp), None)),
+                    }
+                }
+                _ => return Err((code, reason_of(&resp), retry_after(&resp.headers))),
+            }
+        }
+        Err((500, "too many challenges".into(), None))
+    }
+
+    /// The dialog a 2xx creates (UAC side: Record-Route reversed).
+    fn establish_from_response(&mut self, resp: &Response) {
+        if self.dialog.remote_tag.is_none() {
+            self.dialog.remote_tag = resp
+                .to_header()
+                .ok()
+                .and_then(|t| t.tag().ok().flatten())
+                .map(|t| t.value().to_string());
+            let mut routes = record_routes(&resp.headers);
+            routes.reverse();
+            self.dialog.route_set = routes;
+        }
+        if let Some(c) = header_value(&resp.headers, &["Contact", "m"]) {
+            if let Ok(u) = Uri::try_from(strip_angle(&c).as_str()) {
+                self.dialog.remote_target = Some(u);
+            }
+        }
+        self.dialog.established = self.dialog.remote_tag.is_some();
+    }
+
+    /// Answers one NOTIFY and reports its body; says what the subscription does next.
+    async fn on_notify(&mut self, mut tx: Transaction) -> Next {
+        let req = tx.original.clone();
+        let event = header_value(&req.headers, &["Event", "o"]).unwrap_or_default();
+        let (event, _) = split_params(&event);
+        if event != self.config.package.event() {
+            let _ = tx.reply(StatusCode::BadEvent).await;
+            return Next::Stay;
+        }
+        let Some(state) = header_value(&req.headers, &["Subscription-State"]) else {
+            let _ = tx
+                .reply_with(
+                    StatusCode::BadRequest,
+                    vec![Header::Other(
+                        "Warning".into(),
+                        "399 microsip-rs \"Subscription-State missing\"".into(),
+                    )],
+                    None,
+                )
+                .await;
+            return Next::Stay;
+        };
+        let (state, params) = split_params(&state);
+        // The first NOTIFY may establish the dialog (before the 2xx; UAS side:
+        // Record-Route in order).
+        if self.dialog.remote_tag.is_none() {
+            self.dialog.remote_tag = req
+                .from_header()
+                .ok()
+                .and_then(|f| f.tag().ok().flatten())
+                .map(|t| t.value().to_string());
+            self.dialog.route_set = record_routes(&req.headers);
+        }
+        if let Some(c) = header_value(&req.headers, &["Contact", "m"]) {
+            if let Ok(u) = Uri::try_from(strip_angle(&c).as_str()) {
+                self.dialog.remote_target = Some(u);
+            }
+        }
+        self.dialog.established = self.dialog.remote_tag.is_some();
+        // Answer first: a body we cannot read is our problem, not the notifier's
+        // (a failure response would end the subscription, RFC 6665 §4.2.2).
+        if let Err(e) = tx.reply(StatusCode::OK).await {
+            debug!("answer to NOTIFY not sent: {e}");
+        }
+        if !req.body.is_empty() {
+            self.read_body(&req);
+        }
+        let param_u32 = |k: &str| params.get(k).and_then(|v| v.parse::<u32>().ok());
+        match state.as_str() {
+            "active" | "pending" => param_u32("expires").map_or(Next::Stay, Next::Expires),
+            "terminated" => {
+                let reason = params.get("reason").cloned().unwrap_or_default();
+                info!(
+                    "{} subscription to {} terminated by the notifier ({})",
+                    self.config.package.event(),
+                    self.config.target,
+                    if reason.is_empty() {
+                        "no reason"
+                    } else {
+                        &reason
+                    }
+                );
+                self.report("terminated", 200, &reason);
+                let retry = param_u32("retry-after");
+                match reason.as_str() {
+                    "deactivated" | "timeout" => Next::Resubscribe(retry.unwrap_or(0)),
+                    "probation" | "giveup" | "" => Next::Resubscribe(retry.unwrap_or(30)),
+                    _ => match retry {
+                        Some(r) => Next::Resubscribe(r),
+                        None => Next::Ended,
+                    },
+                }
+            }
+            _ => Next::Stay,
+        }
+    }
+
+    fn read_body(&self, req: &Request) {
+        let ctype = content_type(req).unwrap_or_default().to_ascii_lowercase();
+        let wanted = self.config.package.accept();
+        if !ctype.is_empty() && !ctype.starts_with(wanted) {
+            warn!(
+                "NOTIFY from {} has a {ctype} body, not {wanted}: ignored",
+                self.config.target
+            );
+            return;
+        }
+        let event = match self.config.package {
+            Package::Presence => {
+                parse_pidf(&req.body).map(|presence| SubscriptionEvent::Presence {
+                    id: self.config.id,
+                    account: self.config.account,
+                    target: self.target_text(),
+                    presence,
+                })
+            }
+            Package::MessageSummary => {
+                parse_message_summary(&req.body).map(|summary| SubscriptionEvent::MessageSummary {
+                    id: self.config.id,
+                    account: self.config.account,
+                    target: self.target_text(),
+                    summary,
+                })
+            }
+        };
+        match event {
+            Ok(e) => {
+                let _ = self.events.send(e);
+            }
+            Err(e) => warn!(
+                "NOTIFY from {}: unreadable {} body: {e}",
+                self.config.target,
+                self.config.package.event()
+            ),
+        }
+    }
+}
+
+/// What a publication needs.
+#[derive(Clone)]
+pub struct PublishConfig {
+    pub id: u64,
+    pub account: u32,
+    pub caller: CallerAccount,
+    /// Requested expiry, seconds.
+    pub expires: u32,
+    /// A `<note>` to publish.
+    pub note: Option<String>,
+}
+
+/// A handle on one publication's task (our presence, `open` while it runs).
+pub struct Publication {
+    control: mpsc::UnboundedSender<Control>,
+}
+
+impl Publication {
+    /// Starts the task; it publishes at once.
+    pub fn start(
+        subscriber: &Subscriber,
+        config: PublishConfig,
+        events: mpsc::UnboundedSender<SubscriptionEvent>,
+    ) -> Publication {
+        let (control, rx) = mpsc::unbounded_channel();
+        let publisher = Publisher {
+            subscriber: subscriber.clone(),
+            config,
+            events,
+            call_id: format!("{}@microsip-rs", random_text(20)),
+            from_tag: make_tag().to_string(),
+            cseq: 0,
+            etag: None,
+            auth: Auth::default(),
+        };
+        tokio::spawn(run_publication(publisher, rx));
+        Publication { control }
+    }
+
+    /// Removes the published state (bounded in time) and ends the task.
+    pub async fn stop(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.control.send(Control::Stop(tx)).is_ok() {
+            let _ = rx.await;
+        }
+    }
+}
+
+struct Publisher {
+    subscriber: Subscriber,
+    config: PublishConfig,
+    events: mpsc::UnboundedSender<SubscriptionEvent>,
+    call_id: String,
+    from_tag: String,
+    cseq: u32,
+    /// The entity tag of our published state (RFC 3903 §4.1).
+    etag: Option<String>,
+    auth: Auth,
+}
+
+async fn run_publication(mut p: Publisher, mut control: mpsc::UnboundedReceiver<Control>) {
+    let mut next = Instant::now();
+    let mut failures: u32 = 0;
+    loop {
+        tokio::select! {
+            c = control.recv() => {
+                if p.etag.is_some() {
+                    let _ = tokio::time::timeout(STOP_TIMEOUT, p.exchange(0)).await;
+                }
+                if let Some(Control::Stop(done)) = c {
+                    let _ = done.send(());
+                }
+                return;
+            }
+            _ = sleep_until(next) => {
+                let expires = p.config.expires;
+                match p.exchange(expires).await {
+                    Ok(granted) => {
+                        failures = 0;
+                        next = Instant::now() + refresh_after(granted.max(10));
+                    }
+                    Err((code, reason, retry)) => {
+                        p.report("failed", code, &reason);
+                        failures = failures.saturating_add(1);
+                        let wait = retry.unwrap_or_else(|| backoff(failures - 1, code));
+                        next = Instant::now() + Duration::from_secs(u64::from(wait));
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Publisher {
+    fn aor(&self) -> String {
+        format!(
+            "sip:{}@{}",
+            self.config.caller.username, self.config.caller.domain
+        )
+    }
+
+    fn report(&self, state: &'static str, code: u16, reason: &str) {
+        let _ = self.events.send(SubscriptionEvent::State {
+            id: self.config.id,
+            account: self.config.account,
+            target: self.aor(),
+            package: Package::Presence,
+            state,
+            code,
+            reason: reason.to_string(),
+        });
+    }
+
+    /// One PUBLISH exchange: initial (body), refresh (SIP-If-Match, no body) or
+    /// removal (`expires` 0). A 412 drops the entity tag and publishes afresh.
+    async fn exchange(&mut self, expires: u32) -> Result<u32, (u16, String, Option<u32>)> {
+        let mut expires = expires;
+        self.auth.rounds = 0;
+        let mut fresh_tries = 0;
+        for _round in 0..6 {
+            let aor = Uri::try_from(self.aor().as_str())
+                .map_err(|e| (400u16, format!("bad account address: {e}"), None))?;
+            let auth = self
+                .auth
+                .header(&self.config.caller, &Method::Publish, &aor);
+            let with_auth = auth.is_some();
+            let caller = &self.config.caller;
+            let next = match caller.outbound.as_deref() {
+                Some(o) => Uri::try_from(format!("sip:{o}").as_str())
+                    .map(|u| u.host_with_port)
+                    .map_err(|e| (400u16, format!("bad server {o}: {e}"), None))?,
+                None => aor.host_with_port.clone(),
+            };
+            let (destination, connection, local) = self.subscriber.sender.hop(caller.tcp, next);
+            let inner = self.subscriber.sender.inner();
+            let via = inner
+                .get_via(local, None)
+                .map_err(|e| (503u16, format!("no local address: {e}"), None))?;
+            self.cseq += 1;
+            let from = rsipstack::sip::typed::From {
+                display_name: caller.display_name.clone(),
+                uri: aor.clone(),
+                params: vec![Param::Tag(self.from_tag.clone().into())],
+            };
+            let to = rsipstack::sip::typed::To {
+                display_name: None,
+                uri: aor.clone(),
+                params: vec![],
+            };
+            let mut req = inner.make_request(
+                Method::Publish,
+                aor.clone(),
+                via,
+                from,
+                to,
+                self.cseq,
+                Some(CallId::new(self.call_id.clone())),
+            );
+            req.headers
+                .push(Header::Other("Event".into(), "presence".into()));
+            req.headers.push(Expires::from(expires).into());
+            match &self.etag {
+                Some(etag) => req
+                    .headers
+                    .push(Header::Other("SIP-If-Match".into(), etag.clone())),
+                None if expires > 0 => {
+                    req.headers
+                        .push(Header::ContentType("application/pidf+xml".into()));
+                    req.body =
+                        pidf_document(&self.aor(), true, self.config.note.as_deref()).into_bytes();
+                }
+                None => return Ok(0),
+            }
+            if let Some(auth) = auth {
+                req.headers.push(auth);
+            }
+            let resp =
+                match send_and_wait(inner, req, connection, destination, ANSWER_TIMEOUT).await {
+                    Ok(r) => r,
+                    Err(NoAnswer::Unsent(e)) => return Err((503, e, None)),
+                    Err(NoAnswer::Timeout) => {
+                        return Err((408, "Request Timeout (no answer)".into(), None))
+                    }
+                };
+            let code = resp.status_code.code();
+            match code {
+                200..=299 => {
+                    if expires == 0 {
+                        self.etag = None;
+                        return Ok(0);
+                    }
+                    let fresh = self.etag.is_none();
+                    self.etag = header_value(&resp.headers, &["SIP-ETag"]);
+                    if fresh {
+                        self.report("published", code, &reason_of(&resp));
+                    }
+                    return Ok(expires_of(&resp).unwrap_or(expires).min(expires));
+                }
+                401 | 407 => {
+                    if !self.auth.challenged(&resp, with_auth) {
+                        return Err((code, reason_of(&resp), None));
+                    }
+                }
+                412 if fresh_tries == 0 => {
+                    // The server forgot our state: publish it again with a body.
+                    fresh_tries += 1;
+                    self.etag = None;
+                    if expires == 0 {
+                        return Ok(0);
+                    }
+                }
+                423 => {
+                    let min = resp
+                        .min_expires_header()
+                        .and_then(|h| h.value().trim().parse::<u32>().ok());
+                    match min {
+                        Some(min) if min > expires && min <= 86_400 => {
+                            expires = min;
+                            self.config.expires = min;
+                        }
+                        _ => return Err((code, reason_of(&resp), None)),
+                    }
+                }
+                _ => return Err((code, reason_of(&resp), retry_after(&resp.headers))),
+            }
+        }
+        Err((500, "too many retries".into(), None))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lists_and_params() {
+        assert_eq!(
+            split_list("<sip:a;lr>, <sip:b,c;lr>,\"x,y\" <sip:d>"),
+            vec!["<sip:a;lr>", "<sip:b,c;lr>", "\"x,y\" <sip:d>"]
+        );
+        let (name, p) = split_params("Terminated; reason=deactivated;retry-after=5");
+        assert_eq!(name, "terminated");
+        assert_eq!(p.get("reason").map(String::as_str), Some("deactivated"));
+        assert_eq!(p.get("retry-after").map(String::as_str), Some("5"));
+        let (name, p) = split_params("");
+        assert_eq!((name.as_str(), p.len()), ("", 0));
+    }
+}
