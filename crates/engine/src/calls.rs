@@ -214,9 +214,6 @@ impl Engine {
         if codecs.is_empty() {
             codecs = vec![sdp::Codec::Pcma, sdp::Codec::Pcmu];
         }
-        if self.config.settings.force_codec {
-            codecs.truncate(1);
-        }
         LocalMedia {
             ip: self.media_ip(account),
             port,
@@ -226,6 +223,9 @@ impl Engine {
             session_id: rand_u64(),
             version: 1,
             opus_stereo: self.config.settings.opus_stereo,
+            // forceCodec: answers take our first codec the offer has, not the
+            // offerer's first.
+            prefer_own_order: self.config.settings.force_codec,
         }
     }
 
