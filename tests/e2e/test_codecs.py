@@ -43,15 +43,16 @@ class CodecCase:
     baresip_rate: int    # baresip's aufile rate (the codec's PCM rate in baresip)
     baresip_channels: int
     shown: str           # what `calls` shows
+    shown_rate: int      # and its JSON codec_rate
     mode: str            # PESQ mode
     min_pesq: float
 
 
 CASES = {
-    "PCMU": CodecCase("PCMU/8000/1", "pcmu/8000/1", 8000, 1, "PCMU", "nb", 4.0),
-    "PCMA": CodecCase("PCMA/8000/1", "pcma/8000/1", 8000, 1, "PCMA", "nb", 4.0),
-    "G722": CodecCase("G722/16000/1", "G722/16000/1", 16000, 1, "G722", "wb", 3.8),
-    "opus": CodecCase("opus/48000/2", "opus/48000/2", 48000, 2, "opus", "wb", 3.8),
+    "PCMU": CodecCase("PCMU/8000/1", "pcmu/8000/1", 8000, 1, "PCMU", 8000, "nb", 4.0),
+    "PCMA": CodecCase("PCMA/8000/1", "pcma/8000/1", 8000, 1, "PCMA", 8000, "nb", 4.0),
+    "G722": CodecCase("G722/16000/1", "G722/16000/1", 16000, 1, "G722", 16000, "wb", 3.8),
+    "opus": CodecCase("opus/48000/2", "opus/48000/2", 48000, 2, "opus", 48000, "wb", 3.8),
 }
 
 
@@ -84,7 +85,8 @@ def call_baresip(kam, make_phone, make_baresip, case: CodecCase, our_source: str
     return a, ph, cid
 
 
-def shown_codec(ph, cid: int) -> str:
+def shown_codec(ph, cid: int) -> tuple[str, int]:
+    """(codec, codec_rate) of call cid as `calls` shows it (text and JSON agree)."""
     rc, reply = ph.cmd_json("calls")
     assert rc == 0 and reply.get("ok") is True, reply
     mine = [c for c in reply["data"] if c["id"] == cid]
@@ -92,7 +94,7 @@ def shown_codec(ph, cid: int) -> str:
     rc, text, err = ph.cmd("calls")
     assert rc == 0, err
     assert text.strip().endswith(" " + mine[0]["codec"]), text
-    return mine[0]["codec"]
+    return mine[0]["codec"], mine[0]["codec_rate"]
 
 
 def hang_up(a, ph, cid: int) -> None:
@@ -108,7 +110,7 @@ def test_tone_crosses_each_codec(kam, make_phone, make_baresip, tmp_path, name):
                                   channels=case.baresip_channels)
     a, ph, cid = call_baresip(kam, make_phone, make_baresip, case, f"tone:{TONE:g}",
                               silence, tmp_path / "out.wav")
-    assert shown_codec(ph, cid) == case.shown
+    assert shown_codec(ph, cid) == (case.shown, case.shown_rate)
     time.sleep(TONE_SECONDS)
     hang_up(a, ph, cid)
     _, dec = a.recordings()
@@ -148,7 +150,7 @@ def test_speech_quality_both_ways(kam, make_phone, make_baresip, tmp_path, speec
                     case.baresip_rate, case.baresip_channels)
     out = tmp_path / "out.wav"
     a, ph, cid = call_baresip(kam, make_phone, make_baresip, case, f"file:{ours}", theirs, out)
-    assert shown_codec(ph, cid) == case.shown
+    assert shown_codec(ph, cid) == (case.shown, case.shown_rate)
     time.sleep(LEAD_SECONDS + len(ref) / rate + 1.5)
     hang_up(a, ph, cid)
     _, dec = a.recordings()
@@ -180,5 +182,5 @@ def test_answer_codec_follows_the_offer_unless_forced(kam, make_phone, make_bare
     rc, out, err = ph.cmd("/answer")
     assert rc == 0, (out, err)
     ev.wait_for("call.confirmed", lambda e: e.get("call") == cid, 30)
-    assert shown_codec(ph, cid) == expected.shown
+    assert shown_codec(ph, cid) == (expected.shown, expected.shown_rate)
     hang_up(a, ph, cid)

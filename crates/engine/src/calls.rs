@@ -121,6 +121,8 @@ impl Call {
             "state": self.state_word(),
             "duration": self.duration_s(),
             "codec": self.codec,
+            // G722 16000, opus 48000, PCMU/PCMA 8000 (the ini's audioCodecs rate).
+            "codec_rate": self.negotiated.as_ref().map(|n| n.codec.audio_rate()),
             "held_by_us": self.local_hold,
             "held_by_remote": self.remote_hold,
             "post_dial": self.post_dial,

@@ -225,6 +225,12 @@ impl Codec {
         self.info().clock_rate
     }
 
+    /// The rate a person would name the codec by, as in MicroSIP's ini: 8000 for
+    /// G.711, 16000 for G.722, 48000 for Opus.
+    pub fn audio_rate(self) -> u32 {
+        self.info().ini_rate
+    }
+
     /// Channels as written in `a=rtpmap` (2 for Opus, which is still sent mono).
     pub fn channels(self) -> u8 {
         self.info().channels
