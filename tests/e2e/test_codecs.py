@@ -184,3 +184,31 @@ def test_answer_codec_follows_the_offer_unless_forced(kam, make_phone, make_bare
     ev.wait_for("call.confirmed", lambda e: e.get("call") == cid, 30)
     assert shown_codec(ph, cid) == (expected.shown, expected.shown_rate)
     hang_up(a, ph, cid)
+
+
+@pytest.mark.parametrize("name", ["G722", "opus"])
+def test_rfc4733_digits_both_ways_on_wideband_codecs(kam, make_phone, make_baresip,
+                                                     tmp_path, name):
+    # telephone-event/8000 beside a 16 kHz (G.722: RTP clock 8000) or 48 kHz
+    # (Opus: RTP clock 48000) audio stream.
+    case = CASES[name]
+    silence = audio.make_tone_wav(tmp_path / "silence.wav", 0, 120, rate=case.baresip_rate,
+                                  channels=case.baresip_channels)
+    a, ph, cid = call_baresip(kam, make_phone, make_baresip, case, "null", silence,
+                              tmp_path / "out.wav")
+    ev = ph.events()
+    digits = "159#*0"
+    rc, out, err = ph.cmd("dtmf", digits)
+    assert rc == 0, (out, err)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and a.count("CALL_DTMF_START") < len(digits):
+        time.sleep(0.1)
+    got = "".join(e.get("param", "") for e in a.events if e.get("type") == "CALL_DTMF_START")
+    assert got == digits, got
+    for d in "2468":
+        a.command("sndcode", d)
+        time.sleep(0.25)
+    heard = [ev.wait_for("call.dtmf", lambda e: e.get("call") == cid, 15) for _ in "2468"]
+    assert "".join(e["digit"] for e in heard) == "2468", heard
+    assert all(e["method"] == "rfc4733" for e in heard), heard
+    hang_up(a, ph, cid)
