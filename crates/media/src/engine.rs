@@ -10,7 +10,7 @@
 //! DTMF (RFC 4733, or in-band when asked) is reported through the event callback.
 //!
 //! Sources and sinks run on the audio bus (16 kHz mono, [`audio::SAMPLE_RATE`]);
-//! each session's [`CodecPath`] holds the negotiated codec and the resamplers
+//! each session's `CodecPath` holds the negotiated codec and the resamplers
 //! between the bus and the codec's PCM rate (G.711: 8 kHz both ways; G.722 and Opus,
 //! whose libopus runs at 16 kHz, none), sized once when the call is configured.
 //!
