@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import struct
+import subprocess
 import wave
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,14 +37,14 @@ SILENCE_DB = -50.0
 # ---------------------------------------------------------------- files
 
 def make_tone_wav(path, freq: float, seconds: float, rate: int = 8000,
-                  amplitude: float = 0.5) -> Path:
-    """A mono 16-bit PCM WAV of a sine at freq Hz (amplitude 0.5 = -6 dBFS peak).
-    freq 0 writes silence."""
+                  amplitude: float = 0.5, channels: int = 1) -> Path:
+    """A 16-bit PCM WAV of a sine at freq Hz (amplitude 0.5 = -6 dBFS peak), the
+    same in every channel. freq 0 writes silence."""
     path = Path(path)
     n = int(round(seconds * rate))
     t = np.arange(n, dtype=np.float64) / rate
     x = amplitude * np.sin(2 * math.pi * freq * t) if freq else np.zeros(n)
-    write_wav(path, x, rate)
+    write_wav(path, x, rate, channels)
     return path
 
 
@@ -55,12 +56,15 @@ def make_noise_wav(path, seconds: float, rate: int = 8000, amplitude: float = 0.
     return Path(path)
 
 
-def write_wav(path, samples, rate: int = 8000) -> None:
-    """Writes float samples in [-1, 1] as mono 16-bit PCM."""
+def write_wav(path, samples, rate: int = 8000, channels: int = 1) -> None:
+    """Writes float samples in [-1, 1] as 16-bit PCM: mono, or the same samples
+    in each of `channels` (baresip's Opus wants a 48 kHz stereo source)."""
     pcm = np.clip(np.asarray(samples, dtype=np.float64), -1.0, 1.0)
+    if channels > 1:
+        pcm = np.repeat(pcm, channels)
     data = (pcm * 32767.0).round().astype("<i2").tobytes()
     with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
+        w.setnchannels(channels)
         w.setsampwidth(2)
         w.setframerate(rate)
         w.writeframes(data)
@@ -312,3 +316,69 @@ def describe(src, freq: float | None = None, window_ms: int = 250,
     if len(ws) > limit:
         lines.append(f"  ... {len(ws) - limit} more")
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- speech, PESQ
+
+SENTENCES = ("The birch canoe slid on the smooth planks. Glue the sheet to the dark "
+             "blue background. It is easy to tell the depth of a well. These days a "
+             "chicken leg is a rare dish. Rice is often served in round bowls.")
+
+
+def resample(x: np.ndarray, rate: int, to: int, workdir) -> np.ndarray:
+    """x (float, mono) from rate to `to` Hz through sox (its default very high
+    quality filter)."""
+    if rate == to:
+        return np.asarray(x, dtype=np.float64)
+    workdir = Path(workdir)
+    src, dst = workdir / f"resample-in-{rate}.wav", workdir / f"resample-out-{to}.wav"
+    write_wav(src, x, rate)
+    subprocess.run(["sox", str(src), "-r", str(to), str(dst)], check=True,
+                   capture_output=True, timeout=60)
+    return read_wav(dst)[0]
+
+
+# espeak-ng's voice for PESQ material. Its default male voice scores oddly low
+# with PESQ whatever the path (wideband: G.722 3.1, Opus 3.3, even 1.6 with only
+# white noise 45 dB below its peak added; narrowband G.711 4.0), as if its buzz
+# source were out of what P.862 models; the `f3` variant scores like natural
+# speech does (G.722 4.1, Opus 4.1, G.711 4.3 coded offline).
+SPEECH_VOICE = "en+f3"
+
+
+def make_speech(workdir, text: str = SENTENCES,
+                voice: str = SPEECH_VOICE) -> tuple[np.ndarray, int]:
+    """Speech by espeak-ng (about 11 s of the Harvard sentences above), as float
+    samples at 16 kHz mono, normalised to -3 dBFS peak: (samples, 16000)."""
+    workdir = Path(workdir)
+    raw = workdir / "speech-espeak.wav"
+    subprocess.run(["espeak-ng", "-v", voice, "-w", str(raw), text], check=True,
+                   capture_output=True, timeout=60)
+    x, rate = read_wav(raw)
+    x = resample(x, rate, 16000, workdir)
+    x = x / max(1e-9, float(np.max(np.abs(x)))) * 0.7
+    return x, 16000
+
+
+def align(ref: np.ndarray, deg: np.ndarray) -> np.ndarray:
+    """The part of deg that lines up with ref (same rate): the offset of the
+    largest cross-correlation (FFT), cut to ref's length (zeros past deg's end)."""
+    n = len(ref) + len(deg)
+    size = 1 << (n - 1).bit_length()
+    corr = np.fft.irfft(np.fft.rfft(deg, size) * np.conj(np.fft.rfft(ref, size)), size)
+    lag = int(np.argmax(corr[:len(deg)]))
+    out = np.zeros(len(ref))
+    piece = deg[lag:lag + len(ref)]
+    out[:len(piece)] = piece
+    return out
+
+
+def pesq_score(ref: np.ndarray, rate: int, deg_path, workdir, mode: str) -> float:
+    """PESQ (ITU-T P.862, PyPI `pesq`) of the recording deg_path against ref:
+    the recording mixed to mono, resampled to rate, aligned to ref (so the
+    silence around it and the start of the call do not count). mode 'nb' (8 kHz)
+    or 'wb' (16 kHz)."""
+    from pesq import pesq  # local import: only the PESQ tests need it
+    deg, deg_rate = read_wav(deg_path)
+    deg = resample(deg, deg_rate, rate, workdir)
+    return float(pesq(rate, ref, align(ref, deg), mode))

@@ -1094,6 +1094,11 @@ class Baresip:
     - `-s`: baresip's SIP trace goes to `log` (sip_trace=False for load).
     - Runs with `-t quit_after` so it ends by itself even if a test leaks it.
     - modules: codec modules to load ("g711"; "g722", "opus" are installed).
+      baresip's aufile source must be at the call codec's own rate, or the call
+      fails ("must have sample-rate 16000 Hz"): 8 kHz mono for G.711, 16 kHz
+      mono for G.722, 48 kHz STEREO for Opus (its recordings are then 48 kHz
+      stereo too). codecs takes name/rate/channels entries ("G722/16000/1",
+      "opus/48000/2"); a bare "g722" is read as g722/8000 and not found.
     """
 
     def __init__(self, workdir: Path, user: str, password: str,

@@ -121,6 +121,8 @@ impl Call {
             "state": self.state_word(),
             "duration": self.duration_s(),
             "codec": self.codec,
+            // G722 16000, opus 48000, PCMU/PCMA 8000 (the ini's audioCodecs rate).
+            "codec_rate": self.negotiated.as_ref().map(|n| n.codec.audio_rate()),
             "held_by_us": self.local_hold,
             "held_by_remote": self.remote_hold,
             "post_dial": self.post_dial,
@@ -214,9 +216,6 @@ impl Engine {
         if codecs.is_empty() {
             codecs = vec![sdp::Codec::Pcma, sdp::Codec::Pcmu];
         }
-        if self.config.settings.force_codec {
-            codecs.truncate(1);
-        }
         LocalMedia {
             ip: self.media_ip(account),
             port,
@@ -226,6 +225,9 @@ impl Engine {
             session_id: rand_u64(),
             version: 1,
             opus_stereo: self.config.settings.opus_stereo,
+            // forceCodec: answers take our first codec the offer has, not the
+            // offerer's first.
+            prefer_own_order: self.config.settings.force_codec,
         }
     }
 

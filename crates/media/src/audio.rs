@@ -4,7 +4,10 @@
 //! This module owns the device names of the ini (`file:PATH.wav`, `tone:FREQ`,
 //! `null`), the [`AudioSource`] / [`AudioSink`] traits the engine reads 20 ms frames
 //! from and writes decoded audio to, and their file, tone and null implementations.
-//! Everything is 8 kHz mono 16-bit here; sound cards come later behind the same traits.
+//! Everything here runs on the phone's internal audio bus: 16 kHz mono 16-bit, 20 ms
+//! frames of 320 samples ([`SAMPLE_RATE`], [`FRAME_SAMPLES`]); the media engine
+//! converts between the bus and each call's codec. Sound cards come later behind the
+//! same traits.
 //!
 //! A file source is read, mixed to mono and resampled when it is opened (on the
 //! caller's thread, so the media thread never waits on the disk to play it), and the
@@ -18,11 +21,13 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Instant, SystemTime};
 
 use crate::g711;
+use crate::resample::Resampler as FirResampler;
 
-/// Samples in one 20 ms frame at 8 kHz.
-pub const FRAME_SAMPLES: usize = 160;
-/// The sample rate of everything in this module.
-pub const SAMPLE_RATE: u32 = 8000;
+/// The internal audio bus's rate: every source gives and every sink takes audio at
+/// this rate (G.711 calls are resampled to and from it, G.722 and Opus run at it).
+pub const SAMPLE_RATE: u32 = 16_000;
+/// Samples in one 20 ms frame of the bus.
+pub const FRAME_SAMPLES: usize = SAMPLE_RATE as usize / 50;
 /// Longest file a file source accepts, in seconds (it is held decoded in memory).
 pub const MAX_FILE_SECONDS: u32 = 600;
 /// Tone amplitude: half of full scale, -6 dBFS.
@@ -81,7 +86,8 @@ impl fmt::Display for AudioSpec {
 pub enum AudioError {
     /// Not a device name this build knows.
     UnknownDevice(String),
-    /// `tone:` with a frequency that is not a number between 0 and 4000 Hz.
+    /// `tone:` with a frequency that is not a number between 0 and 8000 Hz (half
+    /// the bus rate).
     BadTone(String),
     /// A source-only device (`tone:`) used as an output.
     NotAnOutput(String),
@@ -115,7 +121,8 @@ impl fmt::Display for AudioError {
             AudioError::BadTone(name) => {
                 write!(
                     f,
-                    "bad tone '{name}': use tone:FREQ with FREQ in Hz, above 0 and below 4000"
+                    "bad tone '{name}': use tone:FREQ with FREQ in Hz, above 0 and below {}",
+                    SAMPLE_RATE / 2
                 )
             }
             AudioError::NotAnOutput(name) => {
@@ -226,7 +233,7 @@ pub struct FileSource {
 
 impl FileSource {
     /// Loads `path` (any rate, any channel count; 8/16/24/32-bit PCM, 32-bit float,
-    /// µ-law or A-law) as 8 kHz mono.
+    /// µ-law or A-law) as bus-rate (16 kHz) mono.
     pub fn open(path: &Path) -> Result<FileSource, AudioError> {
         Ok(FileSource {
             samples: load_shared(path)?,
@@ -234,7 +241,7 @@ impl FileSource {
         })
     }
 
-    /// The decoded audio (8 kHz mono).
+    /// The decoded audio (16 kHz mono).
     pub fn samples(&self) -> &[i16] {
         &self.samples
     }
@@ -386,7 +393,7 @@ fn check_shape(path: &Path, channels: u16, rate: u32, frames: u64) -> Result<(),
     Ok(())
 }
 
-/// Reads a WAV file into 8 kHz mono samples.
+/// Reads a WAV file into mono samples at the bus rate ([`SAMPLE_RATE`]).
 pub fn load_wav(path: &Path) -> Result<Vec<i16>, AudioError> {
     let file = File::open(path).map_err(|e| AudioError::file(path, e))?;
     let mut reader = BufReader::new(file);
@@ -514,24 +521,58 @@ fn load_pcm(path: &Path, reader: BufReader<File>) -> Result<Vec<i16>, AudioError
     Ok(mixer.finish())
 }
 
-/// Turns interleaved samples of any channel count and rate into 8 kHz mono: the
-/// channels are averaged, a moving average of about one output period smooths the
-/// signal when the rate drops by 2× or more (a cheap anti-alias filter), then
-/// linear interpolation picks the 8 kHz points.
+/// Turns interleaved samples of any channel count and rate into bus-rate mono: the
+/// channels are averaged, then [`crate::resample::Resampler`] (a windowed-sinc
+/// filter) converts the rate, its delay taken off so the file starts on time. A
+/// rate whose ratio to the bus is too fine for it (not 8/16/44.1/48 kHz or the
+/// like) falls back to a moving average and linear interpolation.
 struct Mixer {
     channels: u16,
     channel: u16,
     frame_sum: f32,
-    resampler: Resampler,
+    convert: Convert,
+    out: Vec<i16>,
+    /// Mono input samples seen.
+    count: u64,
 }
+
+/// How a [`Mixer`] converts the rate.
+enum Convert {
+    /// Input collected in `pending` and converted in blocks; the first `skip`
+    /// output samples (the filter's delay) are dropped.
+    Sinc {
+        resampler: FirResampler,
+        pending: Vec<i16>,
+        block: Vec<i16>,
+        skip: usize,
+    },
+    Linear(LinearResampler),
+}
+
+/// Mono samples converted at once by [`Convert::Sinc`].
+const MIX_BLOCK: usize = 4096;
 
 impl Mixer {
     fn new(channels: u16, rate: u32) -> Mixer {
+        let convert = match FirResampler::new(rate, SAMPLE_RATE) {
+            Ok(resampler) => {
+                let block = vec![0; resampler.max_output(MIX_BLOCK)];
+                Convert::Sinc {
+                    skip: resampler.delay().round() as usize,
+                    resampler,
+                    pending: Vec::with_capacity(MIX_BLOCK),
+                    block,
+                }
+            }
+            Err(_) => Convert::Linear(LinearResampler::new(rate)),
+        };
         Mixer {
             channels: channels.max(1),
             channel: 0,
             frame_sum: 0.0,
-            resampler: Resampler::new(rate),
+            convert,
+            out: Vec::new(),
+            count: 0,
         }
     }
 
@@ -540,22 +581,66 @@ impl Mixer {
         self.channel += 1;
         if self.channel == self.channels {
             let mono = self.frame_sum / f32::from(self.channels);
-            self.resampler.push(mono);
             self.channel = 0;
             self.frame_sum = 0.0;
+            self.count += 1;
+            match &mut self.convert {
+                Convert::Sinc { pending, .. } => {
+                    pending.push(mono.round().clamp(-32768.0, 32767.0) as i16);
+                    if pending.len() >= MIX_BLOCK {
+                        self.flush();
+                    }
+                }
+                Convert::Linear(r) => r.push(mono, &mut self.out),
+            }
+        }
+    }
+
+    /// Converts the pending input.
+    fn flush(&mut self) {
+        if let Convert::Sinc {
+            resampler,
+            pending,
+            block,
+            skip,
+        } = &mut self.convert
+        {
+            let n = resampler.process(pending, block);
+            pending.clear();
+            let drop = (*skip).min(n);
+            *skip -= drop;
+            self.out.extend_from_slice(&block[drop..n]);
         }
     }
 
     fn is_empty(&self) -> bool {
-        self.resampler.out.is_empty() && self.resampler.count == 0
+        self.count == 0
     }
 
-    fn finish(self) -> Vec<i16> {
-        self.resampler.out
+    fn finish(mut self) -> Vec<i16> {
+        let from = match &mut self.convert {
+            Convert::Sinc {
+                resampler, pending, ..
+            } => {
+                // Push the filter's tail out with silence.
+                let from = resampler.from_rate();
+                let tail = (resampler.delay() * f64::from(from) / f64::from(SAMPLE_RATE)).ceil();
+                pending.resize(pending.len() + tail as usize + 2, 0);
+                from
+            }
+            Convert::Linear(_) => return self.out,
+        };
+        self.flush();
+        // As long as the input lasts, at the bus rate.
+        let len = (self.count * u64::from(SAMPLE_RATE)).div_ceil(u64::from(from));
+        self.out.truncate(len as usize);
+        self.out
     }
 }
 
-struct Resampler {
+/// The fallback converter: a moving average of about one output period (a cheap
+/// anti-alias filter when the rate drops by 2× or more), then linear interpolation.
+struct LinearResampler {
     /// Input samples per output sample.
     step: f64,
     /// Position (in input samples) of the next output sample.
@@ -566,18 +651,17 @@ struct Resampler {
     window: Vec<f32>,
     window_sum: f32,
     window_at: usize,
-    out: Vec<i16>,
 }
 
-impl Resampler {
-    fn new(rate: u32) -> Resampler {
+impl LinearResampler {
+    fn new(rate: u32) -> LinearResampler {
         let step = f64::from(rate) / f64::from(SAMPLE_RATE);
         let width = if step >= 2.0 {
             step.floor() as usize
         } else {
             1
         };
-        Resampler {
+        LinearResampler {
             step,
             next: 0.0,
             count: 0,
@@ -585,11 +669,10 @@ impl Resampler {
             window: vec![0.0; width.max(1)],
             window_sum: 0.0,
             window_at: 0,
-            out: Vec::new(),
         }
     }
 
-    fn push(&mut self, x: f32) {
+    fn push(&mut self, x: f32, out: &mut Vec<i16>) {
         let x = if self.window.len() > 1 {
             self.window_sum += x - self.window[self.window_at];
             self.window[self.window_at] = x;
@@ -606,7 +689,7 @@ impl Resampler {
         while self.next <= here {
             let frac = (self.next - (here - 1.0)).clamp(0.0, 1.0) as f32;
             let y = self.prev + (x - self.prev) * frac;
-            self.out.push(y.round().clamp(-32768.0, 32767.0) as i16);
+            out.push(y.round().clamp(-32768.0, 32767.0) as i16);
             self.next += self.step;
         }
         self.prev = x;
@@ -614,7 +697,7 @@ impl Resampler {
     }
 }
 
-/// Writes what is heard to an 8 kHz mono 16-bit WAV file. The header is brought up to
+/// Writes what is heard to a 16 kHz (bus rate) mono 16-bit WAV file. The header is brought up to
 /// date at least once a second while audio arrives, so a killed phone leaves a
 /// readable file.
 pub struct FileSink<W: Write + Seek = BufWriter<File>> {
@@ -742,7 +825,7 @@ mod tests {
 
     /// Power of `freq` in `x` (Goertzel), normalised by length.
     fn goertzel(x: &[i16], freq: f64) -> f64 {
-        let w = std::f64::consts::TAU * freq / 8000.0;
+        let w = std::f64::consts::TAU * freq / f64::from(SAMPLE_RATE);
         let c = 2.0 * w.cos();
         let (mut s1, mut s2) = (0.0, 0.0);
         for &v in x {
@@ -794,7 +877,7 @@ mod tests {
             "tone:x",
             "tone:0",
             "tone:-5",
-            "tone:4000",
+            "tone:8000",
             "tone:NaN",
             "tone:inf",
         ] {
@@ -826,7 +909,8 @@ mod tests {
         assert!((16000..=16384).contains(&peak), "peak {peak}");
         assert_eq!(dominant(&all), 440);
         // No jump at frame edges: consecutive samples differ by at most the max slope.
-        let max_step = (TONE_AMPLITUDE * std::f64::consts::TAU * 440.0 / 8000.0) as i32 + 2;
+        let max_step =
+            (TONE_AMPLITUDE * std::f64::consts::TAU * 440.0 / f64::from(SAMPLE_RATE)) as i32 + 2;
         for w in all.windows(2) {
             assert!((i32::from(w[1]) - i32::from(w[0])).abs() <= max_step);
         }
@@ -847,24 +931,25 @@ mod tests {
     fn file_source_loops() {
         let tmp = TempDir::new();
         let path = tmp.file("ramp.wav");
-        let ramp: Vec<i16> = (0..250).collect();
-        write_wav(&path, 8000, 1, &ramp);
+        // At the bus rate: played as it is.
+        let ramp: Vec<i16> = (0..500).collect();
+        write_wav(&path, SAMPLE_RATE, 1, &ramp);
         let mut s = FileSource::open(&path).unwrap();
         let mut f = [0i16; FRAME_SAMPLES];
         s.read(&mut f);
         assert_eq!(f[0], 0);
-        assert_eq!(f[159], 159);
+        assert_eq!(f[319], 319);
         s.read(&mut f);
-        assert_eq!(f[0], 160);
-        assert_eq!(f[89], 249);
-        assert_eq!(f[90], 0);
-        assert_eq!(f[159], 69);
+        assert_eq!(f[0], 320);
+        assert_eq!(f[179], 499);
+        assert_eq!(f[180], 0);
+        assert_eq!(f[319], 139);
     }
 
     #[test]
     fn file_source_resamples_and_mixes() {
         let tmp = TempDir::new();
-        // 44.1 kHz stereo with 440 Hz left and right, read as 8 kHz mono.
+        // 44.1 kHz stereo with 440 Hz left and right, read as 16 kHz mono.
         let path = tmp.file("stereo.wav");
         let n = 44_100;
         let mut data = Vec::with_capacity(n * 2);
@@ -876,10 +961,27 @@ mod tests {
         write_wav(&path, 44_100, 2, &data);
         let s = FileSource::open(&path).unwrap();
         let len = s.samples().len();
-        assert!((7990..=8010).contains(&len), "{len} samples");
+        assert!((15990..=16010).contains(&len), "{len} samples");
         assert_eq!(dominant(s.samples()), 440);
         let peak = s.samples().iter().map(|v| v.unsigned_abs()).max().unwrap();
         assert!((11000..=12100).contains(&peak), "peak {peak}");
+        // The filter's delay is taken off: the sine starts at once.
+        assert!(s.samples()[..8].iter().any(|v| v.unsigned_abs() > 500));
+
+        // 8 kHz mono (G.711 prompts): twice as many samples, the tone kept, no
+        // image of it above 4 kHz.
+        let path = tmp.file("narrow.wav");
+        let mono: Vec<i16> = (0..8000)
+            .map(|i| {
+                ((std::f64::consts::TAU * 1000.0 * f64::from(i) / 8000.0).sin() * 8000.0) as i16
+            })
+            .collect();
+        write_wav(&path, 8000, 1, &mono);
+        let s = FileSource::open(&path).unwrap();
+        assert_eq!(s.samples().len(), 16_000);
+        assert_eq!(dominant(s.samples()), 1000);
+        let mid = &s.samples()[1000..15_000];
+        assert!(goertzel(mid, 1000.0) > 10_000.0 * goertzel(mid, 7000.0));
 
         // 16 kHz mono.
         let path = tmp.file("wide.wav");
@@ -946,7 +1048,7 @@ mod tests {
             let path = tmp.file("g711.wav");
             std::fs::write(&path, &f).unwrap();
             let s = FileSource::open(&path).unwrap();
-            assert_eq!(s.samples().len(), 8000);
+            assert_eq!(s.samples().len(), 16_000);
             assert_eq!(dominant(s.samples()), 700, "format tag {tag}");
         }
     }
@@ -1026,7 +1128,7 @@ mod tests {
         sink.close().unwrap();
         sink.write(&frame).unwrap();
         let mut r = hound::WavReader::open(&path).unwrap();
-        assert_eq!(r.spec().sample_rate, 8000);
+        assert_eq!(r.spec().sample_rate, 16_000);
         assert_eq!(r.spec().channels, 1);
         let got: Vec<i16> = r.samples::<i16>().map(Result::unwrap).collect();
         assert_eq!(got.len(), 320);

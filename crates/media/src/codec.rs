@@ -10,7 +10,7 @@
 //! |---|---|---|---|---|---|
 //! | PCMU, PCMA | 8 kHz | 160 | 8000 | 160 B | caller (`plc`) |
 //! | G.722 | 16 kHz | 320 | 8000 (RFC 3551) | 160 B | caller (`plc`) |
-//! | Opus | 48 kHz | 960 | 48000 | ~80 B (32 kbit/s VBR) | Opus PLC and in-band FEC |
+//! | Opus | 48 kHz (or 8–24 kHz: [`make_codec_at`]) | 960 (320 at 16 kHz) | 48000 | ~80 B (32 kbit/s VBR) | Opus PLC and in-band FEC |
 
 use std::fmt;
 
@@ -89,15 +89,29 @@ impl From<OpusError> for CodecError {
     }
 }
 
-/// Makes the encoder/decoder pair for a negotiated codec (one per call).
+/// Makes the encoder/decoder pair for a negotiated codec (one per call), Opus at
+/// 48 kHz.
 pub fn make_codec(codec: Codec) -> Result<Box<dyn AudioCodec>, CodecError> {
+    make_codec_at(codec, opus::SAMPLE_RATE)
+}
+
+/// Makes the encoder/decoder pair for a negotiated codec with its PCM side as
+/// close to `rate` as the codec allows: Opus runs at `rate` when libopus takes it
+/// (8, 12, 16, 24, 48 kHz; else 48 kHz), the others at their own fixed rate. A
+/// 16 kHz audio path so needs no resampler for G.722 and Opus.
+pub fn make_codec_at(codec: Codec, rate: u32) -> Result<Box<dyn AudioCodec>, CodecError> {
     Ok(match codec {
         Codec::Pcmu => Box::new(G711::ulaw()),
         Codec::Pcma => Box::new(G711::alaw()),
-        #[cfg(feature = "wideband")]
         Codec::G722 => Box::new(G722::new()),
-        #[cfg(feature = "wideband")]
-        Codec::Opus => Box::new(Opus::new(OpusSettings::default())?),
+        Codec::Opus => {
+            let rate = if opus::RATES.contains(&rate) {
+                rate
+            } else {
+                opus::SAMPLE_RATE
+            };
+            Box::new(Opus::with_rate(OpusSettings::default(), rate)?)
+        }
     })
 }
 
@@ -210,22 +224,32 @@ impl AudioCodec for G722 {
     }
 }
 
-/// Opus, mono 48 kHz, 20 ms frames ([`crate::opus`]).
+/// Opus, mono, 20 ms frames ([`crate::opus`]); PCM at 48 kHz or the rate given to
+/// [`Opus::with_rate`], RTP clock 48000 either way.
 #[derive(Debug)]
 pub struct Opus {
     encoder: OpusEncoder,
     decoder: OpusDecoder,
+    /// PCM rate of both.
+    rate: u32,
     /// Duration of the last packet received: what a loss is assumed to last.
     last_samples: usize,
 }
 
 impl Opus {
-    /// An encoder with `settings` and a decoder.
+    /// A 48 kHz encoder with `settings` and a decoder.
     pub fn new(settings: OpusSettings) -> Result<Opus, OpusError> {
+        Opus::with_rate(settings, opus::SAMPLE_RATE)
+    }
+
+    /// An encoder with `settings` and a decoder, both with PCM at `rate` (one of
+    /// [`opus::RATES`]).
+    pub fn with_rate(settings: OpusSettings, rate: u32) -> Result<Opus, OpusError> {
         Ok(Opus {
-            encoder: OpusEncoder::new(settings)?,
-            decoder: OpusDecoder::new()?,
-            last_samples: opus::FRAME_SAMPLES,
+            encoder: OpusEncoder::with_rate(settings, rate)?,
+            decoder: OpusDecoder::with_rate(rate)?,
+            rate,
+            last_samples: rate as usize / 50,
         })
     }
 
@@ -237,11 +261,11 @@ impl Opus {
 
 impl AudioCodec for Opus {
     fn sample_rate(&self) -> u32 {
-        opus::SAMPLE_RATE
+        self.rate
     }
 
     fn frame_samples(&self) -> usize {
-        opus::FRAME_SAMPLES
+        self.rate as usize / 50
     }
 
     fn rtp_clock_rate(&self) -> u32 {
@@ -356,7 +380,6 @@ mod tests {
         );
     }
 
-    #[cfg(feature = "wideband")]
     #[test]
     fn make_codec_covers_every_codec() {
         for codec in Codec::all() {
@@ -364,6 +387,40 @@ mod tests {
             assert_eq!(c.rtp_clock_rate(), codec.clock_rate(), "{codec}");
             assert_eq!(c.frame_samples() as u32, c.sample_rate() / 50, "{codec}");
         }
+    }
+
+    #[test]
+    fn opus_at_16khz_keeps_its_48k_clock_and_carries_a_tone() {
+        let mut c = make_codec_at(Codec::Opus, 16_000).unwrap();
+        assert_eq!(
+            (
+                c.sample_rate(),
+                c.frame_samples(),
+                c.rtp_clock_rate(),
+                c.rtp_frame_ticks()
+            ),
+            (16_000, 320, 48_000, 960)
+        );
+        let input = sine(1000.0, 8000.0, 16_000, 16_000);
+        let output = round_trip(c.as_mut(), &input);
+        let tail = &output[1600..];
+        let at_1k = tone_power(tail, 1000.0, 16_000);
+        assert!(at_1k > 1000.0 * tone_power(tail, 1500.0, 16_000));
+        let mut out = vec![0i16; MAX_DECODED_SAMPLES];
+        assert_eq!(c.conceal(&mut out), 320);
+        // A rate libopus does not take falls back to 48 kHz; the others are fixed.
+        assert_eq!(
+            make_codec_at(Codec::Opus, 44_100).unwrap().sample_rate(),
+            48_000
+        );
+        assert_eq!(
+            make_codec_at(Codec::G722, 48_000).unwrap().sample_rate(),
+            16_000
+        );
+        assert_eq!(
+            make_codec_at(Codec::Pcmu, 16_000).unwrap().sample_rate(),
+            8000
+        );
     }
 
     #[test]

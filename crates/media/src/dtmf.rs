@@ -24,7 +24,12 @@ use std::collections::VecDeque;
 use std::f64::consts::{PI, TAU};
 use std::fmt;
 
-use crate::audio::{FRAME_SAMPLES, SAMPLE_RATE};
+/// The rate in-band DTMF is detected at, and tones are generated at unless a
+/// generator is made [`ToneGenerator::with_rate`]: 8 kHz, the telephone band (the
+/// media engine hands the detector a resampled copy of what it plays).
+pub const SAMPLE_RATE: u32 = 8000;
+/// 20 ms at [`SAMPLE_RATE`].
+pub const FRAME_SAMPLES: usize = 160;
 
 /// The payload type offered for `telephone-event/8000` unless the peer chose another.
 pub const DEFAULT_PAYLOAD_TYPE: u8 = 101;
@@ -641,7 +646,8 @@ fn parse_signal(value: &str) -> Option<char> {
 // In-band tone generator
 // ---------------------------------------------------------------------------------
 
-/// Samples of the raised-cosine ramp at each end of a tone (2 ms), against clicks.
+/// Samples (at 8 kHz) of the raised-cosine ramp at each end of a tone (2 ms), against
+/// clicks.
 const RAMP_SAMPLES: u32 = 16;
 
 /// What the generator does now.
@@ -664,12 +670,17 @@ enum ToneSample {
     Pass,
 }
 
-/// Generates DTMF tones at 8 kHz: each digit the standard pair of sines, each at
+/// Generates DTMF tones (at 8 kHz, or the rate given to
+/// [`with_rate`](ToneGenerator::with_rate)): each digit the standard pair of sines, each at
 /// [`DEFAULT_TONE_DBFS`], for [`DEFAULT_DIGIT_MS`] (with 2 ms ramps), then
 /// [`DEFAULT_GAP_MS`] of silence; a `,` lets the caller's audio through for
 /// [`PAUSE_MS`]. Sample-exact across frames, phase-continuous within a tone.
 #[derive(Debug, Clone)]
 pub struct ToneGenerator {
+    /// Sample rate of the frames filled.
+    rate: u32,
+    /// Length of the ramps at each end of a tone.
+    ramp_samples: u32,
     amplitude: f64,
     on_samples: u32,
     off_samples: u32,
@@ -686,9 +697,18 @@ impl Default for ToneGenerator {
 }
 
 impl ToneGenerator {
-    /// A generator with the default level and timing.
+    /// An 8 kHz generator with the default level and timing.
     pub fn new() -> ToneGenerator {
+        ToneGenerator::with_rate(SAMPLE_RATE)
+    }
+
+    /// A generator for frames at `rate` Hz (clamped to 8–192 kHz) with the
+    /// default level and timing.
+    pub fn with_rate(rate: u32) -> ToneGenerator {
+        let rate = rate.clamp(8000, 192_000);
         let mut g = ToneGenerator {
+            rate,
+            ramp_samples: RAMP_SAMPLES * rate / SAMPLE_RATE,
             amplitude: 0.0,
             on_samples: 0,
             off_samples: 0,
@@ -714,8 +734,8 @@ impl ToneGenerator {
     /// Tone and gap lengths (tone at least 10 ms, both at most 10 s); from the next
     /// digit.
     pub fn set_timing(&mut self, on_ms: u32, off_ms: u32) {
-        self.on_samples = on_ms.clamp(10, 10_000) * SAMPLE_RATE / 1000;
-        self.off_samples = off_ms.min(10_000) * SAMPLE_RATE / 1000;
+        self.on_samples = on_ms.clamp(10, 10_000) * self.rate / 1000;
+        self.off_samples = off_ms.min(10_000) * self.rate / 1000;
     }
 
     /// Appends digits (`0-9 * # A-D a-d`, `,` for a pause); all or nothing.
@@ -744,7 +764,7 @@ impl ToneGenerator {
     /// Replaces `frame` with the tone, or with silence in the gap after a tone; returns
     /// whether it wrote anything. During a pause or when idle the frame is left alone
     /// (the caller's audio is sent).
-    pub fn fill(&mut self, frame: &mut [i16; FRAME_SAMPLES]) -> bool {
+    pub fn fill(&mut self, frame: &mut [i16]) -> bool {
         let mut wrote = false;
         for s in frame.iter_mut() {
             match self.next_sample() {
@@ -766,7 +786,7 @@ impl ToneGenerator {
     /// Adds the tone to `frame` (saturating), e.g. to play it locally over what the
     /// speaker plays; gaps and pauses leave the frame alone. Returns whether a tone was
     /// added.
-    pub fn mix(&mut self, frame: &mut [i16; FRAME_SAMPLES]) -> bool {
+    pub fn mix(&mut self, frame: &mut [i16]) -> bool {
         let mut wrote = false;
         for s in frame.iter_mut() {
             if let ToneSample::Tone(v) = self.next_sample() {
@@ -792,9 +812,9 @@ impl ToneGenerator {
             }
             ToneState::Tone { low, high, pos } => {
                 let v = self.amplitude
-                    * ramp(pos, self.on_samples)
+                    * ramp(pos, self.on_samples, self.ramp_samples)
                     * ((TAU * self.phase.0).sin() + (TAU * self.phase.1).sin());
-                let rate = f64::from(SAMPLE_RATE);
+                let rate = f64::from(self.rate);
                 self.phase.0 = (self.phase.0 + low / rate).fract();
                 self.phase.1 = (self.phase.1 + high / rate).fract();
                 self.state = if pos + 1 >= self.on_samples {
@@ -829,7 +849,7 @@ impl ToneGenerator {
                     }
                     None => continue,
                 },
-                Some(Item::Pause) => ToneState::Pause(PAUSE_MS * SAMPLE_RATE / 1000),
+                Some(Item::Pause) => ToneState::Pause(PAUSE_MS * self.rate / 1000),
                 None => {
                     self.state = ToneState::Idle;
                     return;
@@ -840,9 +860,9 @@ impl ToneGenerator {
 }
 
 /// The envelope of a tone of `len` samples at sample `pos`: raised-cosine ramps of
-/// [`RAMP_SAMPLES`] at both ends.
-fn ramp(pos: u32, len: u32) -> f64 {
-    let ramp = RAMP_SAMPLES.min(len / 2).max(1);
+/// `ramp_samples` at both ends.
+fn ramp(pos: u32, len: u32, ramp_samples: u32) -> f64 {
+    let ramp = ramp_samples.min(len / 2).max(1);
     let from_edge = pos.min(len.saturating_sub(1).saturating_sub(pos));
     if from_edge >= ramp {
         1.0

@@ -523,6 +523,16 @@ impl JitterBuffer {
         self.buffered
     }
 
+    /// The payload the next tick will play, if it is already here (while playing):
+    /// after a `Missing` frame, a codec with in-band FEC (Opus) rebuilds the lost
+    /// frame from it.
+    pub fn peek_next(&self) -> Option<&[u8]> {
+        if !matches!(self.state, State::Playing) || !self.has(self.next_frame) {
+            return None;
+        }
+        Some(&self.slots[self.slot_index(self.next_frame)].data)
+    }
+
     // --- internals -------------------------------------------------------------
 
     fn jitter_ms(&self) -> f64 {

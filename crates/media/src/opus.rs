@@ -1,6 +1,8 @@
 //! Opus (RFC 6716, RTP payload RFC 7587) through the system's libopus: a mono
-//! 48 kHz encoder and decoder pair for 20 ms frames, with the decoder's own loss
-//! concealment and in-band forward error correction.
+//! encoder and decoder pair for 20 ms frames, with the decoder's own loss
+//! concealment and in-band forward error correction. The PCM side runs at 48 kHz
+//! by default, or at any rate libopus takes (8, 12, 16, 24 kHz: `with_rate`), so a
+//! 16 kHz call needs no resampler; the RTP clock is 48000 whatever the PCM rate.
 //!
 //! This module owns the only `unsafe` code of the media crate: a dozen libopus calls
 //! through `audiopus_sys`, each with its lengths checked here. libopus is linked from
@@ -10,8 +12,9 @@
 //!
 //! The encoder is set up for calls: `VOIP` application, voice signal, 32 kbit/s
 //! variable bit rate, audio up to 12 kHz (super-wideband), complexity 5, in-band FEC
-//! on for an expected 5 % loss, DTX off. The decoder decodes any Opus packet (mono
-//! or stereo, any bandwidth, 2.5–120 ms) to mono 48 kHz.
+//! on for an expected 5 % loss, DTX off (at a 16 kHz PCM rate, as calls use it,
+//! the audio stops at 8 kHz: wideband). The decoder decodes any Opus packet (mono
+//! or stereo, any bandwidth, 2.5–120 ms) to mono at its PCM rate.
 //!
 //! Why complexity 5 and 12 kHz: with libopus 1.3.1 on the project's 2-core machine
 //! the encoder costs about 0.3 ms of CPU per 20 ms frame there, against 0.6 ms at
@@ -27,8 +30,10 @@ use std::ptr::NonNull;
 
 use audiopus_sys as ffi;
 
-/// PCM rate of this codec (Opus always runs at 48 kHz here).
+/// Default PCM rate of this codec, and always its RTP clock.
 pub const SAMPLE_RATE: u32 = 48_000;
+/// The PCM rates libopus accepts.
+pub const RATES: [u32; 5] = [8000, 12_000, 16_000, 24_000, 48_000];
 /// Samples in one 20 ms frame at 48 kHz.
 pub const FRAME_SAMPLES: usize = 960;
 /// The longest Opus packet lasts 120 ms: 5,760 samples at 48 kHz.
@@ -103,10 +108,23 @@ fn check(call: &'static str, code: c_int) -> Result<usize, OpusError> {
     }
 }
 
-/// A mono 48 kHz Opus encoder.
+/// A mono Opus encoder (48 kHz PCM unless made `with_rate`).
 #[derive(Debug)]
 pub struct OpusEncoder {
     raw: NonNull<ffi::OpusEncoder>,
+    rate: u32,
+}
+
+/// `rate` if libopus takes it, else an `OPUS_BAD_ARG` error for `call`.
+fn check_rate(call: &'static str, rate: u32) -> Result<u32, OpusError> {
+    if RATES.contains(&rate) {
+        Ok(rate)
+    } else {
+        Err(OpusError {
+            call,
+            code: ffi::OPUS_BAD_ARG,
+        })
+    }
 }
 
 // SAFETY: the encoder state is plain memory owned by this value; libopus keeps no
@@ -115,24 +133,26 @@ pub struct OpusEncoder {
 unsafe impl Send for OpusEncoder {}
 
 impl OpusEncoder {
-    /// Creates an encoder with `settings`.
+    /// Creates a 48 kHz encoder with `settings`.
     pub fn new(settings: OpusSettings) -> Result<OpusEncoder, OpusError> {
+        OpusEncoder::with_rate(settings, SAMPLE_RATE)
+    }
+
+    /// Creates an encoder taking PCM at `rate` (one of [`RATES`]) with `settings`.
+    /// Audio above half the rate is not coded (16 kHz: wideband, up to 8 kHz).
+    pub fn with_rate(settings: OpusSettings, rate: u32) -> Result<OpusEncoder, OpusError> {
+        let rate = check_rate("encoder_create", rate)?;
         let mut error: c_int = 0;
         // SAFETY: plain constructor; `error` is a valid out-pointer.
         let raw = unsafe {
-            ffi::opus_encoder_create(
-                SAMPLE_RATE as i32,
-                1,
-                ffi::OPUS_APPLICATION_VOIP,
-                &mut error,
-            )
+            ffi::opus_encoder_create(rate as i32, 1, ffi::OPUS_APPLICATION_VOIP, &mut error)
         };
         check("encoder_create", error)?;
         let raw = NonNull::new(raw).ok_or(OpusError {
             call: "encoder_create",
             code: ffi::OPUS_ALLOC_FAIL,
         })?;
-        let mut encoder = OpusEncoder { raw };
+        let mut encoder = OpusEncoder { raw, rate };
         encoder.ctl(
             "set bitrate",
             ffi::OPUS_SET_BITRATE_REQUEST,
@@ -186,10 +206,19 @@ impl OpusEncoder {
         check(call, code).map(|_| ())
     }
 
-    /// Encodes one frame of `pcm` (2.5, 5, 10, 20, 40 or 60 ms at 48 kHz: 120 to
-    /// 2,880 samples; 960 for 20 ms) into `out`; returns the packet length.
+    /// The PCM rate.
+    pub fn rate(&self) -> u32 {
+        self.rate
+    }
+
+    /// Encodes one frame of `pcm` (2.5, 5, 10, 20, 40 or 60 ms: at 48 kHz 120 to
+    /// 2,880 samples, 960 for 20 ms; at 16 kHz 320 for 20 ms) into `out`; returns
+    /// the packet length.
     pub fn encode(&mut self, pcm: &[i16], out: &mut [u8]) -> Result<usize, OpusError> {
-        if !matches!(pcm.len(), 120 | 240 | 480 | 960 | 1920 | 2880) || out.is_empty() {
+        let quantum = (self.rate / 400) as usize; // 2.5 ms
+        let whole = pcm.len().is_multiple_of(quantum)
+            && [1, 2, 4, 8, 16, 24].contains(&(pcm.len() / quantum));
+        if !whole || out.is_empty() {
             return Err(OpusError {
                 call: "encode",
                 code: ffi::OPUS_BAD_ARG,
@@ -218,27 +247,35 @@ impl Drop for OpusEncoder {
     }
 }
 
-/// A 48 kHz mono Opus decoder.
+/// A mono Opus decoder (48 kHz PCM unless made `with_rate`).
 #[derive(Debug)]
 pub struct OpusDecoder {
     raw: NonNull<ffi::OpusDecoder>,
+    rate: u32,
 }
 
 // SAFETY: as for `OpusEncoder`.
 unsafe impl Send for OpusDecoder {}
 
 impl OpusDecoder {
-    /// Creates a decoder.
+    /// Creates a 48 kHz decoder.
     pub fn new() -> Result<OpusDecoder, OpusError> {
+        OpusDecoder::with_rate(SAMPLE_RATE)
+    }
+
+    /// Creates a decoder giving PCM at `rate` (one of [`RATES`]); any packet
+    /// decodes, whatever rate it was coded at.
+    pub fn with_rate(rate: u32) -> Result<OpusDecoder, OpusError> {
+        let rate = check_rate("decoder_create", rate)?;
         let mut error: c_int = 0;
         // SAFETY: plain constructor; `error` is a valid out-pointer.
-        let raw = unsafe { ffi::opus_decoder_create(SAMPLE_RATE as i32, 1, &mut error) };
+        let raw = unsafe { ffi::opus_decoder_create(rate as i32, 1, &mut error) };
         check("decoder_create", error)?;
         let raw = NonNull::new(raw).ok_or(OpusError {
             call: "decoder_create",
             code: ffi::OPUS_ALLOC_FAIL,
         })?;
-        Ok(OpusDecoder { raw })
+        Ok(OpusDecoder { raw, rate })
     }
 
     /// The raw decode call: `packet` `None` is a lost packet (concealment), `fec`
@@ -251,7 +288,9 @@ impl OpusDecoder {
         fec: bool,
     ) -> Result<usize, OpusError> {
         // Concealment and FEC must be asked for a multiple of 2.5 ms.
-        let frame = out.len().min(MAX_PACKET_SAMPLES) / 120 * 120;
+        let quantum = (self.rate / 400) as usize;
+        let most = MAX_PACKET_SAMPLES / (SAMPLE_RATE / self.rate) as usize;
+        let frame = out.len().min(most) / quantum * quantum;
         if frame == 0 {
             return Err(OpusError {
                 call: "decode",
@@ -275,6 +314,11 @@ impl OpusDecoder {
             )
         };
         check("decode", n)
+    }
+
+    /// The PCM rate.
+    pub fn rate(&self) -> u32 {
+        self.rate
     }
 
     /// Decodes one packet into `out`; returns the number of samples. `out` should

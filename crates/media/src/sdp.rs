@@ -7,11 +7,12 @@
 //! negotiation is a [`Negotiated`] value the media engine takes; nothing here opens a
 //! socket or knows about SIP.
 //!
-//! Codecs are described by one table ([`Codec`]): PCMU and PCMA, and with the
-//! `wideband` feature G.722 (`G722/8000`, payload type 9: RFC 3551 keeps an 8 kHz RTP
+//! Codecs are described by one table ([`Codec`]): PCMU and PCMA, G.722 (`G722/8000`, payload type 9: RFC 3551 keeps an 8 kHz RTP
 //! clock although it samples at 16 kHz) and Opus (`opus/48000/2`, dynamic payload
 //! type, 111 in our offers, with `a=fmtp` asking for in-band FEC and 20 ms frames).
-//! Answers keep the offerer's payload type numbers.
+//! Answers keep the offerer's payload type numbers and pick the offerer's first
+//! codec we have, or our first one that the offer has when asked to
+//! ([`LocalMedia::prefer_own_order`], the ini's `forceCodec`).
 
 use std::fmt;
 use std::fmt::Write as _;
@@ -107,10 +108,8 @@ pub enum Codec {
     /// G.711 A-law.
     Pcma,
     /// G.722 at 64 kbit/s (16 kHz audio, RTP clock 8000).
-    #[cfg(feature = "wideband")]
     G722,
     /// Opus, sent mono at 48 kHz (RTP clock 48000, written `opus/48000/2`).
-    #[cfg(feature = "wideband")]
     Opus,
 }
 
@@ -121,7 +120,6 @@ enum FmtpKind {
     None,
     /// Opus (RFC 7587): in-band FEC, 20 ms minimum packet time, and mono unless the
     /// ini's `opusStereo` is set.
-    #[cfg_attr(not(feature = "wideband"), allow(dead_code))]
     Opus,
 }
 
@@ -170,7 +168,6 @@ const CODECS: &[CodecInfo] = &[
         offer_pt: None,
         fmtp: FmtpKind::None,
     },
-    #[cfg(feature = "wideband")]
     CodecInfo {
         codec: Codec::G722,
         name: "G722",
@@ -183,7 +180,6 @@ const CODECS: &[CodecInfo] = &[
         offer_pt: None,
         fmtp: FmtpKind::None,
     },
-    #[cfg(feature = "wideband")]
     CodecInfo {
         codec: Codec::Opus,
         name: "opus",
@@ -227,6 +223,12 @@ impl Codec {
     /// RTP clock rate (8000 for G.722 although it samples at 16 kHz).
     pub fn clock_rate(self) -> u32 {
         self.info().clock_rate
+    }
+
+    /// The rate a person would name the codec by, as in MicroSIP's ini: 8000 for
+    /// G.711, 16000 for G.722, 48000 for Opus.
+    pub fn audio_rate(self) -> u32 {
+        self.info().ini_rate
     }
 
     /// Channels as written in `a=rtpmap` (2 for Opus, which is still sent mono).
@@ -441,10 +443,27 @@ impl MediaDesc {
 
     /// The payload type of telephone-event/8000, if listed.
     pub fn telephone_event(&self) -> Option<u8> {
-        self.payload_types().find(|pt| {
-            self.rtpmap(*pt).is_some_and(|m| {
-                m.encoding.eq_ignore_ascii_case("telephone-event") && m.clock_rate == 8000
-            })
+        self.telephone_event_at(&[8000]).map(|(pt, _)| pt)
+    }
+
+    /// The telephone-event entry to use with an audio codec of RTP clock
+    /// `clock_rate`: the one at that clock (RFC 4733 §2.1: events share the audio's
+    /// clock), else the one at 8000 (most peers offer only that, Opus or not).
+    /// Returns its payload type and clock rate.
+    pub fn telephone_event_for(&self, clock_rate: u32) -> Option<(u8, u32)> {
+        self.telephone_event_at(&[clock_rate, 8000])
+    }
+
+    /// The first telephone-event payload type at the first of `rates` listed.
+    fn telephone_event_at(&self, rates: &[u32]) -> Option<(u8, u32)> {
+        rates.iter().find_map(|&rate| {
+            self.payload_types()
+                .find(|pt| {
+                    self.rtpmap(*pt).is_some_and(|m| {
+                        m.encoding.eq_ignore_ascii_case("telephone-event") && m.clock_rate == rate
+                    })
+                })
+                .map(|pt| (pt, rate))
         })
     }
 }
@@ -662,6 +681,10 @@ pub struct LocalMedia {
     /// The ini's `opusStereo`: Opus `a=fmtp` says `stereo=1;sprop-stereo=1`
     /// instead of `0` (we still send mono; stereo received is mixed down).
     pub opus_stereo: bool,
+    /// The ini's `forceCodec`: an answer takes the first of OUR codecs that the
+    /// offer has; otherwise the offer's first codec that we have (the offerer's
+    /// preference, as pjsip does by default).
+    pub prefer_own_order: bool,
 }
 
 /// The outcome of an offer/answer exchange: what the media engine needs.
@@ -681,6 +704,9 @@ pub struct Negotiated {
     pub local_direction: Direction,
     /// Payload type of telephone-event, when both sides have it.
     pub telephone_event: Option<u8>,
+    /// The clock rate of that telephone-event (8000 usually; 48000 when a peer
+    /// offers `telephone-event/48000` beside Opus).
+    pub telephone_event_rate: u32,
     /// The peer's `a=ptime` (20 when absent). We send 20 ms frames for now.
     pub ptime_ms: u32,
 }
@@ -752,7 +778,7 @@ pub fn offer(local: &LocalMedia) -> String {
         write_rtpmap(&mut out, *pt, *c, local);
     }
     if let Some(te) = te {
-        write_telephone_event(&mut out, te);
+        write_telephone_event(&mut out, te, 8000);
     }
     let _ = write!(out, "a=ptime:20\r\na={}\r\n", local.direction);
     out
@@ -776,10 +802,10 @@ fn write_rtpmap(out: &mut String, pt: u8, c: Codec, local: &LocalMedia) {
     }
 }
 
-fn write_telephone_event(out: &mut String, pt: u8) {
+fn write_telephone_event(out: &mut String, pt: u8, rate: u32) {
     let _ = write!(
         out,
-        "a=rtpmap:{pt} telephone-event/8000\r\na=fmtp:{pt} 0-16\r\n"
+        "a=rtpmap:{pt} telephone-event/{rate}\r\na=fmtp:{pt} 0-16\r\n"
     );
 }
 
@@ -793,6 +819,19 @@ fn pick_codec(m: &MediaDesc, ours: &[Codec]) -> Option<(Codec, u8)> {
     })
 }
 
+/// The codec an answer takes from `m`: our first that `m` lists when `local`
+/// prefers its own order, else `m`'s first that we have.
+fn pick_answer_codec(m: &MediaDesc, local: &LocalMedia) -> Option<(Codec, u8)> {
+    if local.prefer_own_order {
+        return pick_codec(m, &local.codecs);
+    }
+    m.payload_types().find_map(|pt| {
+        m.codec_of(pt)
+            .filter(|c| local.codecs.contains(c))
+            .map(|c| (c, pt))
+    })
+}
+
 fn write_rejected(out: &mut String, m: &MediaDesc) {
     let formats = if m.formats.is_empty() {
         "0".to_string()
@@ -802,8 +841,9 @@ fn write_rejected(out: &mut String, m: &MediaDesc) {
     let _ = write!(out, "m={} 0 {} {}\r\n", m.media, m.protocol, formats);
 }
 
-/// Answers `offer` (RFC 3264 §6): the first codec in OUR priority order that the
-/// offer has, the offer's payload type numbers kept, one `m=` line per offered line
+/// Answers `offer` (RFC 3264 §6): the offer's first codec that we have (or, with
+/// [`LocalMedia::prefer_own_order`], our first that the offer has), the offer's
+/// payload type numbers kept, one `m=` line per offered line
 /// (all but the chosen audio stream rejected with port 0), and our direction as the
 /// reverse of the offer's, limited by `local.direction`.
 pub fn answer(offer: &SessionDesc, local: &LocalMedia) -> Result<(String, Negotiated), SdpError> {
@@ -815,7 +855,7 @@ pub fn answer(offer: &SessionDesc, local: &LocalMedia) -> Result<(String, Negoti
             continue;
         }
         live_audio = true;
-        if let Some((codec, pt)) = pick_codec(m, &local.codecs) {
+        if let Some((codec, pt)) = pick_answer_codec(m, local) {
             chosen = Some((i, codec, pt));
             break;
         }
@@ -838,7 +878,7 @@ pub fn answer(offer: &SessionDesc, local: &LocalMedia) -> Result<(String, Negoti
             let remote_direction = offer.direction_of(m);
             let local_direction = remote_direction.reversed().intersect(local.direction);
             let te = if local.telephone_event {
-                m.telephone_event()
+                m.telephone_event_for(codec.clock_rate())
             } else {
                 None
             };
@@ -848,13 +888,13 @@ pub fn answer(offer: &SessionDesc, local: &LocalMedia) -> Result<(String, Negoti
                     continue;
                 }
                 let _ = write!(out, "m=audio {} {} {pt}", local.port, m.protocol);
-                if let Some(te) = te {
+                if let Some((te, _)) = te {
                     let _ = write!(out, " {te}");
                 }
                 out.push_str("\r\n");
                 write_rtpmap(&mut out, pt, codec, local);
-                if let Some(te) = te {
-                    write_telephone_event(&mut out, te);
+                if let Some((te, rate)) = te {
+                    write_telephone_event(&mut out, te, rate);
                 }
                 let _ = write!(out, "a=ptime:20\r\na={local_direction}\r\n");
             }
@@ -864,7 +904,8 @@ pub fn answer(offer: &SessionDesc, local: &LocalMedia) -> Result<(String, Negoti
                 remote: offer.rtp_address_of(m),
                 remote_direction,
                 local_direction,
-                telephone_event: te,
+                telephone_event: te.map(|(pt, _)| pt),
+                telephone_event_rate: te.map_or(8000, |(_, rate)| rate),
                 ptime_ms: m.ptime.unwrap_or(20),
             }
         }
@@ -890,6 +931,7 @@ pub fn answer(offer: &SessionDesc, local: &LocalMedia) -> Result<(String, Negoti
                 remote_direction: Direction::Inactive,
                 local_direction: Direction::Inactive,
                 telephone_event: None,
+                telephone_event_rate: 8000,
                 ptime_ms: m.ptime.unwrap_or(20),
             }
         }
@@ -927,22 +969,25 @@ pub fn accept_answer(answer: &SessionDesc, local: &LocalMedia) -> Result<Negotia
             remote_direction: Direction::Inactive,
             local_direction: Direction::Inactive,
             telephone_event: None,
+            telephone_event_rate: 8000,
             ptime_ms: m.ptime.unwrap_or(20),
         });
     }
     let (codec, payload_type) = in_answer_order.ok_or(SdpError::NoCommonCodec)?;
     let remote_direction = answer.direction_of(m);
+    let te = if local.telephone_event {
+        m.telephone_event_for(codec.clock_rate())
+    } else {
+        None
+    };
     Ok(Negotiated {
         codec,
         payload_type,
         remote: answer.rtp_address_of(m),
         remote_direction,
         local_direction: local.direction.intersect(remote_direction.reversed()),
-        telephone_event: if local.telephone_event {
-            m.telephone_event()
-        } else {
-            None
-        },
+        telephone_event: te.map(|(pt, _)| pt),
+        telephone_event_rate: te.map_or(8000, |(_, rate)| rate),
         ptime_ms: m.ptime.unwrap_or(20),
     })
 }
@@ -961,6 +1006,7 @@ mod tests {
             session_id: 1234,
             version: 1,
             opus_stereo: false,
+            prefer_own_order: true,
         }
     }
 
@@ -1062,15 +1108,6 @@ a=rtpmap:96 VP8/90000\n";
         assert_eq!(Codec::from_ini_name(""), None);
         assert_eq!(Codec::from_ini_name("PCMA/x"), None);
         assert_eq!(Codec::Pcma.ini_name(), "PCMA/8000/1");
-        #[cfg(not(feature = "wideband"))]
-        {
-            assert_eq!(Codec::from_ini_name("opus/48000/2"), None);
-            assert_eq!(Codec::from_ini_name("G722/16000/1"), None);
-            assert_eq!(
-                Codec::list_from_ini("opus/48000/2 G722/16000/1 PCMA/8000/1 PCMU/8000/1"),
-                vec![Codec::Pcma, Codec::Pcmu]
-            );
-        }
     }
 
     #[test]
@@ -1383,7 +1420,6 @@ m=audio 30000 RTP/AVP 0 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:101 telephone-ev
         }
     }
     /// baresip 1.0 with its opus, g722 and g711 modules.
-    #[cfg(feature = "wideband")]
     const BARESIP_WIDEBAND: &str = "v=0\r\n\
 o=- 2890844526 2890844526 IN IP4 127.0.0.1\r\n\
 s=-\r\n\
@@ -1404,7 +1440,6 @@ a=sendrecv\r\n";
     /// MicroSIP (pjsip) with `audioCodecs=opus/48000/2 G722/16000/1 PCMA/8000/1
     /// PCMU/8000/1`: Opus on pjsip's dynamic number, G.722 without an rtpmap clock
     /// surprise.
-    #[cfg(feature = "wideband")]
     const MICROSIP_OPUS: &str = "v=0\r\n\
 o=- 3906700000 3906700000 IN IP4 10.0.0.5\r\n\
 s=pjmedia\r\n\
@@ -1425,7 +1460,6 @@ a=rtpmap:101 telephone-event/8000\r\n\
 a=fmtp:101 0-16\r\n\
 a=ssrc:1052359840 cname:7b0e3b5b2c5d6a1f\r\n";
 
-    #[cfg(feature = "wideband")]
     fn wideband_local(codecs: &[Codec]) -> LocalMedia {
         LocalMedia {
             codecs: codecs.to_vec(),
@@ -1433,7 +1467,6 @@ a=ssrc:1052359840 cname:7b0e3b5b2c5d6a1f\r\n";
         }
     }
 
-    #[cfg(feature = "wideband")]
     #[test]
     fn wideband_ini_names() {
         for name in [
@@ -1476,7 +1509,6 @@ a=ssrc:1052359840 cname:7b0e3b5b2c5d6a1f\r\n";
         );
     }
 
-    #[cfg(feature = "wideband")]
     #[test]
     fn wideband_offer_text() {
         let l = wideband_local(&[Codec::Opus, Codec::G722, Codec::Pcma, Codec::Pcmu]);
@@ -1511,7 +1543,6 @@ a=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-16\r\na=ptime:20\r\na=sendrecv
         assert_eq!((n.codec, n.payload_type), (Codec::Opus, 111));
     }
 
-    #[cfg(feature = "wideband")]
     #[test]
     fn answer_baresip_wideband_by_our_priority() {
         let d = parse(BARESIP_WIDEBAND).unwrap();
@@ -1554,7 +1585,6 @@ a=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-16\r\na=ptime:20\r\na=sendrecv
         );
     }
 
-    #[cfg(feature = "wideband")]
     #[test]
     fn answer_microsip_opus_first() {
         let d = parse(MICROSIP_OPUS).unwrap();
@@ -1571,15 +1601,20 @@ a=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-16\r\na=ptime:20\r\na=sendrecv
         // The old ini default (G.711 only) still answers PCMA.
         let (_, n) = answer(&d, &local()).unwrap();
         assert_eq!((n.codec, n.payload_type), (Codec::Pcma, 8));
-        // Linphone's opus on 96 (with telephone-event at 8000 on 100).
+        // Linphone's opus on 96, with its telephone-event at Opus's clock (101 at
+        // 48000; 100 at 8000 is there too).
         let (_, n) = answer(&parse(LINPHONE).unwrap(), &wideband_local(&[Codec::Opus])).unwrap();
         assert_eq!(
-            (n.codec, n.payload_type, n.telephone_event),
-            (Codec::Opus, 96, Some(100))
+            (
+                n.codec,
+                n.payload_type,
+                n.telephone_event,
+                n.telephone_event_rate
+            ),
+            (Codec::Opus, 96, Some(101), 48000)
         );
     }
 
-    #[cfg(feature = "wideband")]
     #[test]
     fn wideband_rtpmap_matching() {
         // Static 9 without an rtpmap is G.722; a G722/16000 rtpmap is not (RFC 3551).
@@ -1613,7 +1648,6 @@ a=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-16\r\na=ptime:20\r\na=sendrecv
         assert!(offer(&l).contains("m=audio 4000 RTP/AVP 0 111 101\r\n"));
     }
 
-    #[cfg(feature = "wideband")]
     #[test]
     fn accept_wideband_answers() {
         let l = wideband_local(&[Codec::Opus, Codec::G722, Codec::Pcmu]);
@@ -1630,6 +1664,73 @@ a=rtpmap:101 telephone-event/8000\r\n";
         assert_eq!(
             accept_answer(&parse(ans).unwrap(), &only_g711).unwrap_err(),
             SdpError::NoCommonCodec
+        );
+    }
+
+    #[test]
+    fn answer_takes_the_offerers_order_unless_forced() {
+        let d = parse(BARESIP_WIDEBAND).unwrap();
+        let ours = LocalMedia {
+            codecs: vec![Codec::Pcma, Codec::G722, Codec::Opus],
+            prefer_own_order: false,
+            ..local()
+        };
+        // The offer lists opus first: taken although it is our last.
+        let (text, n) = answer(&d, &ours).unwrap();
+        assert_eq!((n.codec, n.payload_type), (Codec::Opus, 96));
+        assert!(text.contains("m=audio 4000 RTP/AVP 96 101\r\n"), "{text}");
+        // forceCodec: our first that the offer has.
+        let forced = LocalMedia {
+            prefer_own_order: true,
+            ..ours.clone()
+        };
+        let (_, n) = answer(&d, &forced).unwrap();
+        assert_eq!((n.codec, n.payload_type), (Codec::Pcma, 8));
+        // The offer's first that we have, skipping what we lack.
+        let g711 = LocalMedia {
+            codecs: vec![Codec::Pcma, Codec::Pcmu],
+            prefer_own_order: false,
+            ..local()
+        };
+        let (_, n) = answer(&d, &g711).unwrap();
+        assert_eq!((n.codec, n.payload_type), (Codec::Pcmu, 0));
+    }
+
+    #[test]
+    fn telephone_event_at_48000_goes_with_opus() {
+        let offer_text = "v=0\r\nc=IN IP4 198.51.100.1\r\nt=0 0\r\n\
+m=audio 5004 RTP/AVP 111 0 101 110\r\na=rtpmap:111 opus/48000/2\r\n\
+a=rtpmap:0 PCMU/8000\r\na=rtpmap:101 telephone-event/48000\r\n\
+a=rtpmap:110 telephone-event/8000\r\n";
+        let d = parse(offer_text).unwrap();
+        let opus = LocalMedia {
+            codecs: vec![Codec::Opus],
+            ..local()
+        };
+        let (text, n) = answer(&d, &opus).unwrap();
+        assert_eq!(
+            (n.codec, n.telephone_event, n.telephone_event_rate),
+            (Codec::Opus, Some(101), 48000)
+        );
+        assert!(
+            text.contains("a=rtpmap:101 telephone-event/48000\r\n"),
+            "{text}"
+        );
+        // PCMU takes the 8000 one.
+        let (text, n) = answer(&d, &local()).unwrap();
+        assert_eq!(
+            (n.codec, n.telephone_event, n.telephone_event_rate),
+            (Codec::Pcmu, Some(110), 8000)
+        );
+        assert!(
+            text.contains("a=rtpmap:110 telephone-event/8000\r\n"),
+            "{text}"
+        );
+        // Opus with only telephone-event/8000 offered (baresip, MicroSIP): 8000.
+        let (_, n) = answer(&parse(BARESIP_WIDEBAND).unwrap(), &opus).unwrap();
+        assert_eq!(
+            (n.telephone_event, n.telephone_event_rate),
+            (Some(101), 8000)
         );
     }
 }

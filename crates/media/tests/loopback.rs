@@ -12,6 +12,10 @@ use microsip_media::{
 };
 
 const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+/// The audio bus: what file sinks write.
+const BUS_RATE: u32 = microsip_media::audio::SAMPLE_RATE;
+/// Samples of one 20 ms frame on the bus.
+const FRAME: usize = microsip_media::FRAME_SAMPLES;
 
 fn engine(range: Option<(u16, u16)>) -> MediaEngine {
     MediaEngine::start(MediaConfig {
@@ -52,17 +56,20 @@ impl Drop for TempDir {
 fn negotiated(codec: Codec, remote_port: u16) -> Negotiated {
     Negotiated {
         codec,
-        payload_type: codec.static_payload_type().unwrap(),
+        payload_type: codec
+            .static_payload_type()
+            .unwrap_or(microsip_media::sdp::OPUS_PT),
         remote: Some(SocketAddr::new(LOCALHOST, remote_port)),
         remote_direction: Direction::SendRecv,
         local_direction: Direction::SendRecv,
         telephone_event: Some(101),
+        telephone_event_rate: 8000,
         ptime_ms: 20,
     }
 }
 
 fn goertzel(x: &[i16], freq: f64) -> f64 {
-    let w = std::f64::consts::TAU * freq / 8000.0;
+    let w = std::f64::consts::TAU * freq / f64::from(BUS_RATE);
     let c = 2.0 * w.cos();
     let (mut s1, mut s2) = (0.0, 0.0);
     for &v in x {
@@ -82,7 +89,7 @@ fn dominant(x: &[i16]) -> u32 {
 
 fn read_wav(path: &Path) -> Vec<i16> {
     let mut r = hound::WavReader::open(path).unwrap();
-    assert_eq!(r.spec().sample_rate, 8000);
+    assert_eq!(r.spec().sample_rate, BUS_RATE);
     assert_eq!(r.spec().channels, 1);
     r.samples::<i16>().map(Result::unwrap).collect()
 }
@@ -98,7 +105,7 @@ fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
 #[test]
 fn tone_crosses_two_engines_and_is_recorded() {
     let tmp = TempDir::new();
-    for codec in [Codec::Pcma, Codec::Pcmu] {
+    for codec in [Codec::Pcma, Codec::Pcmu, Codec::G722, Codec::Opus] {
         let a = engine(None);
         let b = engine(None);
         let out = tmp.file("heard.wav");
@@ -118,7 +125,10 @@ fn tone_crosses_two_engines_and_is_recorded() {
         let sb = b.stats(1).unwrap();
         assert_eq!(sa.codec, Some(codec));
         assert!((40..=60).contains(&sa.packets_sent), "{sa:?}");
-        assert_eq!(sa.bytes_sent, sa.packets_sent * 172);
+        if codec != Codec::Opus {
+            // 160 bytes of G.711 or G.722 per 20 ms (Opus varies).
+            assert_eq!(sa.bytes_sent, sa.packets_sent * 172, "{codec}");
+        }
         assert!(sb.packets_received >= 40, "{sb:?}");
         assert!(sa.packets_received >= 40, "silence from b: {sa:?}");
         assert!(sb.last_received_ms_ago.unwrap() < 200);
@@ -126,10 +136,20 @@ fn tone_crosses_two_engines_and_is_recorded() {
         a.close(1).unwrap();
         assert_eq!(b.stats(1), None);
         let heard = read_wav(&out);
-        assert!(heard.len() >= 40 * 160, "{} samples", heard.len());
+        assert!(heard.len() >= 40 * FRAME, "{} samples", heard.len());
         assert_eq!(dominant(&heard), 440, "{codec}");
-        let peak = heard.iter().map(|s| s.unsigned_abs()).max().unwrap();
-        assert!((15000..=17500).contains(&peak), "peak {peak}");
+        // The tone holds its frequency in every 100 ms after the start.
+        for (i, w) in heard.chunks_exact(FRAME * 5).enumerate().skip(1) {
+            assert_eq!(dominant(w), 440, "{codec}: window {i}");
+        }
+        // The level kept (a -6 dBFS sine: RMS 11585) after the codec's start-up.
+        let tail = &heard[FRAME * 5..];
+        let rms =
+            (tail.iter().map(|&s| f64::from(s).powi(2)).sum::<f64>() / tail.len() as f64).sqrt();
+        assert!(
+            (10_300.0..=13_000.0).contains(&rms),
+            "{codec}: RMS {rms:.0}"
+        );
     }
 }
 
@@ -161,7 +181,7 @@ fn file_source_to_file_sink_in_one_engine() {
     sleep(Duration::from_millis(700));
     e.close(11).unwrap();
     let heard = read_wav(&out);
-    assert!(heard.len() >= 25 * 160);
+    assert!(heard.len() >= 25 * FRAME);
     assert_eq!(dominant(&heard), 1000);
     e.close(10).unwrap();
 }
@@ -231,7 +251,7 @@ fn hold_stops_sending_and_playing() {
 
     e.close(1).unwrap();
     e.close(2).unwrap();
-    assert!(read_wav(&out).len() > 160);
+    assert!(read_wav(&out).len() > FRAME);
 }
 
 /// Reads RTP packets arriving at `sock` for `window`.
@@ -654,6 +674,6 @@ fn cpu_50_sessions() {
     );
     assert!(received > 50 * 200, "{received} packets received");
     for out in outs {
-        assert!(read_wav(&out).len() > 200 * 160);
+        assert!(read_wav(&out).len() > 200 * FRAME);
     }
 }
