@@ -212,3 +212,32 @@ def test_rfc4733_digits_both_ways_on_wideband_codecs(kam, make_phone, make_bares
     assert "".join(e["digit"] for e in heard) == "2468", heard
     assert all(e["method"] == "rfc4733" for e in heard), heard
     hang_up(a, ph, cid)
+
+
+@pytest.mark.parametrize("force", [0, 1])
+def test_force_codec_offers_only_the_first_codec(kam, make_phone, make_baresip, tmp_path,
+                                                 force):
+    # forceCodec (ini.md: "send only the first codec"): our INVITE offers G.722 alone.
+    case = CASES["G722"]
+    source = audio.make_tone_wav(tmp_path / "s.wav", 0, 120, rate=case.baresip_rate,
+                                 channels=case.baresip_channels)
+    a = make_baresip(kam, "1002", source=source,
+                     codecs="opus/48000/2,G722/16000/1,pcmu/8000/1,pcma/8000/1",
+                     modules=BARESIP_MODULES)
+    ph = make_phone(ini(account(kam.address, "1001", PASSWORD), audioInputDevice="null",
+                        audioOutputDevice="null", forceCodec=force,
+                        audioCodecs="G722/16000/1 PCMU/8000/1 PCMA/8000/1"))
+    ev = ph.events()
+    ev.wait_state(1, "registered", 30, codes={200})
+    rc, out, err = ph.cmd("dial", "sip:1002@127.0.0.1")
+    assert rc == 0, (out, err)
+    cid = ev.wait_for("call.confirmed", None, 30)["call"]
+    invite = next(m for m in ph.trace_messages() if m.sent and m.method == "INVITE")
+    m_line = next(line for line in invite.body.splitlines() if line.startswith("m=audio"))
+    payloads = m_line.split()[3:]
+    if force:
+        assert payloads == ["9", "101"], m_line
+    else:
+        assert payloads[:3] == ["9", "0", "8"], m_line
+    assert shown_codec(ph, cid)[0] == "G722"
+    hang_up(a, ph, cid)

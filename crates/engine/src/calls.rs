@@ -228,6 +228,8 @@ impl Engine {
             // forceCodec: answers take our first codec the offer has, not the
             // offerer's first.
             prefer_own_order: self.config.settings.force_codec,
+            // and offers carry only the first codec ("send only the first codec").
+            offer_first_only: self.config.settings.force_codec,
         }
     }
 

@@ -685,6 +685,9 @@ pub struct LocalMedia {
     /// offer has; otherwise the offer's first codec that we have (the offerer's
     /// preference, as pjsip does by default).
     pub prefer_own_order: bool,
+    /// The ini's `forceCodec` too ("send only the first codec"): offers list only
+    /// our first codec.
+    pub offer_first_only: bool,
 }
 
 /// The outcome of an offer/answer exchange: what the media engine needs.
@@ -734,8 +737,9 @@ fn write_session_header(out: &mut String, local: &LocalMedia) {
     );
 }
 
-/// Writes our offer: every codec of `local` in priority order, telephone-event with
-/// `0-16` when enabled, `a=ptime:20` and our direction.
+/// Writes our offer: every codec of `local` in priority order (only the first with
+/// `forceCodec`, [`LocalMedia::offer_first_only`]), telephone-event with `0-16`
+/// when enabled, `a=ptime:20` and our direction.
 pub fn offer(local: &LocalMedia) -> String {
     let mut out = String::with_capacity(320);
     write_session_header(&mut out, local);
@@ -743,7 +747,12 @@ pub fn offer(local: &LocalMedia) -> String {
     let taken = |pts: &[(u8, Codec)], pt: u8| {
         pt == TELEPHONE_EVENT_PT || pts.iter().any(|(have, _)| *have == pt)
     };
-    for &c in &local.codecs {
+    let offered = if local.offer_first_only {
+        &local.codecs[..local.codecs.len().min(1)]
+    } else {
+        &local.codecs[..]
+    };
+    for &c in offered {
         if pts.iter().any(|(_, have)| *have == c) {
             continue;
         }
@@ -1007,6 +1016,7 @@ mod tests {
             version: 1,
             opus_stereo: false,
             prefer_own_order: true,
+            offer_first_only: false,
         }
     }
 
@@ -1694,6 +1704,23 @@ a=rtpmap:101 telephone-event/8000\r\n";
         };
         let (_, n) = answer(&d, &g711).unwrap();
         assert_eq!((n.codec, n.payload_type), (Codec::Pcmu, 0));
+    }
+
+    #[test]
+    fn force_codec_offers_only_the_first_codec() {
+        let forced = LocalMedia {
+            codecs: vec![Codec::G722, Codec::Pcmu, Codec::Pcma],
+            offer_first_only: true,
+            ..local()
+        };
+        let text = offer(&forced);
+        assert!(text.contains("m=audio 4000 RTP/AVP 9 101\r\n"), "{text}");
+        assert!(!text.contains("PCMU"), "{text}");
+        let all = LocalMedia {
+            offer_first_only: false,
+            ..forced
+        };
+        assert!(offer(&all).contains("m=audio 4000 RTP/AVP 9 0 8 101\r\n"));
     }
 
     #[test]
