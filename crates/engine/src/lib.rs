@@ -13,6 +13,7 @@ pub mod event;
 pub mod grammar;
 pub mod messages;
 pub mod policy;
+mod recording;
 pub mod reply;
 
 pub use command::{CallId, Command, ParseError};

@@ -542,6 +542,11 @@ impl MediaEngine {
                 "call {id} is already being recorded"
             )));
         }
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                MediaError::Recording(format!("cannot create the folder {}: {e}", dir.display()))
+            })?;
+        }
         let (rec, handle) = recorder::start_recording(path)?;
         self.request(Request::Record(id, Some(Box::new(rec))))?;
         lock(&self.shared.recordings).insert(id, handle);
