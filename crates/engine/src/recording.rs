@@ -201,6 +201,9 @@ impl Engine {
             call.direction,
             &account,
         );
+        if self.config.settings.recording_format != microsip_config::RecordingFormat::Wav {
+            info!("call {id}: recordingFormat is not wav; recording WAV (no MP3 encoder)");
+        }
         let path = unused_path(self.config.recording_dir().join(name));
         if let Err(e) = self.media.start_recording(id, &path) {
             return fail(ErrorCode::Media, format!("call {id}: cannot record: {e}"));

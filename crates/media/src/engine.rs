@@ -1237,6 +1237,53 @@ mod tests {
     }
 
     #[test]
+    fn recording_and_playing_need_a_session_and_a_readable_file() {
+        let dir =
+            std::env::temp_dir().join(format!("microsip-media-engine-rec-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let m = MediaEngine::start(MediaConfig {
+            bind_ip: IpAddr::from([127, 0, 0, 1]),
+            rtp_port_min: None,
+            rtp_port_max: None,
+            dtmf: DtmfMode::Auto,
+        })
+        .unwrap();
+        let path = dir.join("sub").join("call.wav");
+        assert_eq!(
+            m.start_recording(5, &path),
+            Err(MediaError::UnknownSession(5))
+        );
+        m.open(1, AudioSpec::Null, AudioSpec::Null).unwrap();
+        assert!(matches!(
+            m.play(1, &dir.join("missing.wav"), PlayEnd::Stop),
+            Err(MediaError::Audio(_))
+        ));
+        // The folder is made; a second recorder for the same call is refused.
+        m.start_recording(1, &path).unwrap();
+        assert!(matches!(
+            m.start_recording(1, &path),
+            Err(MediaError::Recording(_))
+        ));
+        thread::sleep(Duration::from_millis(200));
+        let status = m.stop_recording(1).unwrap().unwrap();
+        assert_eq!(status.error, None);
+        assert!(status.frames_written > 0, "{status:?}");
+        // The header is final as soon as stop returns.
+        let reader = hound::WavReader::open(&path).unwrap();
+        assert_eq!(
+            u64::from(reader.duration()),
+            status.frames_written * FRAME_SAMPLES as u64
+        );
+        assert_eq!(m.stop_recording(1), Ok(None));
+        assert_eq!(
+            m.set_conference(&[1, 9]),
+            Err(MediaError::UnknownSession(9))
+        );
+        m.close(1).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn engine_is_clone_send_sync() {
         fn check<T: Clone + Send + Sync>() {}
         check::<MediaEngine>();

@@ -8,7 +8,10 @@
 //! ([`Mixer::mix_others_into`], clipped). A frame counts while it is from this tick or
 //! the one before, so the order the sessions tick in does not matter and a member
 //! that stops playing (held, no packets) falls silent instead of repeating itself.
-//! Unmerged calls never touch it. Memory is taken when the members change, never
+//! Each member's own sink still plays that member: where the calls share one output
+//! device the user hears every member there, so nothing is mixed into the sinks
+//! here (a headless `file:` sink per call keeps its own call). Unmerged calls never
+//! touch it. Memory is taken when the members change, never
 //! per tick.
 
 use crate::audio::FRAME_SAMPLES;
