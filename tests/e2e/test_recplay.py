@@ -1,7 +1,7 @@
 """Recording a call, playing a file into a call, and the conference, against
 baresip through Kamailio.
 
-The phone under test is 1001; baresip B is 1002, C is 1003. Each baresip plays a
+The phone under test is 1001; baresip B is 1002, C is 1003, D is 1004. Each baresip plays a
 tone file and records what it receives (peers.Baresip: dump-*-dec.wav). What a
 recording holds is judged by frequency (audio.py), never by "not silent":
 - our recording is a mono mix of both directions, so each 250 ms window must
@@ -22,9 +22,9 @@ import pytest
 import audio
 from peers import account, ini
 
-USERS = {"1001": "p;w#1005", "1002": "secret2", "1003": "secret3"}
+USERS = {"1001": "p;w#1005", "1002": "secret2", "1003": "secret3", "1004": "secret4"}
 TONE_US, TONE_B, TONE_C, TONE_FILE = 440, 1000, 900, 1000
-CONF_B, CONF_C = 600, 900
+CONF_B, CONF_C, CONF_D = 600, 900, 700
 # MicroSIP's name: YYYYMMDD-HHMMSS-<remote user>-<outgoing|incoming>-<account label>.wav
 NAME = re.compile(r"^\d{8}-\d{6}-1002-outgoing-1001(-\d+)?\.wav$")
 
@@ -224,22 +224,28 @@ def test_play_with_hangup_ends_the_call_after_the_file(
 # ---------------------------------------------------------------- conference
 
 def test_conference_each_baresip_hears_the_other(kam, rec_phone, make_baresip):
+    """B (600 Hz) and C (900 Hz) merged, D (700 Hz) in a call of its own; hold C:
+    the conference is over; merge B and D; D hangs up: over again."""
     bb = make_baresip(kam, "1002", tone=CONF_B)
     bc = make_baresip(kam, "1003", tone=CONF_C)
-    ph = rec_phone(tone=None)  # we send silence: any tone a baresip hears is the other's
+    bd = make_baresip(kam, "1004", tone=CONF_D)
+    ph = rec_phone(tone=None)  # we send silence: any tone a baresip hears is another's
     ev = ph.events()
     id_b = call(ph, ("dial", "1002"))
     bb.wait_event("CALL_ESTABLISHED")
-    id_c = call(ph, ("callto", "1003"))  # callto: B is not put on hold
+    id_c = call(ph, ("callto", "1003"))  # callto: the other calls are not put on hold
     bc.wait_event("CALL_ESTABLISHED")
+    id_d = call(ph, ("callto", "1004"))
+    bd.wait_event("CALL_ESTABLISHED")
     time.sleep(2)
-    rc, reply = ph.cmd_json("conference")
+    rc, reply = ph.cmd_json("conference", str(id_b), str(id_c))
     assert rc == 0 and reply["ok"] and sorted(reply["data"]["members"]) == sorted([id_b, id_c]), \
         reply
     joined = {ev.wait_for("call.conference", None, 5)["call"] for _ in range(2)}
     assert joined == {id_b, id_c}
     rc, calls = ph.cmd_json("calls")
-    assert all(c["conference"] for c in calls["data"]), calls
+    assert {c["id"]: c["conference"] for c in calls["data"]} == \
+        {id_b: True, id_c: True, id_d: False}, calls
     time.sleep(6)
     # Holding a member takes it out; with one left, the conference is over.
     rc, out, err = ph.cmd("hold", str(id_c), "on")
@@ -247,19 +253,34 @@ def test_conference_each_baresip_hears_the_other(kam, rec_phone, make_baresip):
     left = {ev.wait_for("call.conference", lambda e: e.get("state") == "left", 10)["call"]
             for _ in range(2)}
     assert left == {id_b, id_c}
-    time.sleep(2)
+    rc, reply = ph.cmd_json("conference", str(id_b), str(id_d))
+    assert rc == 0 and sorted(reply["data"]["members"]) == sorted([id_b, id_d]), reply
+    time.sleep(4)
+    # A member hanging up leaves it too.
+    bd.hangup()
+    left = {ev.wait_for("call.conference", lambda e: e.get("state") == "left", 10)["call"]
+            for _ in range(2)}
+    assert left == {id_b, id_d}
+    ev.wait_for("call.ended", lambda e: e.get("call") == id_d, 10)
+    rc, calls = ph.cmd_json("calls")
+    assert not any(c["conference"] for c in calls["data"]), calls
     ph.cmd("hangupall")
-    bb.wait_event("CALL_CLOSED")
-    bc.wait_event("CALL_CLOSED")
-    _, dec_b = bb.recordings()
-    _, dec_c = bc.recordings()
+    for b in (bb, bc, bd):
+        b.wait_event("CALL_CLOSED")
+    dec_b, dec_c, dec_d = (b.recordings()[1] for b in (bb, bc, bd))
+    # Each member heard the other member, for as long as they were merged.
     assert audio.tone_seconds(dec_b, CONF_C) >= 5.0, audio.describe(dec_b, CONF_C)
     assert audio.tone_seconds(dec_c, CONF_B) >= 5.0, audio.describe(dec_c, CONF_B)
-    # Nobody hears itself, and nothing crossed over before the merge.
-    assert audio.tone_seconds(dec_b, CONF_B) == 0.0, audio.describe(dec_b, CONF_B)
-    assert audio.tone_seconds(dec_c, CONF_C) == 0.0, audio.describe(dec_c, CONF_C)
-    first = first_tone_window(dec_b, CONF_C)
-    assert first is not None and first >= 1.5, audio.describe(dec_b, CONF_C)
+    assert audio.tone_seconds(dec_b, CONF_D) >= 3.0, audio.describe(dec_b, CONF_D)
+    assert audio.tone_seconds(dec_d, CONF_B) >= 3.0, audio.describe(dec_d, CONF_B)
+    # Nobody hears itself, nor a call it was never merged with.
+    for dec, never in ((dec_b, CONF_B), (dec_c, CONF_C), (dec_c, CONF_D), (dec_d, CONF_D),
+                       (dec_d, CONF_C)):
+        assert audio.tone_seconds(dec, never) == 0.0, audio.describe(dec, never)
+    # Nothing crossed over before the merge; and B heard C before it heard D.
+    first_c, first_d = first_tone_window(dec_b, CONF_C), first_tone_window(dec_b, CONF_D)
+    assert first_c is not None and first_c >= 1.5, audio.describe(dec_b, CONF_C)
+    assert first_d is not None and first_d > first_c + 5, audio.describe(dec_b)
 
 
 def test_conference_refuses_what_it_cannot_merge(kam, rec_phone, make_baresip):
