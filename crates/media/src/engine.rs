@@ -530,7 +530,7 @@ impl MediaEngine {
     }
 
     /// Starts recording call `id` into the WAV file `path` (created or truncated
-    /// now; its folder must exist): a mono mix of what the call sends and hears, at
+    /// now, its folder too if missing): a mono mix of what the call sends and hears, at
     /// the bus rate. Errors: the file cannot be created, the call is already being
     /// recorded, no such session.
     pub fn start_recording(&self, id: u64, path: &std::path::Path) -> Result<(), MediaError> {
