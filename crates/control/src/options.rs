@@ -458,6 +458,11 @@ Commands (case-insensitive; MicroSIP's DDE, /x: and msip: spellings work too):
   hold [ID] [on|off]        toggle or set hold (msip:hold)
   transfer TARGET [ID]      blind transfer (/transfer:N, msip:transfer_N)
   dtmf DIGITS [ID]          send 0-9 * # A-D, ',' = pause (SendDTMF, /dtmf:D)
+  record start|stop [ID]    record the call to a WAV in recordingPath
+  play FILE [ID] [stop|loop|hangup]
+                            play a WAV into the call; play off [ID] stops it
+  conference [ID...]        merge calls (all answered ones without ids);
+                            conference off [ID] takes one out or ends it
   mute [on|off|1|0]         microphone mute (msip:micmute, micunmute, micmuteclick)
   speakermute [on|off]      speaker mute (msip:speakmute, ...)
   volumeup|volumedown [N]   speaker volume by N steps 1-10 (msip:speakup, speakdown)

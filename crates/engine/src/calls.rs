@@ -17,6 +17,7 @@ use crate::dialplan;
 use crate::engine::{Engine, Request};
 use crate::event::EventKind;
 use crate::policy::{self, Decision, IncomingFacts};
+use crate::recording::CallExtras;
 use crate::reply::{fail, ok, ok_with, ErrorCode, Reply};
 
 /// How long `hangup` waits for the far end before ending the call locally.
@@ -82,6 +83,8 @@ pub(crate) struct Call {
     pub(crate) transfer_for: Option<CallId>,
     /// A re-INVITE of ours is in flight.
     pub(crate) busy_reinvite: bool,
+    /// Recording, a file played in, the conference (`recording.rs`).
+    pub(crate) extras: CallExtras,
 }
 
 impl Call {
@@ -126,6 +129,9 @@ impl Call {
             "held_by_us": self.local_hold,
             "held_by_remote": self.remote_hold,
             "post_dial": self.post_dial,
+            "recording": self.extras.recording.as_ref().map(|p| p.display().to_string()),
+            "playing": self.extras.playing,
+            "conference": self.extras.in_conference,
         })
     }
 }
@@ -270,7 +276,7 @@ impl Engine {
             })
     }
 
-    fn find(&self, id: Option<CallId>) -> Result<CallId, Reply> {
+    pub(crate) fn find(&self, id: Option<CallId>) -> Result<CallId, Reply> {
         match id {
             Some(id) if self.calls.contains_key(&id) => Ok(id),
             Some(id) => Err(fail(
@@ -479,6 +485,7 @@ impl Engine {
                 deferred: Vec::new(),
                 transfer_for,
                 busy_reinvite: false,
+                extras: CallExtras::default(),
             },
         );
         info!("call {id}: calling {}", dialled.uri);
@@ -545,6 +552,7 @@ impl Engine {
                 deferred: Vec::new(),
                 transfer_for: None,
                 busy_reinvite: false,
+                extras: CallExtras::default(),
             },
         );
         self.publish(EventKind::CallIncoming {
@@ -686,6 +694,12 @@ impl Engine {
                         method: if inband { "inband" } else { "rfc4733" },
                     });
                 }
+            }
+            microsip_media::MediaEvent::PlaybackEnded { call, hangup } => {
+                self.on_playback_ended(call, hangup)
+            }
+            microsip_media::MediaEvent::RecordingFailed { call, path, error } => {
+                self.on_recording_failed(call, path, error)
             }
         }
     }
@@ -830,7 +844,7 @@ impl Engine {
         self.end_call(id, Some(reply));
     }
 
-    fn end_call(&mut self, id: CallId, reply: Option<oneshot::Sender<Reply>>) {
+    pub(crate) fn end_call(&mut self, id: CallId, reply: Option<oneshot::Sender<Reply>>) {
         let Some(call) = self.calls.get_mut(&id) else {
             if let Some(r) = reply {
                 let _ = r.send(fail(
@@ -1072,6 +1086,9 @@ impl Engine {
                             "set_hold",
                             self.media.set_hold(call, on || c.remote_hold),
                         );
+                        if on {
+                            self.on_local_hold(call);
+                        }
                         let by = "local";
                         if on {
                             self.publish(EventKind::CallHeld { call, by });
@@ -1218,6 +1235,7 @@ impl Engine {
                     None => return,
                 };
                 self.publish(EventKind::CallConfirmed { call: id });
+                self.auto_record(id);
                 self.transfer_progress(id, 200, "OK", true);
                 if let Some(digits) = self.calls.get_mut(&id).and_then(|c| c.post_dial.take()) {
                     // `123,45#`: a one-second pause, then the digits.
@@ -1414,6 +1432,7 @@ impl Engine {
             return;
         };
         media_done(id, "close", self.media.close(id));
+        self.on_media_closed(id);
         self.last_ended = Some(Instant::now());
         info!("call {id}: ended {code} {reason} ({by}, {duration}s)");
         // Published while the call is still in the table, so the event names its account.

@@ -152,6 +152,44 @@ pub enum Command {
     Contacts {
         action: ContactsAction,
     },
+    /// `record start|stop [ID]`: record a call to a WAV file in `recordingPath`.
+    Record {
+        call: Option<CallId>,
+        on: bool,
+    },
+    /// `play FILE [ID] [stop|loop|hangup]`: play a WAV file into a call instead of
+    /// the microphone; `file: None` (`play off [ID]`) stops playing.
+    Play {
+        file: Option<String>,
+        call: Option<CallId>,
+        at_end: PlayEnd,
+    },
+    /// `conference [ID...]` merges calls; `conference off [ID]` takes one out, or
+    /// ends the conference.
+    Conference {
+        action: ConferenceAction,
+    },
+}
+
+/// What happens when a file played into a call runs out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PlayEnd {
+    /// Back to the microphone.
+    #[default]
+    Stop,
+    /// Again from the start.
+    Loop,
+    /// Hang the call up.
+    Hangup,
+}
+
+/// What `conference` does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConferenceAction {
+    /// Merge these calls (none named: every confirmed call not on hold).
+    Merge(Vec<CallId>),
+    /// Take this call out (`None`: end the conference).
+    Leave(Option<CallId>),
 }
 
 /// What `contacts` does.
@@ -226,6 +264,9 @@ impl Command {
             Command::History => "history",
             Command::Messages { .. } => "messages",
             Command::Contacts { .. } => "contacts",
+            Command::Record { .. } => "record",
+            Command::Play { .. } => "play",
+            Command::Conference { .. } => "conference",
         }
     }
 }

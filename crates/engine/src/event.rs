@@ -83,6 +83,30 @@ pub enum EventKind {
         digit: String,
         method: &'static str,
     },
+    /// A recording of the call `started`, `stopped` or `failed` (with `error`; the
+    /// call goes on).
+    #[serde(rename = "call.recording")]
+    CallRecording {
+        call: u64,
+        state: &'static str,
+        path: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
+    /// A file played into the call `started`, `ended` (ran out) or `stopped`.
+    #[serde(rename = "call.playing")]
+    CallPlaying {
+        call: u64,
+        state: &'static str,
+        file: String,
+    },
+    /// The call `joined` or `left` the conference; `members`: who is in it now.
+    #[serde(rename = "call.conference")]
+    CallConference {
+        call: u64,
+        state: &'static str,
+        members: Vec<u64>,
+    },
     #[serde(rename = "call.ended")]
     CallEnded {
         call: u64,
@@ -148,6 +172,9 @@ impl EventKind {
             | EventKind::CallResumed { call, .. }
             | EventKind::CallTransfer { call, .. }
             | EventKind::CallDtmf { call, .. }
+            | EventKind::CallRecording { call, .. }
+            | EventKind::CallPlaying { call, .. }
+            | EventKind::CallConference { call, .. }
             | EventKind::CallEnded { call, .. } => Some(*call),
             _ => None,
         }
@@ -190,6 +217,9 @@ impl EventKind {
             EventKind::CallResumed { .. } => "call.resumed",
             EventKind::CallTransfer { .. } => "call.transfer",
             EventKind::CallDtmf { .. } => "call.dtmf",
+            EventKind::CallRecording { .. } => "call.recording",
+            EventKind::CallPlaying { .. } => "call.playing",
+            EventKind::CallConference { .. } => "call.conference",
             EventKind::CallEnded { .. } => "call.ended",
             EventKind::MessageReceived { .. } => "message.received",
             EventKind::MessageSent { .. } => "message.sent",

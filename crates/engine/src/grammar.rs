@@ -1,8 +1,8 @@
 //! The grammar: the words a script sends (command line or one socket line) → one [`Command`].
 
 use crate::command::{
-    CallId, Command, ContactsAction, DeviceRole, LevelChange, LevelKind, ParseError, Secret,
-    StatusForm, WindowState,
+    CallId, Command, ConferenceAction, ContactsAction, DeviceRole, LevelChange, LevelKind,
+    ParseError, PlayEnd, Secret, StatusForm, WindowState,
 };
 
 /// Points one `volumeup`/`volumedown`/`micup`/`micdown` step moves a level. The `msip:`
@@ -186,6 +186,9 @@ fn parse_words(words: &[String]) -> Result<Command, ParseError> {
         "hide" => window("hide", rest, WindowState::Hidden),
         "exit" | "close" | "quit" => no_arguments("exit", rest, Command::Exit),
         "events" => events(rest),
+        "record" => record(rest),
+        "play" => play(rest),
+        "conference" => conference(rest),
         _ => prefixed(first, &lower, rest),
     }
 }
@@ -599,6 +602,110 @@ fn events(rest: &[String]) -> Result<Command, ParseError> {
         }),
         _ => Err(bad("events takes at most one filter")),
     }
+}
+
+/// `record start|stop [ID]` (`on`/`off` too).
+fn record(rest: &[String]) -> Result<Command, ParseError> {
+    const USAGE: &str = "record takes start or stop and an optional call id";
+    let Some((verb, more)) = rest.split_first() else {
+        return Err(bad(USAGE));
+    };
+    let on = match verb.to_ascii_lowercase().as_str() {
+        "start" | "on" => true,
+        "stop" | "off" => false,
+        _ => {
+            return Err(bad(format!(
+                "no such record action '{}': use start or stop",
+                shown(verb)
+            )))
+        }
+    };
+    let call = match more {
+        [] => None,
+        [id] => Some(parse_call_id(id)?),
+        _ => return Err(bad(USAGE)),
+    };
+    Ok(Command::Record { call, on })
+}
+
+/// `play FILE [ID] [stop|loop|hangup]` (id and end in either order), `play off [ID]`.
+fn play(rest: &[String]) -> Result<Command, ParseError> {
+    let Some((file, more)) = rest.split_first() else {
+        return Err(bad(
+            "play needs a WAV file (then an optional call id and stop, loop or hangup)",
+        ));
+    };
+    if file.trim().is_empty() {
+        return Err(bad("play needs a WAV file"));
+    }
+    if file.chars().any(char::is_control) {
+        return Err(bad("play file name contains a control character"));
+    }
+    let stop = file.eq_ignore_ascii_case("off");
+    let mut call = None;
+    let mut at_end = None;
+    for word in more {
+        if is_digits(word) {
+            if call.is_some() {
+                return Err(bad("play takes one call id"));
+            }
+            call = Some(parse_call_id(word)?);
+            continue;
+        }
+        let end = match word.to_ascii_lowercase().as_str() {
+            "stop" => PlayEnd::Stop,
+            "loop" => PlayEnd::Loop,
+            "hangup" => PlayEnd::Hangup,
+            _ => {
+                return Err(bad(format!(
+                    "no such end of file choice '{}': use stop, loop or hangup",
+                    shown(word)
+                )))
+            }
+        };
+        if at_end.is_some() || stop {
+            return Err(bad("play takes one of stop, loop or hangup after a file"));
+        }
+        at_end = Some(end);
+    }
+    Ok(Command::Play {
+        file: (!stop).then(|| file.clone()),
+        call,
+        at_end: at_end.unwrap_or_default(),
+    })
+}
+
+/// `conference [ID...]`, `conference off [ID]`.
+fn conference(rest: &[String]) -> Result<Command, ParseError> {
+    if let Some((first, more)) = rest.split_first() {
+        if first.eq_ignore_ascii_case("off") {
+            return match more {
+                [] => Ok(Command::Conference {
+                    action: ConferenceAction::Leave(None),
+                }),
+                [id] => Ok(Command::Conference {
+                    action: ConferenceAction::Leave(Some(parse_call_id(id)?)),
+                }),
+                _ => Err(bad("conference off takes at most one call id")),
+            };
+        }
+    }
+    let mut ids = Vec::with_capacity(rest.len());
+    for word in rest {
+        let id = parse_call_id(word).map_err(|_| {
+            bad(format!(
+                "conference takes call ids or off, got '{}'",
+                shown(word)
+            ))
+        })?;
+        if ids.contains(&id) {
+            return Err(bad(format!("call {id} is named twice")));
+        }
+        ids.push(id);
+    }
+    Ok(Command::Conference {
+        action: ConferenceAction::Merge(ids),
+    })
 }
 
 fn no_arguments(name: &str, rest: &[String], command: Command) -> Result<Command, ParseError> {
@@ -1509,5 +1616,81 @@ mod tests {
                 assert!(!error.message.is_empty());
             }
         }
+    }
+
+    #[test]
+    fn record_play_and_conference() {
+        use crate::command::{ConferenceAction as A, PlayEnd as E};
+        let record = |call, on| Command::Record { call, on };
+        assert_eq!(parse("record start").unwrap(), record(None, true));
+        assert_eq!(parse("RECORD Stop 4").unwrap(), record(Some(4), false));
+        assert_eq!(parse("record on 2").unwrap(), record(Some(2), true));
+        assert_eq!(parse("record off").unwrap(), record(None, false));
+        let play = |file: Option<&str>, call, at_end| Command::Play {
+            file: file.map(str::to_string),
+            call,
+            at_end,
+        };
+        assert_eq!(
+            parse("play /tmp/a.wav").unwrap(),
+            play(Some("/tmp/a.wav"), None, E::Stop)
+        );
+        assert_eq!(
+            parse("play \"/tmp/my file.wav\" 3 hangup").unwrap(),
+            play(Some("/tmp/my file.wav"), Some(3), E::Hangup)
+        );
+        assert_eq!(
+            parse("play a.wav LOOP 7").unwrap(),
+            play(Some("a.wav"), Some(7), E::Loop)
+        );
+        assert_eq!(
+            parse("play a.wav stop").unwrap(),
+            play(Some("a.wav"), None, E::Stop)
+        );
+        assert_eq!(parse("play off").unwrap(), play(None, None, E::Stop));
+        assert_eq!(parse("play off 5").unwrap(), play(None, Some(5), E::Stop));
+        let conf = |action| Command::Conference { action };
+        assert_eq!(parse("conference").unwrap(), conf(A::Merge(vec![])));
+        assert_eq!(
+            parse("conference 1 2 3").unwrap(),
+            conf(A::Merge(vec![1, 2, 3]))
+        );
+        assert_eq!(parse("Conference off").unwrap(), conf(A::Leave(None)));
+        assert_eq!(parse("conference OFF 2").unwrap(), conf(A::Leave(Some(2))));
+        for (line, name) in [
+            ("record start", "record"),
+            ("play x.wav", "play"),
+            ("conference", "conference"),
+        ] {
+            assert_eq!(parse(line).unwrap().name(), name);
+        }
+    }
+
+    #[test]
+    fn record_play_and_conference_refuse_bad_input() {
+        assert!(bad_argument("record").contains("start or stop"));
+        assert_eq!(
+            bad_argument("record maybe"),
+            "no such record action 'maybe': use start or stop"
+        );
+        assert!(bad_argument("record start x").contains("positive"));
+        assert!(bad_argument("record start 0").contains("positive"));
+        assert!(bad_argument("record stop 1 2").contains("optional call id"));
+        assert!(bad_argument("play").contains("needs a WAV file"));
+        assert!(bad_argument("play \"\"").contains("needs a WAV file"));
+        assert!(bad_argument("play \"a\tb.wav\"").contains("control character"));
+        assert_eq!(
+            bad_argument("play a.wav rewind"),
+            "no such end of file choice 'rewind': use stop, loop or hangup"
+        );
+        assert!(bad_argument("play a.wav 1 2").contains("one call id"));
+        assert!(bad_argument("play a.wav loop hangup").contains("one of stop, loop or hangup"));
+        assert!(bad_argument("play off loop").contains("one of stop, loop or hangup"));
+        assert!(bad_argument("play a.wav 0").contains("positive"));
+        assert!(bad_argument("conference x").contains("call ids or off"));
+        assert!(bad_argument("conference 1 0").contains("call ids or off"));
+        assert!(bad_argument("conference 1 1").contains("named twice"));
+        assert!(bad_argument("conference off 1 2").contains("at most one call id"));
+        assert!(bad_argument("conference off x").contains("positive"));
     }
 }

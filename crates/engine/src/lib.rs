@@ -14,6 +14,7 @@ pub mod grammar;
 pub mod messages;
 pub mod policy;
 mod presence;
+mod recording;
 pub mod reply;
 
 pub use command::{CallId, Command, ParseError};

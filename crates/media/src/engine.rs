@@ -34,7 +34,9 @@ use crate::audio::{self, AudioError, AudioSink, AudioSource, AudioSpec, FRAME_SA
 use crate::codec::{self, AudioCodec, MAX_DECODED_SAMPLES, MAX_PAYLOAD_BYTES};
 use crate::dtmf::{self, GoertzelDetector, Rfc4733Receiver, Rfc4733Sender, ToneGenerator};
 use crate::jitter::{JitterBuffer, JitterConfig, Playout};
+use crate::mixer::Mixer;
 use crate::plc::Plc;
+use crate::recorder::{self, PlayEnd, Player, RecordingHandle, RecordingStatus, Taps};
 use crate::resample::Resampler;
 use crate::rtp::{self, RtpHeader};
 use crate::sdp::{Codec, Negotiated};
@@ -132,6 +134,15 @@ pub enum MediaEvent {
         digit: char,
         inband: bool,
     },
+    /// The file played into call `call` ran out; `hangup`: the call is to end now
+    /// (else it is back on its microphone).
+    PlaybackEnded { call: u64, hangup: bool },
+    /// Writing the recording of call `call` failed (disk full...); the call goes on.
+    RecordingFailed {
+        call: u64,
+        path: std::path::PathBuf,
+        error: String,
+    },
 }
 
 /// Where media events go (called on the media thread: must not block).
@@ -181,6 +192,8 @@ pub enum MediaError {
     Timeout,
     /// DTMF could not be sent (bad digit, no stream, method not possible).
     Dtmf(String),
+    /// A recording could not be started.
+    Recording(String),
 }
 
 impl fmt::Display for MediaError {
@@ -197,6 +210,7 @@ impl fmt::Display for MediaError {
             MediaError::Stopped => f.write_str("the media thread has stopped"),
             MediaError::Timeout => f.write_str("the media thread did not answer within 1 s"),
             MediaError::Dtmf(e) => f.write_str(e),
+            MediaError::Recording(e) => f.write_str(e),
         }
     }
 }
@@ -265,8 +279,13 @@ struct Shared {
     /// Index (in even ports from the first) where the next search starts.
     next_port: Mutex<u32>,
     sessions: Mutex<HashMap<u64, Arc<SharedStats>>>,
+    /// Recordings in progress, by call: their writer threads' handles.
+    recordings: Mutex<HashMap<u64, RecordingHandle>>,
     epoch: Instant,
 }
+
+/// How long stopping a recording waits for its file to be finished.
+const RECORDING_FINISH_TIMEOUT: Duration = Duration::from_secs(3);
 
 enum Request {
     Add(Box<Session>),
@@ -276,6 +295,12 @@ enum Request {
     SendDtmf(u64, String),
     SetLevels(Levels),
     Close(u64),
+    /// Start (`Some`) or stop (`None`) recording a call.
+    Record(u64, Option<Box<recorder::Recorder>>),
+    /// Start (`Some`) or stop (`None`) playing a file into a call.
+    Play(u64, Option<Box<Player>>),
+    /// The calls merged into the conference (fewer than two: none).
+    Conference(Vec<u64>),
 }
 
 struct Envelope {
@@ -348,6 +373,7 @@ impl MediaEngine {
             range,
             next_port: Mutex::new(0),
             sessions: Mutex::new(HashMap::new()),
+            recordings: Mutex::new(HashMap::new()),
             epoch: Instant::now(),
         });
         let (tx, rx) = mpsc::channel();
@@ -498,7 +524,74 @@ impl MediaEngine {
         }
         let result = self.request(Request::Close(id));
         lock(&self.shared.sessions).remove(&id);
+        // The session (and its recorder) is gone: let the writer finish the file.
+        let recording = lock(&self.shared.recordings).remove(&id);
+        if let Some(handle) = recording {
+            let status = handle.finish(RECORDING_FINISH_TIMEOUT);
+            if let Some(e) = status.error {
+                tracing::warn!(call = id, error = %e, "recording not finished cleanly");
+            }
+        }
         result
+    }
+
+    /// Starts recording call `id` into the WAV file `path` (created or truncated
+    /// now, its folder too if missing): a mono mix of what the call sends and hears, at
+    /// the bus rate. Errors: the file cannot be created, the call is already being
+    /// recorded, no such session.
+    pub fn start_recording(&self, id: u64, path: &std::path::Path) -> Result<(), MediaError> {
+        if !lock(&self.shared.sessions).contains_key(&id) {
+            return Err(MediaError::UnknownSession(id));
+        }
+        if lock(&self.shared.recordings).contains_key(&id) {
+            return Err(MediaError::Recording(format!(
+                "call {id} is already being recorded"
+            )));
+        }
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                MediaError::Recording(format!("cannot create the folder {}: {e}", dir.display()))
+            })?;
+        }
+        let (rec, handle) = recorder::start_recording(path)?;
+        self.request(Request::Record(id, Some(Box::new(rec))))?;
+        lock(&self.shared.recordings).insert(id, handle);
+        Ok(())
+    }
+
+    /// Stops recording call `id` and returns once the file is finished (its final
+    /// header written), at most a few seconds. `None`: it was not being recorded.
+    pub fn stop_recording(&self, id: u64) -> Result<Option<RecordingStatus>, MediaError> {
+        let Some(handle) = lock(&self.shared.recordings).remove(&id) else {
+            return Ok(None);
+        };
+        let result = self.request(Request::Record(id, None));
+        let status = handle.finish(RECORDING_FINISH_TIMEOUT);
+        result.map(|()| Some(status))
+    }
+
+    /// Plays the WAV file `path` into call `id` instead of its microphone (loaded
+    /// now: a missing or unreadable file is an error here and changes nothing).
+    /// `at_end`: what happens when it runs out (a [`MediaEvent::PlaybackEnded`]
+    /// says when).
+    pub fn play(&self, id: u64, path: &std::path::Path, at_end: PlayEnd) -> Result<(), MediaError> {
+        if !lock(&self.shared.sessions).contains_key(&id) {
+            return Err(MediaError::UnknownSession(id));
+        }
+        let player = Player::open(path, at_end)?;
+        self.request(Request::Play(id, Some(Box::new(player))))
+    }
+
+    /// Stops playing a file into call `id` (back to the microphone).
+    pub fn stop_playing(&self, id: u64) -> Result<(), MediaError> {
+        self.request(Request::Play(id, None))
+    }
+
+    /// Merges `calls` into the phone's one conference (replacing its members; fewer
+    /// than two calls ends it): each member then also sends what the others are
+    /// heard saying. Unknown ids are an error and change nothing.
+    pub fn set_conference(&self, calls: &[u64]) -> Result<(), MediaError> {
+        self.request(Request::Conference(calls.to_vec()))
     }
 
     /// The counters of session `id`.
@@ -550,6 +643,8 @@ fn random_u64() -> u64 {
 struct Scratch {
     events: EventSink,
     levels: Levels,
+    /// The conference.
+    mixer: Mixer,
     /// One bus frame from the source.
     pcm: [i16; FRAME_SAMPLES],
     payload: [u8; MAX_PAYLOAD_BYTES],
@@ -747,6 +842,8 @@ struct Session {
     /// Gains last applied (ramps start from here).
     mic_gain: f32,
     speaker_gain: f32,
+    /// Recording, a file played in, the conference (see `recorder.rs`).
+    taps: Taps,
 }
 
 impl Session {
@@ -786,6 +883,7 @@ impl Session {
             detector: None,
             mic_gain: 1.0,
             speaker_gain: 1.0,
+            taps: Taps::default(),
         }
     }
 
@@ -891,6 +989,7 @@ impl Session {
         }
         self.receive(scratch);
         self.play(scratch);
+        self.taps.end_tick(self.id, &scratch.events);
     }
 
     /// Sends this tick's packet to `to`: 20 ms from the source, encoded (with
@@ -906,6 +1005,7 @@ impl Session {
             self.mic_gain,
             scratch.levels.microphone_gain(),
         );
+        self.taps.on_send(self.id, &mut scratch.pcm, &scratch.mixer);
         let event = self.dtmf_out.as_mut().and_then(|sender| {
             sender
                 .tick(self.timestamp)
@@ -979,6 +1079,7 @@ impl Session {
             });
         }
         self.speaker_gain = apply_gain(frame, self.speaker_gain, scratch.levels.speaker_gain());
+        self.taps.on_heard(self.id, frame, &mut scratch.mixer);
         if let Err(e) = self.sink.write(frame) {
             tracing::warn!(call = self.id, error = %e, "audio output failed; the call goes on without it");
         }
@@ -1076,6 +1177,7 @@ fn handle(
     request: Request,
     dtmf: DtmfMode,
     levels: &mut Levels,
+    mixer: &mut Mixer,
 ) -> Result<(), MediaError> {
     match request {
         Request::SetLevels(new) => {
@@ -1109,7 +1211,23 @@ fn handle(
                 .position(|s| s.id == id)
                 .ok_or(MediaError::UnknownSession(id))?;
             let mut session = sessions.swap_remove(index);
+            mixer.remove(id);
             session.close()
+        }
+        Request::Record(id, recorder) => {
+            find(sessions, id)?.taps.set_recorder(recorder.map(|r| *r));
+            Ok(())
+        }
+        Request::Play(id, player) => {
+            find(sessions, id)?.taps.set_player(player.map(|p| *p));
+            Ok(())
+        }
+        Request::Conference(calls) => {
+            if let Some(missing) = calls.iter().find(|c| !sessions.iter().any(|s| s.id == **c)) {
+                return Err(MediaError::UnknownSession(*missing));
+            }
+            mixer.set_members(&calls);
+            Ok(())
         }
     }
 }
@@ -1120,6 +1238,7 @@ fn run(rx: mpsc::Receiver<Envelope>, dtmf: DtmfMode, events: EventSink) {
     let mut scratch = Box::new(Scratch {
         events,
         levels: Levels::default(),
+        mixer: Mixer::new(),
         pcm: [0; FRAME_SAMPLES],
         payload: [0; MAX_PAYLOAD_BYTES],
         packet: [0; rtp::HEADER_LEN + MAX_PAYLOAD_BYTES],
@@ -1136,6 +1255,7 @@ fn run(rx: mpsc::Receiver<Envelope>, dtmf: DtmfMode, events: EventSink) {
                 envelope.request,
                 dtmf,
                 &mut scratch.levels,
+                &mut scratch.mixer,
             ));
             start = Instant::now();
             ticks = 0;
@@ -1144,6 +1264,7 @@ fn run(rx: mpsc::Receiver<Envelope>, dtmf: DtmfMode, events: EventSink) {
         let deadline = start + Duration::from_micros(20_000 * ticks);
         let now = Instant::now();
         if now >= deadline {
+            scratch.mixer.begin_tick();
             for s in sessions.iter_mut() {
                 s.tick(&mut scratch);
             }
@@ -1165,6 +1286,7 @@ fn run(rx: mpsc::Receiver<Envelope>, dtmf: DtmfMode, events: EventSink) {
                     envelope.request,
                     dtmf,
                     &mut scratch.levels,
+                    &mut scratch.mixer,
                 ));
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {}
@@ -1277,6 +1399,53 @@ mod tests {
         let a = random_u64();
         let b = random_u64();
         assert_ne!(a, b);
+    }
+
+    #[test]
+    fn recording_and_playing_need_a_session_and_a_readable_file() {
+        let dir =
+            std::env::temp_dir().join(format!("microsip-media-engine-rec-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let m = MediaEngine::start(MediaConfig {
+            bind_ip: IpAddr::from([127, 0, 0, 1]),
+            rtp_port_min: None,
+            rtp_port_max: None,
+            dtmf: DtmfMode::Auto,
+        })
+        .unwrap();
+        let path = dir.join("sub").join("call.wav");
+        assert_eq!(
+            m.start_recording(5, &path),
+            Err(MediaError::UnknownSession(5))
+        );
+        m.open(1, AudioSpec::Null, AudioSpec::Null).unwrap();
+        assert!(matches!(
+            m.play(1, &dir.join("missing.wav"), PlayEnd::Stop),
+            Err(MediaError::Audio(_))
+        ));
+        // The folder is made; a second recorder for the same call is refused.
+        m.start_recording(1, &path).unwrap();
+        assert!(matches!(
+            m.start_recording(1, &path),
+            Err(MediaError::Recording(_))
+        ));
+        thread::sleep(Duration::from_millis(200));
+        let status = m.stop_recording(1).unwrap().unwrap();
+        assert_eq!(status.error, None);
+        assert!(status.frames_written > 0, "{status:?}");
+        // The header is final as soon as stop returns.
+        let reader = hound::WavReader::open(&path).unwrap();
+        assert_eq!(
+            u64::from(reader.duration()),
+            status.frames_written * FRAME_SAMPLES as u64
+        );
+        assert_eq!(m.stop_recording(1), Ok(None));
+        assert_eq!(
+            m.set_conference(&[1, 9]),
+            Err(MediaError::UnknownSession(9))
+        );
+        m.close(1).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -6,7 +6,8 @@
 //! * [`rtp`] is the RTP wire format;
 //! * [`g711`] is the PCMU/PCMA codec;
 //! * [`audio`] has the headless devices (`file:`, `tone:`, `null`);
-//! * [`engine`] is the one media thread serving every call on one 20 ms tick.
+//! * [`engine`] is the one media thread serving every call on one 20 ms tick;
+//! * [`recorder`] records calls and plays files into them, [`mixer`] is the conference.
 
 pub mod audio;
 pub mod codec;
@@ -15,8 +16,10 @@ pub mod engine;
 pub mod g711;
 pub mod g722;
 pub mod jitter;
+pub mod mixer;
 pub mod opus;
 pub mod plc;
+pub mod recorder;
 pub mod resample;
 pub mod rtp;
 pub mod sdp;
@@ -27,6 +30,7 @@ pub use audio::{AudioError, AudioSink, AudioSource, AudioSpec, FRAME_SAMPLES};
 pub use engine::{
     DtmfMode, EventSink, Levels, MediaConfig, MediaEngine, MediaError, MediaEvent, MediaStats,
 };
+pub use recorder::{PlayEnd, RecordingStatus};
 pub use sdp::{
     accept_answer, answer, offer, parse as parse_sdp, Codec, Direction, LocalMedia, Negotiated,
     SdpError, SessionDesc,
