@@ -124,7 +124,7 @@ pub(crate) struct AccountSlot {
 /// The engine itself; lives inside its task.
 pub(crate) struct Engine {
     pub(crate) config: Config,
-    store: Box<dyn ConfigStore>,
+    pub(crate) store: Box<dyn ConfigStore>,
     pub(crate) sip: SipStack,
     pub(crate) media: MediaEngine,
     /// The address SIP and RTP are bound to.
@@ -145,6 +145,9 @@ pub(crate) struct Engine {
     pub(crate) levels: Levels,
     /// The engine's own inbox, for background work to report back.
     pub(crate) inbox: mpsc::UnboundedSender<Request>,
+    /// Whether an incoming call rings, and the ring tone playing for it.
+    pub(crate) ringing: bool,
+    pub(crate) ringer: Option<microsip_media::ring::Ringer>,
 }
 
 /// Starts the SIP endpoint and the engine task. Returns the handle faces use and a
@@ -198,6 +201,8 @@ pub async fn start(
         records: setup.records,
         levels: Levels::default(),
         inbox: inbox.clone(),
+        ringing: false,
+        ringer: None,
     };
     engine.levels.speaker = engine.config.settings.volume_output.min(100);
     engine.levels.microphone = engine.config.settings.volume_input.min(100);
@@ -352,7 +357,9 @@ impl Engine {
                 Some(message) = signals.messages.recv() => self.on_message(message),
                 else => break,
             }
+            self.update_ringer();
         }
+        self.ringer = None;
         self.sip.shutdown();
     }
 
@@ -527,10 +534,8 @@ impl Engine {
                 "events is a stream: ask for it on the socket (microsip events)",
             ),
             Command::Exit => ok("exiting"),
-            other => fail(
-                ErrorCode::NotAvailableYet,
-                format!("{} is not available yet in this version", other.name()),
-            ),
+            Command::Devices => return self.list_devices(reply),
+            Command::SetDevice { role, device } => self.set_device(role, &device),
         };
         let _ = reply.send(answer);
     }

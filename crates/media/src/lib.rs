@@ -6,10 +6,13 @@
 //! * [`rtp`] is the RTP wire format;
 //! * [`g711`] is the PCMU/PCMA codec;
 //! * [`audio`] has the headless devices (`file:`, `tone:`, `null`);
+//! * [`device`] has the sound devices (cpal) behind the same traits;
+//! * [`ring`] plays the ring tone of an incoming call;
 //! * [`engine`] is the one media thread serving every call on one 20 ms tick.
 
 pub mod audio;
 pub mod codec;
+pub mod device;
 pub mod dtmf;
 pub mod engine;
 pub mod g711;
@@ -18,6 +21,7 @@ pub mod jitter;
 pub mod opus;
 pub mod plc;
 pub mod resample;
+pub mod ring;
 pub mod rtp;
 pub mod sdp;
 #[cfg(test)]
