@@ -196,3 +196,31 @@ def test_ring_tone_to_a_file(kam, make_phone, make_baresip, tmp_path):
     ws = [w for w in audio.windows(out) if not w.silent]
     rung = [w for w in ws if min(abs(w.freq - 440), abs(w.freq - 480)) < 15]
     assert len(rung) * 0.25 >= 1.0 and len(rung) == len(ws), audio.describe(out)
+
+
+def test_call_goes_on_when_the_sound_server_dies(kam, make_phone, make_baresip, pulse):
+    a = make_baresip(kam, "1002", tone=TONE_BARESIP)
+    ph = pulse_phone(make_phone, pulse, kam, audioOutputDevice="pulse:spk",
+                     audioInputDevice="pulse:mic.monitor")
+    cid = dial(ph, "1002")
+    a.wait_event("CALL_ESTABLISHED")
+    wait_call(ph, "call.confirmed", cid)
+    time.sleep(2)
+    pulse.stop()
+    time.sleep(3)
+    # The call is still up: the media clock does not depend on the device.
+    entries = calls_entries(ph)
+    assert len(entries) == 1 and entries[0][3] == "active", entries
+    time.sleep(1)
+    # A headless device can take over mid-call.
+    assert ph.cmd("setdevice", "input", f"tone:{TONE_SWITCHED}")[0] == 0
+    assert ph.cmd("setdevice", "output", "null")[0] == 0
+    time.sleep(3)
+    assert ph.cmd("hangup", str(cid))[0] == 0
+    a.wait_event("CALL_CLOSED")
+    wait_call(ph, "call.ended", cid)
+    _, dec = a.recordings()
+    assert audio.tone_seconds(dec, TONE_SWITCHED) >= 1.5, audio.describe(dec, TONE_SWITCHED)
+    # Each device's failure is logged once, not per frame.
+    errors = ph.stderr_text().count("sound device failed")
+    assert 1 <= errors <= 2, ph.stderr_text()[-3000:]

@@ -19,15 +19,14 @@
 
 use std::collections::VecDeque;
 use std::fmt;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc, Mutex, MutexGuard};
-use std::thread;
+use std::sync::{Mutex, MutexGuard};
 
-use cpal::traits::{DeviceTrait, HostTrait, StreamTrait};
-use cpal::{FromSample, SampleFormat, SizedSample, StreamConfig};
+use crate::audio::{AudioError, AudioSink, AudioSource};
 
-use crate::audio::{AudioError, AudioSink, AudioSource, FRAME_SAMPLES, SAMPLE_RATE};
-use crate::resample::Resampler;
+#[cfg(not(feature = "sound"))]
+pub use silent::{check, list, DeviceSink, DeviceSource};
+#[cfg(feature = "sound")]
+pub use sound::{check, list, DeviceSink, DeviceSource};
 
 /// Fifo level the reader waits for before playing, in 20 ms frames.
 const TARGET_FRAMES: usize = 3;
@@ -130,157 +129,6 @@ impl DeviceInfo {
         let bare = self.id.split_once(':').map_or(self.id.as_str(), |x| x.1);
         backend_ok && (self.id == name || bare == name || self.name.eq_ignore_ascii_case(name))
     }
-}
-
-fn device_error(what: &str, e: impl fmt::Display) -> AudioError {
-    AudioError::Device(format!("{what}: {e}"))
-}
-
-fn prefix(host: cpal::HostId) -> &'static str {
-    if host.name().eq_ignore_ascii_case("alsa") {
-        "alsa"
-    } else {
-        "pulse"
-    }
-}
-
-fn pulse_host() -> Option<cpal::HostId> {
-    cpal::available_hosts()
-        .into_iter()
-        .find(|h| h.name().to_ascii_lowercase().starts_with("pulse"))
-}
-
-fn alsa_host() -> Option<cpal::HostId> {
-    cpal::available_hosts()
-        .into_iter()
-        .find(|h| h.name().eq_ignore_ascii_case("alsa"))
-}
-
-/// The hosts to look in, preferred first. Connecting to PulseAudio is bounded (cpal
-/// gives up after 2 s).
-fn hosts(backend: Backend) -> Result<Vec<cpal::Host>, AudioError> {
-    let mut out = Vec::new();
-    let mut last_error = None;
-    let wanted: Vec<cpal::HostId> = match backend {
-        Backend::Pulse => pulse_host().into_iter().collect(),
-        Backend::Alsa => alsa_host().into_iter().collect(),
-        Backend::Any => pulse_host().into_iter().chain(alsa_host()).collect(),
-    };
-    for id in wanted {
-        match cpal::host_from_id(id) {
-            Ok(h) => out.push(h),
-            Err(e) => last_error = Some(device_error(id.name(), e)),
-        }
-    }
-    if out.is_empty() {
-        return Err(last_error.unwrap_or_else(|| {
-            AudioError::Device(match backend {
-                Backend::Pulse => "no PulseAudio server is reachable".to_string(),
-                _ => "no sound system is available".to_string(),
-            })
-        }));
-    }
-    Ok(out)
-}
-
-fn device_id(host: cpal::HostId, device: &cpal::Device) -> Option<String> {
-    let id = device.id().ok()?;
-    Some(format!("{}:{}", prefix(host), id.id()))
-}
-
-fn list_host(host: &cpal::Host, preferred: bool, out: &mut Vec<DeviceInfo>) {
-    let hid = host.id();
-    let default_in = host.default_input_device().and_then(|d| device_id(hid, &d));
-    let default_out = host
-        .default_output_device()
-        .and_then(|d| device_id(hid, &d));
-    let Ok(devices) = host.devices() else { return };
-    for d in devices {
-        let Some(id) = device_id(hid, &d) else {
-            continue;
-        };
-        let name = d
-            .description()
-            .map(|x| x.name().to_string())
-            .unwrap_or_else(|_| id.clone());
-        let (input, output) = (d.supports_input(), d.supports_output());
-        out.push(DeviceInfo {
-            default_input: preferred && input && default_in.as_deref() == Some(id.as_str()),
-            default_output: preferred && output && default_out.as_deref() == Some(id.as_str()),
-            id,
-            name,
-            input,
-            output,
-        });
-    }
-}
-
-/// Every sound device of every available host (PulseAudio first). Empty when there
-/// is no sound system at all.
-pub fn list() -> Vec<DeviceInfo> {
-    let mut out = Vec::new();
-    let Ok(hosts) = hosts(Backend::Any) else {
-        return out;
-    };
-    for (i, h) in hosts.iter().enumerate() {
-        list_host(h, i == 0, &mut out);
-    }
-    out
-}
-
-/// Finds the device `name` names, for recording (`input`) or playing.
-fn find(name: &DeviceName, input: bool) -> Result<(cpal::Device, String), AudioError> {
-    let unknown = || AudioError::UnknownDevice(name.to_string());
-    let hosts = hosts(name.backend)?;
-    for host in &hosts {
-        let hid = host.id();
-        let Some(wanted) = name.name.as_deref() else {
-            let d = if input {
-                host.default_input_device()
-            } else {
-                host.default_output_device()
-            };
-            match d {
-                Some(d) => {
-                    let id = device_id(hid, &d).unwrap_or_else(|| name.to_string());
-                    return Ok((d, id));
-                }
-                None => continue,
-            }
-        };
-        let Ok(devices) = host.devices() else {
-            continue;
-        };
-        for d in devices {
-            if (input && !d.supports_input()) || (!input && !d.supports_output()) {
-                continue;
-            }
-            let Some(id) = device_id(hid, &d) else {
-                continue;
-            };
-            let info = DeviceInfo {
-                id: id.clone(),
-                name: d
-                    .description()
-                    .map(|x| x.name().to_string())
-                    .unwrap_or_default(),
-                input,
-                output: !input,
-                default_input: false,
-                default_output: false,
-            };
-            if info.matches(name, input) || id.eq_ignore_ascii_case(wanted) {
-                return Ok((d, id));
-            }
-        }
-    }
-    Err(unknown())
-}
-
-/// Checks that `name` names a device that can record (`input`) or play, without
-/// opening it.
-pub fn check(name: &DeviceName, input: bool) -> Result<String, AudioError> {
-    find(name, input).map(|(_, id)| id)
 }
 
 // ---------------------------------------------------------------- the fifo
@@ -402,130 +250,295 @@ impl Fifo {
     }
 }
 
-// ---------------------------------------------------------------- streams
+/// The cpal side: hosts, the device list, and the streams.
+#[cfg(feature = "sound")]
+mod sound {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{mpsc, Arc};
+    use std::thread;
 
-/// Logs a device's first error after opening, and only that one.
-fn error_reporter(label: String) -> impl FnMut(cpal::Error) + Send + 'static {
-    let reported = AtomicBool::new(false);
-    move |e| {
-        if !reported.swap(true, Ordering::Relaxed) {
-            tracing::warn!(device = %label, error = %e, "sound device failed; the call goes on with silence there");
+    use cpal::traits::{DeviceTrait, HostTrait, StreamTrait};
+    use cpal::{FromSample, SampleFormat, SizedSample, StreamConfig};
+
+    use super::*;
+    use crate::audio::{FRAME_SAMPLES, SAMPLE_RATE};
+    use crate::resample::Resampler;
+
+    fn device_error(what: &str, e: impl fmt::Display) -> AudioError {
+        AudioError::Device(format!("{what}: {e}"))
+    }
+
+    fn prefix(host: cpal::HostId) -> &'static str {
+        if host.name().eq_ignore_ascii_case("alsa") {
+            "alsa"
+        } else {
+            "pulse"
         }
     }
-}
 
-/// The device's own format and rate, in periods of 20 ms.
-fn stream_config(
-    device: &cpal::Device,
-    input: bool,
-    id: &str,
-) -> Result<(StreamConfig, SampleFormat), AudioError> {
-    let supported = if input {
-        device.default_input_config()
-    } else {
-        device.default_output_config()
+    fn pulse_host() -> Option<cpal::HostId> {
+        cpal::available_hosts()
+            .into_iter()
+            .find(|h| h.name().to_ascii_lowercase().starts_with("pulse"))
     }
-    .map_err(|e| device_error(id, e))?;
-    let mut config = supported.config();
-    config.buffer_size = cpal::BufferSize::Fixed((config.sample_rate / 50).max(1));
-    Ok((config, supported.sample_format()))
-}
 
-/// Mono bus-rate audio of a device's input stream: downmixed and resampled in the
-/// callback.
-fn build_input<T>(
-    device: &cpal::Device,
-    config: &StreamConfig,
-    fifo: Arc<Fifo>,
-    id: &str,
-) -> Result<cpal::Stream, AudioError>
-where
-    T: SizedSample + Send + 'static,
-    i16: FromSample<T>,
-{
-    let channels = usize::from(config.channels.max(1));
-    let mut resampler =
-        Resampler::new(config.sample_rate, SAMPLE_RATE).map_err(|e| device_error(id, e))?;
-    let period = (config.sample_rate / 50) as usize;
-    let mut mono: Vec<i16> = Vec::with_capacity(period * 2);
-    let mut out: Vec<i16> = Vec::with_capacity(resampler.max_output(period * 2));
-    let data = move |data: &[T], _: &cpal::InputCallbackInfo| {
-        mono.clear();
-        mono.extend(data.chunks(channels).map(|frame| {
-            let sum: i32 = frame.iter().map(|&s| i32::from(i16::from_sample_(s))).sum();
-            (sum / frame.len().max(1) as i32) as i16
-        }));
-        let need = resampler.max_output(mono.len());
-        if out.len() < need {
-            out.resize(need, 0);
-        }
-        let n = resampler.process(&mono, &mut out);
-        fifo.write(&out[..n]);
-    };
-    let build = |config: &StreamConfig| {
-        device.build_input_stream::<T, _, _>(
-            *config,
-            data.clone(),
-            error_reporter(id.to_string()),
-            None,
-        )
-    };
-    open_with_fallback(config, build, id)
-}
+    fn alsa_host() -> Option<cpal::HostId> {
+        cpal::available_hosts()
+            .into_iter()
+            .find(|h| h.name().eq_ignore_ascii_case("alsa"))
+    }
 
-/// A device's output stream playing the device-rate mono audio of `fifo` on every
-/// channel.
-fn build_output<T>(
-    device: &cpal::Device,
-    config: &StreamConfig,
-    fifo: Arc<Fifo>,
-    id: &str,
-) -> Result<cpal::Stream, AudioError>
-where
-    T: SizedSample + FromSample<i16> + Send + 'static,
-{
-    let channels = usize::from(config.channels.max(1));
-    let mut mono: Vec<i16> = Vec::with_capacity((config.sample_rate / 25) as usize);
-    let data = move |data: &mut [T], _: &cpal::OutputCallbackInfo| {
-        let frames = data.len() / channels;
-        if mono.len() < frames {
-            mono.resize(frames, 0);
+    /// The hosts to look in, preferred first. Connecting to PulseAudio is bounded (cpal
+    /// gives up after 2 s).
+    fn hosts(backend: Backend) -> Result<Vec<cpal::Host>, AudioError> {
+        let mut out = Vec::new();
+        let mut last_error = None;
+        let wanted: Vec<cpal::HostId> = match backend {
+            Backend::Pulse => pulse_host().into_iter().collect(),
+            Backend::Alsa => alsa_host().into_iter().collect(),
+            Backend::Any => pulse_host().into_iter().chain(alsa_host()).collect(),
+        };
+        for id in wanted {
+            match cpal::host_from_id(id) {
+                Ok(h) => out.push(h),
+                Err(e) => last_error = Some(device_error(id.name(), e)),
+            }
         }
-        fifo.read(&mut mono[..frames]);
-        for (frame, &s) in data.chunks_mut(channels).zip(mono.iter()) {
-            frame.fill(T::from_sample_(s));
+        if out.is_empty() {
+            return Err(last_error.unwrap_or_else(|| {
+                AudioError::Device(match backend {
+                    Backend::Pulse => "no PulseAudio server is reachable".to_string(),
+                    _ => "no sound system is available".to_string(),
+                })
+            }));
         }
-    };
-    let build = |config: &StreamConfig| {
-        device.build_output_stream::<T, _, _>(
-            *config,
-            data.clone(),
-            error_reporter(id.to_string()),
-            None,
-        )
-    };
-    open_with_fallback(config, build, id)
-}
+        Ok(out)
+    }
 
-/// Builds with 20 ms periods, else with the device's own, and starts the stream.
-fn open_with_fallback(
-    config: &StreamConfig,
-    build: impl Fn(&StreamConfig) -> Result<cpal::Stream, cpal::Error>,
-    id: &str,
-) -> Result<cpal::Stream, AudioError> {
-    let stream = match build(config) {
-        Ok(s) => s,
-        Err(_) => {
-            let mut any = *config;
-            any.buffer_size = cpal::BufferSize::Default;
-            build(&any).map_err(|e| device_error(id, e))?
-        }
-    };
-    stream.play().map_err(|e| device_error(id, e))?;
-    Ok(stream)
-}
+    fn device_id(host: cpal::HostId, device: &cpal::Device) -> Option<String> {
+        let id = device.id().ok()?;
+        Some(format!("{}:{}", prefix(host), id.id()))
+    }
 
-macro_rules! by_format {
+    fn list_host(host: &cpal::Host, preferred: bool, out: &mut Vec<DeviceInfo>) {
+        let hid = host.id();
+        let default_in = host.default_input_device().and_then(|d| device_id(hid, &d));
+        let default_out = host
+            .default_output_device()
+            .and_then(|d| device_id(hid, &d));
+        let Ok(devices) = host.devices() else { return };
+        for d in devices {
+            let Some(id) = device_id(hid, &d) else {
+                continue;
+            };
+            let name = d
+                .description()
+                .map(|x| x.name().to_string())
+                .unwrap_or_else(|_| id.clone());
+            let (input, output) = (d.supports_input(), d.supports_output());
+            out.push(DeviceInfo {
+                default_input: preferred && input && default_in.as_deref() == Some(id.as_str()),
+                default_output: preferred && output && default_out.as_deref() == Some(id.as_str()),
+                id,
+                name,
+                input,
+                output,
+            });
+        }
+    }
+
+    /// Every sound device of every available host (PulseAudio first). Empty when there
+    /// is no sound system at all.
+    pub fn list() -> Vec<DeviceInfo> {
+        let mut out = Vec::new();
+        let Ok(hosts) = hosts(Backend::Any) else {
+            return out;
+        };
+        for (i, h) in hosts.iter().enumerate() {
+            list_host(h, i == 0, &mut out);
+        }
+        out
+    }
+
+    /// Finds the device `name` names, for recording (`input`) or playing.
+    fn find(name: &DeviceName, input: bool) -> Result<(cpal::Device, String), AudioError> {
+        let unknown = || AudioError::UnknownDevice(name.to_string());
+        let hosts = hosts(name.backend)?;
+        for host in &hosts {
+            let hid = host.id();
+            let Some(wanted) = name.name.as_deref() else {
+                let d = if input {
+                    host.default_input_device()
+                } else {
+                    host.default_output_device()
+                };
+                match d {
+                    Some(d) => {
+                        let id = device_id(hid, &d).unwrap_or_else(|| name.to_string());
+                        return Ok((d, id));
+                    }
+                    None => continue,
+                }
+            };
+            let Ok(devices) = host.devices() else {
+                continue;
+            };
+            for d in devices {
+                if (input && !d.supports_input()) || (!input && !d.supports_output()) {
+                    continue;
+                }
+                let Some(id) = device_id(hid, &d) else {
+                    continue;
+                };
+                let info = DeviceInfo {
+                    id: id.clone(),
+                    name: d
+                        .description()
+                        .map(|x| x.name().to_string())
+                        .unwrap_or_default(),
+                    input,
+                    output: !input,
+                    default_input: false,
+                    default_output: false,
+                };
+                if info.matches(name, input) || id.eq_ignore_ascii_case(wanted) {
+                    return Ok((d, id));
+                }
+            }
+        }
+        Err(unknown())
+    }
+
+    /// Checks that `name` names a device that can record (`input`) or play, without
+    /// opening it.
+    pub fn check(name: &DeviceName, input: bool) -> Result<String, AudioError> {
+        find(name, input).map(|(_, id)| id)
+    }
+
+    // ---------------------------------------------------------------- streams
+
+    /// Logs a device's first error after opening, and only that one.
+    fn error_reporter(label: String) -> impl FnMut(cpal::Error) + Send + 'static {
+        let reported = AtomicBool::new(false);
+        move |e| {
+            if !reported.swap(true, Ordering::Relaxed) {
+                tracing::warn!(device = %label, error = %e, "sound device failed; the call goes on with silence there");
+            }
+        }
+    }
+
+    /// The device's own format and rate, in periods of 20 ms.
+    fn stream_config(
+        device: &cpal::Device,
+        input: bool,
+        id: &str,
+    ) -> Result<(StreamConfig, SampleFormat), AudioError> {
+        let supported = if input {
+            device.default_input_config()
+        } else {
+            device.default_output_config()
+        }
+        .map_err(|e| device_error(id, e))?;
+        let mut config = supported.config();
+        config.buffer_size = cpal::BufferSize::Fixed((config.sample_rate / 50).max(1));
+        Ok((config, supported.sample_format()))
+    }
+
+    /// Mono bus-rate audio of a device's input stream: downmixed and resampled in the
+    /// callback.
+    fn build_input<T>(
+        device: &cpal::Device,
+        config: &StreamConfig,
+        fifo: Arc<Fifo>,
+        id: &str,
+    ) -> Result<cpal::Stream, AudioError>
+    where
+        T: SizedSample + Send + 'static,
+        i16: FromSample<T>,
+    {
+        let channels = usize::from(config.channels.max(1));
+        let mut resampler =
+            Resampler::new(config.sample_rate, SAMPLE_RATE).map_err(|e| device_error(id, e))?;
+        let period = (config.sample_rate / 50) as usize;
+        let mut mono: Vec<i16> = Vec::with_capacity(period * 2);
+        let mut out: Vec<i16> = Vec::with_capacity(resampler.max_output(period * 2));
+        let data = move |data: &[T], _: &cpal::InputCallbackInfo| {
+            mono.clear();
+            mono.extend(data.chunks(channels).map(|frame| {
+                let sum: i32 = frame.iter().map(|&s| i32::from(i16::from_sample_(s))).sum();
+                (sum / frame.len().max(1) as i32) as i16
+            }));
+            let need = resampler.max_output(mono.len());
+            if out.len() < need {
+                out.resize(need, 0);
+            }
+            let n = resampler.process(&mono, &mut out);
+            fifo.write(&out[..n]);
+        };
+        let build = |config: &StreamConfig| {
+            device.build_input_stream::<T, _, _>(
+                *config,
+                data.clone(),
+                error_reporter(id.to_string()),
+                None,
+            )
+        };
+        open_with_fallback(config, build, id)
+    }
+
+    /// A device's output stream playing the device-rate mono audio of `fifo` on every
+    /// channel.
+    fn build_output<T>(
+        device: &cpal::Device,
+        config: &StreamConfig,
+        fifo: Arc<Fifo>,
+        id: &str,
+    ) -> Result<cpal::Stream, AudioError>
+    where
+        T: SizedSample + FromSample<i16> + Send + 'static,
+    {
+        let channels = usize::from(config.channels.max(1));
+        let mut mono: Vec<i16> = Vec::with_capacity((config.sample_rate / 25) as usize);
+        let data = move |data: &mut [T], _: &cpal::OutputCallbackInfo| {
+            let frames = data.len() / channels;
+            if mono.len() < frames {
+                mono.resize(frames, 0);
+            }
+            fifo.read(&mut mono[..frames]);
+            for (frame, &s) in data.chunks_mut(channels).zip(mono.iter()) {
+                frame.fill(T::from_sample_(s));
+            }
+        };
+        let build = |config: &StreamConfig| {
+            device.build_output_stream::<T, _, _>(
+                *config,
+                data.clone(),
+                error_reporter(id.to_string()),
+                None,
+            )
+        };
+        open_with_fallback(config, build, id)
+    }
+
+    /// Builds with 20 ms periods, else with the device's own, and starts the stream.
+    fn open_with_fallback(
+        config: &StreamConfig,
+        build: impl Fn(&StreamConfig) -> Result<cpal::Stream, cpal::Error>,
+        id: &str,
+    ) -> Result<cpal::Stream, AudioError> {
+        let stream = match build(config) {
+            Ok(s) => s,
+            Err(_) => {
+                let mut any = *config;
+                any.buffer_size = cpal::BufferSize::Default;
+                build(&any).map_err(|e| device_error(id, e))?
+            }
+        };
+        stream.play().map_err(|e| device_error(id, e))?;
+        Ok(stream)
+    }
+
+    macro_rules! by_format {
     ($format:expr, $build:ident, $($arg:expr),*) => {
         match $format {
             SampleFormat::I16 => $build::<i16>($($arg),*),
@@ -540,22 +553,22 @@ macro_rules! by_format {
     };
 }
 
-/// Holds a device's stream on a small thread of its own, which builds and starts
-/// it (PulseAudio answers a new recording only once the source delivers, up to
-/// seconds for an idle one) and stops it when the keeper is dropped. So neither
-/// opening nor closing a device ever makes the caller or the media thread wait.
-struct Keeper {
-    _stop: mpsc::Sender<()>,
-}
+    /// Holds a device's stream on a small thread of its own, which builds and starts
+    /// it (PulseAudio answers a new recording only once the source delivers, up to
+    /// seconds for an idle one) and stops it when the keeper is dropped. So neither
+    /// opening nor closing a device ever makes the caller or the media thread wait.
+    struct Keeper {
+        _stop: mpsc::Sender<()>,
+    }
 
-impl Keeper {
-    fn start(
-        id: &str,
-        build: impl FnOnce() -> Result<cpal::Stream, AudioError> + Send + 'static,
-    ) -> Result<Keeper, AudioError> {
-        let (stop, stopped) = mpsc::channel::<()>();
-        let label = id.to_string();
-        thread::Builder::new()
+    impl Keeper {
+        fn start(
+            id: &str,
+            build: impl FnOnce() -> Result<cpal::Stream, AudioError> + Send + 'static,
+        ) -> Result<Keeper, AudioError> {
+            let (stop, stopped) = mpsc::channel::<()>();
+            let label = id.to_string();
+            thread::Builder::new()
             .name("sound-device".into())
             .stack_size(256 * 1024)
             .spawn(move || match build() {
@@ -569,129 +582,190 @@ impl Keeper {
                 }
             })
             .map_err(|e| device_error(id, e))?;
-        Ok(Keeper { _stop: stop })
-    }
-}
-
-/// A microphone: what the device recorded, 20 ms per tick, silence when it has
-/// nothing.
-pub struct DeviceSource {
-    id: String,
-    fifo: Arc<Fifo>,
-    _keeper: Keeper,
-}
-
-impl fmt::Debug for DeviceSource {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("DeviceSource")
-            .field("id", &self.id)
-            .finish()
-    }
-}
-
-impl DeviceSource {
-    /// Opens `name` for recording and starts it.
-    pub fn open(name: &DeviceName) -> Result<DeviceSource, AudioError> {
-        let (device, id) = find(name, true)?;
-        let (config, format) = stream_config(&device, true, &id)?;
-        let fifo = Arc::new(Fifo::new(FRAME_SAMPLES));
-        Resampler::new(config.sample_rate, SAMPLE_RATE).map_err(|e| device_error(&id, e))?;
-        tracing::info!(device = %id, rate = config.sample_rate, channels = config.channels, "sound input opening");
-        let (f, i) = (fifo.clone(), id.clone());
-        let keeper = Keeper::start(&id, move || {
-            by_format!(format, build_input, &device, &config, f, &i)
-        })?;
-        Ok(DeviceSource {
-            id,
-            fifo,
-            _keeper: keeper,
-        })
-    }
-
-    /// The device's id.
-    pub fn id(&self) -> &str {
-        &self.id
-    }
-
-    /// The fifo's level and counters.
-    pub fn stats(&self) -> FifoStats {
-        self.fifo.stats()
-    }
-}
-
-impl AudioSource for DeviceSource {
-    fn read(&mut self, out: &mut [i16; FRAME_SAMPLES]) {
-        self.fifo.read(out);
-    }
-}
-
-/// A speaker: the media thread resamples to the device rate into the fifo the
-/// device callback plays from.
-pub struct DeviceSink {
-    id: String,
-    fifo: Arc<Fifo>,
-    resampler: Resampler,
-    scratch: Vec<i16>,
-    keeper: Option<Keeper>,
-}
-
-impl fmt::Debug for DeviceSink {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("DeviceSink").field("id", &self.id).finish()
-    }
-}
-
-impl DeviceSink {
-    /// Opens `name` for playing and starts it (playing silence until fed).
-    pub fn open(name: &DeviceName) -> Result<DeviceSink, AudioError> {
-        let (device, id) = find(name, false)?;
-        let (config, format) = stream_config(&device, false, &id)?;
-        let resampler =
-            Resampler::new(SAMPLE_RATE, config.sample_rate).map_err(|e| device_error(&id, e))?;
-        let fifo = Arc::new(Fifo::new((config.sample_rate / 50).max(1) as usize));
-        tracing::info!(device = %id, rate = config.sample_rate, channels = config.channels, "sound output opening");
-        let (f, i) = (fifo.clone(), id.clone());
-        let keeper = Keeper::start(&id, move || {
-            by_format!(format, build_output, &device, &config, f, &i)
-        })?;
-        let scratch = vec![0; resampler.max_output(FRAME_SAMPLES * 4)];
-        Ok(DeviceSink {
-            id,
-            fifo,
-            resampler,
-            scratch,
-            keeper: Some(keeper),
-        })
-    }
-
-    /// The device's id.
-    pub fn id(&self) -> &str {
-        &self.id
-    }
-
-    /// The fifo's level and counters.
-    pub fn stats(&self) -> FifoStats {
-        self.fifo.stats()
-    }
-}
-
-impl AudioSink for DeviceSink {
-    fn write(&mut self, frame: &[i16]) -> Result<(), AudioError> {
-        if self.keeper.is_none() {
-            return Ok(());
+            Ok(Keeper { _stop: stop })
         }
-        let need = self.resampler.max_output(frame.len());
-        if self.scratch.len() < need {
-            self.scratch.resize(need, 0);
-        }
-        let n = self.resampler.process(frame, &mut self.scratch);
-        self.fifo.write(&self.scratch[..n]);
-        Ok(())
     }
 
-    fn close(&mut self) -> Result<(), AudioError> {
-        self.keeper = None;
-        Ok(())
+    /// A microphone: what the device recorded, 20 ms per tick, silence when it has
+    /// nothing.
+    pub struct DeviceSource {
+        id: String,
+        fifo: Arc<Fifo>,
+        _keeper: Keeper,
+    }
+
+    impl fmt::Debug for DeviceSource {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.debug_struct("DeviceSource")
+                .field("id", &self.id)
+                .finish()
+        }
+    }
+
+    impl DeviceSource {
+        /// Opens `name` for recording and starts it.
+        pub fn open(name: &DeviceName) -> Result<DeviceSource, AudioError> {
+            let (device, id) = find(name, true)?;
+            let (config, format) = stream_config(&device, true, &id)?;
+            let fifo = Arc::new(Fifo::new(FRAME_SAMPLES));
+            Resampler::new(config.sample_rate, SAMPLE_RATE).map_err(|e| device_error(&id, e))?;
+            tracing::info!(device = %id, rate = config.sample_rate, channels = config.channels, "sound input opening");
+            let (f, i) = (fifo.clone(), id.clone());
+            let keeper = Keeper::start(&id, move || {
+                by_format!(format, build_input, &device, &config, f, &i)
+            })?;
+            Ok(DeviceSource {
+                id,
+                fifo,
+                _keeper: keeper,
+            })
+        }
+
+        /// The device's id.
+        pub fn id(&self) -> &str {
+            &self.id
+        }
+
+        /// The fifo's level and counters.
+        pub fn stats(&self) -> FifoStats {
+            self.fifo.stats()
+        }
+    }
+
+    impl AudioSource for DeviceSource {
+        fn read(&mut self, out: &mut [i16; FRAME_SAMPLES]) {
+            self.fifo.read(out);
+        }
+    }
+
+    /// A speaker: the media thread resamples to the device rate into the fifo the
+    /// device callback plays from.
+    pub struct DeviceSink {
+        id: String,
+        fifo: Arc<Fifo>,
+        resampler: Resampler,
+        scratch: Vec<i16>,
+        keeper: Option<Keeper>,
+    }
+
+    impl fmt::Debug for DeviceSink {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.debug_struct("DeviceSink").field("id", &self.id).finish()
+        }
+    }
+
+    impl DeviceSink {
+        /// Opens `name` for playing and starts it (playing silence until fed).
+        pub fn open(name: &DeviceName) -> Result<DeviceSink, AudioError> {
+            let (device, id) = find(name, false)?;
+            let (config, format) = stream_config(&device, false, &id)?;
+            let resampler = Resampler::new(SAMPLE_RATE, config.sample_rate)
+                .map_err(|e| device_error(&id, e))?;
+            let fifo = Arc::new(Fifo::new((config.sample_rate / 50).max(1) as usize));
+            tracing::info!(device = %id, rate = config.sample_rate, channels = config.channels, "sound output opening");
+            let (f, i) = (fifo.clone(), id.clone());
+            let keeper = Keeper::start(&id, move || {
+                by_format!(format, build_output, &device, &config, f, &i)
+            })?;
+            let scratch = vec![0; resampler.max_output(FRAME_SAMPLES * 4)];
+            Ok(DeviceSink {
+                id,
+                fifo,
+                resampler,
+                scratch,
+                keeper: Some(keeper),
+            })
+        }
+
+        /// The device's id.
+        pub fn id(&self) -> &str {
+            &self.id
+        }
+
+        /// The fifo's level and counters.
+        pub fn stats(&self) -> FifoStats {
+            self.fifo.stats()
+        }
+    }
+
+    impl AudioSink for DeviceSink {
+        fn write(&mut self, frame: &[i16]) -> Result<(), AudioError> {
+            if self.keeper.is_none() {
+                return Ok(());
+            }
+            let need = self.resampler.max_output(frame.len());
+            if self.scratch.len() < need {
+                self.scratch.resize(need, 0);
+            }
+            let n = self.resampler.process(frame, &mut self.scratch);
+            self.fifo.write(&self.scratch[..n]);
+            Ok(())
+        }
+
+        fn close(&mut self) -> Result<(), AudioError> {
+            self.keeper = None;
+            Ok(())
+        }
+    }
+}
+
+/// A build without the `sound` feature: no sound system is linked; every sound
+/// device is missing.
+#[cfg(not(feature = "sound"))]
+mod silent {
+    use super::*;
+
+    fn no_sound(name: &DeviceName) -> AudioError {
+        AudioError::Device(format!(
+            "{name}: this build has no sound devices (built without the `sound` feature)"
+        ))
+    }
+
+    /// No devices.
+    pub fn list() -> Vec<DeviceInfo> {
+        Vec::new()
+    }
+
+    /// Always an error.
+    pub fn check(name: &DeviceName, _input: bool) -> Result<String, AudioError> {
+        Err(no_sound(name))
+    }
+
+    /// Cannot exist in this build.
+    #[derive(Debug)]
+    pub enum DeviceSource {}
+
+    impl DeviceSource {
+        /// Always an error.
+        pub fn open(name: &DeviceName) -> Result<DeviceSource, AudioError> {
+            Err(no_sound(name))
+        }
+    }
+
+    impl AudioSource for DeviceSource {
+        fn read(&mut self, _out: &mut [i16; crate::audio::FRAME_SAMPLES]) {
+            match *self {}
+        }
+    }
+
+    /// Cannot exist in this build.
+    #[derive(Debug)]
+    pub enum DeviceSink {}
+
+    impl DeviceSink {
+        /// Always an error.
+        pub fn open(name: &DeviceName) -> Result<DeviceSink, AudioError> {
+            Err(no_sound(name))
+        }
+    }
+
+    impl AudioSink for DeviceSink {
+        fn write(&mut self, _frame: &[i16]) -> Result<(), AudioError> {
+            match *self {}
+        }
+        fn close(&mut self) -> Result<(), AudioError> {
+            match *self {}
+        }
     }
 }
 
