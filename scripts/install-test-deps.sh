@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the test peers and tools on Debian 12 (root, or a user with sudo):
-# SIPp, baresip, Kamailio, sipsak, tshark, sox, espeak-ng, the build
+# SIPp, baresip, Kamailio, sipsak, tshark, sox, espeak-ng, PulseAudio, the build
 # dependencies, and the Python packages of the end-to-end tests.
 # Idempotent and fast when everything is present (no apt, no pip call then).
 #
@@ -13,6 +13,9 @@ export DEBIAN_FRONTEND=noninteractive
 APT_PACKAGES=(
   sip-tester baresip-core kamailio sipsak tshark sox libsox-fmt-all espeak-ng
   libasound2-dev libopus-dev cmake pkg-config python3-pip python3-venv
+  # sound devices without a sound card: a private PulseAudio server with null
+  # sinks, parec/paplay/pactl, and ALSA's pulse plugin (ALSA's `default` device)
+  pulseaudio pulseaudio-utils libasound2-plugins
   # to build the `pesq` wheel from source on Debian's Python
   python3-dev gcc
 )
@@ -41,7 +44,8 @@ for p in "${APT_PACKAGES[@]}"; do
   esac
 done
 # The binaries the tests call, in case a package is half there.
-for b in sipp baresip kamailio kamcmd sipsak tshark sox espeak-ng cmake pkg-config; do
+for b in sipp baresip kamailio kamcmd sipsak tshark sox espeak-ng cmake pkg-config \
+         pulseaudio parec paplay pactl; do
   if ! command -v "$b" >/dev/null 2>&1 && [ ! -x "/usr/sbin/$b" ]; then
     missing+=("(binary $b)")
   fi

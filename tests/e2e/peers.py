@@ -1442,6 +1442,133 @@ class Baresip:
 
 
 # --------------------------------------------------------------------------
+# PulseAudio: a paced sound device without a sound card
+# --------------------------------------------------------------------------
+
+class PulseAudio:
+    """A private PulseAudio server with null sinks: real, paced sound devices with
+    no sound card (it paces roughly: assert loosely on timing).
+
+    `pulseaudio -n -F CONFIG --exit-idle-time=-1 --daemonize=no` with its own
+    HOME / XDG_RUNTIME_DIR / XDG_CONFIG_HOME under a short folder in /tmp, one
+    `module-null-sink` per name in `sinks` (each also has `NAME.monitor`, a
+    recording device holding what the sink plays), and
+    `module-native-protocol-unix` on its own socket (anonymous auth). Clients
+    reach it with env PULSE_SERVER=unix:SOCKET (`self.env`). Runs as root
+    without --system (a warning only). Killed by pid, with every recorder and
+    player started here.
+    """
+
+    def __init__(self, workdir: Path, sinks: Iterable[str] = ("spk", "mic"),
+                 rate: int = 44100):
+        self.bin = which("pulseaudio")
+        if self.bin is None:
+            raise AssertionError("pulseaudio not installed (scripts/install-test-deps.sh)")
+        self.sinks = list(sinks)
+        self.workdir = Path(workdir) / f"pulseaudio-{secrets.token_hex(3)}"
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        # The socket path must fit in 108 bytes: a short folder of its own.
+        self.home = Path(tempfile.mkdtemp(prefix="pa", dir="/tmp"))
+        os.chmod(self.home, 0o700)
+        self.socket = self.home / "native"
+        self.config = self.workdir / "default.pa"
+        lines = [f"load-module module-null-sink sink_name={n} rate={rate}" for n in self.sinks]
+        lines.append(f"load-module module-native-protocol-unix socket={self.socket} "
+                     "auth-anonymous=1")
+        self.config.write_text("\n".join(lines) + "\n")
+        self.log = self.workdir / "pulseaudio.log"
+        self.server = f"unix:{self.socket}"
+        self.env = dict(os.environ)
+        rt = self.home / "rt"
+        rt.mkdir(mode=0o700, exist_ok=True)
+        self.env.update(HOME=str(self.home), XDG_RUNTIME_DIR=str(rt),
+                        XDG_CONFIG_HOME=str(self.home / "config"), PULSE_SERVER=self.server)
+        self.env.pop("DISPLAY", None)
+        self.proc: subprocess.Popen | None = None
+        self.helpers: list[subprocess.Popen] = []
+        _register(self)
+
+    def start(self, timeout: float = 20.0) -> "PulseAudio":
+        self._logf = open(self.log, "wb")
+        self.proc = subprocess.Popen(
+            [self.bin, "-n", "-F", str(self.config), "--exit-idle-time=-1",
+             "--daemonize=no", "--disable-shm=yes", "--use-pid-file=no",
+             "--log-target=stderr", "--log-level=notice"],
+            stdin=subprocess.DEVNULL, stdout=self._logf, stderr=subprocess.STDOUT,
+            env=self.env, start_new_session=True, cwd=str(self.workdir))
+
+        def ready():
+            if self.proc.poll() is not None:
+                raise AssertionError(f"pulseaudio exited {self.proc.returncode}:\n"
+                                     f"{tail(self.log, 30)}")
+            r = subprocess.run(["pactl", "list", "short", "sinks"], env=self.env,
+                               capture_output=True, timeout=10, stdin=subprocess.DEVNULL)
+            names = r.stdout.decode(errors="replace")
+            return r.returncode == 0 and all(n in names for n in self.sinks)
+        wait_until(ready, timeout, 0.2, "pulseaudio ready with its sinks")
+        return self
+
+    def pactl(self, *args: str) -> str:
+        r = subprocess.run(["pactl", *args], env=self.env, capture_output=True, timeout=15,
+                           stdin=subprocess.DEVNULL)
+        if r.returncode != 0:
+            raise AssertionError(f"pactl {' '.join(args)}: {r.stderr.decode(errors='replace')}")
+        return r.stdout.decode(errors="replace")
+
+    def _helper(self, args: list[str], out=None) -> subprocess.Popen:
+        p = subprocess.Popen(args, env=self.env, stdin=subprocess.DEVNULL,
+                             stdout=out or subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             start_new_session=True)
+        self.helpers.append(p)
+        return p
+
+    def play(self, sink: str, wav: Path) -> subprocess.Popen:
+        """`paplay -d SINK WAV` in the background (stop with stop_helper)."""
+        return self._helper(["paplay", "-d", sink, str(wav)])
+
+    def record(self, source: str, rate: int = 8000) -> "PulseRecording":
+        """Starts `parec -d SOURCE` (mono 16-bit at `rate`); .stop() gives the samples."""
+        path = self.workdir / f"rec-{source}-{secrets.token_hex(3)}.raw"
+        f = open(path, "wb")
+        p = self._helper(["parec", "-d", source, f"--rate={rate}", "--channels=1",
+                          "--format=s16le", "--raw"], out=f)
+        return PulseRecording(self, p, f, path, rate)
+
+    def stop_helper(self, p: subprocess.Popen) -> None:
+        _kill_group(p, grace=3)
+
+    def stop(self) -> int | None:
+        for p in self.helpers:
+            _kill_group(p, grace=3)
+        rc = _kill_group(self.proc, grace=5) if self.proc else None
+        return rc
+
+    def diagnostics(self) -> list[tuple[str, str]]:
+        return [("pulseaudio log (tail)", tail(self.log, 40))]
+
+    def cleanup(self) -> None:
+        self.stop()
+        f = getattr(self, "_logf", None)
+        if f:
+            f.close()
+        shutil.rmtree(self.home, ignore_errors=True)
+
+
+class PulseRecording:
+    """A running `parec`; stop() ends it and returns the samples (floats in [-1, 1])."""
+
+    def __init__(self, pa: PulseAudio, proc: subprocess.Popen, f, path: Path, rate: int):
+        self.pa, self.proc, self.f, self.path, self.rate = pa, proc, f, path, rate
+
+    def stop(self):
+        import numpy as np  # local import: numpy only when needed
+        self.pa.stop_helper(self.proc)
+        self.f.close()
+        data = self.path.read_bytes()
+        return np.frombuffer(data[: len(data) // 2 * 2], dtype="<i2").astype(np.float64) / 32768.0
+
+
+# --------------------------------------------------------------------------
 # A tiny SIP registration client (for the harness's own tests)
 # --------------------------------------------------------------------------
 

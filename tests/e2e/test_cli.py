@@ -115,11 +115,12 @@ def test_unknown_command(phone):
     assert phone.cmd("STATUS")[1].strip() == "0"
 
 
-def test_later_command_is_not_available_yet(phone):
-    rc, out, err = phone.cmd("devices", check=False)
+def test_unknown_sound_device_is_a_clear_error(phone):
+    rc, out, err = phone.cmd("setdevice", "output", "No Such Speaker", check=False)
     assert rc == 1, (rc, out, err)
-    assert "not available yet" in err.lower(), err
-    assert "unknown command" not in err.lower(), err
+    assert "unknown audio device 'No Such Speaker'" in err, err
+    rc, reply = phone.cmd_json("setdevice", "output", "No Such Speaker")
+    assert rc == 1 and reply["code"] == "no_such_device", reply
     assert phone.running()
     assert phone.cmd("STATUS")[1].strip() == "0"
 

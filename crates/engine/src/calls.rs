@@ -249,6 +249,13 @@ impl Engine {
             .map_err(|e| fail(ErrorCode::Media, format!("cannot open media: {e}")))
     }
 
+    /// Whether an incoming call waits for an answer (the ring tone plays).
+    pub(crate) fn any_ringing_in(&self) -> bool {
+        self.calls
+            .values()
+            .any(|c| c.is_ringing_in() && c.state == CallState::Ringing)
+    }
+
     /// The call a command without an id means: the active call, else the only one.
     fn default_call(&self) -> Option<CallId> {
         self.active_call().or_else(|| {

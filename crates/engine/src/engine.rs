@@ -131,7 +131,7 @@ pub(crate) struct AccountSlot {
 /// The engine itself; lives inside its task.
 pub(crate) struct Engine {
     pub(crate) config: Config,
-    store: Box<dyn ConfigStore>,
+    pub(crate) store: Box<dyn ConfigStore>,
     pub(crate) sip: SipStack,
     pub(crate) media: MediaEngine,
     /// The address SIP and RTP are bound to.
@@ -156,6 +156,9 @@ pub(crate) struct Engine {
     pub(crate) inbox: mpsc::UnboundedSender<Request>,
     /// Presence and MWI subscriptions, our publication.
     pub(crate) presence: crate::presence::PresenceState,
+    /// Whether an incoming call rings, and the ring tone playing for it.
+    pub(crate) ringing: bool,
+    pub(crate) ringer: Option<microsip_media::ring::Ringer>,
 }
 
 /// Starts the SIP endpoint and the engine task. Returns the handle faces use and a
@@ -212,6 +215,8 @@ pub async fn start(
         levels: Levels::default(),
         presence: crate::presence::PresenceState::new(inbox.clone()),
         inbox: inbox.clone(),
+        ringing: false,
+        ringer: None,
     };
     engine.levels.speaker = engine.config.settings.volume_output.min(100);
     engine.levels.microphone = engine.config.settings.volume_input.min(100);
@@ -368,7 +373,9 @@ impl Engine {
                 Some(message) = signals.messages.recv() => self.on_message(message),
                 else => break,
             }
+            self.update_ringer();
         }
+        self.ringer = None;
         self.sip.shutdown();
     }
 
@@ -557,10 +564,8 @@ impl Engine {
                 "events is a stream: ask for it on the socket (microsip events)",
             ),
             Command::Exit => ok("exiting"),
-            other => fail(
-                ErrorCode::NotAvailableYet,
-                format!("{} is not available yet in this version", other.name()),
-            ),
+            Command::Devices => return self.list_devices(reply),
+            Command::SetDevice { role, device } => self.set_device(role, &device),
         };
         let _ = reply.send(answer);
     }

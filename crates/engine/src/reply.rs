@@ -33,6 +33,8 @@ pub enum ErrorCode {
     NoCommonCodec,
     /// The other side refused (re-INVITE or REFER answered with an error).
     Refused,
+    /// No sound device by that name or id (`devices` lists them).
+    NoSuchDevice,
 }
 
 impl ErrorCode {
@@ -56,6 +58,7 @@ impl ErrorCode {
             ErrorCode::Media => "media",
             ErrorCode::NoCommonCodec => "no_common_codec",
             ErrorCode::Refused => "refused",
+            ErrorCode::NoSuchDevice => "no_such_device",
         }
     }
 

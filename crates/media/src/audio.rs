@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Instant, SystemTime};
 
+use crate::device::{DeviceName, DeviceSink, DeviceSource};
 use crate::g711;
 use crate::resample::Resampler as FirResampler;
 
@@ -42,10 +43,15 @@ pub enum AudioSpec {
     Tone(f32),
     /// `null` (or empty): silence as a source; discard as a sink.
     Null,
+    /// A sound device: `default`, `pulse:NAME`, `alsa:NAME`, or a device's name or id
+    /// (see [`crate::device`]).
+    Device(DeviceName),
 }
 
 impl AudioSpec {
-    /// Reads a device name: `file:PATH`, `tone:FREQ`, `null`, or `""` (null for now).
+    /// Reads a device name: `file:PATH`, `tone:FREQ`, `null` or `""` (headless),
+    /// else a sound device (`default`, `pulse:NAME`, `alsa:NAME`, a name or id),
+    /// looked up only when opened.
     pub fn parse(text: &str) -> Result<AudioSpec, AudioError> {
         let t = text.trim();
         if t.is_empty() || t.eq_ignore_ascii_case("null") {
@@ -67,7 +73,14 @@ impl AudioSpec {
                 };
             }
         }
-        Err(AudioError::UnknownDevice(text.to_string()))
+        DeviceName::parse(t)
+            .map(AudioSpec::Device)
+            .ok_or_else(|| AudioError::UnknownDevice(text.to_string()))
+    }
+
+    /// Whether this is a sound device (not a file, tone or null).
+    pub fn is_device(&self) -> bool {
+        matches!(self, AudioSpec::Device(_))
     }
 }
 
@@ -77,6 +90,7 @@ impl fmt::Display for AudioSpec {
             AudioSpec::File(p) => write!(f, "file:{}", p.display()),
             AudioSpec::Tone(hz) => write!(f, "tone:{hz}"),
             AudioSpec::Null => f.write_str("null"),
+            AudioSpec::Device(d) => d.fmt(f),
         }
     }
 }
@@ -91,6 +105,8 @@ pub enum AudioError {
     BadTone(String),
     /// A source-only device (`tone:`) used as an output.
     NotAnOutput(String),
+    /// A sound device could not be reached, opened or started.
+    Device(String),
     /// A file could not be opened, read or written.
     File {
         /// The file.
@@ -115,7 +131,8 @@ impl fmt::Display for AudioError {
             AudioError::UnknownDevice(name) => {
                 write!(
                     f,
-                    "unknown audio device '{name}': use file:PATH.wav, tone:FREQ or null"
+                    "unknown audio device '{name}': use a device id from `devices`, \
+                     default, file:PATH.wav, tone:FREQ or null"
                 )
             }
             AudioError::BadTone(name) => {
@@ -131,6 +148,7 @@ impl fmt::Display for AudioError {
                     "'{name}' cannot be an audio output: use file:PATH.wav or null"
                 )
             }
+            AudioError::Device(message) => write!(f, "sound device {message}"),
             AudioError::File { path, message } => write!(f, "{}: {message}", path.display()),
         }
     }
@@ -160,6 +178,7 @@ pub fn open_source(spec: &AudioSpec) -> Result<Box<dyn AudioSource>, AudioError>
         AudioSpec::File(path) => Box::new(FileSource::open(path)?),
         AudioSpec::Tone(hz) => Box::new(ToneSource::new(*hz)),
         AudioSpec::Null => Box::new(NullSource),
+        AudioSpec::Device(d) => Box::new(DeviceSource::open(d)?),
     })
 }
 
@@ -169,6 +188,7 @@ pub fn open_sink(spec: &AudioSpec) -> Result<Box<dyn AudioSink>, AudioError> {
         AudioSpec::File(path) => Box::new(FileSink::create(path)?),
         AudioSpec::Tone(_) => return Err(AudioError::NotAnOutput(spec.to_string())),
         AudioSpec::Null => Box::new(NullSink),
+        AudioSpec::Device(d) => Box::new(DeviceSink::open(d)?),
     })
 }
 
@@ -863,10 +883,13 @@ mod tests {
             AudioSpec::parse("file:rel dir/a.wav").unwrap(),
             AudioSpec::File(PathBuf::from("rel dir/a.wav"))
         );
-        let e = AudioSpec::parse("Speakers (Realtek)").unwrap_err();
+        let d = AudioSpec::parse("Speakers (Realtek)").unwrap();
+        assert!(d.is_device());
+        assert_eq!(d.to_string(), "Speakers (Realtek)");
+        assert_eq!(AudioSpec::parse("default").unwrap().to_string(), "default");
         assert_eq!(
-            e.to_string(),
-            "unknown audio device 'Speakers (Realtek)': use file:PATH.wav, tone:FREQ or null"
+            AudioSpec::parse("pulse:sink.monitor").unwrap().to_string(),
+            "pulse:sink.monitor"
         );
         assert!(matches!(
             AudioSpec::parse("file:"),

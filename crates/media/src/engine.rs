@@ -301,6 +301,8 @@ enum Request {
     Play(u64, Option<Box<Player>>),
     /// The calls merged into the conference (fewer than two: none).
     Conference(Vec<u64>),
+    SetSource(u64, Box<dyn AudioSource>),
+    SetSink(u64, Box<dyn AudioSink>),
 }
 
 struct Envelope {
@@ -619,6 +621,28 @@ impl MediaEngine {
     /// one frame, so the change does not click).
     pub fn set_levels(&self, levels: Levels) -> Result<(), MediaError> {
         self.request(Request::SetLevels(levels))
+    }
+
+    /// Switches where call `id`'s outgoing audio comes from, mid-call. The new source
+    /// is opened here (errors leave the old one in place); it is in use when this
+    /// returns.
+    pub fn set_source(&self, id: u64, spec: &AudioSpec) -> Result<(), MediaError> {
+        if !lock(&self.shared.sessions).contains_key(&id) {
+            return Err(MediaError::UnknownSession(id));
+        }
+        let source = audio::open_source(spec)?;
+        self.request(Request::SetSource(id, source))
+    }
+
+    /// Switches where call `id`'s incoming audio goes, mid-call. The old sink is
+    /// finished (a file gets its final header); its failure to finish is reported,
+    /// but the new sink is in use either way.
+    pub fn set_sink(&self, id: u64, spec: &AudioSpec) -> Result<(), MediaError> {
+        if !lock(&self.shared.sessions).contains_key(&id) {
+            return Err(MediaError::UnknownSession(id));
+        }
+        let sink = audio::open_sink(spec)?;
+        self.request(Request::SetSink(id, sink))
     }
 
     /// Ids of the open sessions.
@@ -1228,6 +1252,15 @@ fn handle(
             }
             mixer.set_members(&calls);
             Ok(())
+        }
+        Request::SetSource(id, source) => {
+            find(sessions, id)?.source = source;
+            Ok(())
+        }
+        Request::SetSink(id, sink) => {
+            let session = find(sessions, id)?;
+            let mut old = std::mem::replace(&mut session.sink, sink);
+            old.close().map_err(MediaError::Audio)
         }
     }
 }

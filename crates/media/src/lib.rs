@@ -6,11 +6,14 @@
 //! * [`rtp`] is the RTP wire format;
 //! * [`g711`] is the PCMU/PCMA codec;
 //! * [`audio`] has the headless devices (`file:`, `tone:`, `null`);
-//! * [`engine`] is the one media thread serving every call on one 20 ms tick;
-//! * [`recorder`] records calls and plays files into them, [`mixer`] is the conference.
+//! * [`device`] has the sound devices (cpal) behind the same traits;
+//! * [`ring`] plays the ring tone of an incoming call;
+//! * [`recorder`] records calls and plays files into them, [`mixer`] is the conference;
+//! * [`engine`] is the one media thread serving every call on one 20 ms tick.
 
 pub mod audio;
 pub mod codec;
+pub mod device;
 pub mod dtmf;
 pub mod engine;
 pub mod g711;
@@ -21,6 +24,7 @@ pub mod opus;
 pub mod plc;
 pub mod recorder;
 pub mod resample;
+pub mod ring;
 pub mod rtp;
 pub mod sdp;
 #[cfg(test)]

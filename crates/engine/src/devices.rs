@@ -1,0 +1,266 @@
+//! Sound devices inside the engine: the `devices` list, `setdevice` (also during a
+//! call, without dropping it: the media thread swaps the call's source or sink), the
+//! ini keys `audioInputDevice` / `audioOutputDevice` / `audioRingDevice` they write,
+//! and the ring tone played on the ring device while an incoming call rings.
+
+use microsip_media::device::{self, DeviceInfo, DeviceName};
+use microsip_media::ring::Ringer;
+use microsip_media::{audio, AudioError, AudioSpec, MediaError};
+use serde_json::{json, Value};
+use tokio::sync::oneshot;
+use tracing::{info, warn};
+
+use crate::command::DeviceRole;
+use crate::engine::Engine;
+use crate::reply::{fail, ok_with, ErrorCode, Reply};
+
+fn role_words(role: DeviceRole) -> (&'static str, &'static str) {
+    match role {
+        DeviceRole::Input => ("input", "audioInputDevice"),
+        DeviceRole::Output => ("output", "audioOutputDevice"),
+        DeviceRole::Ring => ("ring", "audioRingDevice"),
+    }
+}
+
+fn audio_failure(e: &AudioError) -> Reply {
+    let code = match e {
+        AudioError::UnknownDevice(_) => ErrorCode::NoSuchDevice,
+        AudioError::BadTone(_) | AudioError::NotAnOutput(_) => ErrorCode::BadArgument,
+        _ => ErrorCode::Media,
+    };
+    fail(code, e.to_string())
+}
+
+fn media_failure(e: &MediaError) -> Reply {
+    match e {
+        MediaError::Audio(a) => audio_failure(a),
+        other => fail(ErrorCode::Media, other.to_string()),
+    }
+}
+
+/// Whether `spec` (an ini value) names `info` for recording (`input`) or playing.
+fn is_current(spec: &str, info: &DeviceInfo, input: bool) -> bool {
+    match AudioSpec::parse(spec) {
+        Ok(AudioSpec::Device(name)) => info.matches(&name, input),
+        _ => false,
+    }
+}
+
+/// The `devices` reply: every device with its id, the default and current ones marked.
+fn device_list(list: &[DeviceInfo], input: &str, output: &str, ring: &str) -> Reply {
+    let mut text = Vec::new();
+    let mut data = serde_json::Map::new();
+    for (title, want_input) in [("input", true), ("output", false)] {
+        let mut entries = Vec::new();
+        text.push(format!("{title} devices:"));
+        for d in list
+            .iter()
+            .filter(|d| if want_input { d.input } else { d.output })
+        {
+            let default = if want_input {
+                d.default_input
+            } else {
+                d.default_output
+            };
+            let current = is_current(if want_input { input } else { output }, d, want_input);
+            let ringing = !want_input && is_current(ring, d, false);
+            let mut marks = String::new();
+            if current {
+                marks.push_str(" [current]");
+            }
+            if ringing {
+                marks.push_str(" [ring]");
+            }
+            if default {
+                marks.push_str(" [default]");
+            }
+            text.push(format!("  {}  {}{marks}", d.id, d.name));
+            let mut entry = json!({
+                "id": d.id, "name": d.name, "default": default, "current": current,
+            });
+            if !want_input {
+                entry["ring"] = Value::Bool(ringing);
+            }
+            entries.push(entry);
+        }
+        if entries.is_empty() {
+            text.push("  (none)".to_string());
+        }
+        data.insert(title.to_string(), Value::Array(entries));
+    }
+    text.push(format!(
+        "current: input={input} output={output} ring={ring} (also accepted: default, file:PATH.wav, tone:FREQ for input, null)"
+    ));
+    data.insert(
+        "current".into(),
+        json!({ "input": input, "output": output, "ring": ring }),
+    );
+    ok_with(text.join("\n"), Value::Object(data))
+}
+
+/// An ini device value as shown: empty is `null`.
+fn shown(value: Option<&str>) -> String {
+    match value.map(str::trim) {
+        None | Some("") => "null".to_string(),
+        Some(v) => v.to_string(),
+    }
+}
+
+impl Engine {
+    /// `devices`: asks the sound systems (which may take a moment) off the engine
+    /// task and replies from there.
+    pub(crate) fn list_devices(&self, reply: oneshot::Sender<Reply>) {
+        let s = &self.config.settings;
+        let input = shown(s.audio_input_device.as_deref());
+        let output = shown(s.audio_output_device.as_deref());
+        let ring = shown(s.audio_ring_device.as_deref());
+        tokio::task::spawn_blocking(move || {
+            let list = device::list();
+            let _ = reply.send(device_list(&list, &input, &output, &ring));
+        });
+    }
+
+    /// `setdevice input|output|ring DEVICE`: checks the device, switches every call
+    /// to it (calls stay up), stores it in the ini, and replies once in use.
+    pub(crate) fn set_device(&mut self, role: DeviceRole, text: &str) -> Reply {
+        let spec = match AudioSpec::parse(text) {
+            Ok(s) => s,
+            Err(e) => return audio_failure(&e),
+        };
+        let (what, key) = role_words(role);
+        if role != DeviceRole::Input && matches!(spec, AudioSpec::Tone(_)) {
+            return audio_failure(&AudioError::NotAnOutput(spec.to_string()));
+        }
+        let sessions = self.media.sessions();
+        let result = match (role, &spec) {
+            (DeviceRole::Input, _) if !sessions.is_empty() => sessions
+                .iter()
+                .try_for_each(|&id| self.media.set_source(id, &spec))
+                .map_err(|e| media_failure(&e)),
+            (DeviceRole::Output, _) if !sessions.is_empty() => sessions
+                .iter()
+                .try_for_each(|&id| self.media.set_sink(id, &spec))
+                .map_err(|e| media_failure(&e)),
+            // No call to switch: check that the device exists (without opening it)
+            // or that the file plays.
+            (DeviceRole::Input, AudioSpec::File(_)) => audio::open_source(&spec)
+                .map(drop)
+                .map_err(|e| audio_failure(&e)),
+            (_, AudioSpec::Device(name)) => check_device(name, role == DeviceRole::Input),
+            _ => Ok(()),
+        };
+        if let Err(r) = result {
+            return r;
+        }
+        let value = spec.to_string();
+        let settings = &mut self.config.settings;
+        match role {
+            DeviceRole::Input => settings.audio_input_device = Some(value.clone()),
+            DeviceRole::Output => settings.audio_output_device = Some(value.clone()),
+            DeviceRole::Ring => settings.audio_ring_device = Some(value.clone()),
+        }
+        if let Err(e) = self.store.set("Settings", key, &value) {
+            warn!("{key} not saved: {e}");
+        }
+        if role == DeviceRole::Ring && self.ringer.is_some() {
+            // Ring on the new device from now on.
+            self.ringer = None;
+            self.ringer = self.start_ringer();
+        }
+        info!(
+            "{what} device: {value} ({} call(s) switched)",
+            sessions.len()
+        );
+        ok_with(
+            format!("{what} device: {value}"),
+            json!({ "role": what, "device": value, "calls": sessions.len() }),
+        )
+    }
+
+    /// Starts or stops the ring tone as incoming calls start or stop ringing. Called
+    /// after everything the engine handles.
+    pub(crate) fn update_ringer(&mut self) {
+        let ringing = self.any_ringing_in();
+        if ringing == self.ringing {
+            return;
+        }
+        self.ringing = ringing;
+        self.ringer = if ringing { self.start_ringer() } else { None };
+    }
+
+    /// A ringer on the ring device when that is a sound device or a file (null and
+    /// unset ring silently).
+    fn start_ringer(&self) -> Option<Ringer> {
+        let s = &self.config.settings;
+        let spec = match AudioSpec::parse(s.audio_ring_device.as_deref().unwrap_or("")) {
+            Ok(spec @ (AudioSpec::Device(_) | AudioSpec::File(_))) => spec,
+            Ok(_) => return None,
+            Err(e) => {
+                warn!("audioRingDevice: {e}");
+                return None;
+            }
+        };
+        let sound = s
+            .ringing_sound
+            .as_deref()
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .map(std::path::Path::new);
+        match Ringer::start(&spec, sound) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                warn!("ring tone not played on {spec}: {e}");
+                None
+            }
+        }
+    }
+}
+
+fn check_device(name: &DeviceName, input: bool) -> Result<(), Reply> {
+    device::check(name, input)
+        .map(drop)
+        .map_err(|e| audio_failure(&e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(id: &str, input: bool, default: bool) -> DeviceInfo {
+        DeviceInfo {
+            id: id.into(),
+            name: format!("Name of {id}"),
+            input,
+            output: !input,
+            default_input: input && default,
+            default_output: !input && default,
+        }
+    }
+
+    #[test]
+    fn list_marks_current_and_default() {
+        let list = [
+            info("pulse:mic.monitor", true, true),
+            info("pulse:spk", false, false),
+            info("pulse:other", false, true),
+        ];
+        let r = device_list(&list, "pulse:mic.monitor", "spk", "default").unwrap();
+        let lines: Vec<&str> = r.text.lines().collect();
+        assert_eq!(lines[0], "input devices:");
+        assert_eq!(
+            lines[1],
+            "  pulse:mic.monitor  Name of pulse:mic.monitor [current] [default]"
+        );
+        assert_eq!(lines[2], "output devices:");
+        assert_eq!(lines[3], "  pulse:spk  Name of pulse:spk [current]");
+        assert_eq!(
+            lines[4],
+            "  pulse:other  Name of pulse:other [ring] [default]"
+        );
+        assert_eq!(r.data["output"][0]["current"], true);
+        assert_eq!(r.data["output"][1]["ring"], true);
+        assert_eq!(r.data["current"]["input"], "pulse:mic.monitor");
+        let empty = device_list(&[], "null", "null", "null").unwrap();
+        assert!(empty.text.contains("input devices:\n  (none)"));
+    }
+}
