@@ -17,6 +17,9 @@ through Kamailio's Record-Route to the phone.
 - publish=1 -> PUBLISH of a PIDF "open", refreshed with SIP-If-Match and no
   body, removed (Expires: 0) on exit.
 - a NOTIFY for no subscription of ours -> 481.
+- Kamailio's own presence server (presence + presence_xml on db_text, cfg
+  `#!ifdef WITH_PRESENCE`) with baresip publishing: the phone sees baresip open,
+  then closed when baresip exits.
 """
 
 from __future__ import annotations
@@ -177,3 +180,33 @@ def test_unknown_notify_gets_481(kamailio, make_sipp, make_phone, free_port):
     assert sipp.wait() == 0, "the phone did not answer 481 to both NOTIFYs"
     assert phone.running()
     assert phone.events().count("presence") == 0
+
+
+# ------------------------------------------- Kamailio's presence server + baresip
+
+def test_baresip_online_then_offline_through_kamailio_presence(
+        make_kamailio, make_phone, make_baresip):
+    """baresip PUBLISHes its presence to Kamailio's presence module; the phone,
+    with baresip's number as a presence contact, SUBSCRIBEs there and sees it
+    open, then closed once baresip exits and withdraws its state."""
+    kamailio = make_kamailio(users={"1001": PASSWORD, "1002": "secret2"},
+                             presence_module=True, start=False)
+    # The phone first, its event stream up before Kamailio starts (see setup()).
+    phone = make_phone(ini(account(kamailio.address, "1001", PASSWORD)), start=False)
+    (phone.ini_path.parent / "Contacts.xml").write_text(contacts_xml(("baresip", "1002", 1)))
+    phone.start()
+    ev = phone.events()
+    ev.snapshot()
+    kamailio.start()
+    ev.wait_state(1, "registered", 60, codes={200})
+    # presence is an application module: loaded after the accounts, so its
+    # publisher sees the account (pubint: PUBLISH refresh interval).
+    bs = make_baresip(kamailio, "1002", account_extra=";pubint=60",
+                      extra_config="module_app\t\tpresence.so\n")
+    online = ev.wait_for("presence", lambda e: e["number"] == "1002", 30)
+    assert online["status"] == "open" and online["contact"] == "sip:1002@127.0.0.1", online
+    bs.stop()
+    offline = ev.wait_for("presence", lambda e: e["number"] == "1002", 30)
+    # Kamailio answers the withdrawal (PUBLISH Expires: 0) with a "closed" document.
+    assert offline["status"] == "closed" and offline["basic"] == "closed", offline
+    assert phone.stop() == 0
