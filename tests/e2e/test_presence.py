@@ -10,6 +10,8 @@ through Kamailio's Record-Route to the phone.
   auth; NOTIFYs open, closed, malformed, busy -> `presence` events open, closed,
   busy in that order (nothing for the malformed one, which is still answered
   200); `contacts list` shows the last status; exit unsubscribes (Expires: 0).
+- a NOTIFY terminated;reason=deactivated -> a new subscription at once, in a new
+  dialog.
 - voicemailNumber set -> SUBSCRIBE (Event: message-summary) to the account's
   own AoR; `Voice-Message: 3/1` -> `mwi` new=3 old=1; a malformed summary ->
   200 and no event; a NOTIFY without Subscription-State -> 400; then waiting=no;
@@ -38,11 +40,11 @@ def contacts_xml(*contacts: tuple[str, str, int]) -> str:
 
 
 def setup(make_kamailio, make_sipp, make_phone, scenario: str, contacts: str | None = None,
-          timeout_s: int = 120, **acct):
+          timeout_s: int = 120, calls: int = 1, **acct):
     """SIPp as the presence server behind Kamailio, and the phone registered with
     its event stream running from before the registration (Kamailio starts only
     once the stream is up, so no early NOTIFY is missed)."""
-    sipp = make_sipp(scenario, timeout_s=timeout_s)
+    sipp = make_sipp(scenario, timeout_s=timeout_s, calls=calls)
     kamailio = make_kamailio(start=False, presence_server=f"sip:{sipp.address}")
     phone = make_phone(ini(account(kamailio.address, "1001", PASSWORD, **acct)), start=False)
     if contacts is not None:
@@ -106,6 +108,28 @@ def test_presence_notifications_become_events(make_kamailio, make_sipp, make_pho
     assert ev.count("presence") == 3, ev.items
     unsub = traced(phone, "SUBSCRIBE")[-1]
     assert unsub.header("expires") == "0", unsub.text
+
+
+def test_deactivated_subscription_is_renewed_in_a_new_dialog(
+        make_kamailio, make_sipp, make_phone):
+    sipp, phone, ev = setup(make_kamailio, make_sipp, make_phone, "uas_presence_deactivated.xml",
+                            contacts_xml(("Alice", "2001", 1)), calls=2)
+    first = ev.wait_for("presence", None, 30)
+    second = ev.wait_for("presence", None, 30)
+    assert first["status"] == second["status"] == "open", (first, second)
+    # A NOTIFY "terminated;reason=deactivated" -> a new SUBSCRIBE at once, in a
+    # new dialog (new Call-ID, no To tag), through the digest challenge again.
+    subs = [m for m in traced(phone, "SUBSCRIBE") if m.header("expires") != "0"]
+    call_ids = list(dict.fromkeys(m.call_id for m in subs))
+    assert len(call_ids) == 2, [m.text for m in subs]
+    renewed = [m for m in subs if m.call_id == call_ids[1]]
+    assert not renewed[0].to_tag and renewed[0].header("proxy-authorization") is None, renewed
+    assert (renewed[1].header("proxy-authorization") or "").startswith("Digest "), renewed
+    terminated = next(m for m in phone.trace_messages()
+                      if m.method == "NOTIFY" and "deactivated" in (m.header("subscription-state") or ""))
+    assert renewed[0].t >= terminated.t
+    assert phone.stop() == 0
+    assert sipp.wait(60) == 0, "SIPp failed: no renewed subscription or no unsubscribe"
 
 
 def test_mwi_counts_become_events(make_kamailio, make_sipp, make_phone):
