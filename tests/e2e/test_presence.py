@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import re
 
+import pytest
+
 from peers import account, ini, wait_until
 
 PASSWORD = "p;w#1005"  # Kamailio's password for 1001 (conftest default users)
@@ -204,6 +206,30 @@ def test_unknown_notify_gets_481(kamailio, make_sipp, make_phone, free_port):
     assert sipp.wait() == 0, "the phone did not answer 481 to both NOTIFYs"
     assert phone.running()
     assert phone.events().count("presence") == 0
+
+
+@pytest.mark.parametrize("scenario", ["uas_presence.xml", "uas_presence_deactivated.xml",
+                                      "uas_mwi.xml", "uas_publish.xml"])
+def test_sipp_scenarios_fail_when_nobody_subscribes(make_sipp, scenario):
+    """The harness: with no SUBSCRIBE / PUBLISH at all, SIPp's global timeout ends
+    the run with a non-zero code."""
+    sipp = make_sipp(scenario, timeout_s=3)
+    assert sipp.wait(30) != 0
+
+
+def test_presence_scenario_fails_on_a_wrong_answer(make_sipp, make_phone, free_port):
+    """The harness: uas_presence.xml fails when a NOTIFY is not answered 200 — here
+    the NOTIFY goes to a phone that never subscribed (481)."""
+    port = free_port("sip")
+    phone = make_phone(ini(account("", "1001", PASSWORD), sourcePort=port))
+    sipp = make_sipp("uas_presence.xml", timeout_s=20)
+    # A SIPp subscriber whose Contact names the phone: the NOTIFYs go there.
+    sub = make_sipp("uac_subscribe_elsewhere.xml", timeout_s=20, remote=sipp.address,
+                    extra=["-key", "notify_to", f"127.0.0.1:{port}"])
+    sub.wait(30)
+    assert sipp.wait(40) != 0
+    assert phone.running()
+    assert [m.code for m in traced(phone, None, "NOTIFY")][:1] == [481], phone.trace_text()
 
 
 # ------------------------------------------- Kamailio's presence server + baresip
