@@ -312,6 +312,21 @@ enum Next {
     Ended,
 }
 
+/// What to do when the notifier ends the subscription (RFC 6665 §4.1.3):
+/// `deactivated` / `timeout`: subscribe again at once; `probation` / `giveup` / no
+/// reason: again after `retry-after` (30 s when absent); `rejected`, `noresource`,
+/// `invariant` and unknown reasons: only when a `retry-after` is given.
+fn after_termination(reason: &str, retry_after: Option<u32>) -> Next {
+    match reason {
+        "deactivated" | "timeout" => Next::Resubscribe(retry_after.unwrap_or(0)),
+        "probation" | "giveup" | "" => Next::Resubscribe(retry_after.unwrap_or(30)),
+        _ => match retry_after {
+            Some(r) => Next::Resubscribe(r),
+            None => Next::Ended,
+        },
+    }
+}
+
 enum Control {
     Stop(oneshot::Sender<()>),
 }
@@ -722,15 +737,7 @@ impl Sub {
                     }
                 );
                 self.report("terminated", 200, &reason);
-                let retry = param_u32("retry-after");
-                match reason.as_str() {
-                    "deactivated" | "timeout" => Next::Resubscribe(retry.unwrap_or(0)),
-                    "probation" | "giveup" | "" => Next::Resubscribe(retry.unwrap_or(30)),
-                    _ => match retry {
-                        Some(r) => Next::Resubscribe(r),
-                        None => Next::Ended,
-                    },
-                }
+                after_termination(&reason, param_u32("retry-after"))
             }
             _ => Next::Stay,
         }
@@ -1023,5 +1030,38 @@ mod tests {
         assert_eq!(p.get("retry-after").map(String::as_str), Some("5"));
         let (name, p) = split_params("");
         assert_eq!((name.as_str(), p.len()), ("", 0));
+    }
+
+    #[test]
+    fn termination_reasons() {
+        assert_eq!(after_termination("deactivated", None), Next::Resubscribe(0));
+        assert_eq!(after_termination("timeout", Some(5)), Next::Resubscribe(5));
+        assert_eq!(after_termination("probation", None), Next::Resubscribe(30));
+        assert_eq!(after_termination("", None), Next::Resubscribe(30));
+        assert_eq!(after_termination("rejected", None), Next::Ended);
+        assert_eq!(
+            after_termination("noresource", Some(60)),
+            Next::Resubscribe(60)
+        );
+    }
+
+    #[test]
+    fn record_routes_split_in_order() {
+        let mut headers = Headers::default();
+        headers.push(Header::Other(
+            "Record-Route".into(),
+            "<sip:a;lr>, <sip:b;lr>".into(),
+        ));
+        headers.push(Header::Other("Record-Route".into(), "<sip:c;lr>".into()));
+        assert_eq!(
+            record_routes(&headers),
+            vec!["<sip:a;lr>", "<sip:b;lr>", "<sip:c;lr>"]
+        );
+        assert_eq!(retry_after(&headers), None);
+        headers.push(Header::Other(
+            "Retry-After".into(),
+            "120;duration=60".into(),
+        ));
+        assert_eq!(retry_after(&headers), Some(120));
     }
 }
