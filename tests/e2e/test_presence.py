@@ -9,7 +9,8 @@ through Kamailio's Record-Route to the phone.
 - a contact with presence="1" -> SUBSCRIBE (Event: presence) through digest
   auth; NOTIFYs open, closed, malformed, busy -> `presence` events open, closed,
   busy in that order (nothing for the malformed one, which is still answered
-  200); `contacts list` shows the last status; exit unsubscribes (Expires: 0).
+  200); `contacts list` shows the last status; `unregister` unsubscribes
+  (Expires: 0; exit does too, see the MWI test).
 - a NOTIFY terminated;reason=deactivated -> a new subscription at once, in a new
   dialog.
 - voicemailNumber set -> SUBSCRIBE (Event: message-summary) to the account's
@@ -105,11 +106,15 @@ def test_presence_notifications_become_events(make_kamailio, make_sipp, make_pho
     text = phone.cmd("contacts", "list")[1]
     assert "2001 Alice (busy)" in text, text
 
-    assert phone.stop() == 0
+    # `unregister` ends the subscriptions too (exit does, in the other tests).
+    rc, out, err = phone.cmd("unregister")
+    assert rc == 0, (out, err)
     assert sipp.wait(60) == 0, "SIPp saw no unsubscribe (SUBSCRIBE Expires: 0)"
-    assert ev.count("presence") == 3, ev.items
     unsub = traced(phone, "SUBSCRIBE")[-1]
     assert unsub.header("expires") == "0", unsub.text
+    assert unsub.to_tag and unsub.call_id == subs[1].call_id, unsub.text
+    assert phone.stop() == 0
+    assert ev.count("presence") == 3, ev.items
 
 
 def test_deactivated_subscription_is_renewed_in_a_new_dialog(
@@ -127,8 +132,8 @@ def test_deactivated_subscription_is_renewed_in_a_new_dialog(
     renewed = [m for m in subs if m.call_id == call_ids[1]]
     assert not renewed[0].to_tag and renewed[0].header("proxy-authorization") is None, renewed
     assert (renewed[1].header("proxy-authorization") or "").startswith("Digest "), renewed
-    terminated = next(m for m in phone.trace_messages()
-                      if m.method == "NOTIFY" and "deactivated" in (m.header("subscription-state") or ""))
+    terminated = next(m for m in phone.trace_messages() if m.method == "NOTIFY"
+                      and "deactivated" in (m.header("subscription-state") or ""))
     assert renewed[0].t >= terminated.t
     assert phone.stop() == 0
     assert sipp.wait(60) == 0, "SIPp failed: no renewed subscription or no unsubscribe"
@@ -247,10 +252,12 @@ def test_baresip_online_then_offline_through_kamailio_presence(
     # publisher sees the account (pubint: PUBLISH refresh interval).
     bs = make_baresip(kamailio, "1002", account_extra=";pubint=60",
                       extra_config="module_app\t\tpresence.so\n")
-    online = ev.wait_for("presence", lambda e: e["number"] == "1002", 30)
+    online = ev.wait_for("presence",
+                         lambda e: e["number"] == "1002" and e["status"] == "open", 30)
     assert online["status"] == "open" and online["contact"] == "sip:1002@127.0.0.1", online
     bs.stop()
-    offline = ev.wait_for("presence", lambda e: e["number"] == "1002", 30)
+    offline = ev.wait_for("presence",
+                          lambda e: e["number"] == "1002" and e["status"] != "open", 30)
     # Kamailio answers the withdrawal (PUBLISH Expires: 0) with a "closed" document.
     assert offline["status"] == "closed" and offline["basic"] == "closed", offline
     assert phone.stop() == 0
