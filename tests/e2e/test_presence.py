@@ -15,8 +15,9 @@ through Kamailio's Record-Route to the phone.
   dialog.
 - voicemailNumber set -> SUBSCRIBE (Event: message-summary) to the account's
   own AoR; `Voice-Message: 3/1` -> `mwi` new=3 old=1; a malformed summary ->
-  200 and no event; a NOTIFY without Subscription-State -> 400; then waiting=no;
-  the refresh comes in the dialog before the granted 20 s run out.
+  200 and no event; a NOTIFY without Subscription-State -> 400; then waiting=no,
+  also in `status` and snapshots; the refresh comes in the dialog before the
+  granted 20 s run out.
 - publish=1 -> PUBLISH of a PIDF "open", refreshed with SIP-If-Match and no
   body, removed (Expires: 0) on exit.
 - a NOTIFY for no subscription of ours -> 481.
@@ -147,6 +148,13 @@ def test_mwi_counts_become_events(make_kamailio, make_sipp, make_phone):
     assert first["account"] == 1 and first["voicemail"] == "*97", first
     second = ev.wait_for("mwi", None, 30)
     assert (second["waiting"], second["new"], second["old"]) == (False, 0, 4), second
+    # `status` (and snapshots) carry the last mailbox state.
+    rc, reply = phone.cmd_json("status")
+    [acct] = [a for a in reply["data"]["accounts"] if a["account"] == 1]
+    assert acct.get("mwi") == {"waiting": False, "new": 0, "old": 4}, reply
+    snap = phone.new_event_stream().snapshot()
+    [acct] = [a for a in snap["accounts"] if a["account"] == 1]
+    assert acct.get("mwi") == {"waiting": False, "new": 0, "old": 4}, snap
 
     [sub, *_] = traced(phone, "SUBSCRIBE")
     # Request-URI and To: the account's own AoR.

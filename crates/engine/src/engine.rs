@@ -430,6 +430,7 @@ impl Engine {
                     reason,
                     expires,
                     active: a.number == self.active_account,
+                    mwi: self.presence.mwi(a.number),
                 }
             })
             .collect()

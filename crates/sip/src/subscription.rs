@@ -626,7 +626,7 @@ impl Sub {
             let code = resp.status_code.code();
             match code {
                 200..=299 => {
-                    if !self.dialog.established && expires > 0 {
+                    if expires > 0 {
                         self.establish_from_response(&resp);
                     }
                     return Ok(expires_of(&resp).unwrap_or(expires).min(expires.max(1)));
@@ -654,14 +654,19 @@ impl Sub {
         Err((500, "too many challenges".into(), None))
     }
 
-    /// The dialog a 2xx creates (UAC side: Record-Route reversed).
+    /// The dialog a 2xx creates (UAC side: Record-Route reversed). A NOTIFY may
+    /// have created it first; its route set is kept unless it was empty (proxies
+    /// record-route the SUBSCRIBE, not always the NOTIFY).
     fn establish_from_response(&mut self, resp: &Response) {
+        let tag = resp
+            .to_header()
+            .ok()
+            .and_then(|t| t.tag().ok().flatten())
+            .map(|t| t.value().to_string());
         if self.dialog.remote_tag.is_none() {
-            self.dialog.remote_tag = resp
-                .to_header()
-                .ok()
-                .and_then(|t| t.tag().ok().flatten())
-                .map(|t| t.value().to_string());
+            self.dialog.remote_tag = tag.clone();
+        }
+        if tag.is_some() && tag == self.dialog.remote_tag && self.dialog.route_set.is_empty() {
             let mut routes = record_routes(&resp.headers);
             routes.reverse();
             self.dialog.route_set = routes;
