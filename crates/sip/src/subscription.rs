@@ -327,6 +327,17 @@ fn after_termination(reason: &str, retry_after: Option<u32>) -> Next {
     }
 }
 
+/// Seconds before trying again after the `failures`-th failure (≥ 1) with `code`:
+/// the registration back-off, starting at 30 s for refusals that will not change
+/// soon (no such user, method or event package not supported).
+fn retry_wait(failures: u32, code: u16) -> u32 {
+    let code = match code {
+        404 | 405 | 489 | 501 | 603 => 403,
+        c => c,
+    };
+    backoff(failures.saturating_sub(1), code)
+}
+
 enum Control {
     Stop(oneshot::Sender<()>),
 }
@@ -421,7 +432,7 @@ async fn run_subscription(mut sub: Sub, mut control: mpsc::UnboundedReceiver<Con
                             Some(Instant::now())
                         } else {
                             sub.new_dialog();
-                            let wait = retry.unwrap_or_else(|| backoff(failures - 1, code));
+                            let wait = retry.unwrap_or_else(|| retry_wait(failures, code));
                             Some(Instant::now() + Duration::from_secs(u64::from(wait)))
                         }
                     }
@@ -873,7 +884,7 @@ async fn run_publication(mut p: Publisher, mut control: mpsc::UnboundedReceiver<
                     Err((code, reason, retry)) => {
                         p.report("failed", code, &reason);
                         failures = failures.saturating_add(1);
-                        let wait = retry.unwrap_or_else(|| backoff(failures - 1, code));
+                        let wait = retry.unwrap_or_else(|| retry_wait(failures, code));
                         next = Instant::now() + Duration::from_secs(u64::from(wait));
                     }
                 }
@@ -1035,6 +1046,15 @@ mod tests {
         assert_eq!(p.get("retry-after").map(String::as_str), Some("5"));
         let (name, p) = split_params("");
         assert_eq!((name.as_str(), p.len()), ("", 0));
+    }
+
+    #[test]
+    fn refusals_wait_longer_than_timeouts() {
+        assert_eq!(retry_wait(1, 408), 2);
+        assert_eq!(retry_wait(2, 408), 4);
+        assert_eq!(retry_wait(1, 489), 30);
+        assert_eq!(retry_wait(1, 405), 30);
+        assert!(retry_wait(20, 489) <= 300);
     }
 
     #[test]
