@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the test peers and tools on Debian 12 (root, or a user with sudo):
-# SIPp, baresip, Kamailio, sipsak, tshark, sox, espeak-ng, PulseAudio, the build
-# dependencies, and the Python packages of the end-to-end tests.
+# SIPp, baresip, Kamailio (with its presence modules), sipsak, tshark, sox,
+# espeak-ng, PulseAudio, the build dependencies, and the Python packages of the
+# end-to-end tests.
 # Idempotent and fast when everything is present (no apt, no pip call then).
 #
 #   scripts/install-test-deps.sh          # uses `python3`; PYTHON=... to choose
@@ -11,7 +12,8 @@ PY="${PYTHON:-python3}"
 export DEBIAN_FRONTEND=noninteractive
 
 APT_PACKAGES=(
-  sip-tester baresip-core kamailio sipsak tshark sox libsox-fmt-all espeak-ng
+  sip-tester baresip-core kamailio kamailio-presence-modules sipsak tshark sox
+  libsox-fmt-all espeak-ng
   libasound2-dev libopus-dev cmake pkg-config python3-pip python3-venv
   # sound devices without a sound card: a private PulseAudio server with null
   # sinks, parec/paplay/pactl, and ALSA's pulse plugin (ALSA's `default` device)

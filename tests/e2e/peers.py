@@ -35,6 +35,7 @@ from typing import Callable, Iterable
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 KAMAILIO_CFG = HERE / "kamailio" / "kamailio.cfg"
+KAMAILIO_DBTEXT = Path("/usr/share/kamailio/dbtext/kamailio")  # db_text schemas (presence tables)
 SIPP_DIR = HERE / "sipp"
 LOOPBACK = "127.0.0.1"
 
@@ -245,7 +246,7 @@ class Kamailio:
     def __init__(self, workdir: Path, users: dict[str, str] | None = None,
                  port: int | None = None, min_expires: int = 5,
                  max_expires: int = 3600, algorithm: str = "MD5",
-                 presence_server: str | None = None):
+                 presence_server: str | None = None, presence_module: bool = False):
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         # The ctl socket path must stay short (sun_path is 108 bytes).
@@ -261,6 +262,9 @@ class Kamailio:
         # "sip:127.0.0.1:PORT": SUBSCRIBE and PUBLISH go there (htable pres, see
         # kamailio.cfg); None: they are routed like other requests.
         self.presence_server = presence_server
+        # Kamailio's own presence server (presence + presence_xml, db_text in dbdir).
+        self.presence_module = presence_module
+        self.dbdir = self.workdir / "db"
         self.cfg = self.workdir / "kamailio.cfg"
         self.log = self.workdir / "kamailio.log"
         self.pidfile = self.rundir / "kamailio.pid"
@@ -283,11 +287,16 @@ class Kamailio:
             "MAX_EXPIRES": str(self.max_expires),
             "ALGORITHM": self.algorithm,
             "USERS": users,
+            "DBDIR": str(self.dbdir),
         }.items():
             text = text.replace(f"@@{key}@@", val)
         if "@@" in text:
             raise AssertionError("unrendered marker in kamailio.cfg")
         self.cfg.write_text(text)
+        if self.presence_module:
+            self.dbdir.mkdir(exist_ok=True)
+            for table in ("version", "presentity", "active_watchers", "watchers", "xcap"):
+                shutil.copy(KAMAILIO_DBTEXT / table, self.dbdir / table)
 
     @property
     def address(self) -> str:
@@ -304,7 +313,8 @@ class Kamailio:
             log.flush()
             self.proc = subprocess.Popen(
                 [self.kamailio, "-f", str(self.cfg), "-P", str(self.pidfile),
-                 "-Y", str(self.rundir), "-m", "64", "-M", "8", "-DD", "-E"],
+                 "-Y", str(self.rundir), "-m", "64", "-M", "8", "-DD", "-E",
+                 *(["-A", "WITH_PRESENCE"] if self.presence_module else [])],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                 start_new_session=True, cwd=str(self.workdir),
             )

@@ -9,19 +9,28 @@ through Kamailio's Record-Route to the phone.
 - a contact with presence="1" -> SUBSCRIBE (Event: presence) through digest
   auth; NOTIFYs open, closed, malformed, busy -> `presence` events open, closed,
   busy in that order (nothing for the malformed one, which is still answered
-  200); `contacts list` shows the last status; exit unsubscribes (Expires: 0).
+  200); `contacts list` shows the last status; `unregister` unsubscribes
+  (Expires: 0; exit does too, see the MWI test).
+- a NOTIFY terminated;reason=deactivated -> a new subscription at once, in a new
+  dialog.
 - voicemailNumber set -> SUBSCRIBE (Event: message-summary) to the account's
   own AoR; `Voice-Message: 3/1` -> `mwi` new=3 old=1; a malformed summary ->
-  200 and no event; a NOTIFY without Subscription-State -> 400; then waiting=no;
-  the refresh comes in the dialog before the granted 20 s run out.
+  200 and no event; a NOTIFY without Subscription-State -> 400; then waiting=no,
+  also in `status` and snapshots; the refresh comes in the dialog before the
+  granted 20 s run out.
 - publish=1 -> PUBLISH of a PIDF "open", refreshed with SIP-If-Match and no
   body, removed (Expires: 0) on exit.
 - a NOTIFY for no subscription of ours -> 481.
+- Kamailio's own presence server (presence + presence_xml on db_text, cfg
+  `#!ifdef WITH_PRESENCE`) with baresip publishing: the phone sees baresip open,
+  then closed when baresip exits.
 """
 
 from __future__ import annotations
 
 import re
+
+import pytest
 
 from peers import account, ini, wait_until
 
@@ -35,11 +44,11 @@ def contacts_xml(*contacts: tuple[str, str, int]) -> str:
 
 
 def setup(make_kamailio, make_sipp, make_phone, scenario: str, contacts: str | None = None,
-          timeout_s: int = 120, **acct):
+          timeout_s: int = 120, calls: int = 1, **acct):
     """SIPp as the presence server behind Kamailio, and the phone registered with
     its event stream running from before the registration (Kamailio starts only
     once the stream is up, so no early NOTIFY is missed)."""
-    sipp = make_sipp(scenario, timeout_s=timeout_s)
+    sipp = make_sipp(scenario, timeout_s=timeout_s, calls=calls)
     kamailio = make_kamailio(start=False, presence_server=f"sip:{sipp.address}")
     phone = make_phone(ini(account(kamailio.address, "1001", PASSWORD, **acct)), start=False)
     if contacts is not None:
@@ -98,11 +107,37 @@ def test_presence_notifications_become_events(make_kamailio, make_sipp, make_pho
     text = phone.cmd("contacts", "list")[1]
     assert "2001 Alice (busy)" in text, text
 
-    assert phone.stop() == 0
+    # `unregister` ends the subscriptions too (exit does, in the other tests).
+    rc, out, err = phone.cmd("unregister")
+    assert rc == 0, (out, err)
     assert sipp.wait(60) == 0, "SIPp saw no unsubscribe (SUBSCRIBE Expires: 0)"
-    assert ev.count("presence") == 3, ev.items
     unsub = traced(phone, "SUBSCRIBE")[-1]
     assert unsub.header("expires") == "0", unsub.text
+    assert unsub.to_tag and unsub.call_id == subs[1].call_id, unsub.text
+    assert phone.stop() == 0
+    assert ev.count("presence") == 3, ev.items
+
+
+def test_deactivated_subscription_is_renewed_in_a_new_dialog(
+        make_kamailio, make_sipp, make_phone):
+    sipp, phone, ev = setup(make_kamailio, make_sipp, make_phone, "uas_presence_deactivated.xml",
+                            contacts_xml(("Alice", "2001", 1)), calls=2)
+    first = ev.wait_for("presence", None, 30)
+    second = ev.wait_for("presence", None, 30)
+    assert first["status"] == second["status"] == "open", (first, second)
+    # A NOTIFY "terminated;reason=deactivated" -> a new SUBSCRIBE at once, in a
+    # new dialog (new Call-ID, no To tag), through the digest challenge again.
+    subs = [m for m in traced(phone, "SUBSCRIBE") if m.header("expires") != "0"]
+    call_ids = list(dict.fromkeys(m.call_id for m in subs))
+    assert len(call_ids) == 2, [m.text for m in subs]
+    renewed = [m for m in subs if m.call_id == call_ids[1]]
+    assert not renewed[0].to_tag and renewed[0].header("proxy-authorization") is None, renewed
+    assert (renewed[1].header("proxy-authorization") or "").startswith("Digest "), renewed
+    terminated = next(m for m in phone.trace_messages() if m.method == "NOTIFY"
+                      and "deactivated" in (m.header("subscription-state") or ""))
+    assert renewed[0].t >= terminated.t
+    assert phone.stop() == 0
+    assert sipp.wait(60) == 0, "SIPp failed: no renewed subscription or no unsubscribe"
 
 
 def test_mwi_counts_become_events(make_kamailio, make_sipp, make_phone):
@@ -113,6 +148,13 @@ def test_mwi_counts_become_events(make_kamailio, make_sipp, make_phone):
     assert first["account"] == 1 and first["voicemail"] == "*97", first
     second = ev.wait_for("mwi", None, 30)
     assert (second["waiting"], second["new"], second["old"]) == (False, 0, 4), second
+    # `status` (and snapshots) carry the last mailbox state.
+    rc, reply = phone.cmd_json("status")
+    [acct] = [a for a in reply["data"]["accounts"] if a["account"] == 1]
+    assert acct.get("mwi") == {"waiting": False, "new": 0, "old": 4}, reply
+    snap = phone.new_event_stream().snapshot()
+    [acct] = [a for a in snap["accounts"] if a["account"] == 1]
+    assert acct.get("mwi") == {"waiting": False, "new": 0, "old": 4}, snap
 
     [sub, *_] = traced(phone, "SUBSCRIBE")
     # Request-URI and To: the account's own AoR.
@@ -177,3 +219,53 @@ def test_unknown_notify_gets_481(kamailio, make_sipp, make_phone, free_port):
     assert sipp.wait() == 0, "the phone did not answer 481 to both NOTIFYs"
     assert phone.running()
     assert phone.events().count("presence") == 0
+
+
+@pytest.mark.parametrize("scenario", ["uas_presence.xml", "uas_presence_deactivated.xml",
+                                      "uas_mwi.xml", "uas_publish.xml"])
+def test_sipp_scenarios_fail_when_nobody_subscribes(make_sipp, scenario):
+    """The harness: with no SUBSCRIBE / PUBLISH at all, SIPp's global timeout ends
+    the run with a non-zero code."""
+    sipp = make_sipp(scenario, timeout_s=3)
+    assert sipp.wait(30) != 0
+
+
+def test_presence_scenario_fails_on_a_wrong_answer(make_sipp):
+    """The harness: uas_presence.xml fails when its first NOTIFY is answered 481
+    instead of 200 (by a SIPp subscriber)."""
+    sipp = make_sipp("uas_presence.xml", timeout_s=20)
+    sub = make_sipp("uac_subscribe_481.xml", timeout_s=20, remote=sipp.address)
+    assert sub.wait(30) == 0, "the subscriber got no 200 or no NOTIFY"
+    assert sipp.wait(40) != 0
+
+
+# ------------------------------------------- Kamailio's presence server + baresip
+
+def test_baresip_online_then_offline_through_kamailio_presence(
+        make_kamailio, make_phone, make_baresip):
+    """baresip PUBLISHes its presence to Kamailio's presence module; the phone,
+    with baresip's number as a presence contact, SUBSCRIBEs there and sees it
+    open, then closed once baresip exits and withdraws its state."""
+    kamailio = make_kamailio(users={"1001": PASSWORD, "1002": "secret2"},
+                             presence_module=True, start=False)
+    # The phone first, its event stream up before Kamailio starts (see setup()).
+    phone = make_phone(ini(account(kamailio.address, "1001", PASSWORD)), start=False)
+    (phone.ini_path.parent / "Contacts.xml").write_text(contacts_xml(("baresip", "1002", 1)))
+    phone.start()
+    ev = phone.events()
+    ev.snapshot()
+    kamailio.start()
+    ev.wait_state(1, "registered", 60, codes={200})
+    # presence is an application module: loaded after the accounts, so its
+    # publisher sees the account (pubint: PUBLISH refresh interval).
+    bs = make_baresip(kamailio, "1002", account_extra=";pubint=60",
+                      extra_config="module_app\t\tpresence.so\n")
+    online = ev.wait_for("presence",
+                         lambda e: e["number"] == "1002" and e["status"] == "open", 30)
+    assert online["status"] == "open" and online["contact"] == "sip:1002@127.0.0.1", online
+    bs.stop()
+    offline = ev.wait_for("presence",
+                          lambda e: e["number"] == "1002" and e["status"] != "open", 30)
+    # Kamailio answers the withdrawal (PUBLISH Expires: 0) with a "closed" document.
+    assert offline["status"] == "closed" and offline["basic"] == "closed", offline
+    assert phone.stop() == 0

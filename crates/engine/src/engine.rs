@@ -447,6 +447,7 @@ impl Engine {
                     reason,
                     expires,
                     active: a.number == self.active_account,
+                    mwi: self.presence.mwi(a.number),
                 }
             })
             .collect()
@@ -675,9 +676,14 @@ impl Engine {
         if let Err(e) = self.store.set("Settings", "accountId", &number.to_string()) {
             warn!("accountId not saved: {e}");
         }
-        self.active_account = number;
+        let previous = std::mem::replace(&mut self.active_account, number);
         self.config.settings.account_id = number;
         info!("account {number} is now the active account");
+        // Contacts' presence follows the active account.
+        if previous != number {
+            self.presence_sync(previous);
+            self.presence_sync(number);
+        }
         ok_with(
             format!("account {number} active"),
             json!({ "account": number }),

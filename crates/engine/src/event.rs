@@ -257,4 +257,15 @@ pub struct AccountView {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub expires: Option<u32>,
     pub active: bool,
+    /// The mailbox as the last message-summary NOTIFY said (voicemailNumber set).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mwi: Option<MwiView>,
+}
+
+/// A mailbox state: messages waiting, new and old voice messages.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+pub struct MwiView {
+    pub waiting: bool,
+    pub new: u32,
+    pub old: u32,
 }

@@ -3,8 +3,9 @@
 //! of every contact marked `presence="1"`; every registered account with a
 //! `voicemailNumber` subscribes to its own mailbox (message-summary, Request-URI and
 //! To = the account's AoR); every registered account with `publish=1` publishes
-//! `open`. NOTIFYs become `presence` and `mwi` events; un-registering or exiting
-//! unsubscribes and removes the published state.
+//! `open`. NOTIFYs become `presence` and `mwi` events (the last mailbox state also
+//! shows in `status` and snapshots, the last presence in `contacts list`);
+//! un-registering or exiting unsubscribes and removes the published state.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -18,7 +19,7 @@ use tracing::{debug, info, warn};
 
 use crate::dialplan;
 use crate::engine::{Engine, Request};
-use crate::event::EventKind;
+use crate::event::{EventKind, MwiView};
 
 /// Requested subscription and publication lifetimes, seconds.
 const PRESENCE_EXPIRES: u32 = 600;
@@ -41,6 +42,8 @@ pub(crate) struct PresenceState {
     next_id: u64,
     /// Last known status per contact URI.
     statuses: HashMap<String, &'static str>,
+    /// Last known mailbox state per account.
+    mailboxes: HashMap<u32, MwiView>,
     events: mpsc::UnboundedSender<SubscriptionEvent>,
 }
 
@@ -60,8 +63,14 @@ impl PresenceState {
             publications: BTreeMap::new(),
             next_id: 1,
             statuses: HashMap::new(),
+            mailboxes: HashMap::new(),
             events,
         }
+    }
+
+    /// The mailbox state of `account`, once a message summary came.
+    pub(crate) fn mwi(&self, account: u32) -> Option<MwiView> {
+        self.mailboxes.get(&account).copied()
     }
 
     /// Stops everything; the handles finish when each unsubscribe is done.
@@ -139,6 +148,9 @@ impl Engine {
             if let Some(w) = self.presence.watches.remove(&id) {
                 debug!("{} subscription to {} stopped", w.package.event(), w.target);
                 self.presence.statuses.remove(&w.target);
+                if w.package == Package::MessageSummary {
+                    self.presence.mailboxes.remove(&w.account);
+                }
                 tokio::spawn(async move { w.handle.stop().await });
             }
         }
@@ -246,6 +258,14 @@ impl Engine {
                     return;
                 };
                 let voicemail = w.number.clone();
+                self.presence.mailboxes.insert(
+                    account,
+                    MwiView {
+                        waiting: summary.waiting,
+                        new: summary.new,
+                        old: summary.old,
+                    },
+                );
                 self.publish(EventKind::Mwi {
                     account,
                     waiting: summary.waiting,

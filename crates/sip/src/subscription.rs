@@ -312,6 +312,32 @@ enum Next {
     Ended,
 }
 
+/// What to do when the notifier ends the subscription (RFC 6665 §4.1.3):
+/// `deactivated` / `timeout`: subscribe again at once; `probation` / `giveup` / no
+/// reason: again after `retry-after` (30 s when absent); `rejected`, `noresource`,
+/// `invariant` and unknown reasons: only when a `retry-after` is given.
+fn after_termination(reason: &str, retry_after: Option<u32>) -> Next {
+    match reason {
+        "deactivated" | "timeout" => Next::Resubscribe(retry_after.unwrap_or(0)),
+        "probation" | "giveup" | "" => Next::Resubscribe(retry_after.unwrap_or(30)),
+        _ => match retry_after {
+            Some(r) => Next::Resubscribe(r),
+            None => Next::Ended,
+        },
+    }
+}
+
+/// Seconds before trying again after the `failures`-th failure (≥ 1) with `code`:
+/// the registration back-off, starting at 30 s for refusals that will not change
+/// soon (no such user, method or event package not supported).
+fn retry_wait(failures: u32, code: u16) -> u32 {
+    let code = match code {
+        404 | 405 | 489 | 501 | 603 => 403,
+        c => c,
+    };
+    backoff(failures.saturating_sub(1), code)
+}
+
 enum Control {
     Stop(oneshot::Sender<()>),
 }
@@ -406,7 +432,7 @@ async fn run_subscription(mut sub: Sub, mut control: mpsc::UnboundedReceiver<Con
                             Some(Instant::now())
                         } else {
                             sub.new_dialog();
-                            let wait = retry.unwrap_or_else(|| backoff(failures - 1, code));
+                            let wait = retry.unwrap_or_else(|| retry_wait(failures, code));
                             Some(Instant::now() + Duration::from_secs(u64::from(wait)))
                         }
                     }
@@ -611,7 +637,7 @@ impl Sub {
             let code = resp.status_code.code();
             match code {
                 200..=299 => {
-                    if !self.dialog.established && expires > 0 {
+                    if expires > 0 {
                         self.establish_from_response(&resp);
                     }
                     return Ok(expires_of(&resp).unwrap_or(expires).min(expires.max(1)));
@@ -639,14 +665,19 @@ impl Sub {
         Err((500, "too many challenges".into(), None))
     }
 
-    /// The dialog a 2xx creates (UAC side: Record-Route reversed).
+    /// The dialog a 2xx creates (UAC side: Record-Route reversed). A NOTIFY may
+    /// have created it first; its route set is kept unless it was empty (proxies
+    /// record-route the SUBSCRIBE, not always the NOTIFY).
     fn establish_from_response(&mut self, resp: &Response) {
+        let tag = resp
+            .to_header()
+            .ok()
+            .and_then(|t| t.tag().ok().flatten())
+            .map(|t| t.value().to_string());
         if self.dialog.remote_tag.is_none() {
-            self.dialog.remote_tag = resp
-                .to_header()
-                .ok()
-                .and_then(|t| t.tag().ok().flatten())
-                .map(|t| t.value().to_string());
+            self.dialog.remote_tag = tag.clone();
+        }
+        if tag.is_some() && tag == self.dialog.remote_tag && self.dialog.route_set.is_empty() {
             let mut routes = record_routes(&resp.headers);
             routes.reverse();
             self.dialog.route_set = routes;
@@ -722,15 +753,7 @@ impl Sub {
                     }
                 );
                 self.report("terminated", 200, &reason);
-                let retry = param_u32("retry-after");
-                match reason.as_str() {
-                    "deactivated" | "timeout" => Next::Resubscribe(retry.unwrap_or(0)),
-                    "probation" | "giveup" | "" => Next::Resubscribe(retry.unwrap_or(30)),
-                    _ => match retry {
-                        Some(r) => Next::Resubscribe(r),
-                        None => Next::Ended,
-                    },
-                }
+                after_termination(&reason, param_u32("retry-after"))
             }
             _ => Next::Stay,
         }
@@ -861,7 +884,7 @@ async fn run_publication(mut p: Publisher, mut control: mpsc::UnboundedReceiver<
                     Err((code, reason, retry)) => {
                         p.report("failed", code, &reason);
                         failures = failures.saturating_add(1);
-                        let wait = retry.unwrap_or_else(|| backoff(failures - 1, code));
+                        let wait = retry.unwrap_or_else(|| retry_wait(failures, code));
                         next = Instant::now() + Duration::from_secs(u64::from(wait));
                     }
                 }
@@ -1023,5 +1046,47 @@ mod tests {
         assert_eq!(p.get("retry-after").map(String::as_str), Some("5"));
         let (name, p) = split_params("");
         assert_eq!((name.as_str(), p.len()), ("", 0));
+    }
+
+    #[test]
+    fn refusals_wait_longer_than_timeouts() {
+        assert_eq!(retry_wait(1, 408), 2);
+        assert_eq!(retry_wait(2, 408), 4);
+        assert_eq!(retry_wait(1, 489), 30);
+        assert_eq!(retry_wait(1, 405), 30);
+        assert!(retry_wait(20, 489) <= 300);
+    }
+
+    #[test]
+    fn termination_reasons() {
+        assert_eq!(after_termination("deactivated", None), Next::Resubscribe(0));
+        assert_eq!(after_termination("timeout", Some(5)), Next::Resubscribe(5));
+        assert_eq!(after_termination("probation", None), Next::Resubscribe(30));
+        assert_eq!(after_termination("", None), Next::Resubscribe(30));
+        assert_eq!(after_termination("rejected", None), Next::Ended);
+        assert_eq!(
+            after_termination("noresource", Some(60)),
+            Next::Resubscribe(60)
+        );
+    }
+
+    #[test]
+    fn record_routes_split_in_order() {
+        let mut headers = Headers::default();
+        headers.push(Header::Other(
+            "Record-Route".into(),
+            "<sip:a;lr>, <sip:b;lr>".into(),
+        ));
+        headers.push(Header::Other("Record-Route".into(), "<sip:c;lr>".into()));
+        assert_eq!(
+            record_routes(&headers),
+            vec!["<sip:a;lr>", "<sip:b;lr>", "<sip:c;lr>"]
+        );
+        assert_eq!(retry_after(&headers), None);
+        headers.push(Header::Other(
+            "Retry-After".into(),
+            "120;duration=60".into(),
+        ));
+        assert_eq!(retry_after(&headers), Some(120));
     }
 }
