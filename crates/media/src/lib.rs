@@ -4,6 +4,7 @@
 //!
 //! * [`sdp`] reads and writes session descriptions and does offer/answer;
 //! * [`rtp`] is the RTP wire format;
+//! * [`rtcp`] is RTCP: reports, their schedule and the call quality they tell;
 //! * [`g711`] is the PCMU/PCMA codec;
 //! * [`audio`] has the headless devices (`file:`, `tone:`, `null`);
 //! * [`engine`] is the one media thread serving every call on one 20 ms tick.
@@ -18,6 +19,7 @@ pub mod jitter;
 pub mod opus;
 pub mod plc;
 pub mod resample;
+pub mod rtcp;
 pub mod rtp;
 pub mod sdp;
 #[cfg(test)]
