@@ -58,6 +58,10 @@ fn negotiated(codec: Codec, remote_port: u16) -> Negotiated {
         local_direction: Direction::SendRecv,
         telephone_event: Some(101),
         ptime_ms: 20,
+        // No RTCP here (tests/rtcp.rs has it): reports to a raw socket's port + 1
+        // could land on another test's socket.
+        rtcp: None,
+        rtcp_mux: false,
     }
 }
 
