@@ -104,13 +104,17 @@ pub enum RtcpPacket {
         blocks: Vec<ReportBlock>,
     },
     /// Source descriptions: each source with its CNAME, when it had one.
-    SourceDescription { chunks: Vec<(u32, Option<String>)> },
+    SourceDescription {
+        chunks: Vec<(u32, Option<String>)>,
+    },
     Bye {
         sources: Vec<u32>,
         reason: Option<String>,
     },
     /// APP, XR, feedback and unknown types: skipped.
-    Other { packet_type: u8 },
+    Other {
+        packet_type: u8,
+    },
 }
 
 /// Whether a datagram that arrived on the RTP port is RTCP (RFC 5761 §4: the second
@@ -521,7 +525,10 @@ impl RtcpSession {
         let (lsr, dlsr) = match self.last_sr {
             Some((ssrc, lsr, at_ms)) if ssrc == peer_ssrc => {
                 let delay = now.ms.saturating_sub(at_ms);
-                (lsr, (delay.saturating_mul(65_536) / 1_000).min(u64::from(u32::MAX)) as u32)
+                (
+                    lsr,
+                    (delay.saturating_mul(65_536) / 1_000).min(u64::from(u32::MAX)) as u32,
+                )
             }
             _ => (0, 0),
         };
@@ -632,7 +639,7 @@ impl RtcpSession {
 pub fn round_trip(a: u32, lsr: u32, dlsr: u32) -> Option<u32> {
     let rtt = a.wrapping_sub(lsr).wrapping_sub(dlsr) as i32;
     // Up to 2 ms below zero is rounding (DLSR is often counted in whole ms).
-    if rtt < -131 || rtt > 60 * 65_536 {
+    if !(-131..=60 * 65_536).contains(&rtt) {
         return None;
     }
     Some((i64::from(rtt.max(0)) * 1000 / 65_536) as u32)
@@ -757,13 +764,25 @@ mod tests {
             other => panic!("{other:?}"),
         };
         // Half lost.
-        assert_eq!(frac(s.report(now(1), &none, Some((PEER, reception(100, 50))))), 128);
+        assert_eq!(
+            frac(s.report(now(1), &none, Some((PEER, reception(100, 50))))),
+            128
+        );
         // Then 1 in 20 (5 %): 12.8/256.
-        assert_eq!(frac(s.report(now(2), &none, Some((PEER, reception(300, 240))))), 12);
+        assert_eq!(
+            frac(s.report(now(2), &none, Some((PEER, reception(300, 240))))),
+            12
+        );
         // Duplicates (more received than expected): 0, never negative.
-        assert_eq!(frac(s.report(now(3), &none, Some((PEER, reception(310, 260))))), 0);
+        assert_eq!(
+            frac(s.report(now(3), &none, Some((PEER, reception(310, 260))))),
+            0
+        );
         // The stream started over: counted from its new base.
-        assert_eq!(frac(s.report(now(4), &none, Some((PEER, reception(10, 5))))), 128);
+        assert_eq!(
+            frac(s.report(now(4), &none, Some((PEER, reception(10, 5))))),
+            128
+        );
         // Nothing received at all: no block.
         let bytes = s.report(now(5), &none, None);
         assert_eq!(
@@ -779,7 +798,10 @@ mod tests {
     fn rtt_from_lsr_and_dlsr() {
         // RFC 3550 figure 2: A = 0xb710:8000 (46864.500 s), LSR = 0xb705:2000
         // (46853.125 s), DLSR = 0x0005:4000 (5.250 s): RTT = 6.125 s.
-        assert_eq!(round_trip(0xb710_8000, 0xb705_2000, 0x0005_4000), Some(6125));
+        assert_eq!(
+            round_trip(0xb710_8000, 0xb705_2000, 0x0005_4000),
+            Some(6125)
+        );
         assert_eq!(round_trip(100, 100, 0), Some(0));
         // A rounding error of a ms is zero, a real negative is refused.
         assert_eq!(round_trip(1000, 1000, 65), Some(0));
@@ -993,9 +1015,18 @@ mod tests {
             parse(&[0x9f, 201, 0, 1, 0, 0, 0, 1]),
             Err(RtcpError::BadLength)
         );
-        assert_eq!(parse(&[0x80, 200, 0, 1, 0, 0, 0, 1]), Err(RtcpError::BadLength));
-        assert_eq!(parse(&[0x00, 201, 0, 1, 0, 0, 0, 1]), Err(RtcpError::BadVersion(0)));
-        assert_eq!(parse(&[0x80, 96, 0, 1, 0, 0, 0, 1]), Err(RtcpError::NotRtcp(96)));
+        assert_eq!(
+            parse(&[0x80, 200, 0, 1, 0, 0, 0, 1]),
+            Err(RtcpError::BadLength)
+        );
+        assert_eq!(
+            parse(&[0x00, 201, 0, 1, 0, 0, 0, 1]),
+            Err(RtcpError::BadVersion(0))
+        );
+        assert_eq!(
+            parse(&[0x80, 96, 0, 1, 0, 0, 0, 1]),
+            Err(RtcpError::NotRtcp(96))
+        );
         // Padding that is not on the last packet, zero, or too long.
         let mut pad_first = good.clone();
         pad_first[0] |= 0x20;
@@ -1018,7 +1049,10 @@ mod tests {
             Err(RtcpError::BadLength)
         );
         // BYE with more sources than fit, or a reason past the end.
-        assert_eq!(parse(&[0x83, 203, 0, 1, 0, 0, 0, 1]), Err(RtcpError::BadLength));
+        assert_eq!(
+            parse(&[0x83, 203, 0, 1, 0, 0, 0, 1]),
+            Err(RtcpError::BadLength)
+        );
         assert_eq!(
             parse(&[0x81, 203, 0, 2, 0, 0, 0, 1, 9, b'x', 0, 0]),
             Err(RtcpError::BadLength)
@@ -1080,6 +1114,9 @@ mod tests {
         let t = ntp_from_unix(std::time::Duration::from_millis(1_500));
         assert_eq!(t >> 32, NTP_UNIX_OFFSET + 1);
         assert_eq!(t & 0xffff_ffff, 1 << 31);
-        assert_eq!(ntp_middle(t), (((NTP_UNIX_OFFSET + 1) as u32) << 16) | 0x8000);
+        assert_eq!(
+            ntp_middle(t),
+            (((NTP_UNIX_OFFSET + 1) as u32) << 16) | 0x8000
+        );
     }
 }

@@ -494,7 +494,9 @@ impl SessionDesc {
         }
         match m.rtcp {
             Some(Rtcp { port, address }) if port != 0 => {
-                let ip = address.filter(|ip| !ip.is_unspecified()).unwrap_or(rtp.ip());
+                let ip = address
+                    .filter(|ip| !ip.is_unspecified())
+                    .unwrap_or(rtp.ip());
                 Some(SocketAddr::new(ip, port))
             }
             _ => Some(SocketAddr::new(rtp.ip(), rtp.port().checked_add(1)?)),
@@ -1223,7 +1225,10 @@ a=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-16\r\na=ptime:20\r\na=sendrecv
         assert!(n.rtcp_mux);
         assert_eq!(n.rtcp, Some("203.0.113.5:18062".parse().unwrap()));
         let n = accept_answer(&parse(ASTERISK).unwrap(), &local()).unwrap();
-        assert_eq!((n.rtcp_mux, n.rtcp), (false, Some("203.0.113.5:18063".parse().unwrap())));
+        assert_eq!(
+            (n.rtcp_mux, n.rtcp),
+            (false, Some("203.0.113.5:18063".parse().unwrap()))
+        );
         // Held with c=0.0.0.0: no RTCP address either.
         let held = parse(&ASTERISK.replace("c=IN IP4 203.0.113.5", "c=IN IP4 0.0.0.0")).unwrap();
         assert_eq!(accept_answer(&held, &local()).unwrap().rtcp, None);

@@ -81,7 +81,7 @@ fn pipe(
             };
             if !rtcp::is_rtcp(&buf[..len]) {
                 n += 1;
-                if drop_every > 0 && n % drop_every == 0 {
+                if drop_every > 0 && n.is_multiple_of(drop_every) {
                     continue;
                 }
             } else {
@@ -163,10 +163,14 @@ fn reports_cross_a_lossy_relay() {
     // A needs a report from B sent after A's first SR (its LSR/DLSR give the RTT),
     // and B must have measured enough packets for the loss to show.
     let stats = |id| e.stats(id).unwrap();
-    wait_for("B's reports to tell A its loss and RTT", Duration::from_secs(20), || {
-        let q = stats(1).quality;
-        q.rtt_ms.is_some() && q.remote_cumulative_lost.unwrap_or(0) >= 3
-    });
+    wait_for(
+        "B's reports to tell A its loss and RTT",
+        Duration::from_secs(20),
+        || {
+            let q = stats(1).quality;
+            q.rtt_ms.is_some() && q.remote_cumulative_lost.unwrap_or(0) >= 3
+        },
+    );
     let a: MediaStats = stats(1);
     let b: MediaStats = stats(2);
     stop.store(true, Ordering::Relaxed);
@@ -181,10 +185,18 @@ fn reports_cross_a_lossy_relay() {
     let reported = a.quality.remote_cumulative_lost.unwrap();
     assert!(reported >= 3, "{:?}", a.quality);
     let fraction = percent(a.quality.remote_fraction_lost.unwrap());
-    assert!((2.0..=8.0).contains(&fraction), "B reported {fraction:.1} % lost");
+    assert!(
+        (2.0..=8.0).contains(&fraction),
+        "B reported {fraction:.1} % lost"
+    );
     // Nothing was lost the other way.
     assert_eq!(a.quality.lost, 0, "{:?}", a.quality);
-    assert_eq!(b.quality.remote_cumulative_lost.unwrap_or(0), 0, "{:?}", b.quality);
+    assert_eq!(
+        b.quality.remote_cumulative_lost.unwrap_or(0),
+        0,
+        "{:?}",
+        b.quality
+    );
     // Loopback: a round trip of a few ms at most (generous for a loaded machine).
     let rtt = a.quality.rtt_ms.unwrap();
     assert!(rtt < 200, "RTT {rtt} ms");
@@ -215,7 +227,8 @@ fn rtcp_mux_shares_the_rtp_port_and_bye_ends() {
     // The peer is a raw socket: it sees our RTP and, muxed, our RTCP on one port.
     let peer = bind();
     let peer_addr = addr(&peer);
-    e.configure(1, negotiated(peer_addr, peer_addr, true)).unwrap();
+    e.configure(1, negotiated(peer_addr, peer_addr, true))
+        .unwrap();
     peer.set_read_timeout(Some(Duration::from_millis(100)))
         .unwrap();
     let mut buf = [0u8; 2048];
@@ -237,7 +250,11 @@ fn rtcp_mux_shares_the_rtp_port_and_bye_ends() {
     let ssrc = our_ssrc.unwrap();
     // We send, so an SR, with our SSRC and a CNAME; no block (we receive nothing).
     match &report[0] {
-        RtcpPacket::SenderReport { ssrc: s, info, blocks } => {
+        RtcpPacket::SenderReport {
+            ssrc: s,
+            info,
+            blocks,
+        } => {
             assert_eq!(*s, ssrc);
             assert!(info.packet_count >= 10);
             assert_eq!(info.octet_count, info.packet_count * 160);
@@ -245,7 +262,9 @@ fn rtcp_mux_shares_the_rtp_port_and_bye_ends() {
         }
         other => panic!("expected an SR, got {other:?}"),
     }
-    assert!(matches!(&report[1], RtcpPacket::SourceDescription { chunks } if chunks[0].0 == ssrc && chunks[0].1.is_some()));
+    assert!(
+        matches!(&report[1], RtcpPacket::SourceDescription { chunks } if chunks[0].0 == ssrc && chunks[0].1.is_some())
+    );
 
     // The peer's RR about our stream, muxed onto our RTP port, is read (not played).
     let mut rr = Vec::new();
