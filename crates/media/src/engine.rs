@@ -1072,6 +1072,9 @@ impl Session {
 
     /// One RTCP datagram from `from` (on the RTP port when `muxed`).
     fn on_rtcp(&mut self, data: &[u8], from: SocketAddr, muxed: bool, events: &EventSink) {
+        if !muxed && self.rtcp_latched && self.rtcp_target != Some(from) {
+            return;
+        }
         let now = self.rtcp_now();
         let Ok(received) = self.rtcp.on_datagram(now, data) else {
             return;

@@ -386,7 +386,9 @@ pub struct Quality {
     pub reports_sent: u64,
     /// Reports (SR/RR) the peer sent us.
     pub reports_received: u64,
-    /// Round-trip time of the latest report block carrying LSR/DLSR, in ms.
+    /// Round-trip time of the latest report block carrying LSR/DLSR, in ms. It
+    /// includes how long the report waited before the caller read it (the media
+    /// thread reads on its 20 ms tick).
     pub rtt_ms: Option<u32>,
     /// Fraction of our packets the peer lost in its last interval, in 1/256.
     pub remote_fraction_lost: Option<u8>,
@@ -433,7 +435,9 @@ pub struct RtcpSession {
     /// When the next report is due (`None`: not started).
     next_report_ms: Option<u64>,
     rng: u64,
-    /// Reception at our previous report, for the interval's fraction lost.
+    /// Reception at our previous report (of that SSRC), for the interval's fraction
+    /// lost.
+    prior_ssrc: Option<u32>,
     expected_prior: u32,
     received_prior: u32,
     /// The peer's last SR: its SSRC, the middle of its NTP time, our arrival time.
@@ -453,6 +457,7 @@ impl RtcpSession {
             clock_rate: clock_rate.max(1),
             next_report_ms: None,
             rng: seed | 1,
+            prior_ssrc: None,
             expected_prior: 0,
             received_prior: 0,
             last_sr: None,
@@ -503,10 +508,14 @@ impl RtcpSession {
 
     /// The report block about the peer's stream `peer_ssrc`, as received so far.
     fn block(&mut self, now: Now, peer_ssrc: u32, r: &Reception) -> ReportBlock {
-        if r.expected < self.expected_prior || r.received < self.received_prior {
+        if self.prior_ssrc != Some(peer_ssrc)
+            || r.expected < self.expected_prior
+            || r.received < self.received_prior
+        {
             // The stream started over (new SSRC, resync): a new interval base.
             self.expected_prior = 0;
             self.received_prior = 0;
+            self.prior_ssrc = Some(peer_ssrc);
         }
         let expected_interval = r.expected.wrapping_sub(self.expected_prior);
         let received_interval = r.received.wrapping_sub(self.received_prior);
@@ -783,8 +792,13 @@ mod tests {
             frac(s.report(now(4), &none, Some((PEER, reception(10, 5))))),
             128
         );
+        // A new SSRC, even with bigger counters: from its own start.
+        assert_eq!(
+            frac(s.report(now(5), &none, Some((7, reception(400, 400))))),
+            0
+        );
         // Nothing received at all: no block.
-        let bytes = s.report(now(5), &none, None);
+        let bytes = s.report(now(6), &none, None);
         assert_eq!(
             parse(&bytes).unwrap()[0],
             RtcpPacket::ReceiverReport {

@@ -308,3 +308,61 @@ fn rtcp_mux_shares_the_rtp_port_and_bye_ends() {
     }
     assert!(bye, "a BYE on close");
 }
+
+#[test]
+fn rtcp_latches_to_where_the_peers_reports_come_from() {
+    let (e, _events) = engine();
+    let pa = e.open(1, AudioSpec::Tone(440.0), AudioSpec::Null).unwrap();
+    let our_rtcp = SocketAddr::new(LOCALHOST, pa + 1);
+    // The SDP names `decoy` for RTCP; the peer's reports really come from `peer`.
+    let (rtp_sink, decoy, peer, stranger) = (bind(), bind(), bind(), bind());
+    e.configure(1, negotiated(addr(&rtp_sink), addr(&decoy), false))
+        .unwrap();
+    let rr = |sender: u32, fraction_lost: u8| {
+        let mut out = Vec::new();
+        rtcp::write_report(
+            &mut out,
+            sender,
+            None,
+            &[rtcp::ReportBlock {
+                ssrc: 0, // not about our stream: only counted
+                fraction_lost,
+                ..Default::default()
+            }],
+        );
+        out
+    };
+    peer.send_to(&rr(0x5eed, 0), our_rtcp).unwrap();
+    wait_for("the peer's RR", Duration::from_secs(2), || {
+        e.stats(1).unwrap().quality.reports_received == 1
+    });
+    // Latched: a stranger's reports are ignored...
+    stranger.send_to(&rr(0xbad, 0), our_rtcp).unwrap();
+    thread::sleep(Duration::from_millis(200));
+    assert_eq!(e.stats(1).unwrap().quality.reports_received, 1);
+    // ...and ours go to the peer, not to the SDP's address.
+    peer.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let mut buf = [0u8; 2048];
+    let end = Instant::now() + Duration::from_secs(10);
+    let mut got = None;
+    while got.is_none() && Instant::now() < end {
+        if let Ok((len, from)) = peer.recv_from(&mut buf) {
+            assert_eq!(from, our_rtcp, "sent from our RTCP port (RTP + 1)");
+            got = Some(rtcp::parse(&buf[..len]).unwrap());
+        }
+    }
+    let got = got.expect("a report at the latched address within 10 s");
+    assert!(matches!(got[0], RtcpPacket::SenderReport { .. }), "{got:?}");
+    decoy.set_nonblocking(true).unwrap();
+    assert!(
+        decoy.recv_from(&mut buf).is_err(),
+        "nothing for the SDP address once latched"
+    );
+    // Garbage on the RTCP port changes nothing.
+    peer.send_to(&[0x80, 201, 0xff, 0xff, 1, 2], our_rtcp)
+        .unwrap();
+    thread::sleep(Duration::from_millis(100));
+    assert_eq!(e.stats(1).unwrap().quality.reports_received, 1);
+    e.close(1).unwrap();
+}
