@@ -141,6 +141,11 @@ def run_call_and_check(ph, a, cid, tap, ours: int, theirs: int, mux: bool):
     assert about_us, theirs_reports
     echoed = {b["lsr"] for b in about_us} - {0}
     assert echoed and echoed <= sr_lsr_values(mine), (echoed, sr_lsr_values(mine))
+    # And ours echo baresip's SRs (its RTT comes from them).
+    our_blocks = [b for _, _, p in mine for b in report_blocks(p)]
+    ours_echoed = {b["lsr"] for b in our_blocks} - {0}
+    assert ours_echoed and ours_echoed <= sr_lsr_values(theirs_reports), \
+        (ours_echoed, sr_lsr_values(theirs_reports))
     print(f"call {cid}: {len(events)} call.quality events; call.ended {ended}")
     return ended
 
