@@ -1028,7 +1028,13 @@ impl Session {
         };
         match socket.send_to(bytes, to) {
             Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            // A full buffer, or an earlier ICMP error (nobody on the peer's RTCP
+            // port): the report is lost, like on the wire.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::ConnectionRefused
+                ) => {}
             Err(e) => self.socket_error("RTCP send", &e),
         }
     }
