@@ -8,6 +8,9 @@ lets a test pick a flow by ports afterwards. Nothing is injected; nothing
 else on the machine is touched. A reader thread with a bounded poll runs
 until stop().
 
+RTCP (a second byte of 200-207, RFC 5761) is kept apart, whole, in `rtcp`
+(see `RtcpDatagram.packets()`); `rtcp_flow()` selects it like `flow()`.
+
 Also: `sdp_audio_port(text)`, the m=audio port of the SDP in a SIP message;
 `decode(packets)`, the PCMU / PCMA payloads as float samples.
 """
@@ -42,7 +45,27 @@ class RtpPacket:
     payload: bytes
 
 
-def _parse(frame: bytes, t: float) -> RtpPacket | None:
+@dataclass
+class RtcpDatagram:
+    t: float          # time.time() at capture
+    src: int          # UDP source port
+    dst: int          # UDP destination port
+    data: bytes       # the whole compound datagram
+
+    def packets(self) -> list[tuple[int, int, bytes]]:
+        """The compound's packets as (packet type, count field, whole packet);
+        stops at the first one whose length does not fit."""
+        out, rest = [], self.data
+        while len(rest) >= 4:
+            n = (struct.unpack("!H", rest[2:4])[0] + 1) * 4
+            if n > len(rest):
+                break
+            out.append((rest[1], rest[0] & 0x1F, rest[:n]))
+            rest = rest[n:]
+        return out
+
+
+def _parse(frame: bytes, t: float) -> RtpPacket | RtcpDatagram | None:
     # Loopback frames carry a 14-byte Ethernet header (all zero addresses).
     if len(frame) < 14 + 20 + 8 + 12:
         return None
@@ -59,6 +82,8 @@ def _parse(frame: bytes, t: float) -> RtpPacket | None:
     if len(data) < 12 or data[0] >> 6 != 2:
         return None
     b0, b1 = data[0], data[1]
+    if 72 <= b1 & 0x7F <= 79:  # RTCP (SR/RR/...), also when sent on an RTP port
+        return RtcpDatagram(t, src, dst, bytes(data))
     cc = b0 & 0x0F
     off = 12 + 4 * cc
     if b0 & 0x10:  # header extension
@@ -69,8 +94,6 @@ def _parse(frame: bytes, t: float) -> RtpPacket | None:
     if b0 & 0x20 and payload:  # padding
         payload = payload[:-payload[-1]] if payload[-1] <= len(payload) else b""
     pt = b1 & 0x7F
-    if 72 <= pt <= 79:  # RTCP (SR/RR/...) sent on an RTP port: not RTP
-        return None
     seq, ts, ssrc = struct.unpack("!HII", data[2:12])
     return RtpPacket(t, src, dst, pt, seq, ts, ssrc, bool(b1 & 0x80), bytes(payload))
 
@@ -80,6 +103,7 @@ class RtpTap:
 
     def __init__(self, max_packets: int = 500_000):
         self.packets: list[RtpPacket] = []
+        self.rtcp: list[RtcpDatagram] = []
         self.max_packets = max_packets
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -119,7 +143,10 @@ class RtpTap:
             if addr[2] == PACKET_OUTGOING:  # lo shows each packet twice
                 continue
             p = _parse(frame, time.time())
-            if p is not None and len(self.packets) < self.max_packets:
+            if isinstance(p, RtcpDatagram):
+                if len(self.rtcp) < self.max_packets:
+                    self.rtcp.append(p)
+            elif p is not None and len(self.packets) < self.max_packets:
                 self.packets.append(p)
 
     def stop(self) -> None:
@@ -155,6 +182,13 @@ class RtpTap:
                 continue
             out.append(p)
         return out
+
+
+    def rtcp_flow(self, dst: int | None = None,
+                  src: int | None = None) -> list[RtcpDatagram]:
+        """RTCP datagrams to port dst (and/or from port src)."""
+        return [d for d in list(self.rtcp)
+                if (dst is None or d.dst == dst) and (src is None or d.src == src)]
 
 
 def decode(packets: list[RtpPacket]) -> np.ndarray:

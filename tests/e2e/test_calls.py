@@ -28,7 +28,8 @@ PASSWORD = USERS["1001"]
 CALL_SECONDS = 8          # how long the audio calls last
 TONE_US, TONE_A, TONE_C = 440, 1000, 700
 HOSTILE_NAME = '"; rm -rf ~ $(id)'
-CALLS_LINE = re.compile(r"^(\d+) (in|out) (\S+) (\S+) (\d+)s (\S+)$")
+CALLS_LINE = re.compile(r"^(\d+) (in|out) (\S+) (\S+) (\d+)s (\S+)"
+                        r"(?: jitter=\d+ms loss=\d+\.\d% rtt=(?:\d+ms|-))?$")
 
 
 # ---------------------------------------------------------------- helpers

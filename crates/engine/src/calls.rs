@@ -15,7 +15,7 @@ use tracing::{debug, info, warn};
 use crate::command::{CallId, Command, StatusForm};
 use crate::dialplan;
 use crate::engine::{Engine, Request};
-use crate::event::EventKind;
+use crate::event::{CallQuality, EventKind};
 use crate::policy::{self, Decision, IncomingFacts};
 use crate::recording::CallExtras;
 use crate::reply::{fail, ok, ok_with, ErrorCode, Reply};
@@ -337,7 +337,23 @@ impl Engine {
     }
 
     pub(crate) fn call_views(&self) -> Vec<Value> {
-        self.calls.values().map(Call::view).collect()
+        self.calls
+            .values()
+            .map(|c| {
+                let mut view = c.view();
+                if let (Some(q), Value::Object(map)) = (self.call_quality(c.id), &mut view) {
+                    if let Ok(Value::Object(fields)) = serde_json::to_value(q) {
+                        map.extend(fields);
+                    }
+                }
+                view
+            })
+            .collect()
+    }
+
+    /// The quality numbers of a call with media.
+    fn call_quality(&self, id: CallId) -> Option<CallQuality> {
+        self.media.stats(id).map(|s| CallQuality::from_media(&s))
     }
 
     pub(crate) fn list_calls(&self) -> Reply {
@@ -345,7 +361,7 @@ impl Engine {
             .calls
             .values()
             .map(|c| {
-                format!(
+                let mut line = format!(
                     "{} {} {} {} {}s {}",
                     c.id,
                     c.direction.word(),
@@ -353,7 +369,12 @@ impl Engine {
                     c.state_word(),
                     c.duration_s(),
                     c.codec.unwrap_or("-")
-                )
+                );
+                if let Some(q) = self.call_quality(c.id) {
+                    line.push(' ');
+                    line.push_str(&q.plain());
+                }
+                line
             })
             .collect();
         ok_with(text.join("; "), Value::Array(self.call_views()))
@@ -707,6 +728,13 @@ impl Engine {
             }
             microsip_media::MediaEvent::RecordingFailed { call, path, error } => {
                 self.on_recording_failed(call, path, error)
+            }
+            microsip_media::MediaEvent::Quality { call, .. } => {
+                if self.calls.contains_key(&call) {
+                    if let Some(quality) = self.call_quality(call) {
+                        self.publish(EventKind::CallQuality { call, quality });
+                    }
+                }
             }
         }
     }
@@ -1438,6 +1466,7 @@ impl Engine {
         let Some(duration) = self.calls.get(&id).map(Call::duration_s) else {
             return;
         };
+        let quality = self.call_quality(id);
         media_done(id, "close", self.media.close(id));
         self.on_media_closed(id);
         self.last_ended = Some(Instant::now());
@@ -1449,6 +1478,7 @@ impl Engine {
             reason: reason.clone(),
             by,
             duration,
+            quality,
         });
         let Some(call) = self.calls.remove(&id) else {
             return;

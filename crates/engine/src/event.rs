@@ -1,6 +1,6 @@
 //! The one event stream: every state change, numbered, timed, as JSON-ready values.
 
-use serde::Serialize;
+use serde::{Serialize, Serializer};
 
 /// One event, as every subscriber sees it.
 #[derive(Debug, Clone, Serialize)]
@@ -114,6 +114,16 @@ pub enum EventKind {
         reason: String,
         by: &'static str,
         duration: u64,
+        /// The final numbers, when the call had media.
+        #[serde(flatten)]
+        quality: Option<CallQuality>,
+    },
+    /// An RTCP report arrived: the call's quality numbers with it.
+    #[serde(rename = "call.quality")]
+    CallQuality {
+        call: u64,
+        #[serde(flatten)]
+        quality: CallQuality,
     },
     #[serde(rename = "message.received")]
     MessageReceived {
@@ -175,7 +185,8 @@ impl EventKind {
             | EventKind::CallRecording { call, .. }
             | EventKind::CallPlaying { call, .. }
             | EventKind::CallConference { call, .. }
-            | EventKind::CallEnded { call, .. } => Some(*call),
+            | EventKind::CallEnded { call, .. }
+            | EventKind::CallQuality { call, .. } => Some(*call),
             _ => None,
         }
     }
@@ -221,6 +232,7 @@ impl EventKind {
             EventKind::CallPlaying { .. } => "call.playing",
             EventKind::CallConference { .. } => "call.conference",
             EventKind::CallEnded { .. } => "call.ended",
+            EventKind::CallQuality { .. } => "call.quality",
             EventKind::MessageReceived { .. } => "message.received",
             EventKind::MessageSent { .. } => "message.sent",
             EventKind::MessageFailed { .. } => "message.failed",
@@ -228,6 +240,82 @@ impl EventKind {
             EventKind::Mwi { .. } => "mwi",
             EventKind::PhoneExiting => "phone.exiting",
         }
+    }
+}
+
+/// A percentage kept in tenths (so events stay `Eq`); written as a number with one
+/// decimal (`5.0`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Percent(pub u32);
+
+impl Percent {
+    /// From a fraction in 1/256 (RTCP's fraction lost).
+    pub fn from_fraction(fraction: u8) -> Percent {
+        Percent(((u32::from(fraction) * 1000) + 128) / 256)
+    }
+}
+
+impl std::fmt::Display for Percent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}", self.0 / 10, self.0 % 10)
+    }
+}
+
+impl Serialize for Percent {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_f64(f64::from(self.0) / 10.0)
+    }
+}
+
+/// A call's quality, in `call.quality`, `call.ended` and `calls`: what we measure on
+/// the peer's stream, what the peer reports about ours (RTCP), and the round trip.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct CallQuality {
+    /// Interarrival jitter of what we receive, ms.
+    pub jitter: u32,
+    /// Share of the peer's packets that never reached us, percent (as of our last
+    /// report).
+    pub loss: Percent,
+    /// How many of the peer's packets never reached us.
+    pub lost: i64,
+    /// Round-trip time, ms (`null` until the peer answered one of our reports).
+    pub rtt: Option<u32>,
+    /// Share of our packets the peer lost in its last report's interval, percent.
+    pub remote_loss: Option<Percent>,
+    /// How many of our packets the peer lost, as it reports.
+    pub remote_lost: Option<i32>,
+    /// Jitter the peer measures on our stream, ms.
+    pub remote_jitter: Option<u32>,
+    /// RTCP reports received from the peer.
+    pub rtcp: u64,
+    /// RTCP reports we sent.
+    pub rtcp_sent: u64,
+}
+
+impl CallQuality {
+    /// From the media engine's counters of the call.
+    pub fn from_media(stats: &microsip_media::MediaStats) -> CallQuality {
+        let q = &stats.quality;
+        CallQuality {
+            jitter: stats.jitter_ms,
+            loss: Percent(q.loss_permille()),
+            lost: q.lost.max(0),
+            rtt: q.rtt_ms,
+            remote_loss: q.remote_fraction_lost.map(Percent::from_fraction),
+            remote_lost: q.remote_cumulative_lost,
+            remote_jitter: q.remote_jitter_ms,
+            rtcp: q.reports_received,
+            rtcp_sent: q.reports_sent,
+        }
+    }
+
+    /// The plain-text form in `calls`: `jitter=3ms loss=0.5% rtt=12ms`.
+    pub fn plain(&self) -> String {
+        let rtt = match self.rtt {
+            Some(ms) => format!("{ms}ms"),
+            None => "-".to_string(),
+        };
+        format!("jitter={}ms loss={}% rtt={rtt}", self.jitter, self.loss)
     }
 }
 
@@ -268,4 +356,76 @@ pub struct MwiView {
     pub waiting: bool,
     pub new: u32,
     pub old: u32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn quality() -> CallQuality {
+        CallQuality {
+            jitter: 3,
+            loss: Percent(50),
+            lost: 12,
+            rtt: Some(21),
+            remote_loss: Some(Percent::from_fraction(13)),
+            remote_lost: Some(9),
+            remote_jitter: Some(4),
+            rtcp: 2,
+            rtcp_sent: 3,
+        }
+    }
+
+    #[test]
+    fn quality_event_fields() {
+        let v = serde_json::to_value(EventKind::CallQuality {
+            call: 7,
+            quality: quality(),
+        })
+        .unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({
+                "type": "call.quality", "call": 7, "jitter": 3, "loss": 5.0, "lost": 12,
+                "rtt": 21, "remote_loss": 5.1, "remote_lost": 9, "remote_jitter": 4,
+                "rtcp": 2, "rtcp_sent": 3
+            })
+        );
+        let ended = |quality| EventKind::CallEnded {
+            call: 7,
+            code: 200,
+            reason: "OK".into(),
+            by: "local",
+            duration: 10,
+            quality,
+        };
+        let v = serde_json::to_value(ended(Some(quality()))).unwrap();
+        assert_eq!(v["type"], "call.ended");
+        assert_eq!(v["rtt"], 21);
+        assert_eq!(v["loss"], 5.0);
+        let v = serde_json::to_value(ended(None)).unwrap();
+        assert!(v.get("rtt").is_none() && v.get("jitter").is_none());
+        assert_eq!(
+            EventKind::CallQuality {
+                call: 1,
+                quality: quality()
+            }
+            .call(),
+            Some(1)
+        );
+    }
+
+    #[test]
+    fn percent_forms() {
+        assert_eq!(Percent::from_fraction(0), Percent(0));
+        assert_eq!(Percent::from_fraction(128), Percent(500));
+        assert_eq!(Percent::from_fraction(255), Percent(996));
+        assert_eq!(Percent(53).to_string(), "5.3");
+        assert_eq!(quality().plain(), "jitter=3ms loss=5.0% rtt=21ms");
+        let none = CallQuality {
+            rtt: None,
+            ..quality()
+        };
+        assert_eq!(none.plain(), "jitter=3ms loss=5.0% rtt=-");
+    }
 }

@@ -8,6 +8,8 @@
 //! packet (or a DTMF event packet); then drain what arrived into the session's jitter
 //! buffer and play one frame from it (decoded, or concealed when lost). Received
 //! DTMF (RFC 4733, or in-band when asked) is reported through the event callback.
+//! RTCP goes on RTP port + 1 (or on the RTP port with rtcp-mux): the protocol is
+//! [`crate::rtcp`]; here are only its sockets, its place in the tick and its numbers.
 //!
 //! Sources and sinks run on the audio bus (16 kHz mono, [`audio::SAMPLE_RATE`]);
 //! each session's `CodecPath` holds the negotiated codec and the resamplers
@@ -38,6 +40,7 @@ use crate::mixer::Mixer;
 use crate::plc::Plc;
 use crate::recorder::{self, PlayEnd, Player, RecordingHandle, RecordingStatus, Taps};
 use crate::resample::Resampler;
+use crate::rtcp::{self, Quality, RtcpSession};
 use crate::rtp::{self, RtpHeader};
 use crate::sdp::{Codec, Negotiated};
 
@@ -143,6 +146,9 @@ pub enum MediaEvent {
         path: std::path::PathBuf,
         error: String,
     },
+    /// An RTCP report arrived from the peer of call `call`; `quality` is the call's
+    /// numbers with it.
+    Quality { call: u64, quality: Quality },
 }
 
 /// Where media events go (called on the media thread: must not block).
@@ -249,6 +255,8 @@ pub struct MediaStats {
     pub jitter_ms: u32,
     /// Current playout delay of the jitter buffer, milliseconds.
     pub playout_delay_ms: u32,
+    /// What RTCP tells: reports sent and received, round-trip time, loss both ways.
+    pub quality: Quality,
 }
 
 /// Counters shared between the media thread (writer) and callers (readers).
@@ -266,6 +274,8 @@ struct SharedStats {
     packets_lost: AtomicU64,
     jitter_ms: AtomicU64,
     playout_delay_ms: AtomicU64,
+    /// Changed when an RTCP report is sent or received.
+    quality: Mutex<Quality>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -410,14 +420,15 @@ impl MediaEngine {
                 return Err(MediaError::DuplicateSession(id));
             }
         }
-        let socket = self.bind_rtp()?;
+        let (socket, rtcp_socket) = self.bind_rtp()?;
         let local_port = socket
             .local_addr()
             .map_err(|e| MediaError::Socket(e.to_string()))?
             .port();
-        socket
-            .set_nonblocking(true)
-            .map_err(|e| MediaError::Socket(e.to_string()))?;
+        for s in std::iter::once(&socket).chain(rtcp_socket.as_ref()) {
+            s.set_nonblocking(true)
+                .map_err(|e| MediaError::Socket(e.to_string()))?;
+        }
         let source = audio::open_source(&source)?;
         let sink = audio::open_sink(&sink)?;
         let stats = Arc::new(SharedStats {
@@ -431,6 +442,7 @@ impl MediaEngine {
             packets_lost: AtomicU64::new(0),
             jitter_ms: AtomicU64::new(0),
             playout_delay_ms: AtomicU64::new(0),
+            quality: Mutex::new(Quality::default()),
         });
         {
             let mut sessions = lock(&self.shared.sessions);
@@ -439,7 +451,8 @@ impl MediaEngine {
             }
             sessions.insert(id, stats.clone());
         }
-        let session = Session::new(id, socket, source, sink, stats, self.shared.epoch);
+        let mut session = Session::new(id, socket, source, sink, stats, self.shared.epoch);
+        session.rtcp_socket = rtcp_socket;
         match self.request(Request::Add(Box::new(session))) {
             Ok(()) => Ok(local_port),
             Err(e) => {
@@ -449,8 +462,15 @@ impl MediaEngine {
         }
     }
 
-    fn bind_rtp(&self) -> Result<UdpSocket, MediaError> {
+    /// Binds an even RTP port and, when free, the odd port above it for RTCP. A pair
+    /// is preferred; when no pair is free, an RTP port alone (RTCP then only with
+    /// rtcp-mux).
+    fn bind_rtp(&self) -> Result<(UdpSocket, Option<UdpSocket>), MediaError> {
         let ip = self.shared.bind_ip;
+        let rtcp_of = |rtp: &UdpSocket| -> Option<UdpSocket> {
+            let port = rtp.local_addr().ok()?.port().checked_add(1)?;
+            UdpSocket::bind(SocketAddr::new(ip, port)).ok()
+        };
         let Some(PortRange {
             min,
             max,
@@ -458,9 +478,10 @@ impl MediaEngine {
             last,
         }) = self.shared.range
         else {
-            // Any free port, preferably even: hold odd ones while asking again so the
-            // system hands out a different port.
-            let mut odd = Vec::new();
+            // Any free port, preferably even with the odd one above free: hold the
+            // others while asking again so the system hands out a different port.
+            let mut held = Vec::new();
+            let mut lone_even = None;
             for _ in 0..16 {
                 let s = UdpSocket::bind(SocketAddr::new(ip, 0))
                     .map_err(|e| MediaError::Socket(e.to_string()))?;
@@ -469,27 +490,50 @@ impl MediaEngine {
                     .map_err(|e| MediaError::Socket(e.to_string()))?
                     .port();
                 if port % 2 == 0 {
-                    return Ok(s);
+                    if let Some(rtcp) = rtcp_of(&s) {
+                        return Ok((s, Some(rtcp)));
+                    }
+                    if lone_even.is_none() {
+                        lone_even = Some(s);
+                        continue;
+                    }
                 }
-                odd.push(s);
+                held.push(s);
             }
-            return odd.pop().ok_or(MediaError::NoFreePort { min: 0, max: 0 });
+            return lone_even
+                .or_else(|| held.pop())
+                .map(|s| (s, None))
+                .ok_or(MediaError::NoFreePort { min: 0, max: 0 });
         };
         let count = (u32::from(last) - u32::from(first)) / 2 + 1;
         let mut next = lock(&self.shared.next_port);
+        let mut lone = None;
         for i in 0..count {
             let index = (*next + i) % count;
             let port = (u32::from(first) + 2 * index) as u16;
             match UdpSocket::bind(SocketAddr::new(ip, port)) {
-                Ok(s) => {
-                    *next = (index + 1) % count;
-                    return Ok(s);
-                }
+                Ok(s) => match rtcp_of(&s) {
+                    Some(rtcp) => {
+                        *next = (index + 1) % count;
+                        return Ok((s, Some(rtcp)));
+                    }
+                    None => {
+                        if lone.is_none() {
+                            lone = Some((s, index));
+                        }
+                    }
+                },
                 Err(e) if e.kind() == io::ErrorKind::AddrInUse => continue,
                 Err(e) => return Err(MediaError::Socket(format!("{ip}:{port}: {e}"))),
             }
         }
-        Err(MediaError::NoFreePort { min, max })
+        match lone {
+            Some((s, index)) => {
+                *next = (index + 1) % count;
+                Ok((s, None))
+            }
+            None => Err(MediaError::NoFreePort { min, max }),
+        }
     }
 
     /// Starts or updates the stream of `id` after an offer/answer (again after a
@@ -600,6 +644,7 @@ impl MediaEngine {
     pub fn stats(&self, id: u64) -> Option<MediaStats> {
         let stats = lock(&self.shared.sessions).get(&id)?.clone();
         let (codec, remote) = *lock(&stats.peer);
+        let quality = *lock(&stats.quality);
         let last = stats.last_received.load(Ordering::Relaxed);
         let now = self.shared.epoch.elapsed().as_millis() as u64;
         Some(MediaStats {
@@ -614,6 +659,7 @@ impl MediaEngine {
             packets_lost: stats.packets_lost.load(Ordering::Relaxed),
             jitter_ms: stats.jitter_ms.load(Ordering::Relaxed) as u32,
             playout_delay_ms: stats.playout_delay_ms.load(Ordering::Relaxed) as u32,
+            quality,
         })
     }
 
@@ -868,6 +914,15 @@ struct Session {
     speaker_gain: f32,
     /// Recording, a file played in, the conference (see `recorder.rs`).
     taps: Taps,
+    /// RTCP: the socket on RTP port + 1 (`None`: none could be bound), where reports
+    /// go (latched to where the peer's come from), the protocol state, the peer's SSRC.
+    rtcp_socket: Option<UdpSocket>,
+    rtcp_target: Option<SocketAddr>,
+    rtcp_latched: bool,
+    rtcp: RtcpSession,
+    peer_ssrc: Option<u32>,
+    /// Unix time at `epoch`, for the NTP timestamps of our reports.
+    wall_at_epoch: Duration,
 }
 
 impl Session {
@@ -881,6 +936,10 @@ impl Session {
     ) -> Session {
         let r = random_u64();
         let t = random_u64();
+        let wall_at_epoch = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .saturating_sub(epoch.elapsed());
         Session {
             id,
             socket,
@@ -908,6 +967,12 @@ impl Session {
             mic_gain: 1.0,
             speaker_gain: 1.0,
             taps: Taps::default(),
+            rtcp_socket: None,
+            rtcp_target: None,
+            rtcp_latched: false,
+            rtcp: RtcpSession::new(r as u32, &format!("{t:016x}@microsip"), 8000, r ^ t),
+            peer_ssrc: None,
+            wall_at_epoch,
         }
     }
 
@@ -917,6 +982,13 @@ impl Session {
             self.target = negotiated.remote;
             self.latched = false;
         }
+        let rtcp_changed = self.negotiated.as_ref().map(|n| (n.rtcp, n.rtcp_mux))
+            != Some((negotiated.rtcp, negotiated.rtcp_mux));
+        if rtcp_changed {
+            self.rtcp_target = negotiated.rtcp;
+            self.rtcp_latched = false;
+        }
+        self.rtcp.set_clock_rate(negotiated.codec.clock_rate());
         *lock(&self.stats.peer) = (Some(negotiated.codec), self.target);
         let events_allowed = matches!(self.dtmf_mode, DtmfMode::Auto | DtmfMode::Rfc4733);
         self.dtmf_out = match (negotiated.telephone_event, events_allowed) {
@@ -1014,6 +1086,7 @@ impl Session {
         self.receive(scratch);
         self.play(scratch);
         self.taps.end_tick(self.id, &scratch.events);
+        self.rtcp_tick(scratch);
     }
 
     /// Sends this tick's packet to `to`: 20 ms from the source, encoded (with
@@ -1137,6 +1210,15 @@ impl Session {
     }
 
     fn on_packet(&mut self, len: usize, from: SocketAddr, scratch: &mut Scratch) {
+        if rtcp::is_rtcp(&scratch.recv[..len]) {
+            // RFC 5761 demultiplexing: RTCP on the RTP port when muxed (or from the
+            // peer's RTP address, for peers that mux unasked).
+            let muxed = self.negotiated.as_ref().is_some_and(|n| n.rtcp_mux);
+            if muxed || self.target == Some(from) {
+                self.on_rtcp(&scratch.recv[..len], from, true, &scratch.events);
+            }
+            return;
+        }
         let Some(n) = &self.negotiated else { return };
         let Ok(packet) = rtp::parse(&scratch.recv[..len]) else {
             return;
@@ -1180,12 +1262,147 @@ impl Session {
             return;
         }
         if self.plays() {
+            self.peer_ssrc = Some(packet.header.ssrc);
             self.jitter.push_packet(now, &packet.header, packet.payload);
         }
     }
 
     fn close(&mut self) -> Result<(), MediaError> {
+        self.send_rtcp_bye();
         self.sink.close().map_err(MediaError::Audio)
+    }
+}
+
+/// RTCP transport: the sockets, the schedule in the tick, the numbers and events.
+impl Session {
+    fn rtcp_now(&self) -> rtcp::Now {
+        let since = self.epoch.elapsed();
+        rtcp::Now {
+            ms: since.as_millis() as u64,
+            ntp: rtcp::ntp_from_unix(self.wall_at_epoch + since),
+        }
+    }
+
+    /// Where our reports go: the RTP target when muxed, else the RTCP address.
+    fn rtcp_destination(&self) -> Option<SocketAddr> {
+        let n = self.negotiated.as_ref()?;
+        n.remote?;
+        if n.rtcp_mux {
+            self.target
+        } else {
+            self.rtcp_target
+        }
+    }
+
+    fn sending(&self) -> rtcp::Sending {
+        let packets = self.stats.packets_sent.load(Ordering::Relaxed);
+        let bytes = self.stats.bytes_sent.load(Ordering::Relaxed);
+        rtcp::Sending {
+            packets,
+            octets: bytes.saturating_sub(packets * rtp::HEADER_LEN as u64),
+            rtp_timestamp: self.timestamp,
+        }
+    }
+
+    fn reception(&self) -> Option<(u32, crate::jitter::Reception)> {
+        Some((self.peer_ssrc?, self.jitter.reception()?))
+    }
+
+    fn send_rtcp(&mut self, bytes: &[u8], to: SocketAddr) {
+        let muxed = self.negotiated.as_ref().is_some_and(|n| n.rtcp_mux);
+        let socket = if muxed {
+            &self.socket
+        } else {
+            match &self.rtcp_socket {
+                Some(s) => s,
+                None => return,
+            }
+        };
+        match socket.send_to(bytes, to) {
+            Ok(_) => {}
+            // A full buffer, or an earlier ICMP error (nobody on the peer's RTCP
+            // port): the report is lost, like on the wire.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::ConnectionRefused
+                ) => {}
+            Err(e) => self.socket_error("RTCP send", &e),
+        }
+    }
+
+    /// Each tick: reads what came to the RTCP port, and sends a report when due.
+    fn rtcp_tick(&mut self, scratch: &mut Scratch) {
+        // Taken out while reading, so the handler may borrow the session.
+        if let Some(socket) = self.rtcp_socket.take() {
+            for _ in 0..MAX_PACKETS_PER_TICK {
+                match socket.recv_from(&mut scratch.recv) {
+                    Ok((len, from)) => {
+                        let len = len.min(scratch.recv.len());
+                        self.on_rtcp(&scratch.recv[..len], from, false, &scratch.events);
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    // Interrupted, or an ICMP error surfacing: not fatal.
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            io::ErrorKind::Interrupted | io::ErrorKind::ConnectionRefused
+                        ) => {}
+                    Err(e) => {
+                        self.socket_error("RTCP receive", &e);
+                        break;
+                    }
+                }
+            }
+            self.rtcp_socket = Some(socket);
+        }
+        let Some(to) = self.rtcp_destination() else {
+            return;
+        };
+        let now = self.rtcp_now();
+        self.rtcp.start(now.ms);
+        if self.rtcp.due(now.ms) {
+            let report = self.rtcp.report(now, &self.sending(), self.reception());
+            self.send_rtcp(&report, to);
+            *lock(&self.stats.quality) = self.rtcp.quality();
+        }
+    }
+
+    /// One RTCP datagram from `from` (on the RTP port when `muxed`).
+    fn on_rtcp(&mut self, data: &[u8], from: SocketAddr, muxed: bool, events: &EventSink) {
+        if !muxed && self.rtcp_latched && self.rtcp_target != Some(from) {
+            return;
+        }
+        let now = self.rtcp_now();
+        let Ok(received) = self.rtcp.on_datagram(now, data) else {
+            return;
+        };
+        if !received.report {
+            return;
+        }
+        // Symmetric RTCP: answer to where the peer's reports come from.
+        let has_remote = self.negotiated.as_ref().is_some_and(|n| n.remote.is_some());
+        if !muxed && !self.rtcp_latched && has_remote {
+            self.rtcp_latched = true;
+            self.rtcp_target = Some(from);
+        }
+        let quality = self.rtcp.quality();
+        *lock(&self.stats.quality) = quality;
+        (events)(MediaEvent::Quality {
+            call: self.id,
+            quality,
+        });
+    }
+
+    /// The last report and a BYE, when the call's media closes.
+    fn send_rtcp_bye(&mut self) {
+        let Some(to) = self.rtcp_destination() else {
+            return;
+        };
+        let now = self.rtcp_now();
+        let bye = self.rtcp.bye(now, &self.sending(), self.reception());
+        self.send_rtcp(&bye, to);
+        *lock(&self.stats.quality) = self.rtcp.quality();
     }
 }
 

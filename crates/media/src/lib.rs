@@ -4,6 +4,7 @@
 //!
 //! * [`sdp`] reads and writes session descriptions and does offer/answer;
 //! * [`rtp`] is the RTP wire format;
+//! * [`rtcp`] is RTCP: reports, their schedule and the call quality they tell;
 //! * [`g711`] is the PCMU/PCMA codec;
 //! * [`audio`] has the headless devices (`file:`, `tone:`, `null`);
 //! * [`device`] has the sound devices (cpal) behind the same traits;
@@ -25,6 +26,7 @@ pub mod plc;
 pub mod recorder;
 pub mod resample;
 pub mod ring;
+pub mod rtcp;
 pub mod rtp;
 pub mod sdp;
 #[cfg(test)]

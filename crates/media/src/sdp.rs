@@ -411,6 +411,8 @@ pub struct MediaDesc {
     pub direction: Option<Direction>,
     /// `a=rtcp`.
     pub rtcp: Option<Rtcp>,
+    /// `a=rtcp-mux` (RFC 5761).
+    pub rtcp_mux: bool,
 }
 
 impl MediaDesc {
@@ -500,6 +502,24 @@ impl SessionDesc {
             return None;
         }
         Some(SocketAddr::new(ip, m.port))
+    }
+
+    /// Where RTCP for `m` is sent: the RTP address when `mux`, else `a=rtcp` (RFC
+    /// 3605), else the RTP port + 1. `None` when RTP has no address.
+    pub fn rtcp_address_of(&self, m: &MediaDesc, mux: bool) -> Option<SocketAddr> {
+        let rtp = self.rtp_address_of(m)?;
+        if mux {
+            return Some(rtp);
+        }
+        match m.rtcp {
+            Some(Rtcp { port, address }) if port != 0 => {
+                let ip = address
+                    .filter(|ip| !ip.is_unspecified())
+                    .unwrap_or(rtp.ip());
+                Some(SocketAddr::new(ip, port))
+            }
+            _ => Some(SocketAddr::new(rtp.ip(), rtp.port().checked_add(1)?)),
+        }
     }
 }
 
@@ -596,6 +616,10 @@ fn parse_media_line(value: &str) -> Result<MediaDesc, SdpError> {
 fn apply_media_attribute(m: &mut MediaDesc, name: &str, arg: Option<&str>) {
     if let Some(d) = Direction::from_attribute(name) {
         m.direction = Some(d);
+        return;
+    }
+    if name == "rtcp-mux" {
+        m.rtcp_mux = true;
         return;
     }
     let Some(arg) = arg else { return };
@@ -712,6 +736,10 @@ pub struct Negotiated {
     pub telephone_event_rate: u32,
     /// The peer's `a=ptime` (20 when absent). We send 20 ms frames for now.
     pub ptime_ms: u32,
+    /// Where to send RTCP (see [`SessionDesc::rtcp_address_of`]); `None` with `remote`.
+    pub rtcp: Option<SocketAddr>,
+    /// Both sides agreed on `a=rtcp-mux` (RFC 5761): RTCP shares the RTP port.
+    pub rtcp_mux: bool,
 }
 
 impl Negotiated {
@@ -905,6 +933,10 @@ pub fn answer(offer: &SessionDesc, local: &LocalMedia) -> Result<(String, Negoti
                 if let Some((te, rate)) = te {
                     write_telephone_event(&mut out, te, rate);
                 }
+                // RFC 5761: an offered rtcp-mux is accepted (we demultiplex anyway).
+                if m.rtcp_mux {
+                    out.push_str("a=rtcp-mux\r\n");
+                }
                 let _ = write!(out, "a=ptime:20\r\na={local_direction}\r\n");
             }
             Negotiated {
@@ -916,6 +948,8 @@ pub fn answer(offer: &SessionDesc, local: &LocalMedia) -> Result<(String, Negoti
                 telephone_event: te.map(|(pt, _)| pt),
                 telephone_event_rate: te.map_or(8000, |(_, rate)| rate),
                 ptime_ms: m.ptime.unwrap_or(20),
+                rtcp: offer.rtcp_address_of(m, m.rtcp_mux),
+                rtcp_mux: m.rtcp_mux,
             }
         }
         None => {
@@ -942,6 +976,8 @@ pub fn answer(offer: &SessionDesc, local: &LocalMedia) -> Result<(String, Negoti
                 telephone_event: None,
                 telephone_event_rate: 8000,
                 ptime_ms: m.ptime.unwrap_or(20),
+                rtcp: None,
+                rtcp_mux: false,
             }
         }
     };
@@ -980,6 +1016,8 @@ pub fn accept_answer(answer: &SessionDesc, local: &LocalMedia) -> Result<Negotia
             telephone_event: None,
             telephone_event_rate: 8000,
             ptime_ms: m.ptime.unwrap_or(20),
+            rtcp: None,
+            rtcp_mux: false,
         });
     }
     let (codec, payload_type) = in_answer_order.ok_or(SdpError::NoCommonCodec)?;
@@ -998,6 +1036,9 @@ pub fn accept_answer(answer: &SessionDesc, local: &LocalMedia) -> Result<Negotia
         telephone_event: te.map(|(pt, _)| pt),
         telephone_event_rate: te.map_or(8000, |(_, rate)| rate),
         ptime_ms: m.ptime.unwrap_or(20),
+        // We do not offer rtcp-mux; a peer that muxes anyway is followed.
+        rtcp: answer.rtcp_address_of(m, m.rtcp_mux),
+        rtcp_mux: m.rtcp_mux,
     })
 }
 
@@ -1183,6 +1224,10 @@ a=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-16\r\na=ptime:20\r\na=sendrecv
         assert!(text.contains("a=rtpmap:8 PCMA/8000\r\n"));
         assert!(text.contains("a=fmtp:101 0-16\r\n"));
         assert!(text.ends_with("a=sendrecv\r\n"));
+        // baresip offered rtcp-mux: accepted, RTCP goes to its RTP port.
+        assert!(text.contains("a=rtcp-mux\r\n"), "{text}");
+        assert!(n.rtcp_mux);
+        assert_eq!(n.rtcp, n.remote);
         // With PCMU first we take PCMU even though the offer lists PCMA too.
         let mut l = local();
         l.codecs = vec![Codec::Pcmu, Codec::Pcma];
@@ -1204,6 +1249,36 @@ a=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-16\r\na=ptime:20\r\na=sendrecv
         let (text, n) = answer(&parse(ASTERISK).unwrap(), &l).unwrap();
         assert_eq!(n.telephone_event, None);
         assert!(!text.contains("telephone-event"));
+    }
+
+    #[test]
+    fn rtcp_addresses() {
+        // MicroSIP names its RTCP port and address; no mux, none in our answer.
+        let (text, n) = answer(&parse(MICROSIP).unwrap(), &local()).unwrap();
+        assert!(!n.rtcp_mux);
+        assert!(!text.contains("rtcp-mux"));
+        assert_eq!(n.rtcp, Some("10.0.0.5:4001".parse().unwrap()));
+        // Asterisk says nothing: the RTP port + 1.
+        let (_, n) = answer(&parse(ASTERISK).unwrap(), &local()).unwrap();
+        assert_eq!(n.rtcp, Some("203.0.113.5:18063".parse().unwrap()));
+        // a=rtcp with a port only keeps the connection address.
+        let d = parse(&ASTERISK.replace("a=rtpmap:0 ", "a=rtcp:9000\r\na=rtpmap:0 ")).unwrap();
+        let (_, n) = answer(&d, &local()).unwrap();
+        assert_eq!(n.rtcp, Some("203.0.113.5:9000".parse().unwrap()));
+        // Our offer does not ask for mux; an answer that muxes anyway is followed.
+        assert!(!offer(&local()).contains("rtcp-mux"));
+        let a = parse(&ASTERISK.replace("a=rtpmap:0 ", "a=rtcp-mux\r\na=rtpmap:0 ")).unwrap();
+        let n = accept_answer(&a, &local()).unwrap();
+        assert!(n.rtcp_mux);
+        assert_eq!(n.rtcp, Some("203.0.113.5:18062".parse().unwrap()));
+        let n = accept_answer(&parse(ASTERISK).unwrap(), &local()).unwrap();
+        assert_eq!(
+            (n.rtcp_mux, n.rtcp),
+            (false, Some("203.0.113.5:18063".parse().unwrap()))
+        );
+        // Held with c=0.0.0.0: no RTCP address either.
+        let held = parse(&ASTERISK.replace("c=IN IP4 203.0.113.5", "c=IN IP4 0.0.0.0")).unwrap();
+        assert_eq!(accept_answer(&held, &local()).unwrap().rtcp, None);
     }
 
     #[test]

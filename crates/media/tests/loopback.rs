@@ -65,6 +65,10 @@ fn negotiated(codec: Codec, remote_port: u16) -> Negotiated {
         telephone_event: Some(101),
         telephone_event_rate: 8000,
         ptime_ms: 20,
+        // No RTCP here (tests/rtcp.rs has it): reports to a raw socket's port + 1
+        // could land on another test's socket.
+        rtcp: None,
+        rtcp_mux: false,
     }
 }
 
