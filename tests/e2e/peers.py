@@ -1525,6 +1525,13 @@ class PulseAudio:
             raise AssertionError(f"pactl {' '.join(args)}: {r.stderr.decode(errors='replace')}")
         return r.stdout.decode(errors="replace")
 
+    def default_sink(self) -> str:
+        """The server's default sink (what `default` plays to)."""
+        for line in self.pactl("info").splitlines():
+            if line.startswith("Default Sink:"):
+                return line.split(":", 1)[1].strip()
+        raise AssertionError("pactl info names no default sink")
+
     def _helper(self, args: list[str], out=None) -> subprocess.Popen:
         p = subprocess.Popen(args, env=self.env, stdin=subprocess.DEVNULL,
                              stdout=out or subprocess.DEVNULL, stderr=subprocess.DEVNULL,

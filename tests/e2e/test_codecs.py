@@ -93,7 +93,8 @@ def shown_codec(ph, cid: int) -> tuple[str, int]:
     assert mine, reply
     rc, text, err = ph.cmd("calls")
     assert rc == 0, err
-    assert text.strip().endswith(" " + mine[0]["codec"]), text
+    line = next(ln for ln in text.splitlines() if ln.split()[:1] == [str(cid)])
+    assert line.split()[5] == mine[0]["codec"], text
     return mine[0]["codec"], mine[0]["codec_rate"]
 
 

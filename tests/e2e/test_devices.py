@@ -228,3 +228,39 @@ def test_call_goes_on_when_the_sound_server_dies(kam, make_phone, make_baresip, 
     # Each device's failure is logged once, not per frame.
     errors = ph.stderr_text().count("sound device failed")
     assert 1 <= errors <= 2, ph.stderr_text()[-3000:]
+
+
+def test_empty_device_keys_use_the_default_device_where_there_is_one(kam, make_phone,
+                                                                      make_baresip, pulse):
+    """No audioOutputDevice/audioInputDevice at all (a copied Windows ini): with a
+    sound server reachable the call plays on its default sink."""
+    a = make_baresip(kam, "1002", tone=TONE_BARESIP)
+    default_sink = pulse.default_sink()
+    speaker = pulse.record(f"{default_sink}.monitor", RATE)
+    ph = pulse_phone(make_phone, pulse, kam)
+    cid = dial(ph, "1002")
+    a.wait_event("CALL_ESTABLISHED")
+    wait_call(ph, "call.confirmed", cid)
+    time.sleep(5)
+    assert ph.cmd("hangup", str(cid))[0] == 0
+    wait_call(ph, "call.ended", cid)
+    heard = speaker.stop()
+    assert seconds_of(heard, TONE_BARESIP) >= 2.0, audio.describe(heard, rate=RATE)
+
+
+def test_empty_device_keys_fall_back_to_no_device_when_the_default_fails(
+        kam, make_phone, make_baresip, tmp_path):
+    """A sound server that is named but dead: the call still connects and carries
+    our side (null microphone: silence; no error, no failed call)."""
+    a = make_baresip(kam, "1002", tone=TONE_BARESIP)
+    ph = make_phone(ini(account(kam.address, "1001", PASSWORD)), start=False)
+    ph.env["PULSE_SERVER"] = f"unix:{tmp_path}/no-such-pulse-socket"
+    ph.start()
+    ph.events().wait_state(1, "registered", 30, codes={200})
+    cid = dial(ph, "1002")
+    a.wait_event("CALL_ESTABLISHED")
+    wait_call(ph, "call.confirmed", cid)
+    entries = calls_entries(ph)
+    assert len(entries) == 1 and entries[0][3] == "active", entries
+    assert ph.cmd("hangup", str(cid))[0] == 0
+    wait_call(ph, "call.ended", cid)

@@ -171,6 +171,18 @@ fn to_audio(spec: Option<&str>) -> Result<AudioSpec, String> {
     AudioSpec::parse(spec.unwrap_or("")).map_err(|e| e.to_string())
 }
 
+/// A call's audio device from its ini key: an empty key means the system's default
+/// device where this machine has a sound system (a desktop, as in MicroSIP's ini),
+/// and no device at all on a headless machine. `true` with it: the device was not
+/// named, so a failure to open it falls back to `null` instead of failing the call.
+fn call_audio(spec: Option<&str>) -> Result<(AudioSpec, bool), String> {
+    let named = spec.is_some_and(|s| !s.trim().is_empty());
+    if !named && microsip_media::device::sound_system_present() {
+        return Ok((to_audio(Some("default"))?, true));
+    }
+    Ok((to_audio(spec)?, false))
+}
+
 impl Engine {
     pub(crate) fn caller_account(&self, account: &Account) -> CallerAccount {
         CallerAccount {
@@ -240,13 +252,28 @@ impl Engine {
     }
 
     fn open_media(&self, id: CallId) -> Result<u16, Reply> {
-        let source = to_audio(self.config.settings.audio_input_device.as_deref())
-            .map_err(|e| fail(ErrorCode::BadArgument, format!("audioInputDevice: {e}")))?;
-        let sink = to_audio(self.config.settings.audio_output_device.as_deref())
+        let (source, implicit_source) =
+            call_audio(self.config.settings.audio_input_device.as_deref())
+                .map_err(|e| fail(ErrorCode::BadArgument, format!("audioInputDevice: {e}")))?;
+        let (sink, implicit_sink) = call_audio(self.config.settings.audio_output_device.as_deref())
             .map_err(|e| fail(ErrorCode::BadArgument, format!("audioOutputDevice: {e}")))?;
-        self.media
-            .open(id, source, sink)
-            .map_err(|e| fail(ErrorCode::Media, format!("cannot open media: {e}")))
+        let first = self.media.open(id, source.clone(), sink.clone());
+        let result = match first {
+            Err(e) if implicit_source || implicit_sink => {
+                warn!(
+                    "call {id}: the default sound device cannot be used ({e}); going on without it"
+                );
+                let source = if implicit_source {
+                    AudioSpec::Null
+                } else {
+                    source
+                };
+                let sink = if implicit_sink { AudioSpec::Null } else { sink };
+                self.media.open(id, source, sink)
+            }
+            other => other,
+        };
+        result.map_err(|e| fail(ErrorCode::Media, format!("cannot open media: {e}")))
     }
 
     /// Whether an incoming call waits for an answer (the ring tone plays).

@@ -28,6 +28,33 @@ pub use silent::{check, list, DeviceSink, DeviceSource};
 #[cfg(feature = "sound")]
 pub use sound::{check, list, DeviceSink, DeviceSource};
 
+/// Whether this machine looks like it has a sound system a call could use: a
+/// PulseAudio (or PipeWire) server socket, or an ALSA playback device node. Cheap:
+/// looks at the environment and a few paths, connects to nothing. Always false
+/// without the `sound` feature.
+pub fn sound_system_present() -> bool {
+    if !cfg!(feature = "sound") {
+        return false;
+    }
+    if std::env::var_os("PULSE_SERVER").is_some_and(|v| !v.is_empty()) {
+        return true;
+    }
+    if let Some(dir) = std::env::var_os("XDG_RUNTIME_DIR") {
+        if std::path::Path::new(&dir).join("pulse/native").exists() {
+            return true;
+        }
+    }
+    std::fs::read_dir("/dev/snd")
+        .map(|entries| {
+            entries.flatten().any(|e| {
+                let name = e.file_name();
+                let name = name.to_string_lossy();
+                name.starts_with("pcmC") && name.ends_with('p')
+            })
+        })
+        .unwrap_or(false)
+}
+
 /// Fifo level the reader waits for before playing, in 20 ms frames.
 const TARGET_FRAMES: usize = 3;
 /// Frames above the target the level may reach before the oldest audio is dropped
