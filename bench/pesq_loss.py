@@ -2,22 +2,23 @@
 """Speech quality through a lossy, jittery network: our phone as the receiver next
 to baresip as the receiver, the same sender and the same impairment, in one run.
 
-A baresip phone plays ~9 s of espeak-ng speech into a call that passes through
-bench/loss_relay.py (5 % loss, +-30 ms jitter around 40 ms, seeded: both runs lose
-the same packet numbers). The receiver is (a) microsip, writing what it plays to a
-WAV file, then (b) a second baresip recording what it decodes (its `plc` module
-loaded, jitter buffer 1-20 frames). Each recording is aligned to
-the speech by cross-correlation and scored with PESQ (ITU-T P.862, PyPI `pesq`):
-narrowband for PCMU. The same two calls without impairment give the clean scores.
+A baresip phone plays ~11 s of espeak-ng speech (tests/e2e/audio.make_speech) into
+a call that passes through bench/loss_relay.py (5 % loss, +-30 ms jitter around
+40 ms, seeded: both runs lose the same packet numbers). The receiver is (a)
+microsip, writing what it plays to a WAV file, then (b) a second baresip recording
+what it decodes (its `plc` module loaded, jitter buffer 1-20 frames). Each
+recording is aligned to the speech and scored with PESQ (ITU-T P.862, PyPI
+`pesq`; tests/e2e/audio.pesq_score): narrowband for G.711, wideband for G.722 and
+Opus. The same two calls without impairment give the clean scores.
 
 Run: MICROSIP_BIN=target/release/microsip python3 bench/pesq_loss.py
-(BENCH_CODEC: pcmu (default); BENCH_LOSS, BENCH_JITTER_MS override the impairment.)
+(BENCH_CODECS: PCMU,G722,opus by default (names of tests/e2e/test_codecs.CASES);
+BENCH_LOSS, BENCH_JITTER_MS override the impairment.)
 """
 
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,6 +33,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 import audio  # noqa: E402
 import peers  # noqa: E402
 from loss_relay import LossRelay  # noqa: E402
+from test_codecs import CASES, CodecCase, pesq_rate  # noqa: E402
 from peers import LOOPBACK, Baresip, Phone, free_port, ini  # noqa: E402
 
 if "MICROSIP_BIN" not in os.environ:
@@ -40,103 +42,64 @@ if "MICROSIP_BIN" not in os.environ:
             os.environ["MICROSIP_BIN"] = str(ROOT / "target" / cand / "microsip")
             break
 
-CODEC = os.environ.get("BENCH_CODEC", "pcmu")
+CODECS = os.environ.get("BENCH_CODECS", "PCMU,G722,opus").split(",")
 LOSS = float(os.environ.get("BENCH_LOSS", "0.05"))
 JITTER_MS = float(os.environ.get("BENCH_JITTER_MS", "30"))
-RATE = 8000
-SPEECH = ("The birch canoe slid on the smooth planks. Glue the sheet to the dark blue "
-          "background. It is easy to tell the depth of a well. These days a chicken leg "
-          "is a rare dish. Rice is often served in round bowls.")
+LEAD_SECONDS, TAIL_SECONDS = 1.0, 60.0
 
 
-def make_speech(work: Path) -> tuple[Path, np.ndarray]:
-    """(source WAV for baresip: 1 s silence, speech, 30 s silence; reference speech)."""
-    raw = work / "speech-raw.wav"
-    subprocess.run(["espeak-ng", "-s", "150", "-w", str(raw), SPEECH], check=True,
-                   stdout=subprocess.DEVNULL)
-    speech = work / "speech.wav"
-    subprocess.run(["sox", str(raw), "-r", str(RATE), "-c", "1", "-b", "16", str(speech),
-                    "norm", "-3"], check=True)
-    ref, rate = audio.read_wav(speech)
-    assert rate == RATE
-    ref = np.asarray(ref, dtype=np.float64)
-    source = work / "source.wav"
-    pad = np.zeros(RATE)
-    tail = np.zeros(30 * RATE)
-    audio.write_wav(source, np.concatenate([pad, ref, tail]), RATE)
-    return source, ref
+def padded(x: np.ndarray, rate: int) -> np.ndarray:
+    return np.concatenate([np.zeros(int(LEAD_SECONDS * rate)), x,
+                           np.zeros(int(TAIL_SECONDS * rate))])
 
 
-def to_rate(path: Path, rate: int) -> np.ndarray:
-    x, r = audio.read_wav(path)
-    x = np.asarray(x, dtype=np.float64)
-    if r == rate:
-        return x
-    out = path.with_suffix(f".{rate}.wav")
-    subprocess.run(["sox", str(path), "-r", str(rate), "-c", "1", "-b", "16", str(out)],
-                   check=True)
-    y, _ = audio.read_wav(out)
-    return np.asarray(y, dtype=np.float64)
+def call_seconds(ref: np.ndarray, rate: int) -> float:
+    return LEAD_SECONDS + len(ref) / rate + 2.0
 
 
-def fast_corr_lag(ref: np.ndarray, deg: np.ndarray) -> int:
-    n = len(ref) + len(deg)
-    size = 1 << (n - 1).bit_length()
-    fr = np.fft.rfft(ref, size)
-    fd = np.fft.rfft(deg, size)
-    c = np.fft.irfft(fd * np.conj(fr), size)[:len(deg) - len(ref) + 1]
-    return int(np.argmax(c))
-
-
-def pesq_nb(ref: np.ndarray, deg: np.ndarray) -> float:
-    from pesq import pesq
-    if len(deg) < len(ref):
-        deg = np.concatenate([deg, np.zeros(len(ref) - len(deg))])
-    lag = fast_corr_lag(ref, deg)
-    seg = deg[lag:lag + len(ref)]
-    return float(pesq(RATE, ref, seg, "nb"))
-
-
-def call_seconds(ref: np.ndarray) -> float:
-    return 1.0 + len(ref) / RATE + 2.0
-
-
-def to_microsip(work: Path, source: Path, ref: np.ndarray, impaired: bool) -> float:
+def to_microsip(work: Path, case: CodecCase, source: Path, ref: np.ndarray,
+                impaired: bool) -> float:
     port = free_port("sip")
     out = work / f"microsip-{'lossy' if impaired else 'clean'}.wav"
     ph = Phone(work, ini=ini(accountId=0, sourcePort=port, autoAnswer="all",
                              autoAnswerDelay=0, audioInputDevice="null",
-                             audioOutputDevice=f"file:{out}")).start()
+                             audioOutputDevice=f"file:{out}",
+                             audioCodecs=case.ini_name)).start()
     relay = LossRelay(port, loss=LOSS if impaired else 0.0,
                       jitter_ms=JITTER_MS if impaired else 0.0,
                       base_ms=40.0 if impaired else 0.0).start()
     sender = Baresip(work, "2001", "x", register=False, outbound=False, source=source,
-                     codecs=CODEC, modules=("g711", "g722", "opus"),
+                     codecs=case.baresip, modules=("g711", "g722", "opus"),
                      sip_trace=False).start(wait_registered=False)
     sender.dial(f"sip:1001@{LOOPBACK}:{relay.sip_port}")
-    time.sleep(call_seconds(ref))
+    rate = pesq_rate(case)
+    time.sleep(call_seconds(ref, rate))
     ph.cmd("hangupall", check=False)
     time.sleep(0.5)
     sender.cleanup()
     ph.stop()
     relay.stop()
     print(f"   relay: {relay.sent} forwarded, {relay.dropped} dropped")
-    return pesq_nb(ref, to_rate(out, RATE))
+    return audio.pesq_score(ref, rate, out, work, case.mode)
 
 
-def to_baresip(work: Path, source: Path, ref: np.ndarray, impaired: bool) -> float:
-    receiver = Baresip(work, "1003", "x", register=False, outbound=False, tone=None,
-                       codecs=CODEC, modules=("g711", "g722", "opus", "plc"),
+def to_baresip(work: Path, case: CodecCase, source: Path, ref: np.ndarray,
+               impaired: bool) -> float:
+    silence = audio.make_tone_wav(work / "silence.wav", 0, 120, rate=case.baresip_rate,
+                                  channels=case.baresip_channels)
+    receiver = Baresip(work, "1003", "x", register=False, outbound=False, source=silence,
+                       codecs=case.baresip, modules=("g711", "g722", "opus", "plc"),
                        sip_trace=False,
                        extra_config="jitter_buffer_delay\t1-20\n").start(wait_registered=False)
     relay = LossRelay(receiver.sip_port, loss=LOSS if impaired else 0.0,
                       jitter_ms=JITTER_MS if impaired else 0.0,
                       base_ms=40.0 if impaired else 0.0).start()
     sender = Baresip(work, "2002", "x", register=False, outbound=False, source=source,
-                     codecs=CODEC, modules=("g711", "g722", "opus"),
+                     codecs=case.baresip, modules=("g711", "g722", "opus"),
                      sip_trace=False).start(wait_registered=False)
     sender.dial(f"sip:1003@{LOOPBACK}:{relay.sip_port}")
-    time.sleep(call_seconds(ref))
+    rate = pesq_rate(case)
+    time.sleep(call_seconds(ref, rate))
     sender.hangup()
     time.sleep(0.5)
     _, dec = receiver.recordings()
@@ -144,25 +107,36 @@ def to_baresip(work: Path, source: Path, ref: np.ndarray, impaired: bool) -> flo
     receiver.cleanup()
     relay.stop()
     print(f"   relay: {relay.sent} forwarded, {relay.dropped} dropped")
-    return pesq_nb(ref, to_rate(dec, RATE))
+    return audio.pesq_score(ref, rate, dec, work, case.mode)
 
 
 def main() -> None:
-    print(f"binary: {os.environ.get('MICROSIP_BIN')}; codec {CODEC}; impairment "
-          f"{LOSS:.0%} loss, +-{JITTER_MS:.0f} ms jitter")
+    print(f"binary: {os.environ.get('MICROSIP_BIN')}; impairment {LOSS:.0%} loss, "
+          f"+-{JITTER_MS:.0f} ms jitter")
     with tempfile.TemporaryDirectory(prefix="bench-pesq-") as tmp:
         work = Path(tmp)
         try:
-            source, ref = make_speech(work)
-            print(f"speech: {len(ref) / RATE:.1f} s")
+            wide, _ = audio.make_speech(work)
             rows = []
-            for impaired in (False, True):
-                ours = to_microsip(work / f"m{int(impaired)}", source, ref, impaired)
-                theirs = to_baresip(work / f"b{int(impaired)}", source, ref, impaired)
-                rows.append((impaired, ours, theirs))
-            for impaired, ours, theirs in rows:
+            for name in CODECS:
+                case = CASES[name]
+                rate = pesq_rate(case)
+                ref = audio.resample(wide, 16000, rate, work)
+                source = work / f"source-{name}.wav"
+                audio.write_wav(source, padded(audio.resample(wide, 16000, case.baresip_rate,
+                                                              work), case.baresip_rate),
+                                case.baresip_rate, case.baresip_channels)
+                for impaired in (False, True):
+                    tag = f"{name}-{int(impaired)}"
+                    ours = to_microsip(work / f"m-{tag}", case, source, ref, impaired)
+                    theirs = to_baresip(work / f"b-{tag}", case, source, ref, impaired)
+                    rows.append((name, case.mode, impaired, ours, theirs))
+                    print(f"   {name} {'impaired' if impaired else 'clean'}: "
+                          f"microsip {ours:.2f}, baresip {theirs:.2f}")
+            print("PESQ, receiver microsip vs receiver baresip (same sender, same relay):")
+            for name, mode, impaired, ours, theirs in rows:
                 what = "impaired" if impaired else "clean   "
-                print(f"PESQ nb {what}: microsip {ours:.2f}  baresip {theirs:.2f}  "
+                print(f"  {name:5s} {mode} {what}: microsip {ours:.2f}  baresip {theirs:.2f}  "
                       f"difference {ours - theirs:+.2f}")
         finally:
             for o in list(peers.LIVE):
