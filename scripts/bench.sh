@@ -11,4 +11,6 @@ cargo build --release -p microsip -p microsip-control --examples --bins
 python3 bench/registration_control.py
 python3 bench/calls.py
 python3 bench/integrations.py
+python3 bench/codec_calls.py
 python3 bench/pesq_loss.py
+cargo bench -p microsip-media --bench codecs

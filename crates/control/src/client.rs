@@ -67,11 +67,10 @@ pub fn forward(mut stream: UnixStream, argv: &[String], json: bool) -> i32 {
             .first()
             .is_some_and(|w| w.eq_ignore_ascii_case("events"));
     if json {
-        println!("{}", line.trim());
+        print_line(line.trim());
     } else if ok {
         if !is_stream {
-            let text = reply.get("text").and_then(Value::as_str).unwrap_or("");
-            println!("{text}");
+            print_line(reply.get("text").and_then(Value::as_str).unwrap_or(""));
         }
     } else {
         let code = reply.get("code").and_then(Value::as_str).unwrap_or("error");
@@ -87,6 +86,13 @@ pub fn forward(mut stream: UnixStream, argv: &[String], json: bool) -> i32 {
     } else {
         EXIT_REFUSED
     }
+}
+
+/// Prints one line of the reply; a reader that went away (`microsip devices | head`)
+/// is not an error of the phone's.
+fn print_line(text: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{text}").and_then(|_| out.flush());
 }
 
 fn copy_stream(mut reader: BufReader<UnixStream>) -> i32 {

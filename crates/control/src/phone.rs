@@ -155,6 +155,15 @@ pub fn run(options: StartOptions, profile: &str, call_on_start: Option<String>) 
             return 2;
         }
     };
+    // Still one thread here: the only safe moment to set the environment.
+    match paths::runtime_dir() {
+        Ok(dir) => {
+            if let Err(e) = microsip_engine::devices::prepare_pulse_cookie(&dir) {
+                warn!("PulseAudio may refuse us: {e}");
+            }
+        }
+        Err(e) => warn!("PulseAudio may refuse us: {e}"),
+    }
     let ini_path = paths::ini_path(options.ini.as_deref(), profile);
     let file = load_ini(ini_path.clone());
     let config = effective_config(&file, &options);

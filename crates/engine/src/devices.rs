@@ -3,6 +3,7 @@
 //! ini keys `audioInputDevice` / `audioOutputDevice` / `audioRingDevice` they write,
 //! and the ring tone played on the ring device while an incoming call rings.
 
+pub use microsip_media::device::prepare_pulse_cookie;
 use microsip_media::device::{self, DeviceInfo, DeviceName};
 use microsip_media::ring::Ringer;
 use microsip_media::{audio, AudioError, AudioSpec, MediaError};

@@ -7,7 +7,7 @@
 
 mod calls;
 pub mod command;
-mod devices;
+pub mod devices;
 pub mod dialplan;
 pub mod engine;
 pub mod event;

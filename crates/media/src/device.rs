@@ -55,6 +55,50 @@ pub fn sound_system_present() -> bool {
         .unwrap_or(false)
 }
 
+/// Length of the PulseAudio native protocol's authentication cookie.
+const PULSE_COOKIE_LEN: usize = 256;
+
+/// Makes sure a PulseAudio connection carries a cookie. The native protocol sends a
+/// 256-byte cookie with every connection; cpal's client sends an empty one when the
+/// user has no cookie file (`$PULSE_COOKIE`, `~/.config/pulse/cookie`,
+/// `~/.pulse-cookie`; none exists on a fresh headless machine until libpulse makes
+/// one), and PulseAudio then drops the connection as a protocol error. When none is
+/// found, writes an anonymous (all-zero) cookie into `dir` (mode 0600) and points
+/// `PULSE_COOKIE` at it: a server with anonymous auth accepts it, one that checks
+/// cookies refuses it as it would refuse the empty one. Call once at start-up,
+/// before any thread starts (it sets an environment variable).
+pub fn prepare_pulse_cookie(dir: &std::path::Path) -> Result<(), String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if !cfg!(feature = "sound") {
+        return Ok(());
+    }
+    let home = std::env::var_os("HOME").map(std::path::PathBuf::from);
+    let known = std::env::var_os("PULSE_COOKIE")
+        .map(std::path::PathBuf::from)
+        .into_iter()
+        .chain(home.iter().map(|h| h.join(".config/pulse/cookie")))
+        .chain(home.iter().map(|h| h.join(".pulse-cookie")));
+    for path in known {
+        if path.exists() {
+            return Ok(());
+        }
+    }
+    let path = dir.join("pulse-cookie");
+    let write = || -> std::io::Result<()> {
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&path)?;
+        file.write_all(&[0u8; PULSE_COOKIE_LEN])
+    };
+    write().map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    std::env::set_var("PULSE_COOKIE", &path);
+    Ok(())
+}
+
 /// Fifo level the reader waits for before playing, in 20 ms frames.
 const TARGET_FRAMES: usize = 3;
 /// Frames above the target the level may reach before the oldest audio is dropped
