@@ -15,15 +15,21 @@ no SDP in the benchmarks that use this (BYE).
 
 RTP: each packet is dropped with probability `loss`, otherwise released after
 `base + uniform(-jitter, +jitter)` ms (so packets reorder), in both directions.
-Seeded, so two runs impair the same packet numbers.
+A packet's fate is not drawn from a shared random stream (two threads would
+interleave it differently every run) but computed from a hash of (seed,
+direction, the packet's place in its stream: its RTP sequence number counted
+from the first one the relay saw in that direction). So two runs with the same
+seed drop and delay the same packet numbers of the same direction, whatever the
+timing of the other direction.
 """
 
 from __future__ import annotations
 
+import hashlib
 import heapq
-import random
 import re
 import socket
+import struct
 import threading
 import time
 
@@ -41,7 +47,11 @@ class LossRelay:
                  base_ms: float = 40.0, seed: int = 1):
         self.callee = (LOOPBACK, callee_sip_port)
         self.loss, self.jitter, self.base = loss, jitter_ms / 1000, base_ms / 1000
-        self.rng = random.Random(seed)
+        self.seed = seed
+        # Per direction ("to_callee", "to_caller"): the first RTP sequence number
+        # seen, so a packet is known by its place in the stream. Each is written
+        # only by its direction's thread.
+        self._first_seq: dict[str, int] = {}
         self.sip = _udp()
         self.sip_port = self.sip.getsockname()[1]
         # `to_callee` receives the caller's RTP (its port goes into the callee's
@@ -52,6 +62,8 @@ class LossRelay:
         self.caller_media: tuple[str, int] | None = None
         self.callee_media: tuple[str, int] | None = None
         self.sent = self.dropped = 0
+        # The packet numbers dropped, per direction (to compare two runs).
+        self.lost: dict[str, list[int]] = {"to_callee": [], "to_caller": []}
         self._queue: list[tuple[float, int, socket.socket, bytes, tuple[str, int]]] = []
         self._n = 0
         self._cond = threading.Condition()
@@ -118,17 +130,40 @@ class LossRelay:
                 pass
 
     # -- RTP ---------------------------------------------------------------
-    def _impair(self, out: socket.socket, data: bytes, dest: tuple[str, int] | None) -> None:
+    def fate(self, direction: str, index: int) -> tuple[bool, float]:
+        """(dropped, delay in seconds) of packet number `index` (0 = the first the
+        relay saw) going `direction`: a pure function of (seed, direction, index)."""
+        digest = hashlib.blake2b(f"{self.seed}:{direction}:{index}".encode(),
+                                 digest_size=16).digest()
+        a, b = struct.unpack("!QQ", digest)
+        u_loss, u_delay = a / 2.0**64, b / 2.0**64
+        if u_loss < self.loss:
+            return True, 0.0
+        return False, max(0.0, self.base + (2 * u_delay - 1) * self.jitter)
+
+    def _index(self, direction: str, data: bytes) -> int:
+        """The packet's place in its direction's stream, from its RTP sequence
+        number (mod 2^16 from the first one seen; wraps after 65,536 packets,
+        about 22 minutes at 20 ms)."""
+        if len(data) < 4:
+            return 0
+        seq = struct.unpack("!H", data[2:4])[0]
+        first = self._first_seq.setdefault(direction, seq)
+        return (seq - first) & 0xFFFF
+
+    def _impair(self, direction: str, out: socket.socket, data: bytes,
+                dest: tuple[str, int] | None) -> None:
         if dest is None:
             return
+        index = self._index(direction, data)
+        dropped, delay = self.fate(direction, index)
         with self._cond:
-            if self.rng.random() < self.loss:
+            if dropped:
                 self.dropped += 1
+                self.lost[direction].append(index)
                 return
-            delay = self.base + self.rng.uniform(-self.jitter, self.jitter)
             self._n += 1
-            heapq.heappush(self._queue, (time.monotonic() + max(0.0, delay), self._n, out,
-                                         data, dest))
+            heapq.heappush(self._queue, (time.monotonic() + delay, self._n, out, data, dest))
             self._cond.notify_all()
 
     def _rtp_loop_caller(self) -> None:
@@ -138,15 +173,16 @@ class LossRelay:
                 data, _ = self.to_callee.recvfrom(65535)
             except OSError:
                 return
-            self._impair(self.to_caller, data, self.callee_media)
+            self._impair("to_callee", self.to_caller, data, self.callee_media)
 
     def _rtp_loop_callee(self) -> None:
+        # callee -> relay (to_caller socket) -> caller
         while not self._stop:
             try:
                 data, _ = self.to_caller.recvfrom(65535)
             except OSError:
                 return
-            self._impair(self.to_callee, data, self.caller_media)
+            self._impair("to_caller", self.to_callee, data, self.caller_media)
 
     def _release_loop(self) -> None:
         with self._cond:

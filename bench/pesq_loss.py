@@ -4,7 +4,8 @@ to baresip as the receiver, the same sender and the same impairment, in one run.
 
 A baresip phone plays ~11 s of espeak-ng speech (tests/e2e/audio.make_speech) into
 a call that passes through bench/loss_relay.py (5 % loss, +-30 ms jitter around
-40 ms, seeded: both runs lose the same packet numbers). The receiver is (a)
+40 ms, seeded per direction and packet: both runs lose the same packet numbers of
+the sender's stream, which is checked and printed). The receiver is (a)
 microsip, writing what it plays to a WAV file, then (b) a second baresip recording
 what it decodes (its `plc` module loaded, jitter buffer 1-20 frames). Each
 recording is aligned to the speech and scored with PESQ (ITU-T P.862, PyPI
@@ -58,7 +59,8 @@ def call_seconds(ref: np.ndarray, rate: int) -> float:
 
 
 def to_microsip(work: Path, case: CodecCase, source: Path, ref: np.ndarray,
-                impaired: bool) -> float:
+                impaired: bool) -> tuple[float, list[int]]:
+    work.mkdir(parents=True, exist_ok=True)
     port = free_port("sip")
     out = work / f"microsip-{'lossy' if impaired else 'clean'}.wav"
     ph = Phone(work, ini=ini(accountId=0, sourcePort=port, autoAnswer="all",
@@ -80,11 +82,13 @@ def to_microsip(work: Path, case: CodecCase, source: Path, ref: np.ndarray,
     ph.stop()
     relay.stop()
     print(f"   relay: {relay.sent} forwarded, {relay.dropped} dropped")
-    return audio.pesq_score(ref, rate, out, work, case.mode)
+    # The sender (baresip) is the caller: its stream goes "to_callee".
+    return audio.pesq_score(ref, rate, out, work, case.mode), relay.lost["to_callee"]
 
 
 def to_baresip(work: Path, case: CodecCase, source: Path, ref: np.ndarray,
-               impaired: bool) -> float:
+               impaired: bool) -> tuple[float, list[int]]:
+    work.mkdir(parents=True, exist_ok=True)
     silence = audio.make_tone_wav(work / "silence.wav", 0, 120, rate=case.baresip_rate,
                                   channels=case.baresip_channels)
     receiver = Baresip(work, "1003", "x", register=False, outbound=False, source=silence,
@@ -107,7 +111,7 @@ def to_baresip(work: Path, case: CodecCase, source: Path, ref: np.ndarray,
     receiver.cleanup()
     relay.stop()
     print(f"   relay: {relay.sent} forwarded, {relay.dropped} dropped")
-    return audio.pesq_score(ref, rate, dec, work, case.mode)
+    return audio.pesq_score(ref, rate, dec, work, case.mode), relay.lost["to_callee"]
 
 
 def main() -> None:
@@ -128,8 +132,17 @@ def main() -> None:
                                 case.baresip_rate, case.baresip_channels)
                 for impaired in (False, True):
                     tag = f"{name}-{int(impaired)}"
-                    ours = to_microsip(work / f"m-{tag}", case, source, ref, impaired)
-                    theirs = to_baresip(work / f"b-{tag}", case, source, ref, impaired)
+                    ours, lost_ours = to_microsip(work / f"m-{tag}", case, source, ref,
+                                                  impaired)
+                    theirs, lost_theirs = to_baresip(work / f"b-{tag}", case, source, ref,
+                                                     impaired)
+                    # Both runs drop the same sender packets up to the shorter
+                    # call's end (the calls end a few packets apart).
+                    n = min(max(lost_ours, default=-1), max(lost_theirs, default=-1))
+                    same = [i for i in lost_ours if i <= n] == [i for i in lost_theirs if i <= n]
+                    print(f"   {name} {'impaired' if impaired else 'clean'}: sender packets "
+                          f"dropped {len(lost_ours)} / {len(lost_theirs)}, same numbers in "
+                          f"both runs: {'yes' if same else 'NO'}")
                     rows.append((name, case.mode, impaired, ours, theirs))
                     print(f"   {name} {'impaired' if impaired else 'clean'}: "
                           f"microsip {ours:.2f}, baresip {theirs:.2f}")
