@@ -12,7 +12,7 @@ The phone is 1001, baresip 1002 (plays 1000 Hz and records what it hears).
 
 from __future__ import annotations
 
-import secrets
+import os
 import time
 from pathlib import Path
 
@@ -41,18 +41,6 @@ def pulse(tmp_path):
     return peers.PulseAudio(tmp_path, sinks=("spk", "spk2", "mic")).start()
 
 
-def pulse_cookie(pulse) -> Path:
-    """A 256-byte cookie file for `pulse`'s clients. cpal's native client (crate
-    pulseaudio 0.3.2) sends an empty cookie when it finds no cookie file, and
-    PulseAudio 16 kicks that client ("protocol error") even with anonymous auth,
-    which accepts any cookie of the right length. So a machine without
-    ~/.config/pulse/cookie would fail every test here."""
-    path = pulse.home / "cookie"
-    if not path.exists():
-        path.write_bytes(secrets.token_bytes(256))
-    return path
-
-
 def pulse_phone(make_phone, pulse, kam=None, **settings) -> peers.Phone:
     """A phone that reaches `pulse` (registered at `kam` when given)."""
     accounts = [account(kam.address, "1001", PASSWORD)] if kam else []
@@ -60,7 +48,11 @@ def pulse_phone(make_phone, pulse, kam=None, **settings) -> peers.Phone:
         settings.setdefault("accountId", 0)
     ph = make_phone(ini(*accounts, **settings), start=False)
     ph.env["PULSE_SERVER"] = pulse.server
-    ph.env["PULSE_COOKIE"] = str(pulse_cookie(pulse))
+    # No cookie file anywhere, as on a fresh headless machine: cpal's client would
+    # send an empty cookie, which PulseAudio 16 kicks; the phone brings its own.
+    ph.env.pop("PULSE_COOKIE", None)
+    ph.env["HOME"] = str(pulse.home / "phone-home")
+    os.makedirs(ph.env["HOME"], exist_ok=True)
     ph.start()
     if kam:
         ph.events().wait_state(1, "registered", 30, codes={200})
