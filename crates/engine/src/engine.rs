@@ -288,7 +288,8 @@ pub(crate) fn host_ip(host_port: &str) -> Option<IpAddr> {
     s.rsplit_once(':').and_then(|(h, _)| h.parse().ok())
 }
 
-fn registration_config(account: &Account) -> Option<RegistrationConfig> {
+/// `rport`: the `[Settings]` key (RFC 3581 in our Via; 0 leaves it out).
+fn registration_config(account: &Account, rport: bool) -> Option<RegistrationConfig> {
     let server = account.server.clone().filter(|s| !s.trim().is_empty())?;
     Some(RegistrationConfig {
         account: account.number,
@@ -307,6 +308,7 @@ fn registration_config(account: &Account) -> Option<RegistrationConfig> {
         keep_alive: account.keep_alive,
         public_addr: account.public_addr.clone(),
         allow_rewrite: account.allow_rewrite,
+        rport,
     })
 }
 
@@ -329,7 +331,10 @@ impl Engine {
             } else {
                 RegState::Registering
             };
-            let registration = match (&state, registration_config(&account)) {
+            let registration = match (
+                &state,
+                registration_config(&account, self.config.settings.rport),
+            ) {
                 (RegState::Registering, Some(rc)) => {
                     if matches!(account.transport, Transport::Tls) {
                         warn!(
