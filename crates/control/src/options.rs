@@ -616,6 +616,7 @@ Commands (case-insensitive; MicroSIP's DDE, /x: and msip: spellings work too):
                             conference off [ID] takes one out or ends it
   mute [on|off|1|0]         microphone mute (msip:micmute, micunmute, micmuteclick)
   speakermute [on|off]      speaker mute (msip:speakmute, ...)
+  autoanswer [on|off]       auto-answer incoming calls for this run (toggle alone)
   volumeup|volumedown [N]   speaker volume by N steps 1-10 (msip:speakup, speakdown)
   micup|micdown [N]         microphone level by N steps (msip:micup, micdown)
   setvolume N               speaker volume 0-100 (VOLUME)

@@ -1,6 +1,6 @@
 //! Our registration client, one task per account: REGISTER with a Contact we choose
 //! (the stack's own client rewrites it), digest auth, 423 → Min-Expires, refresh
-//! before expiry, back-off after failures, NAT keep-alive, and un-REGISTER on stop.
+//! before expiry, back-off after failures, rport, NAT keep-alive, and un-REGISTER on stop.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
