@@ -53,7 +53,8 @@ pub struct EngineSetup {
     /// SIP trace file (`--debug`).
     pub trace: Option<PathBuf>,
     /// `--call TARGET`, or `microsip dial TARGET [ACCOUNT]` with no phone running:
-    /// dial once registered (once that account registered, when one is named).
+    /// dial once the account the call goes out from (that one, else the active one)
+    /// registered.
     pub call_on_start: Option<(String, Option<u32>)>,
     /// Where text messages are kept.
     pub archive: Box<dyn MessageArchive>,
@@ -226,13 +227,13 @@ pub async fn start(
     }
     engine.load_accounts();
     if let Some((_, account)) = &engine.call_on_start {
-        let waits = match account {
-            Some(n) => engine
-                .accounts
-                .get(n)
-                .is_some_and(|s| s.registration.is_some()),
-            None => engine.accounts.values().any(|s| s.registration.is_some()),
-        };
+        // The call goes out from the account named, else the active one: wait for
+        // that one's registration, if it registers at all.
+        let from = account.unwrap_or(engine.active_account);
+        let waits = engine
+            .accounts
+            .get(&from)
+            .is_some_and(|s| s.registration.is_some());
         if !waits {
             // Nothing to wait for: dial now.
             engine.dial_on_start();
@@ -529,7 +530,7 @@ impl Engine {
         let awaited = self
             .call_on_start
             .as_ref()
-            .is_some_and(|(_, account)| account.is_none_or(|n| n == number));
+            .is_some_and(|(_, account)| account.unwrap_or(self.active_account) == number);
         if registered && awaited {
             self.dial_on_start();
         }
