@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from peers import account, ini
+from peers import account, ini, wait_until
 
 PASSWORD = "p;w#1005"
 
@@ -79,6 +79,43 @@ def test_unknown_option_is_named(make_phone):
     assert rc != 0
     assert "--bogus-option" in err, err
     assert not phone.socket_path.exists()
+
+
+# ---------------------------------------------------------------- a dial starts the phone
+
+def two_accounts(kamailio):
+    return ini(account(kamailio.address, "1001", PASSWORD),
+               account(kamailio.address, "1002", "secret2"))
+
+
+def sipp_invites(sipp, timeout=30):
+    return wait_until(lambda: sipp.received("INVITE"), timeout, what="the INVITE at SIPp")
+
+
+@pytest.mark.parametrize("how, user", [("dial", "1002"), ("--call", "1001")])
+def test_a_phone_started_to_call_registers_then_calls(kamailio, make_phone, make_sipp,
+                                                      how, user):
+    """`microsip dial TARGET 2` with no phone running starts one that dials from
+    account 2 once it registered; `microsip --call TARGET` the same from the active
+    account (1)."""
+    sipp = make_sipp("uas_answer.xml", timeout_s=60)
+    target = f"sip:svc@{sipp.address}"
+    args = ["dial", target, "2"] if how == "dial" else ["--call", target]
+    phone = make_phone(two_accounts(kamailio), start=False, extra_args=args)
+    assert not phone.socket_path.exists()
+    phone.start()
+    [invite] = sipp_invites(sipp)
+    assert re.search(rf"(?im)^(from|f):.*sip:{user}@127\.0\.0\.1", invite), invite
+    msgs = phone.trace_messages()
+    sent_invite = next(i for i, m in enumerate(msgs) if m.sent and m.method == "INVITE")
+    registered_first = [i for i, m in enumerate(msgs)
+                        if not m.sent and m.code == 200 and m.cseq_method == "REGISTER"
+                        and f"sip:{user}@" in (m.header("to") or "")]
+    assert registered_first and registered_first[0] < sent_invite, msgs
+    rc, out, _ = phone.cmd("hangupall")
+    assert rc == 0, out
+    assert sipp.wait() == 0  # answered, ACKed, BYE answered
+    assert phone.running()
 
 
 # ---------------------------------------------------------------- one running phone
@@ -168,7 +205,114 @@ def test_socket_modes(phone):
     assert stat.S_IMODE(dst.st_mode) == 0o700, oct(dst.st_mode)
 
 
+# ---------------------------------------------------------------- start options to a running phone
+
+def test_call_option_to_a_running_phone_dials(phone, make_sipp):
+    sipp = make_sipp("uas_answer.xml", timeout_s=60)
+    rc, out, err = phone.cmd("--call", f"sip:svc@{sipp.address}")
+    assert rc == 0, err
+    cid = int(out.strip())
+    phone.events().wait_for("call.confirmed", lambda e: e.get("call") == cid, 30)
+    [invite] = sipp_invites(sipp)
+    assert re.search(r"(?im)^(from|f):.*sip:1001@", invite), invite
+    phone.cmd("hangup", str(cid))
+    assert sipp.wait() == 0
+
+
+def test_level_options_to_a_running_phone_set_the_levels(phone):
+    rc, out, err = phone.cmd("--setvolume", "30")
+    assert rc == 0 and out.strip() == "30", (rc, out, err)
+    assert phone.cmd("volumeup")[1].strip() == "35"  # read back: 30 + one step
+    rc, out, err = phone.cmd("--micvolume=20", "--setvolume", "10")
+    assert rc == 0 and out.split() == ["10", "20"], (rc, out, err)  # in the documented order
+    assert phone.cmd("micdown")[1].strip() == "15"
+    assert phone.cmd("volumedown")[1].strip() == "5"
+    rc, reply = phone.cmd_json("--setvolume", "40")
+    assert rc == 0 and reply["data"]["level"] == 40, reply
+    # Options, then the command words, on one connection.
+    rc, out, _ = phone.cmd("--setvolume", "50", "STATUS")
+    assert rc == 0 and out.split() == ["50", "0"], out
+
+
+def test_autoanswer_option_to_a_running_phone(kamailio, make_phone, make_baresip):
+    ph = make_phone(ini(account(kamailio.address, "1001", PASSWORD), autoAnswer="button",
+                        autoAnswerDelay=0, audioInputDevice="null", audioOutputDevice="null"))
+    registered(ph)
+    b = make_baresip(kamailio, "1002")
+    ev = ph.events()
+    # Without it the call rings and nobody answers.
+    b.dial("sip:1001@127.0.0.1")
+    first = ev.wait_for("call.incoming", None, 15)
+    time.sleep(1.5)
+    assert b.count("CALL_ESTABLISHED") == 0
+    b.hangup()
+    ev.wait_for("call.ended", lambda e: e.get("call") == first["call"], 15)
+
+    rc, out, err = ph.cmd("--autoanswer", "1")
+    assert rc == 0 and "auto-answer on" in out, (rc, out, err)
+    b.mark()
+    b.dial("sip:1001@127.0.0.1")
+    b.wait_event("CALL_ESTABLISHED", timeout=15)
+    ev.wait_for("call.confirmed", lambda e: e.get("call") != first["call"], 15)
+    b.hangup()
+    assert ph.cmd("--autoanswer", "0")[1].strip() == "auto-answer off"
+
+
+def test_start_only_options_to_a_running_phone_are_refused(phone, tmp_path):
+    before = phone.cmd("setvolume", "60")[1].strip()
+    assert before == "60"
+    for args, needle in [
+        (["--user", "1002"], "--user applies only when a phone starts"),
+        (["--password", "s3cr3t-x", "--dn", "Bob"], "--dn, --password apply only when a phone starts"),
+        (["--debug", str(tmp_path / "other-trace.log")], "is not its SIP trace"),
+        (["--log", str(tmp_path / "calls.csv")], "--log applies only when a phone starts"),
+        (["--ini", str(tmp_path / "other.ini")], f"is not its ini ({phone.ini_path.resolve()})"),
+        (["/i:" + str(tmp_path / "other.ini")], "is not its ini"),
+        (["--dialplan", "x.", "--setvolume", "10"], "--dialplan applies only"),
+        (["--stun", "127.0.0.1:3478", "--call", "1002"], "--stun applies only"),
+    ]:
+        rc, out, err = phone.cmd(*args, check=False)
+        assert rc == 2, (args, rc, out, err)
+        assert needle in err and "a phone is already running for profile" in err, (args, err)
+        assert "s3cr3t-x" not in err + out
+    # Nothing of a refused request was applied: no level change, no call.
+    assert phone.cmd("volumeup")[1].strip() == "65"
+    assert phone.cmd("calls")[1].strip() == ""
+    # The running phone's own ini and trace are no change: accepted.
+    rc, out, err = phone.cmd("--ini", str(phone.ini_path), "--debug", str(phone.trace_path),
+                             "--headless", "STATUS")
+    assert rc == 0 and out.strip() == "0", (rc, out, err)
+    assert phone.running()
+
+
 # ---------------------------------------------------------------- two phones
+
+def test_two_phones_started_at_once_for_one_profile(kamailio, make_phone):
+    """Both start at the same moment with the same arguments: one takes the profile's
+    lock and registers; the other waits for its socket, forwards (nothing to do but
+    `show`) and exits 0. Kamailio holds one contact, from one source port."""
+    a = make_phone(ini(account(kamailio.address, "1001", PASSWORD)), start=False)
+    b = make_phone(profile=a.profile, start=False, runtime_dir=a.runtime_dir)
+    b.ini_path, b.trace_path = a.ini_path, a.trace_path
+    a.start(wait_ready=False)
+    b.start(wait_ready=False)
+    deadline = time.monotonic() + 30
+    while a.running() and b.running() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    loser, winner = (a, b) if not a.running() else (b, a)
+    assert not loser.running(), "both phones still run"
+    assert loser.wait_exit(5) == 0, loser.stderr_text()
+    assert "a phone is already running for profile" in loser.stderr_text()
+    winner.wait_ready()
+    registered(winner)
+    [c] = kamailio.wait_contacts("1001")
+    time.sleep(1.0)  # a second phone's REGISTER would be in by now
+    assert len(kamailio.contacts("1001")) == 1, kamailio.ul_dump()
+    log = kamailio.log.read_text(errors="replace")
+    ports = set(re.findall(r"REGISTER for sip:1001@127\.0\.0\.1\S* from 127\.0\.0\.1:(\d+)", log))
+    assert len(ports) == 1, ports
+    assert winner.running() and winner.cmd("STATUS")[1].strip() == "0"
+
 
 def test_two_profiles_side_by_side(kamailio, make_phone):
     a = make_phone(ini(account(kamailio.address, "1001", PASSWORD)), profile="alpha")

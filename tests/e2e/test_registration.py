@@ -8,11 +8,17 @@ The phone is started with `--ini INI --profile P --debug TRACE --headless`
 
 from __future__ import annotations
 
+import os
 import re
+import socket
+import struct
+import threading
+import time
 
 import pytest
 
-from peers import account, ini
+import rtp
+from peers import LIVE, account, ini
 
 PASSWORD = "p;w#1005"  # Kamailio's password for 1001 (conftest default users)
 
@@ -197,6 +203,144 @@ def test_sip_trace_has_register_401_200_and_never_the_password(kamailio, make_ph
     assert regs[0] < r401[0] < regs[1] < r200[0]
     # The digest answer is in the trace (a hash, not the password).
     assert re.search(r"(?im)^authorization:\s*digest\b.*response=", trace)
+
+
+# ---------------------------------------------------------------- on the wire
+
+class WireTap:
+    """Every UDP datagram and TCP segment payload on lo (127.0.0.1 -> 127.0.0.1),
+    as (time, "udp"|"tcp", src port, dst port, payload), through rtp.RtpTap's kind of
+    AF_PACKET socket (root or CAP_NET_RAW). RtpTap keeps only RTP; keep-alives
+    (CRLF CRLF) and SIP need the rest. A reader thread with a bounded poll runs until
+    stop()."""
+
+    def __init__(self, max_packets: int = 100_000):
+        self.packets: list[tuple[float, str, int, int, bytes]] = []
+        self.max_packets = max_packets
+        self._stop = threading.Event()
+        s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(rtp.ETH_P_ALL))
+        s.bind(("lo", 0))
+        s.settimeout(0.2)
+        self._sock = s
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                frame, addr = self._sock.recvfrom(65535)
+            except (socket.timeout, TimeoutError):
+                continue
+            except OSError:
+                break
+            if addr[2] == rtp.PACKET_OUTGOING or len(frame) < 14 + 20 + 8:
+                continue
+            ip = frame[14:]
+            if frame[12:14] != b"\x08\x00" or ip[0] >> 4 != 4 or ip[12:16] != b"\x7f\x00\x00\x01":
+                continue
+            ihl = (ip[0] & 0x0F) * 4
+            total = struct.unpack("!H", ip[2:4])[0]
+            seg = ip[ihl:total]
+            if ip[9] == 17:
+                proto, src, dst = "udp", *struct.unpack("!HH", seg[:4])
+                data = seg[8:]
+            elif ip[9] == 6 and len(seg) >= 20:
+                proto, src, dst = "tcp", *struct.unpack("!HH", seg[:4])
+                data = seg[(seg[12] >> 4) * 4:]
+            else:
+                continue
+            if data and len(self.packets) < self.max_packets:
+                self.packets.append((time.time(), proto, src, dst, bytes(data)))
+
+    def select(self, proto=None, src=None, dst=None, t0=None, pred=None):
+        return [p for p in list(self.packets)
+                if (proto is None or p[1] == proto) and (src is None or p[2] == src)
+                and (dst is None or p[3] == dst) and (t0 is None or p[0] >= t0)
+                and (pred is None or pred(p[4]))]
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self._sock.close()
+
+    cleanup = stop
+
+    def diagnostics(self) -> list[tuple[str, str]]:
+        flows: dict[tuple, int] = {}
+        for _, proto, src, dst, _ in list(self.packets):
+            flows[(proto, src, dst)] = flows.get((proto, src, dst), 0) + 1
+        text = "\n".join(f"{p} {s} -> {d}: {n}" for (p, s, d), n in sorted(flows.items()))
+        return [("wire tap flows", text or "<none>")]
+
+
+@pytest.fixture
+def wire():
+    ok, why = rtp.RtpTap.available()
+    if not ok:
+        if os.environ.get("E2E_NO_CAPTURE") == "1":
+            pytest.skip(why)
+        pytest.fail(f"{why} (set E2E_NO_CAPTURE=1 to skip the tests that watch the wire)")
+    tap = WireTap()
+    LIVE.append(tap)
+    return tap
+
+
+def is_register(data: bytes) -> bool:
+    return data.startswith(b"REGISTER ")
+
+
+def via(data: bytes) -> str:
+    m = re.search(rb"(?im)^(?:via|v):[^\r\n]*", data)
+    return m.group(0).decode(errors="replace") if m else ""
+
+
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
+def test_nat_keep_alive_is_crlf_crlf_every_interval(kamailio, make_phone, wire, transport):
+    phone = make_phone(ini(account(kamailio.address, "1001", PASSWORD, transport=transport,
+                                   keepAlive=1)))
+    registered(phone)
+    kamailio.wait_contacts("1001")
+    regs = wire.select(transport, dst=kamailio.port, pred=is_register)
+    assert regs, wire.diagnostics()
+    ours = regs[-1][2]  # the port our REGISTERs leave from (UDP socket / TCP connection)
+    t0 = time.time()
+    time.sleep(3.6)
+    pings = wire.select(transport, dst=kamailio.port, t0=t0, pred=lambda d: d == b"\r\n\r\n")
+    # One each second: 3 in 3.6 s (2..5 allowed for scheduling on a busy machine).
+    assert 2 <= len(pings) <= 5, (len(pings), wire.diagnostics())
+    assert {p[2] for p in pings} == {ours}, (ours, pings)
+    gaps = [b[0] - a[0] for a, b in zip(pings, pings[1:])]
+    assert all(0.5 <= g <= 2.0 for g in gaps), gaps
+    assert kamailio.contacts("1001"), "the keep-alives broke the registration"
+
+
+def test_no_keep_alive_with_keep_alive_0(kamailio, make_phone, wire):
+    phone = make_phone(ini(account(kamailio.address, "1001", PASSWORD, keepAlive=0)))
+    registered(phone)
+    t0 = time.time()
+    time.sleep(2.5)
+    assert wire.select("udp", dst=kamailio.port, t0=t0,
+                       pred=lambda d: d.strip(b"\r\n") == b"") == []
+
+
+@pytest.mark.parametrize("rport", [0, 1])
+def test_rport_setting_decides_the_via_rport(kamailio, make_phone, wire, rport):
+    phone = make_phone(ini(account(kamailio.address, "1001", PASSWORD), rport=rport))
+    registered(phone)
+    kamailio.wait_contacts("1001")
+    regs = wire.select("udp", dst=kamailio.port, pred=is_register)
+    assert regs, wire.diagnostics()
+    sent = [via(p[4]) for p in regs]
+    answers = [via(p[4]) for p in wire.select("udp", src=kamailio.port, dst=regs[0][2],
+                                             pred=lambda d: d.startswith(b"SIP/2.0 "))]
+    assert len(sent) >= 2 and len(answers) >= 2, wire.diagnostics()  # 401, then 200
+    if rport:
+        assert all(re.search(r";\s*rport(;|$)", v) for v in sent), sent
+        # Kamailio answered with the port it saw (RFC 3581).
+        assert all(re.search(r";rport=\d+", v) for v in answers), answers
+    else:
+        assert not any("rport" in v.lower() for v in sent), sent
+        assert not any("rport" in v.lower() for v in answers), answers
 
 
 # ---------------------------------------------------------------- SIPp registrars

@@ -1,6 +1,7 @@
 //! The local control socket (client side): what a second `microsip ARGS...` does.
-//! It forwards the argument list exactly (JSON `argv`), prints the reply and turns it
-//! into an exit status. Plain blocking I/O: no runtime to start, so it is quick.
+//! It forwards the command words exactly (JSON `argv`), after the requests its start
+//! options stand for, prints each reply and turns them into an exit status. Plain
+//! blocking I/O: no runtime to start, so it is quick.
 
 use std::io::{BufRead, BufReader, ErrorKind, Write};
 use std::os::unix::net::UnixStream;
@@ -31,34 +32,66 @@ pub fn connect(path: &Path) -> Option<UnixStream> {
 /// Sends `argv` to the phone on `stream`, prints the answer (stdout for text, stderr
 /// for errors; the raw JSON with `json`), and returns the exit status. `events`
 /// keeps printing the stream until the phone closes it.
-pub fn forward(mut stream: UnixStream, argv: &[String], json: bool) -> i32 {
-    let request = serde_json::json!({ "argv": argv, "source": "cli" }).to_string();
-    if let Err(e) = stream
-        .write_all(format!("{request}\n").as_bytes())
-        .and_then(|_| stream.flush())
-    {
-        eprintln!("microsip: cannot talk to the phone: {e}");
-        return EXIT_NO_PHONE;
-    }
+pub fn forward(stream: UnixStream, argv: &[String], json: bool) -> i32 {
+    forward_all(stream, &[argv.to_vec()], json)
+}
+
+/// [`forward`] for several requests on one connection, in order (a start option
+/// turned into a command, then the command words): each reply is printed, and the
+/// first refusal ends it with its status.
+pub fn forward_all(stream: UnixStream, requests: &[Vec<String>], json: bool) -> i32 {
     let _ = stream.set_read_timeout(Some(REPLY_TIMEOUT));
     let mut reader = BufReader::new(stream);
+    for argv in requests {
+        match exchange(&mut reader, argv, json) {
+            Step::Next => {}
+            Step::Stream => {
+                let _ = reader.get_ref().set_read_timeout(None);
+                return copy_stream(reader);
+            }
+            Step::Stop(code) => return code,
+        }
+    }
+    EXIT_OK
+}
+
+/// What comes after one request.
+enum Step {
+    /// Done and done well: send the next one.
+    Next,
+    /// `events` was accepted: copy the stream.
+    Stream,
+    /// Stop with this status.
+    Stop(i32),
+}
+
+fn exchange(reader: &mut BufReader<UnixStream>, argv: &[String], json: bool) -> Step {
+    let request = serde_json::json!({ "argv": argv, "source": "cli" }).to_string();
+    let mut writer: &UnixStream = reader.get_ref();
+    if let Err(e) = writer
+        .write_all(format!("{request}\n").as_bytes())
+        .and_then(|_| writer.flush())
+    {
+        eprintln!("microsip: cannot talk to the phone: {e}");
+        return Step::Stop(EXIT_NO_PHONE);
+    }
     let mut line = String::new();
     match reader.read_line(&mut line) {
         Ok(0) => {
             eprintln!("microsip: the phone closed the connection without a reply");
-            return EXIT_REFUSED;
+            return Step::Stop(EXIT_REFUSED);
         }
         Ok(_) => {}
         Err(e) => {
             eprintln!("microsip: no reply from the phone: {e}");
-            return EXIT_REFUSED;
+            return Step::Stop(EXIT_REFUSED);
         }
     }
     let reply: Value = match serde_json::from_str(line.trim()) {
         Ok(v) => v,
         Err(_) => {
             eprintln!("microsip: unreadable reply from the phone: {}", line.trim());
-            return EXIT_REFUSED;
+            return Step::Stop(EXIT_REFUSED);
         }
     };
     let ok = reply.get("ok").and_then(Value::as_bool).unwrap_or(false);
@@ -77,14 +110,10 @@ pub fn forward(mut stream: UnixStream, argv: &[String], json: bool) -> i32 {
         let message = reply.get("error").and_then(Value::as_str).unwrap_or("");
         eprintln!("microsip: {message} ({code})");
     }
-    if is_stream {
-        let _ = reader.get_ref().set_read_timeout(None);
-        return copy_stream(reader);
-    }
-    if ok {
-        EXIT_OK
-    } else {
-        EXIT_REFUSED
+    match (ok, is_stream) {
+        (true, true) => Step::Stream,
+        (true, false) => Step::Next,
+        (false, _) => Step::Stop(EXIT_REFUSED),
     }
 }
 

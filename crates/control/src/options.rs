@@ -1,9 +1,12 @@
-//! The start options: `microsip [OPTIONS] [COMMAND...]` → [`StartOptions`] plus the command words.
+//! The start options: `microsip [OPTIONS] [COMMAND...]` → [`StartOptions`] plus the
+//! command words; and what those options mean to a phone that already runs.
 
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use microsip_engine::command::WindowState;
+
+use crate::paths::{absolute, RunningPhone};
 
 /// Account settings for this run (`--dn --user --domain --password --proxy --stun`);
 /// they override the ini. `Debug` prints the password as `***`.
@@ -398,9 +401,18 @@ fn is_profile_name(name: &str) -> bool {
 
 /// A value as an error shows it: at most 40 characters, controls escaped.
 fn shown(text: &str) -> String {
+    shown_within(text, 40)
+}
+
+/// A file name as an error shows it: at most 200 characters, controls escaped.
+fn shown_path(path: &Path) -> String {
+    shown_within(&path.to_string_lossy(), 200)
+}
+
+fn shown_within(text: &str, max: usize) -> String {
     let mut out = String::new();
     for (count, c) in text.chars().enumerate() {
-        if count == 40 {
+        if count == max {
             out.push_str("...");
             break;
         }
@@ -413,6 +425,142 @@ fn shown(text: &str) -> String {
     out
 }
 
+/// Start options handed to a phone that already runs, which it cannot take: they
+/// only apply when a phone starts. `Display` names options, never their values
+/// (except file names).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StartOnlyError {
+    pub profile: String,
+    /// One text per problem: `--user, --password apply only when a phone starts`,
+    /// `--ini /b.ini is not its ini (/a.ini)`.
+    pub problems: Vec<String>,
+}
+
+impl fmt::Display for StartOnlyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "a phone is already running for profile '{}': {}; stop it first \
+             (microsip --profile {} exit) or start another with --profile NAME",
+            self.profile,
+            self.problems.join("; "),
+            self.profile
+        )
+    }
+}
+
+impl std::error::Error for StartOnlyError {}
+
+/// What this run's start options ask of a phone that already runs, as command words
+/// for the engine's grammar, in this order: `show STATE`, `setvolume N`,
+/// `setmicvolume N`, `autoanswer on|off`, `dial TARGET`. `--profile`, `--json`,
+/// `--headless` (the phone has no window) and an `--ini`/`--debug`/`--log` naming the
+/// running phone's own file ask nothing. Every other option only applies when a phone
+/// starts and is refused: `running` is what the phone recorded in its lock file
+/// (`None`: unknown, so no file can be confirmed as its own).
+pub fn runtime_commands(
+    options: &StartOptions,
+    running: Option<&RunningPhone>,
+    profile: &str,
+) -> Result<Vec<Vec<String>>, StartOnlyError> {
+    let mut problems = Vec::new();
+    let a = &options.account;
+    let start_only: Vec<&str> = [
+        ("--dn", a.display_name.is_some()),
+        ("--user", a.user.is_some()),
+        ("--domain", a.domain.is_some()),
+        ("--password", a.password.is_some()),
+        ("--proxy", a.proxy.is_some()),
+        ("--stun", a.stun.is_some()),
+        ("--dialplan", options.dialplan.is_some()),
+    ]
+    .into_iter()
+    .filter_map(|(name, given)| given.then_some(name))
+    .collect();
+    match start_only.as_slice() {
+        [] => {}
+        [one] => problems.push(format!("{one} applies only when a phone starts")),
+        many => problems.push(format!(
+            "{} apply only when a phone starts",
+            many.join(", ")
+        )),
+    }
+    // (option, what it names, the file given, the running phone's: `None` unknown).
+    type FileOption<'a> = (
+        &'a str,
+        &'a str,
+        Option<&'a PathBuf>,
+        Option<Option<&'a PathBuf>>,
+    );
+    let files: [FileOption; 3] = [
+        (
+            "--ini",
+            "ini",
+            options.ini.as_ref(),
+            running.map(|r| Some(&r.ini)),
+        ),
+        (
+            "--debug",
+            "SIP trace",
+            options.debug.as_ref(),
+            running.map(|r| r.debug.as_ref()),
+        ),
+        (
+            "--log",
+            "call log",
+            options.log.as_ref(),
+            running.map(|r| r.log.as_ref()),
+        ),
+    ];
+    for (option, what, given, theirs) in files {
+        let Some(given) = given else { continue };
+        let given = absolute(given);
+        match theirs {
+            Some(Some(theirs)) if *theirs == given => {}
+            Some(Some(theirs)) => problems.push(format!(
+                "{option} {} is not its {what} ({})",
+                shown_path(&given),
+                shown_path(theirs)
+            )),
+            Some(None) => problems.push(format!(
+                "{option} applies only when a phone starts (it runs without a {what})"
+            )),
+            None => problems.push(format!(
+                "{option} applies only when a phone starts (cannot tell which {what} it uses)"
+            )),
+        }
+    }
+    if !problems.is_empty() {
+        return Err(StartOnlyError {
+            profile: profile.to_string(),
+            problems,
+        });
+    }
+    let mut commands = Vec::new();
+    let words = |list: &[&str]| list.iter().map(|w| w.to_string()).collect::<Vec<_>>();
+    if let Some(state) = options.show {
+        let state = match state {
+            WindowState::Normal => "normal",
+            WindowState::Minimized => "minimized",
+            WindowState::Hidden => "hidden",
+        };
+        commands.push(words(&["show", state]));
+    }
+    if let Some(level) = options.setvolume {
+        commands.push(words(&["setvolume", &level.to_string()]));
+    }
+    if let Some(level) = options.micvolume {
+        commands.push(words(&["setmicvolume", &level.to_string()]));
+    }
+    if let Some(on) = options.autoanswer {
+        commands.push(words(&["autoanswer", if on { "on" } else { "off" }]));
+    }
+    if let Some(target) = &options.call {
+        commands.push(words(&["dial", target]));
+    }
+    Ok(commands)
+}
+
 /// The `--help` text: the options and the commands in short.
 pub fn usage() -> &'static str {
     "\
@@ -420,6 +568,9 @@ Usage: microsip [OPTIONS] [COMMAND...]
 
 The first microsip to start becomes the phone. A later `microsip COMMAND...` sends
 the command to the running phone, prints the reply and exits with its status.
+A running phone also takes --call, --setvolume, --micvolume, --autoanswer and --show
+(applied in that order, before the command); the options that shape a phone as it
+starts (--ini of another file, --debug, --log, --user, ...) are refused with exit 2.
 
 Options (before the command; `--name=value` works too; `--` ends the options):
   --ini FILE, /i:FILE       the ini file to use
@@ -465,6 +616,7 @@ Commands (case-insensitive; MicroSIP's DDE, /x: and msip: spellings work too):
                             conference off [ID] takes one out or ends it
   mute [on|off|1|0]         microphone mute (msip:micmute, micunmute, micmuteclick)
   speakermute [on|off]      speaker mute (msip:speakmute, ...)
+  autoanswer [on|off]       auto-answer incoming calls for this run (toggle alone)
   volumeup|volumedown [N]   speaker volume by N steps 1-10 (msip:speakup, speakdown)
   micup|micdown [N]         microphone level by N steps (msip:micup, micdown)
   setvolume N               speaker volume 0-100 (VOLUME)
@@ -729,6 +881,106 @@ mod tests {
             let text = format!("{error} {error:?}");
             assert!(!text.contains("secret"), "{line}: {text}");
         }
+    }
+
+    fn running(ini: &str) -> RunningPhone {
+        RunningPhone {
+            pid: 1,
+            ini: absolute(Path::new(ini)),
+            debug: Some(absolute(Path::new("/tmp/trace.log"))),
+            log: None,
+        }
+    }
+
+    fn runtime(line: &str) -> Result<Vec<String>, String> {
+        let (o, _) = parse(line).unwrap();
+        let r = running("/tmp/a.ini");
+        runtime_commands(&o, Some(&r), "p")
+            .map(|list| list.iter().map(|w| w.join(" ")).collect())
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_running_phone_takes_the_run_time_options_as_commands() {
+        assert_eq!(runtime(""), Ok(vec![]));
+        assert_eq!(
+            runtime("--call 123 --setvolume 30 --micvolume 0 --autoanswer 1 /minimized"),
+            Ok(vec![
+                "show minimized".to_string(),
+                "setvolume 30".to_string(),
+                "setmicvolume 0".to_string(),
+                "autoanswer on".to_string(),
+                "dial 123".to_string(),
+            ])
+        );
+        assert_eq!(runtime("--autoanswer 0"), Ok(vec!["autoanswer off".into()]));
+        assert_eq!(runtime("--show hidden"), Ok(vec!["show hidden".into()]));
+        // Options about this process or naming the running phone's own files.
+        assert_eq!(
+            runtime("--profile p --json --headless --ini /tmp/a.ini --debug /tmp/trace.log"),
+            Ok(vec![])
+        );
+        assert_eq!(runtime("/i:/tmp/./a.ini"), Ok(vec![]));
+        // The words come out as the engine's grammar reads them.
+        for line in [
+            "--call sip:100@127.0.0.1 --setvolume 30 --micvolume 5 --autoanswer 1 --show normal",
+        ] {
+            for words in runtime(line).unwrap() {
+                let words: Vec<String> = words.split(' ').map(str::to_string).collect();
+                assert!(
+                    microsip_engine::grammar::parse_args(&words).is_ok(),
+                    "{words:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_running_phone_refuses_the_start_only_options() {
+        let e = runtime("--user 1001 --password secret --call 1").unwrap_err();
+        assert_eq!(
+            e,
+            "a phone is already running for profile 'p': --user, --password apply only when \
+             a phone starts; stop it first (microsip --profile p exit) or start another with \
+             --profile NAME"
+        );
+        assert!(!e.contains("secret"));
+        for (line, needle) in [
+            ("--dn A", "--dn applies only when a phone starts"),
+            ("--domain d", "--domain applies"),
+            ("--proxy=", "--proxy applies"),
+            ("--stun s", "--stun applies"),
+            ("--dialplan x.", "--dialplan applies"),
+            (
+                "--ini /tmp/b.ini",
+                "--ini /tmp/b.ini is not its ini (/tmp/a.ini)",
+            ),
+            (
+                "--debug /tmp/other.log",
+                "--debug /tmp/other.log is not its SIP trace",
+            ),
+            (
+                "--log /tmp/calls.csv",
+                "--log applies only when a phone starts (it runs without a call log)",
+            ),
+        ] {
+            let e = runtime(line).unwrap_err();
+            assert!(e.contains(needle), "{line}: {e}");
+        }
+        // Two problems are both named.
+        let e = runtime("--ini /tmp/b.ini --user u").unwrap_err();
+        assert!(
+            e.contains("--user applies") && e.contains("--ini /tmp/b.ini"),
+            "{e}"
+        );
+        // Without the lock file's record no file can be confirmed.
+        let (o, _) = parse("--ini /tmp/a.ini").unwrap();
+        let e = runtime_commands(&o, None, "p").unwrap_err().to_string();
+        assert!(e.contains("cannot tell which ini it uses"), "{e}");
+        assert_eq!(
+            runtime_commands(&parse("--setvolume 1").unwrap().0, None, "p"),
+            Ok(vec![vec!["setvolume".to_string(), "1".to_string()]])
+        );
     }
 
     #[test]

@@ -1,6 +1,6 @@
-//! Becoming the phone: find and load the ini (creating the default profile on first
-//! run), apply this run's start options, start the engine and the control socket,
-//! and exit cleanly on `exit`, SIGTERM or SIGINT.
+//! Becoming the phone: holding the profile's lock, find and load the ini (creating
+//! the default profile on first run), apply this run's start options, start the
+//! engine and the control socket, and exit cleanly on `exit`, SIGTERM or SIGINT.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -14,7 +14,7 @@ use crate::contacts::ContactsFile;
 use crate::integrations;
 use crate::messages::MessageStore;
 use crate::options::StartOptions;
-use crate::paths;
+use crate::paths::{self, InstanceLock, RunningPhone};
 use crate::records::RecordFiles;
 use crate::socket::SocketServer;
 
@@ -146,7 +146,14 @@ fn load_ini(path: PathBuf) -> IniFile {
 }
 
 /// Runs the phone in this process until it is told to exit. Returns the exit status.
-pub fn run(options: StartOptions, profile: &str, call_on_start: Option<String>) -> i32 {
+/// `lock` is the profile's lock ([`paths::claim`]), held until the socket is gone;
+/// `call_on_start` is a target (and account) to dial once registered.
+pub fn run(
+    options: StartOptions,
+    profile: &str,
+    call_on_start: Option<(String, Option<u32>)>,
+    mut lock: InstanceLock,
+) -> i32 {
     init_logging();
     let socket = match paths::socket_path(profile) {
         Ok(p) => p,
@@ -170,7 +177,15 @@ pub fn run(options: StartOptions, profile: &str, call_on_start: Option<String>) 
     for problem in &config.problems {
         eprintln!("microsip: {problem}");
     }
-    let call_on_start = call_on_start.or_else(|| options.call.clone());
+    let running = RunningPhone {
+        pid: std::process::id(),
+        ini: paths::absolute(&ini_path),
+        debug: options.debug.as_deref().map(paths::absolute),
+        log: options.log.as_deref().map(paths::absolute),
+    };
+    if let Err(e) = lock.record(&running) {
+        warn!("{e}: a later `microsip --ini FILE` cannot be checked against this phone");
+    }
     let file = Arc::new(Mutex::new(file));
 
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -257,5 +272,7 @@ pub fn run(options: StartOptions, profile: &str, call_on_start: Option<String>) 
     // Everything that held an event sender is gone with the runtime's tasks.
     drop(runtime);
     integrations.finish();
+    // Only now may another process become the phone: our socket file is gone.
+    drop(lock);
     code
 }

@@ -109,6 +109,11 @@ pub enum Command {
     SpeakerMute {
         on: Option<bool>,
     },
+    /// Auto-answer incoming calls for this run (`--autoanswer` to a running phone);
+    /// `None` toggles. Not written to the ini.
+    AutoAnswer {
+        on: Option<bool>,
+    },
     Level {
         kind: LevelKind,
         change: LevelChange,
@@ -222,6 +227,7 @@ impl Command {
             Command::Dtmf { .. } => "dtmf",
             Command::Mute { .. } => "mute",
             Command::SpeakerMute { .. } => "speakermute",
+            Command::AutoAnswer { .. } => "autoanswer",
             Command::Level {
                 kind: LevelKind::Speaker,
                 change: LevelChange::Absolute(_),

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use microsip_config::{Account, Config, DtmfMethod, Transport};
+use microsip_config::{Account, AutoAnswer, Config, DtmfMethod, Transport};
 use microsip_media::{DtmfMode, Levels, MediaConfig, MediaEngine, MediaEvent};
 use microsip_sip::{
     Outcome, Registration, RegistrationConfig, RegistrationEvent, SipInbox, SipStack, SipTransport,
@@ -52,8 +52,10 @@ pub struct EngineSetup {
     pub store: Box<dyn ConfigStore>,
     /// SIP trace file (`--debug`).
     pub trace: Option<PathBuf>,
-    /// `--call TARGET`: dial once registered.
-    pub call_on_start: Option<String>,
+    /// `--call TARGET`, or `microsip dial TARGET [ACCOUNT]` with no phone running:
+    /// dial once the account the call goes out from (that one, else the active one)
+    /// registered.
+    pub call_on_start: Option<(String, Option<u32>)>,
     /// Where text messages are kept.
     pub archive: Box<dyn MessageArchive>,
     /// The call history and the address book.
@@ -144,7 +146,7 @@ pub(crate) struct Engine {
     events: broadcast::Sender<Event>,
     seq: u64,
     reg_events: mpsc::UnboundedSender<RegistrationEvent>,
-    call_on_start: Option<String>,
+    call_on_start: Option<(String, Option<u32>)>,
     observers: Vec<mpsc::UnboundedSender<Event>>,
     pub(crate) archive: SharedArchive,
     /// Writes to `archive`, in order, off the engine.
@@ -224,10 +226,18 @@ pub async fn start(
         warn!("audio levels not applied: {e}");
     }
     engine.load_accounts();
-    if engine.call_on_start.is_some() && !engine.accounts.values().any(|s| s.registration.is_some())
-    {
-        // Nothing to wait for: dial now.
-        engine.dial_on_start();
+    if let Some((_, account)) = &engine.call_on_start {
+        // The call goes out from the account named, else the active one: wait for
+        // that one's registration, if it registers at all.
+        let from = account.unwrap_or(engine.active_account);
+        let waits = engine
+            .accounts
+            .get(&from)
+            .is_some_and(|s| s.registration.is_some());
+        if !waits {
+            // Nothing to wait for: dial now.
+            engine.dial_on_start();
+        }
     }
     let handle = EngineHandle { inbox };
     let join = tokio::spawn(engine.run(requests, reg_rx, signals));
@@ -279,7 +289,8 @@ pub(crate) fn host_ip(host_port: &str) -> Option<IpAddr> {
     s.rsplit_once(':').and_then(|(h, _)| h.parse().ok())
 }
 
-fn registration_config(account: &Account) -> Option<RegistrationConfig> {
+/// `rport`: the `[Settings]` key (RFC 3581 in our Via; 0 leaves it out).
+fn registration_config(account: &Account, rport: bool) -> Option<RegistrationConfig> {
     let server = account.server.clone().filter(|s| !s.trim().is_empty())?;
     Some(RegistrationConfig {
         account: account.number,
@@ -298,6 +309,7 @@ fn registration_config(account: &Account) -> Option<RegistrationConfig> {
         keep_alive: account.keep_alive,
         public_addr: account.public_addr.clone(),
         allow_rewrite: account.allow_rewrite,
+        rport,
     })
 }
 
@@ -320,7 +332,10 @@ impl Engine {
             } else {
                 RegState::Registering
             };
-            let registration = match (&state, registration_config(&account)) {
+            let registration = match (
+                &state,
+                registration_config(&account, self.config.settings.rport),
+            ) {
                 (RegState::Registering, Some(rc)) => {
                     if matches!(account.transport, Transport::Tls) {
                         warn!(
@@ -380,8 +395,8 @@ impl Engine {
     }
 
     fn dial_on_start(&mut self) {
-        if let Some(target) = self.call_on_start.take() {
-            match self.dial(&target, None, true, false, None) {
+        if let Some((target, account)) = self.call_on_start.take() {
+            match self.dial(&target, account, true, false, None) {
                 Ok(a) => info!("--call {target}: call {}", a.text),
                 Err(f) => warn!("--call {target}: {}", f.message),
             }
@@ -512,7 +527,11 @@ impl Engine {
         if registered || unregistered {
             self.presence_sync(number);
         }
-        if registered {
+        let awaited = self
+            .call_on_start
+            .as_ref()
+            .is_some_and(|(_, account)| account.unwrap_or(self.active_account) == number);
+        if registered && awaited {
             self.dial_on_start();
         }
     }
@@ -546,6 +565,7 @@ impl Engine {
             Command::Conference { action } => self.conference(action),
             Command::Mute { on } => self.set_mute(false, on),
             Command::SpeakerMute { on } => self.set_mute(true, on),
+            Command::AutoAnswer { on } => self.set_auto_answer(on),
             Command::Level { kind, change } => self.set_level(kind, change),
             Command::Calls => self.list_calls(),
             Command::Window { state } => ok(match state {
@@ -694,6 +714,26 @@ impl Engine {
         self.media
             .set_levels(self.levels)
             .map_err(|e| fail(ErrorCode::Media, format!("levels not applied: {e}")))
+    }
+
+    /// `autoanswer` (`--autoanswer` to a running phone): answer every incoming call
+    /// after `autoAnswerDelay` (`all`), or leave it to the user (`button`); toggles
+    /// without an argument. For this run only, like the start option.
+    fn set_auto_answer(&mut self, on: Option<bool>) -> Reply {
+        let on = on.unwrap_or(self.config.settings.auto_answer != AutoAnswer::All);
+        self.config.settings.auto_answer = if on {
+            AutoAnswer::All
+        } else {
+            AutoAnswer::Button
+        };
+        ok_with(
+            if on {
+                "auto-answer on"
+            } else {
+                "auto-answer off"
+            },
+            json!({ "autoanswer": on }),
+        )
     }
 
     /// `mute` (microphone) and `speakermute`: set, or toggle without an argument.

@@ -116,6 +116,9 @@ fn parse_words(words: &[String]) -> Result<Command, ParseError> {
         "speakermute" => Ok(Command::SpeakerMute {
             on: optional_switch("speakermute", rest)?,
         }),
+        "autoanswer" => Ok(Command::AutoAnswer {
+            on: optional_switch("autoanswer", rest)?,
+        }),
         "volumeup" => relative("volumeup", LevelKind::Speaker, 1, rest),
         "volumedown" => relative("volumedown", LevelKind::Speaker, -1, rest),
         "micup" => relative("micup", LevelKind::Microphone, 1, rest),
@@ -1341,6 +1344,23 @@ mod tests {
         for (line, expected) in table {
             assert_eq!(parse(line), Ok(expected), "{line}");
         }
+    }
+
+    #[test]
+    fn autoanswer_sets_or_toggles() {
+        assert_eq!(
+            parse("autoanswer on"),
+            Ok(Command::AutoAnswer { on: Some(true) })
+        );
+        assert_eq!(
+            parse("AutoAnswer 0"),
+            Ok(Command::AutoAnswer { on: Some(false) })
+        );
+        assert_eq!(parse("autoanswer"), Ok(Command::AutoAnswer { on: None }));
+        assert_eq!(
+            bad_argument("autoanswer maybe"),
+            "no such autoanswer mode 'maybe': use on, off, 1 or 0"
+        );
     }
 
     #[test]

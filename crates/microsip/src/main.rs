@@ -1,11 +1,23 @@
-//! `microsip`: the first process for a profile becomes the phone; every later one
-//! forwards its arguments to it over the control socket, prints the reply and exits.
+//! `microsip`: the first process for a profile becomes the phone (it takes the
+//! profile's lock before anything registers); every later one forwards its arguments
+//! to it over the control socket — the start options a running phone can act on as
+//! commands, then the command words — prints the replies and exits.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
 
 use microsip_control::client::{self, EXIT_NO_PHONE};
-use microsip_control::options::{parse_start, usage};
-use microsip_control::{paths, phone};
+use microsip_control::options::{parse_start, runtime_commands, usage, StartOptions};
+use microsip_control::paths::{self, Claim, InstanceLock};
+use microsip_control::phone;
 use microsip_engine::grammar::parse_args;
 use microsip_engine::Command;
+
+/// How long to wait for a phone that holds the profile's lock (it is starting, or
+/// exiting) to answer on its socket, or to let go of the lock.
+const STARTING_WAIT: Duration = Duration::from_secs(30);
+/// Pause between two looks at the socket and the lock.
+const POLL: Duration = Duration::from_millis(20);
 
 fn main() {
     std::process::exit(run());
@@ -44,28 +56,91 @@ fn run() -> i32 {
         .profile
         .clone()
         .unwrap_or_else(|| paths::DEFAULT_PROFILE.to_string());
-    let socket = match paths::socket_path(&profile) {
-        Ok(p) => p,
-        Err(e) => {
+    let (socket, lock) = match (paths::socket_path(&profile), paths::lock_path(&profile)) {
+        (Ok(s), Ok(l)) => (s, l),
+        (Err(e), _) | (_, Err(e)) => {
             eprintln!("microsip: {e}");
             return EXIT_NO_PHONE;
         }
     };
 
-    if let Some(stream) = client::connect(&socket) {
-        if words.is_empty() {
-            eprintln!("microsip: a phone is already running for profile '{profile}'");
-            return client::forward(stream, &["show".to_string()], false);
+    // Either a phone answers on the socket, or this process takes the lock and is the
+    // phone; while another process holds the lock without answering, it is starting
+    // (or exiting): wait for it, bounded.
+    let deadline = Instant::now() + STARTING_WAIT;
+    loop {
+        if let Some(stream) = client::connect(&socket) {
+            return to_running_phone(stream, &options, words, &profile, &lock);
         }
-        return client::forward(stream, &words, options.json);
+        match paths::claim(&lock) {
+            Ok(Claim::Won(held)) => return start_phone(options, words, &profile, held),
+            Ok(Claim::Held) => {}
+            Err(e) => {
+                eprintln!("microsip: {e}");
+                return EXIT_NO_PHONE;
+            }
+        }
+        if Instant::now() >= deadline {
+            eprintln!(
+                "microsip: a phone for profile '{profile}' holds {} but did not answer on {} \
+                 within {} s",
+                lock.display(),
+                socket.display(),
+                STARTING_WAIT.as_secs()
+            );
+            return EXIT_NO_PHONE;
+        }
+        std::thread::sleep(POLL);
     }
+}
 
-    // No phone runs for this profile. A dial starts one; anything else has nothing
-    // to act on.
-    let mut call_on_start = None;
+/// A phone runs: hand it what the start options ask (refusing those that only apply
+/// when a phone starts), then the command words.
+fn to_running_phone(
+    stream: std::os::unix::net::UnixStream,
+    options: &StartOptions,
+    words: Vec<String>,
+    profile: &str,
+    lock: &Path,
+) -> i32 {
+    let running = paths::running_phone(lock);
+    let mut requests = match runtime_commands(options, running.as_ref(), profile) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("microsip: {e}");
+            return EXIT_NO_PHONE;
+        }
+    };
+    if !words.is_empty() {
+        requests.push(words);
+    }
+    if requests.is_empty() {
+        eprintln!("microsip: a phone is already running for profile '{profile}'");
+        return client::forward(stream, &["show".to_string()], false);
+    }
+    client::forward_all(stream, &requests, options.json)
+}
+
+/// No phone runs and this process holds the lock. A dial starts the phone (it dials
+/// once registered, with the account given); anything else has nothing to act on.
+fn start_phone(
+    options: StartOptions,
+    words: Vec<String>,
+    profile: &str,
+    lock: InstanceLock,
+) -> i32 {
+    let mut call_on_start = options.call.clone().map(|target| (target, None));
     if !words.is_empty() {
         match parse_args(&words) {
-            Ok(Command::Dial { target, .. }) => call_on_start = Some(target),
+            Ok(Command::Dial {
+                target, account, ..
+            }) => {
+                if call_on_start.is_some() {
+                    eprintln!("microsip: give either --call or a dial command, not both");
+                    return EXIT_NO_PHONE;
+                }
+                call_on_start = Some((target, account));
+            }
             Ok(_) => {
                 eprintln!(
                     "microsip: no phone is running for profile '{profile}' \
@@ -79,5 +154,5 @@ fn run() -> i32 {
             }
         }
     }
-    phone::run(options, &profile, call_on_start)
+    phone::run(options, profile, call_on_start, lock)
 }

@@ -1,6 +1,6 @@
 //! Our registration client, one task per account: REGISTER with a Contact we choose
 //! (the stack's own client rewrites it), digest auth, 423 → Min-Expires, refresh
-//! before expiry, back-off after failures, NAT keep-alive, and un-REGISTER on stop.
+//! before expiry, back-off after failures, rport, NAT keep-alive, and un-REGISTER on stop.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -58,6 +58,11 @@ pub struct RegistrationConfig {
     pub public_addr: Option<String>,
     /// Follow the registrar's `received`/`rport` view of our address.
     pub allow_rewrite: bool,
+    /// `[Settings] rport`: ask for RFC 3581 symmetric responses with `;rport` in our
+    /// Via. MicroSIP's `rport=0` is pjsip's `disable_rport`: no `;rport` in the Via, so
+    /// `allowRewrite` follows only a `received` host, keeping our own port (an
+    /// `rport=` a registrar sends anyway is ignored).
+    pub rport: bool,
 }
 
 impl std::fmt::Debug for RegistrationConfig {
@@ -69,6 +74,8 @@ impl std::fmt::Debug for RegistrationConfig {
             .field("password", &"***")
             .field("transport", &self.transport)
             .field("expires", &self.expires)
+            .field("allow_rewrite", &self.allow_rewrite)
+            .field("rport", &self.rport)
             .finish_non_exhaustive()
     }
 }
@@ -406,10 +413,13 @@ impl Client {
     fn build(&mut self, expires: u32, auth: Option<Header>) -> Result<Request, String> {
         self.cseq += 1;
         let aor = Uri::try_from(self.aor().as_str()).map_err(|e| format!("bad address: {e}"))?;
-        let via = self
+        let mut via = self
             .inner
             .get_via(Some(self.local.clone()), None)
             .map_err(|e| e.to_string())?;
+        if !self.config.rport {
+            via.params.retain(|p| !matches!(p, Param::Rport(_)));
+        }
         let from = rsipstack::sip::typed::From {
             display_name: self.config.display_name.clone(),
             uri: aor.clone(),
@@ -615,32 +625,9 @@ impl Client {
         let Some(via) = resp.via_header().ok().and_then(|v| v.typed().ok()) else {
             return false;
         };
-        let mut host = None;
-        let mut port = None;
-        for p in &via.params {
-            match p {
-                Param::Received(r) => host = Some(r.value().to_string()),
-                Param::Rport(Some(p)) => port = Some(p.to_string()),
-                _ => {}
-            }
-        }
-        let current = self.contact.host_with_port.to_string();
-        let seen = match (host, port) {
-            (Some(h), Some(p)) => format!("{h}:{p}"),
-            (Some(h), None) => format!(
-                "{h}:{}",
-                self.contact
-                    .host_with_port
-                    .port
-                    .map(|p| p.to_string())
-                    .unwrap_or_default()
-            ),
-            (None, Some(p)) => format!("{}:{p}", self.contact.host_with_port.host),
-            (None, None) => return false,
-        };
-        if seen == current {
+        let Some(seen) = seen_address(&via.params, &self.contact, self.config.rport) else {
             return false;
-        }
+        };
         let tcp = self.config.transport == SipTransport::Tcp;
         let text = format!(
             "sip:{}@{seen}{}",
@@ -701,6 +688,31 @@ fn make_contact(config: &RegistrationConfig, local: &SipAddr, tcp: bool) -> Uri 
     Uri::try_from(text.as_str()).unwrap_or_default()
 }
 
+/// The `host:port` a response's Via says the registrar saw us at (`received`, and
+/// `rport` when `use_rport`), when it differs from `contact`'s; `None` otherwise.
+fn seen_address(via_params: &[Param], contact: &Uri, use_rport: bool) -> Option<String> {
+    let mut host = None;
+    let mut port = None;
+    for p in via_params {
+        match p {
+            Param::Received(r) => host = Some(r.value().to_string()),
+            Param::Rport(Some(p)) if use_rport => port = Some(p.to_string()),
+            _ => {}
+        }
+    }
+    let ours = &contact.host_with_port;
+    let seen = match (host, port) {
+        (Some(h), Some(p)) => format!("{h}:{p}"),
+        (Some(h), None) => match ours.port {
+            Some(p) => format!("{h}:{p}"),
+            None => h,
+        },
+        (None, Some(p)) => format!("{}:{p}", ours.host),
+        (None, None) => return None,
+    };
+    (seen != ours.to_string()).then_some(seen)
+}
+
 pub(crate) fn reason_of(resp: &Response) -> String {
     resp.reason_phrase()
         .map(str::to_string)
@@ -743,6 +755,32 @@ mod tests {
         assert_eq!(backoff(10, 408), 128);
         assert_eq!(backoff(0, 403), 30);
         assert!(backoff(30, 403) <= 300);
+    }
+
+    fn via_params(via: &str) -> Vec<Param> {
+        let header = rsipstack::sip::headers::Via::new(via);
+        header.typed().unwrap().params
+    }
+
+    #[test]
+    fn the_address_the_registrar_saw() {
+        let contact = Uri::try_from("sip:1001@192.168.1.5:5070").unwrap();
+        let seen = |via: &str, rport: bool| seen_address(&via_params(via), &contact, rport);
+        let nat = "SIP/2.0/UDP 192.168.1.5:5070;branch=z9hG4bKx;received=203.0.113.7;rport=40001";
+        assert_eq!(seen(nat, true).as_deref(), Some("203.0.113.7:40001"));
+        // rport=0: the port is ours, only the received host is followed.
+        assert_eq!(seen(nat, false).as_deref(), Some("203.0.113.7:5070"));
+        let port_only = "SIP/2.0/UDP 192.168.1.5:5070;branch=z9hG4bKx;rport=40001";
+        assert_eq!(seen(port_only, true).as_deref(), Some("192.168.1.5:40001"));
+        assert_eq!(seen(port_only, false), None);
+        // Nothing new: no rewrite.
+        let same = "SIP/2.0/UDP 192.168.1.5:5070;branch=z9hG4bKx;received=192.168.1.5;rport=5070";
+        assert_eq!(seen(same, true), None);
+        assert_eq!(seen(same, false), None);
+        assert_eq!(
+            seen("SIP/2.0/UDP 192.168.1.5:5070;branch=z9hG4bKx;rport", true),
+            None
+        );
     }
 
     #[test]
