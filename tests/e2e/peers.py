@@ -538,6 +538,8 @@ class EventStream:
     def __init__(self, phone: "Phone"):
         self.phone = phone
         self.items: list[dict] = []
+        # time.time() when each item was read (same index as items): for latency.
+        self.arrived: list[float] = []
         self.cursor = 0
         self._cond = threading.Condition()
         self.stderr_path = phone.workdir / f"events-{phone.profile}-{secrets.token_hex(3)}.stderr"
@@ -564,9 +566,11 @@ class EventStream:
                 ev = {"type": "_unparsed", "line": line}
             with self._cond:
                 self.items.append(ev)
+                self.arrived.append(time.time())
                 self._cond.notify_all()
         with self._cond:
             self.items.append({"type": "_eof"})
+            self.arrived.append(time.time())
             self._cond.notify_all()
 
     def __iter__(self):
@@ -1102,6 +1106,10 @@ class Baresip:
       connection and one reader thread collects every event (each with `_t`,
       time.monotonic() when read).
     - `-s`: baresip's SIP trace goes to `log` (sip_trace=False for load).
+    - message_peer: a URI to exchange text messages with: it is baresip's one
+      contact (module `contact`), so `message(text)` sends it a MESSAGE; and
+      the `stdio` UI is loaded (stdin a pipe kept open), so the MESSAGEs baresip
+      receives are printed to the log as `PEER: "TEXT"` (`messages_received()`).
     - Runs with `-t quit_after` so it ends by itself even if a test leaks it.
     - modules: codec modules to load ("g711"; "g722", "opus" are installed).
       baresip's aufile source must be at the call codec's own rate, or the call
@@ -1119,7 +1127,7 @@ class Baresip:
                  sip_port: int | None = None, quit_after: int = 900,
                  account_extra: str = "", extra_config: str = "", name: str | None = None,
                  sip_trace: bool = True, register: bool = True, outbound: bool = True,
-                 max_calls: int = 8):
+                 max_calls: int = 8, message_peer: str | None = None):
         if not re.fullmatch(r"[A-Za-z0-9_.+-]+", user):
             raise ValueError(f"user name {user!r} not supported")
         if re.search(r"[;,<>\s\"]", password):
@@ -1152,6 +1160,7 @@ class Baresip:
         self.modules = list(modules)
         self.account_extra = account_extra
         self.extra_config = extra_config
+        self.message_peer = message_peer
         self.proc: subprocess.Popen | None = None
         self.sock: socket.socket | None = None
         self.events: list[dict] = []
@@ -1214,9 +1223,13 @@ class Baresip:
             f"snd_path\t\t{self.recdir}\n"
             f"{self.extra_config}"
         )
+        contacts = ""
+        if self.message_peer:
+            cfg += "module\t\t\tstdio.so\nmodule_app\t\tcontact.so\n"
+            contacts = f"<{self.message_peer}>\n"
         (self.cfgdir / "config").write_text(cfg)
         (self.cfgdir / "accounts").write_text(self.account_line() + "\n")
-        (self.cfgdir / "contacts").write_text("")
+        (self.cfgdir / "contacts").write_text(contacts)
 
     # -- process ----------------------------------------------------------
     def running(self) -> bool:
@@ -1229,8 +1242,10 @@ class Baresip:
         args = [exe, "-f", str(self.cfgdir), "-t", str(self.quit_after)]
         if self.sip_trace:
             args.append("-s")  # SIP trace into the log
+        # The stdio UI needs a stdin it can poll (not /dev/null); nothing is written.
+        stdin = subprocess.PIPE if self.message_peer else subprocess.DEVNULL
         self.proc = subprocess.Popen(args,
-                                     stdin=subprocess.DEVNULL, stdout=self._logf,
+                                     stdin=stdin, stdout=self._logf,
                                      stderr=subprocess.STDOUT, cwd=str(self.workdir),
                                      start_new_session=True)
 
@@ -1334,6 +1349,19 @@ class Baresip:
     def list_calls(self) -> str:
         return str(self.command("listcalls").get("data", ""))
 
+    # -- text messages (message_peer) ---------------------------------------
+    def message(self, text: str) -> dict:
+        """Sends a MESSAGE with `text` to message_peer (its answer is not reported
+        here: watch the other side)."""
+        assert self.message_peer, "Baresip(message_peer=URI) is needed to send messages"
+        return self._ok("message", text)
+
+    def messages_received(self) -> list[tuple[str, str]]:
+        """(sender URI, text) of every MESSAGE baresip took, as its UI printed them."""
+        assert self.message_peer, "Baresip(message_peer=URI) prints received messages"
+        text = self.log.read_text(errors="replace")
+        return re.findall(r'(?m)^\r?(sips?:\S+): "(.*)"\r?$', text)
+
     # -- events -----------------------------------------------------------
     def _describe(self) -> str:
         with self._cond:
@@ -1426,11 +1454,12 @@ class Baresip:
             except subprocess.TimeoutExpired:
                 pass
         _kill_group(self.proc, grace=5)
-        if self.sock is not None:
-            try:
-                self.sock.close()
-            except OSError:
-                pass
+        for f in (self.sock, self.proc.stdin):
+            if f is not None:
+                try:
+                    f.close()
+                except OSError:
+                    pass
         return self.proc.returncode
 
     def diagnostics(self) -> list[tuple[str, str]]:

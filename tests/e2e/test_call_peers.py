@@ -380,6 +380,20 @@ def test_sipp_hostile_caller_id_reaches_baresip(make_sipp, callee):
     assert '"\\"; rm -rf ~ $(id)"' in sipp.sent()[0]
 
 
+@pytest.mark.parametrize("scenario", ["uac_cancel.xml", "uac_cancel_elsewhere.xml"])
+def test_sipp_cancel_while_baresip_rings(make_sipp, callee, scenario):
+    b = callee("manual")
+    sipp = make_sipp(scenario, timeout_s=30, remote=f"127.0.0.1:{b.sip_port}",
+                     extra=["-s", "1002"])
+    b.wait_event("CALL_INCOMING")
+    assert sipp.wait(60) == 0  # 180, then 200 to the CANCEL and 487
+    b.wait_event("CALL_CLOSED")
+    cancel = [m for m in sipp.sent() if m.startswith("CANCEL ")]
+    assert len(cancel) == 1
+    assert ('Reason: SIP;cause=200;text="Call completed elsewhere"' in cancel[0]) == \
+        (scenario == "uac_cancel_elsewhere.xml")
+
+
 def test_sipp_rtp_call_is_heard_by_baresip(make_sipp, callee):
     b = callee("auto", tone=440)
     sipp = make_sipp("uac_rtp_call.xml", timeout_s=60, files={"tone.ulaw": _ulaw(1000)},
@@ -406,11 +420,15 @@ def test_uac_scenarios_fail_when_nobody_answers(make_sipp):
     dead = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # bound, never answers
     dead.bind(("127.0.0.1", 0))
     try:
+        keys = {"uac_callerid.xml": ["-key", "name", "x"], "uac_message_405.xml": ["-key", "text", "x"]}
         runs = [make_sipp(scenario, timeout_s=5, files=ulaw_files(),
-                          remote=f"127.0.0.1:{dead.getsockname()[1]}", extra=["-s", "1001"])
+                          remote=f"127.0.0.1:{dead.getsockname()[1]}",
+                          extra=["-s", "1001", *keys.get(scenario, [])])
                 for scenario in ["uac_retransmit_invite.xml", "uac_bye_before_ack.xml",
                                  "uac_488_no_codec.xml", "uac_hostile_callerid.xml",
-                                 "uac_rtp_call.xml"]]
+                                 "uac_rtp_call.xml", "uac_callerid.xml", "uac_cancel.xml",
+                                 "uac_cancel_elsewhere.xml", "uac_busy.xml",
+                                 "uac_message_405.xml"]]
         for sipp in runs:
             assert sipp.wait(120) != 0, sipp.scenario.name
     finally:

@@ -135,6 +135,17 @@ pub fn spawn(
     ))
 }
 
+/// The `[Calls]` type of a finished call: 0 out, 1 answered here, 3 cancelled by
+/// the caller because it was answered elsewhere, else 2 missed.
+fn history_type(info: &CallInfo, elsewhere: bool) -> CallType {
+    match (info.incoming, info.answered.is_some(), elsewhere) {
+        (false, _, _) => CallType::Outgoing,
+        (true, true, _) => CallType::Incoming,
+        (true, false, true) => CallType::AnsweredElsewhere,
+        (true, false, false) => CallType::Missed,
+    }
+}
+
 fn unix(t: SystemTime) -> i64 {
     t.duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
@@ -239,11 +250,13 @@ impl Integrations {
                 code,
                 reason,
                 duration,
+                elsewhere,
                 ..
             } => {
                 self.fire(HookEvent::for_end(code), call, duration);
                 if let Some(info) = self.calls.remove(&call) {
-                    self.record(call, &info, code, &reason, duration);
+                    let kind = history_type(&info, elsewhere);
+                    self.record(call, &info, kind, code, &reason, duration);
                 }
             }
             _ => {}
@@ -251,12 +264,15 @@ impl Integrations {
     }
 
     /// History entry in the ini and a CSV row, written as the call ends.
-    fn record(&self, call: u64, info: &CallInfo, code: u16, reason: &str, duration: u64) {
-        let kind = match (info.incoming, info.answered.is_some()) {
-            (false, _) => CallType::Outgoing,
-            (true, true) => CallType::Incoming,
-            (true, false) => CallType::Missed,
-        };
+    fn record(
+        &self,
+        call: u64,
+        info: &CallInfo,
+        kind: CallType,
+        code: u16,
+        reason: &str,
+        duration: u64,
+    ) {
         let entry = HistoryEntry {
             number: info.number.clone(),
             name: info.name.clone(),
@@ -330,5 +346,35 @@ impl Integrations {
                 warn!("history not saved: {e}");
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(incoming: bool, answered: bool) -> CallInfo {
+        CallInfo {
+            incoming,
+            account: 1,
+            remote: "sip:1002@127.0.0.1".into(),
+            number: "1002".into(),
+            name: String::new(),
+            start: SystemTime::now(),
+            answered: answered.then(SystemTime::now),
+        }
+    }
+
+    #[test]
+    fn history_types() {
+        assert_eq!(history_type(&info(false, true), false), CallType::Outgoing);
+        assert_eq!(history_type(&info(false, false), true), CallType::Outgoing);
+        assert_eq!(history_type(&info(true, true), false), CallType::Incoming);
+        assert_eq!(history_type(&info(true, true), true), CallType::Incoming);
+        assert_eq!(history_type(&info(true, false), false), CallType::Missed);
+        assert_eq!(
+            history_type(&info(true, false), true),
+            CallType::AnsweredElsewhere
+        );
     }
 }

@@ -1380,13 +1380,18 @@ impl Engine {
                     _ => debug!("call {id}: INFO {content_type} ({} bytes)", body.len()),
                 }
             }
-            SignalKind::Ended { code, reason, by } => {
+            SignalKind::Ended {
+                code,
+                reason,
+                by,
+                elsewhere,
+            } => {
                 let by = match by {
                     EndedBy::Local => "local",
                     EndedBy::Remote => "remote",
                 };
                 self.transfer_progress(id, code, &reason, true);
-                self.finish(id, code, reason, by);
+                self.finish_call(id, code, reason, by, elsewhere);
             }
         }
     }
@@ -1490,6 +1495,18 @@ impl Engine {
 
     /// The call is over: close media, publish, answer whoever waited, forget it.
     pub(crate) fn finish(&mut self, id: CallId, code: u16, reason: String, by: &'static str) {
+        self.finish_call(id, code, reason, by, false);
+    }
+
+    /// [`Self::finish`], saying whether the call was answered elsewhere.
+    fn finish_call(
+        &mut self,
+        id: CallId,
+        code: u16,
+        reason: String,
+        by: &'static str,
+        elsewhere: bool,
+    ) {
         let Some(duration) = self.calls.get(&id).map(Call::duration_s) else {
             return;
         };
@@ -1505,6 +1522,7 @@ impl Engine {
             reason: reason.clone(),
             by,
             duration,
+            elsewhere,
             quality,
         });
         let Some(call) = self.calls.remove(&id) else {

@@ -114,6 +114,10 @@ pub enum EventKind {
         reason: String,
         by: &'static str,
         duration: u64,
+        /// An incoming call the caller CANCELed because it was answered elsewhere
+        /// (`Reason: SIP;cause=200`); only written when true.
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        elsewhere: bool,
         /// The final numbers, when the call had media.
         #[serde(flatten)]
         quality: Option<CallQuality>,
@@ -397,6 +401,7 @@ mod tests {
             reason: "OK".into(),
             by: "local",
             duration: 10,
+            elsewhere: false,
             quality,
         };
         let v = serde_json::to_value(ended(Some(quality()))).unwrap();
@@ -405,6 +410,17 @@ mod tests {
         assert_eq!(v["loss"], 5.0);
         let v = serde_json::to_value(ended(None)).unwrap();
         assert!(v.get("rtt").is_none() && v.get("jitter").is_none());
+        assert!(v.get("elsewhere").is_none());
+        let cancelled = EventKind::CallEnded {
+            call: 8,
+            code: 487,
+            reason: "Call completed elsewhere".into(),
+            by: "remote",
+            duration: 0,
+            elsewhere: true,
+            quality: None,
+        };
+        assert_eq!(serde_json::to_value(cancelled).unwrap()["elsewhere"], true);
         assert_eq!(
             EventKind::CallQuality {
                 call: 1,

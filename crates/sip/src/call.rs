@@ -16,7 +16,7 @@ use rsipstack::dialog::invitation::InviteOption;
 use rsipstack::dialog::invite_dialog::InviteDialog;
 use rsipstack::sip::prelude::{HeadersExt, ToTypedHeader};
 use rsipstack::sip::{Header, Method, Request, StatusCode, Transport, Uri};
-use rsipstack::sip::{Param, Response};
+use rsipstack::sip::{Param, Response, SipMessage};
 use rsipstack::transaction::endpoint::EndpointInner;
 use rsipstack::transaction::transaction::{Transaction, TransactionEvent, TransactionEventSender};
 use rsipstack::transport::SipAddr;
@@ -126,6 +126,9 @@ pub enum SignalKind {
         code: u16,
         reason: String,
         by: EndedBy,
+        /// The caller CANCELed with `Reason: SIP;cause=200` (RFC 3326): the call
+        /// was answered elsewhere (another phone of a group).
+        elsewhere: bool,
     },
 }
 
@@ -184,6 +187,8 @@ struct Leg {
     /// We ended it (BYE/CANCEL/reject sent by us).
     local_end: Arc<AtomicBool>,
     confirmed: Arc<AtomicBool>,
+    /// For incoming calls: the Reason header of the caller's CANCEL, if any.
+    cancel_reason: Arc<Mutex<Option<String>>>,
 }
 
 #[derive(Clone)]
@@ -357,6 +362,7 @@ impl Calls {
                     server: None,
                     local_end: local_end.clone(),
                     confirmed: confirmed.clone(),
+                    cancel_reason: Arc::default(),
                 },
             );
         }
@@ -418,6 +424,8 @@ impl Calls {
             endpoint: tx.endpoint_inner.clone(),
         };
         let id = self.allocate();
+        let cancel_reason = Arc::new(Mutex::new(None));
+        tap_cancel_reason(&mut tx, cancel_reason.clone());
         if let Ok(mut legs) = self.legs.lock() {
             legs.insert(
                 id,
@@ -427,6 +435,7 @@ impl Calls {
                     server: Some(server),
                     local_end: Arc::new(AtomicBool::new(false)),
                     confirmed: Arc::new(AtomicBool::new(false)),
+                    cancel_reason,
                 },
             );
         }
@@ -685,9 +694,23 @@ impl Calls {
         let leg = self.legs.lock().ok().and_then(|mut l| l.remove(&id));
         if let Some(leg) = leg {
             self.layer.remove_dialog(&leg.dialog.id());
+            let cancel_reason = leg.cancel_reason.lock().ok().and_then(|r| r.clone());
+            let elsewhere = code == 487
+                && by == EndedBy::Remote
+                && cancel_reason.as_deref().is_some_and(completed_elsewhere);
+            let reason = if elsewhere {
+                "Call completed elsewhere".to_string()
+            } else {
+                reason
+            };
             let _ = self.signals.send(CallSignal {
                 call: id,
-                kind: SignalKind::Ended { code, reason, by },
+                kind: SignalKind::Ended {
+                    code,
+                    reason,
+                    by,
+                    elsewhere,
+                },
             });
         }
     }
@@ -778,6 +801,53 @@ impl Calls {
             }
         }
     }
+}
+
+/// The stack answers a CANCEL inside the INVITE's transaction and reports only
+/// "cancelled": this reads the CANCEL's Reason header (RFC 3326) on its way from
+/// the transaction layer to the transaction, into `slot`.
+fn tap_cancel_reason(tx: &mut Transaction, slot: Arc<Mutex<Option<String>>>) {
+    let (to_tx, from_tap) = mpsc::unbounded_channel();
+    let mut from_stack = std::mem::replace(&mut tx.tu_receiver, from_tap);
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                event = from_stack.recv() => {
+                    let Some(event) = event else { return };
+                    if let TransactionEvent::Received(SipMessage::Request(req), _) = &event {
+                        if req.method == Method::Cancel {
+                            let reason = req.headers.iter().find_map(|h| match h {
+                                Header::Reason(r) => Some(r.value().to_string()),
+                                _ => None,
+                            });
+                            if let (Some(reason), Ok(mut slot)) = (reason, slot.lock()) {
+                                *slot = Some(reason);
+                            }
+                        }
+                    }
+                    if to_tx.send(event).is_err() {
+                        return;
+                    }
+                }
+                // The transaction is gone.
+                _ = to_tx.closed() => return,
+            }
+        }
+    });
+}
+
+/// `SIP;cause=200;text="Call completed elsewhere"` (RFC 3326; one of several
+/// comma-separated reasons).
+fn completed_elsewhere(reason: &str) -> bool {
+    reason.split(',').any(|r| {
+        let mut parts = r.split(';').map(str::trim);
+        parts.next().is_some_and(|p| p.eq_ignore_ascii_case("SIP"))
+            && parts.any(|p| {
+                p.split_once('=').is_some_and(|(k, v)| {
+                    k.trim().eq_ignore_ascii_case("cause") && v.trim().trim_matches('"') == "200"
+                })
+            })
+    })
 }
 
 fn add_to_tag(resp: &mut Response, tag: &str) {
@@ -971,6 +1041,19 @@ mod tests {
             split_name_addr(hostile).0.as_deref(),
             Some("; rm -rf ~ $(id)")
         );
+    }
+
+    #[test]
+    fn cancel_reason_answered_elsewhere() {
+        assert!(completed_elsewhere(
+            r#"SIP;cause=200;text="Call completed elsewhere""#
+        ));
+        assert!(completed_elsewhere(
+            r#"Q.850;cause=16, sip ; cause = "200""#
+        ));
+        assert!(!completed_elsewhere("SIP;cause=487"));
+        assert!(!completed_elsewhere("Q.850;cause=200"));
+        assert!(!completed_elsewhere(""));
     }
 
     #[test]
