@@ -28,7 +28,7 @@ PASSWORD = USERS["1001"]
 CALL_SECONDS = 8          # how long the audio calls last
 TONE_US, TONE_A, TONE_C = 440, 1000, 700
 HOSTILE_NAME = '"; rm -rf ~ $(id)'
-CALLS_LINE = re.compile(r"^(\d+) (in|out) (\S+) (\S+) (\d+)s (\S+)"
+CALLS_LINE = re.compile(r"^(\d+) (in|out) (\d+) (\S+) (\S+) (\d+)s (\S+)"
                         r"(?: jitter=\d+ms loss=\d+\.\d% rtt=(?:\d+ms|-))?$")
 
 
@@ -98,7 +98,7 @@ def status(ph: peers.Phone) -> str:
 
 
 def calls_entries(ph: peers.Phone) -> list[tuple]:
-    """`calls` parsed: [(id, direction, remote, state, seconds, codec), ...]."""
+    """`calls` parsed: [(id, direction, account, remote, state, seconds, codec), ...]."""
     rc, out, err = ph.cmd("calls")
     assert rc == 0, err
     text = out.strip()
@@ -107,9 +107,10 @@ def calls_entries(ph: peers.Phone) -> list[tuple]:
     out_list = []
     for part in text.split("; "):
         m = CALLS_LINE.match(part.strip())
-        assert m, f"`calls` entry not `ID DIRECTION REMOTE STATE DURATION CODEC`: {part!r}"
-        out_list.append((int(m.group(1)), m.group(2), m.group(3), m.group(4),
-                         int(m.group(5)), m.group(6)))
+        assert m, ("`calls` entry not `ID DIRECTION ACCOUNT REMOTE STATE DURATION CODEC`: "
+                   f"{part!r}")
+        out_list.append((int(m.group(1)), m.group(2), int(m.group(3)), m.group(4),
+                         m.group(5), int(m.group(6)), m.group(7)))
     return out_list
 
 
@@ -296,10 +297,11 @@ def test_calls_lists_two_simultaneous_calls_with_ids(kam, call_phone, make_bares
     wait_call(ph, "call.confirmed", id2)
     entries = {e[0]: e for e in calls_entries(ph)}
     assert sorted(entries) == sorted([id1, id2]), entries
-    assert entries[id1][1] == "out" and is_uri_of(entries[id1][2], "1002"), entries
-    assert entries[id2][1] == "out" and is_uri_of(entries[id2][2], "1003"), entries
-    assert entries[id1][3] == "held" and entries[id2][3] == "active", entries
-    assert {entries[i][5] for i in (id1, id2)} <= {"PCMU", "PCMA"}, entries
+    assert entries[id1][1] == "out" and is_uri_of(entries[id1][3], "1002"), entries
+    assert entries[id2][1] == "out" and is_uri_of(entries[id2][3], "1003"), entries
+    assert entries[id1][2] == 1 and entries[id2][2] == 1, entries  # the account column
+    assert entries[id1][4] == "held" and entries[id2][4] == "active", entries
+    assert {entries[i][6] for i in (id1, id2)} <= {"PCMU", "PCMA"}, entries
     data = {d["id"]: d for d in calls_json(ph)}
     assert sorted(data) == sorted([id1, id2]), data
     for i, user in ((id1, "1002"), (id2, "1003")):
@@ -525,7 +527,7 @@ def test_forked_200s_are_both_acked_and_the_second_is_ended(call_phone, make_sip
     acks = {m.to_tag for m in sent(ph, "ACK") if m.to_tag}
     assert any("SIPpTagA" in t for t in acks) and any("SIPpTagB" in t for t in acks), acks
     [entry] = calls_entries(ph)  # one call, the first dialog
-    assert entry[0] == cid and entry[3] == "active", entry
+    assert entry[0] == cid and entry[4] == "active", entry
     ph.cmd("hangup", str(cid))
     assert sipp.wait() == 0
     wait_call(ph, "call.ended", cid)

@@ -389,9 +389,10 @@ impl Engine {
             .values()
             .map(|c| {
                 let mut line = format!(
-                    "{} {} {} {} {}s {}",
+                    "{} {} {} {} {} {}s {}",
                     c.id,
                     c.direction.word(),
+                    c.account,
                     c.remote,
                     c.state_word(),
                     c.duration_s(),
@@ -567,7 +568,10 @@ impl Engine {
             to_user: invite.to_user.clone(),
             to_domain: invite.to_domain.clone(),
             display_name: invite.display_name.clone(),
-            x_autoanswer: invite.x_autoanswer,
+            x_autoanswer: invite
+                .x_autoanswer
+                .as_deref()
+                .is_some_and(policy::x_autoanswer_is_true),
             call_info_answer_after: invite
                 .call_info
                 .as_deref()

@@ -46,8 +46,8 @@ pub struct IncomingInvite {
     pub to_domain: String,
     /// `Diversion` as received (kept for history and events).
     pub diversion: Option<String>,
-    /// `X-AUTOANSWER: true`.
-    pub x_autoanswer: bool,
+    /// `X-AUTOANSWER` as received (the engine's policy reads it).
+    pub x_autoanswer: Option<String>,
     /// `Call-Info` as received (the engine reads `answer-after`).
     pub call_info: Option<String>,
     /// `Session-Expires`, if the caller asks for session timers.
@@ -877,9 +877,7 @@ fn describe_invite(req: &Request, tcp: bool) -> IncomingInvite {
             _ => None,
         })
         .and_then(|v| v.split(';').next().and_then(|n| n.trim().parse().ok()));
-    let x_autoanswer = header_value("X-AUTOANSWER")
-        .map(|v| v.trim().eq_ignore_ascii_case("true"))
-        .unwrap_or(false);
+    let x_autoanswer = header_value("X-AUTOANSWER");
     let (to_user, to_domain) = (
         req.uri
             .auth
