@@ -391,6 +391,43 @@ def test_sipp_rtp_call_is_heard_by_baresip(make_sipp, callee):
     assert audio.tone_seconds(dec, 1000) >= 3.0, tones(dec, 1000)
 
 
+PROXY_HEADER_KEYS = ["-au", "1002", "-ap", USERS["1002"],
+                     "-key", "hdr_name", "X-AUTOANSWER", "-key", "hdr_value", "true"]
+
+
+def test_sipp_proxy_header_call_is_answered_by_baresip(kam, make_sipp, make_baresip):
+    """uac_proxy_header: through Kamailio (407, then the INVITE with credentials and
+    the header) to baresip 1003, which auto-answers."""
+    b = make_baresip(kam, "1003", answermode="auto")
+    sipp = make_sipp("uac_proxy_header.xml", timeout_s=30, remote=kam.address,
+                     extra=["-s", "1003", *PROXY_HEADER_KEYS])
+    assert sipp.wait(60) == 0
+    b.wait_event("CALL_CLOSED")
+    invites = [m for m in sipp.sent() if m.startswith("INVITE ")]
+    assert "Proxy-Authorization:" in invites[-1] and "X-AUTOANSWER: true" in invites[-1]
+
+
+def test_sipp_proxy_header_call_fails_when_nobody_answers(kam, make_sipp, make_baresip):
+    b = make_baresip(kam, "1003", answermode="manual")
+    sipp = make_sipp("uac_proxy_header.xml", timeout_s=12, remote=kam.address,
+                     extra=["-s", "1003", *PROXY_HEADER_KEYS])
+    b.wait_event("CALL_INCOMING")  # it rings, and nobody answers it
+    assert sipp.wait(60) != 0
+
+
+def test_sipp_foreign_domain_fails_a_callee_refusing_otherwise(kam, make_sipp, make_baresip):
+    """uac_foreign_domain wants 403: baresip (which has no such rule) rings and is
+    made to refuse with 486, so the scenario fails."""
+    b = make_baresip(kam, "1002", answermode="manual")
+    sipp = make_sipp("uac_foreign_domain.xml", timeout_s=15, remote=kam.address,
+                     extra=["-s", "1002"])
+    inc = b.wait_event("CALL_INCOMING")
+    assert inc["peeruri"].startswith("sip:6666@192.0.2.7"), inc  # relayed, no challenge
+    b.hangup()
+    assert sipp.wait(60) != 0
+    assert any(m.startswith("SIP/2.0 486") for m in sipp.received()), sipp.messages()[-3000:]
+
+
 # ---------------------------------------------------------------- every scenario can fail
 
 @pytest.mark.parametrize("scenario", ["uas_183_early_media.xml", "uas_488.xml",

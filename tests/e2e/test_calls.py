@@ -11,8 +11,10 @@ within 15 Hz), never by "not silent".
 
 from __future__ import annotations
 
+import json
 import re
 import secrets
+import socket
 import threading
 import time
 
@@ -357,6 +359,87 @@ def test_reject_603_is_seen_by_baresip_as_603(kam, call_phone, make_baresip):
     assert wait_call(ph, "call.ended", cid).get("code") == 603
     assert a.count("CALL_ESTABLISHED") == 0
     assert calls_entries(ph) == []
+
+
+def test_reject_without_a_code_is_seen_by_baresip_as_486(kam, call_phone, make_baresip):
+    ph = call_phone(auto_answer="button")
+    a = make_baresip(kam, "1002")
+    a.dial("sip:1001@127.0.0.1")
+    cid = wait_call(ph, "call.incoming")["call"]
+    rc, out, err = ph.cmd("reject")
+    assert rc == 0 and "486" in out, (out, err)
+    closed = a.wait_event("CALL_CLOSED")
+    assert closed["param"].startswith("486"), closed
+    assert sent(ph, code=486)
+    assert wait_call(ph, "call.ended", cid).get("code") == 486
+    assert a.count("CALL_ESTABLISHED") == 0
+
+
+# ---------------------------------------------------------------- scripts
+
+def pipelined(ph: peers.Phone, *requests: list[str], timeout: float = 30) -> list[dict]:
+    """Sends every request at once on one control connection (JSON lines with a
+    token each, no waiting in between) and reads one reply per request."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    lines = [json.dumps({"argv": argv, "token": f"r{i}"}) for i, argv in enumerate(requests)]
+    buf = b""
+    try:
+        s.connect(str(ph.socket_path))
+        s.sendall(("\n".join(lines) + "\n").encode())
+        deadline = time.monotonic() + timeout
+        while buf.count(b"\n") < len(requests) and time.monotonic() < deadline:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            buf += chunk
+    finally:
+        s.close()
+    replies = [json.loads(ln) for ln in buf.decode().splitlines() if ln.strip()]
+    assert len(replies) == len(requests), (requests, buf)
+    return replies
+
+
+def test_dial_hold_hangup_back_to_back_without_sleeps(kam, call_phone, make_baresip):
+    """A script writes `dial`, `hold`, `hangup` in one go: each reply comes in order
+    once its change took effect, and baresip sees the INVITE, the hold re-INVITE
+    (sendonly) and the BYE, in that order."""
+    a = make_baresip(kam, "1002")
+    ph = call_phone()
+    replies = pipelined(ph, ["dial", "1002"], ["hold"], ["hangup"])
+    assert [r.get("token") for r in replies] == ["r0", "r1", "r2"], replies
+    assert all(r.get("ok") is True for r in replies), replies
+    cid = replies[0]["data"]["call"]
+    assert re.search(rf"call {cid} held", replies[1]["text"]), replies
+    assert re.search(rf"call {cid} ended", replies[2]["text"]), replies
+    a.wait_event("CALL_ESTABLISHED")
+    a.wait_event("CALL_CLOSED")
+    # baresip's own SIP trace: INVITE (our offer), re-INVITE with sendonly, BYE.
+    blog = a.log.read_text(errors="replace")
+    invites = [m.start() for m in re.finditer(r"(?m)^INVITE sip:1002", blog)]
+    assert len(invites) >= 2, blog[-4000:]
+    hold_at = blog.find("a=sendonly", invites[1])
+    bye_at = blog.find("\nBYE sip:1002")
+    assert 0 < invites[1] < hold_at < bye_at, blog[-4000:]
+    events = [e["type"] for e in ph.events().items if e.get("call") == cid]
+    for earlier, later in (("call.confirmed", "call.held"), ("call.held", "call.ended")):
+        assert events.index(earlier) < events.index(later), events
+
+
+def test_numeric_dial_replies_1_or_0(kam, call_phone, make_baresip):
+    a = make_baresip(kam, "1002")
+    ph = call_phone()
+    rc, out, err = ph.cmd("DIAL", "1002")
+    assert rc == 0 and out.strip() == "1", (out, err)
+    a.wait_event("CALL_ESTABLISHED")
+    [d] = calls_json(ph)
+    assert d["direction"] == "out" and is_uri_of(d["remote"], "1002"), d
+    rc, out, err = ph.cmd("DIAL", "sip:a b", check=False)
+    assert out.strip() == "0", (rc, out, err)
+    assert [c["id"] for c in calls_json(ph)] == [d["id"]]  # nothing else started
+    ph.cmd("hangup")
+    a.wait_event("CALL_CLOSED")
+    assert len({m.call_id for m in sent(ph, "INVITE")}) == 1  # one call (407 retry included)
 
 
 # ---------------------------------------------------------------- hold

@@ -623,9 +623,16 @@ impl Engine {
             diversion: invite.diversion.clone(),
         });
         match policy::decide(&self.config.settings, &account, &facts) {
-            Decision::Reject { code, reason, .. } => {
+            Decision::Reject {
+                code,
+                reason,
+                header,
+            } => {
                 info!("call {id}: refused with {code} ({reason})");
-                let _ = self.sip.calls().reject(id, code, Vec::new());
+                let _ = self
+                    .sip
+                    .calls()
+                    .reject(id, code, header.into_iter().collect());
             }
             Decision::Forward { target, delay_s } => {
                 if delay_s == 0 {
