@@ -316,6 +316,7 @@ impl Engine {
             tcp: matches!(account.transport, microsip_config::Transport::Tcp),
             public_addr: account.public_addr.clone(),
             hide_cid: account.hide_cid,
+            session_timers: !account.disable_session_timer,
         }
     }
 
@@ -975,7 +976,8 @@ impl Engine {
             TimerTerms::Agreed { timer, require } => (timer.headers(false, require), Some(timer)),
             TimerTerms::Off | TimerTerms::TooSmall(_) => (Vec::new(), None),
         };
-        if let Err(e) = self.sip.calls().answer(id, answer_sdp, extra) {
+        let timers = !account.disable_session_timer;
+        if let Err(e) = self.sip.calls().answer(id, answer_sdp, extra, timers) {
             media_done(id, "close", self.media.close(id));
             return fail(ErrorCode::WrongState, format!("call {id}: {e}"));
         }

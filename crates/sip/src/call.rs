@@ -1,7 +1,9 @@
 //! Call signalling: INVITE dialogs in both directions on rsipstack's dialog layer.
 //! Each call leg has a numeric id (the engine adopts it as the call id); everything
 //! that happens to a leg is reported as one [`CallSignal`]; the engine acts on a leg
-//! through [`Calls`]. SDP is carried as text: this module does not read it.
+//! through [`Calls`]. SDP is carried as text: this module does not read it. It reads
+//! and writes the session-timer headers (RFC 4028); the timers themselves and who
+//! refreshes are the engine's.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -242,6 +244,8 @@ pub struct CallerAccount {
     pub public_addr: Option<String>,
     /// Send `Privacy: id` and an anonymous From.
     pub hide_cid: bool,
+    /// Offer session timers (`Supported: timer`); off with `disableSessionTimer`.
+    pub session_timers: bool,
 }
 
 /// Why the SIP layer refused to act.
@@ -402,7 +406,7 @@ impl Calls {
             .map(|(n, v)| Header::Other(n, v))
             .collect();
         headers.push(Header::Allow(crate::stack::ALLOW.into()));
-        headers.push(Header::Supported("replaces, timer".into()));
+        headers.push(Header::Supported(supported(account.session_timers).into()));
         if account.hide_cid {
             headers.push(Header::Privacy("id".into()));
         }
@@ -561,17 +565,19 @@ impl Calls {
             .map_err(|e| CallError::WrongState(format!("cannot ring: {e}")))
     }
 
-    /// Answers an incoming call with 200 and our SDP.
+    /// Answers an incoming call with 200 and our SDP (`Supported: timer` unless
+    /// `session_timers` is off).
     pub fn answer(
         &self,
         id: LegId,
         sdp: String,
         extra: Vec<(String, String)>,
+        session_timers: bool,
     ) -> Result<(), CallError> {
         let mut headers = vec![
             Header::ContentType("application/sdp".into()),
             Header::Allow(crate::stack::ALLOW.into()),
-            Header::Supported("replaces, timer".into()),
+            Header::Supported(supported(session_timers).into()),
         ];
         headers.extend(extra.into_iter().map(|(n, v)| Header::Other(n, v)));
         self.leg(id)?
@@ -877,6 +883,15 @@ impl Calls {
                 _ => {}
             }
         }
+    }
+}
+
+/// Our `Supported` value.
+fn supported(session_timers: bool) -> &'static str {
+    if session_timers {
+        "replaces, timer"
+    } else {
+        "replaces"
     }
 }
 
