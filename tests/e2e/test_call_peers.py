@@ -405,6 +405,74 @@ def test_sipp_rtp_call_is_heard_by_baresip(make_sipp, callee):
     assert audio.tone_seconds(dec, 1000) >= 3.0, tones(dec, 1000)
 
 
+PROXY_HEADER_KEYS = ["-au", "1002", "-ap", USERS["1002"],
+                     "-key", "hdr_name", "X-AUTOANSWER", "-key", "hdr_value", "true"]
+
+
+def test_sipp_proxy_header_call_is_answered_by_baresip(kam, make_sipp, make_baresip):
+    """uac_proxy_header: through Kamailio (407, then the INVITE with credentials and
+    the header) to baresip 1003, which auto-answers."""
+    b = make_baresip(kam, "1003", answermode="auto")
+    sipp = make_sipp("uac_proxy_header.xml", timeout_s=30, remote=kam.address,
+                     extra=["-s", "1003", *PROXY_HEADER_KEYS])
+    assert sipp.wait(60) == 0
+    b.wait_event("CALL_CLOSED")
+    invites = [m for m in sipp.sent() if m.startswith("INVITE ")]
+    assert "Proxy-Authorization:" in invites[-1] and "X-AUTOANSWER: true" in invites[-1]
+
+
+def test_sipp_proxy_header_call_fails_when_nobody_answers(kam, make_sipp, make_baresip):
+    b = make_baresip(kam, "1003", answermode="manual")
+    sipp = make_sipp("uac_proxy_header.xml", timeout_s=12, remote=kam.address,
+                     extra=["-s", "1003", *PROXY_HEADER_KEYS])
+    b.wait_event("CALL_INCOMING")  # it rings, and nobody answers it
+    assert sipp.wait(60) != 0
+
+
+def test_sipp_foreign_domain_fails_a_callee_refusing_otherwise(kam, make_sipp, make_baresip):
+    """uac_foreign_domain wants 403: baresip (which has no such rule) rings and is
+    made to refuse with 486, so the scenario fails."""
+    b = make_baresip(kam, "1002", answermode="manual")
+    sipp = make_sipp("uac_foreign_domain.xml", timeout_s=15, remote=kam.address,
+                     extra=["-s", "1002"])
+    inc = b.wait_event("CALL_INCOMING")
+    assert inc["peeruri"].startswith("sip:6666@127.0.0.9"), inc  # relayed, no challenge
+    b.hangup()
+    assert sipp.wait(60) != 0
+    assert any(m.startswith("SIP/2.0 486") for m in sipp.received()), sipp.messages()[-3000:]
+
+
+# Session timers (RFC 4028): baresip 1.0 has none, so each session-timer scenario
+# is shown to fail it (the phone's tests in test_session_timers.py pass them).
+
+def test_sipp_uas_session_timer_fails_a_caller_without_timers(kam, make_sipp, make_baresip):
+    """baresip never refreshes: SIPp's wait for the refresh (or its check that the
+    INVITE says Supported: timer) fails the call."""
+    a = make_baresip(kam, "1002")
+    sipp = make_sipp("uas_session_timer.xml", timeout_s=30, extra=["-key", "se", "10"])
+    a.dial(f"sip:svc@{sipp.address}")
+    assert sipp.wait(60) != 0
+    assert not [m for m in sipp.received("INVITE")[1:] if "Session-Expires" in m]
+
+
+@pytest.mark.parametrize("scenario,keys,answermode", [
+    ("uac_session_timer.xml", ["-key", "se_low", "5", "-key", "se", "10"], "manual"),
+    ("uac_session_expiry.xml", ["-key", "se", "10"], "auto"),
+])
+def test_sipp_uac_session_timer_scenarios_fail_a_callee_without_timers(make_sipp, callee,
+                                                                      scenario, keys,
+                                                                      answermode):
+    """baresip rings (and answers) whatever the Session-Expires, with none of its own:
+    the scenario wants a 422, or a 200 naming the refresher, and fails."""
+    b = callee(answermode)
+    sipp = make_sipp(scenario, timeout_s=30, remote=f"127.0.0.1:{b.sip_port}",
+                     extra=["-s", "1002", *keys])
+    assert sipp.wait(20) != 0
+    got = sipp.received()
+    assert not [m for m in got if m.startswith("SIP/2.0 422")], got
+    assert not [m for m in got if "Session-Expires" in m], got
+
+
 # ---------------------------------------------------------------- every scenario can fail
 
 @pytest.mark.parametrize("scenario", ["uas_183_early_media.xml", "uas_488.xml",

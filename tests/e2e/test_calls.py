@@ -11,8 +11,10 @@ within 15 Hz), never by "not silent".
 
 from __future__ import annotations
 
+import json
 import re
 import secrets
+import socket
 import threading
 import time
 
@@ -28,7 +30,7 @@ PASSWORD = USERS["1001"]
 CALL_SECONDS = 8          # how long the audio calls last
 TONE_US, TONE_A, TONE_C = 440, 1000, 700
 HOSTILE_NAME = '"; rm -rf ~ $(id)'
-CALLS_LINE = re.compile(r"^(\d+) (in|out) (\S+) (\S+) (\d+)s (\S+)"
+CALLS_LINE = re.compile(r"^(\d+) (in|out) (\d+) (\S+) (\S+) (\d+)s (\S+)"
                         r"(?: jitter=\d+ms loss=\d+\.\d% rtt=(?:\d+ms|-))?$")
 
 
@@ -98,7 +100,7 @@ def status(ph: peers.Phone) -> str:
 
 
 def calls_entries(ph: peers.Phone) -> list[tuple]:
-    """`calls` parsed: [(id, direction, remote, state, seconds, codec), ...]."""
+    """`calls` parsed: [(id, direction, account, remote, state, seconds, codec), ...]."""
     rc, out, err = ph.cmd("calls")
     assert rc == 0, err
     text = out.strip()
@@ -107,9 +109,10 @@ def calls_entries(ph: peers.Phone) -> list[tuple]:
     out_list = []
     for part in text.split("; "):
         m = CALLS_LINE.match(part.strip())
-        assert m, f"`calls` entry not `ID DIRECTION REMOTE STATE DURATION CODEC`: {part!r}"
-        out_list.append((int(m.group(1)), m.group(2), m.group(3), m.group(4),
-                         int(m.group(5)), m.group(6)))
+        assert m, ("`calls` entry not `ID DIRECTION ACCOUNT REMOTE STATE DURATION CODEC`: "
+                   f"{part!r}")
+        out_list.append((int(m.group(1)), m.group(2), int(m.group(3)), m.group(4),
+                         m.group(5), int(m.group(6)), m.group(7)))
     return out_list
 
 
@@ -296,10 +299,11 @@ def test_calls_lists_two_simultaneous_calls_with_ids(kam, call_phone, make_bares
     wait_call(ph, "call.confirmed", id2)
     entries = {e[0]: e for e in calls_entries(ph)}
     assert sorted(entries) == sorted([id1, id2]), entries
-    assert entries[id1][1] == "out" and is_uri_of(entries[id1][2], "1002"), entries
-    assert entries[id2][1] == "out" and is_uri_of(entries[id2][2], "1003"), entries
-    assert entries[id1][3] == "held" and entries[id2][3] == "active", entries
-    assert {entries[i][5] for i in (id1, id2)} <= {"PCMU", "PCMA"}, entries
+    assert entries[id1][1] == "out" and is_uri_of(entries[id1][3], "1002"), entries
+    assert entries[id2][1] == "out" and is_uri_of(entries[id2][3], "1003"), entries
+    assert entries[id1][2] == 1 and entries[id2][2] == 1, entries  # the account column
+    assert entries[id1][4] == "held" and entries[id2][4] == "active", entries
+    assert {entries[i][6] for i in (id1, id2)} <= {"PCMU", "PCMA"}, entries
     data = {d["id"]: d for d in calls_json(ph)}
     assert sorted(data) == sorted([id1, id2]), data
     for i, user in ((id1, "1002"), (id2, "1003")):
@@ -355,6 +359,87 @@ def test_reject_603_is_seen_by_baresip_as_603(kam, call_phone, make_baresip):
     assert wait_call(ph, "call.ended", cid).get("code") == 603
     assert a.count("CALL_ESTABLISHED") == 0
     assert calls_entries(ph) == []
+
+
+def test_reject_without_a_code_is_seen_by_baresip_as_486(kam, call_phone, make_baresip):
+    ph = call_phone(auto_answer="button")
+    a = make_baresip(kam, "1002")
+    a.dial("sip:1001@127.0.0.1")
+    cid = wait_call(ph, "call.incoming")["call"]
+    rc, out, err = ph.cmd("reject")
+    assert rc == 0 and "486" in out, (out, err)
+    closed = a.wait_event("CALL_CLOSED")
+    assert closed["param"].startswith("486"), closed
+    assert sent(ph, code=486)
+    assert wait_call(ph, "call.ended", cid).get("code") == 486
+    assert a.count("CALL_ESTABLISHED") == 0
+
+
+# ---------------------------------------------------------------- scripts
+
+def pipelined(ph: peers.Phone, *requests: list[str], timeout: float = 30) -> list[dict]:
+    """Sends every request at once on one control connection (JSON lines with a
+    token each, no waiting in between) and reads one reply per request."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    lines = [json.dumps({"argv": argv, "token": f"r{i}"}) for i, argv in enumerate(requests)]
+    buf = b""
+    try:
+        s.connect(str(ph.socket_path))
+        s.sendall(("\n".join(lines) + "\n").encode())
+        deadline = time.monotonic() + timeout
+        while buf.count(b"\n") < len(requests) and time.monotonic() < deadline:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            buf += chunk
+    finally:
+        s.close()
+    replies = [json.loads(ln) for ln in buf.decode().splitlines() if ln.strip()]
+    assert len(replies) == len(requests), (requests, buf)
+    return replies
+
+
+def test_dial_hold_hangup_back_to_back_without_sleeps(kam, call_phone, make_baresip):
+    """A script writes `dial`, `hold`, `hangup` in one go: each reply comes in order
+    once its change took effect, and baresip sees the INVITE, the hold re-INVITE
+    (sendonly) and the BYE, in that order."""
+    a = make_baresip(kam, "1002")
+    ph = call_phone()
+    replies = pipelined(ph, ["dial", "1002"], ["hold"], ["hangup"])
+    assert [r.get("token") for r in replies] == ["r0", "r1", "r2"], replies
+    assert all(r.get("ok") is True for r in replies), replies
+    cid = replies[0]["data"]["call"]
+    assert re.search(rf"call {cid} held", replies[1]["text"]), replies
+    assert re.search(rf"call {cid} ended", replies[2]["text"]), replies
+    a.wait_event("CALL_ESTABLISHED")
+    a.wait_event("CALL_CLOSED")
+    # baresip's own SIP trace: INVITE (our offer), re-INVITE with sendonly, BYE.
+    blog = a.log.read_text(errors="replace")
+    invites = [m.start() for m in re.finditer(r"(?m)^INVITE sip:1002", blog)]
+    assert len(invites) >= 2, blog[-4000:]
+    hold_at = blog.find("a=sendonly", invites[1])
+    bye_at = blog.find("\nBYE sip:1002")
+    assert 0 < invites[1] < hold_at < bye_at, blog[-4000:]
+    events = [e["type"] for e in ph.events().items if e.get("call") == cid]
+    for earlier, later in (("call.confirmed", "call.held"), ("call.held", "call.ended")):
+        assert events.index(earlier) < events.index(later), events
+
+
+def test_numeric_dial_replies_1_or_0(kam, call_phone, make_baresip):
+    a = make_baresip(kam, "1002")
+    ph = call_phone()
+    rc, out, err = ph.cmd("DIAL", "1002")
+    assert rc == 0 and out.strip() == "1", (out, err)
+    a.wait_event("CALL_ESTABLISHED")
+    [d] = calls_json(ph)
+    assert d["direction"] == "out" and is_uri_of(d["remote"], "1002"), d
+    rc, out, err = ph.cmd("DIAL", "sip:a b", check=False)
+    assert out.strip() == "0", (rc, out, err)
+    assert [c["id"] for c in calls_json(ph)] == [d["id"]]  # nothing else started
+    ph.cmd("hangup")
+    a.wait_event("CALL_CLOSED")
+    assert len({m.call_id for m in sent(ph, "INVITE")}) == 1  # one call (407 retry included)
 
 
 # ---------------------------------------------------------------- hold
@@ -525,7 +610,7 @@ def test_forked_200s_are_both_acked_and_the_second_is_ended(call_phone, make_sip
     acks = {m.to_tag for m in sent(ph, "ACK") if m.to_tag}
     assert any("SIPpTagA" in t for t in acks) and any("SIPpTagB" in t for t in acks), acks
     [entry] = calls_entries(ph)  # one call, the first dialog
-    assert entry[0] == cid and entry[3] == "active", entry
+    assert entry[0] == cid and entry[4] == "active", entry
     ph.cmd("hangup", str(cid))
     assert sipp.wait() == 0
     wait_call(ph, "call.ended", cid)

@@ -94,7 +94,7 @@ def shown_codec(ph, cid: int) -> tuple[str, int]:
     rc, text, err = ph.cmd("calls")
     assert rc == 0, err
     line = next(ln for ln in text.splitlines() if ln.split()[:1] == [str(cid)])
-    assert line.split()[5] == mine[0]["codec"], text
+    assert line.split()[6] == mine[0]["codec"], text
     return mine[0]["codec"], mine[0]["codec_rate"]
 
 

@@ -139,7 +139,7 @@ def test_setdevice_mid_call_switches_without_dropping_the_call(kam, make_phone, 
     time.sleep(5)
     # Still the one call, up (active), never ended.
     entries = calls_entries(ph)
-    assert len(entries) == 1 and entries[0][0] == cid and entries[0][3] == "active", entries
+    assert len(entries) == 1 and entries[0][0] == cid and entries[0][4] == "active", entries
     assert ph.events().count("call.ended") == 0
     assert ph.cmd("hangup", str(cid))[0] == 0
     a.wait_event("CALL_CLOSED")
@@ -252,7 +252,7 @@ def test_call_goes_on_when_the_sound_server_dies(kam, make_phone, make_baresip, 
     time.sleep(3)
     # The call is still up: the media clock does not depend on the device.
     entries = calls_entries(ph)
-    assert len(entries) == 1 and entries[0][3] == "active", entries
+    assert len(entries) == 1 and entries[0][4] == "active", entries
     time.sleep(1)
     # A headless device can take over mid-call.
     assert ph.cmd("setdevice", "input", f"tone:{TONE_SWITCHED}")[0] == 0
@@ -299,6 +299,6 @@ def test_empty_device_keys_fall_back_to_no_device_when_the_default_fails(
     a.wait_event("CALL_ESTABLISHED")
     wait_call(ph, "call.confirmed", cid)
     entries = calls_entries(ph)
-    assert len(entries) == 1 and entries[0][3] == "active", entries
+    assert len(entries) == 1 and entries[0][4] == "active", entries
     assert ph.cmd("hangup", str(cid))[0] == 0
     wait_call(ph, "call.ended", cid)

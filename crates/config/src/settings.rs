@@ -428,6 +428,10 @@ pub struct Settings {
     /// `statusDisconnectedTime` (not a MicroSIP key): how long, in milliseconds, the
     /// numeric STATUS keeps saying 4 after a call ends.
     pub status_disconnected_ms: u32,
+    /// `sessionTimerMin` (not a MicroSIP key): our Min-SE, in seconds (RFC 4028). A
+    /// peer's Session-Expires below it is answered 422 with `Min-SE`. RFC 4028's
+    /// floor is 90 (the default); lower values are for tests with short timers.
+    pub session_timer_min: u32,
 }
 
 impl Default for Settings {
@@ -488,6 +492,7 @@ impl Default for Settings {
             calls_last_key: None,
             version: None,
             status_disconnected_ms: 2000,
+            session_timer_min: 90,
         }
     }
 }
@@ -1019,6 +1024,13 @@ fn read_settings(r: &mut Reader<'_>) -> Settings {
             0,
             u32::MAX.into(),
             "a whole number of milliseconds",
+        ) as u32,
+        session_timer_min: r.number(
+            "sessionTimerMin",
+            d.session_timer_min.into(),
+            2,
+            86_400,
+            "a whole number of seconds from 2 to 86400",
         ) as u32,
     }
 }

@@ -44,6 +44,7 @@ fn defaults_follow_ini_md() {
     assert_eq!(codecs, vec!["PCMA/8000/1", "PCMU/8000/1"]);
     assert!(s.user_agent.starts_with("MicroSIP"));
     assert_eq!(s.status_disconnected_ms, 2000);
+    assert_eq!(s.session_timer_min, 90);
     assert_eq!(s.hooks.call_end, None);
 
     let c = config("[Account1]\ndomain=example.com\n");
@@ -77,7 +78,7 @@ fn every_key_is_read() {
          cmdIncomingCall=/bin/in\ncmdCallRing=/bin/ring\ncmdOutgoingCall=/bin/out\n\
          cmdCallAnswer=/bin/ans\ncmdCallAnswerVideo=/bin/vid\ncmdCallStart=/bin/start\n\
          cmdCallBusy=/bin/busy\ncmdCallEnd=/bin/end {number}\nenableLog=1\nminimized=1\n\
-         lastCallNumber=123\ncallsLastKey=7\nversion=3.21.3\nstatusDisconnectedTime=500\n\
+         lastCallNumber=123\ncallsLastKey=7\nversion=3.21.3\nstatusDisconnectedTime=500\nsessionTimerMin=10\n\
          [Account1]\ndomain=one.example\n\
          [Account2]\nlabel=Work\nserver=sip.example.com:5080\nproxy=sip:p1;lr sip:p2\n\
          domain=example.com\nusername=1005\npassword=secret\nauthID=auth1005\n\
@@ -146,6 +147,7 @@ fn every_key_is_read() {
     assert_eq!(s.calls_last_key, Some(7));
     assert_eq!(s.version.as_deref(), Some("3.21.3"));
     assert_eq!(s.status_disconnected_ms, 500);
+    assert_eq!(s.session_timer_min, 10);
 
     let a = c.active_account().unwrap();
     assert_eq!(a.number, 2);

@@ -1,13 +1,18 @@
 //! Calls inside the engine: the call table, every call command (dial, answer,
-//! reject, hangup, hold, transfer, status, calls), and what the engine does with
-//! each SIP signal. Media is opened, configured and closed here, and nowhere else.
+//! reject, hangup, hold, transfer, status, calls), what the engine does with each
+//! SIP signal, and the session timers (RFC 4028: who refreshes, when, and the BYE
+//! when a refresh never came). Media is opened, configured and closed here, and
+//! nowhere else.
 
 use std::time::{Duration, Instant};
 
 use microsip_config::Account;
 use microsip_media::sdp::{self, Direction, LocalMedia, Negotiated};
 use microsip_media::AudioSpec;
-use microsip_sip::{CallSignal, CallerAccount, EndedBy, IncomingInvite, LegId, SignalKind};
+use microsip_sip::{
+    CallSignal, CallerAccount, EndedBy, IncomingInvite, LegId, Refresher, SessionTimerAsk,
+    SignalKind,
+};
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
 use tracing::{debug, info, warn};
@@ -24,6 +29,96 @@ use crate::reply::{fail, ok, ok_with, ErrorCode, Reply};
 const HANGUP_GRACE: Duration = Duration::from_secs(8);
 /// How long a `hold`/`transfer` sent during set-up waits for the answer.
 const DEFERRED_LIMIT: Duration = Duration::from_secs(60);
+/// A session refresh that meets a re-INVITE of ours in flight (or a 491) waits this
+/// long before it tries again.
+const REFRESH_RETRY: Duration = Duration::from_secs(2);
+/// The reason `call.ended` gives when the other side never refreshed the session.
+const SESSION_EXPIRED: &str = "session timer expired";
+
+/// A session timer in force (RFC 4028): the interval, and whether we refresh.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SessionTimer {
+    pub(crate) interval: u32,
+    pub(crate) we_refresh: bool,
+}
+
+impl SessionTimer {
+    /// When the timer fires after a refresh: we refresh at half the interval; the
+    /// other side's refresh is awaited until the interval less the smaller of 32 s
+    /// and a third of it (RFC 4028 §10), then we send BYE.
+    fn due(self) -> Duration {
+        let interval_ms = u64::from(self.interval) * 1000;
+        if self.we_refresh {
+            Duration::from_millis(interval_ms / 2)
+        } else {
+            Duration::from_millis(interval_ms - (interval_ms / 3).min(32_000))
+        }
+    }
+
+    /// The headers that state it in a message of a transaction of which we are the
+    /// UAC (`we_are_uac`) or the UAS; `Require: timer` when `require`.
+    fn headers(self, we_are_uac: bool, require: bool) -> Vec<(String, String)> {
+        let refresher = if self.we_refresh == we_are_uac {
+            Refresher::Uac
+        } else {
+            Refresher::Uas
+        };
+        let mut h = vec![(
+            "Session-Expires".to_string(),
+            format!("{};refresher={}", self.interval, refresher.word()),
+        )];
+        if require {
+            h.push(("Require".to_string(), "timer".to_string()));
+        }
+        h
+    }
+}
+
+/// What a session-timer request from the other side (an INVITE, a re-INVITE or an
+/// UPDATE, of which we are the UAS) comes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TimerTerms {
+    /// No Session-Expires: no session timer.
+    Off,
+    /// Below our minimum: answer 422 with `Min-SE` of this many seconds.
+    TooSmall(u32),
+    /// Agreed; `require`: the other side supports timers (answer `Require: timer`).
+    Agreed { timer: SessionTimer, require: bool },
+}
+
+/// RFC 4028 §9 for the UAS: the interval asked for, if not below `min`; the refresher
+/// the other side named, else the other side (uac) when it supports timers, else us.
+fn terms_for_request(ask: &SessionTimerAsk, min: u32) -> TimerTerms {
+    let Some(se) = ask.expires else {
+        return TimerTerms::Off;
+    };
+    if se.seconds < min {
+        return TimerTerms::TooSmall(min);
+    }
+    let refresher = match se.refresher {
+        // A UAC that does not support timers cannot refresh (RFC 4028 §9).
+        Some(r) if ask.supported => r,
+        _ if ask.supported => Refresher::Uac,
+        _ => Refresher::Uas,
+    };
+    TimerTerms::Agreed {
+        timer: SessionTimer {
+            interval: se.seconds,
+            we_refresh: refresher == Refresher::Uas,
+        },
+        require: ask.supported,
+    }
+}
+
+/// RFC 4028 §7.2 for the UAC: the 2xx to our INVITE (or refresh) sets the interval
+/// (never below `min`) and the refresher (us, the uac, when it names none).
+fn terms_from_answer(ask: &SessionTimerAsk, min: u32) -> Option<SessionTimer> {
+    let se = ask.expires?;
+    Some(SessionTimer {
+        interval: se.seconds.max(min),
+        we_refresh: se.refresher.unwrap_or(Refresher::Uac) == Refresher::Uac,
+    })
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum CallDirection {
@@ -73,8 +168,15 @@ pub(crate) struct Call {
     pub(crate) negotiated: Option<Negotiated>,
     /// DTMF digits to send once answered (`123,45#`).
     pub(crate) post_dial: Option<String>,
-    /// Session-Expires the caller asked for (answered with `Require: timer`).
-    pub(crate) session_expires: Option<u32>,
+    /// The caller's session-timer terms, for an incoming call not answered yet.
+    pub(crate) session_ask: SessionTimerAsk,
+    /// The session timer in force, if any.
+    pub(crate) session_timer: Option<SessionTimer>,
+    /// Bumped at every refresh or change of the session timer: only the timer
+    /// armed last may fire.
+    pub(crate) session_generation: u64,
+    /// Why we ended the call when no command did (`call.ended`'s reason).
+    pub(crate) end_reason: Option<String>,
     /// Replies owed when the call ends (hangup).
     pub(crate) end_waiters: Vec<oneshot::Sender<Reply>>,
     /// Commands waiting for the call to be answered.
@@ -132,6 +234,10 @@ impl Call {
             "recording": self.extras.recording.as_ref().map(|p| p.display().to_string()),
             "playing": self.extras.playing,
             "conference": self.extras.in_conference,
+            "session_timer": self.session_timer.map(|t| json!({
+                "interval": t.interval,
+                "refresher": if t.we_refresh { "local" } else { "remote" },
+            })),
         })
     }
 }
@@ -141,8 +247,18 @@ pub(crate) enum CallDone {
     Hold {
         call: CallId,
         on: bool,
-        result: Result<(u16, Option<String>), String>,
+        result: Result<(u16, Option<String>, SessionTimerAsk), String>,
         reply: oneshot::Sender<Reply>,
+    },
+    /// The session timer armed as `generation` fired.
+    SessionTimer {
+        call: CallId,
+        generation: u64,
+    },
+    /// Our session refresh (re-INVITE) was answered.
+    Refreshed {
+        call: CallId,
+        result: Result<(u16, Option<String>, SessionTimerAsk), String>,
     },
     Transfer {
         call: CallId,
@@ -200,6 +316,7 @@ impl Engine {
             tcp: matches!(account.transport, microsip_config::Transport::Tcp),
             public_addr: account.public_addr.clone(),
             hide_cid: account.hide_cid,
+            session_timers: !account.disable_session_timer,
         }
     }
 
@@ -389,9 +506,10 @@ impl Engine {
             .values()
             .map(|c| {
                 let mut line = format!(
-                    "{} {} {} {} {}s {}",
+                    "{} {} {} {} {} {}s {}",
                     c.id,
                     c.direction.word(),
+                    c.account,
                     c.remote,
                     c.state_word(),
                     c.duration_s(),
@@ -535,7 +653,10 @@ impl Engine {
                 local: Some(local),
                 negotiated: None,
                 post_dial: dialled.post_dial.clone(),
-                session_expires: None,
+                session_ask: SessionTimerAsk::default(),
+                session_timer: None,
+                session_generation: 0,
+                end_reason: None,
                 end_waiters: Vec::new(),
                 deferred: Vec::new(),
                 transfer_for,
@@ -567,7 +688,10 @@ impl Engine {
             to_user: invite.to_user.clone(),
             to_domain: invite.to_domain.clone(),
             display_name: invite.display_name.clone(),
-            x_autoanswer: invite.x_autoanswer,
+            x_autoanswer: invite
+                .x_autoanswer
+                .as_deref()
+                .is_some_and(policy::x_autoanswer_is_true),
             call_info_answer_after: invite
                 .call_info
                 .as_deref()
@@ -602,7 +726,14 @@ impl Engine {
                 local: None,
                 negotiated: None,
                 post_dial: None,
-                session_expires: invite.session_expires,
+                session_ask: if account.disable_session_timer {
+                    SessionTimerAsk::default()
+                } else {
+                    invite.session_timer
+                },
+                session_timer: None,
+                session_generation: 0,
+                end_reason: None,
                 end_waiters: Vec::new(),
                 deferred: Vec::new(),
                 transfer_for: None,
@@ -618,10 +749,28 @@ impl Engine {
             name: invite.display_name.clone(),
             diversion: invite.diversion.clone(),
         });
+        let min = self.config.settings.session_timer_min;
+        if let Some(TimerTerms::TooSmall(min)) = self
+            .calls
+            .get(&id)
+            .map(|c| terms_for_request(&c.session_ask, min))
+        {
+            info!("call {id}: Session-Expires below our minimum: 422 (Min-SE {min})");
+            let headers = vec![("Min-SE".to_string(), min.to_string())];
+            let _ = self.sip.calls().reject(id, 422, headers);
+            return;
+        }
         match policy::decide(&self.config.settings, &account, &facts) {
-            Decision::Reject { code, reason, .. } => {
+            Decision::Reject {
+                code,
+                reason,
+                header,
+            } => {
                 info!("call {id}: refused with {code} ({reason})");
-                let _ = self.sip.calls().reject(id, code, Vec::new());
+                let _ = self
+                    .sip
+                    .calls()
+                    .reject(id, code, header.into_iter().collect());
             }
             Decision::Forward { target, delay_s } => {
                 if delay_s == 0 {
@@ -792,7 +941,8 @@ impl Engine {
             return fail(ErrorCode::NoAccount, "the call's account is gone");
         };
         let offer_text = call.offer.clone();
-        let session_expires = call.session_expires;
+        let session_terms =
+            terms_for_request(&call.session_ask, self.config.settings.session_timer_min);
         let port = match self.open_media(id) {
             Ok(p) => p,
             Err(e) => return e,
@@ -822,12 +972,12 @@ impl Engine {
             // its RTP (symmetric RTP).
             None => (sdp::offer(&local), None),
         };
-        let mut extra = Vec::new();
-        if let Some(se) = session_expires {
-            extra.push(("Session-Expires".to_string(), format!("{se};refresher=uac")));
-            extra.push(("Require".to_string(), "timer".to_string()));
-        }
-        if let Err(e) = self.sip.calls().answer(id, answer_sdp, extra) {
+        let (extra, session_timer) = match session_terms {
+            TimerTerms::Agreed { timer, require } => (timer.headers(false, require), Some(timer)),
+            TimerTerms::Off | TimerTerms::TooSmall(_) => (Vec::new(), None),
+        };
+        let timers = !account.disable_session_timer;
+        if let Err(e) = self.sip.calls().answer(id, answer_sdp, extra, timers) {
             media_done(id, "close", self.media.close(id));
             return fail(ErrorCode::WrongState, format!("call {id}: {e}"));
         }
@@ -841,7 +991,9 @@ impl Engine {
             call.answered = Some(Instant::now());
             call.state = CallState::Active;
             call.offer = None;
+            call.session_timer = session_timer;
         }
+        self.arm_session_timer(id);
         self.after_answer(id);
         self.publish(EventKind::CallAnswered {
             call: id,
@@ -1062,6 +1214,11 @@ impl Engine {
             Direction::SendRecv
         };
         let offer = sdp::offer(local);
+        // A re-INVITE is a session refresh too: it keeps the timer's terms.
+        let extra = call
+            .session_timer
+            .map(|t| t.headers(true, false))
+            .unwrap_or_default();
         if on {
             // No sending while held: stop at once, before the answer comes back.
             media_done(id, "set_hold", self.media.set_hold(id, true));
@@ -1069,7 +1226,10 @@ impl Engine {
         let calls = self.sip.calls().clone();
         let inbox = self.inbox.clone();
         tokio::spawn(async move {
-            let result = calls.reinvite(id, offer).await.map_err(|e| e.to_string());
+            let result = calls
+                .reinvite(id, offer, extra)
+                .await
+                .map_err(|e| e.to_string());
             let _ = inbox.send(Request::CallDone(CallDone::Hold {
                 call: id,
                 on,
@@ -1141,13 +1301,21 @@ impl Engine {
                 };
                 c.busy_reinvite = false;
                 match result {
-                    Ok((code, _sdp)) if (200..300).contains(&code) => {
+                    Ok((code, _sdp, ask)) if (200..300).contains(&code) => {
                         c.local_hold = on;
+                        let refreshed = c.session_timer.is_some();
+                        if refreshed {
+                            let min = self.config.settings.session_timer_min;
+                            c.session_timer = terms_from_answer(&ask, min).or(c.session_timer);
+                        }
                         media_done(
                             call,
                             "set_hold",
                             self.media.set_hold(call, on || c.remote_hold),
                         );
+                        if refreshed {
+                            self.arm_session_timer(call);
+                        }
                         if on {
                             self.on_local_hold(call);
                         }
@@ -1163,7 +1331,7 @@ impl Engine {
                             json!({ "call": call }),
                         ));
                     }
-                    Ok((code, _)) => {
+                    Ok((code, _, _)) => {
                         media_done(
                             call,
                             "set_hold",
@@ -1214,6 +1382,30 @@ impl Engine {
                     let _ = reply.send(fail(ErrorCode::Refused, format!("call {call}: {e}")));
                 }
             },
+            CallDone::SessionTimer { call, generation } => {
+                let Some(c) = self.calls.get(&call) else {
+                    return;
+                };
+                let Some(timer) = c
+                    .session_timer
+                    .filter(|_| c.session_generation == generation)
+                else {
+                    return; // refreshed (or turned off) since this timer was armed
+                };
+                if timer.we_refresh {
+                    self.refresh_session(call, generation);
+                } else {
+                    warn!(
+                        "call {call}: no session refresh within {} s; ending it",
+                        timer.interval
+                    );
+                    if let Some(c) = self.calls.get_mut(&call) {
+                        c.end_reason = Some(SESSION_EXPIRED.to_string());
+                    }
+                    self.end_call(call, None);
+                }
+            }
+            CallDone::Refreshed { call, result } => self.on_refreshed(call, result),
             CallDone::HangupTimeout { call } => {
                 if self.calls.contains_key(&call) {
                     warn!("call {call}: no answer to our hang-up; ending it here");
@@ -1264,7 +1456,7 @@ impl Engine {
                 }
                 self.publish(EventKind::CallEarly { call: id, code });
             }
-            SignalKind::Answered { sdp } => {
+            SignalKind::Answered { sdp, session_timer } => {
                 // Answered after we cancelled it: end it with a BYE now.
                 if self
                     .calls
@@ -1278,10 +1470,16 @@ impl Engine {
                     return;
                 }
                 self.apply_remote_answer(id, sdp.as_deref(), false);
+                let min = self.config.settings.session_timer_min;
+                let timers_off = self.session_timers_off(id);
                 if let Some(c) = self.calls.get_mut(&id) {
                     c.state = CallState::Active;
                     c.answered = Some(Instant::now());
+                    if !timers_off {
+                        c.session_timer = terms_from_answer(&session_timer, min);
+                    }
                 }
+                self.arm_session_timer(id);
                 self.after_answer(id);
                 self.publish(EventKind::CallAnswered {
                     call: id,
@@ -1323,7 +1521,12 @@ impl Engine {
                     }
                 }
             }
-            SignalKind::Reoffer { sdp, reply } => self.on_reoffer(id, sdp, reply),
+            SignalKind::Reoffer {
+                sdp,
+                update,
+                session_timer,
+                reply,
+            } => self.on_reoffer(id, sdp, update, session_timer, reply),
             SignalKind::Refer { target, reply } => {
                 let calls = self.sip.calls().clone();
                 tokio::spawn(async move { reply.respond(202, None).await });
@@ -1432,20 +1635,49 @@ impl Engine {
         }
     }
 
-    fn on_reoffer(&mut self, id: CallId, sdp_text: Option<String>, reply: microsip_sip::Responder) {
+    /// A re-INVITE or UPDATE from the other side: a new offer (hold, resume, a codec
+    /// change), a request for ours, or only a session refresh. Its session-timer
+    /// terms are answered (422 when below our minimum) and restart the timer.
+    fn on_reoffer(
+        &mut self,
+        id: CallId,
+        sdp_text: Option<String>,
+        update: bool,
+        ask: SessionTimerAsk,
+        reply: microsip_sip::Responder,
+    ) {
+        let terms = if self.session_timers_off(id) {
+            TimerTerms::Off
+        } else {
+            terms_for_request(&ask, self.config.settings.session_timer_min)
+        };
         let Some(call) = self.calls.get_mut(&id) else {
             tokio::spawn(async move { reply.respond(481, None).await });
             return;
+        };
+        let (timer, extra) = match terms {
+            TimerTerms::TooSmall(min) => {
+                let extra = vec![("Min-SE".to_string(), min.to_string())];
+                tokio::spawn(async move { reply.respond_with(422, None, extra).await });
+                return;
+            }
+            TimerTerms::Agreed { timer, require } => (Some(timer), timer.headers(false, require)),
+            TimerTerms::Off => (None, Vec::new()),
         };
         let Some(local) = call.local.as_mut() else {
             tokio::spawn(async move { reply.respond(488, None).await });
             return;
         };
         let Some(text) = sdp_text else {
-            // An offer-less re-INVITE asks for our offer (session refresh).
-            local.version += 1;
-            let offer = sdp::offer(local);
-            tokio::spawn(async move { reply.respond(200, Some(offer)).await });
+            // An UPDATE without SDP only refreshes the session: 200 without SDP. An
+            // offer-less re-INVITE asks for our offer.
+            let offer = (!update).then(|| {
+                local.version += 1;
+                sdp::offer(local)
+            });
+            call.session_timer = timer;
+            tokio::spawn(async move { reply.respond_with(200, offer, extra).await });
+            self.arm_session_timer(id);
             return;
         };
         let desc = match sdp::parse(&text) {
@@ -1476,10 +1708,12 @@ impl Engine {
         call.remote_hold = held_by_remote;
         call.codec = Some(negotiated.codec.name());
         call.negotiated = Some(negotiated.clone());
+        call.session_timer = timer;
         let hold_media = call.local_hold || held_by_remote;
         media_done(id, "configure", self.media.configure(id, negotiated));
         media_done(id, "set_hold", self.media.set_hold(id, hold_media));
-        tokio::spawn(async move { reply.respond(200, Some(answer)).await });
+        tokio::spawn(async move { reply.respond_with(200, Some(answer), extra).await });
+        self.arm_session_timer(id);
         if held_by_remote && !was {
             self.publish(EventKind::CallHeld {
                 call: id,
@@ -1490,6 +1724,118 @@ impl Engine {
                 call: id,
                 by: "remote",
             });
+        }
+    }
+
+    // ---------------------------------------------------- session timers
+
+    /// Whether the call's account has `disableSessionTimer=1`.
+    fn session_timers_off(&self, id: CallId) -> bool {
+        self.calls
+            .get(&id)
+            .and_then(|c| self.accounts.get(&c.account))
+            .is_some_and(|s| s.account.disable_session_timer)
+    }
+
+    /// (Re)starts the call's session timer after a refresh or a change of terms;
+    /// any timer armed before no longer fires.
+    fn arm_session_timer(&mut self, id: CallId) {
+        let Some(call) = self.calls.get_mut(&id) else {
+            return;
+        };
+        call.session_generation += 1;
+        let Some(timer) = call.session_timer else {
+            return;
+        };
+        let generation = call.session_generation;
+        debug!(
+            "call {id}: session timer {} s, {} refreshes",
+            timer.interval,
+            if timer.we_refresh {
+                "we"
+            } else {
+                "the other side"
+            }
+        );
+        self.after_session(id, generation, timer.due());
+    }
+
+    fn after_session(&self, id: CallId, generation: u64, delay: Duration) {
+        let inbox = self.inbox.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let _ = inbox.send(Request::CallDone(CallDone::SessionTimer {
+                call: id,
+                generation,
+            }));
+        });
+    }
+
+    /// Our turn to refresh: a re-INVITE with the SDP unchanged (same version) and
+    /// the timer's terms. A re-INVITE of ours already in flight defers it.
+    fn refresh_session(&mut self, id: CallId, generation: u64) {
+        let Some(call) = self.calls.get_mut(&id) else {
+            return;
+        };
+        let (Some(timer), Some(local)) = (call.session_timer, call.local.as_ref()) else {
+            return;
+        };
+        if call.busy_reinvite || !call.confirmed {
+            self.after_session(id, generation, REFRESH_RETRY);
+            return;
+        }
+        call.busy_reinvite = true;
+        let offer = sdp::offer(local);
+        let mut extra = timer.headers(true, false);
+        extra.push(("Supported".to_string(), "timer".to_string()));
+        info!("call {id}: refreshing the session ({} s)", timer.interval);
+        let calls = self.sip.calls().clone();
+        let inbox = self.inbox.clone();
+        tokio::spawn(async move {
+            let result = calls
+                .reinvite(id, offer, extra)
+                .await
+                .map_err(|e| e.to_string());
+            let _ = inbox.send(Request::CallDone(CallDone::Refreshed { call: id, result }));
+        });
+    }
+
+    /// The answer to our refresh: a 2xx sets the terms again (none: the other side
+    /// turned the timer off); a 491 tries again shortly; 408, 481 or no answer ends
+    /// the call (RFC 4028 §10); another refusal keeps the terms for the next try.
+    fn on_refreshed(
+        &mut self,
+        id: CallId,
+        result: Result<(u16, Option<String>, SessionTimerAsk), String>,
+    ) {
+        let min = self.config.settings.session_timer_min;
+        let Some(call) = self.calls.get_mut(&id) else {
+            return;
+        };
+        call.busy_reinvite = false;
+        match result {
+            Ok((code, _, ask)) if (200..300).contains(&code) => {
+                call.session_timer = terms_from_answer(&ask, min);
+                self.arm_session_timer(id);
+            }
+            Ok((491, _, _)) => {
+                let generation = call.session_generation;
+                self.after_session(id, generation, REFRESH_RETRY);
+            }
+            Ok((code @ (408 | 481), _, _)) => {
+                warn!("call {id}: session refresh answered {code}; ending the call");
+                call.end_reason = Some(format!("session refresh failed ({code})"));
+                self.end_call(id, None);
+            }
+            Err(e) => {
+                warn!("call {id}: session refresh failed: {e}; ending the call");
+                call.end_reason = Some("session refresh failed".to_string());
+                self.end_call(id, None);
+            }
+            Ok((code, _, _)) => {
+                warn!("call {id}: session refresh answered {code}; trying again later");
+                self.arm_session_timer(id);
+            }
         }
     }
 
@@ -1510,6 +1856,11 @@ impl Engine {
         let Some(duration) = self.calls.get(&id).map(Call::duration_s) else {
             return;
         };
+        let reason = self
+            .calls
+            .get_mut(&id)
+            .and_then(|c| c.end_reason.take())
+            .unwrap_or(reason);
         let quality = self.call_quality(id);
         media_done(id, "close", self.media.close(id));
         self.on_media_closed(id);
@@ -1620,6 +1971,114 @@ fn media_done(call: CallId, what: &str, result: Result<(), microsip_media::Media
 
 #[cfg(test)]
 mod tests {
+    use super::{terms_for_request, terms_from_answer, SessionTimer, TimerTerms};
+    use microsip_sip::{Refresher, SessionExpires, SessionTimerAsk};
+    use std::time::Duration;
+
+    fn ask(seconds: u32, refresher: Option<Refresher>, supported: bool) -> SessionTimerAsk {
+        SessionTimerAsk {
+            expires: Some(SessionExpires { seconds, refresher }),
+            min_se: None,
+            supported,
+        }
+    }
+
+    #[test]
+    fn session_terms_as_uas() {
+        let agreed = |interval, we_refresh, require| TimerTerms::Agreed {
+            timer: SessionTimer {
+                interval,
+                we_refresh,
+            },
+            require,
+        };
+        assert_eq!(
+            terms_for_request(&SessionTimerAsk::default(), 90),
+            TimerTerms::Off
+        );
+        assert_eq!(
+            terms_for_request(&ask(60, Some(Refresher::Uac), true), 90),
+            TimerTerms::TooSmall(90)
+        );
+        // The refresher the caller named; none named: the caller when it supports
+        // timers, else us.
+        assert_eq!(
+            terms_for_request(&ask(1800, Some(Refresher::Uac), true), 90),
+            agreed(1800, false, true)
+        );
+        assert_eq!(
+            terms_for_request(&ask(90, Some(Refresher::Uas), true), 90),
+            agreed(90, true, true)
+        );
+        assert_eq!(
+            terms_for_request(&ask(600, None, true), 90),
+            agreed(600, false, true)
+        );
+        assert_eq!(
+            terms_for_request(&ask(600, Some(Refresher::Uac), false), 90),
+            agreed(600, true, false)
+        );
+        assert_eq!(
+            terms_for_request(&ask(10, None, false), 10),
+            agreed(10, true, false)
+        );
+    }
+
+    #[test]
+    fn session_terms_as_uac() {
+        assert_eq!(terms_from_answer(&SessionTimerAsk::default(), 90), None);
+        let t = |interval, we_refresh| {
+            Some(SessionTimer {
+                interval,
+                we_refresh,
+            })
+        };
+        assert_eq!(
+            terms_from_answer(&ask(1800, Some(Refresher::Uac), true), 90),
+            t(1800, true)
+        );
+        assert_eq!(
+            terms_from_answer(&ask(1800, Some(Refresher::Uas), true), 90),
+            t(1800, false)
+        );
+        assert_eq!(terms_from_answer(&ask(120, None, true), 90), t(120, true));
+        // Never below our minimum, whatever the answer says.
+        assert_eq!(terms_from_answer(&ask(5, None, true), 90), t(90, true));
+    }
+
+    #[test]
+    fn session_timer_due_and_headers() {
+        let ours = SessionTimer {
+            interval: 90,
+            we_refresh: true,
+        };
+        let theirs = SessionTimer {
+            interval: 90,
+            we_refresh: false,
+        };
+        assert_eq!(ours.due(), Duration::from_secs(45));
+        assert_eq!(theirs.due(), Duration::from_secs(60)); // 90 - min(32, 30)
+        let long = SessionTimer {
+            interval: 1800,
+            we_refresh: false,
+        };
+        assert_eq!(long.due(), Duration::from_secs(1768)); // 1800 - 32
+        let se = |t: SessionTimer, uac, req| t.headers(uac, req);
+        assert_eq!(
+            se(ours, true, false),
+            vec![("Session-Expires".into(), "90;refresher=uac".into())]
+        );
+        assert_eq!(
+            se(ours, false, true),
+            vec![
+                ("Session-Expires".into(), "90;refresher=uas".into()),
+                ("Require".into(), "timer".into())
+            ]
+        );
+        assert_eq!(se(theirs, false, false)[0].1, "90;refresher=uac");
+        assert_eq!(se(theirs, true, false)[0].1, "90;refresher=uas");
+    }
+
     #[test]
     fn direct_addresses() {
         use super::is_direct_address as d;

@@ -30,7 +30,8 @@
 //!    - `autoAnswer=all`: after `autoAnswerDelay`;
 //!    - `autoAnswer=header` and the INVITE asks: `Call-Info: …;answer-after=N` → after
 //!      N seconds (the header's delay wins, also over `X-AUTOANSWER`);
-//!      `X-AUTOANSWER: true` → after `autoAnswerDelay`;
+//!      `X-AUTOANSWER: true` (or `1`: [`x_autoanswer_is_true`]) → after
+//!      `autoAnswerDelay`;
 //!    - and, when `autoAnswerNumber` has masks, the caller's user part matches one
 //!      ([`mask_matches`]);
 //!    - and, when other calls exist, `autoAnswerCalls` allows it: `""` never, `hold`

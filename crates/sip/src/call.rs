@@ -1,7 +1,9 @@
 //! Call signalling: INVITE dialogs in both directions on rsipstack's dialog layer.
 //! Each call leg has a numeric id (the engine adopts it as the call id); everything
 //! that happens to a leg is reported as one [`CallSignal`]; the engine acts on a leg
-//! through [`Calls`]. SDP is carried as text: this module does not read it.
+//! through [`Calls`]. SDP is carried as text: this module does not read it. It reads
+//! and writes the session-timer headers (RFC 4028); the timers themselves and who
+//! refreshes are the engine's.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -46,15 +48,94 @@ pub struct IncomingInvite {
     pub to_domain: String,
     /// `Diversion` as received (kept for history and events).
     pub diversion: Option<String>,
-    /// `X-AUTOANSWER: true`.
-    pub x_autoanswer: bool,
+    /// `X-AUTOANSWER` as received (the engine's policy reads it).
+    pub x_autoanswer: Option<String>,
     /// `Call-Info` as received (the engine reads `answer-after`).
     pub call_info: Option<String>,
-    /// `Session-Expires`, if the caller asks for session timers.
-    pub session_expires: Option<u32>,
+    /// What the caller says about session timers (RFC 4028).
+    pub session_timer: SessionTimerAsk,
     pub sdp: Option<String>,
     /// The transport it came on.
     pub tcp: bool,
+}
+
+/// Which side refreshes the session (RFC 4028 `refresher`): the UAC or the UAS of
+/// the request that set the interval.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refresher {
+    Uac,
+    Uas,
+}
+
+impl Refresher {
+    pub fn word(self) -> &'static str {
+        match self {
+            Refresher::Uac => "uac",
+            Refresher::Uas => "uas",
+        }
+    }
+}
+
+/// A `Session-Expires` value: `1800;refresher=uas`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionExpires {
+    pub seconds: u32,
+    pub refresher: Option<Refresher>,
+}
+
+/// What a request or response says about session timers (RFC 4028).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SessionTimerAsk {
+    /// `Session-Expires`, when present and readable.
+    pub expires: Option<SessionExpires>,
+    /// `Min-SE`, when present and readable.
+    pub min_se: Option<u32>,
+    /// `timer` is in `Supported` or `Require`.
+    pub supported: bool,
+}
+
+/// Reads `Session-Expires` (also its compact form `x`), `Min-SE`, `Supported` and
+/// `Require`. An unreadable Session-Expires counts as absent.
+pub fn session_timer_of(headers: &rsipstack::sip::Headers) -> SessionTimerAsk {
+    let mut ask = SessionTimerAsk::default();
+    for h in headers.iter() {
+        match h {
+            Header::SessionExpires(v) => ask.expires = parse_session_expires(v.value()),
+            Header::MinSE(v) => {
+                let n = v.value().split(';').next().unwrap_or_default().trim();
+                ask.min_se = n.parse().ok();
+            }
+            Header::Supported(v) if lists_timer(v.value()) => ask.supported = true,
+            Header::Require(v) if lists_timer(v.value()) => ask.supported = true,
+            _ => {}
+        }
+    }
+    ask
+}
+
+fn lists_timer(value: &str) -> bool {
+    value
+        .split(',')
+        .any(|t| t.trim().eq_ignore_ascii_case("timer"))
+}
+
+/// `1800;refresher=uac` → 1800 s, refresher UAC. Other parameters are ignored;
+/// a refresher other than uac/uas counts as not named.
+pub fn parse_session_expires(value: &str) -> Option<SessionExpires> {
+    let mut parts = value.split(';');
+    let seconds = parts.next()?.trim().parse::<u32>().ok()?;
+    let refresher = parts.find_map(|p| {
+        let (name, v) = p.split_once('=')?;
+        if !name.trim().eq_ignore_ascii_case("refresher") {
+            return None;
+        }
+        match v.trim().to_ascii_lowercase().as_str() {
+            "uac" => Some(Refresher::Uac),
+            "uas" => Some(Refresher::Uas),
+            _ => None,
+        }
+    });
+    Some(SessionExpires { seconds, refresher })
 }
 
 /// An answer owed to the remote for an in-dialog request.
@@ -63,13 +144,20 @@ pub struct Responder(TransactionHandle);
 impl Responder {
     /// Answers with `code`, and an SDP body when given.
     pub async fn respond(self, code: u16, sdp: Option<String>) {
-        let (headers, body) = match sdp {
-            Some(s) => (
-                Some(vec![Header::ContentType("application/sdp".into())]),
-                Some(s.into_bytes()),
-            ),
-            None => (None, None),
-        };
+        self.respond_with(code, sdp, Vec::new()).await
+    }
+
+    /// Answers with `code`, these extra headers, and an SDP body when given.
+    pub async fn respond_with(self, code: u16, sdp: Option<String>, extra: Vec<(String, String)>) {
+        let mut headers: Vec<Header> = extra
+            .into_iter()
+            .map(|(n, v)| Header::Other(n, v))
+            .collect();
+        let body = sdp.map(|s| {
+            headers.push(Header::ContentType("application/sdp".into()));
+            s.into_bytes()
+        });
+        let headers = (!headers.is_empty()).then_some(headers);
         if let Err(e) = self.0.respond(StatusCode::from(code), headers, body).await {
             debug!("in-dialog answer not sent: {e}");
         }
@@ -98,12 +186,16 @@ pub enum SignalKind {
     /// 2xx to our INVITE.
     Answered {
         sdp: Option<String>,
+        session_timer: SessionTimerAsk,
     },
     /// The dialog is confirmed (ACK sent or received).
     Confirmed,
-    /// The remote sent a re-INVITE or UPDATE; answer it with the responder.
+    /// The remote sent a re-INVITE or UPDATE (`update`); answer it with the
+    /// responder.
     Reoffer {
         sdp: Option<String>,
+        update: bool,
+        session_timer: SessionTimerAsk,
         reply: Responder,
     },
     /// The remote asks us to call `target` (blind transfer); answer 202 or refuse.
@@ -155,6 +247,8 @@ pub struct CallerAccount {
     pub public_addr: Option<String>,
     /// Send `Privacy: id` and an anonymous From.
     pub hide_cid: bool,
+    /// Offer session timers (`Supported: timer`); off with `disableSessionTimer`.
+    pub session_timers: bool,
 }
 
 /// Why the SIP layer refused to act.
@@ -317,7 +411,7 @@ impl Calls {
             .map(|(n, v)| Header::Other(n, v))
             .collect();
         headers.push(Header::Allow(crate::stack::ALLOW.into()));
-        headers.push(Header::Supported("replaces, timer".into()));
+        headers.push(Header::Supported(supported(account.session_timers).into()));
         if account.hide_cid {
             headers.push(Header::Privacy("id".into()));
         }
@@ -480,17 +574,19 @@ impl Calls {
             .map_err(|e| CallError::WrongState(format!("cannot ring: {e}")))
     }
 
-    /// Answers an incoming call with 200 and our SDP.
+    /// Answers an incoming call with 200 and our SDP (`Supported: timer` unless
+    /// `session_timers` is off).
     pub fn answer(
         &self,
         id: LegId,
         sdp: String,
         extra: Vec<(String, String)>,
+        session_timers: bool,
     ) -> Result<(), CallError> {
         let mut headers = vec![
             Header::ContentType("application/sdp".into()),
             Header::Allow(crate::stack::ALLOW.into()),
-            Header::Supported("replaces, timer".into()),
+            Header::Supported(supported(session_timers).into()),
         ];
         headers.extend(extra.into_iter().map(|(n, v)| Header::Other(n, v)));
         self.leg(id)?
@@ -621,19 +717,26 @@ impl Calls {
         }
     }
 
-    /// Sends a re-INVITE with `sdp`; returns the answer's code and SDP.
+    /// Sends a re-INVITE with `sdp` and `extra` headers (a session refresh's
+    /// Session-Expires); returns the answer's code, SDP and session-timer terms.
     pub async fn reinvite(
         &self,
         id: LegId,
         sdp: String,
-    ) -> Result<(u16, Option<String>), CallError> {
+        extra: Vec<(String, String)>,
+    ) -> Result<(u16, Option<String>, SessionTimerAsk), CallError> {
         let dialog = self.leg(id)?;
-        let headers = vec![Header::ContentType("application/sdp".into())];
+        let mut headers = vec![Header::ContentType("application/sdp".into())];
+        headers.extend(extra.into_iter().map(|(n, v)| Header::Other(n, v)));
         match dialog.reinvite(Some(headers), Some(sdp.into_bytes())).await {
             Ok(Some(resp)) => {
                 let body = (!resp.body.is_empty())
                     .then(|| String::from_utf8_lossy(&resp.body).into_owned());
-                Ok((resp.status_code.code(), body))
+                Ok((
+                    resp.status_code.code(),
+                    body,
+                    session_timer_of(&resp.headers),
+                ))
             }
             Ok(None) => Err(CallError::WrongState("the call is not confirmed".into())),
             Err(e) => Err(CallError::Failed(format!("re-INVITE failed: {e}"))),
@@ -743,6 +846,7 @@ impl Calls {
                     if outgoing {
                         send(SignalKind::Answered {
                             sdp: body_text(&resp.body),
+                            session_timer: session_timer_of(&resp.headers),
                         });
                     }
                     send(SignalKind::Confirmed);
@@ -750,6 +854,8 @@ impl Calls {
                 DialogState::Updated(_, req, handle) => {
                     send(SignalKind::Reoffer {
                         sdp: body_text(&req.body),
+                        update: req.method == Method::Update,
+                        session_timer: session_timer_of(&req.headers),
                         reply: Responder(handle),
                     });
                 }
@@ -850,6 +956,15 @@ fn completed_elsewhere(reason: &str) -> bool {
     })
 }
 
+/// Our `Supported` value.
+fn supported(session_timers: bool) -> &'static str {
+    if session_timers {
+        "replaces, timer"
+    } else {
+        "replaces"
+    }
+}
+
 fn add_to_tag(resp: &mut Response, tag: &str) {
     for header in resp.headers.iter_mut() {
         if let Header::To(to) = header {
@@ -939,17 +1054,8 @@ fn describe_invite(req: &Request, tcp: bool) -> IncomingInvite {
         Header::CallInfo(c) => Some(c.value().to_string()),
         _ => None,
     });
-    let session_expires = req
-        .headers
-        .iter()
-        .find_map(|h| match h {
-            Header::SessionExpires(s) => Some(s.value().to_string()),
-            _ => None,
-        })
-        .and_then(|v| v.split(';').next().and_then(|n| n.trim().parse().ok()));
-    let x_autoanswer = header_value("X-AUTOANSWER")
-        .map(|v| v.trim().eq_ignore_ascii_case("true"))
-        .unwrap_or(false);
+    let session_timer = session_timer_of(&req.headers);
+    let x_autoanswer = header_value("X-AUTOANSWER");
     let (to_user, to_domain) = (
         req.uri
             .auth
@@ -968,7 +1074,7 @@ fn describe_invite(req: &Request, tcp: bool) -> IncomingInvite {
         diversion,
         x_autoanswer,
         call_info,
-        session_expires,
+        session_timer,
         sdp: body_text(&req.body),
         tcp,
     }
@@ -1066,6 +1172,35 @@ mod tests {
             user_and_domain("sip:pbx.example"),
             (String::new(), "pbx.example".into())
         );
+    }
+
+    #[test]
+    fn session_expires_values() {
+        assert_eq!(
+            parse_session_expires("1800;refresher=uas"),
+            Some(SessionExpires {
+                seconds: 1800,
+                refresher: Some(Refresher::Uas)
+            })
+        );
+        assert_eq!(
+            parse_session_expires(" 90 ; Refresher = UAC ;x=1"),
+            Some(SessionExpires {
+                seconds: 90,
+                refresher: Some(Refresher::Uac)
+            })
+        );
+        assert_eq!(
+            parse_session_expires("600;refresher=both"),
+            Some(SessionExpires {
+                seconds: 600,
+                refresher: None
+            })
+        );
+        assert_eq!(parse_session_expires("soon"), None);
+        assert_eq!(parse_session_expires("-5"), None);
+        assert!(lists_timer("replaces, Timer"));
+        assert!(!lists_timer("timers, 100rel"));
     }
 
     #[test]

@@ -15,8 +15,8 @@ pub mod time;
 pub mod trace;
 
 pub use call::{
-    CallError, CallSignal, CallerAccount, Calls, EndedBy, IncomingInvite, LegId, Responder,
-    SignalKind,
+    CallError, CallSignal, CallerAccount, Calls, EndedBy, IncomingInvite, LegId, Refresher,
+    Responder, SessionExpires, SessionTimerAsk, SignalKind,
 };
 pub use message::{send_message, IncomingMessage, MessageSender};
 pub use registration::{
