@@ -202,7 +202,7 @@ def bench_outgoing_setup(work: Path, kam: Kamailio) -> None:
             except AssertionError:
                 pass
         print(f"   {how:30s} {fmt_ms(delays)}")
-    print("   (trace timestamps have 1 ms resolution; the process figure includes "
+    print("   (trace timestamps have 1 us resolution; the process figure includes "
           "starting the client process)")
     ph.cleanup()
     uas.cleanup()

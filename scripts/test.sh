@@ -28,4 +28,4 @@ cargo build -p microsip
 step "end-to-end tests (tests/e2e)"
 export MICROSIP_BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug/microsip"
 export PYTHONDONTWRITEBYTECODE=1
-"$PY" -m pytest -x -q -p no:cacheprovider tests/e2e
+"$PY" -m pytest -x -q -p no:cacheprovider --durations=20 tests/e2e

@@ -153,6 +153,34 @@ def test_hostile_caller_id_reaches_the_hook_as_one_argument(make_phone, make_sip
     assert ph.running()
 
 
+def test_trunk_call_takes_the_caller_from_p_asserted_identity_and_keeps_diversion(
+        make_phone, make_sipp, free_port, tmp_path):
+    """From names the trunk; the caller is in P-Asserted-Identity; Diversion says who
+    forwarded it. The event, the hook, the history and the CSV name the caller."""
+    script = hook_script(tmp_path)
+    port = free_port("sip")
+    ph = make_phone(ini(account("", "1001", ""), sourcePort=port, autoAnswer="all",
+                        audioInputDevice="null", audioOutputDevice="null",
+                        cmdIncomingCall=f"{script} {tmp_path}/in.txt {{number}} {{name}}"),
+                    extra_args=["--log", str(tmp_path / "calls.csv")])
+    sipp = make_sipp("uac_pai_diversion.xml", timeout_s=60, remote=f"127.0.0.1:{port}",
+                     extra=["-s", "1001"])
+    inc = ph.events().wait_for("call.incoming", None, 15)
+    assert inc["number"] == "5551234" and inc["name"] == "Alice Example", inc
+    assert "trunk" not in inc["remote"], inc
+    assert "sip:1000@" in inc.get("diversion", "") and "no-answer" in inc["diversion"], inc
+    assert sipp.wait() == 0
+    ph.events().wait_for("call.ended", lambda e: e.get("call") == inc["call"], 15)
+    wait_until(lambda: (tmp_path / "in.txt").exists(), 15, 0.05, "the hook")
+    assert (tmp_path / "in.txt").read_text() == "2|5551234|Alice Example\n"
+    wait_until(lambda: len(list(csv.reader(open(tmp_path / "calls.csv")))) >= 2, 10, 0.05,
+               "the CSV row")
+    row = list(csv.DictReader(open(tmp_path / "calls.csv")))[-1]
+    assert "5551234" in row.values() and "Alice Example" in row.values(), row
+    rc, listed, _ = ph.cmd("history")
+    assert rc == 0 and " in 5551234 " in listed, listed
+
+
 def test_a_slow_hook_does_not_delay_answering(kam, make_phone, make_baresip, tmp_path):
     script = hook_script(tmp_path, sleep=60)
     ph = phone_for(kam, make_phone, tmp_path, autoAnswer="all",

@@ -65,7 +65,7 @@ impl SipTrace {
         };
         let line = format!(
             "---- {} {} {} {} -> {} ({} bytes)\n{}\n",
-            crate::time::timestamp(),
+            crate::time::timestamp_micros(),
             direction.word(),
             transport.to_ascii_uppercase(),
             from,
