@@ -207,7 +207,7 @@ def test_sipp_488(make_sipp, caller):
 
 
 def test_sipp_reinvite_hold_and_resume(make_sipp, caller):
-    sipp = make_sipp("uas_reinvite.xml", timeout_s=60)
+    sipp = make_sipp("uas_reinvite.xml", timeout_s=60, extra=["-key", "hold", "sendonly"])
     caller.dial(f"sip:svc@{sipp.address}")
     caller.wait_event("CALL_ESTABLISHED")
     caller.wait_event("CALL_CLOSED", timeout=30)  # SIPp's BYE
@@ -479,7 +479,7 @@ def test_sipp_uac_session_timer_scenarios_fail_a_callee_without_timers(make_sipp
                                       "uas_reinvite.xml", "uas_forked_200.xml",
                                       "uas_answer.xml"])
 def test_uas_scenarios_fail_when_nobody_calls(make_sipp, scenario):
-    sipp = make_sipp(scenario, timeout_s=3, files=ulaw_files())
+    sipp = make_sipp(scenario, timeout_s=3, files=ulaw_files(), extra=["-key", "hold", "sendonly"])
     assert sipp.wait(30) != 0
 
 

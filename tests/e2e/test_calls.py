@@ -587,14 +587,18 @@ def test_488_from_the_peer_ends_the_call(call_phone, make_sipp):
     assert status(ph) in ("0", "4")
 
 
-def test_peer_reinvite_holds_and_resumes_us(call_phone, make_sipp):
-    sipp = make_sipp("uas_reinvite.xml", timeout_s=60)
+@pytest.mark.parametrize("direction,expected", [("sendonly", "recvonly"), ("inactive", "inactive")])
+def test_peer_reinvite_holds_and_resumes_us(call_phone, make_sipp, direction, expected):
+    sipp = make_sipp("uas_reinvite.xml", timeout_s=60, extra=["-key", "hold", direction])
     ph = call_phone()
     cid = dial(ph, f"sip:svc@{sipp.address}")
     wait_call(ph, "call.held", cid, pred=lambda e: e.get("by") == "remote")
     wait_call(ph, "call.resumed", cid, pred=lambda e: e.get("by") == "remote")
     wait_call(ph, "call.ended", cid)
-    assert sipp.wait() == 0  # our 200s said recvonly, then sendrecv
+    assert sipp.wait() == 0  # our 200s said recvonly or inactive, then sendrecv
+    # RFC 3264 6.1: recvonly answers sendonly, inactive answers inactive.
+    answers = [m for m in sent(ph, code=200) if "a=recvonly" in m.text or "a=inactive" in m.text]
+    assert answers and f"a={expected}" in answers[0].text, [m.text for m in answers]
     assert calls_entries(ph) == []
 
 
