@@ -441,6 +441,62 @@ def test_event_clients_keep_up_with_a_burst_and_a_stuck_one_is_dropped(make_phon
     assert ph.cmd("STATUS")[1].strip() == "0"
 
 
+def test_a_slow_event_client_is_told_what_it_missed(make_phone, make_sipp, free_port):
+    """A client that reads, but slower than events come, is not waited for: once
+    more than the phone's backlog (1024 events) piles up for it, it gets a
+    `{"type":"lagged","missed":N}` line in place of the N events it lost, then the
+    stream goes on; a client that keeps up loses nothing, and calls are not slowed."""
+    burst, rate = 800, 200  # 1600 events in 4 s; the slow client reads 20 a second
+    port = free_port("sip")
+    ph = make_phone(ini(account("", "1001", ""), sourcePort=port, DND=1,
+                        audioInputDevice="null", audioOutputDevice="null"))
+    fast = ph.events()
+    start = fast.snapshot()["seq"]
+    slow = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    slow.connect(str(ph.socket_path))
+    slow.sendall(b"events\n")
+    reader = slow.makefile("rb")
+    try:
+        assert reader.readline().strip() == b"OK streaming events"
+        assert json.loads(reader.readline())["type"] == "snapshot"
+        sipp = make_sipp("uac_busy.xml", calls=burst, timeout_s=60, trace=False,
+                         remote=f"127.0.0.1:{port}", extra=["-s", "1001", "-r", str(rate)])
+        got: list[dict] = []
+        slow.settimeout(10)
+        while sipp.proc.poll() is None and len(got) < 10 * burst:
+            got.append(json.loads(reader.readline()))
+            time.sleep(0.05)
+        assert sipp.wait() == 0, "some call did not get its 486 within 2 s"
+        wait_until(lambda: fast.count("call.ended") >= burst, 10, 0.05, "every call.ended")
+        last = _live(fast.items)[-1]["seq"]
+        # Now read at full speed up to the last event of the burst.
+        for _ in range(10 * burst):
+            if got and got[-1].get("seq", -1) >= last:
+                break
+            got.append(json.loads(reader.readline()))
+    finally:
+        reader.close()
+        slow.close()
+    live = _live(fast.items)
+    assert [e["seq"] for e in live] == list(range(start + 1, last + 1)), "the fast client lost events"
+    assert not [e for e in fast.items if e.get("type") == "lagged"]
+    marks = [i for i, e in enumerate(got) if e.get("type") == "lagged"]
+    assert marks, f"no lagged marker in {len(got)} lines read slowly"
+    # Every marker stands for exactly the events the slow client did not get.
+    expected = start + 1
+    for e in got:
+        if e.get("type") == "lagged":
+            assert e["missed"] > 0, e
+            expected += e["missed"]
+        else:
+            assert e["seq"] == expected, (e, expected)
+            expected += 1
+    assert expected == last + 1
+    missed = sum(got[i]["missed"] for i in marks)
+    print(f"the slow client read {len(got) - len(marks)} events, was told it missed {missed}")
+    assert ph.cmd("STATUS")[1].strip() in ("0", "4")  # 4: a call ended a moment ago
+
+
 def test_contacts_add_list_remove(make_phone):
     ph = make_phone(ini(account("", "1001", "")))
     assert ph.cmd("contacts", "add", "1002", "Alice", "O'Brien & <Co>")[0] == 0
