@@ -7,7 +7,7 @@ a call that passes through bench/loss_relay.py (5 % loss, +-30 ms jitter around
 40 ms, seeded per direction and packet: both runs lose the same packet numbers of
 the sender's stream, which is checked and printed). The receiver is (a)
 microsip, writing what it plays to a WAV file, then (b) a second baresip recording
-what it decodes (its `plc` module loaded, jitter buffer 1-20 frames). Each
+what it decodes (its `plc` module loaded for the mono codecs, jitter buffer 1-20 frames). Each
 recording is aligned to the speech and scored with PESQ (ITU-T P.862, PyPI
 `pesq`; tests/e2e/audio.pesq_score): narrowband for G.711, wideband for G.722 and
 Opus. The same two calls without impairment give the clean scores.
@@ -92,7 +92,11 @@ def to_baresip(work: Path, case: CodecCase, source: Path, ref: np.ndarray,
     silence = audio.make_tone_wav(work / "silence.wav", 0, 120, rate=case.baresip_rate,
                                   channels=case.baresip_channels)
     receiver = Baresip(work, "1003", "x", register=False, outbound=False, source=silence,
-                       codecs=case.baresip, modules=("g711", "g722", "opus", "plc"),
+                       # baresip's plc module takes mono only; on a stereo (Opus)
+                       # call it breaks the decode chain, and libopus conceals itself.
+                       codecs=case.baresip,
+                       modules=("g711", "g722", "opus") + (("plc",) if case.baresip_channels == 1
+                                                            else ()),
                        sip_trace=False,
                        extra_config="jitter_buffer_delay\t1-20\n").start(wait_registered=False)
     relay = LossRelay(receiver.sip_port, loss=LOSS if impaired else 0.0,
@@ -106,6 +110,7 @@ def to_baresip(work: Path, case: CodecCase, source: Path, ref: np.ndarray,
     time.sleep(call_seconds(ref, rate))
     sender.hangup()
     time.sleep(0.5)
+    import shutil; shutil.copytree(work, "/tmp/pesq-debug-" + work.name, dirs_exist_ok=True)
     _, dec = receiver.recordings()
     sender.cleanup()
     receiver.cleanup()
