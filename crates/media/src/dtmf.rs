@@ -765,6 +765,9 @@ impl ToneGenerator {
     /// whether it wrote anything. During a pause or when idle the frame is left alone
     /// (the caller's audio is sent).
     pub fn fill(&mut self, frame: &mut [i16]) -> bool {
+        if self.is_quiet() {
+            return false;
+        }
         let mut wrote = false;
         for s in frame.iter_mut() {
             match self.next_sample() {
@@ -787,6 +790,9 @@ impl ToneGenerator {
     /// speaker plays; gaps and pauses leave the frame alone. Returns whether a tone was
     /// added.
     pub fn mix(&mut self, frame: &mut [i16]) -> bool {
+        if self.is_quiet() {
+            return false;
+        }
         let mut wrote = false;
         for s in frame.iter_mut() {
             if let ToneSample::Tone(v) = self.next_sample() {
@@ -796,6 +802,12 @@ impl ToneGenerator {
         }
         self.settle();
         wrote
+    }
+
+    /// Nothing playing and nothing queued: a frame passes through untouched (checked
+    /// once per frame rather than per sample).
+    fn is_quiet(&self) -> bool {
+        self.state == ToneState::Idle && self.queue.is_empty()
     }
 
     fn next_sample(&mut self) -> ToneSample {
