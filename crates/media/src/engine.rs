@@ -15,6 +15,8 @@
 //! each session's `CodecPath` holds the negotiated codec and the resamplers
 //! between the bus and the codec's PCM rate (G.711: 8 kHz both ways; G.722 and Opus,
 //! whose libopus runs at 16 kHz, none), sized once when the call is configured.
+//! In-band DTMF detection listens to the decoded audio (8 kHz for G.711: no
+//! conversion).
 //!
 //! Callers talk to the thread through [`MediaEngine`], a cheap clonable handle; every
 //! request waits for the thread's acknowledgement (at most one second), so when
@@ -847,7 +849,8 @@ impl CodecPath {
 }
 
 /// In-band DTMF detection on what a call plays: the detector works at 8 kHz, so it
-/// hears a resampled copy of the bus.
+/// hears the decoded audio at the codec's rate, resampled only when that is not 8 kHz
+/// (G.711 is heard as decoded, with no conversion).
 struct InbandDetector {
     detector: GoertzelDetector,
     to_8k: Option<Resampler>,
@@ -855,26 +858,29 @@ struct InbandDetector {
 }
 
 impl InbandDetector {
-    fn new() -> InbandDetector {
-        let to_8k = Resampler::new(audio::SAMPLE_RATE, dtmf::SAMPLE_RATE)
+    /// A detector for decoded audio at `rate` Hz.
+    fn new(rate: u32) -> InbandDetector {
+        let to_8k = Resampler::new(rate, dtmf::SAMPLE_RATE)
             .ok()
             .filter(|r| !r.is_passthrough());
-        let most = MAX_DECODED_SAMPLES * 2;
+        let most = MAX_DECODED_SAMPLES;
         InbandDetector {
             detector: GoertzelDetector::new(),
-            buf: vec![0; to_8k.as_ref().map_or(most, |r| r.max_output(most))],
+            buf: to_8k
+                .as_ref()
+                .map_or(Vec::new(), |r| vec![0; r.max_output(most)]),
             to_8k,
         }
     }
 
-    /// Listens to bus samples; calls `on_digit` for each digit heard.
-    fn process(&mut self, bus: &[i16], on_digit: impl FnMut(char)) {
+    /// Listens to decoded samples; calls `on_digit` for each digit heard.
+    fn process(&mut self, decoded: &[i16], on_digit: impl FnMut(char)) {
         match self.to_8k.as_mut() {
             Some(r) => {
-                let n = r.process(bus, &mut self.buf);
+                let n = r.process(decoded, &mut self.buf);
                 self.detector.process_samples(&self.buf[..n], on_digit);
             }
-            None => self.detector.process_samples(bus, on_digit),
+            None => self.detector.process_samples(decoded, on_digit),
         }
     }
 }
@@ -1000,13 +1006,17 @@ impl Session {
             DtmfMode::Auto => negotiated.telephone_event.is_none(),
             DtmfMode::Rfc4733 | DtmfMode::SipInfo => false,
         };
-        self.detector = inband.then(InbandDetector::new);
         let codec_changed = self.path.as_ref().map(|p| p.kind) != Some(negotiated.codec);
         if codec_changed {
             self.set_codec(negotiated.codec);
         } else if remote_changed {
             self.jitter.reset();
         }
+        self.detector = self
+            .path
+            .as_ref()
+            .filter(|_| inband)
+            .map(|p| InbandDetector::new(p.codec.sample_rate()));
         if remote_changed {
             self.dtmf_in.reset();
         }
@@ -1163,11 +1173,10 @@ impl Session {
         let Some(decoded) = path.decode_next(&mut self.jitter, now) else {
             return;
         };
-        let samples = path.convert_to_bus(decoded);
-        let frame = &mut path.played[..samples];
+        let decoded = decoded.min(path.decoded.len());
         if let Some(detector) = self.detector.as_mut() {
             let (id, events) = (self.id, &scratch.events);
-            detector.process(frame, |digit| {
+            detector.process(&path.decoded[..decoded], |digit| {
                 (events)(MediaEvent::Dtmf {
                     call: id,
                     digit,
@@ -1175,6 +1184,8 @@ impl Session {
                 })
             });
         }
+        let samples = path.convert_to_bus(decoded);
+        let frame = &mut path.played[..samples];
         self.speaker_gain = apply_gain(frame, self.speaker_gain, scratch.levels.speaker_gain());
         self.taps.on_heard(self.id, frame, &mut scratch.mixer);
         if let Err(e) = self.sink.write(frame) {
