@@ -15,8 +15,9 @@
 //! each session's `CodecPath` holds the negotiated codec and the resamplers
 //! between the bus and the codec's PCM rate (G.711: 8 kHz both ways; G.722 and Opus,
 //! whose libopus runs at 16 kHz, none), sized once when the call is configured.
-//! In-band DTMF detection listens to the decoded audio (8 kHz for G.711: no
-//! conversion).
+//! Work nobody uses is skipped: a frame received for a `null` sink with no recorder
+//! and no conference is decoded but not brought to the bus, and in-band DTMF
+//! detection listens to the decoded audio (8 kHz for G.711: no conversion).
 //!
 //! Callers talk to the thread through [`MediaEngine`], a cheap clonable handle; every
 //! request waits for the thread's acknowledgement (at most one second), so when
@@ -742,6 +743,9 @@ struct CodecPath {
     played: Vec<i16>,
     /// Concealment for codecs without their own (G.711, G.722), at the codec rate.
     plc: Plc,
+    /// Frames were decoded without being brought to the bus (nobody heard them):
+    /// `to_bus` starts afresh on the next one instead of from stale history.
+    bus_skipped: bool,
 }
 
 impl CodecPath {
@@ -771,6 +775,7 @@ impl CodecPath {
             decoded: vec![0; MAX_DECODED_SAMPLES],
             played: vec![0; played],
             plc: Plc::with_rate(codec.frame_samples(), rate),
+            bus_skipped: false,
             to_codec,
             to_bus,
             codec,
@@ -838,6 +843,11 @@ impl CodecPath {
     /// `decoded[..n]` on the bus rate, in `played`; returns its length.
     fn convert_to_bus(&mut self, n: usize) -> usize {
         let n = n.min(self.decoded.len());
+        if std::mem::take(&mut self.bus_skipped) {
+            if let Some(r) = self.to_bus.as_mut() {
+                r.reset();
+            }
+        }
         match self.to_bus.as_mut() {
             Some(r) => r.process(&self.decoded[..n], &mut self.played),
             None => {
@@ -1184,12 +1194,20 @@ impl Session {
                 })
             });
         }
-        let samples = path.convert_to_bus(decoded);
-        let frame = &mut path.played[..samples];
-        self.speaker_gain = apply_gain(frame, self.speaker_gain, scratch.levels.speaker_gain());
-        self.taps.on_heard(self.id, frame, &mut scratch.mixer);
-        if let Err(e) = self.sink.write(frame) {
-            tracing::warn!(call = self.id, error = %e, "audio output failed; the call goes on without it");
+        if self.sink.discards() && !self.taps.hears(self.id, &scratch.mixer) {
+            // Nobody hears this frame (a `null` sink, no recorder, no conference): it
+            // was decoded, so the jitter buffer, concealment and in-band detection go
+            // on, but it is not brought to the bus.
+            path.bus_skipped = true;
+            self.speaker_gain = scratch.levels.speaker_gain();
+        } else {
+            let samples = path.convert_to_bus(decoded);
+            let frame = &mut path.played[..samples];
+            self.speaker_gain = apply_gain(frame, self.speaker_gain, scratch.levels.speaker_gain());
+            self.taps.on_heard(self.id, frame, &mut scratch.mixer);
+            if let Err(e) = self.sink.write(frame) {
+                tracing::warn!(call = self.id, error = %e, "audio output failed; the call goes on without it");
+            }
         }
         let js = self.jitter.stats();
         self.stats.packets_lost.store(js.lost, Ordering::Relaxed);
