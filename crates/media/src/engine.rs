@@ -36,7 +36,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::audio::{self, AudioError, AudioSink, AudioSource, AudioSpec, FRAME_SAMPLES};
-use crate::codec::{self, AudioCodec, MAX_DECODED_SAMPLES, MAX_PAYLOAD_BYTES};
+use crate::codec::{self, AudioCodec, MAX_PAYLOAD_BYTES};
 use crate::dtmf::{self, GoertzelDetector, Rfc4733Receiver, Rfc4733Sender, ToneGenerator};
 use crate::jitter::{JitterBuffer, JitterConfig, Playout};
 use crate::mixer::Mixer;
@@ -766,13 +766,14 @@ impl CodecPath {
         };
         let to_codec = converter(audio::SAMPLE_RATE, rate);
         let to_bus = converter(rate, audio::SAMPLE_RATE);
-        let played = to_bus
-            .as_ref()
-            .map_or(MAX_DECODED_SAMPLES, |r| r.max_output(MAX_DECODED_SAMPLES));
+        // Sized for this codec's longest packet, not for any codec's (a G.711 call
+        // needs a quarter of what 120 ms of Opus at 48 kHz would).
+        let most = codec.max_decoded_samples();
+        let played = to_bus.as_ref().map_or(most, |r| r.max_output(most));
         Some(CodecPath {
             kind,
             encode_in: vec![0; codec.frame_samples()],
-            decoded: vec![0; MAX_DECODED_SAMPLES],
+            decoded: vec![0; most],
             played: vec![0; played],
             plc: Plc::with_rate(codec.frame_samples(), rate),
             bus_skipped: false,
@@ -868,12 +869,12 @@ struct InbandDetector {
 }
 
 impl InbandDetector {
-    /// A detector for decoded audio at `rate` Hz.
-    fn new(rate: u32) -> InbandDetector {
+    /// A detector for decoded audio at `rate` Hz, in pieces of at most `most`
+    /// samples.
+    fn new(rate: u32, most: usize) -> InbandDetector {
         let to_8k = Resampler::new(rate, dtmf::SAMPLE_RATE)
             .ok()
             .filter(|r| !r.is_passthrough());
-        let most = MAX_DECODED_SAMPLES;
         InbandDetector {
             detector: GoertzelDetector::new(),
             buf: to_8k
@@ -1026,7 +1027,7 @@ impl Session {
             .path
             .as_ref()
             .filter(|_| inband)
-            .map(|p| InbandDetector::new(p.codec.sample_rate()));
+            .map(|p| InbandDetector::new(p.codec.sample_rate(), p.decoded.len()));
         if remote_changed {
             self.dtmf_in.reset();
         }
