@@ -169,6 +169,11 @@ pub trait AudioSink: Send {
     fn write(&mut self, frame: &[i16]) -> Result<(), AudioError>;
     /// Finishes the output (for a file: the final header). Idempotent.
     fn close(&mut self) -> Result<(), AudioError>;
+    /// Whether the sink throws away whatever it is given (`null`): then the engine
+    /// need not prepare the audio for it.
+    fn discards(&self) -> bool {
+        false
+    }
 }
 
 /// Opens `spec` as a source. A file is read now: a missing or unreadable file is an
@@ -212,6 +217,9 @@ impl AudioSink for NullSink {
     }
     fn close(&mut self) -> Result<(), AudioError> {
         Ok(())
+    }
+    fn discards(&self) -> bool {
+        true
     }
 }
 

@@ -16,6 +16,7 @@ use std::fmt;
 
 use crate::g711;
 use crate::g722::{G722Decoder, G722Encoder};
+use crate::jitter;
 use crate::opus::{self, OpusDecoder, OpusEncoder, OpusError, OpusSettings};
 use crate::sdp::Codec;
 
@@ -52,8 +53,15 @@ pub trait AudioCodec: Send {
 
     /// Decodes one payload into `out`; returns the number of samples (0 for a
     /// payload that cannot be decoded). Payloads may be longer than 20 ms (the
-    /// peer's ptime): [`MAX_DECODED_SAMPLES`] always fits.
+    /// peer's ptime): [`MAX_DECODED_SAMPLES`] always fits, and so does
+    /// [`max_decoded_samples`](AudioCodec::max_decoded_samples).
     fn decode(&mut self, payload: &[u8], out: &mut [i16]) -> usize;
+
+    /// The most samples this codec decodes from one payload of up to
+    /// [`jitter::MAX_PAYLOAD`] bytes (what the jitter buffer passes on) or of up to
+    /// 120 ms: the size of a decode buffer that never truncates, for this codec
+    /// (at most [`MAX_DECODED_SAMPLES`]).
+    fn max_decoded_samples(&self) -> usize;
 
     /// Fills in one lost frame with the codec's own concealment (Opus), returning
     /// the number of samples written; 0 when the codec has none (G.711, G.722): the
@@ -157,6 +165,11 @@ impl AudioCodec for G711 {
         }
     }
 
+    fn max_decoded_samples(&self) -> usize {
+        // One sample per byte.
+        jitter::MAX_PAYLOAD.min(MAX_DECODED_SAMPLES)
+    }
+
     fn decode(&mut self, payload: &[u8], out: &mut [i16]) -> usize {
         if self.alaw {
             g711::decode_alaw(payload, out)
@@ -209,6 +222,11 @@ impl AudioCodec for G722 {
             return 0;
         }
         self.encoder.encode(pcm, out)
+    }
+
+    fn max_decoded_samples(&self) -> usize {
+        // Two samples per byte.
+        (2 * jitter::MAX_PAYLOAD).min(MAX_DECODED_SAMPLES)
     }
 
     fn decode(&mut self, payload: &[u8], out: &mut [i16]) -> usize {
@@ -274,6 +292,11 @@ impl AudioCodec for Opus {
 
     fn encode(&mut self, pcm: &[i16], out: &mut [u8]) -> usize {
         self.encoder.encode(pcm, out).unwrap_or(0)
+    }
+
+    fn max_decoded_samples(&self) -> usize {
+        // The longest Opus packet, 120 ms, at this PCM rate.
+        (self.rate as usize * 120 / 1000).min(MAX_DECODED_SAMPLES)
     }
 
     fn decode(&mut self, payload: &[u8], out: &mut [i16]) -> usize {
@@ -378,6 +401,24 @@ mod tests {
                 ("opus", 48000, 960, 48000, 960),
             ]
         );
+    }
+
+    #[test]
+    fn the_largest_packets_fit_each_codec_s_own_bound() {
+        let big = vec![0x55u8; jitter::MAX_PAYLOAD];
+        for (name, mut codec) in every_codec() {
+            let most = codec.max_decoded_samples();
+            assert!(most <= MAX_DECODED_SAMPLES, "{name}");
+            assert!(
+                most >= codec.sample_rate() as usize * 120 / 1000,
+                "{name}: 120 ms"
+            );
+            let mut out = vec![0i16; MAX_DECODED_SAMPLES];
+            let n = codec.decode(&big, &mut out);
+            assert!(n <= most, "{name}: {n} samples from the largest payload");
+        }
+        let g711 = G711::ulaw();
+        assert_eq!(g711.max_decoded_samples(), jitter::MAX_PAYLOAD);
     }
 
     #[test]

@@ -765,6 +765,9 @@ impl ToneGenerator {
     /// whether it wrote anything. During a pause or when idle the frame is left alone
     /// (the caller's audio is sent).
     pub fn fill(&mut self, frame: &mut [i16]) -> bool {
+        if self.is_quiet() {
+            return false;
+        }
         let mut wrote = false;
         for s in frame.iter_mut() {
             match self.next_sample() {
@@ -787,6 +790,9 @@ impl ToneGenerator {
     /// speaker plays; gaps and pauses leave the frame alone. Returns whether a tone was
     /// added.
     pub fn mix(&mut self, frame: &mut [i16]) -> bool {
+        if self.is_quiet() {
+            return false;
+        }
         let mut wrote = false;
         for s in frame.iter_mut() {
             if let ToneSample::Tone(v) = self.next_sample() {
@@ -796,6 +802,12 @@ impl ToneGenerator {
         }
         self.settle();
         wrote
+    }
+
+    /// Nothing playing and nothing queued: a frame passes through untouched (checked
+    /// once per frame rather than per sample).
+    fn is_quiet(&self) -> bool {
+        self.state == ToneState::Idle && self.queue.is_empty()
     }
 
     fn next_sample(&mut self) -> ToneSample {
@@ -1012,10 +1024,7 @@ impl GoertzelDetector {
         if energy < 2.0 * min_tone {
             return None;
         }
-        let mut power = [0f32; 8];
-        for (p, &c) in power.iter_mut().zip(self.coeffs.iter()) {
-            *p = goertzel(&self.window, c);
-        }
+        let power = goertzel_bank(&self.window, &self.coeffs);
         let (rows, cols) = power.split_at(4);
         let (row, row_p) = strongest(rows)?;
         let (col, col_p) = strongest(cols)?;
@@ -1062,6 +1071,29 @@ fn goertzel(window: &[f32], coeff: f32) -> f32 {
     2.0 * (s1 * s1 + s2 * s2 - coeff * s1 * s2).max(0.0) / (n * n)
 }
 
+/// [`goertzel`] at the eight coefficients `coeffs` in one pass over `window`: the
+/// eight recurrences are independent, so running them side by side overlaps their
+/// latencies instead of waiting on each in turn. Each one does the same operations in
+/// the same order as [`goertzel`], so the results are identical.
+fn goertzel_bank(window: &[f32], coeffs: &[f32; 8]) -> [f32; 8] {
+    let mut s1 = [0f32; 8];
+    let mut s2 = [0f32; 8];
+    for &x in window {
+        for k in 0..8 {
+            let s0 = x + coeffs[k] * s1[k] - s2[k];
+            s2[k] = s1[k];
+            s1[k] = s0;
+        }
+    }
+    let n = window.len().max(1) as f32;
+    let mut power = [0f32; 8];
+    for k in 0..8 {
+        let (a, b, c) = (s1[k], s2[k], coeffs[k]);
+        power[k] = 2.0 * (a * a + b * b - c * a * b).max(0.0) / (n * n);
+    }
+    power
+}
+
 /// The Goertzel coefficient of a frequency at 8 kHz.
 fn goertzel_coeff(hz: f64) -> f32 {
     (2.0 * (TAU * hz / f64::from(SAMPLE_RATE)).cos()) as f32
@@ -1102,6 +1134,28 @@ mod tests {
             let u = self.unit().max(1e-12);
             let v = self.unit();
             (-2.0 * u.ln()).sqrt() * (TAU * v).cos()
+        }
+    }
+
+    #[test]
+    fn goertzel_bank_matches_one_filter_at_a_time() {
+        let mut rng = Rng(0x5eed);
+        let window: Vec<f32> = (0..WINDOW)
+            .map(|i| {
+                let t = i as f64 / f64::from(SAMPLE_RATE);
+                (0.3 * (TAU * 770.0 * t).sin()
+                    + 0.2 * (TAU * 1336.0 * t).sin()
+                    + 0.05 * rng.gauss()) as f32
+            })
+            .collect();
+        let d = GoertzelDetector::new();
+        let bank = goertzel_bank(&window, &d.coeffs);
+        for (k, &c) in d.coeffs.iter().enumerate() {
+            assert_eq!(
+                bank[k].to_bits(),
+                goertzel(&window, c).to_bits(),
+                "filter {k}"
+            );
         }
     }
 

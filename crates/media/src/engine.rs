@@ -15,6 +15,9 @@
 //! each session's `CodecPath` holds the negotiated codec and the resamplers
 //! between the bus and the codec's PCM rate (G.711: 8 kHz both ways; G.722 and Opus,
 //! whose libopus runs at 16 kHz, none), sized once when the call is configured.
+//! Work nobody uses is skipped: a frame received for a `null` sink with no recorder
+//! and no conference is decoded but not brought to the bus, and in-band DTMF
+//! detection listens to the decoded audio (8 kHz for G.711: no conversion).
 //!
 //! Callers talk to the thread through [`MediaEngine`], a cheap clonable handle; every
 //! request waits for the thread's acknowledgement (at most one second), so when
@@ -33,7 +36,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::audio::{self, AudioError, AudioSink, AudioSource, AudioSpec, FRAME_SAMPLES};
-use crate::codec::{self, AudioCodec, MAX_DECODED_SAMPLES, MAX_PAYLOAD_BYTES};
+use crate::codec::{self, AudioCodec, MAX_PAYLOAD_BYTES};
 use crate::dtmf::{self, GoertzelDetector, Rfc4733Receiver, Rfc4733Sender, ToneGenerator};
 use crate::jitter::{JitterBuffer, JitterConfig, Playout};
 use crate::mixer::Mixer;
@@ -740,6 +743,9 @@ struct CodecPath {
     played: Vec<i16>,
     /// Concealment for codecs without their own (G.711, G.722), at the codec rate.
     plc: Plc,
+    /// Frames were decoded without being brought to the bus (nobody heard them):
+    /// `to_bus` starts afresh on the next one instead of from stale history.
+    bus_skipped: bool,
 }
 
 impl CodecPath {
@@ -760,15 +766,17 @@ impl CodecPath {
         };
         let to_codec = converter(audio::SAMPLE_RATE, rate);
         let to_bus = converter(rate, audio::SAMPLE_RATE);
-        let played = to_bus
-            .as_ref()
-            .map_or(MAX_DECODED_SAMPLES, |r| r.max_output(MAX_DECODED_SAMPLES));
+        // Sized for this codec's longest packet, not for any codec's (a G.711 call
+        // needs a quarter of what 120 ms of Opus at 48 kHz would).
+        let most = codec.max_decoded_samples();
+        let played = to_bus.as_ref().map_or(most, |r| r.max_output(most));
         Some(CodecPath {
             kind,
             encode_in: vec![0; codec.frame_samples()],
-            decoded: vec![0; MAX_DECODED_SAMPLES],
+            decoded: vec![0; most],
             played: vec![0; played],
             plc: Plc::with_rate(codec.frame_samples(), rate),
+            bus_skipped: false,
             to_codec,
             to_bus,
             codec,
@@ -836,6 +844,11 @@ impl CodecPath {
     /// `decoded[..n]` on the bus rate, in `played`; returns its length.
     fn convert_to_bus(&mut self, n: usize) -> usize {
         let n = n.min(self.decoded.len());
+        if std::mem::take(&mut self.bus_skipped) {
+            if let Some(r) = self.to_bus.as_mut() {
+                r.reset();
+            }
+        }
         match self.to_bus.as_mut() {
             Some(r) => r.process(&self.decoded[..n], &mut self.played),
             None => {
@@ -847,7 +860,8 @@ impl CodecPath {
 }
 
 /// In-band DTMF detection on what a call plays: the detector works at 8 kHz, so it
-/// hears a resampled copy of the bus.
+/// hears the decoded audio at the codec's rate, resampled only when that is not 8 kHz
+/// (G.711 is heard as decoded, with no conversion).
 struct InbandDetector {
     detector: GoertzelDetector,
     to_8k: Option<Resampler>,
@@ -855,26 +869,29 @@ struct InbandDetector {
 }
 
 impl InbandDetector {
-    fn new() -> InbandDetector {
-        let to_8k = Resampler::new(audio::SAMPLE_RATE, dtmf::SAMPLE_RATE)
+    /// A detector for decoded audio at `rate` Hz, in pieces of at most `most`
+    /// samples.
+    fn new(rate: u32, most: usize) -> InbandDetector {
+        let to_8k = Resampler::new(rate, dtmf::SAMPLE_RATE)
             .ok()
             .filter(|r| !r.is_passthrough());
-        let most = MAX_DECODED_SAMPLES * 2;
         InbandDetector {
             detector: GoertzelDetector::new(),
-            buf: vec![0; to_8k.as_ref().map_or(most, |r| r.max_output(most))],
+            buf: to_8k
+                .as_ref()
+                .map_or(Vec::new(), |r| vec![0; r.max_output(most)]),
             to_8k,
         }
     }
 
-    /// Listens to bus samples; calls `on_digit` for each digit heard.
-    fn process(&mut self, bus: &[i16], on_digit: impl FnMut(char)) {
+    /// Listens to decoded samples; calls `on_digit` for each digit heard.
+    fn process(&mut self, decoded: &[i16], on_digit: impl FnMut(char)) {
         match self.to_8k.as_mut() {
             Some(r) => {
-                let n = r.process(bus, &mut self.buf);
+                let n = r.process(decoded, &mut self.buf);
                 self.detector.process_samples(&self.buf[..n], on_digit);
             }
-            None => self.detector.process_samples(bus, on_digit),
+            None => self.detector.process_samples(decoded, on_digit),
         }
     }
 }
@@ -1000,13 +1017,17 @@ impl Session {
             DtmfMode::Auto => negotiated.telephone_event.is_none(),
             DtmfMode::Rfc4733 | DtmfMode::SipInfo => false,
         };
-        self.detector = inband.then(InbandDetector::new);
         let codec_changed = self.path.as_ref().map(|p| p.kind) != Some(negotiated.codec);
         if codec_changed {
             self.set_codec(negotiated.codec);
         } else if remote_changed {
             self.jitter.reset();
         }
+        self.detector = self
+            .path
+            .as_ref()
+            .filter(|_| inband)
+            .map(|p| InbandDetector::new(p.codec.sample_rate(), p.decoded.len()));
         if remote_changed {
             self.dtmf_in.reset();
         }
@@ -1163,11 +1184,10 @@ impl Session {
         let Some(decoded) = path.decode_next(&mut self.jitter, now) else {
             return;
         };
-        let samples = path.convert_to_bus(decoded);
-        let frame = &mut path.played[..samples];
+        let decoded = decoded.min(path.decoded.len());
         if let Some(detector) = self.detector.as_mut() {
             let (id, events) = (self.id, &scratch.events);
-            detector.process(frame, |digit| {
+            detector.process(&path.decoded[..decoded], |digit| {
                 (events)(MediaEvent::Dtmf {
                     call: id,
                     digit,
@@ -1175,10 +1195,20 @@ impl Session {
                 })
             });
         }
-        self.speaker_gain = apply_gain(frame, self.speaker_gain, scratch.levels.speaker_gain());
-        self.taps.on_heard(self.id, frame, &mut scratch.mixer);
-        if let Err(e) = self.sink.write(frame) {
-            tracing::warn!(call = self.id, error = %e, "audio output failed; the call goes on without it");
+        if self.sink.discards() && !self.taps.hears(self.id, &scratch.mixer) {
+            // Nobody hears this frame (a `null` sink, no recorder, no conference): it
+            // was decoded, so the jitter buffer, concealment and in-band detection go
+            // on, but it is not brought to the bus.
+            path.bus_skipped = true;
+            self.speaker_gain = scratch.levels.speaker_gain();
+        } else {
+            let samples = path.convert_to_bus(decoded);
+            let frame = &mut path.played[..samples];
+            self.speaker_gain = apply_gain(frame, self.speaker_gain, scratch.levels.speaker_gain());
+            self.taps.on_heard(self.id, frame, &mut scratch.mixer);
+            if let Err(e) = self.sink.write(frame) {
+                tracing::warn!(call = self.id, error = %e, "audio output failed; the call goes on without it");
+            }
         }
         let js = self.jitter.stats();
         self.stats.packets_lost.store(js.lost, Ordering::Relaxed);

@@ -264,7 +264,8 @@ impl Player {
 }
 
 /// What one call adds to the plain tick: a file played in, a recorder, and its place
-/// in the conference. The session calls these three hooks and nothing else.
+/// in the conference. The session calls these three hooks and nothing else (and asks
+/// [`Taps::hears`] whether a frame it plays is used here).
 #[derive(Default)]
 pub struct Taps {
     recorder: Option<Recorder>,
@@ -307,6 +308,11 @@ impl Taps {
         if let Some(r) = self.recorder.as_mut() {
             r.add(frame);
         }
+    }
+
+    /// Whether anything here uses what `call` plays (a recorder, the conference).
+    pub fn hears(&self, call: u64, mixer: &Mixer) -> bool {
+        self.recorder.is_some() || mixer.is_member(call)
     }
 
     /// The bus frame `call` just played, after the speaker gain.

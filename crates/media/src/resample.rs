@@ -96,6 +96,16 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
 }
 
+/// `y.round().clamp(-32768.0, 32767.0) as i16`, exactly, without calling `roundf`:
+/// x86-64 without SSE4.1 has no rounding instruction, so `f32::round` is a software
+/// function call per sample. Clamping first is the same (the bounds are whole), and
+/// adding ±0.5 in `f64` is exact, so truncating gives round-half-away-from-zero.
+#[inline]
+fn round_to_i16(y: f32) -> i16 {
+    let y = f64::from(y.clamp(-32768.0, 32767.0));
+    (y + 0.5f64.copysign(y)) as i16
+}
+
 /// A stateful mono converter from one rate to another.
 #[derive(Debug, Clone)]
 pub struct Resampler {
@@ -258,7 +268,7 @@ impl Resampler {
             let branch = &self.coeffs[phase * taps..(phase + 1) * taps];
             let window = &self.history[newest + 1 - taps..=newest];
             let y = dot(branch, window);
-            output[written] = y.round().clamp(-32768.0, 32767.0) as i16;
+            output[written] = round_to_i16(y);
             written += 1;
             self.position += self.down;
         }
@@ -285,6 +295,43 @@ mod tests {
                     .round() as i16
             })
             .collect()
+    }
+
+    #[test]
+    fn rounding_matches_f32_round() {
+        let mut values: Vec<f32> = (-140_000..140_000).map(|i| i as f32 / 4.0).collect();
+        values.extend([
+            0.49999997,
+            -0.49999997,
+            0.5,
+            -0.5,
+            1.5,
+            -1.5,
+            32766.5,
+            32767.49,
+            32767.5,
+            -32768.5,
+            -32767.5,
+            1e9,
+            -1e9,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::NAN,
+        ]);
+        let mut x = 0x2545_f491_u32;
+        for _ in 0..100_000 {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            values.push(f32::from_bits(x) % 40_000.0);
+        }
+        for y in values {
+            assert_eq!(
+                round_to_i16(y),
+                y.round().clamp(-32768.0, 32767.0) as i16,
+                "{y}"
+            );
+        }
     }
 
     /// Runs `input` through `r` in `frame`-sample pieces.
