@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import queue
 import re
 import secrets
 import shutil
@@ -827,14 +826,23 @@ class Phone:
     def request(self, *argv: str, timeout: float = 10.0) -> dict:
         """One JSON request straight on the control socket (no process spawned:
         fast enough to poll STATUS every few ms). Returns the reply dict."""
+        return self.requests([list(argv)], timeout=timeout, tokens=False)[0]
+
+    def requests(self, argvs: list[list[str]], timeout: float = 10.0,
+                 tokens: bool = True) -> list[dict]:
+        """Every request at once on one control connection (JSON lines, with a
+        token `r0`, `r1`... each unless `tokens` is false; no waiting in between),
+        then one reply per request, in order."""
+        lines = [json.dumps({"argv": argv, "token": f"r{i}"} if tokens else {"argv": argv})
+                 for i, argv in enumerate(argvs)]
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         s.settimeout(timeout)
+        buf = b""
         try:
             s.connect(str(self.socket_path))
-            s.sendall(json.dumps({"argv": list(argv)}).encode() + b"\n")
-            buf = b""
+            s.sendall(("\n".join(lines) + "\n").encode())
             deadline = time.monotonic() + timeout
-            while b"\n" not in buf and time.monotonic() < deadline:
+            while buf.count(b"\n") < len(argvs) and time.monotonic() < deadline:
                 chunk = s.recv(65536)
                 if not chunk:
                     break
@@ -842,9 +850,12 @@ class Phone:
         finally:
             s.close()
         try:
-            return json.loads(buf.split(b"\n", 1)[0])
+            replies = [json.loads(ln) for ln in buf.split(b"\n")[:len(argvs)] if ln.strip()]
         except ValueError:
-            raise AssertionError(f"no JSON reply to {argv} on the socket: {buf!r}") from None
+            raise AssertionError(f"no JSON reply to {argvs} on the socket: {buf!r}") from None
+        if len(replies) != len(argvs):
+            raise AssertionError(f"{len(replies)} replies to {argvs} on the socket: {buf!r}")
+        return replies
 
     def trace_messages(self) -> list["TracedMessage"]:
         """The SIP trace (--debug) as a list of messages (see parse_trace)."""

@@ -11,10 +11,8 @@ within 15 Hz), never by "not silent".
 
 from __future__ import annotations
 
-import json
 import re
 import secrets
-import socket
 import threading
 import time
 
@@ -377,36 +375,13 @@ def test_reject_without_a_code_is_seen_by_baresip_as_486(kam, call_phone, make_b
 
 # ---------------------------------------------------------------- scripts
 
-def pipelined(ph: peers.Phone, *requests: list[str], timeout: float = 30) -> list[dict]:
-    """Sends every request at once on one control connection (JSON lines with a
-    token each, no waiting in between) and reads one reply per request."""
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(timeout)
-    lines = [json.dumps({"argv": argv, "token": f"r{i}"}) for i, argv in enumerate(requests)]
-    buf = b""
-    try:
-        s.connect(str(ph.socket_path))
-        s.sendall(("\n".join(lines) + "\n").encode())
-        deadline = time.monotonic() + timeout
-        while buf.count(b"\n") < len(requests) and time.monotonic() < deadline:
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            buf += chunk
-    finally:
-        s.close()
-    replies = [json.loads(ln) for ln in buf.decode().splitlines() if ln.strip()]
-    assert len(replies) == len(requests), (requests, buf)
-    return replies
-
-
 def test_dial_hold_hangup_back_to_back_without_sleeps(kam, call_phone, make_baresip):
     """A script writes `dial`, `hold`, `hangup` in one go: each reply comes in order
     once its change took effect, and baresip sees the INVITE, the hold re-INVITE
     (sendonly) and the BYE, in that order."""
     a = make_baresip(kam, "1002")
     ph = call_phone()
-    replies = pipelined(ph, ["dial", "1002"], ["hold"], ["hangup"])
+    replies = ph.requests([["dial", "1002"], ["hold"], ["hangup"]], timeout=30)
     assert [r.get("token") for r in replies] == ["r0", "r1", "r2"], replies
     assert all(r.get("ok") is True for r in replies), replies
     cid = replies[0]["data"]["call"]

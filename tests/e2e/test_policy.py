@@ -41,8 +41,9 @@ def test_dnd_answers_486(kam, make_phone, make_baresip):
     assert ended["code"] == 486, ended
 
 
-def test_call_waiting_off_refuses_a_second_call(kam, make_phone, make_baresip):
-    ph = phone(kam, make_phone, callWaiting=0, autoAnswer="all")
+def second_call_gets_486(kam, make_baresip):
+    """baresip 1002 calls us and is answered; then 1003 calls and must get 486 while
+    the first call goes on. Returns (1002, 1003)."""
     a = make_baresip(kam, "1002")
     c = make_baresip(kam, "1003")
     a.dial("sip:1001@127.0.0.1")
@@ -50,12 +51,19 @@ def test_call_waiting_off_refuses_a_second_call(kam, make_phone, make_baresip):
     c.dial("sip:1001@127.0.0.1")
     closed = c.wait_event("CALL_CLOSED")
     assert closed["param"].startswith("486"), closed
+    assert c.count("CALL_ESTABLISHED") == 0
     assert a.count("CALL_CLOSED") == 0  # the first call goes on
+    return a, c
+
+
+def test_call_waiting_off_refuses_a_second_call(kam, make_phone, make_baresip):
+    phone(kam, make_phone, callWaiting=0, autoAnswer="all")
+    second_call_gets_486(kam, make_baresip)
 
 
 def test_immediate_forwarding_answers_302(kam, make_phone, make_baresip):
     ph = phone(kam, make_phone, forwarding="all", forwardingNumber="1003", forwardingDelay=0)
-    c = make_baresip(kam, "1003")
+    make_baresip(kam, "1003")  # where the call is forwarded
     a = make_baresip(kam, "1002")
     a.dial("sip:1001@127.0.0.1")
     # baresip follows the 302 to 1003 (or reports it); either way we sent the 302.
@@ -185,17 +193,9 @@ def test_deny_incoming_remotedomain(kam, make_phone, make_sipp, make_baresip):
 
 def test_max_concurrent_calls_refuses_the_second_486(kam, make_phone, make_baresip):
     ph = phone(kam, make_phone, maxConcurrentCalls=1, autoAnswer="all")
-    a = make_baresip(kam, "1002")
-    c = make_baresip(kam, "1003")
-    a.dial("sip:1001@127.0.0.1")
-    a.wait_event("CALL_ESTABLISHED")
-    c.dial("sip:1001@127.0.0.1")
-    closed = c.wait_event("CALL_CLOSED")
-    assert closed["param"].startswith("486"), closed
-    assert c.count("CALL_ESTABLISHED") == 0
+    a, _ = second_call_gets_486(kam, make_baresip)
     busy = first_sent(ph, "486 sent", code=486)
     assert "Active calls limit" in (busy.header("reason") or ""), busy.text
-    assert a.count("CALL_CLOSED") == 0  # the first call goes on
     ph.cmd("hangup")
     a.wait_event("CALL_CLOSED")
 
