@@ -11,6 +11,8 @@ what it decodes (its `plc` module loaded for the mono codecs, jitter buffer 1-20
 recording is aligned to the speech and scored with PESQ (ITU-T P.862, PyPI
 `pesq`; tests/e2e/audio.pesq_score): narrowband for G.711, wideband for G.722 and
 Opus. The same two calls without impairment give the clean scores.
+The sender's Opus carries in-band FEC (BENCH_OPUS_FEC=0 turns it off), the same
+stream for both receivers.
 
 Run: MICROSIP_BIN=target/release/microsip python3 bench/pesq_loss.py
 (BENCH_CODECS: PCMU,G722,opus by default (names of tests/e2e/test_codecs.CASES);
@@ -46,6 +48,7 @@ if "MICROSIP_BIN" not in os.environ:
 CODECS = os.environ.get("BENCH_CODECS", "PCMU,G722,opus").split(",")
 LOSS = float(os.environ.get("BENCH_LOSS", "0.05"))
 JITTER_MS = float(os.environ.get("BENCH_JITTER_MS", "30"))
+OPUS_FEC = os.environ.get("BENCH_OPUS_FEC", "1") == "1"
 LEAD_SECONDS, TAIL_SECONDS = 1.0, 60.0
 
 
@@ -56,6 +59,16 @@ def padded(x: np.ndarray, rate: int) -> np.ndarray:
 
 def call_seconds(ref: np.ndarray, rate: int) -> float:
     return LEAD_SECONDS + len(ref) / rate + 2.0
+
+
+def start_sender(work: Path, user: str, case: CodecCase, source: Path) -> Baresip:
+    """The caller that plays the speech: the same for both receivers. With
+    BENCH_OPUS_FEC=1 (the default) its Opus encoder adds in-band FEC for 5 % loss
+    (`opus_inbandfec`, `opus_packet_loss`), which a receiver may use or ignore."""
+    fec = "opus_inbandfec\tyes\nopus_packet_loss\t5\n" if OPUS_FEC else ""
+    return Baresip(work, user, "x", register=False, outbound=False, source=source,
+                   codecs=case.baresip, modules=("g711", "g722", "opus"),
+                   sip_trace=False, extra_config=fec).start(wait_registered=False)
 
 
 def to_microsip(work: Path, case: CodecCase, source: Path, ref: np.ndarray,
@@ -70,9 +83,7 @@ def to_microsip(work: Path, case: CodecCase, source: Path, ref: np.ndarray,
     relay = LossRelay(port, loss=LOSS if impaired else 0.0,
                       jitter_ms=JITTER_MS if impaired else 0.0,
                       base_ms=40.0 if impaired else 0.0).start()
-    sender = Baresip(work, "2001", "x", register=False, outbound=False, source=source,
-                     codecs=case.baresip, modules=("g711", "g722", "opus"),
-                     sip_trace=False).start(wait_registered=False)
+    sender = start_sender(work, "2001", case, source)
     sender.dial(f"sip:1001@{LOOPBACK}:{relay.sip_port}")
     rate = pesq_rate(case)
     time.sleep(call_seconds(ref, rate))
@@ -102,9 +113,7 @@ def to_baresip(work: Path, case: CodecCase, source: Path, ref: np.ndarray,
     relay = LossRelay(receiver.sip_port, loss=LOSS if impaired else 0.0,
                       jitter_ms=JITTER_MS if impaired else 0.0,
                       base_ms=40.0 if impaired else 0.0).start()
-    sender = Baresip(work, "2002", "x", register=False, outbound=False, source=source,
-                     codecs=case.baresip, modules=("g711", "g722", "opus"),
-                     sip_trace=False).start(wait_registered=False)
+    sender = start_sender(work, "2002", case, source)
     sender.dial(f"sip:1003@{LOOPBACK}:{relay.sip_port}")
     rate = pesq_rate(case)
     time.sleep(call_seconds(ref, rate))
@@ -120,7 +129,8 @@ def to_baresip(work: Path, case: CodecCase, source: Path, ref: np.ndarray,
 
 
 def main() -> None:
-    print(f"binary: {os.environ.get('MICROSIP_BIN')}; impairment {LOSS:.0%} loss, "
+    print(f"binary: {os.environ.get('MICROSIP_BIN')}; sender's Opus in-band FEC "
+          f"{'on' if OPUS_FEC else 'off'}; impairment {LOSS:.0%} loss, "
           f"+-{JITTER_MS:.0f} ms jitter")
     with tempfile.TemporaryDirectory(prefix="bench-pesq-") as tmp:
         work = Path(tmp)
