@@ -22,7 +22,6 @@ events, Kamailio's log and SIPp's logs are printed with the failure.
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -128,11 +127,7 @@ def make_baresip(tmp_path):
 
 @pytest.fixture
 def rtp_tap():
-    ok, why = rtp.RtpTap.available()
-    if not ok:
-        if os.environ.get("E2E_NO_CAPTURE") == "1":
-            pytest.skip(why)
-        pytest.fail(f"{why} (set E2E_NO_CAPTURE=1 to skip the tests that watch RTP)")
+    rtp.require_capture("RTP")
     tap = rtp.RtpTap().start()
     peers.LIVE.append(tap)
     return tap

@@ -17,6 +17,7 @@ Also: `sdp_audio_port(text)`, the m=audio port of the SDP in a SIP message;
 
 from __future__ import annotations
 
+import os
 import re
 import socket
 import struct
@@ -227,3 +228,15 @@ def sdp_direction(text: str) -> str:
     sendrecv when none is written."""
     m = re.search(r"(?m)^a=(sendrecv|sendonly|recvonly|inactive)\s*$", text)
     return m.group(1) if m else "sendrecv"
+
+
+def require_capture(what: str) -> None:
+    """In a test that watches `what` on the wire: skip it when capturing is not
+    allowed here and E2E_NO_CAPTURE=1 says so, else fail it with the reason."""
+    import pytest
+
+    ok, why = RtpTap.available()
+    if not ok:
+        if os.environ.get("E2E_NO_CAPTURE") == "1":
+            pytest.skip(why)
+        pytest.fail(f"{why} (set E2E_NO_CAPTURE=1 to skip the tests that watch {what})")

@@ -8,7 +8,6 @@ The phone is started with `--ini INI --profile P --debug TRACE --headless`
 
 from __future__ import annotations
 
-import os
 import re
 import socket
 import struct
@@ -275,11 +274,7 @@ class WireTap:
 
 @pytest.fixture
 def wire():
-    ok, why = rtp.RtpTap.available()
-    if not ok:
-        if os.environ.get("E2E_NO_CAPTURE") == "1":
-            pytest.skip(why)
-        pytest.fail(f"{why} (set E2E_NO_CAPTURE=1 to skip the tests that watch the wire)")
+    rtp.require_capture("the wire")
     tap = WireTap()
     LIVE.append(tap)
     return tap
