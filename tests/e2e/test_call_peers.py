@@ -191,6 +191,9 @@ def test_sipp_answering_uas(make_sipp, caller):
     sipp = make_sipp("uas_answer.xml", timeout_s=60)
     caller.dial(f"sip:svc@{sipp.address}")
     caller.wait_event("CALL_ESTABLISHED")
+    # Kamailio's UDP workers may pass an ACK and a BYE sent a moment apart in
+    # either order, and the scenario wants the ACK first: hang up once it arrived.
+    peers.wait_until(lambda: sipp.received("ACK"), 10, 0.05, "SIPp to get the ACK")
     caller.hangup()
     caller.wait_event("CALL_CLOSED")
     assert sipp.wait(60) == 0
