@@ -85,7 +85,7 @@ def start_microsip(work: Path, kam: Kamailio, tag: str):
 def start_baresip(work: Path, kam: Kamailio, tag: str):
     conf = work / f"baresip-{tag}"
     conf.mkdir(exist_ok=True)
-    sip_port = free_port("sip")
+    sip_port = free_port("sip", span=2)  # baresip: TLS on the next port
     (conf / "config").write_text(
         "poll_method epoll\nsip_listen 127.0.0.1:%d\nmodule_path /usr/lib/baresip/modules\n"
         "module g711.so\nmodule account.so\nmodule_app account.so\n"

@@ -123,31 +123,41 @@ def _group_alive(pgid: int) -> bool:
 _handed_out: set[int] = set()
 
 
-def free_port(kind: str = "sip") -> int:
+def free_port(kind: str = "sip", span: int = 1) -> int:
     """A port on 127.0.0.1 free right now.
 
     kind "sip" (default): free for both UDP and TCP. "udp" / "tcp": just that.
+    span N: the N-1 ports after it are free for TCP too and are kept back as well
+    (baresip listens for TLS on its SIP port + 1).
     Ports already handed out in this session are not given twice.
     """
     if kind not in ("sip", "udp", "tcp"):
         raise ValueError(kind)
+
+    def tcp_free(port: int) -> bool:
+        probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            probe.bind((LOOPBACK, port))
+            return True
+        except OSError:
+            return False
+        finally:
+            probe.close()
+
     for _ in range(200):
         first = socket.socket(socket.AF_INET,
                               socket.SOCK_STREAM if kind == "tcp" else socket.SOCK_DGRAM)
         try:
             first.bind((LOOPBACK, 0))
             port = first.getsockname()[1]
-            if port in _handed_out:
+            ports = range(port, port + span)
+            if port + span > 65536 or any(p in _handed_out for p in ports):
                 continue
-            if kind == "sip":
-                other = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-                try:
-                    other.bind((LOOPBACK, port))
-                except OSError:
-                    continue
-                finally:
-                    other.close()
-            _handed_out.add(port)
+            if kind == "sip" and not tcp_free(port):
+                continue
+            if not all(tcp_free(p) for p in ports[1:]):
+                continue
+            _handed_out.update(ports)
             return port
         finally:
             first.close()
@@ -1151,7 +1161,7 @@ class Baresip:
             raise ValueError("registrar_port or kamailio is required")
         self.user, self.password = user, password
         self.answermode, self.codecs = answermode, codecs
-        self.sip_port = sip_port or free_port("sip")
+        self.sip_port = sip_port or free_port("sip", span=2)  # TLS on the next one
         self.ctrl_port = free_port("tcp")
         self.name = name or f"bs{user}"
         self.workdir = Path(workdir) / f"baresip-{user}-{self.sip_port}"
