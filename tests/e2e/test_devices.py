@@ -162,14 +162,27 @@ def test_setdevice_mid_call_switches_without_dropping_the_call(kam, make_phone, 
         f"audioInputDevice=tone:{TONE_SWITCHED}" in text, text
 
 
-def test_ring_tone_plays_on_the_ring_device_while_a_call_rings(kam, make_phone, make_baresip,
-                                                               pulse):
-    ring = pulse.record("spk2.monitor", RATE)
-    ph = pulse_phone(make_phone, pulse, kam, audioRingDevice="pulse:spk2",
+def ringing_call(kam, make_phone, make_baresip, pulse, ring_device: str):
+    """A phone ringing on `ring_device` (no other audio) for a call from baresip
+    1002, not answered. Returns (phone, baresip, call id)."""
+    ph = pulse_phone(make_phone, pulse, kam, audioRingDevice=ring_device,
                      audioOutputDevice="null", audioInputDevice="null", autoAnswer="button")
     a = make_baresip(kam, "1002", tone=TONE_BARESIP)
     a.dial("sip:1001@127.0.0.1")
-    cid = wait_call(ph, "call.incoming")["call"]
+    return ph, a, wait_call(ph, "call.incoming")["call"]
+
+
+def ring_windows(samples) -> list:
+    """The 250 ms windows of `samples` holding the ring cadence's 440 + 480 Hz (each
+    window's peak is one of them)."""
+    return [w for w in audio.windows(samples, RATE)
+            if not w.silent and min(abs(w.freq - 440), abs(w.freq - 480)) < 15]
+
+
+def test_ring_tone_plays_on_the_ring_device_while_a_call_rings(kam, make_phone, make_baresip,
+                                                               pulse):
+    ring = pulse.record("spk2.monitor", RATE)
+    ph, a, cid = ringing_call(kam, make_phone, make_baresip, pulse, "pulse:spk2")
     # Two rings of the cadence (2 s on, 4 s off): 0-2 s and 6-8 s.
     time.sleep(7)
     assert ph.cmd("answer")[0] == 0
@@ -181,9 +194,8 @@ def test_ring_tone_plays_on_the_ring_device_while_a_call_rings(kam, make_phone, 
     quiet = after.stop()
     assert ph.cmd("hangup", str(cid))[0] == 0
     wait_call(ph, "call.ended", cid)
-    # The cadence: 440 + 480 Hz together (each window's peak is one of them).
     ws = [w for w in audio.windows(heard, RATE) if not w.silent]
-    rung = [w for w in ws if min(abs(w.freq - 440), abs(w.freq - 480)) < 15]
+    rung = ring_windows(heard)
     assert len(rung) * 0.25 >= 1.0, audio.describe(heard, rate=RATE)
     assert len(rung) >= 0.8 * len(ws), audio.describe(heard, rate=RATE)
     assert len(quiet) > 0 and audio.silence_fraction(quiet, rate=RATE) == 1.0, \
@@ -194,11 +206,7 @@ def test_setdevice_ring_moves_the_ring_tone_while_a_call_rings(kam, make_phone, 
                                                                pulse):
     on_spk = pulse.record("spk.monitor", RATE)
     on_spk2 = pulse.record("spk2.monitor", RATE)
-    ph = pulse_phone(make_phone, pulse, kam, audioRingDevice="pulse:spk",
-                     audioOutputDevice="null", audioInputDevice="null", autoAnswer="button")
-    a = make_baresip(kam, "1002", tone=TONE_BARESIP)
-    a.dial("sip:1001@127.0.0.1")
-    cid = wait_call(ph, "call.incoming")["call"]
+    ph, _, cid = ringing_call(kam, make_phone, make_baresip, pulse, "pulse:spk")
     # The cadence rings 0-2 s and 6-8 s: the first ring on spk; switched in the
     # pause, the second on spk2.
     time.sleep(3)
@@ -211,8 +219,7 @@ def test_setdevice_ring_moves_the_ring_tone_while_a_call_rings(kam, make_phone, 
     before, after = on_spk.stop(), on_spk2.stop()
 
     def rung_seconds(x):
-        return 0.25 * sum(1 for w in audio.windows(x, RATE)
-                          if not w.silent and min(abs(w.freq - 440), abs(w.freq - 480)) < 15)
+        return 0.25 * len(ring_windows(x))
     # One ring (2 s) on each, loosely (PulseAudio paces roughly; the first ring
     # reaches spk only ~0.75 s, the stream opening at the INVITE): spk never got
     # the second ring (that would make about 4 s), spk2 got it.
