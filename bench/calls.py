@@ -20,9 +20,14 @@ on the same machine. Prints numbers; asserts nothing (shared, noisy machines).
    streams a PCMU tone into every call; the phone plays a WAV file into every
    call (audioInputDevice=file:..., output null). Once every call is up, the
    process's utime+stime (/proc/PID/stat) is sampled over 20 s (BENCH_WINDOW)
-   and RSS before the calls and during them. The same 50 calls against
-   baresip (answermode=auto, aufile source, aubridge player).
-   Per call: CPU % of one core / calls, (RSS during - RSS idle) / calls.
+   and RSS before the calls, with half of them up and with all of them up. The
+   calls come from two SIPp runs (half each), so the second half's RSS is the
+   marginal cost of a call: the first call also faults in code (file-backed
+   text pages, shared with every process running the binary) and grows the
+   heap once, which the "all / idle" figure spreads over the calls. The same
+   50 calls against baresip (answermode=auto, aufile source, aubridge player).
+   Per call: CPU % of one core / calls; (RSS all - RSS idle) / calls; marginal
+   (RSS all - RSS half) / (calls in the second half), and its anonymous part.
 
 Run: MICROSIP_BIN=target/release/microsip python3 bench/calls.py
 (default binary: target/release/microsip, else target/debug/microsip;
@@ -81,11 +86,17 @@ def cpu_ticks(pid: int) -> int:
     return int(fields[11]) + int(fields[12])  # utime + stime (fields 14, 15)
 
 
-def rss_kb(pid: int) -> int:
+def rss_kb(pid: int, field: str = "VmRSS") -> int:
+    """A memory figure in KB from /proc/PID/status (VmRSS, RssAnon, RssFile)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1])
     return -1
+
+
+def memory(pid: int) -> tuple[int, int]:
+    """(RSS, anonymous RSS) in KB."""
+    return rss_kb(pid), rss_kb(pid, "RssAnon")
 
 
 def sipp_stats(s: Sipp) -> dict:
@@ -305,44 +316,64 @@ def bench_load(work: Path) -> None:
 
 # ---------------------------------------------------------------- 3. CPU and RSS per call
 
-def measure_process(pid: int, calls_up, label: str, idle_rss: int) -> None:
+def wait_calls(calls_up, want: int, label: str) -> int:
     deadline = time.monotonic() + 60
     up = 0
     while time.monotonic() < deadline:
         up = calls_up()
-        if up >= CONCURRENT:
+        if up >= want:
             break
         time.sleep(0.5)
-    if up < CONCURRENT:
-        print(f"   {label}: only {up} of {CONCURRENT} calls came up")
+    if up < want:
+        print(f"   {label}: only {up} of {want} calls came up")
     time.sleep(2)  # settle
+    return up
+
+
+def measure_concurrent(pid: int, calls_up, label: str, start_calls) -> None:
+    """Idle memory, the first half of the calls, memory, the second half, then CPU
+    over WINDOW and memory with all of them up."""
+    idle, idle_anon = memory(pid)
+    half = CONCURRENT // 2
+    start_calls(half)
+    up_half = wait_calls(calls_up, half, label)
+    rss_half, anon_half = memory(pid)
+    start_calls(CONCURRENT - half)
+    up = wait_calls(calls_up, CONCURRENT, label)
     t0, c0 = time.monotonic(), cpu_ticks(pid)
     time.sleep(WINDOW)
     t1, c1 = time.monotonic(), cpu_ticks(pid)
-    rss = rss_kb(pid)
+    rss, anon = memory(pid)
     cpu_pct = (c1 - c0) / CLK_TCK / (t1 - t0) * 100
     n = max(up, 1)
+    second = max(up - up_half, 1)
     print(f"   {label:9s}: {up} calls; CPU {cpu_pct:.2f} % of a core = {cpu_pct / n:.3f} % "
-          f"per call; RSS {idle_rss} KB idle -> {rss} KB = {(rss - idle_rss) / n:.1f} KB "
-          f"per call")
+          f"per call; RSS {idle} KB idle -> {rss_half} KB ({up_half} calls) -> {rss} KB; "
+          f"per call: {(rss - idle) / n:.1f} KB all/idle, marginal {(rss - rss_half) / second:.1f} KB "
+          f"(anonymous {(anon - anon_half) / second:.1f} KB; idle anon {idle_anon} KB)")
 
 
 def bench_concurrent(work: Path) -> None:
     print(f"\n3. {CONCURRENT} concurrent G.711 calls with file audio, "
           f"CPU over {WINDOW:.0f} s and RSS")
-    call_ms = int((WINDOW + 40) * 1000)
+    call_ms = int((WINDOW + 60) * 1000)
     tone_ulaw = audio.make_tone_ulaw(work / "tone.ulaw", 1000, 10).read_bytes()
     src = audio.make_tone_wav(work / "src440.wav", 440, 20)
+
+    def caller(port: int, user: str):
+        """Starts a SIPp UAC placing `n` calls to 127.0.0.1:port (one run per half)."""
+        def start(n: int) -> None:
+            Sipp(work, "uac_rtp_call.xml", calls=n, timeout_s=int(call_ms / 1000) + 60,
+                 trace=False, files={"tone.ulaw": tone_ulaw}, remote=f"127.0.0.1:{port}",
+                 extra=["-s", user, "-r", "25", "-l", str(n), "-d", str(call_ms)]).start()
+        return start
+
     # The phone.
     port = free_port("sip")
     ph = new_phone(work, None, sourcePort=port, audioInputDevice=f"file:{src}",
                    audioOutputDevice="null", maxConcurrentCalls=1000,
                    autoAnswerCalls="all")
     time.sleep(1)
-    idle = rss_kb(ph.pid)
-    uac = Sipp(work, "uac_rtp_call.xml", calls=CONCURRENT, timeout_s=int(call_ms / 1000) + 60,
-               trace=False, files={"tone.ulaw": tone_ulaw}, remote=f"127.0.0.1:{port}",
-               extra=["-s", "1001", "-r", "25", "-l", str(CONCURRENT), "-d", str(call_ms)]).start()
 
     def phone_calls_up():
         try:
@@ -350,26 +381,22 @@ def bench_concurrent(work: Path) -> None:
             return sum(1 for d in (r.get("data") or []) if d.get("state") == "active")
         except (OSError, AssertionError):
             return 0
-    measure_process(ph.pid, phone_calls_up, "microsip", idle)
-    uac.stop()
+    measure_concurrent(ph.pid, phone_calls_up, "microsip", caller(port, "1001"))
     ph.request("hangupall")
     ph.cleanup()
-    uac.cleanup()
+    for o in [o for o in peers.LIVE if isinstance(o, Sipp)]:
+        o.cleanup()
     # baresip.
     b = Baresip(work, "1002", "x", register=False, outbound=False, source=src, sip_trace=False,
                 max_calls=CONCURRENT + 10).start()
     time.sleep(1)
-    idle_b = rss_kb(b.proc.pid)
-    uac = Sipp(work, "uac_rtp_call.xml", calls=CONCURRENT, timeout_s=int(call_ms / 1000) + 60,
-               trace=False, files={"tone.ulaw": tone_ulaw}, remote=f"127.0.0.1:{b.sip_port}",
-               extra=["-s", "1002", "-r", "25", "-l", str(CONCURRENT), "-d", str(call_ms)]).start()
 
     def baresip_calls_up():
         return b.count("CALL_ESTABLISHED") - b.count("CALL_CLOSED")
-    measure_process(b.proc.pid, baresip_calls_up, "baresip", idle_b)
-    uac.stop()
+    measure_concurrent(b.proc.pid, baresip_calls_up, "baresip", caller(b.sip_port, "1002"))
     b.cleanup()
-    uac.cleanup()
+    for o in [o for o in peers.LIVE if isinstance(o, Sipp)]:
+        o.cleanup()
 
 
 def main() -> int:
