@@ -704,8 +704,10 @@ class Phone:
 
     def __init__(self, workdir: Path, profile: str | None = None,
                  ini: dict | str | bytes | None = None, extra_args: Iterable[str] = (),
-                 runtime_dir: Path | None = None):
+                 runtime_dir: Path | None = None, run_as: tuple[int, int] | None = None):
         self.bin = microsip_bin()
+        # (uid, gid) the phone and `cmd` run as (root only); None: as the test.
+        self.run_as = run_as
         self.profile = profile or ("p" + secrets.token_hex(3))
         self.workdir = Path(workdir) / f"phone-{self.profile}"
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -776,9 +778,13 @@ class Phone:
         self.commands.append(" ".join(args))
         self._out = open(self.stdout_path, "wb")
         self._errf = open(self.stderr_path, "wb")
+        if self.run_as:
+            for path in (self.runtime_dir, self.workdir, *self.workdir.rglob("*")):
+                os.chown(path, *self.run_as)
         self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=self._out,
                                      stderr=self._errf, env=self.env,
-                                     start_new_session=True, cwd=str(self.workdir))
+                                     start_new_session=True, cwd=str(self.workdir),
+                                     **self._identity())
         if wait_ready:
             self.wait_ready(timeout)
         return self
@@ -810,7 +816,7 @@ class Phone:
         self.commands.append(" ".join(args))
         try:
             r = subprocess.run(args, capture_output=True, env=self.env, timeout=timeout,
-                               stdin=subprocess.DEVNULL)
+                               stdin=subprocess.DEVNULL, **self._identity())
         except subprocess.TimeoutExpired as e:
             raise AssertionError(f"`microsip {' '.join(words)}` did not end within {timeout:.0f}s "
                                  f"(stdout {e.stdout!r}, stderr {e.stderr!r})") from None
@@ -820,6 +826,12 @@ class Phone:
             raise AssertionError(f"`microsip {' '.join(words)}` exited {r.returncode}\n"
                                  f"stdout: {out}\nstderr: {err}")
         return r.returncode, out, err
+
+    def _identity(self) -> dict:
+        """Popen's arguments to run as `run_as` (nothing when it is None)."""
+        if not self.run_as:
+            return {}
+        return {"user": self.run_as[0], "group": self.run_as[1], "extra_groups": []}
 
     def cmd_json(self, *words: str, timeout: float = 60.0) -> tuple[int, dict]:
         """`$MICROSIP_BIN --json --profile NAME WORDS...` -> (exit code, reply dict:

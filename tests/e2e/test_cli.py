@@ -6,13 +6,16 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import socket
 import stat
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 
-from peers import account, ini, wait_until
+from peers import Phone, account, ini, wait_until
 
 PASSWORD = "p;w#1005"
 
@@ -203,6 +206,33 @@ def test_socket_modes(phone):
     assert stat.S_IMODE(st.st_mode) == 0o600, oct(st.st_mode)
     dst = os.stat(phone.socket_path.parent)
     assert stat.S_IMODE(dst.st_mode) == 0o700, oct(dst.st_mode)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run the phone as another user")
+def test_socket_refuses_another_user_even_root():
+    # The phone runs as `nobody`; root is not stopped by the socket's 0600 mode, so
+    # only the phone's own peer-credential check stands between it and the phone.
+    nobody = (65534, 65534)
+    work = Path(tempfile.mkdtemp(prefix="msuid", dir="/tmp"))  # pytest's tmp is root's 0700
+    try:
+        os.chmod(work, 0o755)
+        phone = Phone(work, ini={"Settings": {"accountId": "0"}}, run_as=nobody)
+        phone.env["HOME"] = str(phone.workdir)
+        phone.start()
+        assert os.stat(phone.socket_path).st_uid == nobody[0]
+        # Root connects, is not served, and nothing changes.
+        for data in (b"STATUS\n", b'{"argv":["/exit"],"token":"t"}\n'):
+            assert sock_exchange(phone.socket_path, data) == b""
+        wait_until(lambda: "refused control connection from uid 0" in phone.stderr_text(),
+                   10, 0.05, "the refusal in the phone's log")
+        assert phone.running()
+        # Its own user is served.
+        rc, out, err = phone.cmd("STATUS")
+        assert (rc, out.strip()) == (0, "0"), err
+        phone.stop()
+        assert phone.returncode == 0
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 # ---------------------------------------------------------------- start options to a running phone
