@@ -329,6 +329,16 @@ def test_rport_setting_decides_the_via_rport(kamailio, make_phone, wire, rport):
     answers = [via(p[4]) for p in wire.select("udp", src=kamailio.port, dst=regs[0][2],
                                              pred=lambda d: d.startswith(b"SIP/2.0 "))]
     assert len(sent) >= 2 and len(answers) >= 2, wire.diagnostics()  # 401, then 200
+    # Requests outside the registration follow the same setting: a call and a
+    # MESSAGE to a user Kamailio does not know (404 each).
+    events = phone.events()
+    cid = int(phone.cmd("dial", "1009")[1].strip())
+    events.wait_for("call.ended", lambda e: e.get("call") == cid, 30)
+    assert phone.cmd("message", "1009", "hello", check=False)[0] == 1
+    others = wire.select("udp", src=regs[0][2], dst=kamailio.port,
+                         pred=lambda d: d.startswith((b"INVITE ", b"MESSAGE ")))
+    assert {d[4].split(b" ")[0] for d in others} == {b"INVITE", b"MESSAGE"}, wire.diagnostics()
+    sent += [via(p[4]) for p in others]
     if rport:
         assert all(re.search(r";\s*rport(;|$)", v) for v in sent), sent
         # Kamailio answered with the port it saw (RFC 3581).

@@ -274,6 +274,7 @@ fn stack_config(config: &Config, trace: Option<PathBuf>) -> StackConfig {
         user_agent: config.settings.user_agent.clone(),
         callid_domain: "microsip-rs".into(),
         trace,
+        rport: config.settings.rport,
     }
 }
 

@@ -8,11 +8,14 @@ use std::sync::Arc;
 
 use rsipstack::dialog::dialog_layer::DialogLayer;
 use rsipstack::sip::prelude::HeadersExt;
+use rsipstack::sip::prelude::ToTypedHeader;
 use rsipstack::sip::{Header, Method, StatusCode};
-use rsipstack::transaction::endpoint::{EndpointInner, EndpointOption};
+use rsipstack::sip::{Param, SipMessage};
+use rsipstack::transaction::endpoint::{EndpointInner, EndpointOption, MessageInspector};
 use rsipstack::transaction::{Endpoint, EndpointBuilder, TransactionReceiver};
 use rsipstack::transport::tcp_listener::TcpListenerConnection;
 use rsipstack::transport::udp::UdpConnection;
+use rsipstack::transport::SipAddr;
 use rsipstack::transport::SipConnection;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -21,7 +24,7 @@ use tracing::{debug, info, warn};
 use crate::call::{CallSignal, Calls};
 use crate::message::IncomingMessage;
 use crate::subscription::{route_notify, NotifyRoutes};
-use crate::trace::{SipTrace, TraceInspector};
+use crate::trace::SipTrace;
 use crate::SipError;
 
 /// The methods we answer; sent in `Allow`.
@@ -42,6 +45,9 @@ pub struct StackConfig {
     pub callid_domain: String,
     /// Where to write the SIP trace, if anywhere.
     pub trace: Option<PathBuf>,
+    /// `[Settings] rport`: RFC 3581 `;rport` in the Via of the requests we send;
+    /// false leaves it out (MicroSIP's `rport=0`, pjsip's `disable_rport`).
+    pub rport: bool,
 }
 
 /// What the SIP layer hands the engine: call signals and received messages.
@@ -82,8 +88,11 @@ impl SipStack {
                 callid_suffix: Some(config.callid_domain.clone()),
                 ..Default::default()
             });
-        if let Some(trace) = &trace {
-            builder.with_inspector(Box::new(TraceInspector(trace.clone())));
+        if trace.is_some() || !config.rport {
+            builder.with_inspector(Box::new(Inspector {
+                trace: trace.clone(),
+                rport: config.rport,
+            }));
         }
         let endpoint = builder.build();
 
@@ -184,6 +193,48 @@ impl SipStack {
     /// Stops every listener and timer. Unregister first: this sends nothing.
     pub fn shutdown(&self) {
         self.cancel.cancel();
+    }
+}
+
+/// Sees every message the stack sends or receives: takes `;rport` out of the Via
+/// of our requests when the ini says `rport=0`, and feeds the SIP trace.
+struct Inspector {
+    trace: Option<Arc<SipTrace>>,
+    rport: bool,
+}
+
+impl MessageInspector for Inspector {
+    fn before_send(&self, mut msg: SipMessage, dest: Option<&SipAddr>) -> SipMessage {
+        if !self.rport {
+            if let SipMessage::Request(req) = &mut msg {
+                without_rport(&mut req.headers);
+            }
+        }
+        if let Some(trace) = &self.trace {
+            trace.sent(&msg, dest);
+        }
+        msg
+    }
+
+    fn after_received(&self, msg: SipMessage, from: Option<&SipAddr>) -> SipMessage {
+        if let Some(trace) = &self.trace {
+            trace.received(&msg, from);
+        }
+        msg
+    }
+}
+
+/// Drops the `rport` parameter from the top Via (ours, on a request we send).
+fn without_rport(headers: &mut rsipstack::sip::Headers) {
+    let Some(Header::Via(via)) = headers.iter_mut().find(|h| matches!(h, Header::Via(_))) else {
+        return;
+    };
+    let Ok(mut typed) = via.typed() else {
+        return;
+    };
+    if typed.params.iter().any(|p| matches!(p, Param::Rport(_))) {
+        typed.params.retain(|p| !matches!(p, Param::Rport(_)));
+        *via = typed.into();
     }
 }
 

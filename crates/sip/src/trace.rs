@@ -9,7 +9,6 @@ use std::sync::Mutex;
 
 use rsipstack::sip::prelude::{HeadersExt, ToTypedHeader};
 use rsipstack::sip::{Param, SipMessage};
-use rsipstack::transaction::endpoint::MessageInspector;
 use rsipstack::transport::SipAddr;
 
 /// Appends trace records to one file; shared by every transport.
@@ -96,28 +95,24 @@ impl Direction {
     }
 }
 
-/// Feeds the stack's send/receive hooks into a [`SipTrace`].
-pub(crate) struct TraceInspector(pub std::sync::Arc<SipTrace>);
-
-impl MessageInspector for TraceInspector {
-    fn before_send(&self, msg: SipMessage, dest: Option<&SipAddr>) -> SipMessage {
+impl SipTrace {
+    /// Records a message the stack is about to send to `dest` (`None` for a response:
+    /// its Via says where it goes).
+    pub(crate) fn sent(&self, msg: &SipMessage, dest: Option<&SipAddr>) {
         let (transport, remote) = match dest {
             Some(addr) => (transport_word(addr), addr.addr.to_string()),
-            None => response_destination(&msg),
+            None => response_destination(msg),
         };
-        self.0
-            .record(Direction::Sent, &transport, &remote, &msg.to_string());
-        msg
+        self.record(Direction::Sent, &transport, &remote, &msg.to_string());
     }
 
-    fn after_received(&self, msg: SipMessage, from: Option<&SipAddr>) -> SipMessage {
+    /// Records a message the stack received from `from`.
+    pub(crate) fn received(&self, msg: &SipMessage, from: Option<&SipAddr>) {
         let (transport, remote) = match from {
             Some(addr) => (transport_word(addr), addr.addr.to_string()),
             None => ("?".to_string(), "?".to_string()),
         };
-        self.0
-            .record(Direction::Received, &transport, &remote, &msg.to_string());
-        msg
+        self.record(Direction::Received, &transport, &remote, &msg.to_string());
     }
 }
 
