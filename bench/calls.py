@@ -317,13 +317,17 @@ def bench_load(work: Path) -> None:
 # ---------------------------------------------------------------- 3. CPU and RSS per call
 
 def wait_calls(calls_up, want: int, label: str) -> int:
+    # Asked once the calls should be up (SIPp places 25 a second), then every
+    # second: a question to the process while its calls come up costs it memory
+    # of its own (the reply's buffers between the calls' allocations).
+    time.sleep(want / 25 + 2)
     deadline = time.monotonic() + 60
     up = 0
     while time.monotonic() < deadline:
         up = calls_up()
         if up >= want:
             break
-        time.sleep(0.5)
+        time.sleep(1)
     if up < want:
         print(f"   {label}: only {up} of {want} calls came up")
     time.sleep(2)  # settle

@@ -24,6 +24,10 @@ sys.path.insert(0, str(ROOT / "tests" / "e2e"))
 from peers import Kamailio, free_port  # noqa: E402
 
 BIN = os.environ.get("MICROSIP_BIN", str(ROOT / "target" / "release" / "microsip"))
+# The small static build (scripts/build-small.sh), measured too when it is there.
+SMALL_BIN = os.environ.get(
+    "MICROSIP_SMALL_BIN",
+    str(ROOT / "target" / "x86_64-unknown-linux-musl" / "release" / "microsip"))
 RTT = str(ROOT / "target" / "release" / "examples" / "socket_rtt")
 RUNS = int(os.environ.get("BENCH_RUNS", "5"))
 
@@ -65,13 +69,13 @@ def registered(kam: Kamailio, aor: str) -> bool:
     return "Contact" in out or "Address" in out
 
 
-def start_microsip(work: Path, kam: Kamailio, tag: str):
+def start_microsip(work: Path, kam: Kamailio, tag: str, binary: str = BIN):
     ini = work / f"{tag}.ini"
     ini.write_text(f"[Settings]\naccountId=1\n[Account1]\nserver=127.0.0.1:{kam.port}\n"
                    f"domain=127.0.0.1\nusername=1001\npassword=p;w#1005\n")
     env = dict(os.environ, XDG_RUNTIME_DIR=str(work), XDG_CONFIG_HOME=str(work))
     t0 = time.perf_counter()
-    proc = subprocess.Popen([BIN, "--ini", str(ini), "--profile", tag, "--headless"], env=env,
+    proc = subprocess.Popen([binary, "--ini", str(ini), "--profile", tag, "--headless"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     # Seen the way baresip's is: the contact in Kamailio's location table.
     for _ in range(2000):
@@ -140,6 +144,17 @@ def main() -> None:
                   f"baresip {theirs_m[key] / 1024:.2f} MB; "
                   f"ratio {ours_m[key] / max(theirs_m[key], 1):.2f}")
         kill(bproc)
+        if Path(SMALL_BIN).exists():
+            sproc, _env, _ = start_microsip(work, kam, "small", SMALL_BIN)
+            time.sleep(5)
+            small = memory_kb(sproc.pid)
+            print(f"idle RSS, one registered account, small static build ({SMALL_BIN}): "
+                  f"{small['rss'] / 1024:.2f} MB (pss {small['pss'] / 1024:.2f}, "
+                  f"anon {small['anon'] / 1024:.2f}); ratio to baresip "
+                  f"{small['rss'] / theirs_kb:.2f}")
+            kill(sproc)
+        else:
+            print(f"no small build at {SMALL_BIN} (scripts/build-small.sh): not measured")
 
         # socket round trip
         sock = work / "microsip" / "idle.sock"

@@ -8,6 +8,7 @@ command -v hyperfine >/dev/null 2>&1 || {
   $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends hyperfine
 }
 cargo build --release -p microsip -p microsip-control --examples --bins
+scripts/build-small.sh  # the small static build, measured next to the default one
 python3 bench/registration_control.py
 python3 bench/calls.py
 python3 bench/integrations.py

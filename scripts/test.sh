@@ -55,6 +55,21 @@ nice -n 15 cargo test --workspace
 step "cargo build -p microsip"
 nice -n 15 cargo build -p microsip
 
+step "the small static build (scripts/build-small.sh --debug)"
+small_bin=""
+if small_bin=$(nice -n 15 scripts/build-small.sh --debug); then
+  :
+elif ! rustup target list --installed | grep -qx x86_64-unknown-linux-musl; then
+  # No way to fetch the musl target here: the small build cannot be tested, and
+  # says so; every other test still runs.
+  echo "WARNING: the Rust target x86_64-unknown-linux-musl cannot be installed;" \
+       "the small build's tests are SKIPPED" >&2
+  small_bin=""
+else
+  echo "the small build failed" >&2
+  exit 1
+fi
+
 step "harness tests (tests/e2e, peers only)"
 harness_rc=0
 wait "$harness_pid" || harness_rc=$?
@@ -70,3 +85,18 @@ export MICROSIP_BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug/microsip"
 ignore=()
 for f in "${HARNESS[@]}"; do ignore+=(--ignore "$f"); done
 "${PYTEST[@]}" -x "${ignore[@]}" tests/e2e
+
+if [ -n "$small_bin" ]; then
+  step "end-to-end tests of the small static build ($small_bin)"
+  # Registration through digest auth, calls with audio both ways, every codec
+  # (libopus is linked in statically), the socket's permissions and peer check.
+  MICROSIP_BIN="$small_bin" "${PYTEST[@]}" -x \
+    tests/e2e/test_registration.py::test_registers_through_the_401_challenge \
+    tests/e2e/test_registration.py::test_sha256_digest_registers \
+    tests/e2e/test_registration.py::test_exit_unregisters_and_ends \
+    tests/e2e/test_calls.py::test_we_call_baresip_and_it_hears_our_tone \
+    tests/e2e/test_calls.py::test_baresip_calls_us_we_answer_and_hear_its_tone \
+    tests/e2e/test_codecs.py::test_tone_crosses_each_codec \
+    tests/e2e/test_cli.py::test_socket_modes \
+    tests/e2e/test_cli.py::test_socket_refuses_another_user_even_root
+fi

@@ -5,7 +5,7 @@
 //! and writes the session-timer headers (RFC 4028); the timers themselves and who
 //! refreshes are the engine's.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -18,7 +18,7 @@ use rsipstack::dialog::invitation::InviteOption;
 use rsipstack::dialog::invite_dialog::InviteDialog;
 use rsipstack::sip::prelude::{HeadersExt, ToTypedHeader};
 use rsipstack::sip::{Header, Method, Request, StatusCode, Transport, Uri};
-use rsipstack::sip::{Param, Response, SipMessage};
+use rsipstack::sip::{Param, Response};
 use rsipstack::transaction::endpoint::EndpointInner;
 use rsipstack::transaction::transaction::{Transaction, TransactionEvent, TransactionEventSender};
 use rsipstack::transport::SipAddr;
@@ -281,8 +281,6 @@ struct Leg {
     /// We ended it (BYE/CANCEL/reject sent by us).
     local_end: Arc<AtomicBool>,
     confirmed: Arc<AtomicBool>,
-    /// For incoming calls: the Reason header of the caller's CANCEL, if any.
-    cancel_reason: Arc<Mutex<Option<String>>>,
 }
 
 #[derive(Clone)]
@@ -301,6 +299,8 @@ pub struct Calls {
     signals: mpsc::UnboundedSender<CallSignal>,
     udp_local: SipAddr,
     tcp_local: Option<SipAddr>,
+    /// The Reason headers of the CANCELs received (the stack's inspector fills it).
+    cancel_reasons: CancelReasons,
 }
 
 impl Calls {
@@ -309,6 +309,7 @@ impl Calls {
         signals: mpsc::UnboundedSender<CallSignal>,
         udp_local: SipAddr,
         tcp_local: Option<SipAddr>,
+        cancel_reasons: CancelReasons,
     ) -> Calls {
         Calls {
             layer,
@@ -317,6 +318,7 @@ impl Calls {
             signals,
             udp_local,
             tcp_local,
+            cancel_reasons,
         }
     }
 
@@ -456,7 +458,6 @@ impl Calls {
                     server: None,
                     local_end: local_end.clone(),
                     confirmed: confirmed.clone(),
-                    cancel_reason: Arc::default(),
                 },
             );
         }
@@ -518,8 +519,6 @@ impl Calls {
             endpoint: tx.endpoint_inner.clone(),
         };
         let id = self.allocate();
-        let cancel_reason = Arc::new(Mutex::new(None));
-        tap_cancel_reason(&mut tx, cancel_reason.clone());
         if let Ok(mut legs) = self.legs.lock() {
             legs.insert(
                 id,
@@ -529,7 +528,6 @@ impl Calls {
                     server: Some(server),
                     local_end: Arc::new(AtomicBool::new(false)),
                     confirmed: Arc::new(AtomicBool::new(false)),
-                    cancel_reason,
                 },
             );
         }
@@ -797,7 +795,7 @@ impl Calls {
         let leg = self.legs.lock().ok().and_then(|mut l| l.remove(&id));
         if let Some(leg) = leg {
             self.layer.remove_dialog(&leg.dialog.id());
-            let cancel_reason = leg.cancel_reason.lock().ok().and_then(|r| r.clone());
+            let cancel_reason = self.cancel_reasons.take(&leg.dialog.id().call_id);
             let elsewhere = code == 487
                 && by == EndedBy::Remote
                 && cancel_reason.as_deref().is_some_and(completed_elsewhere);
@@ -909,37 +907,43 @@ impl Calls {
     }
 }
 
+/// How many CANCEL reasons are kept for calls that have not ended yet (a CANCEL
+/// for no call of ours is forgotten once this many came after it).
+const CANCEL_REASONS_KEPT: usize = 64;
+
 /// The stack answers a CANCEL inside the INVITE's transaction and reports only
-/// "cancelled": this reads the CANCEL's Reason header (RFC 3326) on its way from
-/// the transaction layer to the transaction, into `slot`.
-fn tap_cancel_reason(tx: &mut Transaction, slot: Arc<Mutex<Option<String>>>) {
-    let (to_tx, from_tap) = mpsc::unbounded_channel();
-    let mut from_stack = std::mem::replace(&mut tx.tu_receiver, from_tap);
-    tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                event = from_stack.recv() => {
-                    let Some(event) = event else { return };
-                    if let TransactionEvent::Received(SipMessage::Request(req), _) = &event {
-                        if req.method == Method::Cancel {
-                            let reason = req.headers.iter().find_map(|h| match h {
-                                Header::Reason(r) => Some(r.value().to_string()),
-                                _ => None,
-                            });
-                            if let (Some(reason), Ok(mut slot)) = (reason, slot.lock()) {
-                                *slot = Some(reason);
-                            }
-                        }
-                    }
-                    if to_tx.send(event).is_err() {
-                        return;
-                    }
-                }
-                // The transaction is gone.
-                _ = to_tx.closed() => return,
-            }
+/// "cancelled": the stack's inspector puts each CANCEL's Reason header (RFC 3326)
+/// here by Call-ID, and the call takes it when it ends. Shared, bounded.
+#[derive(Clone, Default)]
+pub(crate) struct CancelReasons(Arc<Mutex<VecDeque<(String, String)>>>);
+
+impl CancelReasons {
+    /// Notes the Reason of a CANCEL received (nothing when it has none).
+    pub(crate) fn record(&self, req: &Request) {
+        if req.method != Method::Cancel {
+            return;
         }
-    });
+        let reason = req.headers.iter().find_map(|h| match h {
+            Header::Reason(r) => Some(r.value().to_string()),
+            _ => None,
+        });
+        let (Some(reason), Ok(call_id)) = (reason, req.call_id_header()) else {
+            return;
+        };
+        if let Ok(mut kept) = self.0.lock() {
+            if kept.len() >= CANCEL_REASONS_KEPT {
+                kept.pop_front();
+            }
+            kept.push_back((call_id.value().to_string(), reason));
+        }
+    }
+
+    /// The Reason of the CANCEL received for `call_id`, forgotten here.
+    fn take(&self, call_id: &str) -> Option<String> {
+        let mut kept = self.0.lock().ok()?;
+        let at = kept.iter().rposition(|(id, _)| id == call_id)?;
+        kept.remove(at).map(|(_, reason)| reason)
+    }
 }
 
 /// `SIP;cause=200;text="Call completed elsewhere"` (RFC 3326; one of several
@@ -1147,6 +1151,33 @@ mod tests {
             split_name_addr(hostile).0.as_deref(),
             Some("; rm -rf ~ $(id)")
         );
+    }
+
+    fn cancel(call_id: &str, reason: Option<&str>) -> Request {
+        let reason = reason
+            .map(|r| format!("Reason: {r}\r\n"))
+            .unwrap_or_default();
+        let text = format!(
+            "CANCEL sip:1001@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK1\r\n\
+             From: <sip:a@127.0.0.1>;tag=1\r\nTo: <sip:1001@127.0.0.1>\r\nCall-ID: {call_id}\r\n\
+             CSeq: 1 CANCEL\r\n{reason}Content-Length: 0\r\n\r\n"
+        );
+        Request::try_from(text.as_str()).expect("test CANCEL parses")
+    }
+
+    #[test]
+    fn cancel_reasons_are_taken_once_by_call_id_and_bounded() {
+        let kept = CancelReasons::default();
+        kept.record(&cancel("a@h", Some("SIP;cause=200")));
+        kept.record(&cancel("b@h", None));
+        assert_eq!(kept.take("b@h"), None);
+        assert_eq!(kept.take("a@h").as_deref(), Some("SIP;cause=200"));
+        assert_eq!(kept.take("a@h"), None);
+        for i in 0..CANCEL_REASONS_KEPT + 1 {
+            kept.record(&cancel(&format!("{i}@h"), Some("SIP;cause=200")));
+        }
+        assert_eq!(kept.take("0@h"), None, "the oldest is forgotten");
+        assert!(kept.take(&format!("{CANCEL_REASONS_KEPT}@h")).is_some());
     }
 
     #[test]

@@ -21,7 +21,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::call::{CallSignal, Calls};
+use crate::call::{CallSignal, Calls, CancelReasons};
 use crate::message::IncomingMessage;
 use crate::subscription::{route_notify, NotifyRoutes};
 use crate::trace::SipTrace;
@@ -88,12 +88,12 @@ impl SipStack {
                 callid_suffix: Some(config.callid_domain.clone()),
                 ..Default::default()
             });
-        if trace.is_some() || !config.rport {
-            builder.with_inspector(Box::new(Inspector {
-                trace: trace.clone(),
-                rport: config.rport,
-            }));
-        }
+        let cancel_reasons = CancelReasons::default();
+        builder.with_inspector(Box::new(Inspector {
+            trace: trace.clone(),
+            rport: config.rport,
+            cancel_reasons: cancel_reasons.clone(),
+        }));
         let endpoint = builder.build();
 
         let bind = SocketAddr::new(config.bind_ip, config.port);
@@ -140,7 +140,13 @@ impl SipStack {
         });
         let (signal_tx, signal_rx) = mpsc::unbounded_channel();
         let layer = Arc::new(DialogLayer::new(endpoint.inner.clone()));
-        let calls = Calls::new(layer, signal_tx, udp.get_addr().clone(), tcp_local);
+        let calls = Calls::new(
+            layer,
+            signal_tx,
+            udp.get_addr().clone(),
+            tcp_local,
+            cancel_reasons,
+        );
         let (message_tx, message_rx) = mpsc::unbounded_channel();
         let notify_routes = NotifyRoutes::default();
         tokio::spawn(dispatch(
@@ -197,10 +203,12 @@ impl SipStack {
 }
 
 /// Sees every message the stack sends or receives: takes `;rport` out of the Via
-/// of our requests when the ini says `rport=0`, and feeds the SIP trace.
+/// of our requests when the ini says `rport=0`, notes the Reason of each CANCEL
+/// received, and feeds the SIP trace.
 struct Inspector {
     trace: Option<Arc<SipTrace>>,
     rport: bool,
+    cancel_reasons: CancelReasons,
 }
 
 impl MessageInspector for Inspector {
@@ -217,6 +225,9 @@ impl MessageInspector for Inspector {
     }
 
     fn after_received(&self, msg: SipMessage, from: Option<&SipAddr>) -> SipMessage {
+        if let SipMessage::Request(req) = &msg {
+            self.cancel_reasons.record(req);
+        }
         if let Some(trace) = &self.trace {
             trace.received(&msg, from);
         }
