@@ -577,6 +577,34 @@ def test_peer_reinvite_holds_and_resumes_us(call_phone, make_sipp, direction, ex
     assert calls_entries(ph) == []
 
 
+def test_hold_from_a_second_client_waits_for_the_re_invite_in_flight(call_phone, make_sipp):
+    # SIPp takes 1.5 s to answer the hold; a `hold off` from another client in
+    # that time waits for it, then resumes (it used to be refused "try again").
+    sipp = make_sipp("uas_slow_reinvite.xml", timeout_s=60)
+    ph = call_phone()
+    cid = dial(ph, f"sip:svc@{sipp.address}")
+    wait_call(ph, "call.confirmed", cid)
+    replies = {}
+
+    def hold(word):
+        replies[word] = ph.request("hold", str(cid), word, timeout=20)
+    first = threading.Thread(target=hold, args=("on",))
+    first.start()
+    peers.wait_until(lambda: len(sent(ph, "INVITE")) >= 2, 10, 0.02, "the hold re-INVITE")
+    t0 = time.monotonic()
+    hold("off")
+    waited = time.monotonic() - t0
+    first.join(20)
+    assert replies["on"].get("ok"), replies
+    assert replies["off"].get("ok") and "resumed" in replies["off"].get("text", ""), replies
+    assert waited >= 1.0, waited  # it waited for the slow answer to the first
+    held = wait_call(ph, "call.held", cid)
+    resumed = wait_call(ph, "call.resumed", cid)
+    assert held["seq"] < resumed["seq"]
+    assert sipp.wait() == 0  # re-INVITEs in order: sendonly, then sendrecv
+    wait_call(ph, "call.ended", cid)
+
+
 def test_forked_200s_are_both_acked_and_the_second_is_ended(call_phone, make_sipp):
     sipp = make_sipp("uas_forked_200.xml", timeout_s=90)
     ph = call_phone()

@@ -1168,9 +1168,16 @@ impl Engine {
         let Some((id, reply)) = self.confirmed_call(id, command, reply) else {
             return;
         };
-        let Some(call) = self.calls.get(&id) else {
+        let Some(call) = self.calls.get_mut(&id) else {
             return;
         };
+        if call.busy_reinvite {
+            // A re-INVITE of ours (a hold, a session refresh) is in flight: this
+            // one goes out once it is answered, toggles judged then.
+            call.deferred
+                .push((Command::Hold { call: Some(id), on }, reply, Instant::now()));
+            return;
+        }
         let want = on.unwrap_or(!call.local_hold);
         if want == call.local_hold {
             let _ = reply.send(ok(format!(
@@ -1284,6 +1291,39 @@ impl Engine {
 
     // ------------------------------------------------- background results
 
+    /// Carries out commands that waited for the call (its answer, or the end of a
+    /// re-INVITE of ours), in the order they came; one that waited too long fails.
+    fn run_deferred(&mut self, deferred: Vec<(Command, oneshot::Sender<Reply>, Instant)>) {
+        for (command, reply, since) in deferred {
+            if since.elapsed() > DEFERRED_LIMIT {
+                let _ = reply.send(fail(
+                    ErrorCode::WrongState,
+                    "the call could not take the command in time",
+                ));
+                continue;
+            }
+            match command {
+                Command::Hold { call, on } => self.hold(call, on, reply),
+                Command::Transfer { target, call } => self.transfer(&target, call, reply),
+                _ => {
+                    let _ = reply.send(fail(ErrorCode::Internal, "unexpected deferred command"));
+                }
+            }
+        }
+    }
+
+    /// The commands that waited for a re-INVITE of ours on `id` to end.
+    fn after_reinvite(&mut self, id: CallId) {
+        let deferred = match self.calls.get_mut(&id) {
+            // An ending call answers its waiting commands when it is gone.
+            Some(c) if c.confirmed && !c.busy_reinvite && c.end_reason.is_none() => {
+                std::mem::take(&mut c.deferred)
+            }
+            _ => return,
+        };
+        self.run_deferred(deferred);
+    }
+
     pub(crate) fn on_call_done(&mut self, done: CallDone) {
         match done {
             CallDone::Hold {
@@ -1353,6 +1393,7 @@ impl Engine {
                         let _ = reply.send(fail(ErrorCode::Refused, format!("call {call}: {e}")));
                     }
                 }
+                self.after_reinvite(call);
             }
             CallDone::Transfer {
                 call,
@@ -1503,23 +1544,7 @@ impl Engine {
                         warn!("call {id}: post-dial digits {digits}: {}", f.message);
                     }
                 }
-                for (command, reply, since) in deferred {
-                    if since.elapsed() > DEFERRED_LIMIT {
-                        let _ = reply.send(fail(
-                            ErrorCode::WrongState,
-                            "the call took too long to answer",
-                        ));
-                        continue;
-                    }
-                    match command {
-                        Command::Hold { call, on } => self.hold(call, on, reply),
-                        Command::Transfer { target, call } => self.transfer(&target, call, reply),
-                        _ => {
-                            let _ = reply
-                                .send(fail(ErrorCode::Internal, "unexpected deferred command"));
-                        }
-                    }
-                }
+                self.run_deferred(deferred);
             }
             SignalKind::Reoffer {
                 sdp,
@@ -1837,6 +1862,7 @@ impl Engine {
                 self.arm_session_timer(id);
             }
         }
+        self.after_reinvite(id);
     }
 
     /// The call is over: close media, publish, answer whoever waited, forget it.
