@@ -590,7 +590,9 @@ def test_hold_from_a_second_client_waits_for_the_re_invite_in_flight(call_phone,
         replies[word] = ph.request("hold", str(cid), word, timeout=20)
     first = threading.Thread(target=hold, args=("on",))
     first.start()
-    peers.wait_until(lambda: len(sent(ph, "INVITE")) >= 2, 10, 0.02, "the hold re-INVITE")
+    # The hold's re-INVITE on the wire (in the dialog, sendonly; not a resent INVITE).
+    peers.wait_until(lambda: [m for m in sent(ph, "INVITE") if m.to_tag and "a=sendonly" in m.text],
+                     10, 0.02, "the hold re-INVITE")
     t0 = time.monotonic()
     hold("off")
     waited = time.monotonic() - t0
