@@ -27,7 +27,7 @@ BIN = os.environ.get("MICROSIP_BIN", str(ROOT / "target" / "release" / "microsip
 # The small static build (scripts/build-small.sh), measured too when it is there.
 SMALL_BIN = os.environ.get(
     "MICROSIP_SMALL_BIN",
-    str(ROOT / "target" / "x86_64-unknown-linux-musl" / "release" / "microsip"))
+    str(ROOT / "target" / "x86_64-unknown-linux-musl" / "small" / "microsip"))
 RTT = str(ROOT / "target" / "release" / "examples" / "socket_rtt")
 RUNS = int(os.environ.get("BENCH_RUNS", "5"))
 
