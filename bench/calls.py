@@ -334,6 +334,26 @@ def wait_calls(calls_up, want: int, label: str) -> int:
     return up
 
 
+def cpu_percent(pid: int) -> float:
+    """The process's CPU over WINDOW seconds, in % of one core."""
+    t0, c0 = time.monotonic(), cpu_ticks(pid)
+    time.sleep(WINDOW)
+    t1, c1 = time.monotonic(), cpu_ticks(pid)
+    return (c1 - c0) / CLK_TCK / (t1 - t0) * 100
+
+
+def measure_process(pid: int, calls_up, label: str, idle_rss: int) -> None:
+    """Once CONCURRENT calls are up (started by the caller): CPU over WINDOW and RSS
+    per call against the idle RSS (bench/codec_calls.py)."""
+    up = wait_calls(calls_up, CONCURRENT, label)
+    cpu_pct = cpu_percent(pid)
+    rss = rss_kb(pid)
+    n = max(up, 1)
+    print(f"   {label:9s}: {up} calls; CPU {cpu_pct:.2f} % of a core = {cpu_pct / n:.3f} % "
+          f"per call; RSS {idle_rss} KB idle -> {rss} KB = {(rss - idle_rss) / n:.1f} KB "
+          f"per call")
+
+
 def measure_concurrent(pid: int, calls_up, label: str, start_calls) -> None:
     """Idle memory, the first half of the calls, memory, the second half, then CPU
     over WINDOW and memory with all of them up."""
@@ -344,11 +364,8 @@ def measure_concurrent(pid: int, calls_up, label: str, start_calls) -> None:
     rss_half, anon_half = memory(pid)
     start_calls(CONCURRENT - half)
     up = wait_calls(calls_up, CONCURRENT, label)
-    t0, c0 = time.monotonic(), cpu_ticks(pid)
-    time.sleep(WINDOW)
-    t1, c1 = time.monotonic(), cpu_ticks(pid)
+    cpu_pct = cpu_percent(pid)
     rss, anon = memory(pid)
-    cpu_pct = (c1 - c0) / CLK_TCK / (t1 - t0) * 100
     n = max(up, 1)
     second = max(up - up_half, 1)
     print(f"   {label:9s}: {up} calls; CPU {cpu_pct:.2f} % of a core = {cpu_pct / n:.3f} % "
