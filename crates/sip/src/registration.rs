@@ -58,10 +58,10 @@ pub struct RegistrationConfig {
     pub public_addr: Option<String>,
     /// Follow the registrar's `received`/`rport` view of our address.
     pub allow_rewrite: bool,
-    /// `[Settings] rport`: ask for RFC 3581 symmetric responses with `;rport` in our
-    /// Via. MicroSIP's `rport=0` is pjsip's `disable_rport`: no `;rport` in the Via, so
-    /// `allowRewrite` follows only a `received` host, keeping our own port (an
-    /// `rport=` a registrar sends anyway is ignored).
+    /// `[Settings] rport` (the stack's inspector puts `;rport` in our Via, or not).
+    /// MicroSIP's `rport=0` is pjsip's `disable_rport`: then `allowRewrite` follows
+    /// only a `received` host, keeping our own port (an `rport=` a registrar sends
+    /// anyway is ignored).
     pub rport: bool,
 }
 
@@ -413,13 +413,11 @@ impl Client {
     fn build(&mut self, expires: u32, auth: Option<Header>) -> Result<Request, String> {
         self.cseq += 1;
         let aor = Uri::try_from(self.aor().as_str()).map_err(|e| format!("bad address: {e}"))?;
-        let mut via = self
+        // `;rport` leaves the Via in the stack's inspector when the ini says rport=0.
+        let via = self
             .inner
             .get_via(Some(self.local.clone()), None)
             .map_err(|e| e.to_string())?;
-        if !self.config.rport {
-            via.params.retain(|p| !matches!(p, Param::Rport(_)));
-        }
         let from = rsipstack::sip::typed::From {
             display_name: self.config.display_name.clone(),
             uri: aor.clone(),
