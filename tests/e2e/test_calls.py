@@ -396,6 +396,8 @@ def test_dial_hold_hangup_back_to_back_without_sleeps(kam, call_phone, make_bare
     hold_at = blog.find("a=sendonly", invites[1])
     bye_at = blog.find("\nBYE sip:1002")
     assert 0 < invites[1] < hold_at < bye_at, blog[-4000:]
+    # The reply and the event leave together: wait for the event to be read.
+    ph.events().wait_for("call.ended", lambda e: e.get("call") == cid)
     events = [e["type"] for e in ph.events().items if e.get("call") == cid]
     for earlier, later in (("call.confirmed", "call.held"), ("call.held", "call.ended")):
         assert events.index(earlier) < events.index(later), events

@@ -9,21 +9,20 @@ use std::time::{Duration, Instant};
 use microsip_config::Account;
 use microsip_media::sdp::{self, Direction, LocalMedia, Negotiated};
 use microsip_media::AudioSpec;
-use microsip_sip::{
-    CallSignal, CallerAccount, EndedBy, IncomingInvite, LegId, Refresher, SessionTimerAsk,
-    SignalKind,
-};
+use microsip_sip::{CallerAccount, EndedBy, IncomingInvite, LegId, Refresher, SessionTimerAsk};
 use serde_json::{json, Value};
-use tokio::sync::oneshot;
 use tracing::{debug, info, warn};
 
 use crate::command::{CallId, Command, StatusForm};
+use crate::core::Core;
 use crate::dialplan;
-use crate::engine::{Engine, Request};
 use crate::event::{CallQuality, EventKind};
+use crate::io::{AnswerId, LegSignal, MediaAction, MediaFailure, ReplyTo, SipAction};
 use crate::policy::{self, Decision, IncomingFacts};
 use crate::recording::CallExtras;
 use crate::reply::{fail, ok, ok_with, ErrorCode, Reply};
+pub(crate) use crate::then::Then;
+use crate::timers::Timer;
 
 /// How long `hangup` waits for the far end before ending the call locally.
 const HANGUP_GRACE: Duration = Duration::from_secs(8);
@@ -147,8 +146,41 @@ pub(crate) enum CallState {
     Active,
 }
 
+/// Who waits for a call to end: a command's reply, or a `hangupall` batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Waiter {
+    Reply(ReplyTo),
+    Batch(u64),
+}
+
+/// A `hangupall`/`hangupcalling` waiting for its calls to end.
+pub(crate) struct HangupBatch {
+    pub(crate) reply: ReplyTo,
+    pub(crate) calls: Vec<CallId>,
+    pub(crate) waiting: usize,
+}
+
+/// A command waiting for the call (its answer, or a re-INVITE of ours to end).
+pub(crate) struct Deferred {
+    pub(crate) command: Command,
+    pub(crate) reply: Option<ReplyTo>,
+    pub(crate) since: Instant,
+}
+
+/// What a call being placed waits for: its media, then the INVITE goes.
+pub(crate) struct Placing {
+    pub(crate) call: CallId,
+    pub(crate) account: Account,
+    pub(crate) uri: String,
+    pub(crate) hold_active: bool,
+    pub(crate) numeric: bool,
+    pub(crate) reply: Option<ReplyTo>,
+}
+
 pub(crate) struct Call {
     pub(crate) id: CallId,
+    /// The SIP leg carrying it.
+    pub(crate) leg: LegId,
     pub(crate) direction: CallDirection,
     pub(crate) account: u32,
     pub(crate) remote: String,
@@ -178,9 +210,15 @@ pub(crate) struct Call {
     /// Why we ended the call when no command did (`call.ended`'s reason).
     pub(crate) end_reason: Option<String>,
     /// Replies owed when the call ends (hangup).
-    pub(crate) end_waiters: Vec<oneshot::Sender<Reply>>,
+    pub(crate) end_waiters: Vec<Waiter>,
     /// Commands waiting for the call to be answered.
-    pub(crate) deferred: Vec<(Command, oneshot::Sender<Reply>, Instant)>,
+    pub(crate) deferred: Vec<Deferred>,
+    /// The INVITE has not left yet (media opening).
+    pub(crate) placing: bool,
+    /// We are ending it (hangup sent).
+    pub(crate) ending: bool,
+    /// `answer` is opening its media.
+    pub(crate) answering: bool,
     /// This call was placed for a REFER received on that call.
     pub(crate) transfer_for: Option<CallId>,
     /// A re-INVITE of ours is in flight.
@@ -190,6 +228,47 @@ pub(crate) struct Call {
 }
 
 impl Call {
+    pub(crate) fn new(
+        id: CallId,
+        leg: LegId,
+        direction: CallDirection,
+        account: u32,
+        started: Instant,
+    ) -> Call {
+        Call {
+            id,
+            leg,
+            direction,
+            account,
+            remote: String::new(),
+            number: String::new(),
+            name: None,
+            state: CallState::Calling,
+            started,
+            answered: None,
+            confirmed: false,
+            codec: None,
+            local_hold: false,
+            remote_hold: false,
+            offer: None,
+            local: None,
+            negotiated: None,
+            post_dial: None,
+            session_ask: SessionTimerAsk::default(),
+            session_timer: None,
+            session_generation: 0,
+            end_reason: None,
+            end_waiters: Vec::new(),
+            deferred: Vec::new(),
+            transfer_for: None,
+            busy_reinvite: false,
+            placing: false,
+            ending: false,
+            answering: false,
+            extras: CallExtras::default(),
+        }
+    }
+
     fn is_ringing_in(&self) -> bool {
         self.direction == CallDirection::Incoming && self.answered.is_none()
     }
@@ -212,10 +291,12 @@ impl Call {
             }
         }
     }
-    fn duration_s(&self) -> u64 {
-        self.answered.map(|a| a.elapsed().as_secs()).unwrap_or(0)
+    fn duration_s(&self, now: Instant) -> u64 {
+        self.answered
+            .map(|a| now.saturating_duration_since(a).as_secs())
+            .unwrap_or(0)
     }
-    fn view(&self) -> Value {
+    fn view(&self, now: Instant) -> Value {
         json!({
             "id": self.id,
             "direction": self.direction.word(),
@@ -224,7 +305,7 @@ impl Call {
             "number": self.number,
             "name": self.name,
             "state": self.state_word(),
-            "duration": self.duration_s(),
+            "duration": self.duration_s(now),
             "codec": self.codec,
             // G722 16000, opus 48000, PCMU/PCMA 8000 (the ini's audioCodecs rate).
             "codec_rate": self.negotiated.as_ref().map(|n| n.codec.audio_rate()),
@@ -242,47 +323,6 @@ impl Call {
     }
 }
 
-/// What the engine's inbox gets back from call work done in a background task.
-pub(crate) enum CallDone {
-    Hold {
-        call: CallId,
-        on: bool,
-        result: Result<(u16, Option<String>, SessionTimerAsk), String>,
-        reply: oneshot::Sender<Reply>,
-    },
-    /// The session timer armed as `generation` fired.
-    SessionTimer {
-        call: CallId,
-        generation: u64,
-    },
-    /// Our session refresh (re-INVITE) was answered.
-    Refreshed {
-        call: CallId,
-        result: Result<(u16, Option<String>, SessionTimerAsk), String>,
-    },
-    Transfer {
-        call: CallId,
-        target: String,
-        result: Result<u16, String>,
-        reply: oneshot::Sender<Reply>,
-    },
-    /// `hangup` gave the far end its time; end the call here if it is still there.
-    HangupTimeout {
-        call: CallId,
-    },
-    /// A timer for auto-answer, delayed forwarding or auto hang-up fired.
-    AutoAnswer {
-        call: CallId,
-    },
-    ForwardNow {
-        call: CallId,
-        target: String,
-    },
-    AutoHangup {
-        call: CallId,
-    },
-}
-
 fn to_audio(spec: Option<&str>) -> Result<AudioSpec, String> {
     AudioSpec::parse(spec.unwrap_or("")).map_err(|e| e.to_string())
 }
@@ -291,15 +331,15 @@ fn to_audio(spec: Option<&str>) -> Result<AudioSpec, String> {
 /// device where this machine has a sound system (a desktop, as in MicroSIP's ini),
 /// and no device at all on a headless machine. `true` with it: the device was not
 /// named, so a failure to open it falls back to `null` instead of failing the call.
-fn call_audio(spec: Option<&str>) -> Result<(AudioSpec, bool), String> {
+fn call_audio(spec: Option<&str>, sound_system: bool) -> Result<(AudioSpec, bool), String> {
     let named = spec.is_some_and(|s| !s.trim().is_empty());
-    if !named && microsip_media::device::sound_system_present() {
+    if !named && sound_system {
         return Ok((to_audio(Some("default"))?, true));
     }
     Ok((to_audio(spec)?, false))
 }
 
-impl Engine {
+impl Core {
     pub(crate) fn caller_account(&self, account: &Account) -> CallerAccount {
         CallerAccount {
             username: account.username.clone().unwrap_or_default(),
@@ -325,20 +365,21 @@ impl Engine {
         if let Some(ip) = account
             .public_addr
             .as_deref()
-            .and_then(crate::engine::host_ip)
+            .and_then(crate::core::host_ip)
         {
             return ip;
         }
         if !self.bind_ip.is_unspecified() {
             return self.bind_ip;
         }
-        match account.server.as_deref().and_then(crate::engine::host_ip) {
-            Some(ip) => microsip_sip::local_ip_towards(ip),
-            None => std::net::IpAddr::from([127, 0, 0, 1]),
-        }
+        self.media_ips
+            .get(&account.number)
+            .copied()
+            .unwrap_or(std::net::IpAddr::from([127, 0, 0, 1]))
     }
 
-    fn local_media(&self, account: &Account, port: u16) -> LocalMedia {
+    fn local_media(&mut self, account: &Account, port: u16) -> LocalMedia {
+        let session_id = self.random();
         let mut codecs: Vec<sdp::Codec> = self
             .config
             .settings
@@ -357,7 +398,7 @@ impl Engine {
             codecs,
             telephone_event: true,
             direction: Direction::SendRecv,
-            session_id: rand_u64(),
+            session_id,
             version: 1,
             opus_stereo: self.config.settings.opus_stereo,
             // forceCodec: answers take our first codec the offer has, not the
@@ -368,29 +409,26 @@ impl Engine {
         }
     }
 
-    fn open_media(&self, id: CallId) -> Result<u16, Reply> {
-        let (source, implicit_source) =
-            call_audio(self.config.settings.audio_input_device.as_deref())
+    /// Opens the call's media; `then` goes on with its RTP port.
+    fn open_media(&mut self, id: CallId, then: Then) -> Result<(), Reply> {
+        let sound = self.sound_system;
+        let (source, fallback_source) =
+            call_audio(self.config.settings.audio_input_device.as_deref(), sound)
                 .map_err(|e| fail(ErrorCode::BadArgument, format!("audioInputDevice: {e}")))?;
-        let (sink, implicit_sink) = call_audio(self.config.settings.audio_output_device.as_deref())
-            .map_err(|e| fail(ErrorCode::BadArgument, format!("audioOutputDevice: {e}")))?;
-        let first = self.media.open(id, source.clone(), sink.clone());
-        let result = match first {
-            Err(e) if implicit_source || implicit_sink => {
-                warn!(
-                    "call {id}: the default sound device cannot be used ({e}); going on without it"
-                );
-                let source = if implicit_source {
-                    AudioSpec::Null
-                } else {
-                    source
-                };
-                let sink = if implicit_sink { AudioSpec::Null } else { sink };
-                self.media.open(id, source, sink)
-            }
-            other => other,
-        };
-        result.map_err(|e| fail(ErrorCode::Media, format!("cannot open media: {e}")))
+        let (sink, fallback_sink) =
+            call_audio(self.config.settings.audio_output_device.as_deref(), sound)
+                .map_err(|e| fail(ErrorCode::BadArgument, format!("audioOutputDevice: {e}")))?;
+        self.media_then(
+            MediaAction::Open {
+                call: id,
+                source,
+                sink,
+                fallback_source,
+                fallback_sink,
+            },
+            Some(then),
+        );
+        Ok(())
     }
 
     /// Whether an incoming call waits for an answer (the ring tone plays).
@@ -474,17 +512,22 @@ impl Engine {
             return (1, "calling");
         }
         let window = Duration::from_millis(u64::from(self.config.settings.status_disconnected_ms));
-        if self.last_ended.is_some_and(|t| t.elapsed() < window) {
+        let now = self.now.mono;
+        if self
+            .last_ended
+            .is_some_and(|t| now.saturating_duration_since(t) < window)
+        {
             return (4, "disconnected");
         }
         (0, "idle")
     }
 
     pub(crate) fn call_views(&self) -> Vec<Value> {
+        let now = self.now.mono;
         self.calls
             .values()
             .map(|c| {
-                let mut view = c.view();
+                let mut view = c.view(now);
                 if let (Some(q), Value::Object(map)) = (self.call_quality(c.id), &mut view) {
                     if let Ok(Value::Object(fields)) = serde_json::to_value(q) {
                         map.extend(fields);
@@ -497,7 +540,7 @@ impl Engine {
 
     /// The quality numbers of a call with media.
     fn call_quality(&self, id: CallId) -> Option<CallQuality> {
-        self.media.stats(id).map(|s| CallQuality::from_media(&s))
+        self.media_stats(id).map(|s| CallQuality::from_media(&s))
     }
 
     pub(crate) fn list_calls(&self) -> Reply {
@@ -512,7 +555,7 @@ impl Engine {
                     c.account,
                     c.remote,
                     c.state_word(),
-                    c.duration_s(),
+                    c.duration_s(self.now.mono),
                     c.codec.unwrap_or("-")
                 );
                 if let Some(q) = self.call_quality(c.id) {
@@ -537,6 +580,9 @@ impl Engine {
 
     // ------------------------------------------------------------------ dial
 
+    /// `dial`: the call gets its id and media now, the INVITE goes once the media
+    /// is open, and the reply (the call id) comes then. `transfer_for`: placed for
+    /// a REFER received on that call.
     pub(crate) fn dial(
         &mut self,
         target: &str,
@@ -544,13 +590,22 @@ impl Engine {
         hold_active: bool,
         numeric: bool,
         transfer_for: Option<CallId>,
-    ) -> Reply {
-        let result = self.place_call(target, account, hold_active, transfer_for);
-        match (result, numeric) {
-            (Ok(id), false) => ok_with(id.to_string(), json!({ "call": id })),
-            (Ok(id), true) => ok_with("1", json!({ "call": id })),
-            (Err(_), true) => ok_with("0", json!({ "call": null })),
-            (Err(e), false) => e,
+        reply: Option<ReplyTo>,
+    ) {
+        if let Err(e) = self.place_call(target, account, hold_active, numeric, transfer_for, reply)
+        {
+            if let Some(origin) = transfer_for {
+                self.refer_failed(origin, target, &e);
+            }
+            self.dial_failed(numeric, reply, e);
+        }
+    }
+
+    fn dial_failed(&mut self, numeric: bool, reply: Option<ReplyTo>, e: Reply) {
+        if numeric {
+            self.reply(reply, ok_with("0", json!({ "call": null })));
+        } else {
+            self.reply(reply, e);
         }
     }
 
@@ -559,8 +614,10 @@ impl Engine {
         target: &str,
         account: Option<u32>,
         hold_active: bool,
+        numeric: bool,
         transfer_for: Option<CallId>,
-    ) -> Result<CallId, Reply> {
+        reply: Option<ReplyTo>,
+    ) -> Result<(), Reply> {
         let number = account.unwrap_or(self.active_account);
         let account = match self.accounts.get(&number) {
             Some(slot) if slot.account.active => slot.account.clone(),
@@ -608,80 +665,174 @@ impl Engine {
             };
             fail(code, e.to_string())
         })?;
-        let id = self.sip.calls().new_leg_id();
-        let port = self.open_media(id)?;
+        microsip_sip::call::check_target(&dialled.uri)
+            .map_err(|e| fail(ErrorCode::BadArgument, e.to_string()))?;
+        let id = self.new_call_id();
+        self.open_media(
+            id,
+            Then::Dial(Box::new(Placing {
+                call: id,
+                account: account.clone(),
+                uri: dialled.uri.clone(),
+                hold_active,
+                numeric,
+                reply,
+            })),
+        )?;
+        let (user, _) = microsip_sip::call::user_and_domain(&dialled.uri);
+        let mut call = Call::new(id, id, CallDirection::Outgoing, number, self.now.mono);
+        call.remote = dialled.uri.clone();
+        call.number = user;
+        call.state = CallState::Calling;
+        call.post_dial = dialled.post_dial.clone();
+        call.transfer_for = transfer_for;
+        call.placing = true;
+        self.calls.insert(id, call);
+        self.legs.insert(id, id);
+        Ok(())
+    }
+
+    /// The media of a call being placed is open (or could not be): the INVITE goes,
+    /// the command gets its reply, and `call.outgoing` is published.
+    pub(crate) fn on_dial_media(&mut self, placing: Placing, port: Result<u16, MediaFailure>) {
+        let Placing {
+            call: id,
+            account,
+            uri,
+            hold_active,
+            numeric,
+            reply,
+        } = placing;
+        let transfer_for = self.calls.get(&id).and_then(|c| c.transfer_for);
+        let port = match port {
+            Ok(port) if self.calls.get(&id).is_some_and(|c| !c.ending) => port,
+            Ok(_) => {
+                // Hung up before the INVITE left.
+                self.media(MediaAction::Close { call: id });
+                self.forget_call(id);
+                self.dial_failed(
+                    numeric,
+                    reply,
+                    fail(ErrorCode::NoSuchCall, format!("call {id} was hung up")),
+                );
+                return;
+            }
+            Err(e) => {
+                self.forget_call(id);
+                let e = fail(
+                    ErrorCode::Media,
+                    format!("cannot open media: {}", e.message),
+                );
+                if let Some(origin) = transfer_for {
+                    self.refer_failed(origin, &uri, &e);
+                }
+                self.dial_failed(numeric, reply, e);
+                return;
+            }
+        };
         let local = self.local_media(&account, port);
         let offer = sdp::offer(&local);
         let caller = self.caller_account(&account);
-        if let Err(e) = self
-            .sip
-            .calls()
-            .dial(id, &caller, &dialled.uri, offer, Vec::new())
-        {
-            media_done(id, "close", self.media.close(id));
-            return Err(fail(ErrorCode::BadArgument, e.to_string()));
-        }
+        self.sip(SipAction::Dial {
+            leg: id,
+            caller,
+            target: uri.clone(),
+            offer,
+        });
         if hold_active {
-            if let Some(active) = self.active_call() {
-                if let Some(c) = self.calls.get(&active) {
-                    if !c.local_hold {
-                        let (tx, _rx) = oneshot::channel();
-                        self.start_hold(active, true, tx);
-                    }
+            if let Some(active) = self.active_call().filter(|a| *a != id) {
+                if self.calls.get(&active).is_some_and(|c| !c.local_hold) {
+                    self.start_hold(active, true, None);
                 }
             }
         }
-        let (user, _) = microsip_sip::call::user_and_domain(&dialled.uri);
-        let dialled_number = user.clone();
-        self.calls.insert(
-            id,
-            Call {
-                id,
-                direction: CallDirection::Outgoing,
-                account: number,
-                remote: dialled.uri.clone(),
-                number: user,
-                name: None,
-                state: CallState::Calling,
-                started: Instant::now(),
-                answered: None,
-                confirmed: false,
-                codec: None,
-                local_hold: false,
-                remote_hold: false,
-                offer: None,
-                local: Some(local),
-                negotiated: None,
-                post_dial: dialled.post_dial.clone(),
-                session_ask: SessionTimerAsk::default(),
-                session_timer: None,
-                session_generation: 0,
-                end_reason: None,
-                end_waiters: Vec::new(),
-                deferred: Vec::new(),
-                transfer_for,
-                busy_reinvite: false,
-                extras: CallExtras::default(),
-            },
-        );
-        info!("call {id}: calling {}", dialled.uri);
+        let number = account.number;
+        let dialled_number = match self.calls.get_mut(&id) {
+            Some(c) => {
+                c.local = Some(local);
+                c.placing = false;
+                c.number.clone()
+            }
+            None => return,
+        };
+        info!("call {id}: calling {uri}");
         self.publish(EventKind::CallOutgoing {
             call: id,
             account: number,
-            remote: dialled.uri,
+            remote: uri,
             number: dialled_number,
         });
-        Ok(id)
+        if let Some(origin) = transfer_for {
+            info!("call {origin}: transferred by the remote (call {id})");
+            if let Some(leg) = self.calls.get(&origin).map(|c| c.leg) {
+                self.sip(SipAction::NotifyRefer {
+                    leg,
+                    code: 100,
+                    reason: "Trying".into(),
+                    done: false,
+                });
+            }
+        }
+        let answer = if numeric {
+            ok_with("1", json!({ "call": id }))
+        } else {
+            ok_with(id.to_string(), json!({ "call": id }))
+        };
+        self.reply(reply, answer);
+    }
+
+    /// A call the remote asked for with REFER could not be placed: tell it.
+    fn refer_failed(&mut self, origin: CallId, target: &str, e: &Reply) {
+        let text = match e {
+            Err(f) => f.message.clone(),
+            Ok(_) => "failed".into(),
+        };
+        warn!("call {origin}: transfer to {target} failed: {text}");
+        if let Some(leg) = self.calls.get(&origin).map(|c| c.leg) {
+            self.sip(SipAction::NotifyRefer {
+                leg,
+                code: 503,
+                reason: "Service Unavailable".into(),
+                done: true,
+            });
+        }
+    }
+
+    /// Removes a call that never got going (no event was published for it); whoever
+    /// waited for it is answered.
+    fn forget_call(&mut self, id: CallId) {
+        self.timers.cancel(|t| t.call() == Some(id));
+        let Some(c) = self.calls.remove(&id) else {
+            return;
+        };
+        self.legs.remove(&c.leg);
+        for w in c.end_waiters {
+            self.call_gone_for(
+                w,
+                ok_with(format!("call {id} ended"), json!({ "call": id })),
+            );
+        }
+        for d in c.deferred {
+            self.reply(
+                d.reply,
+                fail(ErrorCode::NoSuchCall, format!("call {id} ended")),
+            );
+        }
     }
 
     // ---------------------------------------------------------- incoming
 
-    fn on_incoming(&mut self, id: LegId, invite: IncomingInvite) {
+    fn on_incoming(&mut self, leg: LegId, invite: IncomingInvite) {
         let number = self.account_for(&invite.to_user);
         let Some(account) = self.accounts.get(&number).map(|s| s.account.clone()) else {
-            let _ = self.sip.calls().reject(id, 404, Vec::new());
+            self.sip(SipAction::Reject {
+                leg,
+                code: 404,
+                headers: Vec::new(),
+            });
             return;
         };
+        let id = self.new_call_id();
         let facts = IncomingFacts {
             from_user: invite.remote_user.clone(),
             from_domain: invite.remote_domain.clone(),
@@ -706,41 +857,17 @@ impl Engine {
                 .filter_map(|s| s.account.username.clone())
                 .collect(),
         };
-        self.calls.insert(
-            id,
-            Call {
-                id,
-                direction: CallDirection::Incoming,
-                account: number,
-                remote: invite.remote.clone(),
-                number: invite.remote_user.clone(),
-                name: invite.display_name.clone(),
-                state: CallState::Ringing,
-                started: Instant::now(),
-                answered: None,
-                confirmed: false,
-                codec: None,
-                local_hold: false,
-                remote_hold: false,
-                offer: invite.sdp.clone(),
-                local: None,
-                negotiated: None,
-                post_dial: None,
-                session_ask: if account.disable_session_timer {
-                    SessionTimerAsk::default()
-                } else {
-                    invite.session_timer
-                },
-                session_timer: None,
-                session_generation: 0,
-                end_reason: None,
-                end_waiters: Vec::new(),
-                deferred: Vec::new(),
-                transfer_for: None,
-                busy_reinvite: false,
-                extras: CallExtras::default(),
-            },
-        );
+        let mut call = Call::new(id, leg, CallDirection::Incoming, number, self.now.mono);
+        call.remote = invite.remote.clone();
+        call.number = invite.remote_user.clone();
+        call.name = invite.display_name.clone();
+        call.state = CallState::Ringing;
+        call.offer = invite.sdp.clone();
+        if !account.disable_session_timer {
+            call.session_ask = invite.session_timer;
+        }
+        self.calls.insert(id, call);
+        self.legs.insert(leg, id);
         self.publish(EventKind::CallIncoming {
             call: id,
             account: number,
@@ -757,7 +884,11 @@ impl Engine {
         {
             info!("call {id}: Session-Expires below our minimum: 422 (Min-SE {min})");
             let headers = vec![("Min-SE".to_string(), min.to_string())];
-            let _ = self.sip.calls().reject(id, 422, headers);
+            self.sip(SipAction::Reject {
+                leg,
+                code: 422,
+                headers,
+            });
             return;
         }
         match policy::decide(&self.config.settings, &account, &facts) {
@@ -767,36 +898,29 @@ impl Engine {
                 header,
             } => {
                 info!("call {id}: refused with {code} ({reason})");
-                let _ = self
-                    .sip
-                    .calls()
-                    .reject(id, code, header.into_iter().collect());
+                self.sip(SipAction::Reject {
+                    leg,
+                    code,
+                    headers: header.into_iter().collect(),
+                });
             }
             Decision::Forward { target, delay_s } => {
                 if delay_s == 0 {
                     self.forward(id, &target);
                 } else {
-                    let _ = self.sip.calls().ringing(id);
+                    self.sip(SipAction::Ringing { leg });
                     self.publish(EventKind::CallRinging { call: id });
-                    let inbox = self.inbox.clone();
-                    tokio::spawn(async move {
-                        tokio::time::sleep(Duration::from_secs(u64::from(delay_s))).await;
-                        let _ = inbox
-                            .send(Request::CallDone(CallDone::ForwardNow { call: id, target }));
-                    });
+                    self.set_timer(
+                        Duration::from_secs(u64::from(delay_s)),
+                        Timer::Forward { call: id, target },
+                    );
                 }
             }
             Decision::Ring { auto_answer_after } => {
-                if let Err(e) = self.sip.calls().ringing(id) {
-                    debug!("call {id}: 180 not sent: {e}");
-                }
+                self.sip(SipAction::Ringing { leg });
                 self.publish(EventKind::CallRinging { call: id });
                 if let Some(delay) = auto_answer_after {
-                    let inbox = self.inbox.clone();
-                    tokio::spawn(async move {
-                        tokio::time::sleep(delay).await;
-                        let _ = inbox.send(Request::CallDone(CallDone::AutoAnswer { call: id }));
-                    });
+                    self.set_timer(delay, Timer::AutoAnswer { call: id });
                 }
             }
         }
@@ -820,6 +944,7 @@ impl Engine {
         let Some(call) = self.calls.get(&id) else {
             return;
         };
+        let leg = call.leg;
         let Some(account) = self.accounts.get(&call.account).map(|s| s.account.clone()) else {
             return;
         };
@@ -827,7 +952,11 @@ impl Engine {
             Ok(t) => t.uri,
             Err(e) => {
                 warn!("forwarding target {target}: {e}; rejecting with 480");
-                let _ = self.sip.calls().reject(id, 480, Vec::new());
+                self.sip(SipAction::Reject {
+                    leg,
+                    code: 480,
+                    headers: Vec::new(),
+                });
                 return;
             }
         };
@@ -841,7 +970,11 @@ impl Engine {
             ("Diversion".to_string(), ours),
         ];
         info!("call {id}: forwarded to {uri}");
-        let _ = self.sip.calls().reject(id, 302, headers);
+        self.sip(SipAction::Reject {
+            leg,
+            code: 302,
+            headers,
+        });
     }
 
     // -------------------------------------------------------------- DTMF
@@ -871,12 +1004,19 @@ impl Engine {
         if let Err(e) = microsip_media::dtmf::parse_digits(digits) {
             return fail(ErrorCode::BadArgument, e.to_string());
         }
+        let Some(leg) = self.calls.get(&id).map(|c| c.leg) else {
+            return fail(ErrorCode::NoSuchCall, format!("there is no call {id}"));
+        };
         if self.config.settings.dtmf_method == microsip_config::DtmfMethod::SipInfo {
-            let calls = self.sip.calls().clone();
-            let digits = digits.to_string();
-            tokio::spawn(async move { send_info_digits(calls, id, digits).await });
-        } else if let Err(e) = self.media.send_dtmf(id, digits) {
-            return fail(ErrorCode::Media, format!("call {id}: {e}"));
+            self.sip(SipAction::InfoDigits {
+                leg,
+                digits: digits.to_string(),
+            });
+        } else {
+            self.media(MediaAction::SendDtmf {
+                call: id,
+                digits: digits.to_string(),
+            });
         }
         ok_with(
             format!("call {id}: sending {digits}"),
@@ -917,43 +1057,103 @@ impl Engine {
 
     // ------------------------------------------------------------ answer
 
-    pub(crate) fn answer(&mut self, id: Option<CallId>) -> Reply {
+    /// `answer`: opens the call's media, then sends 200 with our SDP and replies.
+    pub(crate) fn answer(&mut self, id: Option<CallId>, reply: Option<ReplyTo>) {
         let id = match id {
             Some(id) => match self.calls.get(&id) {
-                Some(c) if c.is_ringing_in() => id,
-                Some(_) => return fail(ErrorCode::WrongState, format!("call {id} is not ringing")),
-                None => return fail(ErrorCode::NoSuchCall, format!("there is no call {id}")),
+                Some(c) if c.is_ringing_in() && !c.answering => id,
+                Some(c) if c.is_ringing_in() => {
+                    return self.reply(
+                        reply,
+                        fail(
+                            ErrorCode::WrongState,
+                            format!("call {id} is being answered"),
+                        ),
+                    )
+                }
+                Some(_) => {
+                    return self.reply(
+                        reply,
+                        fail(ErrorCode::WrongState, format!("call {id} is not ringing")),
+                    )
+                }
+                None => {
+                    return self.reply(
+                        reply,
+                        fail(ErrorCode::NoSuchCall, format!("there is no call {id}")),
+                    )
+                }
             },
             None => match self
                 .calls
                 .values()
-                .filter(|c| c.is_ringing_in())
-                .min_by_key(|c| c.started)
+                .filter(|c| c.is_ringing_in() && !c.answering)
+                .min_by_key(|c| (c.started, c.id))
             {
                 Some(c) => c.id,
-                None => return fail(ErrorCode::NoCall, "no call is ringing"),
+                None => return self.reply(reply, fail(ErrorCode::NoCall, "no call is ringing")),
             },
         };
-        let Some(call) = self.calls.get(&id) else {
-            return fail(ErrorCode::NoSuchCall, format!("there is no call {id}"));
+        if let Some(c) = self.calls.get_mut(&id) {
+            c.answering = true;
+        }
+        if let Err(e) = self.open_media(id, Then::Answer { call: id, reply }) {
+            if let Some(c) = self.calls.get_mut(&id) {
+                c.answering = false;
+            }
+            self.reply(reply, e);
+        }
+    }
+
+    /// The media of a call being answered is open (or could not be).
+    pub(crate) fn on_answer_media(
+        &mut self,
+        id: CallId,
+        port: Result<u16, MediaFailure>,
+        reply: Option<ReplyTo>,
+    ) {
+        let answer = self.finish_answer(id, port);
+        if let Some(c) = self.calls.get_mut(&id) {
+            c.answering = false;
+        }
+        self.reply(reply, answer);
+    }
+
+    fn finish_answer(&mut self, id: CallId, port: Result<u16, MediaFailure>) -> Reply {
+        let Some(call) = self.calls.get(&id).filter(|c| c.is_ringing_in()) else {
+            if port.is_ok() {
+                self.media(MediaAction::Close { call: id });
+            }
+            return fail(ErrorCode::NoSuchCall, format!("call {id} has ended"));
         };
+        let port = match port {
+            Ok(p) => p,
+            Err(e) => {
+                return fail(
+                    ErrorCode::Media,
+                    format!("cannot open media: {}", e.message),
+                )
+            }
+        };
+        let leg = call.leg;
         let Some(account) = self.accounts.get(&call.account).map(|s| s.account.clone()) else {
+            self.media(MediaAction::Close { call: id });
             return fail(ErrorCode::NoAccount, "the call's account is gone");
         };
         let offer_text = call.offer.clone();
         let session_terms =
             terms_for_request(&call.session_ask, self.config.settings.session_timer_min);
-        let port = match self.open_media(id) {
-            Ok(p) => p,
-            Err(e) => return e,
-        };
         let local = self.local_media(&account, port);
         let (answer_sdp, negotiated) = match offer_text.as_deref().map(sdp::parse) {
             Some(Ok(offer)) => match sdp::answer(&offer, &local) {
                 Ok(x) => (x.0, Some(x.1)),
                 Err(e) => {
-                    media_done(id, "close", self.media.close(id));
-                    let _ = self.sip.calls().reject(id, 488, Vec::new());
+                    self.media(MediaAction::Close { call: id });
+                    self.sip(SipAction::Reject {
+                        leg,
+                        code: 488,
+                        headers: Vec::new(),
+                    });
                     return fail(
                         ErrorCode::NoCommonCodec,
                         format!("call {id} refused with 488: {e}"),
@@ -961,8 +1161,12 @@ impl Engine {
                 }
             },
             Some(Err(e)) => {
-                media_done(id, "close", self.media.close(id));
-                let _ = self.sip.calls().reject(id, 400, Vec::new());
+                self.media(MediaAction::Close { call: id });
+                self.sip(SipAction::Reject {
+                    leg,
+                    code: 400,
+                    headers: Vec::new(),
+                });
                 return fail(
                     ErrorCode::BadArgument,
                     format!("call {id}: unreadable SDP offer: {e}"),
@@ -976,19 +1180,24 @@ impl Engine {
             TimerTerms::Agreed { timer, require } => (timer.headers(false, require), Some(timer)),
             TimerTerms::Off | TimerTerms::TooSmall(_) => (Vec::new(), None),
         };
-        let timers = !account.disable_session_timer;
-        if let Err(e) = self.sip.calls().answer(id, answer_sdp, extra, timers) {
-            media_done(id, "close", self.media.close(id));
-            return fail(ErrorCode::WrongState, format!("call {id}: {e}"));
-        }
+        self.sip(SipAction::Answer {
+            leg,
+            sdp: answer_sdp,
+            headers: extra,
+            session_timers: !account.disable_session_timer,
+        });
         if let Some(n) = &negotiated {
-            media_done(id, "configure", self.media.configure(id, n.clone()));
+            self.media(MediaAction::Configure {
+                call: id,
+                negotiated: Box::new(n.clone()),
+            });
         }
+        let now = self.now.mono;
         if let Some(call) = self.calls.get_mut(&id) {
             call.codec = negotiated.as_ref().map(|n| n.codec.name());
             call.negotiated = negotiated;
             call.local = Some(local);
-            call.answered = Some(Instant::now());
+            call.answered = Some(now);
             call.state = CallState::Active;
             call.offer = None;
             call.session_timer = session_timer;
@@ -1006,11 +1215,10 @@ impl Engine {
     fn after_answer(&mut self, id: CallId) {
         let secs = self.config.settings.auto_hang_up_time;
         if secs > 0 {
-            let inbox = self.inbox.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(Duration::from_secs(u64::from(secs))).await;
-                let _ = inbox.send(Request::CallDone(CallDone::AutoHangup { call: id }));
-            });
+            self.set_timer(
+                Duration::from_secs(u64::from(secs)),
+                Timer::AutoHangup { call: id },
+            );
         }
     }
 
@@ -1033,8 +1241,12 @@ impl Engine {
             return fail(ErrorCode::NoCall, "no call is ringing");
         }
         for id in &ids {
-            if let Err(e) = self.sip.calls().reject(*id, code, Vec::new()) {
-                return fail(ErrorCode::WrongState, format!("call {id}: {e}"));
+            if let Some(leg) = self.calls.get(id).map(|c| c.leg) {
+                self.sip(SipAction::Reject {
+                    leg,
+                    code,
+                    headers: Vec::new(),
+                });
             }
         }
         let list: Vec<String> = ids.iter().map(|i| i.to_string()).collect();
@@ -1047,50 +1259,54 @@ impl Engine {
     // ----------------------------------------------------------- hang up
 
     /// Ends one call; the reply goes out once the call has ended.
-    pub(crate) fn hangup(&mut self, id: Option<CallId>, reply: oneshot::Sender<Reply>) {
-        let id = match self.find(id) {
-            Ok(id) => id,
-            Err(e) => {
-                let _ = reply.send(e);
-                return;
-            }
-        };
-        self.end_call(id, Some(reply));
+    pub(crate) fn hangup(&mut self, id: Option<CallId>, reply: ReplyTo) {
+        match self.find(id) {
+            Ok(id) => self.end_call(id, Some(Waiter::Reply(reply))),
+            Err(e) => self.reply(Some(reply), e),
+        }
     }
 
-    pub(crate) fn end_call(&mut self, id: CallId, reply: Option<oneshot::Sender<Reply>>) {
+    /// Ends a call whatever its state (decline while it rings at us, CANCEL or BYE
+    /// otherwise); it is taken out of the table when the SIP layer says it ended, or
+    /// after [`HANGUP_GRACE`].
+    pub(crate) fn end_call(&mut self, id: CallId, waiter: Option<Waiter>) {
         let Some(call) = self.calls.get_mut(&id) else {
-            if let Some(r) = reply {
-                let _ = r.send(fail(
-                    ErrorCode::NoSuchCall,
-                    format!("there is no call {id}"),
-                ));
+            if let Some(Waiter::Reply(r)) = waiter {
+                self.reply(
+                    Some(r),
+                    fail(ErrorCode::NoSuchCall, format!("there is no call {id}")),
+                );
             }
             return;
         };
-        if let Some(r) = reply {
-            call.end_waiters.push(r);
+        if let Some(w) = waiter {
+            call.end_waiters.push(w);
+        }
+        let leg = call.leg;
+        let first = !call.ending;
+        call.ending = true;
+        if call.placing {
+            // The INVITE has not left: the call ends here once its media is open.
+            return;
+        }
+        if !first {
+            return;
         }
         if call.is_ringing_in() {
-            if let Err(e) = self.sip.calls().reject(id, 603, Vec::new()) {
-                debug!("call {id}: decline: {e}");
-            }
-        } else {
-            let calls = self.sip.calls().clone();
-            tokio::spawn(async move {
-                let _ = calls.hangup(id).await;
+            self.sip(SipAction::Reject {
+                leg,
+                code: 603,
+                headers: Vec::new(),
             });
+        } else {
+            self.sip(SipAction::Hangup { leg });
         }
-        let inbox = self.inbox.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(HANGUP_GRACE).await;
-            let _ = inbox.send(Request::CallDone(CallDone::HangupTimeout { call: id }));
-        });
+        self.set_timer(HANGUP_GRACE, Timer::HangupGrace { call: id });
     }
 
     /// `hangupall` (every call but incoming ones still ringing) and `hangupcalling`
     /// (our calls not answered yet). Replies once they have ended.
-    pub(crate) fn hangup_many(&mut self, only_calling: bool, reply: oneshot::Sender<Reply>) {
+    pub(crate) fn hangup_many(&mut self, only_calling: bool, reply: ReplyTo) {
         let ids: Vec<CallId> = self
             .calls
             .values()
@@ -1104,25 +1320,51 @@ impl Engine {
             .map(|c| c.id)
             .collect();
         if ids.is_empty() {
-            let _ = reply.send(ok_with("no call to end", json!({ "calls": [] })));
+            self.reply(
+                Some(reply),
+                ok_with("no call to end", json!({ "calls": [] })),
+            );
             return;
         }
-        let mut waits = Vec::new();
-        for id in &ids {
-            let (tx, rx) = oneshot::channel();
-            self.end_call(*id, Some(tx));
-            waits.push(rx);
+        let batch = self.next_batch;
+        self.next_batch += 1;
+        self.hangup_batches.insert(
+            batch,
+            HangupBatch {
+                reply,
+                calls: ids.clone(),
+                waiting: ids.len(),
+            },
+        );
+        for id in ids {
+            self.end_call(id, Some(Waiter::Batch(batch)));
         }
-        tokio::spawn(async move {
-            for w in waits {
-                let _ = w.await;
+    }
+
+    /// A call some hang-up waited for has ended.
+    fn call_gone_for(&mut self, waiter: Waiter, answer: Reply) {
+        match waiter {
+            Waiter::Reply(r) => self.reply(Some(r), answer),
+            Waiter::Batch(b) => {
+                let Some(batch) = self.hangup_batches.get_mut(&b) else {
+                    return;
+                };
+                batch.waiting = batch.waiting.saturating_sub(1);
+                if batch.waiting > 0 {
+                    return;
+                }
+                if let Some(batch) = self.hangup_batches.remove(&b) {
+                    let list: Vec<String> = batch.calls.iter().map(|i| i.to_string()).collect();
+                    self.reply(
+                        Some(batch.reply),
+                        ok_with(
+                            format!("ended call {}", list.join(", ")),
+                            json!({ "calls": batch.calls }),
+                        ),
+                    );
+                }
             }
-            let list: Vec<String> = ids.iter().map(|i| i.to_string()).collect();
-            let _ = reply.send(ok_with(
-                format!("ended call {}", list.join(", ")),
-                json!({ "calls": ids }),
-            ));
-        });
+        }
     }
 
     // -------------------------------------------------------------- hold
@@ -1134,77 +1376,91 @@ impl Engine {
         &mut self,
         id: Option<CallId>,
         command: impl FnOnce(CallId) -> Command,
-        reply: oneshot::Sender<Reply>,
-    ) -> Option<(CallId, oneshot::Sender<Reply>)> {
+        reply: Option<ReplyTo>,
+    ) -> Option<CallId> {
         let id = match self.find(id) {
             Ok(id) => id,
             Err(e) => {
-                let _ = reply.send(e);
+                self.reply(reply, e);
                 return None;
             }
         };
+        let now = self.now.mono;
         let call = self.calls.get_mut(&id)?;
         if call.confirmed {
-            return Some((id, reply));
+            return Some(id);
         }
         if call.is_ringing_in() {
-            let _ = reply.send(fail(
-                ErrorCode::WrongState,
-                format!("call {id} is not answered yet"),
-            ));
+            self.reply(
+                reply,
+                fail(
+                    ErrorCode::WrongState,
+                    format!("call {id} is not answered yet"),
+                ),
+            );
         } else {
-            call.deferred.push((command(id), reply, Instant::now()));
+            call.deferred.push(Deferred {
+                command: command(id),
+                reply,
+                since: now,
+            });
         }
         None
     }
 
-    pub(crate) fn hold(
-        &mut self,
-        id: Option<CallId>,
-        on: Option<bool>,
-        reply: oneshot::Sender<Reply>,
-    ) {
+    pub(crate) fn hold(&mut self, id: Option<CallId>, on: Option<bool>, reply: Option<ReplyTo>) {
         let command = |id| Command::Hold { call: Some(id), on };
-        let Some((id, reply)) = self.confirmed_call(id, command, reply) else {
+        let Some(id) = self.confirmed_call(id, command, reply) else {
             return;
         };
+        let now = self.now.mono;
         let Some(call) = self.calls.get_mut(&id) else {
             return;
         };
         if call.busy_reinvite {
             // A re-INVITE of ours (a hold, a session refresh) is in flight: this
             // one goes out once it is answered, toggles judged then.
-            call.deferred
-                .push((Command::Hold { call: Some(id), on }, reply, Instant::now()));
+            call.deferred.push(Deferred {
+                command: Command::Hold { call: Some(id), on },
+                reply,
+                since: now,
+            });
             return;
         }
         let want = on.unwrap_or(!call.local_hold);
         if want == call.local_hold {
-            let _ = reply.send(ok(format!(
-                "call {id} {}",
-                if want { "already held" } else { "not held" }
-            )));
+            self.reply(
+                reply,
+                ok(format!(
+                    "call {id} {}",
+                    if want { "already held" } else { "not held" }
+                )),
+            );
             return;
         }
         self.start_hold(id, want, reply);
     }
 
-    fn start_hold(&mut self, id: CallId, on: bool, reply: oneshot::Sender<Reply>) {
+    fn start_hold(&mut self, id: CallId, on: bool, reply: Option<ReplyTo>) {
         let Some(call) = self.calls.get_mut(&id) else {
             return;
         };
+        let leg = call.leg;
         let Some(local) = call.local.as_mut() else {
-            let _ = reply.send(fail(
-                ErrorCode::WrongState,
-                format!("call {id} has no media"),
-            ));
+            self.reply(
+                reply,
+                fail(ErrorCode::WrongState, format!("call {id} has no media")),
+            );
             return;
         };
         if call.busy_reinvite {
-            let _ = reply.send(fail(
-                ErrorCode::WrongState,
-                format!("call {id} is being changed; try again"),
-            ));
+            self.reply(
+                reply,
+                fail(
+                    ErrorCode::WrongState,
+                    format!("call {id} is being changed; try again"),
+                ),
+            );
             return;
         }
         call.busy_reinvite = true;
@@ -1228,86 +1484,87 @@ impl Engine {
             .unwrap_or_default();
         if on {
             // No sending while held: stop at once, before the answer comes back.
-            media_done(id, "set_hold", self.media.set_hold(id, true));
+            self.media(MediaAction::SetHold { call: id, on: true });
         }
-        let calls = self.sip.calls().clone();
-        let inbox = self.inbox.clone();
-        tokio::spawn(async move {
-            let result = calls
-                .reinvite(id, offer, extra)
-                .await
-                .map_err(|e| e.to_string());
-            let _ = inbox.send(Request::CallDone(CallDone::Hold {
+        self.sip_then(
+            SipAction::Reinvite {
+                leg,
+                sdp: offer,
+                headers: extra,
+            },
+            Some(Then::Hold {
                 call: id,
                 on,
-                result,
                 reply,
-            }));
-        });
+            }),
+        );
     }
 
     // ---------------------------------------------------------- transfer
 
-    pub(crate) fn transfer(
-        &mut self,
-        target: &str,
-        id: Option<CallId>,
-        reply: oneshot::Sender<Reply>,
-    ) {
+    pub(crate) fn transfer(&mut self, target: &str, id: Option<CallId>, reply: Option<ReplyTo>) {
         let command = |id| Command::Transfer {
             target: target.to_string(),
             call: Some(id),
         };
-        let Some((id, reply)) = self.confirmed_call(id, command, reply) else {
+        let Some(id) = self.confirmed_call(id, command, reply) else {
             return;
         };
         let Some(call) = self.calls.get(&id) else {
             return;
         };
+        let leg = call.leg;
         let account_no = call.account;
         let Some(account) = self.accounts.get(&account_no).map(|s| s.account.clone()) else {
-            let _ = reply.send(fail(ErrorCode::NoAccount, "the call's account is gone"));
+            self.reply(
+                reply,
+                fail(ErrorCode::NoAccount, "the call's account is gone"),
+            );
             return;
         };
         let uri = match dialplan::normalize_target(target, &account) {
             Ok(t) => t.uri,
             Err(e) => {
-                let _ = reply.send(fail(ErrorCode::BadArgument, e.to_string()));
+                self.reply(reply, fail(ErrorCode::BadArgument, e.to_string()));
                 return;
             }
         };
-        let calls = self.sip.calls().clone();
-        let inbox = self.inbox.clone();
-        tokio::spawn(async move {
-            let result = calls.refer(id, &uri).await.map_err(|e| e.to_string());
-            let _ = inbox.send(Request::CallDone(CallDone::Transfer {
+        self.sip_then(
+            SipAction::Refer {
+                leg,
+                target: uri.clone(),
+            },
+            Some(Then::Transfer {
                 call: id,
                 target: uri,
-                result,
                 reply,
-            }));
-        });
+            }),
+        );
     }
 
     // ------------------------------------------------- background results
 
     /// Carries out commands that waited for the call (its answer, or the end of a
     /// re-INVITE of ours), in the order they came; one that waited too long fails.
-    fn run_deferred(&mut self, deferred: Vec<(Command, oneshot::Sender<Reply>, Instant)>) {
-        for (command, reply, since) in deferred {
-            if since.elapsed() > DEFERRED_LIMIT {
-                let _ = reply.send(fail(
-                    ErrorCode::WrongState,
-                    "the call could not take the command in time",
-                ));
+    fn run_deferred(&mut self, deferred: Vec<Deferred>) {
+        for d in deferred {
+            if self.now.mono.saturating_duration_since(d.since) > DEFERRED_LIMIT {
+                self.reply(
+                    d.reply,
+                    fail(
+                        ErrorCode::WrongState,
+                        "the call could not take the command in time",
+                    ),
+                );
                 continue;
             }
-            match command {
-                Command::Hold { call, on } => self.hold(call, on, reply),
-                Command::Transfer { target, call } => self.transfer(&target, call, reply),
-                _ => {
-                    let _ = reply.send(fail(ErrorCode::Internal, "unexpected deferred command"));
-                }
+            match d.command {
+                Command::Hold { call, on } => self.hold(call, on, d.reply),
+                Command::Transfer { target, call } => self.transfer(&target, call, d.reply),
+                _ => self.reply(
+                    d.reply,
+                    fail(ErrorCode::Internal, "unexpected deferred command"),
+                ),
             }
         }
     }
@@ -1324,106 +1581,110 @@ impl Engine {
         self.run_deferred(deferred);
     }
 
-    pub(crate) fn on_call_done(&mut self, done: CallDone) {
-        match done {
-            CallDone::Hold {
-                call,
-                on,
-                result,
+    /// Our hold (or resume) re-INVITE was answered.
+    pub(crate) fn on_hold_done(
+        &mut self,
+        call: CallId,
+        on: bool,
+        result: Result<(u16, Option<String>, SessionTimerAsk), String>,
+        reply: Option<ReplyTo>,
+    ) {
+        let min = self.config.settings.session_timer_min;
+        let Some(c) = self.calls.get_mut(&call) else {
+            self.reply(
                 reply,
-            } => {
-                let Some(c) = self.calls.get_mut(&call) else {
-                    let _ = reply.send(fail(
-                        ErrorCode::NoSuchCall,
-                        format!("call {call} has ended"),
-                    ));
-                    return;
-                };
-                c.busy_reinvite = false;
-                match result {
-                    Ok((code, _sdp, ask)) if (200..300).contains(&code) => {
-                        c.local_hold = on;
-                        let refreshed = c.session_timer.is_some();
-                        if refreshed {
-                            let min = self.config.settings.session_timer_min;
-                            c.session_timer = terms_from_answer(&ask, min).or(c.session_timer);
-                        }
-                        media_done(
-                            call,
-                            "set_hold",
-                            self.media.set_hold(call, on || c.remote_hold),
-                        );
-                        if refreshed {
-                            self.arm_session_timer(call);
-                        }
-                        if on {
-                            self.on_local_hold(call);
-                        }
-                        let by = "local";
-                        if on {
-                            self.publish(EventKind::CallHeld { call, by });
-                        } else {
-                            self.publish(EventKind::CallResumed { call, by });
-                        }
-                        let word = if on { "held" } else { "resumed" };
-                        let _ = reply.send(ok_with(
-                            format!("call {call} {word}"),
-                            json!({ "call": call }),
-                        ));
-                    }
-                    Ok((code, _, _)) => {
-                        media_done(
-                            call,
-                            "set_hold",
-                            self.media.set_hold(call, c.local_hold || c.remote_hold),
-                        );
-                        let _ = reply.send(fail(
-                            ErrorCode::Refused,
-                            format!(
-                                "call {call}: the other side answered the re-INVITE with {code}"
-                            ),
-                        ));
-                    }
-                    Err(e) => {
-                        media_done(
-                            call,
-                            "set_hold",
-                            self.media.set_hold(call, c.local_hold || c.remote_hold),
-                        );
-                        let _ = reply.send(fail(ErrorCode::Refused, format!("call {call}: {e}")));
-                    }
+                fail(ErrorCode::NoSuchCall, format!("call {call} has ended")),
+            );
+            return;
+        };
+        c.busy_reinvite = false;
+        match result {
+            Ok((code, _sdp, ask)) if (200..300).contains(&code) => {
+                c.local_hold = on;
+                let refreshed = c.session_timer.is_some();
+                if refreshed {
+                    c.session_timer = terms_from_answer(&ask, min).or(c.session_timer);
                 }
-                self.after_reinvite(call);
+                let hold_media = on || c.remote_hold;
+                self.media(MediaAction::SetHold {
+                    call,
+                    on: hold_media,
+                });
+                if refreshed {
+                    self.arm_session_timer(call);
+                }
+                if on {
+                    self.on_local_hold(call);
+                }
+                let by = "local";
+                if on {
+                    self.publish(EventKind::CallHeld { call, by });
+                } else {
+                    self.publish(EventKind::CallResumed { call, by });
+                }
+                let word = if on { "held" } else { "resumed" };
+                self.reply(
+                    reply,
+                    ok_with(format!("call {call} {word}"), json!({ "call": call })),
+                );
             }
-            CallDone::Transfer {
-                call,
-                target,
-                result,
-                reply,
-            } => match result {
-                Ok(code) if (200..300).contains(&code) => {
-                    self.publish(EventKind::CallTransfer {
-                        call,
-                        code,
-                        reason: "Accepted".into(),
-                        target: target.clone(),
-                    });
-                    let _ = reply.send(ok_with(
+            other => {
+                let hold_media = c.local_hold || c.remote_hold;
+                self.media(MediaAction::SetHold {
+                    call,
+                    on: hold_media,
+                });
+                let message = match other {
+                    Ok((code, _, _)) => {
+                        format!("call {call}: the other side answered the re-INVITE with {code}")
+                    }
+                    Err(e) => format!("call {call}: {e}"),
+                };
+                self.reply(reply, fail(ErrorCode::Refused, message));
+            }
+        }
+        self.after_reinvite(call);
+    }
+
+    /// Our REFER was answered.
+    pub(crate) fn on_transfer_done(
+        &mut self,
+        call: CallId,
+        target: String,
+        result: Result<u16, String>,
+        reply: Option<ReplyTo>,
+    ) {
+        match result {
+            Ok(code) if (200..300).contains(&code) => {
+                self.publish(EventKind::CallTransfer {
+                    call,
+                    code,
+                    reason: "Accepted".into(),
+                    target: target.clone(),
+                });
+                self.reply(
+                    reply,
+                    ok_with(
                         format!("call {call} transfer to {target} accepted ({code})"),
                         json!({ "call": call, "code": code }),
-                    ));
-                }
-                Ok(code) => {
-                    let _ = reply.send(fail(
-                        ErrorCode::Refused,
-                        format!("call {call}: transfer refused with {code}"),
-                    ));
-                }
-                Err(e) => {
-                    let _ = reply.send(fail(ErrorCode::Refused, format!("call {call}: {e}")));
-                }
-            },
-            CallDone::SessionTimer { call, generation } => {
+                    ),
+                );
+            }
+            Ok(code) => self.reply(
+                reply,
+                fail(
+                    ErrorCode::Refused,
+                    format!("call {call}: transfer refused with {code}"),
+                ),
+            ),
+            Err(e) => self.reply(reply, fail(ErrorCode::Refused, format!("call {call}: {e}"))),
+        }
+    }
+
+    /// A call timer fired.
+    pub(crate) fn on_call_timer(&mut self, timer: Timer) {
+        match timer {
+            Timer::Session { call, generation } => {
                 let Some(c) = self.calls.get(&call) else {
                     return;
                 };
@@ -1446,76 +1707,79 @@ impl Engine {
                     self.end_call(call, None);
                 }
             }
-            CallDone::Refreshed { call, result } => self.on_refreshed(call, result),
-            CallDone::HangupTimeout { call } => {
+            Timer::HangupGrace { call } => {
                 if self.calls.contains_key(&call) {
                     warn!("call {call}: no answer to our hang-up; ending it here");
                     self.finish(call, 408, "No answer to BYE".into(), "local");
                 }
             }
-            CallDone::AutoAnswer { call } => {
+            Timer::AutoAnswer { call } => {
                 if self.calls.get(&call).is_some_and(|c| c.is_ringing_in()) {
-                    let r = self.answer(Some(call));
-                    if let Err(f) = r {
-                        warn!("auto-answer of call {call}: {}", f.message);
-                    }
+                    self.answer(Some(call), None);
                 }
             }
-            CallDone::ForwardNow { call, target } => {
+            Timer::Forward { call, target } => {
                 if self.calls.get(&call).is_some_and(|c| c.is_ringing_in()) {
                     self.forward(call, &target);
                 }
             }
-            CallDone::AutoHangup { call } => {
+            Timer::AutoHangup { call } => {
                 if self.calls.contains_key(&call) {
                     info!("call {call}: autoHangUpTime reached");
                     self.end_call(call, None);
                 }
             }
+            Timer::ExitGrace => {}
         }
     }
 
     // ------------------------------------------------------ SIP signals
 
-    pub(crate) fn on_signal(&mut self, signal: CallSignal) {
-        let id = signal.call;
-        match signal.kind {
-            SignalKind::Incoming(invite) => self.on_incoming(id, *invite),
-            SignalKind::Ringing { code } => {
+    pub(crate) fn on_leg_signal(&mut self, leg: LegId, signal: LegSignal) {
+        if let LegSignal::Incoming(invite) = signal {
+            return self.on_incoming(leg, *invite);
+        }
+        let Some(id) = self.legs.get(&leg).copied() else {
+            // A leg we forgot: answer what must be answered.
+            match signal {
+                LegSignal::Reoffer { answer, .. } | LegSignal::Refer { answer, .. } => {
+                    self.respond(answer, 481, None, Vec::new());
+                }
+                LegSignal::Answered { .. } => self.sip(SipAction::Hangup { leg }),
+                _ => {}
+            }
+            return;
+        };
+        match signal {
+            LegSignal::Incoming(_) => {}
+            LegSignal::Ringing => {
                 if let Some(c) = self.calls.get_mut(&id) {
                     if c.state == CallState::Calling {
                         c.state = CallState::Ringing;
                         self.publish(EventKind::CallRinging { call: id });
                     }
-                    let _ = code;
                 }
             }
-            SignalKind::Early { code, sdp } => {
+            LegSignal::Early { code, sdp } => {
                 self.apply_remote_answer(id, sdp.as_deref(), true);
                 if let Some(c) = self.calls.get_mut(&id) {
                     c.state = CallState::Early;
                 }
                 self.publish(EventKind::CallEarly { call: id, code });
             }
-            SignalKind::Answered { sdp, session_timer } => {
+            LegSignal::Answered { sdp, session_timer } => {
                 // Answered after we cancelled it: end it with a BYE now.
-                if self
-                    .calls
-                    .get(&id)
-                    .is_some_and(|c| !c.end_waiters.is_empty())
-                {
-                    let calls = self.sip.calls().clone();
-                    tokio::spawn(async move {
-                        let _ = calls.hangup(id).await;
-                    });
+                if self.calls.get(&id).is_some_and(|c| c.ending) {
+                    self.sip(SipAction::Hangup { leg });
                     return;
                 }
                 self.apply_remote_answer(id, sdp.as_deref(), false);
                 let min = self.config.settings.session_timer_min;
                 let timers_off = self.session_timers_off(id);
+                let now = self.now.mono;
                 if let Some(c) = self.calls.get_mut(&id) {
                     c.state = CallState::Active;
-                    c.answered = Some(Instant::now());
+                    c.answered = Some(now);
                     if !timers_off {
                         c.session_timer = terms_from_answer(&session_timer, min);
                     }
@@ -1527,7 +1791,7 @@ impl Engine {
                     code: 200,
                 });
             }
-            SignalKind::Confirmed => {
+            LegSignal::Confirmed => {
                 let deferred = match self.calls.get_mut(&id) {
                     Some(c) => {
                         c.confirmed = true;
@@ -1546,15 +1810,14 @@ impl Engine {
                 }
                 self.run_deferred(deferred);
             }
-            SignalKind::Reoffer {
+            LegSignal::Reoffer {
                 sdp,
                 update,
                 session_timer,
-                reply,
-            } => self.on_reoffer(id, sdp, update, session_timer, reply),
-            SignalKind::Refer { target, reply } => {
-                let calls = self.sip.calls().clone();
-                tokio::spawn(async move { reply.respond(202, None).await });
+                answer,
+            } => self.on_reoffer(id, sdp, update, session_timer, answer),
+            LegSignal::Refer { target, answer } => {
+                self.respond(answer, 202, None, Vec::new());
                 let account = self.calls.get(&id).map(|c| c.account);
                 self.publish(EventKind::CallTransfer {
                     call: id,
@@ -1562,28 +1825,9 @@ impl Engine {
                     reason: "Transfer requested by the remote".into(),
                     target: target.clone(),
                 });
-                match self.place_call(&target, account, false, Some(id)) {
-                    Ok(new_id) => {
-                        info!("call {id}: transferred by the remote to {target} (call {new_id})");
-                        tokio::spawn(
-                            async move { calls.notify_refer(id, 100, "Trying", false).await },
-                        );
-                    }
-                    Err(e) => {
-                        let (code, text) = match e {
-                            Err(f) => (503, f.message),
-                            Ok(_) => (503, "failed".into()),
-                        };
-                        warn!("call {id}: transfer to {target} failed: {text}");
-                        tokio::spawn(async move {
-                            calls
-                                .notify_refer(id, code, "Service Unavailable", true)
-                                .await
-                        });
-                    }
-                }
+                self.dial(&target, account, false, false, Some(id), None);
             }
-            SignalKind::ReferProgress { code, reason, done } => {
+            LegSignal::ReferProgress { code, reason, done } => {
                 let target = String::new();
                 self.publish(EventKind::CallTransfer {
                     call: id,
@@ -1596,19 +1840,19 @@ impl Engine {
                     self.end_call(id, None);
                 }
             }
-            SignalKind::Info { content_type, body } => {
+            LegSignal::Info { content_type, body } => {
                 match microsip_media::dtmf::parse_info(&content_type, &body) {
-                    Some(digit) if self.calls.contains_key(&id) => {
+                    Some(digit) => {
                         self.publish(EventKind::CallDtmf {
                             call: id,
                             digit: digit.to_string(),
                             method: "info",
                         });
                     }
-                    _ => debug!("call {id}: INFO {content_type} ({} bytes)", body.len()),
+                    None => debug!("call {id}: INFO {content_type} ({} bytes)", body.len()),
                 }
             }
-            SignalKind::Ended {
+            LegSignal::Ended {
                 code,
                 reason,
                 by,
@@ -1624,15 +1868,36 @@ impl Engine {
         }
     }
 
+    /// Answers an in-dialog request (or a MESSAGE).
+    pub(crate) fn respond(
+        &mut self,
+        answer: AnswerId,
+        code: u16,
+        sdp: Option<String>,
+        headers: Vec<(String, String)>,
+    ) {
+        self.sip(SipAction::Respond {
+            answer,
+            code,
+            sdp,
+            headers,
+        });
+    }
+
     /// A call we placed for a REFER progressed: tell the transferor.
     fn transfer_progress(&mut self, id: CallId, code: u16, reason: &str, done: bool) {
         let Some(origin) = self.calls.get_mut(&id).and_then(|c| c.transfer_for.take()) else {
             return;
         };
-        let calls = self.sip.calls().clone();
-        let reason = reason.to_string();
         let success = (200..300).contains(&code);
-        tokio::spawn(async move { calls.notify_refer(origin, code, &reason, done).await });
+        if let Some(leg) = self.calls.get(&origin).map(|c| c.leg) {
+            self.sip(SipAction::NotifyRefer {
+                leg,
+                code,
+                reason: reason.to_string(),
+                done,
+            });
+        }
         if success && self.calls.contains_key(&origin) {
             self.end_call(origin, None);
         }
@@ -1649,12 +1914,14 @@ impl Engine {
             Ok(n) => {
                 call.codec = Some(n.codec.name());
                 call.negotiated = Some(n.clone());
-                media_done(id, "configure", self.media.configure(id, n));
-                media_done(
-                    id,
-                    "set_receive_only",
-                    self.media.set_receive_only(id, early),
-                );
+                self.media(MediaAction::Configure {
+                    call: id,
+                    negotiated: Box::new(n),
+                });
+                self.media(MediaAction::SetReceiveOnly {
+                    call: id,
+                    on: early,
+                });
             }
             Err(e) => warn!("call {id}: unusable SDP answer: {e}"),
         }
@@ -1669,29 +1936,29 @@ impl Engine {
         sdp_text: Option<String>,
         update: bool,
         ask: SessionTimerAsk,
-        reply: microsip_sip::Responder,
+        reply: AnswerId,
     ) {
         let terms = if self.session_timers_off(id) {
             TimerTerms::Off
         } else {
             terms_for_request(&ask, self.config.settings.session_timer_min)
         };
-        let Some(call) = self.calls.get_mut(&id) else {
-            tokio::spawn(async move { reply.respond(481, None).await });
-            return;
-        };
+        if !self.calls.contains_key(&id) {
+            return self.respond(reply, 481, None, Vec::new());
+        }
         let (timer, extra) = match terms {
             TimerTerms::TooSmall(min) => {
                 let extra = vec![("Min-SE".to_string(), min.to_string())];
-                tokio::spawn(async move { reply.respond_with(422, None, extra).await });
-                return;
+                return self.respond(reply, 422, None, extra);
             }
             TimerTerms::Agreed { timer, require } => (Some(timer), timer.headers(false, require)),
             TimerTerms::Off => (None, Vec::new()),
         };
-        let Some(local) = call.local.as_mut() else {
-            tokio::spawn(async move { reply.respond(488, None).await });
+        let Some(call) = self.calls.get_mut(&id) else {
             return;
+        };
+        let Some(local) = call.local.as_mut() else {
+            return self.respond(reply, 488, None, Vec::new());
         };
         let Some(text) = sdp_text else {
             // An UPDATE without SDP only refreshes the session: 200 without SDP. An
@@ -1701,16 +1968,13 @@ impl Engine {
                 sdp::offer(local)
             });
             call.session_timer = timer;
-            tokio::spawn(async move { reply.respond_with(200, offer, extra).await });
+            self.respond(reply, 200, offer, extra);
             self.arm_session_timer(id);
             return;
         };
         let desc = match sdp::parse(&text) {
             Ok(d) => d,
-            Err(_) => {
-                tokio::spawn(async move { reply.respond(400, None).await });
-                return;
-            }
+            Err(_) => return self.respond(reply, 400, None, Vec::new()),
         };
         local.version += 1;
         local.direction = if call.local_hold {
@@ -1720,10 +1984,7 @@ impl Engine {
         };
         let (answer, negotiated) = match sdp::answer(&desc, local) {
             Ok(x) => x,
-            Err(_) => {
-                tokio::spawn(async move { reply.respond(488, None).await });
-                return;
-            }
+            Err(_) => return self.respond(reply, 488, None, Vec::new()),
         };
         let held_by_remote = matches!(
             negotiated.remote_direction,
@@ -1735,9 +1996,15 @@ impl Engine {
         call.negotiated = Some(negotiated.clone());
         call.session_timer = timer;
         let hold_media = call.local_hold || held_by_remote;
-        media_done(id, "configure", self.media.configure(id, negotiated));
-        media_done(id, "set_hold", self.media.set_hold(id, hold_media));
-        tokio::spawn(async move { reply.respond_with(200, Some(answer), extra).await });
+        self.media(MediaAction::Configure {
+            call: id,
+            negotiated: Box::new(negotiated),
+        });
+        self.media(MediaAction::SetHold {
+            call: id,
+            on: hold_media,
+        });
+        self.respond(reply, 200, Some(answer), extra);
         self.arm_session_timer(id);
         if held_by_remote && !was {
             self.publish(EventKind::CallHeld {
@@ -1785,15 +2052,14 @@ impl Engine {
         self.after_session(id, generation, timer.due());
     }
 
-    fn after_session(&self, id: CallId, generation: u64, delay: Duration) {
-        let inbox = self.inbox.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(delay).await;
-            let _ = inbox.send(Request::CallDone(CallDone::SessionTimer {
+    fn after_session(&mut self, id: CallId, generation: u64, delay: Duration) {
+        self.set_timer(
+            delay,
+            Timer::Session {
                 call: id,
                 generation,
-            }));
-        });
+            },
+        );
     }
 
     /// Our turn to refresh: a re-INVITE with the SDP unchanged (same version) and
@@ -1810,25 +2076,25 @@ impl Engine {
             return;
         }
         call.busy_reinvite = true;
+        let leg = call.leg;
         let offer = sdp::offer(local);
         let mut extra = timer.headers(true, false);
         extra.push(("Supported".to_string(), "timer".to_string()));
         info!("call {id}: refreshing the session ({} s)", timer.interval);
-        let calls = self.sip.calls().clone();
-        let inbox = self.inbox.clone();
-        tokio::spawn(async move {
-            let result = calls
-                .reinvite(id, offer, extra)
-                .await
-                .map_err(|e| e.to_string());
-            let _ = inbox.send(Request::CallDone(CallDone::Refreshed { call: id, result }));
-        });
+        self.sip_then(
+            SipAction::Reinvite {
+                leg,
+                sdp: offer,
+                headers: extra,
+            },
+            Some(Then::Refresh { call: id }),
+        );
     }
 
     /// The answer to our refresh: a 2xx sets the terms again (none: the other side
     /// turned the timer off); a 491 tries again shortly; 408, 481 or no answer ends
     /// the call (RFC 4028 §10); another refusal keeps the terms for the next try.
-    fn on_refreshed(
+    pub(crate) fn on_refreshed(
         &mut self,
         id: CallId,
         result: Result<(u16, Option<String>, SessionTimerAsk), String>,
@@ -1879,7 +2145,8 @@ impl Engine {
         by: &'static str,
         elsewhere: bool,
     ) {
-        let Some(duration) = self.calls.get(&id).map(Call::duration_s) else {
+        let now = self.now.mono;
+        let Some(duration) = self.calls.get(&id).map(|c| c.duration_s(now)) else {
             return;
         };
         let reason = self
@@ -1888,9 +2155,9 @@ impl Engine {
             .and_then(|c| c.end_reason.take())
             .unwrap_or(reason);
         let quality = self.call_quality(id);
-        media_done(id, "close", self.media.close(id));
+        self.media(MediaAction::Close { call: id });
         self.on_media_closed(id);
-        self.last_ended = Some(Instant::now());
+        self.last_ended = Some(now);
         info!("call {id}: ended {code} {reason} ({by}, {duration}s)");
         // Published while the call is still in the table, so the event names its account.
         self.publish(EventKind::CallEnded {
@@ -1905,45 +2172,27 @@ impl Engine {
         let Some(call) = self.calls.remove(&id) else {
             return;
         };
+        self.legs.remove(&call.leg);
+        self.timers.cancel(|t| t.call() == Some(id));
         for w in call.end_waiters {
-            let _ = w.send(ok_with(
-                format!("call {id} ended"),
-                json!({ "call": id, "code": code, "reason": reason }),
-            ));
+            self.call_gone_for(
+                w,
+                ok_with(
+                    format!("call {id} ended"),
+                    json!({ "call": id, "code": code, "reason": reason }),
+                ),
+            );
         }
-        for (_, reply, _) in call.deferred {
-            let _ = reply.send(fail(
-                ErrorCode::NoSuchCall,
-                format!("call {id} ended ({code} {reason})"),
-            ));
+        for d in call.deferred {
+            self.reply(
+                d.reply,
+                fail(
+                    ErrorCode::NoSuchCall,
+                    format!("call {id} ended ({code} {reason})"),
+                ),
+            );
         }
     }
-
-    /// Ends every call before the phone exits (bounded by the caller).
-    pub(crate) fn end_all_calls(&mut self) -> Vec<oneshot::Receiver<Reply>> {
-        let ids: Vec<CallId> = self.calls.keys().copied().collect();
-        let mut waits = Vec::new();
-        for id in ids {
-            let (tx, rx) = oneshot::channel();
-            self.end_call(id, Some(tx));
-            waits.push(rx);
-        }
-        waits
-    }
-}
-
-/// A random 64-bit number for SDP session ids (not security-relevant).
-fn rand_u64() -> u64 {
-    use std::collections::hash_map::RandomState;
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0),
-    );
-    h.finish() >> 1
 }
 
 /// Whether `target` names its host itself (`sip:user@host`, `user@host`, an IP
@@ -1963,36 +2212,6 @@ fn is_direct_address(target: &str) -> bool {
         || host
             .rsplit_once(':')
             .is_some_and(|(h, p)| h.parse::<std::net::IpAddr>().is_ok() && p.parse::<u16>().is_ok())
-}
-
-/// Sends digits one SIP INFO each (`application/dtmf-relay`), paced like tones:
-/// 100 ms per digit plus a 60 ms gap, one second per `,`.
-async fn send_info_digits(calls: microsip_sip::Calls, id: CallId, digits: String) {
-    use microsip_media::dtmf::{info_body, parse_digits, DtmfStep};
-    let Ok(steps) = parse_digits(&digits) else {
-        return;
-    };
-    for step in steps {
-        match step {
-            DtmfStep::Pause => tokio::time::sleep(Duration::from_secs(1)).await,
-            DtmfStep::Digit(d) => {
-                if let Ok((content_type, body)) = info_body(d, 100) {
-                    if let Err(e) = calls.info(id, content_type, body).await {
-                        warn!("call {id}: INFO for {d}: {e}");
-                        return;
-                    }
-                }
-                tokio::time::sleep(Duration::from_millis(160)).await;
-            }
-        }
-    }
-}
-
-/// Media changes do not fail a call: a failure is logged and the call goes on.
-fn media_done(call: CallId, what: &str, result: Result<(), microsip_media::MediaError>) {
-    if let Err(e) = result {
-        warn!("call {call}: media {what}: {e}");
-    }
 }
 
 #[cfg(test)]

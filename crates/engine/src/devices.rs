@@ -4,16 +4,16 @@
 //! and the ring tone played on the ring device while an incoming call rings.
 
 pub use microsip_media::device::prepare_pulse_cookie;
-use microsip_media::device::{self, DeviceInfo, DeviceName};
-use microsip_media::ring::Ringer;
-use microsip_media::{audio, AudioError, AudioSpec, MediaError};
+use microsip_media::device::DeviceInfo;
+use microsip_media::{AudioError, AudioSpec};
 use serde_json::{json, Value};
-use tokio::sync::oneshot;
 use tracing::{info, warn};
 
 use crate::command::DeviceRole;
-use crate::engine::Engine;
+use crate::core::Core;
+use crate::io::{MediaAction, MediaFailure, ReplyTo};
 use crate::reply::{fail, ok_with, ErrorCode, Reply};
+use crate::then::Then;
 
 fn role_words(role: DeviceRole) -> (&'static str, &'static str) {
     match role {
@@ -32,11 +32,16 @@ fn audio_failure(e: &AudioError) -> Reply {
     fail(code, e.to_string())
 }
 
-fn media_failure(e: &MediaError) -> Reply {
-    match e {
-        MediaError::Audio(a) => audio_failure(a),
-        other => fail(ErrorCode::Media, other.to_string()),
-    }
+/// The reply for a device the media could not use.
+fn media_failure(e: &MediaFailure) -> Reply {
+    let code = if e.no_such_device {
+        ErrorCode::NoSuchDevice
+    } else if e.bad_argument {
+        ErrorCode::BadArgument
+    } else {
+        ErrorCode::Media
+    };
+    fail(code, e.message.clone())
 }
 
 /// Whether `spec` (an ini value) names `info` for recording (`input`) or playing.
@@ -107,98 +112,124 @@ fn shown(value: Option<&str>) -> String {
     }
 }
 
-impl Engine {
-    /// `devices`: asks the sound systems (which may take a moment) off the engine
-    /// task and replies from there.
-    pub(crate) fn list_devices(&self, reply: oneshot::Sender<Reply>) {
+impl Core {
+    /// `devices`: the driver asks the sound systems (which may take a moment) off
+    /// the signalling task.
+    pub(crate) fn list_devices(&mut self, reply: ReplyTo) {
+        self.media_then(MediaAction::ListDevices, Some(Then::Devices { reply }));
+    }
+
+    pub(crate) fn devices_listed(&mut self, list: &[DeviceInfo], reply: ReplyTo) {
         let s = &self.config.settings;
         let input = shown(s.audio_input_device.as_deref());
         let output = shown(s.audio_output_device.as_deref());
         let ring = shown(s.audio_ring_device.as_deref());
-        tokio::task::spawn_blocking(move || {
-            let list = device::list();
-            let _ = reply.send(device_list(&list, &input, &output, &ring));
-        });
+        let answer = device_list(list, &input, &output, &ring);
+        self.reply(Some(reply), answer);
     }
 
     /// `setdevice input|output|ring DEVICE`: checks the device, switches every call
     /// to it (calls stay up), stores it in the ini, and replies once in use.
-    pub(crate) fn set_device(&mut self, role: DeviceRole, text: &str) -> Reply {
+    pub(crate) fn set_device(&mut self, role: DeviceRole, text: &str, reply: ReplyTo) {
         let spec = match AudioSpec::parse(text) {
             Ok(s) => s,
-            Err(e) => return audio_failure(&e),
+            Err(e) => return self.reply(Some(reply), audio_failure(&e)),
         };
-        let (what, key) = role_words(role);
         if role != DeviceRole::Input && matches!(spec, AudioSpec::Tone(_)) {
-            return audio_failure(&AudioError::NotAnOutput(spec.to_string()));
+            return self.reply(
+                Some(reply),
+                audio_failure(&AudioError::NotAnOutput(spec.to_string())),
+            );
         }
-        let sessions = self.media.sessions();
-        let result = match (role, &spec) {
-            (DeviceRole::Input, _) if !sessions.is_empty() => sessions
-                .iter()
-                .try_for_each(|&id| self.media.set_source(id, &spec))
-                .map_err(|e| media_failure(&e)),
-            (DeviceRole::Output, _) if !sessions.is_empty() => sessions
-                .iter()
-                .try_for_each(|&id| self.media.set_sink(id, &spec))
-                .map_err(|e| media_failure(&e)),
-            // No call to switch: check that the device exists (without opening it)
-            // or that the file plays.
-            (DeviceRole::Input, AudioSpec::File(_)) => audio::open_source(&spec)
-                .map(drop)
-                .map_err(|e| audio_failure(&e)),
-            (_, AudioSpec::Device(name)) => check_device(name, role == DeviceRole::Input),
-            _ => Ok(()),
+        // The calls with media open: each switches to the new device.
+        let calls: Vec<_> = if role == DeviceRole::Ring {
+            Vec::new()
+        } else {
+            self.calls
+                .values()
+                .filter(|c| c.local.is_some())
+                .map(|c| c.id)
+                .collect()
         };
-        if let Err(r) = result {
-            return r;
-        }
         let value = spec.to_string();
+        let count = calls.len();
+        self.media_then(
+            MediaAction::SetDevice {
+                input: role == DeviceRole::Input,
+                ring: role == DeviceRole::Ring,
+                calls,
+                spec,
+            },
+            Some(Then::DeviceSet {
+                role,
+                value,
+                calls: count,
+                reply,
+            }),
+        );
+    }
+
+    /// The media switched (or checked) the device.
+    pub(crate) fn device_set(
+        &mut self,
+        role: DeviceRole,
+        value: String,
+        calls: usize,
+        result: Result<(), MediaFailure>,
+        reply: ReplyTo,
+    ) {
+        if let Err(e) = result {
+            return self.reply(Some(reply), media_failure(&e));
+        }
+        let (what, key) = role_words(role);
         let settings = &mut self.config.settings;
         match role {
             DeviceRole::Input => settings.audio_input_device = Some(value.clone()),
             DeviceRole::Output => settings.audio_output_device = Some(value.clone()),
             DeviceRole::Ring => settings.audio_ring_device = Some(value.clone()),
         }
-        if let Err(e) = self.store.set("Settings", key, &value) {
-            warn!("{key} not saved: {e}");
-        }
-        if role == DeviceRole::Ring && self.ringer.is_some() {
+        if role == DeviceRole::Ring && self.ringing {
             // Ring on the new device from now on.
-            self.ringer = None;
-            self.ringer = self.start_ringer();
+            let ring = self.ring_action();
+            self.media(ring);
         }
-        info!(
-            "{what} device: {value} ({} call(s) switched)",
-            sessions.len()
-        );
-        ok_with(
+        info!("{what} device: {value} ({calls} call(s) switched)");
+        let answer = ok_with(
             format!("{what} device: {value}"),
-            json!({ "role": what, "device": value, "calls": sessions.len() }),
-        )
+            json!({ "role": what, "device": value, "calls": calls }),
+        );
+        self.store_setting(("Settings", key, &value), Some(reply), answer, false);
     }
 
     /// Starts or stops the ring tone as incoming calls start or stop ringing. Called
-    /// after everything the engine handles.
+    /// after everything the core handles.
     pub(crate) fn update_ringer(&mut self) {
         let ringing = self.any_ringing_in();
         if ringing == self.ringing {
             return;
         }
         self.ringing = ringing;
-        self.ringer = if ringing { self.start_ringer() } else { None };
+        let action = if ringing {
+            self.ring_action()
+        } else {
+            MediaAction::Ring {
+                device: None,
+                sound: None,
+            }
+        };
+        self.media(action);
     }
 
-    /// A ringer on the ring device when that is a sound device or a file (null and
+    /// Ringing on the ring device when that is a sound device or a file (null and
     /// unset ring silently).
-    fn start_ringer(&self) -> Option<Ringer> {
+    fn ring_action(&self) -> MediaAction {
         let s = &self.config.settings;
-        let spec = match AudioSpec::parse(s.audio_ring_device.as_deref().unwrap_or("")) {
-            Ok(spec @ (AudioSpec::Device(_) | AudioSpec::File(_))) => spec,
-            Ok(_) => return None,
+        let device = match AudioSpec::parse(s.audio_ring_device.as_deref().unwrap_or("")) {
+            Ok(spec @ (AudioSpec::Device(_) | AudioSpec::File(_))) => Some(spec),
+            Ok(_) => None,
             Err(e) => {
                 warn!("audioRingDevice: {e}");
-                return None;
+                None
             }
         };
         let sound = s
@@ -206,21 +237,9 @@ impl Engine {
             .as_deref()
             .map(str::trim)
             .filter(|p| !p.is_empty())
-            .map(std::path::Path::new);
-        match Ringer::start(&spec, sound) {
-            Ok(r) => Some(r),
-            Err(e) => {
-                warn!("ring tone not played on {spec}: {e}");
-                None
-            }
-        }
+            .map(std::path::PathBuf::from);
+        MediaAction::Ring { device, sound }
     }
-}
-
-fn check_device(name: &DeviceName, input: bool) -> Result<(), Reply> {
-    device::check(name, input)
-        .map(drop)
-        .map_err(|e| audio_failure(&e))
 }
 
 #[cfg(test)]

@@ -2,24 +2,30 @@
 //! only thing that changes it. Every face (command line, socket, HTTP) turns its input
 //! into one [`Command`], gets one [`Reply`], and may subscribe to the [`Event`] stream.
 //!
-//! The engine knows no sockets and no files: SIP goes through `microsip-sip`, the ini
-//! through the [`ConfigStore`] the binary hands in.
+//! Two layers: the [`core`] is a sans-IO state machine (inputs in with the time,
+//! outputs out, no tokio, sockets, files or clock), and the [`driver`] owns the SIP
+//! stack, the media thread and the stores, performs the core's outputs and feeds
+//! their results back. Faces talk to the driver through an [`EngineHandle`].
 
 mod calls;
 pub mod command;
+pub mod core;
 pub mod devices;
 pub mod dialplan;
-pub mod engine;
+pub mod driver;
 pub mod event;
 pub mod grammar;
+pub mod io;
 pub mod messages;
 pub mod policy;
 mod presence;
 mod recording;
 pub mod reply;
+mod then;
+mod timers;
 
 pub use command::{CallId, Command, ParseError};
-pub use engine::{start, ConfigStore, EngineHandle, EngineSetup, NoStore};
+pub use driver::{start, ConfigStore, EngineHandle, EngineSetup, NoStore};
 pub use event::{Event, EventKind, Snapshot};
 pub use messages::{MessageArchive, MessageRecord, NoArchive, NoRecords, Records};
 /// Wall-clock time as RFC 3339 text (shared with the faces' files).

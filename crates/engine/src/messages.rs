@@ -1,23 +1,22 @@
 //! Text messages (SIP MESSAGE): sending (`message TARGET TEXT`), receiving (stored
 //! before the sender is told 200, so nothing acknowledged is ever lost), listing
-//! (`messages [CONTACT]`), and the `message.*` events. Stores are synced to disk,
-//! so they run one at a time, in order, on a blocking thread ([`ArchiveQueue`]):
-//! the engine (and with it SIP and the control socket) never waits for a disk.
+//! (`messages [CONTACT]`), and the `message.*` events; the call history and the
+//! address book as the `history` and `contacts` commands see them. Every read and
+//! write is a store action the driver runs in order off the signalling task.
 
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::UNIX_EPOCH;
 
-use microsip_sip::IncomingMessage;
 use serde::Serialize;
 use serde_json::json;
-use tokio::sync::{mpsc, oneshot};
 use tracing::warn;
 
 use crate::command::ContactsAction;
+use crate::core::Core;
 use crate::dialplan;
-use crate::engine::{Engine, Request};
 use crate::event::EventKind;
-use crate::reply::{fail, ok_with, ErrorCode, Reply};
+use crate::io::{MessageIn, ReplyTo, SipAction, StoreAction};
+use crate::reply::{fail, ok_with, ErrorCode};
+use crate::then::Then;
 
 /// One stored message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -84,106 +83,24 @@ impl MessageArchive for NoArchive {
     }
 }
 
-/// What comes back from a MESSAGE sent in the background.
-pub(crate) struct MessageDone {
-    pub(crate) record: MessageRecord,
-    pub(crate) result: Result<(u16, String), String>,
-    pub(crate) reply: oneshot::Sender<Reply>,
-}
-
-/// The archive, shared by the engine (listing) and the store queue (writing).
-pub(crate) type SharedArchive = Arc<Mutex<Box<dyn MessageArchive>>>;
-
-fn lock_archive(archive: &SharedArchive) -> MutexGuard<'_, Box<dyn MessageArchive>> {
-    archive
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-/// A message that was being stored, and what came of it.
-pub(crate) struct MessageStored {
-    pub(crate) message: IncomingMessage,
-    pub(crate) result: Result<MessageRecord, String>,
-}
-
-enum StoreJob {
-    /// Store, then let the engine answer the sender and publish the event.
-    Incoming(Box<IncomingMessage>, MessageRecord),
-    /// Store a sent message's record, then give the command its reply.
-    Outgoing(MessageRecord, oneshot::Sender<Reply>, Reply),
-}
-
-/// Stores messages one at a time, in the order they were queued, off the engine.
-pub(crate) struct ArchiveQueue {
-    jobs: mpsc::UnboundedSender<StoreJob>,
-}
-
-impl ArchiveQueue {
-    /// Starts the queue's task; outcomes of incoming messages come back to `inbox`.
-    pub(crate) fn start(archive: SharedArchive, inbox: mpsc::UnboundedSender<Request>) -> Self {
-        let (jobs, mut queue) = mpsc::unbounded_channel::<StoreJob>();
-        tokio::spawn(async move {
-            while let Some(job) = queue.recv().await {
-                let archive = archive.clone();
-                match job {
-                    StoreJob::Incoming(message, record) => {
-                        let result = tokio::task::spawn_blocking(move || {
-                            lock_archive(&archive).store(&record).map(|()| record)
-                        })
-                        .await
-                        .unwrap_or_else(|e| Err(format!("the store task failed: {e}")));
-                        let _ = inbox.send(Request::MessageStored(Box::new(MessageStored {
-                            message: *message,
-                            result,
-                        })));
-                    }
-                    StoreJob::Outgoing(record, reply, answer) => {
-                        let to = record.to.clone();
-                        let stored = tokio::task::spawn_blocking(move || {
-                            lock_archive(&archive).store(&record)
-                        })
-                        .await
-                        .unwrap_or_else(|e| Err(format!("the store task failed: {e}")));
-                        if let Err(e) = stored {
-                            warn!("sent message to {to} not stored: {e}");
-                        }
-                        let _ = reply.send(answer);
-                    }
-                }
-            }
-        });
-        ArchiveQueue { jobs }
+impl Core {
+    fn unix_now(&self) -> i64 {
+        self.now
+            .wall
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0)
     }
 
-    fn push(&self, job: StoreJob) {
-        if let Err(mpsc::error::SendError(job)) = self.jobs.send(job) {
-            // Only when the runtime is going away: answer what can be answered.
-            match job {
-                StoreJob::Incoming(message, _) => drop(tokio::spawn(message.respond(500))),
-                StoreJob::Outgoing(_, reply, answer) => {
-                    let _ = reply.send(answer);
-                }
-            }
-        }
-    }
-}
-
-fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
-
-impl Engine {
-    /// A MESSAGE arrived: refuse it (messaging off), or store it, report it, answer 200.
-    pub(crate) fn on_message(&mut self, message: IncomingMessage) {
+    /// A MESSAGE arrived: refuse it (messaging off), or store it, then report it and
+    /// answer 200.
+    pub(crate) fn on_message(&mut self, message: MessageIn) {
         if self.config.settings.disable_messaging {
-            tokio::spawn(message.respond(405));
+            self.respond(message.answer, 405, None, Vec::new());
             return;
         }
         let record = MessageRecord {
-            time: now(),
+            time: self.unix_now(),
             incoming: true,
             contact: message.from.clone(),
             from: message.from.clone(),
@@ -191,54 +108,60 @@ impl Engine {
             text: message.text.clone(),
             status: "received".into(),
         };
-        self.archive_queue
-            .push(StoreJob::Incoming(Box::new(message), record));
+        self.store_then(
+            StoreAction::StoreMessage(Box::new(record)),
+            Some(Then::MessageStored {
+                message: Box::new(message),
+            }),
+        );
     }
 
     /// An incoming message is on disk (200 and the event) or could not be (500).
-    pub(crate) fn on_message_stored(&mut self, stored: MessageStored) {
-        let MessageStored { message, result } = stored;
-        match result {
-            Ok(record) => {
+    pub(crate) fn on_message_stored(&mut self, message: MessageIn, stored: Result<(), String>) {
+        match stored {
+            Ok(()) => {
                 self.publish(EventKind::MessageReceived {
-                    from: record.from,
-                    name: message.display_name.clone(),
-                    to: record.to,
-                    content_type: message.content_type.clone(),
-                    text: record.text,
+                    from: message.from,
+                    name: message.display_name,
+                    to: message.to,
+                    content_type: message.content_type,
+                    text: message.text,
                 });
-                tokio::spawn(message.respond(200));
+                self.respond(message.answer, 200, None, Vec::new());
             }
             Err(e) => {
                 warn!(
                     "message from {} not stored: {e}; answering 500",
                     message.from
                 );
-                tokio::spawn(message.respond(500));
+                self.respond(message.answer, 500, None, Vec::new());
             }
         }
     }
 
     /// `message TARGET TEXT`: replies once the far end answered.
-    pub(crate) fn send_text(&mut self, target: &str, text: &str, reply: oneshot::Sender<Reply>) {
+    pub(crate) fn send_text(&mut self, target: &str, text: &str, reply: ReplyTo) {
         let Some(account) = self
             .accounts
             .get(&self.active_account)
             .map(|s| s.account.clone())
         else {
-            let _ = reply.send(fail(ErrorCode::NoAccount, "no account to send from"));
+            self.reply(
+                Some(reply),
+                fail(ErrorCode::NoAccount, "no account to send from"),
+            );
             return;
         };
         let uri = match dialplan::normalize_target(target, &account) {
             Ok(t) => t.uri,
             Err(e) => {
-                let _ = reply.send(fail(ErrorCode::BadArgument, e.to_string()));
+                self.reply(Some(reply), fail(ErrorCode::BadArgument, e.to_string()));
                 return;
             }
         };
         let caller = self.caller_account(&account);
         let record = MessageRecord {
-            time: now(),
+            time: self.unix_now(),
             incoming: false,
             contact: uri.clone(),
             from: format!(
@@ -250,25 +173,26 @@ impl Engine {
             text: text.to_string(),
             status: "sending".into(),
         };
-        let sender = self.sip.message_sender();
-        let inbox = self.inbox.clone();
-        let text = text.to_string();
-        tokio::spawn(async move {
-            let result = microsip_sip::send_message(&sender, &caller, &uri, &text).await;
-            let _ = inbox.send(Request::MessageDone(MessageDone {
-                record,
-                result,
+        self.sip_then(
+            SipAction::SendMessage {
+                caller,
+                target: uri,
+                text: text.to_string(),
+            },
+            Some(Then::MessageSent {
+                record: Box::new(record),
                 reply,
-            }));
-        });
+            }),
+        );
     }
 
-    pub(crate) fn on_message_done(&mut self, done: MessageDone) {
-        let MessageDone {
-            mut record,
-            result,
-            reply,
-        } = done;
+    /// The far end answered our MESSAGE: publish, keep the record, then reply.
+    pub(crate) fn on_message_done(
+        &mut self,
+        mut record: MessageRecord,
+        result: Result<(u16, String), String>,
+        reply: ReplyTo,
+    ) {
         let answer = match &result {
             Ok((code, reason)) if (200..300).contains(code) => {
                 record.status = "sent".into();
@@ -303,13 +227,24 @@ impl Engine {
                 fail(ErrorCode::BadArgument, format!("message not sent: {e}"))
             }
         };
-        self.archive_queue
-            .push(StoreJob::Outgoing(record, reply, answer));
+        self.store_then(
+            StoreAction::StoreMessage(Box::new(record)),
+            Some(Then::MessageKept { reply, answer }),
+        );
     }
 
-    /// `history`: one entry per line-part, newest first.
-    pub(crate) fn list_history(&self) -> Reply {
-        match self.records.history() {
+    /// `history`.
+    pub(crate) fn list_history(&mut self, reply: ReplyTo) {
+        self.store_then(StoreAction::ListHistory, Some(Then::History { reply }));
+    }
+
+    /// The history came from the store: one entry per line-part, newest first.
+    pub(crate) fn history_listed(
+        &mut self,
+        list: Result<Vec<serde_json::Value>, String>,
+        reply: ReplyTo,
+    ) {
+        let answer = match list {
             Ok(list) => {
                 let text: Vec<String> = list
                     .iter()
@@ -326,74 +261,127 @@ impl Engine {
                 ok_with(text.join("; "), json!(list))
             }
             Err(e) => fail(ErrorCode::Internal, format!("history cannot be read: {e}")),
-        }
+        };
+        self.reply(Some(reply), answer);
     }
 
     /// `contacts [list]`, `contacts add NUMBER [NAME]`, `contacts remove NUMBER`.
-    pub(crate) fn contacts(&mut self, action: ContactsAction) -> Reply {
+    pub(crate) fn contacts(&mut self, action: ContactsAction, reply: ReplyTo) {
         match action {
-            ContactsAction::List => match self.records.contacts() {
-                Ok(mut list) => {
-                    for c in list.iter_mut() {
-                        let status = c["number"].as_str().and_then(|n| self.presence_of(n));
-                        if let (Some(status), Some(obj)) = (status, c.as_object_mut()) {
-                            obj.insert("status".into(), json!(status));
-                        }
-                    }
-                    let text: Vec<String> = list
-                        .iter()
-                        .map(|c| {
-                            let line = format!(
-                                "{} {}",
-                                c["number"].as_str().unwrap_or(""),
-                                c["name"].as_str().unwrap_or("")
-                            );
-                            match c["status"].as_str() {
-                                Some(status) => format!("{line} ({status})"),
-                                None => line,
-                            }
-                        })
-                        .collect();
-                    ok_with(text.join("; "), json!(list))
-                }
-                Err(e) => fail(ErrorCode::Internal, format!("contacts cannot be read: {e}")),
-            },
+            ContactsAction::List => {
+                self.store_then(StoreAction::ListContacts, Some(Then::ContactList { reply }))
+            }
             ContactsAction::Add {
                 number,
                 name,
                 presence,
-            } => match self.records.add_contact(&name, &number, presence) {
-                Ok(word) => {
-                    let active = self.active_account;
-                    self.presence_sync(active);
-                    ok_with(
-                        format!("contact {number} {word}"),
-                        json!({ "number": number }),
-                    )
-                }
-                Err(e) => fail(ErrorCode::ConfigWrite, format!("contact not saved: {e}")),
-            },
-            ContactsAction::Remove { number } => match self.records.remove_contact(&number) {
-                Ok(true) => {
-                    let active = self.active_account;
-                    self.presence_sync(active);
-                    ok_with(
-                        format!("contact {number} removed"),
-                        json!({ "number": number }),
-                    )
-                }
-                Ok(false) => fail(
-                    ErrorCode::BadArgument,
-                    format!("there is no contact {number}"),
-                ),
-                Err(e) => fail(ErrorCode::ConfigWrite, format!("contact not removed: {e}")),
-            },
+            } => self.store_then(
+                StoreAction::AddContact {
+                    name,
+                    number: number.clone(),
+                    presence,
+                },
+                Some(Then::ContactChanged { reply, number }),
+            ),
+            ContactsAction::Remove { number } => self.store_then(
+                StoreAction::RemoveContact {
+                    number: number.clone(),
+                },
+                Some(Then::ContactChanged { reply, number }),
+            ),
         }
     }
 
+    /// Reads the address book again (presence subscriptions follow it).
+    pub(crate) fn reload_contacts(&mut self) {
+        self.store_then(StoreAction::ListContacts, Some(Then::ContactsLoaded));
+    }
+
+    pub(crate) fn contacts_loaded(&mut self, list: Result<Vec<serde_json::Value>, String>) {
+        match list {
+            Ok(list) => {
+                self.contacts = list;
+                let active = self.active_account;
+                self.presence_sync(active);
+            }
+            Err(e) => warn!("contacts cannot be read for presence: {e}"),
+        }
+    }
+
+    /// The address book came from the store for `contacts list`.
+    pub(crate) fn contacts_listed(
+        &mut self,
+        list: Result<Vec<serde_json::Value>, String>,
+        reply: ReplyTo,
+    ) {
+        let answer = match list {
+            Ok(mut list) => {
+                self.contacts = list.clone();
+                for c in list.iter_mut() {
+                    let status = c["number"].as_str().and_then(|n| self.presence_of(n));
+                    if let (Some(status), Some(obj)) = (status, c.as_object_mut()) {
+                        obj.insert("status".into(), json!(status));
+                    }
+                }
+                let text: Vec<String> = list
+                    .iter()
+                    .map(|c| {
+                        let line = format!(
+                            "{} {}",
+                            c["number"].as_str().unwrap_or(""),
+                            c["name"].as_str().unwrap_or("")
+                        );
+                        match c["status"].as_str() {
+                            Some(status) => format!("{line} ({status})"),
+                            None => line,
+                        }
+                    })
+                    .collect();
+                ok_with(text.join("; "), json!(list))
+            }
+            Err(e) => fail(ErrorCode::Internal, format!("contacts cannot be read: {e}")),
+        };
+        self.reply(Some(reply), answer);
+    }
+
+    /// A contact was added or removed (or was not there).
+    pub(crate) fn contact_changed(
+        &mut self,
+        result: Result<String, String>,
+        number: String,
+        reply: ReplyTo,
+    ) {
+        let answer = match result.as_deref() {
+            Ok("absent") => fail(
+                ErrorCode::BadArgument,
+                format!("there is no contact {number}"),
+            ),
+            Ok(word) => {
+                self.reload_contacts();
+                ok_with(
+                    format!("contact {number} {word}"),
+                    json!({ "number": number }),
+                )
+            }
+            Err(e) => fail(ErrorCode::ConfigWrite, format!("contact not saved: {e}")),
+        };
+        self.reply(Some(reply), answer);
+    }
+
     /// `messages [CONTACT]`.
-    pub(crate) fn list_messages(&self, contact: Option<&str>) -> Reply {
-        match lock_archive(&self.archive).list(contact) {
+    pub(crate) fn list_messages(&mut self, contact: Option<String>, reply: ReplyTo) {
+        self.store_then(
+            StoreAction::ListMessages { contact },
+            Some(Then::Messages { reply }),
+        );
+    }
+
+    pub(crate) fn messages_listed(
+        &mut self,
+        list: Result<Vec<MessageRecord>, String>,
+        reply: ReplyTo,
+    ) {
+        let answer = match list {
             Ok(list) => {
                 let text: Vec<String> = list
                     .iter()
@@ -410,6 +398,7 @@ impl Engine {
                 ok_with(text.join("; "), json!(list))
             }
             Err(e) => fail(ErrorCode::Internal, format!("messages cannot be read: {e}")),
-        }
+        };
+        self.reply(Some(reply), answer);
     }
 }

@@ -9,17 +9,14 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use microsip_sip::{
-    Package, Publication, PublishConfig, Subscription, SubscriptionConfig, SubscriptionEvent,
-};
+use microsip_sip::{Package, SubscriptionEvent};
 use serde_json::Value;
-use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
+use crate::core::Core;
 use crate::dialplan;
-use crate::engine::{Engine, Request};
 use crate::event::{EventKind, MwiView};
+use crate::io::SipAction;
 
 /// Requested subscription and publication lifetimes, seconds.
 const PRESENCE_EXPIRES: u32 = 600;
@@ -32,40 +29,25 @@ struct Watch {
     number: String,
     target: String,
     package: Package,
-    handle: Subscription,
 }
 
-/// The engine's presence state.
+/// The engine's presence state (the driver keeps the subscriptions' tasks, by id).
+#[derive(Default)]
 pub(crate) struct PresenceState {
     watches: BTreeMap<u64, Watch>,
-    publications: BTreeMap<u32, Publication>,
+    /// Our publication per account, by id.
+    publications: BTreeMap<u32, u64>,
     next_id: u64,
     /// Last known status per contact URI.
     statuses: HashMap<String, &'static str>,
     /// Last known mailbox state per account.
     mailboxes: HashMap<u32, MwiView>,
-    events: mpsc::UnboundedSender<SubscriptionEvent>,
 }
 
 impl PresenceState {
-    /// Subscription reports reach the engine as [`Request::Presence`] on `inbox`.
-    pub(crate) fn new(inbox: mpsc::UnboundedSender<Request>) -> PresenceState {
-        let (events, mut rx) = mpsc::unbounded_channel();
-        tokio::spawn(async move {
-            while let Some(event) = rx.recv().await {
-                if inbox.send(Request::Presence(event)).is_err() {
-                    break;
-                }
-            }
-        });
-        PresenceState {
-            watches: BTreeMap::new(),
-            publications: BTreeMap::new(),
-            next_id: 1,
-            statuses: HashMap::new(),
-            mailboxes: HashMap::new(),
-            events,
-        }
+    fn new_id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
     }
 
     /// The mailbox state of `account`, once a message summary came.
@@ -73,16 +55,11 @@ impl PresenceState {
         self.mailboxes.get(&account).copied()
     }
 
-    /// Stops everything; the handles finish when each unsubscribe is done.
-    pub(crate) fn stop_all(&mut self) -> Vec<JoinHandle<()>> {
-        let mut jobs = Vec::new();
-        for (_, w) in std::mem::take(&mut self.watches) {
-            jobs.push(tokio::spawn(async move { w.handle.stop().await }));
-        }
-        for (_, p) in std::mem::take(&mut self.publications) {
-            jobs.push(tokio::spawn(async move { p.stop().await }));
-        }
-        jobs
+    /// Forgets every subscription and publication (the driver stops them all at
+    /// exit).
+    pub(crate) fn forget_all(&mut self) {
+        self.watches.clear();
+        self.publications.clear();
     }
 }
 
@@ -96,7 +73,7 @@ fn presence_numbers(contacts: &[Value]) -> Vec<String> {
         .collect()
 }
 
-impl Engine {
+impl Core {
     /// Brings the subscriptions of `account` in line with the settings and the
     /// address book (after registering, or a contact change).
     pub(crate) fn presence_sync(&mut self, number: u32) {
@@ -107,20 +84,15 @@ impl Engine {
         // (package, target, number as shown) wanted for this account.
         let mut wanted: Vec<(Package, String, String)> = Vec::new();
         if registered && number == self.active_account {
-            match self.records.contacts() {
-                Ok(contacts) => {
-                    for n in presence_numbers(&contacts) {
-                        match dialplan::normalize_target(&n, &account) {
-                            Ok(t) => {
-                                if !wanted.iter().any(|(_, u, _)| *u == t.uri) {
-                                    wanted.push((Package::Presence, t.uri, n));
-                                }
-                            }
-                            Err(e) => warn!("contact {n}: no presence subscription: {e}"),
+            for n in presence_numbers(&self.contacts) {
+                match dialplan::normalize_target(&n, &account) {
+                    Ok(t) => {
+                        if !wanted.iter().any(|(_, u, _)| *u == t.uri) {
+                            wanted.push((Package::Presence, t.uri, n));
                         }
                     }
+                    Err(e) => warn!("contact {n}: no presence subscription: {e}"),
                 }
-                Err(e) => warn!("contacts cannot be read for presence: {e}"),
             }
         }
         if let (true, Some(vm)) = (registered, account.voicemail_number.clone()) {
@@ -151,12 +123,11 @@ impl Engine {
                 if w.package == Package::MessageSummary {
                     self.presence.mailboxes.remove(&w.account);
                 }
-                tokio::spawn(async move { w.handle.stop().await });
+                self.sip(SipAction::Unsubscribe { id });
             }
         }
         // Start what is missing.
         let caller = self.caller_account(&account);
-        let subscriber = self.sip.subscriber();
         for (package, target, shown) in wanted {
             let running = self
                 .presence
@@ -166,27 +137,22 @@ impl Engine {
             if running {
                 continue;
             }
-            let id = self.presence.next_id;
-            self.presence.next_id += 1;
+            let id = self.presence.new_id();
             info!(
                 "account {number}: subscribing to {} of {target}",
                 package.event()
             );
-            let handle = Subscription::start(
-                &subscriber,
-                SubscriptionConfig {
-                    id,
-                    account: number,
-                    caller: caller.clone(),
-                    target: target.clone(),
-                    package,
-                    expires: match package {
-                        Package::Presence => PRESENCE_EXPIRES,
-                        Package::MessageSummary => MWI_EXPIRES,
-                    },
+            self.sip(SipAction::Subscribe {
+                id,
+                account: number,
+                caller: caller.clone(),
+                target: target.clone(),
+                package,
+                expires: match package {
+                    Package::Presence => PRESENCE_EXPIRES,
+                    Package::MessageSummary => MWI_EXPIRES,
                 },
-                self.presence.events.clone(),
-            );
+            });
             self.presence.watches.insert(
                 id,
                 Watch {
@@ -194,31 +160,24 @@ impl Engine {
                     number: shown,
                     target,
                     package,
-                    handle,
                 },
             );
         }
         // Our own presence.
         let publishing = self.presence.publications.contains_key(&number);
         if registered && account.publish && !publishing {
-            let id = self.presence.next_id;
-            self.presence.next_id += 1;
+            let id = self.presence.new_id();
             info!("account {number}: publishing presence");
-            let p = Publication::start(
-                &subscriber,
-                PublishConfig {
-                    id,
-                    account: number,
-                    caller,
-                    expires: PUBLISH_EXPIRES,
-                    note: None,
-                },
-                self.presence.events.clone(),
-            );
-            self.presence.publications.insert(number, p);
+            self.sip(SipAction::Publish {
+                id,
+                account: number,
+                caller,
+                expires: PUBLISH_EXPIRES,
+            });
+            self.presence.publications.insert(number, id);
         } else if !registered && publishing {
-            if let Some(p) = self.presence.publications.remove(&number) {
-                tokio::spawn(async move { p.stop().await });
+            if let Some(id) = self.presence.publications.remove(&number) {
+                self.sip(SipAction::Unsubscribe { id });
             }
         }
     }

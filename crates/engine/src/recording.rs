@@ -7,18 +7,21 @@
 //! call's state for `calls`, and publishes `call.recording`, `call.playing` and
 //! `call.conference`.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::SystemTime;
 
 use microsip_config::Account;
+use microsip_media::RecordingStatus;
 use serde_json::json;
 use tracing::{info, warn};
 
 use crate::calls::CallDirection;
 use crate::command::{CallId, ConferenceAction, PlayEnd};
-use crate::engine::Engine;
+use crate::core::Core;
 use crate::event::EventKind;
+use crate::io::{MediaAction, MediaFailure, ReplyTo};
 use crate::reply::{fail, ok_with, ErrorCode, Reply};
+use crate::then::Then;
 
 /// What a call has beyond plain audio.
 #[derive(Debug, Default)]
@@ -120,27 +123,7 @@ fn local_stamp(t: SystemTime) -> String {
     )
 }
 
-/// `path`, or `name-2.wav`, `name-3.wav`... when it exists (two recordings of one
-/// call in the same second must not overwrite each other).
-fn unused_path(path: PathBuf) -> PathBuf {
-    if !path.exists() {
-        return path;
-    }
-    let stem = path
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
-    for n in 2..1000 {
-        let candidate = dir.join(format!("{stem}-{n}.wav"));
-        if !candidate.exists() {
-            return candidate;
-        }
-    }
-    path
-}
-
-fn to_media_end(end: PlayEnd) -> microsip_media::PlayEnd {
+pub(crate) fn to_media_end(end: PlayEnd) -> microsip_media::PlayEnd {
     match end {
         PlayEnd::Stop => microsip_media::PlayEnd::Stop,
         PlayEnd::Loop => microsip_media::PlayEnd::Loop,
@@ -148,7 +131,7 @@ fn to_media_end(end: PlayEnd) -> microsip_media::PlayEnd {
     }
 }
 
-impl Engine {
+impl Core {
     /// The answered call a media command acts on (`id`, else the active call).
     fn answered_call(&self, id: Option<CallId>, what: &str) -> Result<CallId, Reply> {
         let id = self.find(id)?;
@@ -167,27 +150,30 @@ impl Engine {
 
     /// `record start|stop [ID]`. Replies once the recorder runs (start) or the file
     /// is finished (stop).
-    pub(crate) fn record(&mut self, id: Option<CallId>, on: bool) -> Reply {
+    pub(crate) fn record(&mut self, id: Option<CallId>, on: bool, reply: Option<ReplyTo>) {
         let id = match self.answered_call(id, "record") {
             Ok(id) => id,
-            Err(r) => return r,
+            Err(r) => return self.reply(reply, r),
         };
         if on {
-            self.start_recording(id)
+            self.start_recording(id, reply)
         } else {
-            self.stop_recording(id)
+            self.stop_recording(id, reply)
         }
     }
 
-    fn start_recording(&mut self, id: CallId) -> Reply {
+    fn start_recording(&mut self, id: CallId, reply: Option<ReplyTo>) {
         let Some(call) = self.calls.get(&id) else {
-            return fail(ErrorCode::NoSuchCall, format!("there is no call {id}"));
+            return;
         };
         if let Some(path) = &call.extras.recording {
             let path = path.display().to_string();
-            return ok_with(
-                format!("call {id} is already recording to {path}"),
-                json!({ "call": id, "path": path }),
+            return self.reply(
+                reply,
+                ok_with(
+                    format!("call {id} is already recording to {path}"),
+                    json!({ "call": id, "path": path }),
+                ),
             );
         }
         let account = self
@@ -196,7 +182,7 @@ impl Engine {
             .map(|s| account_word(&s.account))
             .unwrap_or_default();
         let name = recording_file_name(
-            &local_stamp(SystemTime::now()),
+            &local_stamp(self.now.wall),
             &call.number,
             call.direction,
             &account,
@@ -204,43 +190,99 @@ impl Engine {
         if self.config.settings.recording_format != microsip_config::RecordingFormat::Wav {
             info!("call {id}: recordingFormat is not wav; recording WAV (no MP3 encoder)");
         }
-        let path = unused_path(self.config.recording_dir().join(name));
-        if let Err(e) = self.media.start_recording(id, &path) {
-            return fail(ErrorCode::Media, format!("call {id}: cannot record: {e}"));
-        }
+        let path = self.config.recording_dir().join(name);
+        // Taken now so a second `record start` does not start another.
         if let Some(c) = self.calls.get_mut(&id) {
             c.extras.recording = Some(path.clone());
         }
-        let path = path.display().to_string();
-        info!("call {id}: recording to {path}");
-        self.publish(EventKind::CallRecording {
-            call: id,
-            state: "started",
-            path: path.clone(),
-            error: None,
-        });
-        ok_with(
-            format!("call {id} recording to {path}"),
-            json!({ "call": id, "path": path }),
-        )
+        self.media_then(
+            MediaAction::StartRecording { call: id, path },
+            Some(Then::RecordingStarted { call: id, reply }),
+        );
     }
 
-    fn stop_recording(&mut self, id: CallId) -> Reply {
+    /// The recorder runs (into the file the driver chose) or could not start.
+    pub(crate) fn recording_started(
+        &mut self,
+        id: CallId,
+        result: Result<PathBuf, MediaFailure>,
+        reply: Option<ReplyTo>,
+    ) {
+        let answer = match result {
+            Ok(path) => {
+                let Some(c) = self.calls.get_mut(&id) else {
+                    return self.reply(
+                        reply,
+                        fail(ErrorCode::NoSuchCall, format!("call {id} has ended")),
+                    );
+                };
+                c.extras.recording = Some(path.clone());
+                let path = path.display().to_string();
+                info!("call {id}: recording to {path}");
+                self.publish(EventKind::CallRecording {
+                    call: id,
+                    state: "started",
+                    path: path.clone(),
+                    error: None,
+                });
+                ok_with(
+                    format!("call {id} recording to {path}"),
+                    json!({ "call": id, "path": path }),
+                )
+            }
+            Err(e) => {
+                if let Some(c) = self.calls.get_mut(&id) {
+                    c.extras.recording = None;
+                }
+                fail(
+                    ErrorCode::Media,
+                    format!("call {id}: cannot record: {}", e.message),
+                )
+            }
+        };
+        self.reply(reply, answer);
+    }
+
+    fn stop_recording(&mut self, id: CallId, reply: Option<ReplyTo>) {
         let Some(path) = self
             .calls
             .get_mut(&id)
             .and_then(|c| c.extras.recording.take())
         else {
-            return ok_with(
-                format!("call {id} is not being recorded"),
-                json!({ "call": id, "path": null }),
+            return self.reply(
+                reply,
+                ok_with(
+                    format!("call {id} is not being recorded"),
+                    json!({ "call": id, "path": null }),
+                ),
             );
         };
-        let path_text = path.display().to_string();
-        let (seconds, dropped, error) = match self.media.stop_recording(id) {
+        let path = path.display().to_string();
+        match reply {
+            Some(reply) => self.media_then(
+                MediaAction::StopRecording { call: id },
+                Some(Then::RecordingStopped {
+                    call: id,
+                    path,
+                    reply,
+                }),
+            ),
+            None => self.media(MediaAction::StopRecording { call: id }),
+        }
+    }
+
+    /// The recording's file is finished.
+    pub(crate) fn recording_stopped(
+        &mut self,
+        id: CallId,
+        path_text: String,
+        result: Result<Option<RecordingStatus>, MediaFailure>,
+        reply: ReplyTo,
+    ) {
+        let (seconds, dropped, error) = match result {
             Ok(Some(status)) => (status.seconds(), status.frames_dropped, status.error),
             Ok(None) => (0.0, 0, None),
-            Err(e) => (0.0, 0, Some(e.to_string())),
+            Err(e) => (0.0, 0, Some(e.message)),
         };
         self.publish(EventKind::CallRecording {
             call: id,
@@ -255,7 +297,7 @@ impl Engine {
             "dropped_frames": dropped,
             "error": error,
         });
-        match error {
+        let answer = match error {
             None => ok_with(
                 format!("call {id} recording stopped: {path_text} ({seconds:.1}s)"),
                 data,
@@ -264,7 +306,8 @@ impl Engine {
                 ErrorCode::Media,
                 format!("call {id}: recording {path_text} stopped with an error: {e}"),
             ),
-        }
+        };
+        self.reply(Some(reply), answer);
     }
 
     /// `autoRecording=1`: every call is recorded once it is confirmed.
@@ -272,21 +315,21 @@ impl Engine {
         if !self.config.settings.auto_recording {
             return;
         }
-        if let Err(f) = self.record(Some(id), true) {
-            warn!("call {id}: autoRecording: {}", f.message);
-        }
+        self.record(Some(id), true, None);
     }
 
-    /// `play FILE [ID] [stop|loop|hangup]` and `play off [ID]`.
+    /// `play FILE [ID] [stop|loop|hangup]` and `play off [ID]`. Replies once the
+    /// file plays (it is read off the signalling task) or could not be read.
     pub(crate) fn play(
         &mut self,
         file: Option<String>,
         id: Option<CallId>,
         at_end: PlayEnd,
-    ) -> Reply {
+        reply: ReplyTo,
+    ) {
         let id = match self.answered_call(id, "play into") {
             Ok(id) => id,
-            Err(r) => return r,
+            Err(r) => return self.reply(Some(reply), r),
         };
         let Some(file) = file else {
             let Some(was) = self
@@ -294,31 +337,68 @@ impl Engine {
                 .get_mut(&id)
                 .and_then(|c| c.extras.playing.take())
             else {
-                return ok_with(
-                    format!("call {id} is not playing a file"),
-                    json!({ "call": id, "file": null }),
+                return self.reply(
+                    Some(reply),
+                    ok_with(
+                        format!("call {id} is not playing a file"),
+                        json!({ "call": id, "file": null }),
+                    ),
                 );
             };
-            if let Err(e) = self.media.stop_playing(id) {
-                return fail(ErrorCode::Media, format!("call {id}: {e}"));
-            }
+            self.media(MediaAction::StopPlaying { call: id });
             self.publish(EventKind::CallPlaying {
                 call: id,
                 state: "stopped",
                 file: was.clone(),
             });
-            return ok_with(
-                format!("call {id} stopped playing {was}"),
-                json!({ "call": id, "file": was }),
+            return self.reply(
+                Some(reply),
+                ok_with(
+                    format!("call {id} stopped playing {was}"),
+                    json!({ "call": id, "file": was }),
+                ),
             );
         };
-        if let Err(e) = self.media.play(id, Path::new(&file), to_media_end(at_end)) {
-            return fail(ErrorCode::Media, format!("call {id}: cannot play {e}"));
+        self.media_then(
+            MediaAction::Play {
+                call: id,
+                path: PathBuf::from(&file),
+                at_end: to_media_end(at_end),
+            },
+            Some(Then::Playing {
+                call: id,
+                file,
+                at_end,
+                reply,
+            }),
+        );
+    }
+
+    /// The file plays, or could not be read.
+    pub(crate) fn playing(
+        &mut self,
+        id: CallId,
+        file: String,
+        at_end: PlayEnd,
+        result: Result<(), MediaFailure>,
+        reply: ReplyTo,
+    ) {
+        if let Err(e) = result {
+            return self.reply(
+                Some(reply),
+                fail(
+                    ErrorCode::Media,
+                    format!("call {id}: cannot play {}", e.message),
+                ),
+            );
         }
-        let replaced = self
-            .calls
-            .get_mut(&id)
-            .and_then(|c| c.extras.playing.replace(file.clone()));
+        let Some(c) = self.calls.get_mut(&id) else {
+            return self.reply(
+                Some(reply),
+                fail(ErrorCode::NoSuchCall, format!("call {id} has ended")),
+            );
+        };
+        let replaced = c.extras.playing.replace(file.clone());
         if let Some(old) = replaced {
             self.publish(EventKind::CallPlaying {
                 call: id,
@@ -336,10 +416,13 @@ impl Engine {
             PlayEnd::Loop => "loop",
             PlayEnd::Hangup => "hangup",
         };
-        ok_with(
-            format!("call {id} playing {file} (at its end: {end})"),
-            json!({ "call": id, "file": file, "at_end": end }),
-        )
+        self.reply(
+            Some(reply),
+            ok_with(
+                format!("call {id} playing {file} (at its end: {end})"),
+                json!({ "call": id, "file": file, "at_end": end }),
+            ),
+        );
     }
 
     /// The media says the file played into `call` ran out.
@@ -395,9 +478,9 @@ impl Engine {
             wanted.clear();
         }
         let before = self.conference_members();
-        if let Err(e) = self.media.set_conference(&wanted) {
-            return Err(fail(ErrorCode::Media, format!("conference: {e}")));
-        }
+        self.media(MediaAction::SetConference {
+            calls: wanted.clone(),
+        });
         for id in before.iter().filter(|id| !wanted.contains(id)) {
             if let Some(c) = self.calls.get_mut(id) {
                 c.extras.in_conference = false;

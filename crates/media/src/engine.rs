@@ -49,8 +49,9 @@ use crate::sdp::{Codec, Negotiated};
 
 /// The media clock: one packet per call every 20 ms.
 pub const TICK: Duration = Duration::from_millis(20);
-/// How long a request waits for the media thread.
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long a request waits for the media thread (the engine asks from a thread of
+/// its own, never from the signalling task, so a loaded machine may take its time).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// Packets read from one socket per tick at most (the rest waits for the next tick).
 const MAX_PACKETS_PER_TICK: usize = 32;
 /// When the thread falls further behind than this (suspend, overload), the missed
@@ -217,7 +218,7 @@ impl fmt::Display for MediaError {
             MediaError::DuplicateSession(id) => write!(f, "media session {id} is already open"),
             MediaError::UnknownSession(id) => write!(f, "no media session {id}"),
             MediaError::Stopped => f.write_str("the media thread has stopped"),
-            MediaError::Timeout => f.write_str("the media thread did not answer within 1 s"),
+            MediaError::Timeout => f.write_str("the media thread did not answer within 5 s"),
             MediaError::Dtmf(e) => f.write_str(e),
             MediaError::Recording(e) => f.write_str(e),
         }

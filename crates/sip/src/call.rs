@@ -251,6 +251,17 @@ pub struct CallerAccount {
     pub session_timers: bool,
 }
 
+/// Where the ids of incoming legs start (see [`Calls::allocate`]).
+const INCOMING_LEGS: LegId = 1 << 62;
+
+/// Checks that `target` is a SIP URI the stack can send an INVITE to (what
+/// [`Calls::dial`] would refuse as a bad target), without sending anything.
+pub fn check_target(target: &str) -> Result<(), CallError> {
+    Uri::try_from(target)
+        .map(drop)
+        .map_err(|e| CallError::BadTarget(format!("{target}: {e}")))
+}
+
 /// Why the SIP layer refused to act.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CallError {
@@ -322,14 +333,11 @@ impl Calls {
         }
     }
 
+    /// The id of an incoming leg. Outgoing legs take the ids the engine gives them
+    /// (small numbers); incoming ones come from the upper half of the range, so the
+    /// two never meet.
     fn allocate(&self) -> LegId {
-        self.next_id.fetch_add(1, Ordering::Relaxed)
-    }
-
-    /// Reserves the id of a call about to be dialled (so its media can be set up
-    /// under the same id before the INVITE leaves).
-    pub fn new_leg_id(&self) -> LegId {
-        self.allocate()
+        INCOMING_LEGS | self.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
     fn leg(&self, id: LegId) -> Result<InviteDialog, CallError> {

@@ -1,0 +1,956 @@
+//! The driver: the only place with tokio, sockets, files and the clock. It owns the
+//! SIP stack (registrations, subscriptions, call legs), the media thread and the
+//! stores, feeds everything that happens into the [`Core`] with the time, and
+//! performs what the core asks for. Slow work never runs on the signalling task:
+//! media actions go to one media worker thread and store actions to one store
+//! thread, each in order, and their results come back as inputs.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc as std_mpsc;
+use std::time::{Duration, Instant, SystemTime};
+
+use microsip_config::{Config, DtmfMethod, Transport};
+use microsip_media::device::DeviceName;
+use microsip_media::ring::Ringer;
+use microsip_media::{
+    audio, AudioError, AudioSpec, DtmfMode, MediaConfig, MediaEngine, MediaError, MediaStats,
+};
+use microsip_sip::{
+    CallSignal, Calls, IncomingMessage, LegId, Publication, PublishConfig, Registration,
+    RegistrationEvent, Responder, SignalKind, SipStack, StackConfig, Subscriber, Subscription,
+    SubscriptionConfig, SubscriptionEvent,
+};
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tracing::{debug, warn};
+
+use crate::command::{CallId, Command};
+use crate::core::{host_ip, Core, CoreSetup, MediaStatsView};
+use crate::event::{Event, Snapshot};
+use crate::io::{
+    AnswerId, Done, Input, LegSignal, MediaAction, MediaFailure, MessageIn, Now, Output, ReplyTo,
+    SipAction, StoreAction, Ticket,
+};
+use crate::messages::{MessageArchive, Records};
+use crate::reply::{fail, ErrorCode, Reply};
+
+/// Events kept for slow subscribers before they are told they lagged.
+const EVENT_BACKLOG: usize = 1024;
+
+/// Where the engine writes settings it changes (the ini, in the real phone).
+pub trait ConfigStore: Send {
+    /// Sets one key and saves atomically; the error says what failed.
+    fn set(&mut self, section: &str, key: &str, value: &str) -> Result<(), String>;
+}
+
+/// A store that keeps nothing (tests, or a read-only ini).
+pub struct NoStore;
+
+impl ConfigStore for NoStore {
+    fn set(&mut self, _section: &str, _key: &str, _value: &str) -> Result<(), String> {
+        Err("settings are read-only in this run".into())
+    }
+}
+
+/// Everything the engine starts from.
+pub struct EngineSetup {
+    pub config: Config,
+    pub store: Box<dyn ConfigStore>,
+    /// SIP trace file (`--debug`).
+    pub trace: Option<PathBuf>,
+    /// `--call TARGET`, or `microsip dial TARGET [ACCOUNT]` with no phone running:
+    /// dial once the account the call goes out from (that one, else the active one)
+    /// registered.
+    pub call_on_start: Option<(String, Option<u32>)>,
+    /// Where text messages are kept.
+    pub archive: Box<dyn MessageArchive>,
+    /// The call history and the address book.
+    pub records: Box<dyn Records>,
+    /// Consumers that must see every event (history, hooks, call log): unbounded,
+    /// unlike the `events` stream, which drops what a slow client cannot take.
+    pub observers: Vec<mpsc::UnboundedSender<Event>>,
+}
+
+enum Request {
+    Command(Command, oneshot::Sender<Reply>),
+    Subscribe(oneshot::Sender<(Snapshot, broadcast::Receiver<Event>)>),
+}
+
+/// A cheap, cloneable way for faces to reach the engine.
+#[derive(Clone)]
+pub struct EngineHandle {
+    inbox: mpsc::UnboundedSender<Request>,
+}
+
+impl EngineHandle {
+    /// Applies one command; the reply comes after the change took effect.
+    pub async fn execute(&self, command: Command) -> Reply {
+        let (tx, rx) = oneshot::channel();
+        if self.inbox.send(Request::Command(command, tx)).is_err() {
+            return fail(ErrorCode::Stopping, "the phone is stopping");
+        }
+        rx.await
+            .unwrap_or_else(|_| fail(ErrorCode::Stopping, "the phone is stopping"))
+    }
+
+    /// A snapshot of where things stand and the live events after it, with no gap.
+    pub async fn subscribe(&self) -> Option<(Snapshot, broadcast::Receiver<Event>)> {
+        let (tx, rx) = oneshot::channel();
+        self.inbox.send(Request::Subscribe(tx)).ok()?;
+        rx.await.ok()
+    }
+}
+
+fn now() -> Now {
+    Now {
+        mono: Instant::now(),
+        wall: SystemTime::now(),
+    }
+}
+
+/// The media thread's counters, read by the core for `calls` and quality events.
+struct EngineStats(MediaEngine);
+
+impl MediaStatsView for EngineStats {
+    fn stats(&self, call: CallId) -> Option<MediaStats> {
+        self.0.stats(call)
+    }
+}
+
+/// Starts the SIP endpoint, the media thread, the workers and the engine task.
+/// Returns the handle faces use and a join handle that completes when the phone has
+/// exited.
+pub async fn start(
+    setup: EngineSetup,
+) -> Result<(EngineHandle, tokio::task::JoinHandle<()>), String> {
+    let stack_config = stack_config(&setup.config, setup.trace.clone());
+    let bind_ip = stack_config.bind_ip;
+    let (sip, signals) = SipStack::start(stack_config)
+        .await
+        .map_err(|e| e.to_string())?;
+    let (results_tx, results) = mpsc::unbounded_channel::<Input>();
+    let media_events = results_tx.clone();
+    let media = MediaEngine::start_with_events(
+        MediaConfig {
+            bind_ip,
+            rtp_port_min: setup.config.settings.rtp_port_min,
+            rtp_port_max: setup.config.settings.rtp_port_max,
+            dtmf: match setup.config.settings.dtmf_method {
+                DtmfMethod::Auto => DtmfMode::Auto,
+                DtmfMethod::InBand => DtmfMode::Inband,
+                DtmfMethod::Rfc4733 => DtmfMode::Rfc4733,
+                DtmfMethod::SipInfo => DtmfMode::SipInfo,
+            },
+        },
+        Box::new(move |event| {
+            let _ = media_events.send(Input::Media(event));
+        }),
+    )
+    .map_err(|e| format!("cannot start media: {e}"))?;
+    let media_ips = setup
+        .config
+        .accounts
+        .iter()
+        .filter_map(|a| {
+            let ip = a.server.as_deref().and_then(host_ip)?;
+            Some((a.number, microsip_sip::local_ip_towards(ip)))
+        })
+        .collect();
+    let core = Core::new(
+        CoreSetup {
+            config: setup.config,
+            bind_ip,
+            media_ips,
+            sound_system: microsip_media::device::sound_system_present(),
+            call_on_start: setup.call_on_start,
+            seed: seed(),
+            stats: Box::new(EngineStats(media.clone())),
+        },
+        now(),
+    );
+    let (events, _) = broadcast::channel(EVENT_BACKLOG);
+    let (inbox, requests) = mpsc::unbounded_channel();
+    let (reg_tx, reg_rx) = mpsc::unbounded_channel();
+    let (presence_tx, presence_rx) = mpsc::unbounded_channel();
+    let media_worker = MediaWorker::start(media, results_tx.clone());
+    let store_worker = StoreWorker::start(
+        setup.store,
+        setup.archive,
+        setup.records,
+        results_tx.clone(),
+    );
+    let subscriber = sip.subscriber();
+    let driver = Driver {
+        core,
+        calls: sip.calls().clone(),
+        message_sender: sip.message_sender(),
+        subscriber,
+        sip,
+        registrations: HashMap::new(),
+        reg_events: reg_tx,
+        subscriptions: HashMap::new(),
+        publications: HashMap::new(),
+        presence_events: presence_tx,
+        answers: HashMap::new(),
+        next_answer: 1,
+        notify_queues: HashMap::new(),
+        replies: HashMap::new(),
+        next_reply: 1,
+        events,
+        observers: setup.observers,
+        results: results_tx,
+        media_worker,
+        store_worker,
+        stopped: false,
+    };
+    let handle = EngineHandle { inbox };
+    let join = tokio::spawn(driver.run(requests, results, reg_rx, presence_rx, signals));
+    Ok((handle, join))
+}
+
+/// A seed for the core's random numbers (SDP session ids).
+fn seed() -> u64 {
+    use std::collections::hash_map::RandomState;
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = RandomState::new().build_hasher();
+    h.write_u128(
+        SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    h.finish()
+}
+
+/// Bind address: the local address that reaches the first registrar (loopback for a
+/// loopback PBX), else every interface.
+fn stack_config(config: &Config, trace: Option<PathBuf>) -> StackConfig {
+    let first_server_ip = config
+        .accounts
+        .iter()
+        .filter(|a| a.active)
+        .filter_map(|a| a.proxy.first().cloned().or_else(|| a.server.clone()))
+        .find_map(|s| host_ip(&s));
+    let local_only = config.accounts.iter().all(|a| a.server.is_none());
+    let bind_ip = match first_server_ip {
+        Some(ip) => microsip_sip::local_ip_towards(ip),
+        None if local_only => config
+            .accounts
+            .iter()
+            .find_map(|a| host_ip(&a.domain))
+            .unwrap_or(IpAddr::from([127, 0, 0, 1])),
+        None => IpAddr::from([0, 0, 0, 0]),
+    };
+    let tcp = config
+        .accounts
+        .iter()
+        .any(|a| matches!(a.transport, Transport::Tcp | Transport::UdpTcp));
+    StackConfig {
+        bind_ip,
+        port: config.settings.source_port,
+        tcp: tcp || config.accounts.is_empty(),
+        user_agent: config.settings.user_agent.clone(),
+        callid_domain: "microsip-rs".into(),
+        trace,
+        rport: config.settings.rport,
+    }
+}
+
+/// What an answer owed to the remote is kept as.
+enum Owed {
+    InDialog(Responder),
+    Message(Box<IncomingMessage>),
+}
+
+struct Driver {
+    core: Core,
+    sip: SipStack,
+    calls: Calls,
+    message_sender: microsip_sip::MessageSender,
+    subscriber: Subscriber,
+    registrations: HashMap<u32, Registration>,
+    reg_events: mpsc::UnboundedSender<RegistrationEvent>,
+    subscriptions: HashMap<u64, Subscription>,
+    publications: HashMap<u64, Publication>,
+    presence_events: mpsc::UnboundedSender<SubscriptionEvent>,
+    answers: HashMap<AnswerId, Owed>,
+    next_answer: AnswerId,
+    /// NOTIFYs for a REFER we received, sent one after the other per leg.
+    notify_queues: HashMap<LegId, mpsc::UnboundedSender<(u16, String, bool)>>,
+    replies: HashMap<ReplyTo, oneshot::Sender<Reply>>,
+    next_reply: ReplyTo,
+    events: broadcast::Sender<Event>,
+    observers: Vec<mpsc::UnboundedSender<Event>>,
+    /// Results of work done elsewhere come back here.
+    results: mpsc::UnboundedSender<Input>,
+    media_worker: MediaWorker,
+    store_worker: StoreWorker,
+    stopped: bool,
+}
+
+impl Driver {
+    async fn run(
+        mut self,
+        mut requests: mpsc::UnboundedReceiver<Request>,
+        mut results: mpsc::UnboundedReceiver<Input>,
+        mut reg_events: mpsc::UnboundedReceiver<RegistrationEvent>,
+        mut presence: mpsc::UnboundedReceiver<SubscriptionEvent>,
+        mut signals: microsip_sip::SipInbox,
+    ) {
+        self.drain();
+        while !self.stopped {
+            let deadline = self.core.poll_timeout();
+            let sleep = async {
+                match deadline {
+                    Some(at) => tokio::time::sleep_until(at.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                Some(request) = requests.recv() => match request {
+                    Request::Command(command, reply) => {
+                        let id = self.next_reply;
+                        self.next_reply += 1;
+                        self.replies.insert(id, reply);
+                        self.core.handle(Input::Command { reply: id, command }, now());
+                    }
+                    Request::Subscribe(reply) => {
+                        let _ = reply.send((self.core.snapshot(), self.events.subscribe()));
+                    }
+                },
+                Some(input) = results.recv() => self.core.handle(input, now()),
+                Some(event) = reg_events.recv() => {
+                    self.core.handle(Input::Registration(event), now());
+                }
+                Some(event) = presence.recv() => self.core.handle(Input::Presence(event), now()),
+                Some(signal) = signals.calls.recv() => {
+                    let (leg, signal) = self.leg_signal(signal);
+                    self.core.handle(Input::Leg { leg, signal }, now());
+                }
+                Some(message) = signals.messages.recv() => {
+                    let message = self.message_in(message);
+                    self.core.handle(Input::Message(message), now());
+                }
+                () = sleep => self.core.handle_timeout(now()),
+                else => break,
+            }
+            self.drain();
+        }
+        // Dropping the stack's handles frees the ports.
+        self.registrations.clear();
+        self.sip.shutdown();
+    }
+
+    /// Keeps the transaction handles of a signal and hands the core the rest.
+    fn leg_signal(&mut self, signal: CallSignal) -> (LegId, LegSignal) {
+        let leg = signal.call;
+        let s = match signal.kind {
+            SignalKind::Incoming(invite) => LegSignal::Incoming(invite),
+            SignalKind::Ringing { .. } => LegSignal::Ringing,
+            SignalKind::Early { code, sdp } => LegSignal::Early { code, sdp },
+            SignalKind::Answered { sdp, session_timer } => {
+                LegSignal::Answered { sdp, session_timer }
+            }
+            SignalKind::Confirmed => LegSignal::Confirmed,
+            SignalKind::Reoffer {
+                sdp,
+                update,
+                session_timer,
+                reply,
+            } => LegSignal::Reoffer {
+                sdp,
+                update,
+                session_timer,
+                answer: self.owe(Owed::InDialog(reply)),
+            },
+            SignalKind::Refer { target, reply } => LegSignal::Refer {
+                target,
+                answer: self.owe(Owed::InDialog(reply)),
+            },
+            SignalKind::ReferProgress { code, reason, done } => {
+                LegSignal::ReferProgress { code, reason, done }
+            }
+            SignalKind::Info { content_type, body } => LegSignal::Info { content_type, body },
+            SignalKind::Ended {
+                code,
+                reason,
+                by,
+                elsewhere,
+            } => {
+                self.notify_queues.remove(&leg);
+                LegSignal::Ended {
+                    code,
+                    reason,
+                    by,
+                    elsewhere,
+                }
+            }
+        };
+        (leg, s)
+    }
+
+    fn message_in(&mut self, message: IncomingMessage) -> MessageIn {
+        let m = MessageIn {
+            from: message.from.clone(),
+            display_name: message.display_name.clone(),
+            to: message.to.clone(),
+            content_type: message.content_type.clone(),
+            text: message.text.clone(),
+            answer: 0,
+        };
+        let answer = self.owe(Owed::Message(Box::new(message)));
+        MessageIn { answer, ..m }
+    }
+
+    fn owe(&mut self, owed: Owed) -> AnswerId {
+        let id = self.next_answer;
+        self.next_answer += 1;
+        self.answers.insert(id, owed);
+        id
+    }
+
+    /// Performs everything the core asked for.
+    fn drain(&mut self) {
+        while let Some(output) = self.core.poll_output() {
+            match output {
+                Output::Reply { to, reply } => {
+                    if let Some(tx) = self.replies.remove(&to) {
+                        let _ = tx.send(reply);
+                    }
+                }
+                Output::Event(event) => {
+                    self.observers.retain(|o| o.send(event.clone()).is_ok());
+                    // No subscriber is fine.
+                    let _ = self.events.send(event);
+                }
+                Output::Sip { ticket, action } => self.sip_action(ticket, action),
+                Output::Media { ticket, action } => self.media_worker.push(ticket, action),
+                Output::Store { ticket, action } => self.store_worker.push(ticket, action),
+                Output::Stopped => self.stopped = true,
+            }
+        }
+    }
+
+    /// Sends `result` back to the core as the result of `ticket`.
+    fn done_later(&self, ticket: Option<Ticket>) -> impl FnOnce(Done) + Send + 'static {
+        let results = self.results.clone();
+        move |result| {
+            if let Some(ticket) = ticket {
+                let _ = results.send(Input::Done { ticket, result });
+            }
+        }
+    }
+
+    /// Tells the core a leg ended because the stack refused to act on it.
+    fn leg_failed(&self, leg: LegId, what: &str, error: String) {
+        warn!("call leg {leg}: {what}: {error}");
+        let _ = self.results.send(Input::Leg {
+            leg,
+            signal: LegSignal::Ended {
+                code: 500,
+                reason: format!("{what} failed: {error}"),
+                by: microsip_sip::EndedBy::Local,
+                elsewhere: false,
+            },
+        });
+    }
+
+    fn sip_action(&mut self, ticket: Option<Ticket>, action: SipAction) {
+        let done = self.done_later(ticket);
+        match action {
+            SipAction::Dial {
+                leg,
+                caller,
+                target,
+                offer,
+            } => {
+                if let Err(e) = self.calls.dial(leg, &caller, &target, offer, Vec::new()) {
+                    self.leg_failed(leg, "INVITE", e.to_string());
+                }
+                done(Done::Unit(Ok(())));
+            }
+            SipAction::Ringing { leg } => {
+                if let Err(e) = self.calls.ringing(leg) {
+                    debug!("call leg {leg}: 180 not sent: {e}");
+                }
+            }
+            SipAction::Answer {
+                leg,
+                sdp,
+                headers,
+                session_timers,
+            } => {
+                if let Err(e) = self.calls.answer(leg, sdp, headers, session_timers) {
+                    self.leg_failed(leg, "answer", e.to_string());
+                }
+            }
+            SipAction::Reject { leg, code, headers } => {
+                if let Err(e) = self.calls.reject(leg, code, headers) {
+                    debug!("call leg {leg}: {code} not sent: {e}");
+                }
+            }
+            SipAction::Hangup { leg } => {
+                let calls = self.calls.clone();
+                tokio::spawn(async move {
+                    let _ = calls.hangup(leg).await;
+                });
+            }
+            SipAction::Reinvite { leg, sdp, headers } => {
+                let calls = self.calls.clone();
+                tokio::spawn(async move {
+                    let result = calls
+                        .reinvite(leg, sdp, headers)
+                        .await
+                        .map_err(|e| e.to_string());
+                    done(Done::Reinvite(result));
+                });
+            }
+            SipAction::InfoDigits { leg, digits } => {
+                let calls = self.calls.clone();
+                tokio::spawn(async move { send_info_digits(calls, leg, digits).await });
+            }
+            SipAction::Refer { leg, target } => {
+                let calls = self.calls.clone();
+                tokio::spawn(async move {
+                    let result = calls.refer(leg, &target).await.map_err(|e| e.to_string());
+                    done(Done::Refer(result));
+                });
+            }
+            SipAction::NotifyRefer {
+                leg,
+                code,
+                reason,
+                done: last,
+            } => {
+                let queue = self.notify_queues.entry(leg).or_insert_with(|| {
+                    let (tx, mut rx) = mpsc::unbounded_channel::<(u16, String, bool)>();
+                    let calls = self.calls.clone();
+                    tokio::spawn(async move {
+                        // Each NOTIFY goes after the previous one was answered.
+                        while let Some((code, reason, last)) = rx.recv().await {
+                            calls.notify_refer(leg, code, &reason, last).await;
+                            if last {
+                                break;
+                            }
+                        }
+                    });
+                    tx
+                });
+                let _ = queue.send((code, reason, last));
+            }
+            SipAction::Respond {
+                answer,
+                code,
+                sdp,
+                headers,
+            } => match self.answers.remove(&answer) {
+                Some(Owed::InDialog(responder)) => {
+                    tokio::spawn(async move { responder.respond_with(code, sdp, headers).await });
+                }
+                Some(Owed::Message(message)) => {
+                    tokio::spawn(message.respond(code));
+                }
+                None => debug!("answer {answer} already given"),
+            },
+            SipAction::SendMessage {
+                caller,
+                target,
+                text,
+            } => {
+                let sender = self.message_sender.clone();
+                tokio::spawn(async move {
+                    let result = microsip_sip::send_message(&sender, &caller, &target, &text).await;
+                    done(Done::Message(result));
+                });
+            }
+            SipAction::StartRegistration(config) => {
+                let account = config.account;
+                let reg = Registration::start(&self.sip, *config, self.reg_events.clone());
+                self.registrations.insert(account, reg);
+            }
+            SipAction::Register { account, on } => match self.registrations.get(&account) {
+                Some(reg) => {
+                    let reg = reg.clone();
+                    tokio::spawn(async move {
+                        let outcome = if on {
+                            reg.register().await
+                        } else {
+                            reg.unregister().await
+                        };
+                        done(Done::Registration(outcome));
+                    });
+                }
+                None => done(Done::Registration(microsip_sip::Outcome {
+                    code: 500,
+                    reason: "no registration".into(),
+                    expires: 0,
+                })),
+            },
+            SipAction::SetPassword { account, password } => {
+                if let Some(reg) = self.registrations.get(&account) {
+                    reg.set_password(password);
+                }
+            }
+            SipAction::Subscribe {
+                id,
+                account,
+                caller,
+                target,
+                package,
+                expires,
+            } => {
+                let s = Subscription::start(
+                    &self.subscriber,
+                    SubscriptionConfig {
+                        id,
+                        account,
+                        caller,
+                        target,
+                        package,
+                        expires,
+                    },
+                    self.presence_events.clone(),
+                );
+                self.subscriptions.insert(id, s);
+            }
+            SipAction::Publish {
+                id,
+                account,
+                caller,
+                expires,
+            } => {
+                let p = Publication::start(
+                    &self.subscriber,
+                    PublishConfig {
+                        id,
+                        account,
+                        caller,
+                        expires,
+                        note: None,
+                    },
+                    self.presence_events.clone(),
+                );
+                self.publications.insert(id, p);
+            }
+            SipAction::Unsubscribe { id } => {
+                if let Some(s) = self.subscriptions.remove(&id) {
+                    tokio::spawn(async move { s.stop().await });
+                }
+                if let Some(p) = self.publications.remove(&id) {
+                    tokio::spawn(async move { p.stop().await });
+                }
+            }
+            SipAction::StopAll => {
+                let mut jobs = Vec::new();
+                for (_, s) in self.subscriptions.drain() {
+                    jobs.push(tokio::spawn(async move { s.stop().await }));
+                }
+                for (_, p) in self.publications.drain() {
+                    jobs.push(tokio::spawn(async move { p.stop().await }));
+                }
+                for reg in self.registrations.values() {
+                    let reg = reg.clone();
+                    jobs.push(tokio::spawn(async move {
+                        reg.stop().await;
+                    }));
+                }
+                tokio::spawn(async move {
+                    for j in jobs {
+                        let _ = j.await;
+                    }
+                    done(Done::Unit(Ok(())));
+                });
+            }
+        }
+    }
+}
+
+/// Sends digits one SIP INFO each (`application/dtmf-relay`), paced like tones:
+/// 100 ms per digit plus a 60 ms gap, one second per `,`.
+async fn send_info_digits(calls: Calls, leg: LegId, digits: String) {
+    use microsip_media::dtmf::{info_body, parse_digits, DtmfStep};
+    let Ok(steps) = parse_digits(&digits) else {
+        return;
+    };
+    for step in steps {
+        match step {
+            DtmfStep::Pause => tokio::time::sleep(Duration::from_secs(1)).await,
+            DtmfStep::Digit(d) => {
+                if let Ok((content_type, body)) = info_body(d, 100) {
+                    if let Err(e) = calls.info(leg, content_type, body).await {
+                        warn!("call leg {leg}: INFO for {d}: {e}");
+                        return;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(160)).await;
+            }
+        }
+    }
+}
+
+// ------------------------------------------------------------------ media worker
+
+/// Runs media actions one after the other on a thread of its own (they wait for the
+/// media thread, open devices, read WAV files, finish recordings).
+struct MediaWorker {
+    jobs: std_mpsc::Sender<(Option<Ticket>, MediaAction)>,
+}
+
+fn failure_of(e: &MediaError) -> MediaFailure {
+    match e {
+        MediaError::Audio(a) => audio_failure_of(a),
+        other => MediaFailure::other(other.to_string()),
+    }
+}
+
+fn audio_failure_of(e: &AudioError) -> MediaFailure {
+    MediaFailure {
+        no_such_device: matches!(e, AudioError::UnknownDevice(_)),
+        bad_argument: matches!(e, AudioError::BadTone(_) | AudioError::NotAnOutput(_)),
+        message: e.to_string(),
+    }
+}
+
+impl MediaWorker {
+    fn start(media: MediaEngine, results: mpsc::UnboundedSender<Input>) -> MediaWorker {
+        let (jobs, rx) = std_mpsc::channel::<(Option<Ticket>, MediaAction)>();
+        let spawned = std::thread::Builder::new()
+            .name("media-control".into())
+            .stack_size(256 * 1024)
+            .spawn(move || {
+                let mut ringer: Option<Ringer> = None;
+                while let Ok((ticket, action)) = rx.recv() {
+                    if let Some(result) = run_media(&media, &mut ringer, action) {
+                        if let Some(ticket) = ticket {
+                            let _ = results.send(Input::Done { ticket, result });
+                        }
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            warn!("cannot start the media control thread: {e}");
+        }
+        MediaWorker { jobs }
+    }
+
+    fn push(&self, ticket: Option<Ticket>, action: MediaAction) {
+        if self.jobs.send((ticket, action)).is_err() {
+            warn!("the media control thread is gone");
+        }
+    }
+}
+
+/// Logs a media change that failed; the call goes on.
+fn logged(call: CallId, what: &str, result: Result<(), MediaError>) -> Option<Done> {
+    if let Err(e) = result {
+        warn!("call {call}: media {what}: {e}");
+    }
+    None
+}
+
+fn run_media(
+    media: &MediaEngine,
+    ringer: &mut Option<Ringer>,
+    action: MediaAction,
+) -> Option<Done> {
+    match action {
+        MediaAction::Open {
+            call,
+            source,
+            sink,
+            fallback_source,
+            fallback_sink,
+        } => {
+            let result = match media.open(call, source.clone(), sink.clone()) {
+                Err(e) if fallback_source || fallback_sink => {
+                    warn!(
+                        "call {call}: the default sound device cannot be used ({e}); going on without it"
+                    );
+                    let source = if fallback_source {
+                        AudioSpec::Null
+                    } else {
+                        source
+                    };
+                    let sink = if fallback_sink { AudioSpec::Null } else { sink };
+                    media.open(call, source, sink)
+                }
+                other => other,
+            };
+            Some(Done::MediaOpened(result.map_err(|e| failure_of(&e))))
+        }
+        MediaAction::Configure { call, negotiated } => {
+            logged(call, "configure", media.configure(call, *negotiated))
+        }
+        MediaAction::SetHold { call, on } => logged(call, "set_hold", media.set_hold(call, on)),
+        MediaAction::SetReceiveOnly { call, on } => {
+            logged(call, "set_receive_only", media.set_receive_only(call, on))
+        }
+        MediaAction::SendDtmf { call, digits } => {
+            logged(call, "send_dtmf", media.send_dtmf(call, &digits))
+        }
+        MediaAction::Close { call } => {
+            if let Err(e) = media.close(call) {
+                debug!("call {call}: media close: {e}");
+            }
+            None
+        }
+        MediaAction::SetLevels(levels) => {
+            if let Err(e) = media.set_levels(levels) {
+                warn!("audio levels not applied: {e}");
+            }
+            None
+        }
+        MediaAction::StartRecording { call, path } => {
+            let path = unused_path(path);
+            Some(Done::Path(
+                media
+                    .start_recording(call, &path)
+                    .map(|()| path)
+                    .map_err(|e| failure_of(&e)),
+            ))
+        }
+        MediaAction::StopRecording { call } => Some(Done::Recording(
+            media.stop_recording(call).map_err(|e| failure_of(&e)),
+        )),
+        MediaAction::Play { call, path, at_end } => Some(Done::Media(
+            media.play(call, &path, at_end).map_err(|e| failure_of(&e)),
+        )),
+        MediaAction::StopPlaying { call } => logged(call, "stop_playing", media.stop_playing(call)),
+        MediaAction::SetConference { calls } => {
+            if let Err(e) = media.set_conference(&calls) {
+                warn!("conference: {e}");
+            }
+            None
+        }
+        MediaAction::SetDevice {
+            input,
+            ring,
+            calls,
+            spec,
+        } => Some(Done::Media(set_device(media, input, ring, &calls, &spec))),
+        MediaAction::ListDevices => Some(Done::Devices(microsip_media::device::list())),
+        MediaAction::Ring { device, sound } => {
+            *ringer = None;
+            if let Some(spec) = device {
+                match Ringer::start(&spec, sound.as_deref()) {
+                    Ok(r) => *ringer = Some(r),
+                    Err(e) => warn!("ring tone not played on {spec}: {e}"),
+                }
+            }
+            None
+        }
+    }
+}
+
+/// Switches the calls to `spec`, or with no call checks that it can be used.
+fn set_device(
+    media: &MediaEngine,
+    input: bool,
+    ring: bool,
+    calls: &[CallId],
+    spec: &AudioSpec,
+) -> Result<(), MediaFailure> {
+    let check = |name: &DeviceName| {
+        microsip_media::device::check(name, input)
+            .map(drop)
+            .map_err(|e| audio_failure_of(&e))
+    };
+    match spec {
+        _ if !calls.is_empty() && !ring => calls.iter().try_for_each(|&id| {
+            let r = if input {
+                media.set_source(id, spec)
+            } else {
+                media.set_sink(id, spec)
+            };
+            r.map_err(|e| failure_of(&e))
+        }),
+        AudioSpec::File(_) if input => audio::open_source(spec)
+            .map(drop)
+            .map_err(|e| audio_failure_of(&e)),
+        AudioSpec::Device(name) => check(name),
+        _ => Ok(()),
+    }
+}
+
+/// `path`, or `name-2.wav`, `name-3.wav`... when it exists (two recordings of one
+/// call in the same second must not overwrite each other).
+fn unused_path(path: PathBuf) -> PathBuf {
+    if !path.exists() {
+        return path;
+    }
+    let stem = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    for n in 2..1000 {
+        let candidate = dir.join(format!("{stem}-{n}.wav"));
+        if !candidate.exists() {
+            return candidate;
+        }
+    }
+    path
+}
+
+// ------------------------------------------------------------------ store worker
+
+/// Runs store reads and writes one after the other on a thread of its own, so the
+/// signalling task never waits for a disk.
+struct StoreWorker {
+    jobs: std_mpsc::Sender<(Option<Ticket>, StoreAction)>,
+}
+
+impl StoreWorker {
+    fn start(
+        mut store: Box<dyn ConfigStore>,
+        mut archive: Box<dyn MessageArchive>,
+        mut records: Box<dyn Records>,
+        results: mpsc::UnboundedSender<Input>,
+    ) -> StoreWorker {
+        let (jobs, rx) = std_mpsc::channel::<(Option<Ticket>, StoreAction)>();
+        let spawned = std::thread::Builder::new()
+            .name("store".into())
+            .stack_size(256 * 1024)
+            .spawn(move || {
+                while let Ok((ticket, action)) = rx.recv() {
+                    let result = match action {
+                        StoreAction::SetConfig {
+                            section,
+                            key,
+                            value,
+                        } => Done::Unit(store.set(&section, &key, &value)),
+                        StoreAction::StoreMessage(record) => Done::Unit(archive.store(&record)),
+                        StoreAction::ListMessages { contact } => {
+                            Done::Messages(archive.list(contact.as_deref()))
+                        }
+                        StoreAction::ListHistory => Done::List(records.history()),
+                        StoreAction::ListContacts => Done::List(records.contacts()),
+                        StoreAction::AddContact {
+                            name,
+                            number,
+                            presence,
+                        } => Done::Contact(records.add_contact(&name, &number, presence)),
+                        StoreAction::RemoveContact { number } => Done::Contact(
+                            records
+                                .remove_contact(&number)
+                                .map(|removed| if removed { "removed" } else { "absent" }.into()),
+                        ),
+                    };
+                    if let Some(ticket) = ticket {
+                        let _ = results.send(Input::Done { ticket, result });
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            warn!("cannot start the store thread: {e}");
+        }
+        StoreWorker { jobs }
+    }
+
+    fn push(&self, ticket: Option<Ticket>, action: StoreAction) {
+        if self.jobs.send((ticket, action)).is_err() {
+            warn!("the store thread is gone");
+        }
+    }
+}
