@@ -559,7 +559,7 @@ impl Engine {
             Command::Dtmf { digits, call } => self.dtmf(&digits, call),
             Command::Message { target, text } => return self.send_text(&target, &text, reply),
             Command::Messages { contact } => self.list_messages(contact.as_deref()),
-            Command::History => self.list_history(),
+            Command::History { missed, limit } => self.list_history(missed, limit),
             Command::Contacts { action } => self.contacts(action),
             Command::Record { call, on } => self.record(call, on),
             Command::Play { file, call, at_end } => self.play(file, call, at_end),

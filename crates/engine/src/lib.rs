@@ -7,11 +7,13 @@
 
 mod calls;
 pub mod command;
+mod dde;
 pub mod devices;
 pub mod dialplan;
 pub mod engine;
 pub mod event;
 pub mod grammar;
+mod history_view;
 pub mod messages;
 pub mod policy;
 mod presence;

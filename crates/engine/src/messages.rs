@@ -307,24 +307,11 @@ impl Engine {
             .push(StoreJob::Outgoing(record, reply, answer));
     }
 
-    /// `history`: one entry per line-part, newest first.
-    pub(crate) fn list_history(&self) -> Reply {
+    /// `history [missed] [N]`: one line per call, newest first (see
+    /// [`crate::history_view`]).
+    pub(crate) fn list_history(&self, missed: bool, limit: Option<usize>) -> Reply {
         match self.records.history() {
-            Ok(list) => {
-                let text: Vec<String> = list
-                    .iter()
-                    .map(|e| {
-                        format!(
-                            "{} {} {} {}s",
-                            e["time"],
-                            e["type"].as_str().unwrap_or("?"),
-                            e["number"].as_str().unwrap_or(""),
-                            e["duration"]
-                        )
-                    })
-                    .collect();
-                ok_with(text.join("; "), json!(list))
-            }
+            Ok(list) => crate::history_view::history_reply(list, missed, limit),
             Err(e) => fail(ErrorCode::Internal, format!("history cannot be read: {e}")),
         }
     }
