@@ -11,6 +11,7 @@ answers by itself. Devices are numbered against a private PulseAudio server
 from __future__ import annotations
 
 import re
+import socket
 import time
 
 import pytest
@@ -210,3 +211,14 @@ def test_history_for_people(kam, make_phone, make_baresip):
 def test_status_forms_with_no_call(call_phone, text):
     ph = call_phone(register=False)
     assert ph.cmd(text)[1] == ph.cmd("STATUS")[1] == "0\n"
+
+
+def test_a_string_runs_whole_when_its_client_is_gone(call_phone):
+    ph = call_phone(register=False)
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect(str(ph.socket_path))
+    s.sendall(b"[SetVolume(40)] [SetMicVolume(45)]\n")
+    s.close()  # gone before any reply
+    peers.wait_until(lambda: re.search(r"^volumeInput=45$", ph.ini_path.read_text(), re.M),
+                     10, 0.05, "the second command of the string")
+    assert volume_in_ini(ph) == "40"

@@ -4,10 +4,10 @@
 //! turns the connection into a JSON-lines event stream.
 //!
 //! A DDE execute string holding several commands (`[Hold][Dial(1002)]`) runs them in
-//! order, each after the one before has replied, whatever that reply: a plain request
-//! gets one reply line per command; a JSON request gets one object whose `replies`
-//! holds them (`ok` when all succeeded). A string that does not parse whole runs
-//! nothing and gets one error.
+//! order, each after the one before has replied, whatever that reply (and whether or
+//! not the client is still there to read it): a plain request gets one reply line per
+//! command; a JSON request gets one object whose `replies` holds them (`ok` when all
+//! succeeded). A string that does not parse whole runs nothing and gets one error.
 
 use std::io::ErrorKind;
 use std::os::unix::fs::PermissionsExt;
@@ -310,11 +310,10 @@ async fn serve_connection(
                 audit.record(request.source, Ok(command), &reply);
             }
             // Plain: each reply as soon as its command is done; JSON: one object.
-            if request.json.is_none() || !many {
+            // A client gone mid-string does not stop it (as a single command runs
+            // whether or not its reply can be written).
+            if (request.json.is_none() || !many) && written.is_ok() {
                 written = write_line(&mut write, &render(&reply, &request.json)).await;
-                if written.is_err() {
-                    break;
-                }
             }
             replies.push(reply);
         }
