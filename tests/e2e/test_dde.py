@@ -54,7 +54,7 @@ def test_bracketed_dial_and_status_from_the_command_line_and_the_socket(
     assert held.startswith("OK ") and now == "OK 3", (held, now)
     wait_call(ph, "call.held", cid)
     # JSON: one object, the replies in order.
-    reply = ph.requests([[f"[Hold({cid}, off)] [Status]"]])[0]
+    reply = ph.requests([[f"[Hold({cid}, off)] [Status]"]], timeout=30)[0]
     assert reply["ok"] is True and reply["token"] == "r0", reply
     assert [r["ok"] for r in reply["replies"]] == [True, True], reply
     assert reply["replies"][1]["text"] == "2", reply
