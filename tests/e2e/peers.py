@@ -857,20 +857,7 @@ class Phone:
         then one reply per request, in order."""
         lines = [json.dumps({"argv": argv, "token": f"r{i}"} if tokens else {"argv": argv})
                  for i, argv in enumerate(argvs)]
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.settimeout(timeout)
-        buf = b""
-        try:
-            s.connect(str(self.socket_path))
-            s.sendall(("\n".join(lines) + "\n").encode())
-            deadline = time.monotonic() + timeout
-            while buf.count(b"\n") < len(argvs) and time.monotonic() < deadline:
-                chunk = s.recv(65536)
-                if not chunk:
-                    break
-                buf += chunk
-        finally:
-            s.close()
+        buf = self._exchange(("\n".join(lines) + "\n").encode(), len(argvs), timeout)
         try:
             replies = [json.loads(ln) for ln in buf.split(b"\n")[:len(argvs)] if ln.strip()]
         except ValueError:
@@ -878,6 +865,35 @@ class Phone:
         if len(replies) != len(argvs):
             raise AssertionError(f"{len(replies)} replies to {argvs} on the socket: {buf!r}")
         return replies
+
+    def plain(self, line: str, replies: int = 1, timeout: float = 30.0) -> list[str]:
+        """One plain request line on the control socket -> its first `replies`
+        reply lines (a DDE string of several commands gets one line each), waiting
+        (bounded) until that many came or the phone closed."""
+        buf = self._exchange(line.encode() + b"\n", replies, timeout)
+        lines = buf.decode(errors="replace").splitlines()
+        if len(lines) != replies:
+            raise AssertionError(f"{line!r}: wanted {replies} reply lines, got {lines}")
+        return lines
+
+    def _exchange(self, data: bytes, lines: int, timeout: float) -> bytes:
+        """Sends data on one control connection; what came back until `lines`
+        lines arrived, the phone closed, or the timeout."""
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(timeout)
+        buf = b""
+        try:
+            s.connect(str(self.socket_path))
+            s.sendall(data)
+            deadline = time.monotonic() + timeout
+            while buf.count(b"\n") < lines and time.monotonic() < deadline:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                buf += chunk
+        finally:
+            s.close()
+        return buf
 
     def trace_messages(self) -> list["TracedMessage"]:
         """The SIP trace (--debug) as a list of messages (see parse_trace)."""

@@ -67,16 +67,17 @@ def test_devices_lists_the_null_sinks_and_their_monitors(make_phone, pulse):
                      audioInputDevice="mic.monitor")
     rc, out, err = ph.cmd("devices")
     assert rc == 0, err
+    # `  N  ID  NAME [marks]`: each side's devices numbered from 1.
     lines = out.splitlines()
     inputs = lines[lines.index("input devices:") + 1:lines.index("output devices:")]
     outputs = lines[lines.index("output devices:") + 1:]
     for sink in ("spk", "spk2", "mic"):
-        assert any(line.split()[0] == f"pulse:{sink}.monitor" for line in inputs), out
-        assert any(line.split()[0] == f"pulse:{sink}" for line in outputs), out
+        assert any(line.split()[1:2] == [f"pulse:{sink}.monitor"] for line in inputs), out
+        assert any(line.split()[1:2] == [f"pulse:{sink}"] for line in outputs), out
     # The monitors record; the sinks play.
-    assert not any(line.split()[0] == "pulse:spk" for line in inputs), out
-    assert [line for line in outputs if "[current]" in line][0].split()[0] == "pulse:spk2", out
-    assert [line for line in inputs if "[current]" in line][0].split()[0] == "pulse:mic.monitor"
+    assert not any(line.split()[1:2] == ["pulse:spk"] for line in inputs), out
+    assert [line for line in outputs if "[current]" in line][0].split()[1] == "pulse:spk2", out
+    assert [line for line in inputs if "[current]" in line][0].split()[1] == "pulse:mic.monitor"
     rc, reply = ph.cmd_json("devices")
     assert rc == 0, reply
     ids = [d["id"] for d in reply["data"]["output"]]

@@ -101,19 +101,28 @@ fn exchange(reader: &mut BufReader<UnixStream>, argv: &[String], json: bool) -> 
             .is_some_and(|w| w.eq_ignore_ascii_case("events"));
     if json {
         print_line(line.trim());
-    } else if ok {
-        if !is_stream {
-            print_line(reply.get("text").and_then(Value::as_str).unwrap_or(""));
+    } else if !is_stream {
+        // A DDE execute string of several commands: one reply each, in order.
+        match reply.get("replies").and_then(Value::as_array) {
+            Some(replies) => replies.iter().for_each(print_reply),
+            None => print_reply(&reply),
         }
-    } else {
-        let code = reply.get("code").and_then(Value::as_str).unwrap_or("error");
-        let message = reply.get("error").and_then(Value::as_str).unwrap_or("");
-        eprintln!("microsip: {message} ({code})");
     }
     match (ok, is_stream) {
         (true, true) => Step::Stream,
         (true, false) => Step::Next,
         (false, _) => Step::Stop(EXIT_REFUSED),
+    }
+}
+
+/// A reply's text on stdout, or its error on stderr.
+fn print_reply(reply: &Value) {
+    if reply.get("ok").and_then(Value::as_bool).unwrap_or(false) {
+        print_line(reply.get("text").and_then(Value::as_str).unwrap_or(""));
+    } else {
+        let code = reply.get("code").and_then(Value::as_str).unwrap_or("error");
+        let message = reply.get("error").and_then(Value::as_str).unwrap_or("");
+        eprintln!("microsip: {message} ({code})");
     }
 }
 

@@ -622,18 +622,23 @@ Commands (case-insensitive; MicroSIP's DDE, /x: and msip: spellings work too):
   setvolume N               speaker volume 0-100 (VOLUME)
   setmicvolume N            microphone level 0-100
   setdevice input|output|ring DEVICE
-                            switch an audio device
-  devices                   list audio devices
-  status                    call status (STATUS: 0 idle, 1 ringing, 2 active,
-                            3 hold, 4 disconnected)
+                            switch an audio device (a number from devices, an
+                            id, a name, null, file:PATH.wav, tone:FREQ)
+  devices                   list audio devices, numbered
+  status                    call status (STATUS, report:status: 0 idle,
+                            1 ringing, 2 active, 3 hold, 4 disconnected)
   activecall                remote URI of the active call
   calls                     every call
-  history                   the call history
+  history [missed] [N]      the call history, newest first (N: the newest N)
   account N [/password:P]   switch account, or store its password (/account:N)
   register [N], unregister [N]
   show [normal|minimized|hidden], minimize, /hide, /minimized
   events [FILTER]           stream events
   exit                      hang up, unregister and exit (Close, QUIT, /exit)
+
+DDE execute strings run as well: '[Dial(1002)]', '[Status]' (the number),
+'[SetDevice(output, null)]', several in one string ('[Hold][Dial(1002)]': in order,
+one reply each). Arguments may be separated by commas: SetDevice input, 2.
 "
 }
 

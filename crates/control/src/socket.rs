@@ -2,6 +2,12 @@
 //! our own user. One request per line, plain (`hold 3 on`) or JSON
 //! (`{"argv":["hold","3","on"],"token":"t"}`); one reply line per request; `events`
 //! turns the connection into a JSON-lines event stream.
+//!
+//! A DDE execute string holding several commands (`[Hold][Dial(1002)]`) runs them in
+//! order, each after the one before has replied, whatever that reply (and whether or
+//! not the client is still there to read it): a plain request gets one reply line per
+//! command; a JSON request gets one object whose `replies` holds them (`ok` when all
+//! succeeded). A string that does not parse whole runs nothing and gets one error.
 
 use std::io::ErrorKind;
 use std::os::unix::fs::PermissionsExt;
@@ -10,8 +16,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use microsip_engine::grammar::{parse_args, parse_line};
-use microsip_engine::reply::{fail, to_json, to_line};
+use microsip_engine::grammar::{parse_args_all, parse_line_all};
+use microsip_engine::reply::{fail, to_json, to_json_many, to_line};
 use microsip_engine::{Command, EngineHandle, ErrorCode, Reply};
 
 use crate::audit::AuditLog;
@@ -119,7 +125,8 @@ async fn accept_loop(
 
 /// One parsed request line.
 struct Request {
-    command: Result<Command, Reply>,
+    /// One command, or several from a DDE execute string, in order.
+    command: Result<Vec<Command>, Reply>,
     /// `Some` for the JSON form: reply in JSON and echo this token.
     json: Option<Value>,
     /// Who sent it: `cli` (a `microsip ARGS...` process says so) or `socket`.
@@ -140,7 +147,7 @@ fn parse_request(bytes: &[u8]) -> Request {
     let text = text.trim();
     if !text.starts_with('{') {
         return Request {
-            command: parse_line(text).map_err(parse_failure),
+            command: parse_line_all(text).map_err(parse_failure),
             json: None,
             source: "socket",
             words: text.split_whitespace().map(str::to_string).collect(),
@@ -174,7 +181,7 @@ fn parse_request(bytes: &[u8]) -> Request {
         match words_of {
             Some(w) => {
                 words = w;
-                parse_args(&words).map_err(parse_failure)
+                parse_args_all(&words).map_err(parse_failure)
             }
             None => Err(fail(
                 ErrorCode::BadArgument,
@@ -182,7 +189,7 @@ fn parse_request(bytes: &[u8]) -> Request {
             )),
         }
     } else if let Some(line) = value.get("command").and_then(Value::as_str) {
-        parse_line(line).map_err(parse_failure)
+        parse_line_all(line).map_err(parse_failure)
     } else {
         Err(fail(
             ErrorCode::BadArgument,
@@ -270,7 +277,7 @@ async fn serve_connection(
             continue;
         }
         let request = parse_request(&buf);
-        let command = match request.command {
+        let mut commands = match request.command {
             Ok(c) => c,
             Err(reply) => {
                 if let Some(audit) = &audit {
@@ -285,18 +292,35 @@ async fn serve_connection(
                 continue;
             }
         };
-        if let Command::Events { filter } = command {
-            stream_events(&engine, &mut write, filter, &request.json).await;
+        if let [Command::Events { .. }] = commands.as_slice() {
+            if let Some(Command::Events { filter }) = commands.pop() {
+                stream_events(&engine, &mut write, filter, &request.json).await;
+            }
             return;
         }
-        let is_exit = matches!(command, Command::Exit);
+        let many = commands.len() > 1;
+        let is_exit = commands.iter().any(|c| matches!(c, Command::Exit));
         in_flight.fetch_add(1, Ordering::SeqCst);
-        let audited = audit.as_ref().map(|_| command.clone());
-        let reply = engine.execute(command).await;
-        if let (Some(audit), Some(command)) = (&audit, &audited) {
-            audit.record(request.source, Ok(command), &reply);
+        let mut replies = Vec::with_capacity(commands.len());
+        let mut written = Ok(());
+        for command in commands {
+            let audited = audit.as_ref().map(|_| command.clone());
+            let reply = engine.execute(command).await;
+            if let (Some(audit), Some(command)) = (&audit, &audited) {
+                audit.record(request.source, Ok(command), &reply);
+            }
+            // Plain: each reply as soon as its command is done; JSON: one object.
+            // A client gone mid-string does not stop it (as a single command runs
+            // whether or not its reply can be written).
+            if (request.json.is_none() || !many) && written.is_ok() {
+                written = write_line(&mut write, &render(&reply, &request.json)).await;
+            }
+            replies.push(reply);
         }
-        let written = write_line(&mut write, &render(&reply, &request.json)).await;
+        if let (Some(token), true, Ok(())) = (&request.json, many, &written) {
+            let token = (!token.is_null()).then_some(token);
+            written = write_line(&mut write, &to_json_many(&replies, token).to_string()).await;
+        }
         in_flight.fetch_sub(1, Ordering::SeqCst);
         if written.is_err() || is_exit {
             return;
@@ -367,11 +391,30 @@ mod tests {
     fn plain_and_json_requests() {
         let r = parse_request(b"STATUS\n");
         assert!(r.json.is_none());
-        assert!(matches!(r.command, Ok(Command::Status { .. })));
+        assert!(matches!(r.command.as_deref(), Ok([Command::Status { .. }])));
 
         let r = parse_request(br#"{"argv":["STATUS"],"token":"t1"}"#);
         assert_eq!(r.json, Some(Value::from("t1")));
         assert!(r.command.is_ok());
+
+        // DDE execute strings, on a plain line and in JSON: every command, in order.
+        for request in [
+            &b"[Hold] [Dial(1002)]\n"[..],
+            br#"{"argv":["[Hold]","[Dial(1002)]"]}"#,
+            br#"{"command":"[Hold][Dial(1002)]"}"#,
+        ] {
+            let r = parse_request(request);
+            assert!(
+                matches!(
+                    r.command.as_deref(),
+                    Ok([Command::Hold { .. }, Command::Dial { .. }])
+                ),
+                "{request:?}"
+            );
+        }
+        // Broken: one error, nothing to run.
+        let r = parse_request(b"[Hold][Dial(1002)\n");
+        assert!(r.command.is_err());
 
         let r = parse_request(b"\xff\xfe garbage");
         assert!(r.command.is_err());

@@ -147,8 +147,12 @@ pub enum Command {
     Events {
         filter: Option<String>,
     },
-    /// `history`: the call history.
-    History,
+    /// `history [missed] [N]`: the call history, newest first; only the missed
+    /// calls with `missed`, only the newest `limit` with a number.
+    History {
+        missed: bool,
+        limit: Option<usize>,
+    },
     /// `messages [CONTACT]`: stored text messages.
     Messages {
         contact: Option<String>,
@@ -267,7 +271,7 @@ impl Command {
             Command::Window { .. } => "show",
             Command::Exit => "exit",
             Command::Events { .. } => "events",
-            Command::History => "history",
+            Command::History { .. } => "history",
             Command::Messages { .. } => "messages",
             Command::Contacts { .. } => "contacts",
             Command::Record { .. } => "record",

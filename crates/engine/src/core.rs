@@ -546,7 +546,7 @@ impl Core {
             Command::Dtmf { digits, call } => self.dtmf(&digits, call),
             Command::Message { target, text } => return self.send_text(&target, &text, reply),
             Command::Messages { contact } => return self.list_messages(contact, reply),
-            Command::History => return self.list_history(reply),
+            Command::History { missed, limit } => return self.list_history(missed, limit, reply),
             Command::Contacts { action } => return self.contacts(action, reply),
             Command::Record { call, on } => return self.record(call, on, r),
             Command::Play { file, call, at_end } => return self.play(file, call, at_end, reply),

@@ -52,17 +52,67 @@ fn is_current(spec: &str, info: &DeviceInfo, input: bool) -> bool {
     }
 }
 
-/// The `devices` reply: every device with its id, the default and current ones marked.
+/// The devices of one side as `devices` lists and numbers them (from 1, in this
+/// order): those that record for `input`, those that play for output and ring.
+fn role_devices(list: &[DeviceInfo], input: bool) -> impl Iterator<Item = &DeviceInfo> {
+    list.iter()
+        .filter(move |d| if input { d.input } else { d.output })
+}
+
+/// A device number (`setdevice input 2`) as opposed to an id or a name.
+fn device_number(text: &str) -> Option<usize> {
+    let t = text.trim();
+    if t.is_empty() || t.len() > 6 || !t.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    t.parse().ok()
+}
+
+/// The id of the device `devices` lists as `number` for `role`.
+fn device_by_number(list: &[DeviceInfo], role: DeviceRole, number: usize) -> Result<String, Reply> {
+    let (what, _) = role_words(role);
+    let input = role == DeviceRole::Input;
+    let found: Vec<&DeviceInfo> = role_devices(list, input).collect();
+    if number == 0 {
+        return Err(fail(
+            ErrorCode::NoSuchDevice,
+            "device numbers start at 1 (microsip devices lists them)",
+        ));
+    }
+    match found.get(number - 1) {
+        Some(d) => Ok(d.id.clone()),
+        None if found.is_empty() => Err(fail(
+            ErrorCode::NoSuchDevice,
+            format!(
+                "there is no {what} device {number}: no sound device {} here (use null{})",
+                if input { "records" } else { "plays" },
+                if input {
+                    ", file:PATH.wav or tone:FREQ"
+                } else {
+                    " or file:PATH.wav"
+                }
+            ),
+        )),
+        None => Err(fail(
+            ErrorCode::NoSuchDevice,
+            format!(
+                "there is no {what} device {number}: devices lists {} (1-{})",
+                found.len(),
+                found.len()
+            ),
+        )),
+    }
+}
+
+/// The `devices` reply: every device with its number and id, the default and
+/// current ones marked.
 fn device_list(list: &[DeviceInfo], input: &str, output: &str, ring: &str) -> Reply {
     let mut text = Vec::new();
     let mut data = serde_json::Map::new();
     for (title, want_input) in [("input", true), ("output", false)] {
         let mut entries = Vec::new();
         text.push(format!("{title} devices:"));
-        for d in list
-            .iter()
-            .filter(|d| if want_input { d.input } else { d.output })
-        {
+        for (number, d) in (1..).zip(role_devices(list, want_input)) {
             let default = if want_input {
                 d.default_input
             } else {
@@ -80,9 +130,10 @@ fn device_list(list: &[DeviceInfo], input: &str, output: &str, ring: &str) -> Re
             if default {
                 marks.push_str(" [default]");
             }
-            text.push(format!("  {}  {}{marks}", d.id, d.name));
+            text.push(format!("  {number}  {}  {}{marks}", d.id, d.name));
             let mut entry = json!({
-                "id": d.id, "name": d.name, "default": default, "current": current,
+                "number": number, "id": d.id, "name": d.name, "default": default,
+                "current": current,
             });
             if !want_input {
                 entry["ring"] = Value::Bool(ringing);
@@ -95,7 +146,7 @@ fn device_list(list: &[DeviceInfo], input: &str, output: &str, ring: &str) -> Re
         data.insert(title.to_string(), Value::Array(entries));
     }
     text.push(format!(
-        "current: input={input} output={output} ring={ring} (also accepted: default, file:PATH.wav, tone:FREQ for input, null)"
+        "current: input={input} output={output} ring={ring} (setdevice takes a number above, an id, a name, or default, file:PATH.wav, tone:FREQ for input, null)"
     ));
     data.insert(
         "current".into(),
@@ -128,9 +179,20 @@ impl Core {
         self.reply(Some(reply), answer);
     }
 
-    /// `setdevice input|output|ring DEVICE`: checks the device, switches every call
+    /// `setdevice input|output|ring DEVICE`: checks the device (a number is the one
+    /// `devices` lists under it: the list is asked for first), switches every call
     /// to it (calls stay up), stores it in the ini, and replies once in use.
     pub(crate) fn set_device(&mut self, role: DeviceRole, text: &str, reply: ReplyTo) {
+        if let Some(number) = device_number(text) {
+            return self.media_then(
+                MediaAction::ListDevices,
+                Some(Then::DeviceNumber {
+                    role,
+                    number,
+                    reply,
+                }),
+            );
+        }
         let spec = match AudioSpec::parse(text) {
             Ok(s) => s,
             Err(e) => return self.reply(Some(reply), audio_failure(&e)),
@@ -167,6 +229,20 @@ impl Core {
                 reply,
             }),
         );
+    }
+
+    /// The device list came for `setdevice ROLE NUMBER`: the number names a device.
+    pub(crate) fn device_numbered(
+        &mut self,
+        role: DeviceRole,
+        number: usize,
+        list: &[DeviceInfo],
+        reply: ReplyTo,
+    ) {
+        match device_by_number(list, role, number) {
+            Ok(id) => self.set_device(role, &id, reply),
+            Err(r) => self.reply(Some(reply), r),
+        }
     }
 
     /// The media switched (or checked) the device.
@@ -269,18 +345,66 @@ mod tests {
         assert_eq!(lines[0], "input devices:");
         assert_eq!(
             lines[1],
-            "  pulse:mic.monitor  Name of pulse:mic.monitor [current] [default]"
+            "  1  pulse:mic.monitor  Name of pulse:mic.monitor [current] [default]"
         );
         assert_eq!(lines[2], "output devices:");
-        assert_eq!(lines[3], "  pulse:spk  Name of pulse:spk [current]");
+        assert_eq!(lines[3], "  1  pulse:spk  Name of pulse:spk [current]");
         assert_eq!(
             lines[4],
-            "  pulse:other  Name of pulse:other [ring] [default]"
+            "  2  pulse:other  Name of pulse:other [ring] [default]"
         );
+        assert_eq!(r.data["output"][1]["number"], 2);
         assert_eq!(r.data["output"][0]["current"], true);
         assert_eq!(r.data["output"][1]["ring"], true);
         assert_eq!(r.data["current"]["input"], "pulse:mic.monitor");
         let empty = device_list(&[], "null", "null", "null").unwrap();
         assert!(empty.text.contains("input devices:\n  (none)"));
+    }
+
+    #[test]
+    fn numbers_name_the_devices_devices_lists() {
+        let list = [
+            info("pulse:spk", false, false),
+            info("pulse:spk.monitor", true, false),
+            info("pulse:mic", false, true),
+            info("pulse:mic.monitor", true, true),
+        ];
+        let listed = device_list(&list, "null", "null", "null").unwrap();
+        // Whatever number `devices` prints beside an id, that number picks that id.
+        for (section, role) in [("input", DeviceRole::Input), ("output", DeviceRole::Output)] {
+            for entry in listed.data[section].as_array().unwrap() {
+                let n = entry["number"].as_u64().unwrap() as usize;
+                assert_eq!(device_by_number(&list, role, n).unwrap(), entry["id"]);
+            }
+        }
+        assert_eq!(
+            device_by_number(&list, DeviceRole::Input, 2).unwrap(),
+            "pulse:mic.monitor"
+        );
+        assert_eq!(
+            device_by_number(&list, DeviceRole::Ring, 1).unwrap(),
+            "pulse:spk"
+        );
+        let error = |r: Result<String, Reply>| r.unwrap_err().unwrap_err();
+        let past = error(device_by_number(&list, DeviceRole::Output, 3));
+        assert_eq!(past.code, ErrorCode::NoSuchDevice);
+        assert_eq!(
+            past.message,
+            "there is no output device 3: devices lists 2 (1-2)"
+        );
+        assert!(error(device_by_number(&list, DeviceRole::Input, 0))
+            .message
+            .contains("start at 1"));
+        let none = error(device_by_number(&[], DeviceRole::Input, 2));
+        assert!(
+            none.message
+                .starts_with("there is no input device 2: no sound device records"),
+            "{}",
+            none.message
+        );
+        assert_eq!(device_number(" 2 "), Some(2));
+        for text in ["", "pulse:spk", "2a", "-1", "1234567", "null"] {
+            assert_eq!(device_number(text), None, "{text}");
+        }
     }
 }

@@ -1,9 +1,12 @@
-//! The grammar: the words a script sends (command line or one socket line) → one [`Command`].
+//! The grammar: the words a script sends (command line or one socket line) → one
+//! [`Command`], or several for a DDE execute string (`[Hold][Dial(1002)]`, see
+//! [`crate::dde`]).
 
 use crate::command::{
     CallId, Command, ConferenceAction, ContactsAction, DeviceRole, LevelChange, LevelKind,
     ParseError, PlayEnd, Secret, StatusForm, WindowState,
 };
+use crate::dde;
 
 /// Points one `volumeup`/`volumedown`/`micup`/`micdown` step moves a level. The `msip:`
 /// forms (`msip:speakup`...) move exactly one step.
@@ -12,9 +15,81 @@ pub const LEVEL_STEP_POINTS: i32 = 5;
 /// What `dtmf` accepts, for error messages.
 const DTMF_ALLOWED: &str = "0-9, *, #, A-D, and ',' for a pause";
 
-/// Parse one socket line: split it into words (see [`split_words`]), then [`parse_args`].
+/// Parse one socket line that must hold one command: split it into words (see
+/// [`split_words`]), then [`parse_args`]. A DDE execute string holding one command
+/// (`[Status]`) is one too.
 pub fn parse_line(line: &str) -> Result<Command, ParseError> {
-    parse_args(&split_words(line)?)
+    only_one(parse_line_all(line)?)
+}
+
+/// Parse one socket line into the commands it holds, in order: one for the word
+/// forms (`hold 3 on`), one or more for a DDE execute string (`[Hold][Dial(1002)]`).
+/// A string that does not parse whole is an error, so nothing of it runs.
+pub fn parse_line_all(line: &str) -> Result<Vec<Command>, ParseError> {
+    if dde::is_execute_string(line) {
+        return parse_execute(line);
+    }
+    Ok(vec![parse_args(&split_words(line)?)?])
+}
+
+/// [`parse_line_all`] for words as a command line gives them: words that start with
+/// `[` are one DDE execute string (`microsip '[Dial(1002)]'`, or
+/// `microsip [Hold] [Status]`).
+pub fn parse_args_all(words: &[String]) -> Result<Vec<Command>, ParseError> {
+    match words.first() {
+        Some(first) if dde::is_execute_string(first) => parse_execute(&words.join(" ")),
+        _ => Ok(vec![parse_words_or_line(words)?]),
+    }
+}
+
+fn only_one(mut commands: Vec<Command>) -> Result<Command, ParseError> {
+    match commands.len() {
+        1 => Ok(commands.remove(0)),
+        n => Err(bad(format!(
+            "this string holds {n} commands where one is expected"
+        ))),
+    }
+}
+
+/// A DDE execute string: every part parsed before any runs. Each part's verb is
+/// one of the command names (`Dial`, `SetDevice`, `Status`, `report:status`...;
+/// never a dial target or a `/x:` or `msip:` form), its arguments are read like a
+/// socket line's words, commas separating them (see [`plain_args`]). `[Status]`
+/// replies the number, as `STATUS` does (integrators poll it). `events` streams
+/// and cannot be bracketed; `Close` (exit) may only come last.
+fn parse_execute(text: &str) -> Result<Vec<Command>, ParseError> {
+    let parts = dde::split(text)?;
+    let mut commands = Vec::with_capacity(parts.len());
+    for (i, part) in parts.iter().enumerate() {
+        let in_part = |e: ParseError| ParseError {
+            code: e.code,
+            message: format!("{} in '{}'", e.message, shown_within(&part.text, 60, "...")),
+        };
+        let verb = part.verb.as_str();
+        let named = verb.starts_with(|c: char| c.is_ascii_alphabetic())
+            && verb.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !named && !verb.eq_ignore_ascii_case("report:status") {
+            return Err(in_part(unknown(verb)));
+        }
+        let mut words = vec![part.verb.clone()];
+        words.extend(split_words(&part.args).map_err(in_part)?);
+        let command = match parse_words(&words).map_err(in_part)? {
+            Command::Status { .. } => Command::Status {
+                form: StatusForm::Numeric,
+            },
+            Command::Events { .. } => {
+                return Err(in_part(bad(
+                    "events is a stream, not a DDE command: ask for it as `events`",
+                )))
+            }
+            Command::Exit if i + 1 < parts.len() => {
+                return Err(in_part(bad("nothing may follow an exit")));
+            }
+            other => other,
+        };
+        commands.push(command);
+    }
+    Ok(commands)
 }
 
 /// Split a line into words on whitespace. A double quote groups words (`"hello there"`,
@@ -70,8 +145,17 @@ pub fn split_words(line: &str) -> Result<Vec<String>, ParseError> {
 /// panics; every error is `unknown_command` or `bad_argument`.
 ///
 /// A single word that holds whitespace (`microsip "123 hello"`, how MicroSIP's own
-/// command line arrives) is split on whitespace first.
+/// command line arrives) is split on whitespace first. Words that start with `[`
+/// are a DDE execute string that must hold one command (`[Dial(1002)]`); see
+/// [`parse_args_all`] for several.
+///
+/// Arguments may be separated by commas too, as MicroSIP's documents write them
+/// (`SetDevice input, 2`, `hold 3, on`): see [`plain_args`] and [`value_args`].
 pub fn parse_args(words: &[String]) -> Result<Command, ParseError> {
+    only_one(parse_args_all(words)?)
+}
+
+fn parse_words_or_line(words: &[String]) -> Result<Command, ParseError> {
     if let [only] = words {
         if only.chars().any(char::is_whitespace) {
             let split: Vec<String> = only.split_whitespace().map(str::to_string).collect();
@@ -90,84 +174,66 @@ fn parse_words(words: &[String]) -> Result<Command, ParseError> {
     }
     // ASCII lowercase keeps byte offsets, so `first[n..]` matches `lower[n..]`.
     let lower = first.to_ascii_lowercase();
+    // Arguments that cannot hold a comma, for the commands that take only those.
+    let plain = || plain_args(rest);
     match lower.as_str() {
         "dial" => dial("dial", rest, true, first == "DIAL"),
         "callto" => dial("callto", rest, false, false),
         "message" => message(rest),
         "answer" => Ok(Command::Answer {
-            call: optional_call("answer", rest)?,
+            call: optional_call("answer", &plain())?,
         }),
-        "reject" => reject("reject", rest, None),
-        "decline" => reject("decline", rest, Some(603)),
+        "reject" => reject("reject", &plain(), None),
+        "decline" => reject("decline", &plain(), Some(603)),
         "hangup" => Ok(Command::Hangup {
-            call: optional_call("hangup", rest)?,
+            call: optional_call("hangup", &plain())?,
         }),
-        "hangupall" => no_arguments("hangupall", rest, Command::HangupAll),
-        "hangupcalling" => no_arguments("hangupcalling", rest, Command::HangupCalling),
-        "hold" => hold(rest),
-        "transfer" => transfer(rest),
-        "dtmf" | "senddtmf" => match rest.split_first() {
+        "hangupall" => no_arguments("hangupall", &plain(), Command::HangupAll),
+        "hangupcalling" => no_arguments("hangupcalling", &plain(), Command::HangupCalling),
+        "hold" => hold(&plain()),
+        "transfer" => transfer(&value_args(rest)),
+        "dtmf" | "senddtmf" => match value_args(rest).split_first() {
             Some((digits, more)) => dtmf(digits, more),
             None => Err(bad(format!("dtmf needs digits: {DTMF_ALLOWED}"))),
         },
         "mute" => Ok(Command::Mute {
-            on: optional_switch("mute", rest)?,
+            on: optional_switch("mute", &plain())?,
         }),
         "speakermute" => Ok(Command::SpeakerMute {
-            on: optional_switch("speakermute", rest)?,
+            on: optional_switch("speakermute", &plain())?,
         }),
         "autoanswer" => Ok(Command::AutoAnswer {
-            on: optional_switch("autoanswer", rest)?,
+            on: optional_switch("autoanswer", &plain())?,
         }),
-        "volumeup" => relative("volumeup", LevelKind::Speaker, 1, rest),
-        "volumedown" => relative("volumedown", LevelKind::Speaker, -1, rest),
-        "micup" => relative("micup", LevelKind::Microphone, 1, rest),
-        "micdown" => relative("micdown", LevelKind::Microphone, -1, rest),
-        "setvolume" | "volume" => absolute("setvolume", LevelKind::Speaker, rest),
-        "setmicvolume" => absolute("setmicvolume", LevelKind::Microphone, rest),
+        "volumeup" => relative("volumeup", LevelKind::Speaker, 1, &plain()),
+        "volumedown" => relative("volumedown", LevelKind::Speaker, -1, &plain()),
+        "micup" => relative("micup", LevelKind::Microphone, 1, &plain()),
+        "micdown" => relative("micdown", LevelKind::Microphone, -1, &plain()),
+        "setvolume" | "volume" => absolute("setvolume", LevelKind::Speaker, &plain()),
+        "setmicvolume" => absolute("setmicvolume", LevelKind::Microphone, &plain()),
         "setdevice" => set_device(rest),
-        "devices" => no_arguments("devices", rest, Command::Devices),
+        "devices" => no_arguments("devices", &plain(), Command::Devices),
         "status" => {
             let form = if first == "STATUS" {
                 StatusForm::Numeric
             } else {
                 StatusForm::Word
             };
-            no_arguments("status", rest, Command::Status { form })
+            no_arguments("status", &plain(), Command::Status { form })
         }
-        "activecall" => no_arguments("activecall", rest, Command::ActiveCall),
-        "calls" => no_arguments("calls", rest, Command::Calls),
-        "history" => no_arguments("history", rest, Command::History),
-        "contacts" => match rest.split_first() {
-            None => Ok(Command::Contacts {
-                action: ContactsAction::List,
-            }),
-            Some((verb, args)) => match (verb.to_ascii_lowercase().as_str(), args) {
-                ("list", []) => Ok(Command::Contacts {
-                    action: ContactsAction::List,
-                }),
-                ("add", [number, name @ ..]) => Ok(Command::Contacts {
-                    action: ContactsAction::Add {
-                        number: number.clone(),
-                        name: if name.is_empty() {
-                            number.clone()
-                        } else {
-                            name.join(" ")
-                        },
-                        presence: false,
-                    },
-                }),
-                ("remove", [number]) => Ok(Command::Contacts {
-                    action: ContactsAction::Remove {
-                        number: number.clone(),
-                    },
-                }),
-                _ => Err(bad(
-                    "contacts takes: list | add NUMBER [NAME...] | remove NUMBER",
-                )),
+        // MicroSIP's documents: "use report:status for state management".
+        "report:status" => no_arguments(
+            "report:status",
+            &plain(),
+            Command::Status {
+                form: StatusForm::Numeric,
             },
-        },
-        "messages" => match rest {
+        ),
+        "activecall" => no_arguments("activecall", &plain(), Command::ActiveCall),
+        "calls" => no_arguments("calls", &plain(), Command::Calls),
+        "history" => history(&plain()),
+        "contacts" => contacts(rest),
+        "messages" => match value_args(rest).as_slice() {
             [] => Ok(Command::Messages { contact: None }),
             [contact] => Ok(Command::Messages {
                 contact: Some(contact.clone()),
@@ -175,23 +241,23 @@ fn parse_words(words: &[String]) -> Result<Command, ParseError> {
             _ => Err(bad("messages takes at most one contact")),
         },
         "account" => match rest.split_first() {
-            Some((number, more)) => account(number, more),
+            Some((number, more)) => account(number.trim_end_matches(','), more),
             None => Err(bad("account needs an account number")),
         },
         "register" => Ok(Command::Register {
-            account: optional_account("register", rest)?,
+            account: optional_account("register", &plain())?,
         }),
         "unregister" => Ok(Command::Unregister {
-            account: optional_account("unregister", rest)?,
+            account: optional_account("unregister", &plain())?,
         }),
-        "show" => show(rest),
-        "minimize" => window("minimize", rest, WindowState::Minimized),
-        "hide" => window("hide", rest, WindowState::Hidden),
-        "exit" | "close" | "quit" => no_arguments("exit", rest, Command::Exit),
-        "events" => events(rest),
-        "record" => record(rest),
-        "play" => play(rest),
-        "conference" => conference(rest),
+        "show" => show(&plain()),
+        "minimize" => window("minimize", &plain(), WindowState::Minimized),
+        "hide" => window("hide", &plain(), WindowState::Hidden),
+        "exit" | "close" | "quit" => no_arguments("exit", &plain(), Command::Exit),
+        "events" => events(&value_args(rest)),
+        "record" => record(&plain()),
+        "play" => play(&value_args(rest)),
+        "conference" => conference(&plain()),
         _ => prefixed(first, &lower, rest),
     }
 }
@@ -323,7 +389,7 @@ fn dial(
     hold_active: bool,
     numeric: bool,
 ) -> Result<Command, ParseError> {
-    match rest.split_first() {
+    match value_args(rest).split_first() {
         Some((target, more)) => dial_target(name, target, more, hold_active, numeric),
         None => Err(bad(format!("{name} needs a target"))),
     }
@@ -356,15 +422,80 @@ fn dial_target(
     })
 }
 
+/// `message TARGET TEXT...`; the text keeps its commas (`message 100, hello, world`).
 fn message(rest: &[String]) -> Result<Command, ParseError> {
-    match rest.split_first() {
+    match value_then_text(rest) {
         None => Err(bad("message needs a target and a text")),
         Some((_, [])) => Err(bad("message needs a text after the target")),
         Some((target, text)) => Ok(Command::Message {
-            target: normalize_target("message", target)?,
+            target: normalize_target("message", &target)?,
             text: text.join(" "),
         }),
     }
+}
+
+/// `contacts [list]`, `contacts add NUMBER [NAME...]`, `contacts remove NUMBER`; the
+/// name keeps its commas (`contacts add 100, Smith, John`).
+fn contacts(rest: &[String]) -> Result<Command, ParseError> {
+    let Some((verb, args)) = rest.split_first() else {
+        return Ok(Command::Contacts {
+            action: ContactsAction::List,
+        });
+    };
+    let verb = verb.trim_end_matches(',').to_ascii_lowercase();
+    let args = match args.split_first() {
+        Some((comma, more)) if comma == "," => more,
+        _ => args,
+    };
+    let action = match (verb.as_str(), value_then_text(args)) {
+        ("list", None) => ContactsAction::List,
+        ("add", Some((number, name))) => ContactsAction::Add {
+            name: if name.is_empty() {
+                number.clone()
+            } else {
+                name.join(" ")
+            },
+            number,
+            presence: false,
+        },
+        ("remove", Some((number, []))) => ContactsAction::Remove { number },
+        _ => {
+            return Err(bad(
+                "contacts takes: list | add NUMBER [NAME...] | remove NUMBER",
+            ))
+        }
+    };
+    Ok(Command::Contacts { action })
+}
+
+/// `history [missed] [N]`: every call (or the missed ones), the newest N.
+fn history(rest: &[String]) -> Result<Command, ParseError> {
+    const USAGE: &str = "history takes 'missed' and a number of calls, e.g. history missed 10";
+    let mut missed = false;
+    let mut limit = None;
+    for word in rest {
+        if word.eq_ignore_ascii_case("missed") && !missed {
+            missed = true;
+        } else if is_digits(word) && limit.is_none() {
+            match word.parse::<usize>() {
+                Ok(n) if n > 0 => limit = Some(n),
+                _ => {
+                    return Err(bad(format!(
+                        "history count must be a positive number, got '{}'",
+                        shown(word)
+                    )))
+                }
+            }
+        } else if word.starts_with("--") {
+            return Err(bad(format!(
+                "{USAGE}; options go before the command (microsip {} history)",
+                shown(word)
+            )));
+        } else {
+            return Err(bad(format!("{USAGE}, got '{}'", shown(word))));
+        }
+    }
+    Ok(Command::History { missed, limit })
 }
 
 fn reject(name: &str, rest: &[String], default_code: Option<u16>) -> Result<Command, ParseError> {
@@ -530,11 +661,19 @@ fn absolute(name: &str, kind: LevelKind, rest: &[String]) -> Result<Command, Par
     }
 }
 
+/// `setdevice ROLE DEVICE`: `SetDevice input, 2`, `SetDevice output,null` and
+/// `SetDevice ring Built-in Audio, Analog Stereo` (a device name keeps its commas
+/// and spaces).
 fn set_device(rest: &[String]) -> Result<Command, ParseError> {
-    let Some((role_word, device)) = rest.split_first() else {
+    let Some((first, more)) = rest.split_first() else {
         return Err(bad(
-            "setdevice needs input, output or ring and a device id or name",
+            "setdevice needs input, output or ring and a device id, number or name",
         ));
+    };
+    // The role cannot hold a comma: one right after it separates.
+    let (role_word, glued) = match first.split_once(',') {
+        Some((role, after)) => (role, Some(after)),
+        None => (first.as_str(), None),
     };
     let role = match role_word.to_ascii_lowercase().as_str() {
         "input" => DeviceRole::Input,
@@ -547,11 +686,22 @@ fn set_device(rest: &[String]) -> Result<Command, ParseError> {
             )))
         }
     };
-    let device = device.join(" ");
-    if device.trim().is_empty() {
-        return Err(bad("setdevice needs a device id or name"));
+    let mut words: Vec<&str> = glued
+        .into_iter()
+        .chain(more.iter().map(String::as_str))
+        .collect();
+    // A comma standing between the role and the device.
+    if let Some(first) = words.first_mut() {
+        *first = first.strip_prefix(',').unwrap_or(first);
     }
-    Ok(Command::SetDevice { role, device })
+    let device = words.join(" ");
+    if device.trim().is_empty() {
+        return Err(bad("setdevice needs a device id, number or name"));
+    }
+    Ok(Command::SetDevice {
+        role,
+        device: device.trim().to_string(),
+    })
 }
 
 /// `account N [/password:P]` and `/account:N [/password:P]`. Never echoes a password.
@@ -709,6 +859,43 @@ fn conference(rest: &[String]) -> Result<Command, ParseError> {
     Ok(Command::Conference {
         action: ConferenceAction::Merge(ids),
     })
+}
+
+/// Arguments that cannot hold a comma (call ids, numbers, codes, on/off, keywords):
+/// a comma separates them as a blank does (`hold 3, on`, `hold 3,on`,
+/// `conference 1,2`).
+fn plain_args(rest: &[String]) -> Vec<String> {
+    rest.iter()
+        .flat_map(|word| word.split(','))
+        .filter(|part| !part.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// A value that may hold a comma (a dial string's `,` pause, a device id, a file
+/// name) and then plain arguments: only a comma that ends the value, or stands
+/// alone after it, separates (`dial 1002, 2` is account 2; `dial 1002,45#` dials
+/// 1002 and then sends 45#).
+fn value_args(rest: &[String]) -> Vec<String> {
+    match value_then_text(rest) {
+        Some((value, more)) => std::iter::once(value).chain(plain_args(more)).collect(),
+        None => Vec::new(),
+    }
+}
+
+/// A value (a comma at its end separates) and the words after it as they are (a
+/// text keeps its commas); a lone `,` after the value is dropped.
+fn value_then_text(rest: &[String]) -> Option<(String, &[String])> {
+    let (value, more) = rest.split_first()?;
+    let value = match value.strip_suffix(',') {
+        Some(stripped) if !stripped.is_empty() => stripped,
+        _ => value.as_str(),
+    };
+    let more = match more.split_first() {
+        Some((comma, after)) if comma == "," => after,
+        _ => more,
+    };
+    Some((value.to_string(), more))
 }
 
 fn no_arguments(name: &str, rest: &[String], command: Command) -> Result<Command, ParseError> {
@@ -1276,7 +1463,13 @@ mod tests {
             ("activecall", C::ActiveCall),
             ("ACTIVECALL", C::ActiveCall),
             ("calls", C::Calls),
-            ("history", C::History),
+            (
+                "history",
+                C::History {
+                    missed: false,
+                    limit: None,
+                },
+            ),
             // account
             (
                 "account 2",
@@ -1463,7 +1656,7 @@ mod tests {
         assert!(bad_argument("msip:speakup 3").contains("takes no arguments"));
         assert!(bad_argument("setdevice").contains("input, output or ring"));
         assert!(bad_argument("setdevice speaker 1").contains("no such device role 'speaker'"));
-        assert!(bad_argument("setdevice input").contains("device id or name"));
+        assert!(bad_argument("setdevice input").contains("device id, number or name"));
         assert_eq!(bad_argument("account"), "account needs an account number");
         assert!(bad_argument("account x").contains("positive"));
         assert!(bad_argument("/account:").contains("positive"));
@@ -1589,7 +1782,13 @@ mod tests {
 
     #[test]
     fn random_input_never_panics() {
-        const PIECES: [&str; 24] = [
+        const PIECES: [&str; 30] = [
+            "[",
+            "]",
+            "(",
+            ")",
+            ", ",
+            "[Dial(",
             "dial ",
             "msip:",
             "/account:",
@@ -1712,5 +1911,304 @@ mod tests {
         assert!(bad_argument("conference 1 1").contains("named twice"));
         assert!(bad_argument("conference off 1 2").contains("at most one call id"));
         assert!(bad_argument("conference off x").contains("positive"));
+    }
+
+    fn all(line: &str) -> Vec<Command> {
+        parse_line_all(line).unwrap_or_else(|e| panic!("{line}: {e:?}"))
+    }
+
+    fn numeric_status() -> Command {
+        Command::Status {
+            form: StatusForm::Numeric,
+        }
+    }
+
+    fn set_device(role: DeviceRole, device: &str) -> Command {
+        Command::SetDevice {
+            role,
+            device: device.to_string(),
+        }
+    }
+
+    #[test]
+    fn dde_execute_strings() {
+        use DeviceRole::{Input, Output};
+        assert_eq!(all("[Status]"), [numeric_status()]);
+        assert_eq!(all("[status()]"), [numeric_status()]);
+        assert_eq!(all("[STATUS]"), [numeric_status()]);
+        assert_eq!(all("[Dial(sip:user@domain)]"), [dial("sip:user@domain")]);
+        assert_eq!(all("[Dial(\"1002\")]"), [dial("1002")]);
+        // A dial string's comma is a pause; a comma with a blank after it separates.
+        assert_eq!(all("[Dial(1002,45#)]"), [dial("1002,45#")]);
+        assert_eq!(
+            all("[Dial(1002, 2)]"),
+            [Command::Dial {
+                target: "1002".into(),
+                account: Some(2),
+                hold_active: true,
+                numeric: false
+            }]
+        );
+        assert_eq!(
+            all("[SetDevice(output, null)]"),
+            [set_device(Output, "null")]
+        );
+        assert_eq!(all("[SetDevice(input,2)]"), [set_device(Input, "2")]);
+        assert_eq!(
+            all("[Hold][Dial(1002)]"),
+            [
+                Command::Hold {
+                    call: None,
+                    on: None
+                },
+                dial("1002")
+            ]
+        );
+        assert_eq!(
+            all(" [Hangup] \t[CallTo(1003)] [Status] "),
+            [
+                Command::Hangup { call: None },
+                Command::Dial {
+                    target: "1003".into(),
+                    account: None,
+                    hold_active: false,
+                    numeric: false
+                },
+                numeric_status()
+            ]
+        );
+        assert_eq!(
+            all(r#"[Message(100, "hello, [world]")]"#),
+            [Command::Message {
+                target: "100".into(),
+                text: "hello, [world]".into()
+            }]
+        );
+        assert_eq!(
+            all("[Message(100, hello, world)]"),
+            [Command::Message {
+                target: "100".into(),
+                text: "hello, world".into()
+            }]
+        );
+        assert_eq!(
+            all("[SendDTMF(12#, 3)]"),
+            [Command::Dtmf {
+                digits: "12#".into(),
+                call: Some(3)
+            }]
+        );
+        assert_eq!(
+            all("[SetVolume(40)][Hangup][Close]"),
+            [
+                Command::Level {
+                    kind: LevelKind::Speaker,
+                    change: LevelChange::Absolute(40)
+                },
+                Command::Hangup { call: None },
+                Command::Exit
+            ]
+        );
+        assert_eq!(all("[report:status]"), [numeric_status()]);
+        // The command line's words: one string, or one word per part.
+        let words = |list: &[&str]| list.iter().map(|w| w.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            parse_args_all(&words(&["[Hold]", "[Dial(1002)]"])).unwrap(),
+            [
+                Command::Hold {
+                    call: None,
+                    on: None
+                },
+                dial("1002")
+            ]
+        );
+        assert_eq!(
+            parse_args_all(&words(&["[SetDevice(output,", "null)]"])).unwrap(),
+            [set_device(Output, "null")]
+        );
+        // Where one command is wanted, a string of one is one.
+        assert_eq!(parse("[Dial(1002)]"), Ok(dial("1002")));
+        assert_eq!(parse_args(&words(&["[Status]"])), Ok(numeric_status()));
+        assert!(parse("[Hold][Status]")
+            .unwrap_err()
+            .message
+            .contains("holds 2 commands"));
+    }
+
+    #[test]
+    fn broken_dde_strings_name_the_wrong_part() {
+        let error = |line: &str| parse_line_all(line).expect_err(line);
+        let e = error("[Hold][Dial(1002)");
+        assert_eq!(e.code, "bad_argument");
+        assert_eq!(e.message, "'[Dial(1002)' has no closing ']'");
+        let e = error("[Hold][Frobnicate(1)]");
+        assert_eq!(e.code, "unknown_command");
+        assert_eq!(
+            e.message,
+            "unknown command 'Frobnicate' in '[Frobnicate(1)]'"
+        );
+        // Only command names: never a dial target, a /x: or msip: form.
+        for (line, verb) in [("[1002]", "1002"), ("[msip:answer]", "msip:answer")] {
+            let e = error(line);
+            assert_eq!(e.code, "unknown_command", "{line}");
+            assert_eq!(e.message, format!("unknown command '{verb}' in '{line}'"));
+        }
+        assert_eq!(error("[/answer]").code, "bad_argument");
+        assert_eq!(
+            error("[Status][SetVolume(200)]").message,
+            "volume must be 0-100 in '[SetVolume(200)]'"
+        );
+        assert_eq!(
+            error("[SetDevice(speaker, 2)]").message,
+            "no such device role 'speaker': use input, output or ring in '[SetDevice(speaker, 2)]'"
+        );
+        assert!(error("[Message(1, \"x)]")
+            .message
+            .contains("unterminated quote"));
+        assert!(error("[Events]").message.contains("events is a stream"));
+        assert_eq!(
+            error("[Close][Status]").message,
+            "nothing may follow an exit in '[Close]'"
+        );
+    }
+
+    #[test]
+    fn commas_separate_arguments_that_cannot_hold_one() {
+        use DeviceRole::{Input, Output, Ring};
+        assert_eq!(
+            parse("SetDevice output, null"),
+            Ok(set_device(Output, "null"))
+        );
+        assert_eq!(parse("SetDevice input, 2"), Ok(set_device(Input, "2")));
+        assert_eq!(parse("SetDevice input,2"), Ok(set_device(Input, "2")));
+        assert_eq!(parse("SetDevice input , 2"), Ok(set_device(Input, "2")));
+        assert_eq!(parse("SetDevice input 2"), Ok(set_device(Input, "2")));
+        // A device id or name keeps its commas.
+        assert_eq!(
+            parse("setdevice output, alsa:hw:CARD=0,DEV=0"),
+            Ok(set_device(Output, "alsa:hw:CARD=0,DEV=0"))
+        );
+        assert_eq!(
+            parse("setdevice ring, Built-in Audio, Analog Stereo"),
+            Ok(set_device(Ring, "Built-in Audio, Analog Stereo"))
+        );
+        assert!(bad_argument("setdevice input,").contains("device id, number or name"));
+        assert_eq!(
+            parse("hold 3, on"),
+            Ok(Command::Hold {
+                call: Some(3),
+                on: Some(true)
+            })
+        );
+        assert_eq!(
+            parse("hold 3,on"),
+            Ok(Command::Hold {
+                call: Some(3),
+                on: Some(true)
+            })
+        );
+        assert_eq!(
+            parse("reject 4, 603"),
+            Ok(Command::Reject {
+                call: Some(4),
+                code: Some(603)
+            })
+        );
+        assert_eq!(
+            parse("conference 1,2, 3"),
+            Ok(Command::Conference {
+                action: ConferenceAction::Merge(vec![1, 2, 3])
+            })
+        );
+        // A dial string's comma stays a pause; one that ends it separates.
+        assert_eq!(parse("dial 1002,45#"), Ok(dial("1002,45#")));
+        assert_eq!(parse("1002,45#"), Ok(dial("1002,45#")));
+        assert_eq!(
+            parse("dial 1002, 2"),
+            Ok(Command::Dial {
+                target: "1002".into(),
+                account: Some(2),
+                hold_active: true,
+                numeric: false
+            })
+        );
+        assert_eq!(
+            parse("dtmf 1,2"),
+            Ok(Command::Dtmf {
+                digits: "1,2".into(),
+                call: None
+            })
+        );
+        assert_eq!(
+            parse("dtmf 12, 3"),
+            Ok(Command::Dtmf {
+                digits: "12".into(),
+                call: Some(3)
+            })
+        );
+        assert_eq!(
+            parse("transfer 200, 3"),
+            Ok(Command::Transfer {
+                target: "200".into(),
+                call: Some(3)
+            })
+        );
+        assert_eq!(
+            parse("play a.wav, 3, loop"),
+            Ok(Command::Play {
+                file: Some("a.wav".into()),
+                call: Some(3),
+                at_end: PlayEnd::Loop
+            })
+        );
+        // A text keeps its commas.
+        assert_eq!(
+            parse("message 100, hello, world"),
+            Ok(Command::Message {
+                target: "100".into(),
+                text: "hello, world".into()
+            })
+        );
+        assert_eq!(
+            parse("contacts add 100, Smith, John"),
+            Ok(Command::Contacts {
+                action: ContactsAction::Add {
+                    number: "100".into(),
+                    name: "Smith, John".into(),
+                    presence: false
+                }
+            })
+        );
+        assert_eq!(
+            parse("account 2, /password:a,b"),
+            Ok(Command::Account {
+                number: 2,
+                password: Some(Secret("a,b".into()))
+            })
+        );
+    }
+
+    #[test]
+    fn report_status_is_status_numbers_twin() {
+        for line in ["report:status", "Report:Status", "REPORT:STATUS", "STATUS"] {
+            assert_eq!(parse(line), Ok(numeric_status()), "{line}");
+        }
+        assert!(bad_argument("report:status 1").contains("takes no arguments"));
+    }
+
+    #[test]
+    fn history_forms() {
+        let history = |missed, limit| Command::History { missed, limit };
+        assert_eq!(parse("history"), Ok(history(false, None)));
+        assert_eq!(parse("History missed"), Ok(history(true, None)));
+        assert_eq!(parse("history 5"), Ok(history(false, Some(5))));
+        assert_eq!(parse("history missed 5"), Ok(history(true, Some(5))));
+        assert_eq!(parse("history 5, missed"), Ok(history(true, Some(5))));
+        assert!(bad_argument("history 0").contains("positive"));
+        assert!(bad_argument("history 99999999999999999999999").contains("positive"));
+        assert!(bad_argument("history yesterday").contains("'yesterday'"));
+        assert!(bad_argument("history 1 2").contains("'2'"));
+        assert!(bad_argument("history missed missed").contains("'missed'"));
+        assert!(bad_argument("history --json").contains("microsip --json history"));
     }
 }

@@ -10,11 +10,13 @@
 mod calls;
 pub mod command;
 pub mod core;
+mod dde;
 pub mod devices;
 pub mod dialplan;
 pub mod driver;
 pub mod event;
 pub mod grammar;
+mod history_view;
 pub mod io;
 pub mod messages;
 pub mod policy;

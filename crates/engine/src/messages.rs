@@ -233,33 +233,29 @@ impl Core {
         );
     }
 
-    /// `history`.
-    pub(crate) fn list_history(&mut self, reply: ReplyTo) {
-        self.store_then(StoreAction::ListHistory, Some(Then::History { reply }));
+    /// `history [missed] [N]`.
+    pub(crate) fn list_history(&mut self, missed: bool, limit: Option<usize>, reply: ReplyTo) {
+        self.store_then(
+            StoreAction::ListHistory,
+            Some(Then::History {
+                reply,
+                missed,
+                limit,
+            }),
+        );
     }
 
-    /// The history came from the store: one entry per line-part, newest first.
+    /// The history came from the store: one line per call, newest first (see
+    /// [`crate::history_view`]).
     pub(crate) fn history_listed(
         &mut self,
         list: Result<Vec<serde_json::Value>, String>,
+        missed: bool,
+        limit: Option<usize>,
         reply: ReplyTo,
     ) {
         let answer = match list {
-            Ok(list) => {
-                let text: Vec<String> = list
-                    .iter()
-                    .map(|e| {
-                        format!(
-                            "{} {} {} {}s",
-                            e["time"],
-                            e["type"].as_str().unwrap_or("?"),
-                            e["number"].as_str().unwrap_or(""),
-                            e["duration"]
-                        )
-                    })
-                    .collect();
-                ok_with(text.join("; "), json!(list))
-            }
+            Ok(list) => crate::history_view::history_reply(list, missed, limit),
             Err(e) => fail(ErrorCode::Internal, format!("history cannot be read: {e}")),
         };
         self.reply(Some(reply), answer);

@@ -96,30 +96,10 @@ fn local_stamp(t: SystemTime) -> String {
         .duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
-    let time = libc::time_t::try_from(secs).unwrap_or(0);
-    // SAFETY: `localtime_r` only reads `time` and writes the `tm` we own; a zeroed
-    // `tm` is a valid value of that plain C struct.
-    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
-    let converted = unsafe { !libc::localtime_r(&time, &mut tm).is_null() };
-    if !converted {
-        // No time zone information: UTC.
-        let (y, m, d) = microsip_sip::time::civil_from_days((secs / 86_400) as i64);
-        let rem = secs % 86_400;
-        return format!(
-            "{y:04}{m:02}{d:02}-{:02}{:02}{:02}",
-            rem / 3600,
-            (rem / 60) % 60,
-            rem % 60
-        );
-    }
+    let tm = microsip_sip::time::local_time(i64::try_from(secs).unwrap_or(0));
     format!(
         "{:04}{:02}{:02}-{:02}{:02}{:02}",
-        tm.tm_year + 1900,
-        tm.tm_mon + 1,
-        tm.tm_mday,
-        tm.tm_hour,
-        tm.tm_min,
-        tm.tm_sec
+        tm.year, tm.month, tm.day, tm.hour, tm.minute, tm.second
     )
 }
 

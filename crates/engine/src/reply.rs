@@ -126,12 +126,58 @@ pub fn to_json(reply: &Reply, token: Option<&Value>) -> Value {
     obj
 }
 
-/// The plain line form: `OK <text>` or `ERR <code> <message>`, always one line.
+/// The JSON form of the replies to a request that held several commands (a DDE
+/// execute string): one object, `ok` when every command succeeded, `replies` the
+/// replies in order (each as [`to_json`] makes it), the client's token echoed.
+pub fn to_json_many(replies: &[Reply], token: Option<&Value>) -> Value {
+    let all_ok = replies.iter().all(Result::is_ok);
+    let list: Vec<Value> = replies.iter().map(|r| to_json(r, None)).collect();
+    let mut obj = serde_json::json!({ "ok": all_ok, "replies": list });
+    if let (Some(token), Some(map)) = (token, obj.as_object_mut()) {
+        map.insert("token".into(), token.clone());
+    }
+    obj
+}
+
+/// The plain line form: `OK <text>` or `ERR <code> <message>`, always one line (the
+/// lines of a text of several are joined with `; `).
 pub fn to_line(reply: &Reply) -> String {
-    let one_line = |s: &str| s.replace(['\r', '\n'], " ");
+    let one_line = |s: &str| {
+        s.split(['\r', '\n'])
+            .map(str::trim)
+            .filter(|line| !line.is_empty())
+            .collect::<Vec<_>>()
+            .join("; ")
+    };
     match reply {
         Ok(a) if a.text.is_empty() => "OK".to_string(),
         Ok(a) => format!("OK {}", one_line(&a.text)),
         Err(f) => format!("ERR {} {}", f.code.as_str(), one_line(&f.message)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_and_json() {
+        assert_eq!(to_line(&ok("")), "OK");
+        assert_eq!(to_line(&ok("2 active")), "OK 2 active");
+        assert_eq!(
+            to_line(&ok("input devices:\n  1  pulse:mic\r\n\noutput devices:")),
+            "OK input devices:; 1  pulse:mic; output devices:"
+        );
+        assert_eq!(
+            to_line(&fail(ErrorCode::NoCall, "no\ncall")),
+            "ERR no_call no; call"
+        );
+        let token = Value::from("t");
+        let many = to_json_many(&[ok("1"), fail(ErrorCode::NoCall, "no call")], Some(&token));
+        assert_eq!(many["ok"], false);
+        assert_eq!(many["token"], "t");
+        assert_eq!(many["replies"][0], to_json(&ok("1"), None));
+        assert_eq!(many["replies"][1]["code"], "no_call");
+        assert_eq!(to_json_many(&[ok("1"), ok("2")], None)["ok"], true);
     }
 }

@@ -58,8 +58,12 @@ pub(crate) enum Then {
     MessageStored { message: Box<MessageIn> },
     /// `messages`.
     Messages { reply: ReplyTo },
-    /// `history`.
-    History { reply: ReplyTo },
+    /// `history [missed] [N]`.
+    History {
+        reply: ReplyTo,
+        missed: bool,
+        limit: Option<usize>,
+    },
     /// `contacts list`.
     ContactList { reply: ReplyTo },
     /// The address book, read again after a change (presence follows it).
@@ -86,6 +90,12 @@ pub(crate) enum Then {
     },
     /// `devices`.
     Devices { reply: ReplyTo },
+    /// `setdevice ROLE NUMBER` waits for the device list.
+    DeviceNumber {
+        role: DeviceRole,
+        number: usize,
+        reply: ReplyTo,
+    },
     /// `setdevice`.
     DeviceSet {
         role: DeviceRole,
@@ -108,7 +118,8 @@ impl Then {
             Then::MessageSent { reply, .. }
             | Then::MessageKept { reply, .. }
             | Then::Messages { reply }
-            | Then::History { reply }
+            | Then::History { reply, .. }
+            | Then::DeviceNumber { reply, .. }
             | Then::ContactList { reply }
             | Then::ContactChanged { reply, .. }
             | Then::RecordingStopped { reply, .. }
@@ -180,7 +191,14 @@ impl Core {
                 self.on_message_stored(*message, stored)
             }
             (Then::Messages { reply }, Done::Messages(list)) => self.messages_listed(list, reply),
-            (Then::History { reply }, Done::List(list)) => self.history_listed(list, reply),
+            (
+                Then::History {
+                    reply,
+                    missed,
+                    limit,
+                },
+                Done::List(list),
+            ) => self.history_listed(list, missed, limit, reply),
             (Then::ContactList { reply }, Done::List(list)) => self.contacts_listed(list, reply),
             (Then::ContactsLoaded, Done::List(list)) => self.contacts_loaded(list),
             (Then::ContactChanged { reply, number }, Done::Contact(r)) => {
@@ -202,6 +220,14 @@ impl Core {
                 Done::Media(r),
             ) => self.playing(call, file, at_end, r, reply),
             (Then::Devices { reply }, Done::Devices(list)) => self.devices_listed(&list, reply),
+            (
+                Then::DeviceNumber {
+                    role,
+                    number,
+                    reply,
+                },
+                Done::Devices(list),
+            ) => self.device_numbered(role, number, &list, reply),
             (
                 Then::DeviceSet {
                     role,

@@ -10,7 +10,7 @@ use microsip_control::client::{self, EXIT_NO_PHONE};
 use microsip_control::options::{parse_start, runtime_commands, usage, StartOptions};
 use microsip_control::paths::{self, Claim, InstanceLock};
 use microsip_control::phone;
-use microsip_engine::grammar::parse_args;
+use microsip_engine::grammar::parse_args_all;
 use microsip_engine::Command;
 
 /// How long to wait for a phone that holds the profile's lock (it is starting, or
@@ -131,15 +131,18 @@ fn start_phone(
 ) -> i32 {
     let mut call_on_start = options.call.clone().map(|target| (target, None));
     if !words.is_empty() {
-        match parse_args(&words) {
-            Ok(Command::Dial {
-                target, account, ..
-            }) => {
+        // `microsip '[Dial(1002)]'` too; a string of several commands needs a phone.
+        match parse_args_all(&words).as_deref() {
+            Ok(
+                [Command::Dial {
+                    target, account, ..
+                }],
+            ) => {
                 if call_on_start.is_some() {
                     eprintln!("microsip: give either --call or a dial command, not both");
                     return EXIT_NO_PHONE;
                 }
-                call_on_start = Some((target, account));
+                call_on_start = Some((target.clone(), *account));
             }
             Ok(_) => {
                 eprintln!(

@@ -1,4 +1,5 @@
-//! Wall-clock time as text (RFC 3339, UTC) for traces and events, without a date crate.
+//! Wall-clock time as text (RFC 3339, UTC) for traces and events, and on the local
+//! clock (the machine's time zone) for people, without a date crate.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -43,6 +44,87 @@ pub fn civil_from_days(days: i64) -> (i64, u32, u32) {
     (y, m, d)
 }
 
+/// A moment on the local clock: the machine's time zone (`TZ`, `/etc/localtime`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LocalTime {
+    pub year: i64,
+    pub month: u32,
+    pub day: u32,
+    pub hour: u32,
+    pub minute: u32,
+    pub second: u32,
+    /// How far the local clock is ahead of UTC, seconds.
+    pub offset: i64,
+}
+
+impl LocalTime {
+    /// `2026-12-07 14:03`: the date and time a person reads.
+    pub fn minutes(&self) -> String {
+        format!(
+            "{:04}-{:02}-{:02} {:02}:{:02}",
+            self.year, self.month, self.day, self.hour, self.minute
+        )
+    }
+
+    /// `2026-12-07T14:03:12+01:00`: ISO 8601 with the offset from UTC.
+    pub fn iso8601(&self) -> String {
+        let sign = if self.offset < 0 { '-' } else { '+' };
+        let off = self.offset.unsigned_abs();
+        format!(
+            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}{sign}{:02}:{:02}",
+            self.year,
+            self.month,
+            self.day,
+            self.hour,
+            self.minute,
+            self.second,
+            off / 3600,
+            (off / 60) % 60
+        )
+    }
+}
+
+/// `secs` since the Unix epoch on the local clock (UTC when the time zone cannot
+/// be read).
+pub fn local_time(secs: i64) -> LocalTime {
+    let converted = libc::time_t::try_from(secs).ok().and_then(|time| {
+        // SAFETY: `localtime_r` only reads `time` and writes the `tm` we own; a zeroed
+        // `tm` is a valid value of that plain C struct.
+        let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+        let ok = unsafe { !libc::localtime_r(&time, &mut tm).is_null() };
+        ok.then_some(tm)
+    });
+    match converted {
+        // `c_long` is `i32` on 32-bit targets.
+        #[allow(clippy::useless_conversion)]
+        Some(tm) => LocalTime {
+            year: i64::from(tm.tm_year) + 1900,
+            month: u32::try_from(tm.tm_mon + 1).unwrap_or(1),
+            day: u32::try_from(tm.tm_mday).unwrap_or(1),
+            hour: u32::try_from(tm.tm_hour).unwrap_or(0),
+            minute: u32::try_from(tm.tm_min).unwrap_or(0),
+            second: u32::try_from(tm.tm_sec).unwrap_or(0),
+            offset: i64::from(tm.tm_gmtoff),
+        },
+        None => utc_time(secs),
+    }
+}
+
+/// `secs` since the Unix epoch in UTC, as a [`LocalTime`] with offset 0.
+fn utc_time(secs: i64) -> LocalTime {
+    let (year, month, day) = civil_from_days(secs.div_euclid(86_400));
+    let rem = secs.rem_euclid(86_400) as u32;
+    LocalTime {
+        year,
+        month,
+        day,
+        hour: rem / 3600,
+        minute: (rem / 60) % 60,
+        second: rem % 60,
+        offset: 0,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -64,5 +146,31 @@ mod tests {
             "2025-11-23T16:17:00.123456Z".len(),
             "{micros}"
         );
+    }
+
+    #[test]
+    fn local_clock() {
+        for secs in [0_i64, 1_796_650_815, 1_763_914_620, 951_782_400] {
+            let local = local_time(secs);
+            // Whatever the machine's zone: the local fields less the offset are UTC.
+            assert_eq!(
+                utc_time(secs + local.offset),
+                LocalTime { offset: 0, ..local }
+            );
+        }
+        let t = utc_time(1_796_650_815);
+        assert_eq!(t.minutes(), "2026-12-07 13:40");
+        assert_eq!(t.iso8601(), "2026-12-07T13:40:15+00:00");
+        let ahead = LocalTime {
+            offset: 19_800,
+            ..t
+        };
+        assert_eq!(ahead.iso8601(), "2026-12-07T13:40:15+05:30");
+        let behind = LocalTime {
+            offset: -3_600,
+            ..t
+        };
+        assert_eq!(behind.iso8601(), "2026-12-07T13:40:15-01:00");
+        assert_eq!(utc_time(-1).iso8601(), "1969-12-31T23:59:59+00:00");
     }
 }
