@@ -84,6 +84,14 @@ def calls_section(ini_text: str) -> dict[str, list[str]]:
     return calls
 
 
+
+def csv_rows(path) -> int:
+    """Rows (header included) of the CSV call log; 0 until its first row is written."""
+    if not path.exists():
+        return 0
+    with open(path, newline="") as f:
+        return len(list(csv.reader(f)))
+
 def test_hooks_fire_once_each_with_their_arguments(kam, make_phone, make_baresip, tmp_path):
     script = hook_script(tmp_path)
     ph = phone_for(kam, make_phone, tmp_path, autoAnswer="button", **hook_settings(tmp_path, script))
@@ -174,9 +182,7 @@ def test_trunk_call_takes_the_caller_from_p_asserted_identity_and_keeps_diversio
     ph.events().wait_for("call.ended", lambda e: e.get("call") == inc["call"], 15)
     wait_until(lambda: (tmp_path / "in.txt").exists(), 15, 0.05, "the hook")
     assert (tmp_path / "in.txt").read_text() == "2|5551234|Alice Example\n"
-    log = tmp_path / "calls.csv"  # written by the call log once call.ended is out
-    wait_until(lambda: log.exists() and len(list(csv.reader(open(log)))) >= 2, 10, 0.05,
-               "the CSV row")
+    wait_until(lambda: csv_rows(tmp_path / "calls.csv") >= 2, 10, 0.05, "the CSV row")
     row = list(csv.DictReader(open(tmp_path / "calls.csv")))[-1]
     assert "5551234" in row.values() and "Alice Example" in row.values(), row
     rc, listed, _ = ph.cmd("history")
@@ -205,7 +211,7 @@ def test_history_and_csv_after_three_calls_and_sigkill(kam, make_phone, make_bar
         ph.events().wait_for("call.confirmed", None, 30)
         time.sleep(1.1)
         ph.cmd("hangup", cid)
-    wait_until(lambda: len(list(csv.reader(open(tmp_path / "calls.csv")))) >= 4, 10, 0.05, "rows")
+    wait_until(lambda: csv_rows(tmp_path / "calls.csv") >= 4, 10, 0.05, "rows")
     rc, listed, _ = ph.cmd("history")
     assert rc == 0 and len(re.findall(r"  out +1002  ", listed)) == 3, listed
     os.killpg(ph.proc.pid, signal.SIGKILL)
@@ -264,7 +270,7 @@ def test_history_types_answered_missed_and_answered_elsewhere(kam, make_phone, m
     listed = ph.cmd("history")[1]
     for kind, number in [("in", "1002"), ("missed", "7777"), ("elsewhere", "7777")]:
         assert re.search(rf"  {kind} +{number}  ", listed), listed
-    wait_until(lambda: len(list(csv.reader(open(tmp_path / "calls.csv")))) >= 4, 10, 0.05, "rows")
+    wait_until(lambda: csv_rows(tmp_path / "calls.csv") >= 4, 10, 0.05, "rows")
     with open(tmp_path / "calls.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert [(r["direction"], r["end_code"], bool(r["answered"])) for r in rows] == [
