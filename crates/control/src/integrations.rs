@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use microsip_config::{Config, IniFile};
-use microsip_engine::{Event, EventKind};
+use microsip_engine::{EventKind, Observed};
 use tokio::sync::mpsc;
 use tracing::warn;
 
@@ -95,8 +95,8 @@ pub fn spawn(
     config: Config,
     ini: Arc<Mutex<IniFile>>,
     log: Option<PathBuf>,
-) -> std::io::Result<(mpsc::UnboundedSender<Event>, IntegrationsThread)> {
-    let (tx, mut rx) = mpsc::unbounded_channel::<Event>();
+) -> std::io::Result<(mpsc::UnboundedSender<Observed>, IntegrationsThread)> {
+    let (tx, mut rx) = mpsc::unbounded_channel::<Observed>();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -113,8 +113,8 @@ pub fn spawn(
                 writes,
             };
             runtime.block_on(async move {
-                while let Some(event) = rx.recv().await {
-                    me.on_event(event);
+                while let Some(observed) = rx.recv().await {
+                    me.on_event(observed);
                 }
                 // The phone is exiting: give hooks fired by the last events (a
                 // cmdCallEnd, say) a moment to finish before the runtime goes.
@@ -180,7 +180,10 @@ impl Integrations {
         }
     }
 
-    fn on_event(&mut self, event: Event) {
+    /// Fires the hooks and keeps the records of one event; `written` (for a call's
+    /// end) is told once its history entry and CSV row are on disk.
+    fn on_event(&mut self, observed: Observed) {
+        let Observed { event, written } = observed;
         match event.kind {
             EventKind::CallOutgoing {
                 call,
@@ -260,6 +263,12 @@ impl Integrations {
                 }
             }
             _ => {}
+        }
+        if let Some(written) = written {
+            // Queued behind this event's writes: sent once they are done.
+            self.queue(move || {
+                let _ = written.send(());
+            });
         }
     }
 

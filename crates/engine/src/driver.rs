@@ -69,12 +69,82 @@ pub struct EngineSetup {
     pub records: Box<dyn Records>,
     /// Consumers that must see every event (history, hooks, call log): unbounded,
     /// unlike the `events` stream, which drops what a slow client cannot take.
-    pub observers: Vec<mpsc::UnboundedSender<Event>>,
+    pub observers: Vec<mpsc::UnboundedSender<Observed>>,
 }
+
+/// An event as an observer gets it. For a `call.ended`, `written` is there: the
+/// observer sends on it (or drops it) once what it keeps of the call is on disk, and
+/// only then does the event go out on the stream, so a history entry is never lost
+/// to a crash after a client saw its call end.
+#[derive(Debug)]
+pub struct Observed {
+    pub event: Event,
+    pub written: Option<oneshot::Sender<()>>,
+}
+
+/// How long a `call.ended` waits for the observers' writes before it goes out
+/// anyway (a disk that hangs must not stop the event stream for good).
+const WRITTEN_WAIT: Duration = Duration::from_secs(5);
+
+/// A new subscriber's snapshot and live events.
+type NewSubscriber = (Snapshot, broadcast::Receiver<Event>);
 
 enum Request {
     Command(Command, oneshot::Sender<Reply>),
-    Subscribe(oneshot::Sender<(Snapshot, broadcast::Receiver<Event>)>),
+    Subscribe(oneshot::Sender<NewSubscriber>),
+}
+
+/// What the publisher task is given, in order.
+enum Publish {
+    Event(Event),
+    /// Subscribe after every event queued before this snapshot went out.
+    Subscribe(Snapshot, oneshot::Sender<NewSubscriber>),
+}
+
+/// Hands events to the observers and then to the stream, one after the other; a
+/// `call.ended` goes to the stream once the observers wrote it down. Runs as a task
+/// of its own so the signalling task never waits for a disk.
+async fn publisher(
+    mut queue: mpsc::UnboundedReceiver<Publish>,
+    events: broadcast::Sender<Event>,
+    mut observers: Vec<mpsc::UnboundedSender<Observed>>,
+) {
+    while let Some(item) = queue.recv().await {
+        match item {
+            Publish::Event(event) => {
+                let durable = matches!(event.kind, crate::event::EventKind::CallEnded { .. });
+                let mut writes = Vec::new();
+                observers.retain(|o| {
+                    let (tx, rx) = if durable {
+                        let (tx, rx) = oneshot::channel();
+                        (Some(tx), Some(rx))
+                    } else {
+                        (None, None)
+                    };
+                    let sent = o
+                        .send(Observed {
+                            event: event.clone(),
+                            written: tx,
+                        })
+                        .is_ok();
+                    if sent {
+                        writes.extend(rx);
+                    }
+                    sent
+                });
+                for w in writes {
+                    if tokio::time::timeout(WRITTEN_WAIT, w).await.is_err() {
+                        warn!("event {} went out before it was written down", event.seq);
+                    }
+                }
+                // No subscriber is fine.
+                let _ = events.send(event);
+            }
+            Publish::Subscribe(snapshot, reply) => {
+                let _ = reply.send((snapshot, events.subscribe()));
+            }
+        }
+    }
 }
 
 /// A cheap, cloneable way for faces to reach the engine.
@@ -170,6 +240,8 @@ pub async fn start(
         now(),
     );
     let (events, _) = broadcast::channel(EVENT_BACKLOG);
+    let (publish, queue) = mpsc::unbounded_channel();
+    let publisher = tokio::spawn(publisher(queue, events, setup.observers));
     let (inbox, requests) = mpsc::unbounded_channel();
     let (reg_tx, reg_rx) = mpsc::unbounded_channel();
     let (presence_tx, presence_rx) = mpsc::unbounded_channel();
@@ -197,15 +269,20 @@ pub async fn start(
         notify_queues: HashMap::new(),
         replies: HashMap::new(),
         next_reply: 1,
-        events,
-        observers: setup.observers,
+        publish,
         results: results_tx,
         media_worker,
         store_worker,
         stopped: false,
     };
     let handle = EngineHandle { inbox };
-    let join = tokio::spawn(driver.run(requests, results, reg_rx, presence_rx, signals));
+    let join = tokio::spawn(async move {
+        driver
+            .run(requests, results, reg_rx, presence_rx, signals)
+            .await;
+        // The last events (the calls ended at exit) reach the observers first.
+        let _ = publisher.await;
+    });
     Ok((handle, join))
 }
 
@@ -280,8 +357,8 @@ struct Driver {
     notify_queues: HashMap<LegId, mpsc::UnboundedSender<(u16, String, bool)>>,
     replies: HashMap<ReplyTo, oneshot::Sender<Reply>>,
     next_reply: ReplyTo,
-    events: broadcast::Sender<Event>,
-    observers: Vec<mpsc::UnboundedSender<Event>>,
+    /// Events (and subscriptions) go out through the publisher task.
+    publish: mpsc::UnboundedSender<Publish>,
     /// Results of work done elsewhere come back here.
     results: mpsc::UnboundedSender<Input>,
     media_worker: MediaWorker,
@@ -316,7 +393,8 @@ impl Driver {
                         self.core.handle(Input::Command { reply: id, command }, now());
                     }
                     Request::Subscribe(reply) => {
-                        let _ = reply.send((self.core.snapshot(), self.events.subscribe()));
+                        let snapshot = self.core.snapshot();
+                        let _ = self.publish.send(Publish::Subscribe(snapshot, reply));
                     }
                 },
                 Some(input) = results.recv() => self.core.handle(input, now()),
@@ -340,6 +418,8 @@ impl Driver {
         // Dropping the stack's handles frees the ports.
         self.registrations.clear();
         self.sip.shutdown();
+        // `self` (and with it the publisher's queue) goes: the publisher ends once
+        // it has handed out what is queued.
     }
 
     /// Keeps the transaction handles of a signal and hands the core the rest.
@@ -420,9 +500,7 @@ impl Driver {
                     }
                 }
                 Output::Event(event) => {
-                    self.observers.retain(|o| o.send(event.clone()).is_ok());
-                    // No subscriber is fine.
-                    let _ = self.events.send(event);
+                    let _ = self.publish.send(Publish::Event(event));
                 }
                 Output::Sip { ticket, action } => self.sip_action(ticket, action),
                 Output::Media { ticket, action } => self.media_worker.push(ticket, action),
