@@ -7,6 +7,7 @@ pub mod call;
 pub mod digest;
 pub mod event_bodies;
 pub mod message;
+mod reader;
 pub mod registration;
 mod request;
 pub mod stack;
