@@ -460,3 +460,73 @@ def test_invite_responses_echo_to_byte_exact(phone):
             assert f"\r\nFrom: <sip:caller@127.0.0.1>;tag={tag}\r\n" in raw, raw
     finally:
         peer.close()
+
+
+# -- SIPp: the application-layer refusals and a trunk's caller -------------------
+
+@pytest.mark.parametrize("transport", ["u1", "t1"])
+@pytest.mark.parametrize("scenario,code", [("uac_420_require.xml", 420),
+                                           ("uac_415_body.xml", 415),
+                                           ("uac_416_scheme.xml", 416),
+                                           ("uac_406_accept.xml", 406)])
+def test_refusals_with_their_own_code(phone, make_sipp, scenario, code, transport):
+    """SIPp's INVITE gets its code at once (no ringing, no call in the engine) and
+    its ACK is taken quietly, over UDP and TCP."""
+    sipp = make_sipp(scenario, timeout_s=30, remote=f"127.0.0.1:{phone.sip_port}",
+                     extra=["-s", "1001", "-t", transport])
+    assert sipp.wait() == 0, sipp.messages()[-3000:]
+    assert not [m for m in phone.trace_messages() if m.text.startswith("SIP/2.0 180")]
+    rc, out, _ = phone.cmd("calls")
+    assert rc == 0 and "ringing" not in out.lower(), out
+    assert phone.request("STATUS")["text"].strip() in ("0", "OK 0"), "no call was made"
+
+
+@pytest.mark.parametrize("user,number", [("+4930123;phone-context=example.com", "+4930123"),
+                                         ("1001;isub=12", "1001")])
+def test_caller_number_with_user_parameters(make_phone, make_sipp, free_port, tmp_path,
+                                            user, number):
+    """A caller `sip:+4930123;phone-context=example.com@pbx` (RFC 3966) or
+    `sip:1001;isub=12@pbx` who gives up while the phone rings: call.incoming's
+    number, the cmdIncomingCall hook and the missed call in `history` carry the
+    number without its parameters."""
+    script = tmp_path / "hook.sh"
+    script.write_text('#!/bin/sh\nout="$1"; shift\nprintf "%s\\n" "$*" >> "$out"\n')
+    script.chmod(0o755)
+    port = free_port("sip")
+    ph = make_phone({"Settings": {"accountId": 1, "sourcePort": port,
+                                  "cmdIncomingCall": f"{script} {tmp_path}/in.txt {{number}}"},
+                     "Account1": {"domain": "127.0.0.1", "username": "1001", "transport": ""}})
+    sipp = make_sipp("uac_user_params.xml", timeout_s=30, remote=f"127.0.0.1:{port}",
+                     extra=["-s", "1001;isub=12", "-key", "user", user])
+    inc = ph.events().wait_for("call.incoming", None, 15)
+    assert inc["number"] == number, inc
+    assert sipp.wait() == 0, sipp.messages()[-3000:]
+    ph.events().wait_for("call.ended", lambda e: e.get("call") == inc["call"], 15)
+    hook = tmp_path / "in.txt"
+    for _ in range(150):
+        if hook.exists() and hook.read_text().strip():
+            break
+        time.sleep(0.1)
+    assert hook.read_text() == f"{number}\n"
+    rc, listed, _ = ph.cmd("history")
+    assert rc == 0 and f" missed {number} " in listed, listed
+
+
+def test_these_scenarios_fail_against_a_peer_that_rings_or_is_silent(make_sipp):
+    """The scenarios can fail: SIPp's own UAS rings and answers every INVITE (no
+    420 / 415 / 416 / 406), and a bound socket that never answers gives no 180 to
+    the trunk caller."""
+    uas = make_sipp(builtin="uas", timeout_s=60, calls=10)
+    dead = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    dead.bind(("127.0.0.1", 0))
+    try:
+        runs = [make_sipp(s, timeout_s=10, remote=uas.address, extra=["-s", "1001"])
+                for s in ["uac_420_require.xml", "uac_415_body.xml", "uac_416_scheme.xml",
+                          "uac_406_accept.xml"]]
+        runs.append(make_sipp("uac_user_params.xml", timeout_s=10,
+                              remote=f"127.0.0.1:{dead.getsockname()[1]}",
+                              extra=["-s", "1001", "-key", "user", "+4930123;x=y"]))
+        for sipp in runs:
+            assert sipp.wait(60) != 0, sipp.scenario.name
+    finally:
+        dead.close()
