@@ -385,7 +385,7 @@ pub(crate) fn name_addr(value: &str) -> Result<NameAddr<'_>, Bad> {
             return Err("display name without <URI>");
         }
     }
-    if c.peek() != Some(b'<') && value.contains('<') && display.is_none() {
+    if c.peek() != Some(b'<') && display.is_none() && angle_first(value) {
         // Unquoted display name: tokens separated by white space.
         let start = c.i;
         loop {
@@ -436,6 +436,27 @@ pub(crate) fn name_addr(value: &str) -> Result<NameAddr<'_>, Bad> {
         angle,
         params,
     })
+}
+
+/// Whether a `<` comes before any `;` outside quoted strings (a name-addr),
+/// rather than parameters of an addr-spec (whose quoted values may hold `<`).
+fn angle_first(value: &str) -> bool {
+    let mut quoted = false;
+    let mut escape = false;
+    for b in value.bytes() {
+        if escape {
+            escape = false;
+            continue;
+        }
+        match b {
+            b'\\' if quoted => escape = true,
+            b'"' => quoted = !quoted,
+            b'<' if !quoted => return true,
+            b';' if !quoted => return false,
+            _ => {}
+        }
+    }
+    false
 }
 
 /// One `via-parm`: `SIP / 2.0 / UDP host[:port] *(;param)`.
@@ -564,21 +585,25 @@ pub(crate) fn media_type(v: &str, range: bool) -> Result<(String, String), Bad> 
 }
 
 /// An RFC 1123 date in GMT: `Sat, 13 Nov 2010 23:29:00 GMT` (RFC 3261 §20.17).
+/// Read leniently (a one-digit day, any case), but the zone must be GMT: a
+/// local time zone is what RFC 4475 `baddate` shows to be malformed.
 pub(crate) fn sip_date_ok(v: &str) -> bool {
-    let w: Vec<&str> = v.split(' ').collect();
+    let w: Vec<&str> = v.split_whitespace().collect();
     let [wkday, day, month, year, time, zone] = w.as_slice() else {
         return false;
     };
-    const DAYS: [&str; 7] = ["Mon,", "Tue,", "Wed,", "Thu,", "Fri,", "Sat,", "Sun,"];
+    const DAYS: [&str; 7] = ["mon,", "tue,", "wed,", "thu,", "fri,", "sat,", "sun,"];
     const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+        "jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec",
     ];
-    let digits = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_digit());
-    let time_ok = time.split(':').count() == 3 && time.split(':').all(|p| digits(p, 2));
-    DAYS.contains(wkday)
-        && digits(day, 2)
-        && MONTHS.contains(month)
-        && digits(year, 4)
+    let digits = |s: &str, n: std::ops::RangeInclusive<usize>| {
+        n.contains(&s.len()) && s.bytes().all(|b| b.is_ascii_digit())
+    };
+    let time_ok = time.split(':').count() == 3 && time.split(':').all(|p| digits(p, 2..=2));
+    DAYS.contains(&wkday.to_ascii_lowercase().as_str())
+        && digits(day, 1..=2)
+        && MONTHS.contains(&month.to_ascii_lowercase().as_str())
+        && digits(year, 4..=4)
         && time_ok
         && *zone == "GMT"
 }
@@ -652,6 +677,11 @@ mod tests {
         );
         assert!(name_addr("<sip:user@example.com?Route=%3Csip:sip.example.com%3E>").is_ok());
         assert!(name_addr("isbn:2983792873").is_ok());
+        // Quoted parameter values may hold < and > (RFC 5626 instance ids).
+        let a = name_addr("sip:1002@127.0.0.1:5070;+sip.instance=\"<urn:uuid:1-2>\";expires=300")
+            .expect("addr-spec with a quoted <");
+        assert!(!a.angle && a.uri == "sip:1002@127.0.0.1:5070");
+        assert!(name_addr("<sip:1002@127.0.0.1>;+sip.instance=\"<urn:uuid:1-2>\"").is_ok());
     }
 
     #[test]
@@ -682,6 +712,7 @@ mod tests {
         assert_eq!(number("-999", u64::MAX), None);
         assert!(sip_date_ok("Sat, 13 Nov 2010 23:29:00 GMT"));
         assert!(!sip_date_ok("Fri, 01 Jan 2010 16:00:00 EST"));
+        assert!(sip_date_ok("Mon, 7 Dec 2026 15:00:00 GMT"));
         assert_eq!(
             media_type("application/sdp", false),
             Ok(("application".into(), "sdp".into()))

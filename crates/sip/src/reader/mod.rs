@@ -368,7 +368,22 @@ fn check_response(p: &Parsed) -> Result<(), Bad> {
     if reason.chars().any(|c| c.is_control() && c != '\t') {
         return Err("bad reason phrase");
     }
-    check_headers(p, None)
+    // Of a response only what matching it to our transaction needs is checked:
+    // the rest is the stack's to read (a picky reader here could lose a
+    // registrar's answer).
+    for name in ["via", "from", "to", "call-id", "cseq"] {
+        if p.first(name).is_none() {
+            return Err("a response without Via, From, To, Call-ID or CSeq");
+        }
+    }
+    let top = p.first("via").map(|f| f.value.as_str()).unwrap_or_default();
+    via_parm(split_list(top).first().copied().unwrap_or_default())?;
+    cseq(
+        p.first("cseq")
+            .map(|f| f.value.as_str())
+            .unwrap_or_default(),
+    )?;
+    Ok(())
 }
 
 fn check_request(p: &Parsed, problem: Option<Bad>) -> Result<(), Refusal> {
