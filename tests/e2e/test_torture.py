@@ -530,3 +530,60 @@ def test_these_scenarios_fail_against_a_peer_that_rings_or_is_silent(make_sipp):
             assert sipp.wait(60) != 0, sipp.scenario.name
     finally:
         dead.close()
+
+
+def test_refusals_on_the_connection_to_the_registrar(make_phone, free_port):
+    """Requests arriving on the TCP connection the phone opened to its registrar
+    (read by the stack's own parser) are refused the same way: a fake registrar
+    answers the REGISTER 200, then sends an INVITE with an unknown Require down
+    that connection (420 + Unsupported) and an OPTIONS (200)."""
+    reg_port = free_port("tcp")
+    server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    server.bind(("127.0.0.1", reg_port))
+    server.listen(1)
+    server.settimeout(20)
+    try:
+        make_phone({"Settings": {"accountId": 1, "sourcePort": free_port("sip")},
+                    "Account1": {"server": f"127.0.0.1:{reg_port}", "domain": "127.0.0.1",
+                                 "username": "1001", "password": "x", "transport": "tcp",
+                                 "registerRefresh": 300}})
+        conn, _ = server.accept()
+        peer = TcpPeer.__new__(TcpPeer)
+        peer.sock, peer.buf, peer.local = conn, b"", conn.getsockname()
+        deadline = time.monotonic() + 15
+        register = None
+        while register is None and time.monotonic() < deadline:
+            conn.settimeout(max(deadline - time.monotonic(), 0.01))
+            chunk = conn.recv(65535)
+            assert chunk, "the phone closed the connection"
+            peer.buf += chunk
+            register = peer._frame()
+        assert register is not None and register.startswith(b"REGISTER "), register
+        req = parse_response(b"SIP/2.0 0 x\r\n" + register.split(b"\r\n", 1)[1])
+        ok = ("SIP/2.0 200 OK\r\n"
+              + "".join(f"Via: {v}\r\n" for v in headers(req, "via"))
+              + f"From: {header(req, 'from')}\r\nTo: {header(req, 'to')};tag=reg1\r\n"
+              f"Call-ID: {header(req, 'call-id')}\r\nCSeq: {header(req, 'cseq')}\r\n"
+              f"Contact: {header(req, 'contact')};expires=300\r\nContent-Length: 0\r\n\r\n")
+        conn.sendall(ok.encode())
+        local = conn.getsockname()
+        invite = (f"INVITE sip:1001@{local[0]} SIP/2.0\r\n"
+                  f"Via: SIP/2.0/TCP {local[0]}:{local[1]};branch=z9hG4bKreg420\r\n"
+                  "From: <sip:7777@127.0.0.1>;tag=r1\r\nTo: <sip:1001@127.0.0.1>\r\n"
+                  "Call-ID: reg420@127.0.0.1\r\nCSeq: 1 INVITE\r\n"
+                  f"Contact: <sip:7777@{local[0]}:{local[1]};transport=tcp>\r\n"
+                  "Max-Forwards: 70\r\nRequire: x-no-such-extension\r\nContent-Length: 0\r\n\r\n")
+        conn.sendall(invite.encode())
+        resp = peer.recv(10)
+        while resp is not None and resp["code"] < 200:
+            resp = peer.recv(10)
+        assert resp is not None and resp["code"] == 420, resp
+        assert "x-no-such-extension" in (header(resp, "unsupported") or ""), resp
+        msg, call_id = options("TCP", local, reg_port)
+        conn.sendall(msg)
+        resp = peer.recv(10)
+        assert resp is not None and resp["code"] == 200 and header(resp, "call-id") == call_id, resp
+        conn.close()
+    finally:
+        server.close()

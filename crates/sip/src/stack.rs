@@ -103,6 +103,9 @@ impl SipStack {
             cancel_reasons: cancel_reasons.clone(),
             reading: reading.clone(),
         }));
+        builder.with_transport_inspector(Box::new(StackStreams {
+            reading: reading.clone(),
+        }));
         let endpoint = builder.build();
 
         let bind = SocketAddr::new(config.bind_ip, config.port);
@@ -372,6 +375,66 @@ impl rsipstack::platform::net::UdpSocket for ReadingSocket {
 
     fn local_addr(&self) -> IoResult<SocketAddr> {
         Ok(self.socket.local_addr()?)
+    }
+}
+
+/// The TCP connections the phone opens itself (to its registrar, or the stack's
+/// to a TCP target) are read by the stack's own parser; what it makes of their
+/// messages goes through our reader here, written out again, so the same refusals
+/// (420, 416, 415, 406, 400 for what parses but is wrong) apply on them too.
+/// Messages our reader handed on already (UDP, our TCP listener's connections)
+/// are left alone.
+struct StackStreams {
+    reading: Arc<Reading>,
+}
+
+impl rsipstack::transaction::endpoint::TransportEventInspector for StackStreams {
+    fn handle<'a, 'f>(
+        &'a self,
+        event: rsipstack::transport::TransportEvent,
+    ) -> std::pin::Pin<
+        Box<
+            dyn std::future::Future<Output = Option<rsipstack::transport::TransportEvent>>
+                + Send
+                + 'f,
+        >,
+    >
+    where
+        'a: 'f,
+        Self: 'f,
+    {
+        use rsipstack::transport::TransportEvent;
+        Box::pin(async move {
+            let TransportEvent::Incoming(msg, SipConnection::Tcp(conn), from) = event else {
+                return Some(event);
+            };
+            let Ok(remote) = from.get_socketaddr() else {
+                return Some(TransportEvent::Incoming(
+                    msg,
+                    SipConnection::Tcp(conn),
+                    from,
+                ));
+            };
+            match self.reading.read(&msg.to_bytes(), true, remote) {
+                Verdict::Pass(bytes) => match SipMessage::try_from(bytes.as_slice()) {
+                    Ok(checked) => Some(TransportEvent::Incoming(
+                        checked,
+                        SipConnection::Tcp(conn),
+                        from,
+                    )),
+                    Err(_) => Some(TransportEvent::Incoming(
+                        msg,
+                        SipConnection::Tcp(conn),
+                        from,
+                    )),
+                },
+                Verdict::Answer(resp) => {
+                    let _ = conn.inner.send_raw(&resp).await;
+                    None
+                }
+                Verdict::Drop(_) => None,
+            }
+        })
     }
 }
 
