@@ -286,6 +286,19 @@ pub(crate) fn read(
     if bytes.is_empty() {
         return Verdict::Drop("empty".into());
     }
+    // Header text must be UTF-8 (RFC 3261 §7.3); old PBXs send Latin-1 display
+    // names: read those with the odd bytes replaced rather than lose the call.
+    let head_end = find(bytes, b"\r\n\r\n")
+        .map(|e| e + 4)
+        .unwrap_or(bytes.len());
+    if std::str::from_utf8(&bytes[..head_end]).is_err() {
+        let mut fixed = String::from_utf8_lossy(&bytes[..head_end])
+            .into_owned()
+            .into_bytes();
+        fixed.extend_from_slice(&bytes[head_end..]);
+        // The replaced text is UTF-8: this recursion goes one level deep.
+        return read(&fixed, stream, source, config, echo);
+    }
     let (parsed, problem) = match split(bytes, stream) {
         Ok(p) => (p, None),
         Err((_, None)) => return Verdict::Drop("not a SIP message (not UTF-8)".into()),

@@ -357,3 +357,20 @@ fn ordinary_requests_pass_untouched_in_meaning() {
     );
     stack_reads(&bytes);
 }
+
+#[test]
+fn latin1_header_bytes_do_not_lose_the_call() {
+    let mut msg =
+        b"OPTIONS sip:a@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK1\r\n\
+From: \"M"
+            .to_vec();
+    msg.push(0xfc); // u-umlaut in Latin-1
+    msg.extend_from_slice(
+        b"ller\" <sip:b@127.0.0.1>;tag=1\r\nTo: <sip:a@127.0.0.1>\r\nCall-ID: x\r\nCSeq: 1 OPTIONS\r\n\
+Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n",
+    );
+    let Verdict::Pass(bytes) = verdict(&msg, false) else {
+        panic!("passes");
+    };
+    stack_reads(&bytes);
+}
