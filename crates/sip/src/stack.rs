@@ -257,8 +257,9 @@ impl MessageInspector for Inspector {
                 without_rport(&mut req.headers);
             }
         }
-        if let SipMessage::Response(resp) = &mut msg {
-            echo_as_received(&self.reading.echo, resp);
+        match &mut msg {
+            SipMessage::Response(resp) => echo_as_received(&self.reading.echo, resp),
+            SipMessage::Request(req) => without_made_up_tag(&mut req.headers),
         }
         if let Some(trace) = &self.trace {
             trace.sent(&msg, dest);
@@ -658,6 +659,25 @@ fn echo_as_received(book: &EchoBook, resp: &mut Response) {
     }
 }
 
+/// An RFC 2543 caller sent no From tag; the reader made one up for the stack
+/// (`reader::RFC2543_TAG`). Our requests to it carry its From in To: without that
+/// tag, as it knows none.
+fn without_made_up_tag(headers: &mut rsipstack::sip::Headers) {
+    for h in headers.iter_mut() {
+        if let Header::To(to) = h {
+            let value = to.value();
+            if let Some(at) = value.find(&format!(";tag={}", reader::RFC2543_TAG)) {
+                let end = value[at + 1..]
+                    .find(';')
+                    .map(|e| at + 1 + e)
+                    .unwrap_or(value.len());
+                let stripped = format!("{}{}", &value[..at], &value[end..]);
+                *to = rsipstack::sip::To::new(stripped);
+            }
+        }
+    }
+}
+
 /// Drops the `rport` parameter from the top Via (ours, on a request we send).
 fn without_rport(headers: &mut rsipstack::sip::Headers) {
     let Some(Header::Via(via)) = headers.iter_mut().find(|h| matches!(h, Header::Via(_))) else {
@@ -760,5 +780,39 @@ async fn dispatch(
                 debug!("could not answer {method}: {e}");
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rsipstack::sip::Headers;
+
+    #[test]
+    fn a_made_up_rfc2543_tag_never_leaves() {
+        let mut headers: Headers = vec![
+            Header::To(rsipstack::sip::To::new(
+                "<sip:+13035551111@ift.client.example.net;user=phone>;tag=rfc2543-1a2b3c4d;x=1",
+            )),
+            Header::From(rsipstack::sip::From::new(
+                "<sip:UserB@example.com>;tag=ours",
+            )),
+        ]
+        .into();
+        without_made_up_tag(&mut headers);
+        let to = headers.iter().find_map(|h| match h {
+            Header::To(t) => Some(t.value().to_string()),
+            _ => None,
+        });
+        assert_eq!(
+            to.as_deref(),
+            Some("<sip:+13035551111@ift.client.example.net;user=phone>;x=1")
+        );
+        let mut ours: Headers =
+            vec![Header::To(rsipstack::sip::To::new("<sip:a@b>;tag=abc"))].into();
+        without_made_up_tag(&mut ours);
+        assert!(ours
+            .iter()
+            .any(|h| matches!(h, Header::To(t) if t.value() == "<sip:a@b>;tag=abc")));
     }
 }
