@@ -401,6 +401,14 @@ def phone(make_phone, free_port):
 @pytest.mark.parametrize("transport", ["UDP", "TCP"])
 def test_rfc4475_torture(phone, transport):
     run_torture(phone, phone.sip_port, transport)
+    # No response carries a parameter twice (the echo of the request's Via with
+    # the stack's received / rport put back into it).
+    for m in phone.trace_messages():
+        if m.sent and m.text.startswith("SIP/2.0"):
+            via = m.header("Via") or ""
+            names = [p.split("=")[0].strip().lower() for p in via.split(",")[0].split(";")[1:]]
+            names = [n for n in names if n]  # badinv01's own empty ones come back as sent
+            assert len(names) == len(set(names)), m.text
 
 
 def test_responses_echo_to_byte_exact(phone):

@@ -927,26 +927,37 @@ impl EchoBook {
             .iter()
             .rev()
             .find(|e| e.call_id == resp.call_id && e.cseq == resp.cseq && e.branch == branch)?;
-        // What the stack added to the top Via (received, rport).
+        // What the stack did to the top Via: `received` added, `rport` given
+        // its value. Anything else (a parameter dropped or changed): keep the
+        // stack's spelling.
         let before = via_parm(&echo.top_via).ok()?;
-        let mut added = String::new();
+        let mut vias = echo.vias.clone();
+        let first = vias.first_mut()?;
         for (n, v) in &top.params {
-            let same = before
+            match before
                 .params
                 .iter()
-                .any(|(bn, bv)| bn.eq_ignore_ascii_case(n) && bv == v);
-            if !same {
-                added.push(';');
-                added.push_str(n);
-                if let Some(v) = v {
-                    added.push('=');
-                    added.push_str(v);
+                .find(|(bn, _)| bn.eq_ignore_ascii_case(n))
+            {
+                Some((_, bv)) if bv == v => {}
+                Some((_, None)) => *first = fill_param(first, n, (*v)?)?,
+                Some(_) => return None,
+                None => {
+                    first.push(';');
+                    first.push_str(n);
+                    if let Some(v) = v {
+                        first.push('=');
+                        first.push_str(v);
+                    }
                 }
             }
         }
-        let mut vias = echo.vias.clone();
-        if let Some(first) = vias.first_mut() {
-            *first = format!("{first}{added}");
+        let kept = before
+            .params
+            .iter()
+            .all(|(bn, _)| top.params.iter().any(|(n, _)| n.eq_ignore_ascii_case(bn)));
+        if !kept {
+            return None;
         }
         if vias.len() != resp.vias.len() {
             return None;
@@ -969,6 +980,28 @@ impl EchoBook {
             cseq: echo.raw_cseq.clone(),
         })
     }
+}
+
+/// `;name` (a parameter without value, as received) given `=value`, in place.
+fn fill_param(raw: &str, name: &str, value: &str) -> Option<String> {
+    let lower = raw.to_ascii_lowercase();
+    let name_lower = name.to_ascii_lowercase();
+    let bytes = raw.as_bytes();
+    let mut from = 0;
+    while let Some(i) = lower[from..].find(&name_lower).map(|i| i + from) {
+        let end = i + name.len();
+        let before = raw[..i].trim_end_matches([' ', '\t', '\r', '\n']);
+        let after = raw[end..].trim_start_matches([' ', '\t', '\r', '\n']);
+        let boundary = bytes.get(end).is_none_or(|b| !grammar::is_token_char(*b));
+        if before.ends_with(';')
+            && boundary
+            && (after.is_empty() || after.starts_with(';') || after.starts_with(','))
+        {
+            return Some(format!("{}={value}{}", &raw[..end], &raw[end..]));
+        }
+        from = end;
+    }
+    None
 }
 
 /// The values of a response the [`EchoBook`] looks at.

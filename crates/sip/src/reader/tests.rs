@@ -374,3 +374,32 @@ Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n",
     };
     stack_reads(&bytes);
 }
+
+#[test]
+fn rport_asked_for_is_filled_in_place_in_the_echo() {
+    let book = EchoBook::default();
+    let msg = "OPTIONS sip:a@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;rport ;branch=z9hG4bK7\r\n\
+               From: <sip:b@127.0.0.1>;tag=1\r\nTo: <sip:a@127.0.0.1>\r\nCall-ID: r1\r\nCSeq: 1 OPTIONS\r\n\
+               Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n";
+    assert!(matches!(
+        read(msg.as_bytes(), false, source(), &config(), &book),
+        Verdict::Pass(_)
+    ));
+    let view = ResponseView {
+        call_id: "r1".into(),
+        cseq: "1 OPTIONS".into(),
+        vias: vec!["SIP/2.0/UDP 127.0.0.1:5070;rport=40000;branch=z9hG4bK7".into()],
+        to: "<sip:a@127.0.0.1>;tag=t".into(),
+    };
+    let back = book.restore(&view).expect("restored");
+    assert_eq!(
+        back.vias,
+        vec!["SIP/2.0/UDP 127.0.0.1:5070;rport=40000 ;branch=z9hG4bK7"]
+    );
+    // A parameter the stack dropped: its spelling stays.
+    let dropped = ResponseView {
+        vias: vec!["SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK7".into()],
+        ..view
+    };
+    assert!(book.restore(&dropped).is_none());
+}
