@@ -742,9 +742,13 @@ fn with_received(raw: &str, unfolded: &str, source: SocketAddr) -> String {
     {
         // rport without a value: fill it in (and received, RFC 3581 §4).
         add.push_str(&format!(";received={}", source.ip()));
-        let mut s = insert_after_first(raw, &add);
-        s = s.replacen(";rport", &format!(";rport={}", source.port()), 1);
-        return s;
+        let s = insert_after_first(raw, &add);
+        let first = split_list(&s).into_iter().next().unwrap_or_default();
+        let end = s.find(first).map(|i| i + first.len()).unwrap_or(s.len());
+        return match fill_param(&s[..end], "rport", &source.port().to_string()) {
+            Some(filled) => format!("{filled}{}", &s[end..]),
+            None => s,
+        };
     }
     if host != source.ip().to_string() {
         add.push_str(&format!(";received={}", source.ip()));
