@@ -322,13 +322,10 @@ pub(crate) fn read(
             Verdict::Answer(answer(&parsed, source, code, reason, extra, config))
         }
     };
-    let version_bad = match check_request(&parsed, problem) {
-        Ok(()) => None,
+    match check_request(&parsed, problem) {
+        Ok(()) => {}
         Err(Refusal::Version) => return refuse(505, "Version Not Supported", &[]),
-        Err(Refusal::Bad(why)) => Some(why),
-    };
-    if let Some(why) = version_bad {
-        return refuse(400, &format!("Bad Request ({why})"), &[]);
+        Err(Refusal::Bad(why)) => return refuse(400, &format!("Bad Request ({why})"), &[]),
     }
     let mut parts = parsed.start.split(' ');
     let (method, uri) = (
