@@ -595,3 +595,65 @@ def test_refusals_on_the_connection_to_the_registrar(make_phone, free_port):
         conn.close()
     finally:
         server.close()
+
+
+def test_a_call_over_tcp_to_our_listener_keeps_its_connection(make_phone, free_port):
+    """A call that comes in on a TCP connection to the phone's listener (read by our
+    reader, not the stack's) is answered on it, the caller's ACK reaches it, and
+    our BYE goes back down the same connection (flow affinity), answered there."""
+    import threading
+
+    port = free_port("sip")
+    ph = make_phone({"Settings": {"accountId": 1, "sourcePort": port, "autoAnswer": "all",
+                                  "audioInputDevice": "null", "audioOutputDevice": "null"},
+                     "Account1": {"domain": "127.0.0.1", "username": "1001", "transport": ""}})
+    events = ph.events()
+    events.snapshot()
+    peer = TcpPeer(port)
+    try:
+        local = peer.local
+        tag = secrets.token_hex(4)
+        sdp = ("v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+               f"m=audio {free_port('udp')} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n")
+        call_id = f"tcp-call.{tag}"
+        invite = (f"INVITE sip:1001@127.0.0.1:{port};transport=tcp SIP/2.0\r\n"
+                  f"Via: SIP/2.0/TCP {local[0]}:{local[1]};branch=z9hG4bK{tag}\r\n"
+                  f"From: \"TCP caller\" <sip:7777@127.0.0.1>;tag={tag}\r\n"
+                  "t: <sip:1001@127.0.0.1>\r\n"
+                  f"i: {call_id}\r\nCSeq: 1 INVITE\r\n"
+                  f"m: <sip:7777@{local[0]}:{local[1]};transport=tcp>\r\n"
+                  "Max-Forwards: 70\r\nc: application/sdp\r\n"
+                  f"l: {len(sdp)}\r\n\r\n{sdp}")
+        peer.send(invite.encode())
+        ok = peer.recv(10)
+        while ok is not None and ok["code"] < 200:
+            ok = peer.recv(10)
+        assert ok is not None and ok["code"] == 200, ok
+        ack = (f"ACK sip:1001@127.0.0.1:{port};transport=tcp SIP/2.0\r\n"
+               f"Via: SIP/2.0/TCP {local[0]}:{local[1]};branch=z9hG4bK{tag}a\r\n"
+               f"From: \"TCP caller\" <sip:7777@127.0.0.1>;tag={tag}\r\n"
+               f"To: {header(ok, 'to')}\r\nCall-ID: {call_id}\r\nCSeq: 1 ACK\r\n"
+               "Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n")
+        peer.send(ack.encode())
+        events.wait_for("call.confirmed", None, 10)
+        replies: list = []
+        hangup = threading.Thread(target=lambda: replies.append(ph.request("hangup", timeout=20)))
+        hangup.start()
+        try:
+            # Our reader's frame() reads requests as well as responses.
+            bye = peer.recv(10)
+            assert bye is not None and bye["status"].startswith("BYE "), bye
+            assert header(bye, "call-id") == call_id, bye
+            answer = ("SIP/2.0 200 OK\r\n"
+                      + "".join(f"Via: {v}\r\n" for v in headers(bye, "via"))
+                      + f"From: {header(bye, 'from')}\r\nTo: {header(bye, 'to')}\r\n"
+                      f"Call-ID: {call_id}\r\nCSeq: {header(bye, 'cseq')}\r\n"
+                      "Content-Length: 0\r\n\r\n")
+            peer.send(answer.encode())
+        finally:
+            hangup.join(25)
+        assert replies and replies[0].get("ok") is True, replies
+        ended = events.wait_for("call.ended", None, 10)
+        assert ended["by"] == "local", ended
+    finally:
+        peer.close()
