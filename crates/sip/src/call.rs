@@ -1072,7 +1072,13 @@ fn describe_invite(req: &Request, tcp: bool) -> IncomingInvite {
         req.uri
             .auth
             .as_ref()
-            .map(|a| a.user.clone())
+            .map(|a| {
+                a.user
+                    .split([';', '?'])
+                    .next()
+                    .unwrap_or_default()
+                    .to_string()
+            })
             .unwrap_or_default(),
         req.uri.host_with_port.host.to_string(),
     );
@@ -1112,32 +1118,41 @@ pub fn split_name_addr(value: &str) -> (Option<String>, String) {
     (None, uri)
 }
 
-/// `sip:user@domain:port;params` → ("user", "domain").
+/// `sip:user@domain:port;params` → ("user", "domain"). The user is the number
+/// without its RFC 3966 parameters (`sip:+4930123;phone-context=example.com@pbx`
+/// → "+4930123", `sip:1001;isub=12@pbx` → "1001"): the user part may hold `;`
+/// and `?`, and an unescaped `@` can only end it (RFC 3261 §25.1). A `tel:` URI's
+/// number is its user.
 pub fn user_and_domain(uri: &str) -> (String, String) {
-    let rest = uri
-        .split_once(':')
-        .map(|(scheme, rest)| {
+    let uri = uri.trim();
+    let (scheme, rest) = match uri.split_once(':') {
+        Some((scheme, rest))
             if scheme.eq_ignore_ascii_case("sip")
                 || scheme.eq_ignore_ascii_case("sips")
-                || scheme.eq_ignore_ascii_case("tel")
-            {
-                rest
-            } else {
-                uri
-            }
-        })
-        .unwrap_or(uri);
-    let rest = rest.split([';', '?', '>']).next().unwrap_or(rest);
-    match rest.split_once('@') {
-        Some((user, host)) => (
-            user.to_string(),
-            host.split(':').next().unwrap_or(host).to_string(),
-        ),
-        None => (
-            String::new(),
-            rest.split(':').next().unwrap_or(rest).to_string(),
-        ),
+                || scheme.eq_ignore_ascii_case("tel") =>
+        {
+            (Some(scheme), rest)
+        }
+        _ => (None, uri),
+    };
+    let rest = rest.split('>').next().unwrap_or(rest);
+    let number = |user: &str| {
+        let user = user.split(':').next().unwrap_or(user); // no password
+        user.split([';', '?']).next().unwrap_or(user).to_string()
+    };
+    if scheme.is_some_and(|s| s.eq_ignore_ascii_case("tel")) {
+        return (number(rest), String::new());
     }
+    let (user, host) = match rest.find('@') {
+        Some(at) => (number(&rest[..at]), &rest[at + 1..]),
+        None => (String::new(), rest),
+    };
+    let host = host.split([';', '?']).next().unwrap_or(host);
+    let host = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(v6),
+        None => host.split(':').next().unwrap_or(host),
+    };
+    (user, host.to_string())
 }
 
 #[cfg(test)]
@@ -1210,6 +1225,23 @@ mod tests {
         assert_eq!(
             user_and_domain("sip:pbx.example"),
             (String::new(), "pbx.example".into())
+        );
+        // RFC 3966 parameters in the user part (a trunk's caller).
+        assert_eq!(
+            user_and_domain("sip:+4930123;phone-context=example.com@pbx.example;user=phone"),
+            ("+4930123".into(), "pbx.example".into())
+        );
+        assert_eq!(
+            user_and_domain("sip:1001;isub=12@192.0.2.1:5060"),
+            ("1001".into(), "192.0.2.1".into())
+        );
+        assert_eq!(
+            user_and_domain("sips:alice:secret@[2001:db8::1]:5061>"),
+            ("alice".into(), "2001:db8::1".into())
+        );
+        assert_eq!(
+            user_and_domain("tel:+4930123;phone-context=example.com"),
+            ("+4930123".into(), String::new())
         );
     }
 

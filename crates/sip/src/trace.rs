@@ -133,10 +133,14 @@ fn response_destination(msg: &SipMessage) -> (String, String) {
     };
     let mut host = via.uri.host_with_port.host.to_string();
     let mut port = via.uri.host_with_port.port.map(|p| p.to_string());
+    // A request that came over TCP with a UDP Via got `;transport=TCP` added:
+    // its response goes back on that connection.
+    let mut transport = via.transport;
     for param in &via.params {
         match param {
             Param::Received(r) => host = r.value().to_string(),
             Param::Rport(Some(p)) => port = Some(p.to_string()),
+            Param::Transport(t) => transport = *t,
             _ => {}
         }
     }
@@ -144,5 +148,5 @@ fn response_destination(msg: &SipMessage) -> (String, String) {
         Some(p) => format!("{host}:{p}"),
         None => host,
     };
-    (via.transport.to_string().to_ascii_uppercase(), remote)
+    (transport.to_string().to_ascii_uppercase(), remote)
 }
