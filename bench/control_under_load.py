@@ -14,9 +14,13 @@ measures both, one after the other, on the same machine):
    `active` before and after the window (printed). Then `autoanswer off`, so the
    probe calls below ring.
 2. STATUS round trip from one client (a plain `STATUS` line on its own control
-   connection, paced at BENCH_RATE (100) a second, BENCH_SAMPLES (2000) samples;
-   p50, p99, max): before the calls ("no calls"), with the calls up and nothing
-   else ("idle"), and with the calls up and the load below running ("loaded").
+   connection, paced at BENCH_RATE (100) a second, BENCH_SAMPLES (2000) samples,
+   or fewer when BENCH_MAX_SECONDS (60) run out first; p50, p99, max): before
+   the calls ("no calls"), with the calls up and nothing else ("idle"), and with
+   the calls up and the load below running ("loaded"). Next to each STATUS, in
+   the same loop, one round trip to a peer that does nothing but answer: a line
+   echo on a Unix socket in a process of its own (`--echo`); its p99 is the
+   scheduling noise of the machine at those moments.
 3. INVITE -> 180: a raw SIP INVITE from a UDP socket of this script (time taken
    just before sendto) to the 180 read on that socket; then CANCEL, 487, ACK.
    BENCH_PROBES (20) calls one after the other, idle and under the load;
@@ -36,7 +40,8 @@ measure: other work on the machine shows in these numbers.
 
 Run: MICROSIP_BIN=target/release/microsip \
      MICROSIP_BIN_BEFORE=/path/to/old/microsip python3 bench/control_under_load.py
-(BENCH_CALLS, BENCH_SAMPLES, BENCH_RATE, BENCH_PROBES change the sizes.)
+(BENCH_CALLS, BENCH_SAMPLES, BENCH_RATE, BENCH_PROBES change the sizes;
+BENCH_LOAD=record,play,volume,contacts picks the load clients, all by default.)
 """
 
 from __future__ import annotations
@@ -61,11 +66,16 @@ sys.path.insert(0, str(ROOT / "bench"))
 CALLS = int(os.environ.get("BENCH_CALLS", "20"))
 SAMPLES = int(os.environ.get("BENCH_SAMPLES", "2000"))
 RATE = float(os.environ.get("BENCH_RATE", "100"))
+# A STATUS series also ends after this long (a phone that stalls would take for ever).
+MAX_SECONDS = float(os.environ.get("BENCH_MAX_SECONDS", "60"))
 PROBES = int(os.environ.get("BENCH_PROBES", "20"))
 WAV_SECONDS = 600
 WAV_RATE = 16000
 VOLUME_RATE = 50.0
 PASSWORD = "p;w#1005"
+# Which load clients run (all by default): BENCH_LOAD=record,play,volume,contacts.
+LOAD_CLIENTS = ["record", "play", "volume", "contacts"]
+LOAD = [c for c in os.environ.get("BENCH_LOAD", ",".join(LOAD_CLIENTS)).split(",") if c]
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -162,6 +172,8 @@ def load_main(config: dict) -> None:
         ("volumeup/volumedown", [["volumeup"], ["volumedown"]], VOLUME_RATE),
         ("contacts add", [lambda i: ["contacts", "add", str(base + i), f"Bench {i}"]], None),
     ]
+    keys = dict(zip(LOAD_CLIENTS, clients))
+    clients = [keys[k] for k in config["clients"]]
     threads = [threading.Thread(target=client, args=c, daemon=True) for c in clients]
     for t in threads:
         t.start()
@@ -181,24 +193,51 @@ def load_main(config: dict) -> None:
 
 # ---------------------------------------------------------------- measures
 
-def status_rtt(path: str, samples: int, rate: float) -> list[float]:
-    """STATUS round trips (seconds) on one connection, paced at `rate` a second."""
+def status_rtt(path: str, samples: int, rate: float,
+               echo: str | None = None) -> tuple[list[float], list[float]]:
+    """STATUS round trips (seconds) on one connection, paced at `rate` a second;
+    with `echo`, each STATUS is followed by one round trip to that line echo (the
+    machine's own scheduling noise at the same moments)."""
     conn = Conn(path)
+    peer = Conn(echo) if echo else None
     for _ in range(20):  # warm up
         conn.line("STATUS")
-    out = []
+        if peer:
+            peer.line("STATUS")
+    out, peer_out = [], []
     t_start = time.monotonic()
     for i in range(samples):
+        if time.monotonic() - t_start > MAX_SECONDS:
+            break
         wait = t_start + i / rate - time.monotonic()
         if wait > 0:
             time.sleep(wait)
         t0 = time.perf_counter()
         reply = conn.line("STATUS")
-        out.append(time.perf_counter() - t0)
+        t1 = time.perf_counter()
+        out.append(t1 - t0)
         if not reply.startswith("OK"):
             raise AssertionError(f"STATUS answered {reply!r}")
+        if peer:
+            peer.line("OK 2")
+            peer_out.append(time.perf_counter() - t1)
     conn.close()
-    return out
+    if peer:
+        peer.close()
+    return out, peer_out
+
+
+def echo_main(path: str) -> None:
+    """`--echo PATH`: a line echo on a Unix socket (one connection at a time), the
+    peer measured next to STATUS: a process that does nothing but answer."""
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(path)
+    srv.listen(4)
+    while True:
+        c, _ = srv.accept()
+        for line in c.makefile("rb"):
+            c.sendall(line)
+        c.close()
 
 
 def _headers(text: str) -> tuple[str, dict[str, str]]:
@@ -298,7 +337,8 @@ def fmt(values) -> str:
 
 # ---------------------------------------------------------------- one binary
 
-def run_binary(label: str, binary: str, work: Path, kam, wav: Path, tone_ulaw: bytes) -> dict:
+def run_binary(label: str, binary: str, work: Path, kam, wav: Path, tone_ulaw: bytes,
+               echo: str) -> dict:
     import peers
     from peers import Phone, Sipp, account, free_port, ini
 
@@ -321,8 +361,8 @@ def run_binary(label: str, binary: str, work: Path, kam, wav: Path, tone_ulaw: b
         print(f"   registered at Kamailio {kam.address}; phone SIP on 127.0.0.1:{port}")
 
         print(f"   STATUS, no calls ({load_avg()})", flush=True)
-        res["none"] = status_rtt(sock, SAMPLES, RATE)
-        print(f"      {fmt(res['none'])}")
+        res["none"], res["echo_none"] = status_rtt(sock, SAMPLES, RATE, echo)
+        print(f"      {fmt(res['none'])}; echo peer {fmt(res['echo_none'])}")
 
         # The calls: SIPp streams a PCMU tone into each; they last longer than the window.
         sipp = Sipp(work, "uac_rtp_call.xml", calls=CALLS, timeout_s=3600, trace=False,
@@ -348,8 +388,8 @@ def run_binary(label: str, binary: str, work: Path, kam, wav: Path, tone_ulaw: b
         time.sleep(2)
 
         print(f"   STATUS, {len(up)} calls, no load ({load_avg()})", flush=True)
-        res["idle"] = status_rtt(sock, SAMPLES, RATE)
-        print(f"      {fmt(res['idle'])}")
+        res["idle"], res["echo_idle"] = status_rtt(sock, SAMPLES, RATE, echo)
+        print(f"      {fmt(res['idle'])}; echo peer {fmt(res['echo_idle'])}")
         print(f"   INVITE -> 180, {len(up)} calls, no load ({load_avg()})", flush=True)
         res["probe_idle"], problems = invite_to_180(port, PROBES)
         print(f"      median {pct(res['probe_idle'], 50) * 1000:.2f} ms, "
@@ -358,15 +398,15 @@ def run_binary(label: str, binary: str, work: Path, kam, wav: Path, tone_ulaw: b
 
         ids = [str(c["id"]) for c in up]
         config = {"socket": sock, "record_call": ids[0], "play_call": ids[1],
-                  "wav": str(wav), "contact_base": 5550000}
+                  "wav": str(wav), "contact_base": 5550000, "clients": LOAD}
         load = subprocess.Popen([sys.executable, __file__, "--load", json.dumps(config)],
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                 start_new_session=True)
         time.sleep(2)  # every client running
         t0, c0 = time.monotonic(), cpu_ticks(ph.pid)
         print(f"   STATUS, {len(up)} calls, under load ({load_avg()})", flush=True)
-        res["loaded"] = status_rtt(sock, SAMPLES, RATE)
-        print(f"      {fmt(res['loaded'])}")
+        res["loaded"], res["echo_loaded"] = status_rtt(sock, SAMPLES, RATE, echo)
+        print(f"      {fmt(res['loaded'])}; echo peer {fmt(res['echo_loaded'])}")
         print(f"   INVITE -> 180, {len(up)} calls, under load ({load_avg()})", flush=True)
         res["probe_loaded"], problems = invite_to_180(port, PROBES)
         print(f"      median {pct(res['probe_loaded'], 50) * 1000:.2f} ms, "
@@ -377,8 +417,7 @@ def run_binary(label: str, binary: str, work: Path, kam, wav: Path, tone_ulaw: b
         res["cpu"] = (c1 - c0) / CLK_TCK / (t1 - t0) * 100
         up_after = active_calls(ph)
         res["calls_after"] = len(up_after)
-        load.stdin.close()
-        out, _ = load.communicate(timeout=90)
+        out, _ = load.communicate(timeout=90)  # closes its stdin: the load ends
         load = None
         stats = json.loads(out.decode().strip().splitlines()[-1])
         print(f"   phone CPU under load: {res['cpu']:.0f} % of a core; "
@@ -416,22 +455,34 @@ def main() -> int:
         bins.append(("before", os.environ["MICROSIP_BIN_BEFORE"]))
     bins.append(("after", os.environ.get("MICROSIP_BIN")
                  or str(ROOT / "target" / "release" / "microsip")))
+    unknown = set(LOAD) - set(LOAD_CLIENTS)
+    if unknown:
+        print(f"BENCH_LOAD: no such load client {sorted(unknown)}; use {LOAD_CLIENTS}")
+        return 2
+    print(f"load clients: {', '.join(LOAD)}")
     print(f"{CALLS} calls; STATUS {SAMPLES} samples at {RATE:.0f}/s; {PROBES} INVITE probes; "
           f"{os.cpu_count()} CPUs; {load_avg()}")
     work = Path(tempfile.mkdtemp(prefix="bench-ctl-"))
     results = []
+    echo_proc = None
     try:
         wav = audio.make_tone_wav(work / "ten-minutes.wav", 1000, WAV_SECONDS, rate=WAV_RATE)
         print(f"play file: {wav.stat().st_size / 1e6:.1f} MB, {WAV_SECONDS} s, "
               f"{WAV_RATE} Hz mono 16-bit")
         tone_ulaw = audio.make_tone_ulaw(work / "tone.ulaw", 600, 10).read_bytes()
         kam = Kamailio(work / "kamailio", users={"1001": PASSWORD, "1002": "secret2"}).start()
+        echo = str(work / "echo.sock")
+        echo_proc = subprocess.Popen([sys.executable, __file__, "--echo", echo],
+                                     stdin=subprocess.DEVNULL, start_new_session=True)
+        peers.wait_until(lambda: Path(echo).exists(), 10, 0.05, "the echo peer")
         for label, binary in bins:
             try:
-                results.append(run_binary(label, binary, work, kam, wav, tone_ulaw))
+                results.append(run_binary(label, binary, work, kam, wav, tone_ulaw, echo))
             except Exception as e:  # noqa: BLE001 - report and go on
                 print(f"   FAILED: {type(e).__name__}: {e}")
     finally:
+        if echo_proc is not None:
+            peers._kill_group(echo_proc, grace=2)
         for o in list(peers.LIVE):
             try:
                 o.cleanup()
@@ -443,14 +494,15 @@ def main() -> int:
     def ms(v):
         return f"{v * 1000:.2f}"
     print("\nSTATUS round trip (ms) and INVITE -> 180 (ms), "
-          f"{CALLS} calls up; loaded = record/play/volume/contacts clients running")
+          f"{CALLS} calls up; loaded = record/play/volume/contacts clients running; "
+          "echo = the line echo peer at the same moments")
     head = (f"{'':7} | {'no calls p50/p99':>16} | {'idle p50/p99':>13} | "
-            f"{'loaded p50/p99/max':>22} | {'p99 ratio':>9} | {'180 idle med/p90':>16} | "
-            f"{'180 loaded med/p90':>18} | calls before/after")
+            f"{'loaded p50/p99/max':>22} | {'p99 ratio':>9} | {'echo p99 idle/loaded':>20} | "
+            f"{'180 idle med/p90':>16} | {'180 loaded med/p90':>18} | calls before/after")
     print(head)
     print("-" * len(head))
     for r in results:
-        if "loaded" not in r:
+        if "probe_loaded" not in r:
             print(f"{r['label']:7} | (incomplete)")
             continue
         ratio = pct(r["loaded"], 99) / pct(r["idle"], 99)
@@ -458,14 +510,17 @@ def main() -> int:
               f"{ms(pct(r['idle'], 50)):>6}/{ms(pct(r['idle'], 99)):<6} | "
               f"{ms(pct(r['loaded'], 50)):>6}/{ms(pct(r['loaded'], 99)):>7}/"
               f"{ms(max(r['loaded'])):<7} | {ratio:>9.1f} | "
+              f"{ms(pct(r['echo_idle'], 99)):>9}/{ms(pct(r['echo_loaded'], 99)):<10} | "
               f"{ms(pct(r['probe_idle'], 50)):>7}/{ms(pct(r['probe_idle'], 90)):<8} | "
               f"{ms(pct(r['probe_loaded'], 50)):>8}/{ms(pct(r['probe_loaded'], 90)):<9} | "
-              f"{r['calls_before']}/{r['calls_after']}")
+              f"{r['calls_before']}/{r.get('calls_after', '?')}")
     print(f"({load_avg()} at the end)")
     return 0
 
 
 if __name__ == "__main__":
+    if len(sys.argv) > 2 and sys.argv[1] == "--echo":
+        echo_main(sys.argv[2])
     if len(sys.argv) > 2 and sys.argv[1] == "--load":
         load_main(json.loads(sys.argv[2]))
         sys.exit(0)

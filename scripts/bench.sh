@@ -14,4 +14,5 @@ python3 bench/calls.py
 python3 bench/integrations.py
 python3 bench/codec_calls.py
 python3 bench/pesq_loss.py
+python3 bench/control_under_load.py  # MICROSIP_BIN_BEFORE=OLD_BINARY adds a row for it
 cargo bench -p microsip-media --bench codecs
