@@ -258,6 +258,8 @@ def test_history_types_answered_missed_and_answered_elsewhere(kam, make_phone, m
     plain, elsewhere = ended["uac_cancel.xml"], ended["uac_cancel_elsewhere.xml"]
     assert plain["code"] == 487 and "elsewhere" not in plain, plain
     assert elsewhere["code"] == 487 and elsewhere["elsewhere"] is True, elsewhere
+    # The caller ended both, not us.
+    assert plain["by"] == elsewhere["by"] == "remote", (plain, elsewhere)
     assert elsewhere["reason"] == "Call completed elsewhere", elsewhere
     wait_until(lambda: len(calls_section(ph.ini_path.read_text())) >= 3, 10, 0.05,
                "three history entries")
@@ -517,3 +519,38 @@ def test_contacts_add_list_remove(make_phone):
     rc, _, err = ph.cmd("contacts", "remove", "1003", check=False)
     assert rc == 1 and "no contact" in err
     assert "1003" not in ph.cmd("contacts", "list")[1]
+
+
+def test_a_caller_who_gives_up_ended_the_call_not_us(kam, make_phone, make_baresip, tmp_path):
+    """baresip calls through Kamailio and hangs up while the phone rings: the call
+    ends 487, `by: remote`, and is a missed call."""
+    ph = phone_for(kam, make_phone, tmp_path)
+    a = make_baresip(kam, "1002", tone=1000)
+    ev = ph.events()
+    a.dial("sip:1001@127.0.0.1")
+    inc = ev.wait_for("call.ringing", None, 15)
+    a.hangup()
+    ended = ev.wait_for("call.ended", lambda e: e.get("call") == inc["call"], 15)
+    assert ended["code"] == 487 and ended["by"] == "remote", ended
+    wait_until(lambda: re.search(r"  missed +1002  ", ph.cmd("history")[1]), 10, 0.1,
+               "the missed call in the history")
+
+
+def test_a_message_inside_a_call_is_received_with_the_call_id(make_phone, make_sipp,
+                                                              free_port):
+    """RFC 3428 allows a MESSAGE inside a dialog (pjsip sends them): it is answered
+    200 once kept, and arrives as message.received naming the call."""
+    port = free_port("sip")
+    ph = make_phone(ini(account("", "1001", ""), sourcePort=port, autoAnswer="all",
+                        audioInputDevice="null", audioOutputDevice="null"))
+    ev = ph.events()
+    sipp = make_sipp("uac_message_in_call.xml", timeout_s=30, remote=f"127.0.0.1:{port}",
+                     extra=["-s", "1001"])
+    inc = ev.wait_for("call.incoming", None, 15)
+    got = ev.wait_for("message.received", None, 15)
+    # SIPp ends the body with the line break of its scenario file.
+    assert got["call"] == inc["call"] and got["text"].rstrip() == "in-call text ; # = kept", got
+    assert got["name"] == "In-call texter" and "2003" in got["from"], got
+    assert sipp.wait() == 0, sipp.messages()[-3000:]  # the MESSAGE got its 200
+    rc, reply = ph.cmd_json("messages")
+    assert rc == 0 and [m for m in reply["data"] if m["text"] == got["text"]], reply

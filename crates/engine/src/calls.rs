@@ -17,7 +17,7 @@ use crate::command::{CallId, Command, StatusForm};
 use crate::core::Core;
 use crate::dialplan;
 use crate::event::{CallQuality, EventKind};
-use crate::io::{AnswerId, LegSignal, MediaAction, MediaFailure, ReplyTo, SipAction};
+use crate::io::{AnswerId, LegSignal, MediaAction, MediaFailure, MessageIn, ReplyTo, SipAction};
 use crate::policy::{self, Decision, IncomingFacts};
 use crate::recording::CallExtras;
 use crate::reply::{fail, ok, ok_with, ErrorCode, Reply};
@@ -1745,6 +1745,7 @@ impl Core {
                 LegSignal::Reoffer { answer, .. } | LegSignal::Refer { answer, .. } => {
                     self.respond(answer, 481, None, Vec::new());
                 }
+                LegSignal::Message(m) => self.respond(m.answer, 481, None, Vec::new()),
                 LegSignal::Answered { .. } => self.sip(SipAction::Hangup { leg }),
                 _ => {}
             }
@@ -1840,6 +1841,10 @@ impl Core {
                     self.end_call(id, None);
                 }
             }
+            LegSignal::Message(message) => self.on_message(MessageIn {
+                call: Some(id),
+                ..message
+            }),
             LegSignal::Info { content_type, body } => {
                 match microsip_media::dtmf::parse_info(&content_type, &body) {
                     Some(digit) => {

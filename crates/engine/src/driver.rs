@@ -452,6 +452,22 @@ impl Driver {
                 LegSignal::ReferProgress { code, reason, done }
             }
             SignalKind::Info { content_type, body } => LegSignal::Info { content_type, body },
+            SignalKind::Message {
+                from,
+                display_name,
+                to,
+                content_type,
+                text,
+                reply,
+            } => LegSignal::Message(MessageIn {
+                from,
+                display_name,
+                to,
+                content_type,
+                text,
+                answer: self.owe(Owed::InDialog(reply)),
+                call: None,
+            }),
             SignalKind::Ended {
                 code,
                 reason,
@@ -478,6 +494,7 @@ impl Driver {
             content_type: message.content_type.clone(),
             text: message.text.clone(),
             answer: 0,
+            call: None,
         };
         let answer = self.owe(Owed::Message(Box::new(message)));
         MessageIn { answer, ..m }

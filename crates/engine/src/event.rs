@@ -136,6 +136,9 @@ pub enum EventKind {
         to: String,
         content_type: String,
         text: String,
+        /// The call it came in (a MESSAGE inside a dialog, RFC 3428).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        call: Option<u64>,
     },
     #[serde(rename = "message.sent")]
     MessageSent { to: String, code: u16 },
@@ -191,6 +194,7 @@ impl EventKind {
             | EventKind::CallConference { call, .. }
             | EventKind::CallEnded { call, .. }
             | EventKind::CallQuality { call, .. } => Some(*call),
+            EventKind::MessageReceived { call, .. } => *call,
             _ => None,
         }
     }

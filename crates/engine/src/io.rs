@@ -79,6 +79,8 @@ pub enum LegSignal {
         reason: String,
         done: bool,
     },
+    /// A MESSAGE inside the call.
+    Message(MessageIn),
     /// An INFO (already answered 200).
     Info {
         content_type: String,
@@ -102,6 +104,8 @@ pub struct MessageIn {
     pub content_type: String,
     pub text: String,
     pub answer: AnswerId,
+    /// The call it came in, for a MESSAGE inside a dialog.
+    pub call: Option<CallId>,
 }
 
 /// Everything the core takes.

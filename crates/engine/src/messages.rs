@@ -126,6 +126,7 @@ impl Core {
                     to: message.to,
                     content_type: message.content_type,
                     text: message.text,
+                    call: message.call,
                 });
                 self.respond(message.answer, 200, None, Vec::new());
             }

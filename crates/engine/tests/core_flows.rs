@@ -713,3 +713,43 @@ fn a_level_change_goes_to_the_media_at_once_and_replies_once_stored() {
     b.answer_stores();
     assert!(b.reply(r).is_some_and(|r| r.is_ok()));
 }
+
+#[test]
+fn a_message_inside_a_call_is_kept_then_answered_and_names_the_call() {
+    let mut b = Bench::new(&ini(""));
+    let id = b.dial();
+    b.answered(id, SessionTimerAsk::default());
+    b.sip();
+    b.events();
+    b.input(Input::Leg {
+        leg: id,
+        signal: LegSignal::Message(microsip_engine::io::MessageIn {
+            from: "sip:1002@127.0.0.1".into(),
+            display_name: None,
+            to: "sip:1001@127.0.0.1".into(),
+            content_type: "text/plain".into(),
+            text: "hello".into(),
+            answer: 9,
+            call: None,
+        }),
+    });
+    assert!(b.sip().is_empty(), "no 200 before the message is kept");
+    b.answer_stores();
+    let sip = b.sip();
+    assert!(
+        sip.iter().any(|(_, a)| matches!(
+            a,
+            SipAction::Respond {
+                answer: 9,
+                code: 200,
+                ..
+            }
+        )),
+        "{sip:?}"
+    );
+    let got = b.events().into_iter().find_map(|e| match e {
+        EventKind::MessageReceived { call, text, .. } => Some((call, text)),
+        _ => None,
+    });
+    assert_eq!(got, Some((Some(id), "hello".to_string())));
+}

@@ -209,6 +209,16 @@ pub enum SignalKind {
         reason: String,
         done: bool,
     },
+    /// A MESSAGE inside the call (RFC 3428 allows it); answer it with the
+    /// responder once it is kept.
+    Message {
+        from: String,
+        display_name: Option<String>,
+        to: String,
+        content_type: String,
+        text: String,
+        reply: Responder,
+    },
     /// An INFO (e.g. DTMF relay), already answered 200.
     Info {
         content_type: String,
@@ -895,8 +905,29 @@ impl Calls {
                 DialogState::Options(_, _, handle) => {
                     let _ = handle.reply(StatusCode::OK).await;
                 }
-                DialogState::Message(_, _, handle) | DialogState::Publish(_, _, handle) => {
-                    // Messages inside a call arrive with the messaging work.
+                DialogState::Message(_, req, handle) => {
+                    if req.body.len() > crate::message::MAX_TEXT {
+                        let _ = handle.reply(StatusCode::RequestEntityTooLarge).await;
+                        continue;
+                    }
+                    let (display_name, from) = req
+                        .from_header()
+                        .map(|f| split_name_addr(f.value()))
+                        .unwrap_or_default();
+                    let (_, to) = req
+                        .to_header()
+                        .map(|t| split_name_addr(t.value()))
+                        .unwrap_or_default();
+                    send(SignalKind::Message {
+                        from,
+                        display_name,
+                        to,
+                        content_type: content_type(&req).unwrap_or_else(|| "text/plain".into()),
+                        text: String::from_utf8_lossy(&req.body).into_owned(),
+                        reply: Responder(handle),
+                    });
+                }
+                DialogState::Publish(_, _, handle) => {
                     let _ = handle.reply(StatusCode::NotImplemented).await;
                 }
                 DialogState::Terminated(_, reason) => {
