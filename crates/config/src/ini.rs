@@ -9,7 +9,9 @@
 //!   spelling they already have;
 //! - anything else is kept verbatim and reported as an [`IniProblem`].
 
+use std::collections::HashMap;
 use std::fmt;
+use std::sync::OnceLock;
 
 /// Which line ending a line had (or new lines get).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -151,11 +153,107 @@ struct Line {
 }
 
 /// An INI file held line by line, so that writing it back changes only what was set.
-#[derive(Clone, PartialEq, Eq)]
+///
+/// Lookups go through an index of sections and keys (built on first use, dropped by
+/// any change that moves lines), so reading a file and every key in it takes time
+/// linear in its size.
+#[derive(Clone)]
 pub struct IniDocument {
     lines: Vec<Line>,
     newline: LineEnding,
     encoding: SourceEncoding,
+    index: OnceLock<Index>,
+}
+
+/// Two documents are equal when they would write the same file.
+impl PartialEq for IniDocument {
+    fn eq(&self, other: &Self) -> bool {
+        self.lines == other.lines
+            && self.newline == other.newline
+            && self.encoding == other.encoding
+    }
+}
+
+impl Eq for IniDocument {}
+
+/// Where a section's lines are and which keys it has.
+#[derive(Clone, Debug)]
+struct SectionIndex {
+    /// `[header, end)` line ranges of each block of the section, in file order.
+    blocks: Vec<(usize, usize)>,
+    /// Folded key name -> the line of its first occurrence.
+    keys: HashMap<String, usize>,
+    /// The lines of the first occurrence of each key, in file order.
+    order: Vec<usize>,
+}
+
+/// The sections of a document, by folded name, in the order they first appear.
+#[derive(Clone, Debug, Default)]
+struct Index {
+    sections: Vec<SectionIndex>,
+    by_name: HashMap<String, usize>,
+}
+
+impl Index {
+    fn build(lines: &[Line]) -> Index {
+        let mut index = Index::default();
+        let mut current: Option<usize> = None;
+        for (i, line) in lines.iter().enumerate() {
+            match &line.kind {
+                Kind::Section { name } => {
+                    if let Some(c) = current {
+                        close_block(&mut index.sections[c], i);
+                    }
+                    let next = index.sections.len();
+                    let s = *index.by_name.entry(fold(name)).or_insert(next);
+                    if s == next {
+                        index.sections.push(SectionIndex {
+                            blocks: Vec::new(),
+                            keys: HashMap::new(),
+                            order: Vec::new(),
+                        });
+                    }
+                    index.sections[s].blocks.push((i, lines.len()));
+                    current = Some(s);
+                }
+                Kind::Entry { key, .. } => {
+                    if let Some(c) = current {
+                        let section = &mut index.sections[c];
+                        if let std::collections::hash_map::Entry::Vacant(v) =
+                            section.keys.entry(fold(key))
+                        {
+                            v.insert(i);
+                            section.order.push(i);
+                        }
+                    }
+                }
+                Kind::Other => {}
+            }
+        }
+        if let Some(c) = current {
+            close_block(&mut index.sections[c], lines.len());
+        }
+        index
+    }
+
+    fn section(&self, name: &str) -> Option<&SectionIndex> {
+        self.by_name.get(&fold(name)).map(|&s| &self.sections[s])
+    }
+}
+
+fn close_block(section: &mut SectionIndex, end: usize) {
+    if let Some(block) = section.blocks.last_mut() {
+        block.1 = end;
+    }
+}
+
+/// The form of a section or key name that [`same_name`] compares.
+fn fold(name: &str) -> String {
+    if name.is_ascii() {
+        name.to_ascii_lowercase()
+    } else {
+        name.to_lowercase()
+    }
 }
 
 impl Default for IniDocument {
@@ -280,6 +378,7 @@ impl IniDocument {
             lines: Vec::new(),
             newline: LineEnding::Lf,
             encoding: SourceEncoding::Utf8,
+            index: OnceLock::new(),
         }
     }
 
@@ -323,16 +422,19 @@ impl IniDocument {
                 LineEnding::Lf
             },
             encoding,
+            index: OnceLock::new(),
         };
         doc.classify(&mut problems);
         (doc, problems)
     }
 
     fn classify(&mut self, problems: &mut Vec<IniProblem>) {
+        self.index = OnceLock::new();
         let mut section: Option<String> = None;
-        // (section name, key, line number) of keys seen so far, to report duplicates.
-        let mut seen: Vec<(String, String, usize)> = Vec::new();
-        let mut seen_sections: Vec<(String, usize)> = Vec::new();
+        // Folded section name -> (line of its first header, folded key -> line of the
+        // key's first occurrence), to report repeated sections and duplicate keys.
+        let mut seen: HashMap<String, (usize, HashMap<String, usize>)> = HashMap::new();
+        let mut current: Option<String> = None;
         for (i, line) in self.lines.iter_mut().enumerate() {
             let number = i + 1;
             let t = trim(&line.text);
@@ -352,19 +454,20 @@ impl IniDocument {
                 match inner.find(']') {
                     Some(end) if !trim(&inner[..end]).is_empty() => {
                         let name = trim(&inner[..end]).to_owned();
-                        if let Some((_, first)) =
-                            seen_sections.iter().find(|(s, _)| same_name(s, &name))
-                        {
-                            problem(
+                        let folded = fold(&name);
+                        match seen.get(&folded) {
+                            Some((first, _)) => problem(
                                 format!(
                                     "section appears again (first at line {first}); its keys \
                                      count only where the first one has none"
                                 ),
                                 &None,
-                            );
-                        } else {
-                            seen_sections.push((name.clone(), number));
+                            ),
+                            None => {
+                                seen.insert(folded.clone(), (number, HashMap::new()));
+                            }
                         }
+                        current = Some(folded);
                         section = Some(name.clone());
                         line.kind = Kind::Section { name };
                     }
@@ -396,23 +499,28 @@ impl IniDocument {
                 );
                 continue;
             }
-            let Some(sec) = &section else {
+            let Some(keys) = current
+                .as_ref()
+                .and_then(|c| seen.get_mut(c))
+                .map(|(_, keys)| keys)
+            else {
                 problem(
                     "key outside any [Section]; it is ignored and kept as it is".into(),
                     &section,
                 );
                 continue;
             };
-            if let Some((_, _, first)) = seen
-                .iter()
-                .find(|(s, k, _)| same_name(s, sec) && same_name(k, key))
-            {
-                problem(
-                    format!("duplicate key; the first one (line {first}) is used"),
+            match keys.entry(fold(key)) {
+                std::collections::hash_map::Entry::Occupied(first) => problem(
+                    format!(
+                        "duplicate key; the first one (line {}) is used",
+                        first.get()
+                    ),
                     &section,
-                );
-            } else {
-                seen.push((sec.clone(), key.to_owned(), number));
+                ),
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    v.insert(number);
+                }
             }
             line.kind = Kind::Entry {
                 key: key.to_owned(),
@@ -432,32 +540,19 @@ impl IniDocument {
         self.encoding
     }
 
+    fn index(&self) -> &Index {
+        self.index.get_or_init(|| Index::build(&self.lines))
+    }
+
     /// Index ranges `[header, end)` of each block belonging to `section`.
-    fn blocks(&self, section: &str) -> Vec<(usize, usize)> {
-        let mut out = Vec::new();
-        let mut open: Option<usize> = None;
-        for (i, line) in self.lines.iter().enumerate() {
-            if let Kind::Section { name } = &line.kind {
-                if let Some(start) = open.take() {
-                    out.push((start, i));
-                }
-                if same_name(name, section) {
-                    open = Some(i);
-                }
-            }
-        }
-        if let Some(start) = open {
-            out.push((start, self.lines.len()));
-        }
-        out
+    fn blocks(&self, section: &str) -> &[(usize, usize)] {
+        self.index()
+            .section(section)
+            .map_or(&[], |s| s.blocks.as_slice())
     }
 
     fn find(&self, section: &str, key: &str) -> Option<usize> {
-        self.blocks(section).into_iter().find_map(|(start, end)| {
-            (start + 1..end).find(
-                |&i| matches!(&self.lines[i].kind, Kind::Entry { key: k, .. } if same_name(k, key)),
-            )
-        })
+        self.index().section(section)?.keys.get(&fold(key)).copied()
     }
 
     /// The value of `key` in `section` (the first one if repeated).
@@ -486,15 +581,14 @@ impl IniDocument {
 
     /// Section names in file order, each once, with their first spelling.
     pub fn sections(&self) -> Vec<&str> {
-        let mut out: Vec<&str> = Vec::new();
-        for line in &self.lines {
-            if let Kind::Section { name } = &line.kind {
-                if !out.iter().any(|s| same_name(s, name)) {
-                    out.push(name);
-                }
-            }
-        }
-        out
+        self.index()
+            .sections
+            .iter()
+            .filter_map(|s| match &self.lines[s.blocks.first()?.0].kind {
+                Kind::Section { name } => Some(name.as_str()),
+                _ => None,
+            })
+            .collect()
     }
 
     /// Keys of `section` in file order, each once, with their first spelling.
@@ -505,17 +599,16 @@ impl IniDocument {
     /// `(key, value)` pairs of `section` in file order; a repeated key only once (its
     /// first value).
     pub fn entries(&self, section: &str) -> Vec<(&str, &str)> {
-        let mut out: Vec<(&str, &str)> = Vec::new();
-        for (start, end) in self.blocks(section) {
-            for line in &self.lines[start + 1..end] {
-                if let Kind::Entry { key, value } = &line.kind {
-                    if !out.iter().any(|(k, _)| same_name(k, key)) {
-                        out.push((key, value));
-                    }
-                }
-            }
-        }
-        out
+        let Some(s) = self.index().section(section) else {
+            return Vec::new();
+        };
+        s.order
+            .iter()
+            .filter_map(|&i| match &self.lines[i].kind {
+                Kind::Entry { key, value } => Some((key.as_str(), value.as_str())),
+                _ => None,
+            })
+            .collect()
     }
 
     /// Sets `key` in `section`: replaces the value in place if the key exists (other
@@ -561,8 +654,8 @@ impl IniDocument {
                 value: value.to_owned(),
             },
         };
-        match self.blocks(section).first() {
-            Some(&(start, end)) => {
+        match self.blocks(section).first().copied() {
+            Some((start, end)) => {
                 let last_key = (start + 1..end)
                     .rev()
                     .find(|&i| matches!(self.lines[i].kind, Kind::Entry { .. }))
@@ -595,18 +688,27 @@ impl IniDocument {
             }
         }
         self.lines.insert(at, line);
+        self.index = OnceLock::new();
     }
 
     /// Removes `key` from `section` (every copy of it). Returns whether it was there.
     pub fn remove(&mut self, section: &str, key: &str) -> bool {
-        let mut removed = false;
-        for (start, end) in self.blocks(section).into_iter().rev() {
-            for i in (start + 1..end).rev() {
-                if matches!(&self.lines[i].kind, Kind::Entry { key: k, .. } if same_name(k, key)) {
-                    self.lines.remove(i);
-                    removed = true;
-                }
+        let blocks = self.blocks(section).to_vec();
+        let before = self.lines.len();
+        let (mut at, mut block) = (0, 0);
+        // One pass over the lines, whatever the number of copies (blocks are in order).
+        self.lines.retain(|line| {
+            let i = at;
+            at += 1;
+            while blocks.get(block).is_some_and(|&(_, end)| end <= i) {
+                block += 1;
             }
+            let inside = blocks.get(block).is_some_and(|&(start, _)| i > start);
+            !(inside && matches!(&line.kind, Kind::Entry { key: k, .. } if same_name(k, key)))
+        });
+        let removed = self.lines.len() != before;
+        if removed {
+            self.index = OnceLock::new();
         }
         removed
     }
@@ -614,9 +716,12 @@ impl IniDocument {
     /// Removes `section`: its header and every line up to the next section (every copy
     /// of it). Returns whether it was there.
     pub fn remove_section(&mut self, section: &str) -> bool {
-        let blocks = self.blocks(section);
+        let blocks = self.blocks(section).to_vec();
         for &(start, end) in blocks.iter().rev() {
             self.lines.drain(start..end);
+        }
+        if !blocks.is_empty() {
+            self.index = OnceLock::new();
         }
         !blocks.is_empty()
     }
