@@ -168,3 +168,125 @@ def test_stale_temporary_files_of_a_dead_phone_are_removed_and_nothing_else(make
     for name, kept in names.items():
         assert (folder / name).exists() == kept, name
     assert ph.cmd("STATUS")[1].strip() == "0"
+
+
+# ---------------------------------------------------------------- control connections
+
+PER_CLIENT = 64   # crates/control/src/socket.rs MAX_CONNECTIONS_PER_CLIENT
+TOTAL = 256       # MAX_CONNECTIONS
+
+
+def open_status(path: Path) -> tuple[socket.socket, bytes]:
+    """A connection that sent STATUS, and the line it got back."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(10)
+    s.connect(str(path))
+    try:
+        s.sendall(b"STATUS\n")
+    except OSError:
+        pass  # refused and closed already: its line is still to be read
+    line = b""
+    try:
+        while not line.endswith(b"\n"):
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            line += chunk
+    except OSError:
+        pass
+    return s, line
+
+
+def answered_connection(path: Path) -> socket.socket:
+    """A connection whose STATUS was answered, once the phone admits one (bounded)."""
+    def attempt():
+        s, line = open_status(path)
+        if line == b"OK 0\n":
+            return s
+        s.close()
+        return None
+    return wait_until(attempt, 10, 0.05, "the phone to admit a connection")
+
+
+def test_a_client_may_hold_a_bounded_number_of_connections(make_phone):
+    ph = make_phone(ini(accountId=0, audioInputDevice="null", audioOutputDevice="null"))
+    held = []
+    try:
+        for _ in range(PER_CLIENT):
+            s, line = open_status(ph.socket_path)
+            held.append(s)
+            assert line == b"OK 0\n", line
+        s, line = open_status(ph.socket_path)
+        s.close()
+        assert line.startswith(b"ERR busy too many control connections from this process"), line
+        assert f"at most {PER_CLIENT}".encode() in line, line
+        # Another process is not affected, and the held connections still work.
+        assert ph.cmd("STATUS")[1].strip() == "0"
+        held[0].sendall(b"STATUS\n")
+        assert held[0].recv(100) == b"OK 0\n"
+        # A closed connection frees its place.
+        held.pop().close()
+        held.append(answered_connection(ph.socket_path))
+    finally:
+        for s in held:
+            s.close()
+
+
+HOLDER = r"""
+import socket, sys
+path, n = sys.argv[1], int(sys.argv[2])
+held, lines = [], []
+for _ in range(n):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(10)
+    s.connect(path)
+    try:
+        s.sendall(b"STATUS\n")
+    except OSError:
+        pass
+    line = b""
+    try:
+        while not line.endswith(b"\n"):
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            line += chunk
+    except OSError:
+        pass
+    lines.append(line.decode(errors="replace").strip())
+    held.append(s)
+print(json.dumps(lines), flush=True)
+sys.stdin.read()
+""".replace("import socket, sys", "import json, socket, sys")
+
+
+def test_the_phone_serves_a_bounded_number_of_connections_in_all(make_phone):
+    import subprocess
+    import sys
+    ph = make_phone(ini(accountId=0, audioInputDevice="null", audioOutputDevice="null"))
+    clients = 5
+    each = 60  # under the per-process bound; 300 in all, over the total
+    holders = []
+    try:
+        lines = []
+        # One client after the other, so which ones are refused is known: the last.
+        for _ in range(clients):
+            h = subprocess.Popen([sys.executable, "-c", HOLDER, str(ph.socket_path), str(each)],
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            holders.append(h)
+            lines += json.loads(h.stdout.readline())
+        assert lines[:TOTAL] == ["OK 0"] * TOTAL, lines[:TOTAL]
+        refused = lines[TOTAL:]
+        assert len(refused) == clients * each - TOTAL
+        assert all(r.startswith("ERR busy too many control connections: the phone serves "
+                                f"{TOTAL} at once") for r in refused), refused[:3]
+        # Once the holders are gone, the phone answers as before.
+        for h in holders:
+            h.stdin.close()
+            h.wait(30)
+        holders = []
+        answered_connection(ph.socket_path).close()
+    finally:
+        for h in holders:
+            h.kill()
+            h.wait(10)
