@@ -83,11 +83,17 @@ def test_a_fifo_as_ini_is_refused_at_once_and_stays_a_fifo(make_phone):
 
 def test_a_device_as_ini_is_refused(make_phone):
     ph = make_phone(start=False)
-    ph.ini_path = Path("/dev/null")
+    if os.geteuid() == 0:
+        # Our own node (the null device's numbers) in the test folder: a phone that
+        # got this wrong as root must not be able to replace the real /dev/null.
+        os.mknod(ph.ini_path, 0o600 | stat.S_IFCHR, os.makedev(1, 3))
+    else:
+        ph.ini_path = Path("/dev/null")  # not ours to replace anyway
     before = fingerprint(ph.ini_path)
     rc, err = refused_to_start(ph)
     assert rc != 0 and "character device" in err, err
     assert fingerprint(ph.ini_path)[:3] == before[:3]  # still the same device node
+    assert os.lstat(ph.ini_path).st_rdev == os.makedev(1, 3)
 
 
 # ---------------------------------------------------------------- large files

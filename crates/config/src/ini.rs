@@ -194,46 +194,85 @@ struct Index {
     by_name: HashMap<String, usize>,
 }
 
+/// Builds an [`Index`] line by line.
+#[derive(Default)]
+struct IndexBuilder {
+    index: Index,
+    /// The section the lines being added belong to.
+    current: Option<usize>,
+}
+
+/// What adding a line found already there.
+enum Seen {
+    /// Nothing: the line is the first of its name (or not a name at all).
+    New,
+    /// A section header whose section began at this line (0-based).
+    Section(usize),
+    /// A key whose first occurrence in the section is at this line (0-based).
+    Key(usize),
+    /// A key outside any section.
+    Orphan,
+}
+
+impl IndexBuilder {
+    /// Adds line `i`, of kind `kind`.
+    fn add(&mut self, i: usize, kind: &Kind) -> Seen {
+        let index = &mut self.index;
+        match kind {
+            Kind::Section { name } => {
+                if let Some(c) = self.current {
+                    close_block(&mut index.sections[c], i);
+                }
+                let next = index.sections.len();
+                let s = *index.by_name.entry(fold(name)).or_insert(next);
+                let seen = if s == next {
+                    index.sections.push(SectionIndex {
+                        blocks: Vec::new(),
+                        keys: HashMap::new(),
+                        order: Vec::new(),
+                    });
+                    Seen::New
+                } else {
+                    Seen::Section(index.sections[s].blocks[0].0)
+                };
+                index.sections[s].blocks.push((i, usize::MAX));
+                self.current = Some(s);
+                seen
+            }
+            Kind::Entry { key, .. } => {
+                let Some(c) = self.current else {
+                    return Seen::Orphan;
+                };
+                let section = &mut index.sections[c];
+                match section.keys.entry(fold(key)) {
+                    std::collections::hash_map::Entry::Occupied(first) => Seen::Key(*first.get()),
+                    std::collections::hash_map::Entry::Vacant(v) => {
+                        v.insert(i);
+                        section.order.push(i);
+                        Seen::New
+                    }
+                }
+            }
+            Kind::Other => Seen::New,
+        }
+    }
+
+    /// The index of a document of `len` lines.
+    fn finish(mut self, len: usize) -> Index {
+        if let Some(c) = self.current {
+            close_block(&mut self.index.sections[c], len);
+        }
+        self.index
+    }
+}
+
 impl Index {
     fn build(lines: &[Line]) -> Index {
-        let mut index = Index::default();
-        let mut current: Option<usize> = None;
+        let mut builder = IndexBuilder::default();
         for (i, line) in lines.iter().enumerate() {
-            match &line.kind {
-                Kind::Section { name } => {
-                    if let Some(c) = current {
-                        close_block(&mut index.sections[c], i);
-                    }
-                    let next = index.sections.len();
-                    let s = *index.by_name.entry(fold(name)).or_insert(next);
-                    if s == next {
-                        index.sections.push(SectionIndex {
-                            blocks: Vec::new(),
-                            keys: HashMap::new(),
-                            order: Vec::new(),
-                        });
-                    }
-                    index.sections[s].blocks.push((i, lines.len()));
-                    current = Some(s);
-                }
-                Kind::Entry { key, .. } => {
-                    if let Some(c) = current {
-                        let section = &mut index.sections[c];
-                        if let std::collections::hash_map::Entry::Vacant(v) =
-                            section.keys.entry(fold(key))
-                        {
-                            v.insert(i);
-                            section.order.push(i);
-                        }
-                    }
-                }
-                Kind::Other => {}
-            }
+            builder.add(i, &line.kind);
         }
-        if let Some(c) = current {
-            close_block(&mut index.sections[c], lines.len());
-        }
-        index
+        builder.finish(lines.len())
     }
 
     fn section(&self, name: &str) -> Option<&SectionIndex> {
@@ -428,13 +467,10 @@ impl IniDocument {
         (doc, problems)
     }
 
+    /// Gives every line its kind, reports what is odd, and builds the index on the way.
     fn classify(&mut self, problems: &mut Vec<IniProblem>) {
-        self.index = OnceLock::new();
+        let mut builder = IndexBuilder::default();
         let mut section: Option<String> = None;
-        // Folded section name -> (line of its first header, folded key -> line of the
-        // key's first occurrence), to report repeated sections and duplicate keys.
-        let mut seen: HashMap<String, (usize, HashMap<String, usize>)> = HashMap::new();
-        let mut current: Option<String> = None;
         for (i, line) in self.lines.iter_mut().enumerate() {
             let number = i + 1;
             let t = trim(&line.text);
@@ -446,87 +482,81 @@ impl IniDocument {
                     message,
                 })
             };
-            line.kind = Kind::Other;
-            if t.is_empty() || t.starts_with(';') || t.starts_with('#') {
-                continue;
-            }
-            if let Some(inner) = t.strip_prefix('[') {
+            let kind = if t.is_empty() || t.starts_with(';') || t.starts_with('#') {
+                Kind::Other
+            } else if let Some(inner) = t.strip_prefix('[') {
                 match inner.find(']') {
-                    Some(end) if !trim(&inner[..end]).is_empty() => {
-                        let name = trim(&inner[..end]).to_owned();
-                        let folded = fold(&name);
-                        match seen.get(&folded) {
-                            Some((first, _)) => problem(
-                                format!(
-                                    "section appears again (first at line {first}); its keys \
-                                     count only where the first one has none"
-                                ),
-                                &None,
-                            ),
-                            None => {
-                                seen.insert(folded.clone(), (number, HashMap::new()));
-                            }
-                        }
-                        current = Some(folded);
-                        section = Some(name.clone());
-                        line.kind = Kind::Section { name };
+                    Some(end) if !trim(&inner[..end]).is_empty() => Kind::Section {
+                        name: trim(&inner[..end]).to_owned(),
+                    },
+                    Some(_) => {
+                        problem(
+                            "empty section name; the line is kept as it is".into(),
+                            &section,
+                        );
+                        Kind::Other
                     }
-                    Some(_) => problem(
-                        "empty section name; the line is kept as it is".into(),
-                        &section,
-                    ),
-                    None => problem(
-                        "section header without ']'; the line is kept as it is".into(),
-                        &section,
-                    ),
+                    None => {
+                        problem(
+                            "section header without ']'; the line is kept as it is".into(),
+                            &section,
+                        );
+                        Kind::Other
+                    }
                 }
-                continue;
-            }
-            let Some(eq) = t.find('=') else {
+            } else if let Some(eq) = t.find('=') {
+                let key = trim(&t[..eq]);
+                if key.is_empty() {
+                    problem(
+                        "no key name before '='; the line is kept as it is".into(),
+                        &section,
+                    );
+                    Kind::Other
+                } else {
+                    Kind::Entry {
+                        key: key.to_owned(),
+                        value: trim(&t[eq + 1..]).to_owned(),
+                    }
+                }
+            } else {
                 problem(
                     "not understood: expected key=value, [Section] or a ';' comment; the line \
                      is kept as it is"
                         .into(),
                     &section,
                 );
-                continue;
+                Kind::Other
             };
-            let key = trim(&t[..eq]);
-            if key.is_empty() {
-                problem(
-                    "no key name before '='; the line is kept as it is".into(),
-                    &section,
-                );
-                continue;
+            if let Kind::Section { name } = &kind {
+                section = Some(name.clone());
             }
-            let Some(keys) = current
-                .as_ref()
-                .and_then(|c| seen.get_mut(c))
-                .map(|(_, keys)| keys)
-            else {
-                problem(
-                    "key outside any [Section]; it is ignored and kept as it is".into(),
-                    &section,
-                );
-                continue;
-            };
-            match keys.entry(fold(key)) {
-                std::collections::hash_map::Entry::Occupied(first) => problem(
+            match builder.add(i, &kind) {
+                Seen::New => {}
+                Seen::Section(first) => problem(
                     format!(
-                        "duplicate key; the first one (line {}) is used",
-                        first.get()
+                        "section appears again (first at line {}); its keys count only where \
+                         the first one has none",
+                        first + 1
                     ),
+                    &None,
+                ),
+                Seen::Key(first) => problem(
+                    format!("duplicate key; the first one (line {}) is used", first + 1),
                     &section,
                 ),
-                std::collections::hash_map::Entry::Vacant(v) => {
-                    v.insert(number);
+                Seen::Orphan => {
+                    problem(
+                        "key outside any [Section]; it is ignored and kept as it is".into(),
+                        &section,
+                    );
+                    // Kept verbatim, not a key.
+                    line.kind = Kind::Other;
+                    continue;
                 }
             }
-            line.kind = Kind::Entry {
-                key: key.to_owned(),
-                value: trim(&t[eq + 1..]).to_owned(),
-            };
+            line.kind = kind;
         }
+        self.index = OnceLock::from(builder.finish(self.lines.len()));
     }
 
     /// The line ending new lines get (the one most used in the file read; LF for a new
