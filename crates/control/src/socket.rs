@@ -40,8 +40,8 @@ pub const MAX_CONNECTIONS_PER_CLIENT: usize = 64;
 pub const MAX_CONNECTIONS: usize = 256;
 /// Read buffer of a connection while it reads a request (lines grow past it).
 const READ_BUFFER: usize = 1024;
-/// When the number of connections falls back to zero after at least this many were
-/// open at once, the allocator is asked to give freed memory back to the system.
+/// When at least this many connections were open at once and three quarters of them
+/// have closed, the allocator is asked to give freed memory back to the system.
 const TRIM_AFTER: usize = 32;
 
 /// Counts the open connections, in all and per client process.
@@ -57,6 +57,8 @@ struct Counts {
     open: usize,
     /// The most open at once since memory was last given back.
     peak: usize,
+    /// How many times memory was given back.
+    trims: usize,
     by_client: HashMap<i32, usize>,
 }
 
@@ -107,6 +109,11 @@ impl Limits {
     fn open(&self) -> usize {
         self.state.lock().unwrap_or_else(|e| e.into_inner()).open
     }
+
+    #[cfg(test)]
+    fn trims(&self) -> usize {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).trims
+    }
 }
 
 impl Drop for Slot {
@@ -123,10 +130,13 @@ impl Drop for Slot {
             if counts.by_client.is_empty() {
                 counts.by_client.shrink_to_fit();
             }
-            let trim = counts.open == 0 && counts.peak >= TRIM_AFTER;
-            if counts.open == 0 {
-                counts.peak = 0;
+            // Once most of a wave of connections is gone (a few long-lived event
+            // clients may stay), not on every ordinary close.
+            let trim = counts.peak >= TRIM_AFTER && counts.open <= counts.peak / 4;
+            if trim || counts.open == 0 {
+                counts.peak = counts.open;
             }
+            counts.trims += usize::from(trim);
             trim
         };
         if trim {
@@ -533,6 +543,27 @@ mod tests {
         assert_eq!(limits.open(), 2);
         let _c1 = limits.admit(12).unwrap();
         assert!(limits.admit(10).is_err());
+    }
+
+    #[test]
+    fn memory_is_given_back_after_a_wave_not_after_every_close() {
+        let limits = Limits::new(1000, 1000);
+        // One connection at a time, as the command line does: never.
+        for _ in 0..100 {
+            drop(limits.admit(1).unwrap());
+        }
+        assert_eq!(limits.trims(), 0);
+        // A wave of 40 while an event client stays: once, when 3/4 have gone.
+        let _events = limits.admit(2).unwrap();
+        let mut wave: Vec<Slot> = (0..39).map(|_| limits.admit(1).unwrap()).collect();
+        while wave.len() > 10 {
+            wave.pop();
+            assert_eq!(limits.trims(), 0);
+        }
+        wave.pop();
+        assert_eq!(limits.trims(), 1);
+        wave.clear();
+        assert_eq!(limits.trims(), 1);
     }
 
     #[tokio::test]
