@@ -163,6 +163,8 @@ pub struct IniDocument {
     newline: LineEnding,
     encoding: SourceEncoding,
     index: OnceLock<Index>,
+    /// The problems of the lines as they are, while no line has moved since parsing.
+    problems: Option<Vec<IniProblem>>,
 }
 
 /// Two documents are equal when they would write the same file.
@@ -418,6 +420,7 @@ impl IniDocument {
             newline: LineEnding::Lf,
             encoding: SourceEncoding::Utf8,
             index: OnceLock::new(),
+            problems: Some(Vec::new()),
         }
     }
 
@@ -462,8 +465,12 @@ impl IniDocument {
             },
             encoding,
             index: OnceLock::new(),
+            problems: None,
         };
         doc.classify(&mut problems);
+        // Problems of the lines; those about the bytes (line 0: the encoding) are the
+        // source file's, not the document's.
+        doc.problems = Some(problems.iter().filter(|p| p.line != 0).cloned().collect());
         (doc, problems)
     }
 
@@ -568,6 +575,22 @@ impl IniDocument {
     /// The encoding the document was read from (it is always written as UTF-8).
     pub fn encoding(&self) -> SourceEncoding {
         self.encoding
+    }
+
+    /// Drops what depends on line numbers: the index and the problems.
+    fn lines_moved(&mut self) {
+        self.index = OnceLock::new();
+        self.problems = None;
+    }
+
+    /// The lines that could not be understood, as [`IniDocument::parse`] reports them
+    /// (without those about the file's encoding), for the document as it is now (remembered from parsing while no line moved;
+    /// a value changed in place moves none).
+    pub fn problems(&self) -> Vec<IniProblem> {
+        match &self.problems {
+            Some(p) => p.clone(),
+            None => IniDocument::parse(&self.to_bytes()).1,
+        }
     }
 
     fn index(&self) -> &Index {
@@ -718,7 +741,7 @@ impl IniDocument {
             }
         }
         self.lines.insert(at, line);
-        self.index = OnceLock::new();
+        self.lines_moved();
     }
 
     /// Removes `key` from `section` (every copy of it). Returns whether it was there.
@@ -738,7 +761,7 @@ impl IniDocument {
         });
         let removed = self.lines.len() != before;
         if removed {
-            self.index = OnceLock::new();
+            self.lines_moved();
         }
         removed
     }
@@ -751,7 +774,7 @@ impl IniDocument {
             self.lines.drain(start..end);
         }
         if !blocks.is_empty() {
-            self.index = OnceLock::new();
+            self.lines_moved();
         }
         !blocks.is_empty()
     }
@@ -935,6 +958,24 @@ mod tests {
         assert_eq!(doc.entries("S"), vec![("k", "1"), ("j", "4")]);
         let lines: Vec<usize> = problems.iter().map(|p| p.line).collect();
         assert_eq!(lines, vec![3, 4, 5]);
+    }
+
+    #[test]
+    fn problems_follow_the_lines() {
+        let text = "[S]\nk=1\ngarbage\nk=2\n";
+        let (mut doc, problems) = IniDocument::parse(text.as_bytes());
+        assert_eq!(doc.problems(), problems);
+        let lines = |d: &IniDocument| d.problems().iter().map(|p| p.line).collect::<Vec<_>>();
+        assert_eq!(lines(&doc), vec![3, 4]);
+        doc.set("S", "k", "changed").unwrap(); // in place: no line moves
+        assert_eq!(lines(&doc), vec![3, 4]);
+        doc.set("T", "x", "1").unwrap(); // appended: still the same lines
+        assert_eq!(lines(&doc), vec![3, 4]);
+        let (mut doc, _) = IniDocument::parse(text.as_bytes());
+        doc.set("S", "new", "1").unwrap(); // inserted after line 4
+        assert_eq!(lines(&doc), vec![3, 4]);
+        assert!(doc.remove("S", "k")); // both copies of k: the garbage moves up
+        assert_eq!(lines(&doc), vec![2]);
     }
 
     #[test]
