@@ -296,3 +296,24 @@ def test_the_phone_serves_a_bounded_number_of_connections_in_all(make_phone):
         for h in holders:
             h.kill()
             h.wait(10)
+
+
+def test_a_contacts_file_that_cannot_be_read_is_refused_and_kept(make_phone):
+    ph = make_phone(ini(accountId=0, audioInputDevice="null", audioOutputDevice="null"),
+                    start=False)
+    contacts = ph.ini_path.parent / "Contacts.xml"
+    os.mkfifo(contacts, 0o600)
+    ph.start()
+    rc, out, err = ph.cmd("contacts", "add", "101", "Alice", check=False)
+    assert rc == 1 and "FIFO" in err, (rc, out, err)
+    rc, out, err = ph.cmd("contacts", check=False)
+    assert rc == 1 and "FIFO" in err, (rc, out, err)
+    assert stat.S_ISFIFO(os.lstat(contacts).st_mode)
+    # A damaged file is reported and kept byte for byte; the phone goes on.
+    os.unlink(contacts)
+    contacts.write_text('<contacts><contact name="A" number="1"')
+    before = fingerprint(contacts)
+    rc, out, err = ph.cmd("contacts", "add", "101", "Alice", check=False)
+    assert rc == 1 and "Contacts.xml" in err, (rc, out, err)
+    assert fingerprint(contacts) == before
+    assert ph.cmd("STATUS")[1].strip() == "0"
