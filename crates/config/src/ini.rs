@@ -11,6 +11,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::ops::Range;
 use std::sync::OnceLock;
 
 /// Which line ending a line had (or new lines get).
@@ -137,9 +138,11 @@ enum Kind {
     Section {
         name: String,
     },
+    /// `key=value`: where the key and the value are in the line's text (no copies:
+    /// a file of many keys is read with one allocation a line).
     Entry {
-        key: String,
-        value: String,
+        key: Range<usize>,
+        value: Range<usize>,
     },
 }
 
@@ -150,6 +153,24 @@ struct Line {
     /// `None`: the last line of a file that does not end with a line break.
     ending: Option<LineEnding>,
     kind: Kind,
+}
+
+impl Line {
+    /// The key and value of an entry line.
+    fn entry(&self) -> Option<(&str, &str)> {
+        match &self.kind {
+            Kind::Entry { key, value } => {
+                Some((self.text.get(key.clone())?, self.text.get(value.clone())?))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Where `inner`, a slice of `outer`, lies in it.
+fn span(outer: &str, inner: &str) -> Range<usize> {
+    let start = (inner.as_ptr() as usize).saturating_sub(outer.as_ptr() as usize);
+    start..start + inner.len()
 }
 
 /// An INI file held line by line, so that writing it back changes only what was set.
@@ -217,8 +238,8 @@ enum Seen {
 }
 
 impl IndexBuilder {
-    /// Adds line `i`, of kind `kind`.
-    fn add(&mut self, i: usize, kind: &Kind) -> Seen {
+    /// Adds line `i`, of kind `kind`, whose text is `text`.
+    fn add(&mut self, i: usize, kind: &Kind, text: &str) -> Seen {
         let index = &mut self.index;
         match kind {
             Kind::Section { name } => {
@@ -246,7 +267,10 @@ impl IndexBuilder {
                     return Seen::Orphan;
                 };
                 let section = &mut index.sections[c];
-                match section.keys.entry(fold(key)) {
+                match section
+                    .keys
+                    .entry(fold(text.get(key.clone()).unwrap_or("")))
+                {
                     std::collections::hash_map::Entry::Occupied(first) => Seen::Key(*first.get()),
                     std::collections::hash_map::Entry::Vacant(v) => {
                         v.insert(i);
@@ -272,7 +296,7 @@ impl Index {
     fn build(lines: &[Line]) -> Index {
         let mut builder = IndexBuilder::default();
         for (i, line) in lines.iter().enumerate() {
-            builder.add(i, &line.kind);
+            builder.add(i, &line.kind, &line.text);
         }
         builder.finish(lines.len())
     }
@@ -521,8 +545,8 @@ impl IniDocument {
                     Kind::Other
                 } else {
                     Kind::Entry {
-                        key: key.to_owned(),
-                        value: trim(&t[eq + 1..]).to_owned(),
+                        key: span(&line.text, key),
+                        value: span(&line.text, trim(&t[eq + 1..])),
                     }
                 }
             } else {
@@ -537,7 +561,7 @@ impl IniDocument {
             if let Kind::Section { name } = &kind {
                 section = Some(name.clone());
             }
-            match builder.add(i, &kind) {
+            match builder.add(i, &kind, &line.text) {
                 Seen::New => {}
                 Seen::Section(first) => problem(
                     format!(
@@ -616,10 +640,7 @@ impl IniDocument {
     /// The value of `key` in `section` and its 1-based line number.
     pub fn get_with_line(&self, section: &str, key: &str) -> Option<(&str, usize)> {
         let i = self.find(section, key)?;
-        match &self.lines[i].kind {
-            Kind::Entry { value, .. } => Some((value.as_str(), i + 1)),
-            _ => None,
-        }
+        self.lines[i].entry().map(|(_, value)| (value, i + 1))
     }
 
     /// 1-based line number of the (first) header of `section`.
@@ -657,10 +678,7 @@ impl IniDocument {
         };
         s.order
             .iter()
-            .filter_map(|&i| match &self.lines[i].kind {
-                Kind::Entry { key, value } => Some((key.as_str(), value.as_str())),
-                _ => None,
-            })
+            .filter_map(|&i| self.lines[i].entry())
             .collect()
     }
 
@@ -684,27 +702,27 @@ impl IniDocument {
         }
         if let Some(i) = self.find(section, key) {
             let line = &mut self.lines[i];
-            if let Kind::Entry { value: old, .. } = &mut line.kind {
-                if old == value {
-                    return Ok(());
-                }
-                *old = value.to_owned();
+            let Kind::Entry { value: old, .. } = &mut line.kind else {
+                return Ok(()); // find only gives entries
+            };
+            if line.text.get(old.clone()) == Some(value) {
+                return Ok(());
             }
             // Keep what precedes the value ("key = ") as written.
             let eq = line.text.find('=').map_or(line.text.len(), |p| p + 1);
             let after = &line.text[eq..];
             let lead = after.len() - after.trim_start_matches(is_blank).len();
-            let mut text = line.text[..eq + lead].to_owned();
-            text.push_str(value);
-            line.text = text;
+            line.text.truncate(eq + lead);
+            line.text.push_str(value);
+            *old = eq + lead..line.text.len();
             return Ok(());
         }
         let entry = Line {
             text: format!("{key}={value}"),
             ending: Some(self.newline),
             kind: Kind::Entry {
-                key: key.to_owned(),
-                value: value.to_owned(),
+                key: 0..key.len(),
+                value: key.len() + 1..key.len() + 1 + value.len(),
             },
         };
         match self.blocks(section).first().copied() {
@@ -757,7 +775,7 @@ impl IniDocument {
                 block += 1;
             }
             let inside = blocks.get(block).is_some_and(|&(start, _)| i > start);
-            !(inside && matches!(&line.kind, Kind::Entry { key: k, .. } if same_name(k, key)))
+            !(inside && line.entry().is_some_and(|(k, _)| same_name(k, key)))
         });
         let removed = self.lines.len() != before;
         if removed {
@@ -872,6 +890,20 @@ mod tests {
         doc.set("settings", "UNKNOWNKEY", "new").unwrap();
         let expected = SAMPLE.replace("unknownKey = keep me \r\n", "unknownKey = new\r\n");
         assert_eq!(doc.to_string(), expected);
+        // The value read back follows every change, longer or shorter.
+        assert_eq!(doc.get("Settings", "unknownKey"), Some("new"));
+        doc.set("Settings", "unknownKey", "a much longer välue")
+            .unwrap();
+        assert_eq!(
+            doc.get("SETTINGS", "unknownkey"),
+            Some("a much longer välue")
+        );
+        doc.set("Settings", "unknownKey", "").unwrap();
+        assert_eq!(doc.get("Settings", "unknownKey"), Some(""));
+        assert_eq!(
+            doc.entries("Settings"),
+            vec![("accountId", "1"), ("unknownKey", "")]
+        );
         // Same value: nothing changes at all.
         let (mut doc, _) = IniDocument::parse(SAMPLE.as_bytes());
         doc.set("Settings", "unknownKey", "keep me").unwrap();
