@@ -2,8 +2,9 @@
 """Idle control connections and memory (issue 10): the phone's RSS at rest, while
 BENCH_CONNECTIONS (2,000) connections are open and idle, and after they closed,
 over BENCH_ROUNDS (3) rounds. The connections come from BENCH_CLIENTS (40)
-processes, each opening its share, sending one STATUS on each and then holding
-them without a word; each counts the answers and the refusals (`ERR busy`).
+processes (peers.connection_holder), each opening its share, sending one STATUS on
+each and then holding them without a word; the answers and the refusals
+(`ERR busy`) are counted.
 
 Compares binaries: MICROSIP_BIN (default target/release/microsip) and, when given,
 MICROSIP_BEFORE_BIN.
@@ -21,64 +22,15 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
-from registration_control import kill, rss_kb  # noqa: E402
+from registration_control import kill, rss_kb  # noqa: E402  (also puts tests/e2e on the path)
 from startup import ask  # noqa: E402
+from peers import connection_holder, holder_replies  # noqa: E402
 
 BIN = os.environ.get("MICROSIP_BIN", str(ROOT / "target" / "release" / "microsip"))
 BEFORE_BIN = os.environ.get("MICROSIP_BEFORE_BIN")
 CONNECTIONS = int(os.environ.get("BENCH_CONNECTIONS", "2000"))
 CLIENTS = int(os.environ.get("BENCH_CLIENTS", "40"))
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
-
-# One client process: opens N connections, sends STATUS on each, reads the answer,
-# prints "A R F" (answered, refused, neither), then holds them until stdin closes.
-HOLDER = r"""
-import socket, sys, time
-path, n = sys.argv[1], int(sys.argv[2])
-held, ok, refused = [], 0, 0
-
-def connect():
-    # A full listen backlog (many clients at once) says EAGAIN: try again, bounded.
-    for _ in range(2000):
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            s.connect(path)
-            return s
-        except BlockingIOError:
-            s.close()
-            time.sleep(0.005)
-    raise OSError("backlog stayed full")
-
-failed = 0
-for _ in range(n):
-    s = connect()
-    s.settimeout(30)
-    line = b""
-    try:
-        s.sendall(b"STATUS\n")
-    except OSError:
-        pass  # refused and closed before the request went out: the line is there
-    try:
-        while not line.endswith(b"\n"):
-            chunk = s.recv(4096)
-            if not chunk:
-                break
-            line += chunk
-    except OSError:
-        pass
-    if line.startswith(b"ERR busy"):
-        refused += 1
-        s.close()
-    elif line.strip():
-        ok += 1
-        held.append(s)
-    else:
-        failed += 1
-        s.close()
-print(ok, refused, failed, flush=True)
-sys.stdin.read()
-"""
-
 
 def settle(pid: int, timeout: float = 10.0) -> int:
     """RSS once it stopped changing for 0.5 s (bounded)."""
@@ -116,14 +68,11 @@ def measure(label: str, binary: str) -> None:
         print(f"{label}: idle {idle / 1024:.1f} MB", flush=True)
         share = CONNECTIONS // CLIENTS
         for r in range(1, ROUNDS + 1):
-            holders = [subprocess.Popen([sys.executable, "-c", HOLDER, str(sock), str(share)],
-                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                        text=True)
-                       for _ in range(CLIENTS)]
-            ok = refused = failed = 0
-            for h in holders:
-                a, b, c = (int(x) for x in h.stdout.readline().split())
-                ok, refused, failed = ok + a, refused + b, failed + c
+            holders = [connection_holder(sock, share) for _ in range(CLIENTS)]
+            replies = [r for h in holders for r in holder_replies(h)]
+            ok = sum(1 for r in replies if r.startswith("OK"))
+            refused = sum(1 for r in replies if r.startswith("ERR busy"))
+            failed = len(replies) - ok - refused
             held = settle(proc.pid)
             for h in holders:
                 h.stdin.close()

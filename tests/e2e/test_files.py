@@ -6,7 +6,6 @@ bounds the connections a client may hold."""
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import socket
 import stat
@@ -15,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from peers import Phone, ini, wait_until
+from peers import (Phone, connection_holder, control_line, holder_replies, ini,
+                   wait_until)
 
 
 def fingerprint(path: Path) -> tuple:
@@ -182,31 +182,10 @@ PER_CLIENT = 64   # crates/control/src/socket.rs MAX_CONNECTIONS_PER_CLIENT
 TOTAL = 256       # MAX_CONNECTIONS
 
 
-def open_status(path: Path) -> tuple[socket.socket, bytes]:
-    """A connection that sent STATUS, and the line it got back."""
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(10)
-    s.connect(str(path))
-    try:
-        s.sendall(b"STATUS\n")
-    except OSError:
-        pass  # refused and closed already: its line is still to be read
-    line = b""
-    try:
-        while not line.endswith(b"\n"):
-            chunk = s.recv(4096)
-            if not chunk:
-                break
-            line += chunk
-    except OSError:
-        pass
-    return s, line
-
-
 def answered_connection(path: Path) -> socket.socket:
     """A connection whose STATUS was answered, once the phone admits one (bounded)."""
     def attempt():
-        s, line = open_status(path)
+        s, line = control_line(path)
         if line == b"OK 0\n":
             return s
         s.close()
@@ -219,10 +198,10 @@ def test_a_client_may_hold_a_bounded_number_of_connections(make_phone):
     held = []
     try:
         for _ in range(PER_CLIENT):
-            s, line = open_status(ph.socket_path)
+            s, line = control_line(ph.socket_path)
             held.append(s)
             assert line == b"OK 0\n", line
-        s, line = open_status(ph.socket_path)
+        s, line = control_line(ph.socket_path)
         s.close()
         assert line.startswith(b"ERR busy too many control connections from this process"), line
         assert f"at most {PER_CLIENT}".encode() in line, line
@@ -238,37 +217,7 @@ def test_a_client_may_hold_a_bounded_number_of_connections(make_phone):
             s.close()
 
 
-HOLDER = r"""
-import socket, sys
-path, n = sys.argv[1], int(sys.argv[2])
-held, lines = [], []
-for _ in range(n):
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(10)
-    s.connect(path)
-    try:
-        s.sendall(b"STATUS\n")
-    except OSError:
-        pass
-    line = b""
-    try:
-        while not line.endswith(b"\n"):
-            chunk = s.recv(4096)
-            if not chunk:
-                break
-            line += chunk
-    except OSError:
-        pass
-    lines.append(line.decode(errors="replace").strip())
-    held.append(s)
-print(json.dumps(lines), flush=True)
-sys.stdin.read()
-""".replace("import socket, sys", "import json, socket, sys")
-
-
 def test_the_phone_serves_a_bounded_number_of_connections_in_all(make_phone):
-    import subprocess
-    import sys
     ph = make_phone(ini(accountId=0, audioInputDevice="null", audioOutputDevice="null"))
     clients = 5
     each = 60  # under the per-process bound; 300 in all, over the total
@@ -277,10 +226,9 @@ def test_the_phone_serves_a_bounded_number_of_connections_in_all(make_phone):
         lines = []
         # One client after the other, so which ones are refused is known: the last.
         for _ in range(clients):
-            h = subprocess.Popen([sys.executable, "-c", HOLDER, str(ph.socket_path), str(each)],
-                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            h = connection_holder(ph.socket_path, each)
             holders.append(h)
-            lines += json.loads(h.stdout.readline())
+            lines += holder_replies(h)
         assert lines[:TOTAL] == ["OK 0"] * TOTAL, lines[:TOTAL]
         refused = lines[TOTAL:]
         assert len(refused) == clients * each - TOTAL
