@@ -117,6 +117,69 @@ def _group_alive(pgid: int) -> bool:
 
 
 # --------------------------------------------------------------------------
+# Control connections held open (the socket's connection bounds)
+# --------------------------------------------------------------------------
+
+def control_line(path: Path | str, line: bytes = b"STATUS\n",
+                 timeout: float = 10.0) -> tuple[socket.socket, bytes]:
+    """A connection to a phone's control socket that sent `line`, and the reply line
+    it got (b"" when none came). The socket stays open. A listen backlog filled by
+    many clients at once (EAGAIN) is waited out, bounded."""
+    deadline = time.monotonic() + timeout
+    while True:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            s.connect(str(path))
+            break
+        except BlockingIOError:
+            s.close()
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.005)
+    s.settimeout(timeout)
+    try:
+        s.sendall(line)
+    except OSError:
+        pass  # refused and closed already: its line is still to be read
+    reply = b""
+    try:
+        while not reply.endswith(b"\n"):
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            reply += chunk
+    except OSError:
+        pass
+    return s, reply
+
+
+def hold_connections(path: str, n: int) -> None:
+    """For a helper process (see `connection_holder`): opens n connections with
+    `control_line`, prints their replies as one JSON list, holds them until stdin
+    closes."""
+    import sys
+    held = [control_line(path) for _ in range(n)]
+    print(json.dumps([r.decode(errors="replace").strip() for _, r in held]), flush=True)
+    sys.stdin.read()
+
+
+def connection_holder(path: Path | str, n: int) -> subprocess.Popen:
+    """A separate process (its own pid: the phone bounds connections per process)
+    holding n control connections; read its replies with `holder_replies`, end it
+    by closing its stdin."""
+    import sys
+    code = (f"import sys; sys.path.insert(0, {str(HERE)!r}); import peers; "
+            "peers.hold_connections(sys.argv[1], int(sys.argv[2]))")
+    return subprocess.Popen([sys.executable, "-c", code, str(path), str(n)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+
+def holder_replies(holder: subprocess.Popen) -> list[str]:
+    """The reply lines of a `connection_holder`, once it has opened them all."""
+    return json.loads(holder.stdout.readline() or "[]")
+
+
+# --------------------------------------------------------------------------
 # Ports
 # --------------------------------------------------------------------------
 

@@ -57,36 +57,162 @@ impl std::error::Error for FileError {
     }
 }
 
-/// Reads a whole file, refusing files over [`MAX_FILE_SIZE`]. `Ok(None)` if it does
-/// not exist.
+/// What a file that is not a regular file is, in words.
+fn kind_of(file_type: &fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if file_type.is_dir() {
+        "a folder"
+    } else if file_type.is_fifo() {
+        "a FIFO (named pipe)"
+    } else if file_type.is_char_device() {
+        "a character device"
+    } else if file_type.is_block_device() {
+        "a block device"
+    } else if file_type.is_socket() {
+        "a socket"
+    } else {
+        "not a regular file"
+    }
+}
+
+fn refuse(path: &Path, action: &str, message: String) -> FileError {
+    FileError::new(
+        path,
+        action,
+        io::Error::new(io::ErrorKind::InvalidInput, message),
+    )
+}
+
+/// Checks that `meta` is a regular file of at most `max` bytes.
+fn check_regular(path: &Path, meta: &fs::Metadata, max: u64) -> Result<(), FileError> {
+    if !meta.file_type().is_file() {
+        return Err(refuse(
+            path,
+            "read",
+            format!(
+                "it is {}, not a regular file; it was left as it is",
+                kind_of(&meta.file_type())
+            ),
+        ));
+    }
+    if meta.len() > max {
+        return Err(refuse(
+            path,
+            "read",
+            format!(
+                "it is {} bytes, more than the limit of {max} bytes ({} MiB); it was left as \
+                 it is",
+                meta.len(),
+                max / (1024 * 1024)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Reads a whole file, refusing files over [`MAX_FILE_SIZE`] and anything that is
+/// not a regular file (a FIFO, a device, a folder): those are never opened for
+/// writing and never replaced by this crate. `Ok(None)` if it does not exist.
 pub fn read_file(path: &Path) -> Result<Option<Vec<u8>>, FileError> {
-    let file = match File::open(path) {
+    read_file_limited(path, MAX_FILE_SIZE)
+}
+
+/// [`read_file`] with another size limit.
+pub fn read_file_limited(path: &Path, max: u64) -> Result<Option<Vec<u8>>, FileError> {
+    // Look before opening: opening a FIFO waits for a writer, opening a device may
+    // act on it.
+    match fs::metadata(path) {
+        Ok(meta) => check_regular(path, &meta, max)?,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(FileError::new(path, "examine", e)),
+    }
+    let file = match OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+    {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(FileError::new(path, "open", e)),
     };
-    let mut bytes = Vec::new();
-    file.take(MAX_FILE_SIZE + 1)
+    // It may have been swapped between the look and the open.
+    let meta = file
+        .metadata()
+        .map_err(|e| FileError::new(path, "examine", e))?;
+    check_regular(path, &meta, max)?;
+    let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+    file.take(max + 1)
         .read_to_end(&mut bytes)
         .map_err(|e| FileError::new(path, "read", e))?;
-    if bytes.len() as u64 > MAX_FILE_SIZE {
-        return Err(FileError::new(
+    if bytes.len() as u64 > max {
+        return Err(refuse(
             path,
             "read",
-            io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("file is larger than {MAX_FILE_SIZE} bytes"),
-            ),
+            format!("it grew past the limit of {max} bytes while being read"),
         ));
     }
     Ok(Some(bytes))
+}
+
+/// The temporary file [`write_atomic`] writes before renaming it over `name`.
+fn temp_name(name: &std::ffi::OsStr) -> std::ffi::OsString {
+    let mut tmp = name.to_os_string();
+    tmp.push(format!("{TEMP_MARK}{}", std::process::id()));
+    tmp
+}
+
+/// What [`write_atomic`] puts between a file's name and its process id.
+const TEMP_MARK: &str = ".tmp-";
+
+/// Removes temporary files that [`write_atomic`] left in `dir` for the files named
+/// `names` when a phone died in the middle of a write: `<name>.tmp-<pid>`, regular
+/// files of our own user whose process is gone. Nothing else is touched (another
+/// program's files, a live process's write in progress). Returns what was removed.
+pub fn remove_stale_temps(dir: &Path, names: &[&str]) -> Vec<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let mut removed = Vec::new();
+    let Ok(entries) = fs::read_dir(dir) else {
+        return removed;
+    };
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    for entry in entries.flatten() {
+        let file_name = entry.file_name();
+        let Some(text) = file_name.to_str() else {
+            continue;
+        };
+        let Some(pid) = names.iter().find_map(|n| {
+            text.strip_prefix(n)?
+                .strip_prefix(TEMP_MARK)?
+                .parse::<libc::pid_t>()
+                .ok()
+                .filter(|&p| p > 0)
+        }) else {
+            continue;
+        };
+        // SAFETY: kill with signal 0 only checks whether the process exists.
+        let gone = unsafe { libc::kill(pid, 0) } != 0
+            && io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
+        if !gone {
+            continue;
+        }
+        let path = entry.path();
+        let ours =
+            fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_file() && m.uid() == me);
+        if ours && fs::remove_file(&path).is_ok() {
+            removed.push(path);
+        }
+    }
+    removed
 }
 
 /// Replaces `path` with `bytes` atomically, readable only by the user (mode 0600):
 /// writes `<path>.tmp-<pid>` in the same folder, syncs it, renames it over `path`
 /// and syncs the folder. Missing parent folders are created with mode 0700. If
 /// `path` is a symbolic link, the file it points to is replaced (the link stays).
-/// On error the old file is left whole and the temporary file is removed.
+/// On error the old file is left whole and the temporary file is removed; a
+/// temporary file left by a crash is removed by [`remove_stale_temps`]. `path`
+/// naming something other than a regular file (a FIFO, a device) is refused.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), FileError> {
     let target = match fs::symlink_metadata(path) {
         Ok(m) if m.file_type().is_symlink() => fs::canonicalize(path).unwrap_or(path.into()),
@@ -110,9 +236,21 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), FileError> {
             .create(&dir)
             .map_err(|e| FileError::new(&dir, "create folder", e))?;
     }
-    let mut tmp_name = name.to_os_string();
-    tmp_name.push(format!(".tmp-{}", std::process::id()));
-    let tmp = dir.join(tmp_name);
+    // Never put a regular file where a FIFO, a device or a folder is.
+    match fs::metadata(&target) {
+        Ok(meta) if !meta.file_type().is_file() => {
+            return Err(refuse(
+                &target,
+                "write",
+                format!(
+                    "it is {}, not a regular file; it was left as it is",
+                    kind_of(&meta.file_type())
+                ),
+            ))
+        }
+        _ => {}
+    }
+    let tmp = dir.join(temp_name(name));
 
     let mut file = OpenOptions::new()
         .write(true)

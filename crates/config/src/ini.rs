@@ -9,7 +9,10 @@
 //!   spelling they already have;
 //! - anything else is kept verbatim and reported as an [`IniProblem`].
 
+use std::collections::HashMap;
 use std::fmt;
+use std::ops::Range;
+use std::sync::OnceLock;
 
 /// Which line ending a line had (or new lines get).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -135,9 +138,11 @@ enum Kind {
     Section {
         name: String,
     },
+    /// `key=value`: where the key and the value are in the line's text (no copies:
+    /// a file of many keys is read with one allocation a line).
     Entry {
-        key: String,
-        value: String,
+        key: Range<usize>,
+        value: Range<usize>,
     },
 }
 
@@ -150,12 +155,170 @@ struct Line {
     kind: Kind,
 }
 
+impl Line {
+    /// The key and value of an entry line.
+    fn entry(&self) -> Option<(&str, &str)> {
+        match &self.kind {
+            Kind::Entry { key, value } => {
+                Some((self.text.get(key.clone())?, self.text.get(value.clone())?))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Where `inner`, a slice of `outer`, lies in it.
+fn span(outer: &str, inner: &str) -> Range<usize> {
+    let start = (inner.as_ptr() as usize).saturating_sub(outer.as_ptr() as usize);
+    start..start + inner.len()
+}
+
 /// An INI file held line by line, so that writing it back changes only what was set.
-#[derive(Clone, PartialEq, Eq)]
+///
+/// Lookups go through an index of sections and keys (built on first use, dropped by
+/// any change that moves lines), so reading a file and every key in it takes time
+/// linear in its size.
+#[derive(Clone)]
 pub struct IniDocument {
     lines: Vec<Line>,
     newline: LineEnding,
     encoding: SourceEncoding,
+    index: OnceLock<Index>,
+    /// The problems of the lines as they are, while no line has moved since parsing.
+    problems: Option<Vec<IniProblem>>,
+}
+
+/// Two documents are equal when they would write the same file.
+impl PartialEq for IniDocument {
+    fn eq(&self, other: &Self) -> bool {
+        self.lines == other.lines
+            && self.newline == other.newline
+            && self.encoding == other.encoding
+    }
+}
+
+impl Eq for IniDocument {}
+
+/// Where a section's lines are and which keys it has.
+#[derive(Clone, Debug)]
+struct SectionIndex {
+    /// `[header, end)` line ranges of each block of the section, in file order.
+    blocks: Vec<(usize, usize)>,
+    /// Folded key name -> the line of its first occurrence.
+    keys: HashMap<String, usize>,
+    /// The lines of the first occurrence of each key, in file order.
+    order: Vec<usize>,
+}
+
+/// The sections of a document, by folded name, in the order they first appear.
+#[derive(Clone, Debug, Default)]
+struct Index {
+    sections: Vec<SectionIndex>,
+    by_name: HashMap<String, usize>,
+}
+
+/// Builds an [`Index`] line by line.
+#[derive(Default)]
+struct IndexBuilder {
+    index: Index,
+    /// The section the lines being added belong to.
+    current: Option<usize>,
+}
+
+/// What adding a line found already there.
+enum Seen {
+    /// Nothing: the line is the first of its name (or not a name at all).
+    New,
+    /// A section header whose section began at this line (0-based).
+    Section(usize),
+    /// A key whose first occurrence in the section is at this line (0-based).
+    Key(usize),
+    /// A key outside any section.
+    Orphan,
+}
+
+impl IndexBuilder {
+    /// Adds line `i`, of kind `kind`, whose text is `text`.
+    fn add(&mut self, i: usize, kind: &Kind, text: &str) -> Seen {
+        let index = &mut self.index;
+        match kind {
+            Kind::Section { name } => {
+                if let Some(c) = self.current {
+                    close_block(&mut index.sections[c], i);
+                }
+                let next = index.sections.len();
+                let s = *index.by_name.entry(fold(name)).or_insert(next);
+                let seen = if s == next {
+                    index.sections.push(SectionIndex {
+                        blocks: Vec::new(),
+                        keys: HashMap::new(),
+                        order: Vec::new(),
+                    });
+                    Seen::New
+                } else {
+                    Seen::Section(index.sections[s].blocks[0].0)
+                };
+                index.sections[s].blocks.push((i, usize::MAX));
+                self.current = Some(s);
+                seen
+            }
+            Kind::Entry { key, .. } => {
+                let Some(c) = self.current else {
+                    return Seen::Orphan;
+                };
+                let section = &mut index.sections[c];
+                match section
+                    .keys
+                    .entry(fold(text.get(key.clone()).unwrap_or("")))
+                {
+                    std::collections::hash_map::Entry::Occupied(first) => Seen::Key(*first.get()),
+                    std::collections::hash_map::Entry::Vacant(v) => {
+                        v.insert(i);
+                        section.order.push(i);
+                        Seen::New
+                    }
+                }
+            }
+            Kind::Other => Seen::New,
+        }
+    }
+
+    /// The index of a document of `len` lines.
+    fn finish(mut self, len: usize) -> Index {
+        if let Some(c) = self.current {
+            close_block(&mut self.index.sections[c], len);
+        }
+        self.index
+    }
+}
+
+impl Index {
+    fn build(lines: &[Line]) -> Index {
+        let mut builder = IndexBuilder::default();
+        for (i, line) in lines.iter().enumerate() {
+            builder.add(i, &line.kind, &line.text);
+        }
+        builder.finish(lines.len())
+    }
+
+    fn section(&self, name: &str) -> Option<&SectionIndex> {
+        self.by_name.get(&fold(name)).map(|&s| &self.sections[s])
+    }
+}
+
+fn close_block(section: &mut SectionIndex, end: usize) {
+    if let Some(block) = section.blocks.last_mut() {
+        block.1 = end;
+    }
+}
+
+/// The form of a section or key name that [`same_name`] compares.
+fn fold(name: &str) -> String {
+    if name.is_ascii() {
+        name.to_ascii_lowercase()
+    } else {
+        name.to_lowercase()
+    }
 }
 
 impl Default for IniDocument {
@@ -280,6 +443,8 @@ impl IniDocument {
             lines: Vec::new(),
             newline: LineEnding::Lf,
             encoding: SourceEncoding::Utf8,
+            index: OnceLock::new(),
+            problems: Some(Vec::new()),
         }
     }
 
@@ -323,16 +488,20 @@ impl IniDocument {
                 LineEnding::Lf
             },
             encoding,
+            index: OnceLock::new(),
+            problems: None,
         };
         doc.classify(&mut problems);
+        // Problems of the lines; those about the bytes (line 0: the encoding) are the
+        // source file's, not the document's.
+        doc.problems = Some(problems.iter().filter(|p| p.line != 0).cloned().collect());
         (doc, problems)
     }
 
+    /// Gives every line its kind, reports what is odd, and builds the index on the way.
     fn classify(&mut self, problems: &mut Vec<IniProblem>) {
+        let mut builder = IndexBuilder::default();
         let mut section: Option<String> = None;
-        // (section name, key, line number) of keys seen so far, to report duplicates.
-        let mut seen: Vec<(String, String, usize)> = Vec::new();
-        let mut seen_sections: Vec<(String, usize)> = Vec::new();
         for (i, line) in self.lines.iter_mut().enumerate() {
             let number = i + 1;
             let t = trim(&line.text);
@@ -344,81 +513,81 @@ impl IniDocument {
                     message,
                 })
             };
-            line.kind = Kind::Other;
-            if t.is_empty() || t.starts_with(';') || t.starts_with('#') {
-                continue;
-            }
-            if let Some(inner) = t.strip_prefix('[') {
+            let kind = if t.is_empty() || t.starts_with(';') || t.starts_with('#') {
+                Kind::Other
+            } else if let Some(inner) = t.strip_prefix('[') {
                 match inner.find(']') {
-                    Some(end) if !trim(&inner[..end]).is_empty() => {
-                        let name = trim(&inner[..end]).to_owned();
-                        if let Some((_, first)) =
-                            seen_sections.iter().find(|(s, _)| same_name(s, &name))
-                        {
-                            problem(
-                                format!(
-                                    "section appears again (first at line {first}); its keys \
-                                     count only where the first one has none"
-                                ),
-                                &None,
-                            );
-                        } else {
-                            seen_sections.push((name.clone(), number));
-                        }
-                        section = Some(name.clone());
-                        line.kind = Kind::Section { name };
+                    Some(end) if !trim(&inner[..end]).is_empty() => Kind::Section {
+                        name: trim(&inner[..end]).to_owned(),
+                    },
+                    Some(_) => {
+                        problem(
+                            "empty section name; the line is kept as it is".into(),
+                            &section,
+                        );
+                        Kind::Other
                     }
-                    Some(_) => problem(
-                        "empty section name; the line is kept as it is".into(),
-                        &section,
-                    ),
-                    None => problem(
-                        "section header without ']'; the line is kept as it is".into(),
-                        &section,
-                    ),
+                    None => {
+                        problem(
+                            "section header without ']'; the line is kept as it is".into(),
+                            &section,
+                        );
+                        Kind::Other
+                    }
                 }
-                continue;
-            }
-            let Some(eq) = t.find('=') else {
+            } else if let Some(eq) = t.find('=') {
+                let key = trim(&t[..eq]);
+                if key.is_empty() {
+                    problem(
+                        "no key name before '='; the line is kept as it is".into(),
+                        &section,
+                    );
+                    Kind::Other
+                } else {
+                    Kind::Entry {
+                        key: span(&line.text, key),
+                        value: span(&line.text, trim(&t[eq + 1..])),
+                    }
+                }
+            } else {
                 problem(
                     "not understood: expected key=value, [Section] or a ';' comment; the line \
                      is kept as it is"
                         .into(),
                     &section,
                 );
-                continue;
+                Kind::Other
             };
-            let key = trim(&t[..eq]);
-            if key.is_empty() {
-                problem(
-                    "no key name before '='; the line is kept as it is".into(),
-                    &section,
-                );
-                continue;
+            if let Kind::Section { name } = &kind {
+                section = Some(name.clone());
             }
-            let Some(sec) = &section else {
-                problem(
-                    "key outside any [Section]; it is ignored and kept as it is".into(),
+            match builder.add(i, &kind, &line.text) {
+                Seen::New => {}
+                Seen::Section(first) => problem(
+                    format!(
+                        "section appears again (first at line {}); its keys count only where \
+                         the first one has none",
+                        first + 1
+                    ),
+                    &None,
+                ),
+                Seen::Key(first) => problem(
+                    format!("duplicate key; the first one (line {}) is used", first + 1),
                     &section,
-                );
-                continue;
-            };
-            if let Some((_, _, first)) = seen
-                .iter()
-                .find(|(s, k, _)| same_name(s, sec) && same_name(k, key))
-            {
-                problem(
-                    format!("duplicate key; the first one (line {first}) is used"),
-                    &section,
-                );
-            } else {
-                seen.push((sec.clone(), key.to_owned(), number));
+                ),
+                Seen::Orphan => {
+                    problem(
+                        "key outside any [Section]; it is ignored and kept as it is".into(),
+                        &section,
+                    );
+                    // Kept verbatim, not a key.
+                    line.kind = Kind::Other;
+                    continue;
+                }
             }
-            line.kind = Kind::Entry {
-                key: key.to_owned(),
-                value: trim(&t[eq + 1..]).to_owned(),
-            };
+            line.kind = kind;
         }
+        self.index = OnceLock::from(builder.finish(self.lines.len()));
     }
 
     /// The line ending new lines get (the one most used in the file read; LF for a new
@@ -432,32 +601,35 @@ impl IniDocument {
         self.encoding
     }
 
+    /// Drops what depends on line numbers: the index and the problems.
+    fn lines_moved(&mut self) {
+        self.index = OnceLock::new();
+        self.problems = None;
+    }
+
+    /// The lines that could not be understood, as [`IniDocument::parse`] reports them
+    /// (without those about the file's encoding), for the document as it is now (remembered from parsing while no line moved;
+    /// a value changed in place moves none).
+    pub fn problems(&self) -> Vec<IniProblem> {
+        match &self.problems {
+            Some(p) => p.clone(),
+            None => IniDocument::parse(&self.to_bytes()).1,
+        }
+    }
+
+    fn index(&self) -> &Index {
+        self.index.get_or_init(|| Index::build(&self.lines))
+    }
+
     /// Index ranges `[header, end)` of each block belonging to `section`.
-    fn blocks(&self, section: &str) -> Vec<(usize, usize)> {
-        let mut out = Vec::new();
-        let mut open: Option<usize> = None;
-        for (i, line) in self.lines.iter().enumerate() {
-            if let Kind::Section { name } = &line.kind {
-                if let Some(start) = open.take() {
-                    out.push((start, i));
-                }
-                if same_name(name, section) {
-                    open = Some(i);
-                }
-            }
-        }
-        if let Some(start) = open {
-            out.push((start, self.lines.len()));
-        }
-        out
+    fn blocks(&self, section: &str) -> &[(usize, usize)] {
+        self.index()
+            .section(section)
+            .map_or(&[], |s| s.blocks.as_slice())
     }
 
     fn find(&self, section: &str, key: &str) -> Option<usize> {
-        self.blocks(section).into_iter().find_map(|(start, end)| {
-            (start + 1..end).find(
-                |&i| matches!(&self.lines[i].kind, Kind::Entry { key: k, .. } if same_name(k, key)),
-            )
-        })
+        self.index().section(section)?.keys.get(&fold(key)).copied()
     }
 
     /// The value of `key` in `section` (the first one if repeated).
@@ -468,10 +640,7 @@ impl IniDocument {
     /// The value of `key` in `section` and its 1-based line number.
     pub fn get_with_line(&self, section: &str, key: &str) -> Option<(&str, usize)> {
         let i = self.find(section, key)?;
-        match &self.lines[i].kind {
-            Kind::Entry { value, .. } => Some((value.as_str(), i + 1)),
-            _ => None,
-        }
+        self.lines[i].entry().map(|(_, value)| (value, i + 1))
     }
 
     /// 1-based line number of the (first) header of `section`.
@@ -486,15 +655,14 @@ impl IniDocument {
 
     /// Section names in file order, each once, with their first spelling.
     pub fn sections(&self) -> Vec<&str> {
-        let mut out: Vec<&str> = Vec::new();
-        for line in &self.lines {
-            if let Kind::Section { name } = &line.kind {
-                if !out.iter().any(|s| same_name(s, name)) {
-                    out.push(name);
-                }
-            }
-        }
-        out
+        self.index()
+            .sections
+            .iter()
+            .filter_map(|s| match &self.lines[s.blocks.first()?.0].kind {
+                Kind::Section { name } => Some(name.as_str()),
+                _ => None,
+            })
+            .collect()
     }
 
     /// Keys of `section` in file order, each once, with their first spelling.
@@ -505,17 +673,13 @@ impl IniDocument {
     /// `(key, value)` pairs of `section` in file order; a repeated key only once (its
     /// first value).
     pub fn entries(&self, section: &str) -> Vec<(&str, &str)> {
-        let mut out: Vec<(&str, &str)> = Vec::new();
-        for (start, end) in self.blocks(section) {
-            for line in &self.lines[start + 1..end] {
-                if let Kind::Entry { key, value } = &line.kind {
-                    if !out.iter().any(|(k, _)| same_name(k, key)) {
-                        out.push((key, value));
-                    }
-                }
-            }
-        }
-        out
+        let Some(s) = self.index().section(section) else {
+            return Vec::new();
+        };
+        s.order
+            .iter()
+            .filter_map(|&i| self.lines[i].entry())
+            .collect()
     }
 
     /// Sets `key` in `section`: replaces the value in place if the key exists (other
@@ -538,31 +702,31 @@ impl IniDocument {
         }
         if let Some(i) = self.find(section, key) {
             let line = &mut self.lines[i];
-            if let Kind::Entry { value: old, .. } = &mut line.kind {
-                if old == value {
-                    return Ok(());
-                }
-                *old = value.to_owned();
+            let Kind::Entry { value: old, .. } = &mut line.kind else {
+                return Ok(()); // find only gives entries
+            };
+            if line.text.get(old.clone()) == Some(value) {
+                return Ok(());
             }
             // Keep what precedes the value ("key = ") as written.
             let eq = line.text.find('=').map_or(line.text.len(), |p| p + 1);
             let after = &line.text[eq..];
             let lead = after.len() - after.trim_start_matches(is_blank).len();
-            let mut text = line.text[..eq + lead].to_owned();
-            text.push_str(value);
-            line.text = text;
+            line.text.truncate(eq + lead);
+            line.text.push_str(value);
+            *old = eq + lead..line.text.len();
             return Ok(());
         }
         let entry = Line {
             text: format!("{key}={value}"),
             ending: Some(self.newline),
             kind: Kind::Entry {
-                key: key.to_owned(),
-                value: value.to_owned(),
+                key: 0..key.len(),
+                value: key.len() + 1..key.len() + 1 + value.len(),
             },
         };
-        match self.blocks(section).first() {
-            Some(&(start, end)) => {
+        match self.blocks(section).first().copied() {
+            Some((start, end)) => {
                 let last_key = (start + 1..end)
                     .rev()
                     .find(|&i| matches!(self.lines[i].kind, Kind::Entry { .. }))
@@ -595,18 +759,27 @@ impl IniDocument {
             }
         }
         self.lines.insert(at, line);
+        self.lines_moved();
     }
 
     /// Removes `key` from `section` (every copy of it). Returns whether it was there.
     pub fn remove(&mut self, section: &str, key: &str) -> bool {
-        let mut removed = false;
-        for (start, end) in self.blocks(section).into_iter().rev() {
-            for i in (start + 1..end).rev() {
-                if matches!(&self.lines[i].kind, Kind::Entry { key: k, .. } if same_name(k, key)) {
-                    self.lines.remove(i);
-                    removed = true;
-                }
+        let blocks = self.blocks(section).to_vec();
+        let before = self.lines.len();
+        let (mut at, mut block) = (0, 0);
+        // One pass over the lines, whatever the number of copies (blocks are in order).
+        self.lines.retain(|line| {
+            let i = at;
+            at += 1;
+            while blocks.get(block).is_some_and(|&(_, end)| end <= i) {
+                block += 1;
             }
+            let inside = blocks.get(block).is_some_and(|&(start, _)| i > start);
+            !(inside && line.entry().is_some_and(|(k, _)| same_name(k, key)))
+        });
+        let removed = self.lines.len() != before;
+        if removed {
+            self.lines_moved();
         }
         removed
     }
@@ -614,9 +787,12 @@ impl IniDocument {
     /// Removes `section`: its header and every line up to the next section (every copy
     /// of it). Returns whether it was there.
     pub fn remove_section(&mut self, section: &str) -> bool {
-        let blocks = self.blocks(section);
+        let blocks = self.blocks(section).to_vec();
         for &(start, end) in blocks.iter().rev() {
             self.lines.drain(start..end);
+        }
+        if !blocks.is_empty() {
+            self.lines_moved();
         }
         !blocks.is_empty()
     }
@@ -714,6 +890,20 @@ mod tests {
         doc.set("settings", "UNKNOWNKEY", "new").unwrap();
         let expected = SAMPLE.replace("unknownKey = keep me \r\n", "unknownKey = new\r\n");
         assert_eq!(doc.to_string(), expected);
+        // The value read back follows every change, longer or shorter.
+        assert_eq!(doc.get("Settings", "unknownKey"), Some("new"));
+        doc.set("Settings", "unknownKey", "a much longer välue")
+            .unwrap();
+        assert_eq!(
+            doc.get("SETTINGS", "unknownkey"),
+            Some("a much longer välue")
+        );
+        doc.set("Settings", "unknownKey", "").unwrap();
+        assert_eq!(doc.get("Settings", "unknownKey"), Some(""));
+        assert_eq!(
+            doc.entries("Settings"),
+            vec![("accountId", "1"), ("unknownKey", "")]
+        );
         // Same value: nothing changes at all.
         let (mut doc, _) = IniDocument::parse(SAMPLE.as_bytes());
         doc.set("Settings", "unknownKey", "keep me").unwrap();
@@ -800,6 +990,24 @@ mod tests {
         assert_eq!(doc.entries("S"), vec![("k", "1"), ("j", "4")]);
         let lines: Vec<usize> = problems.iter().map(|p| p.line).collect();
         assert_eq!(lines, vec![3, 4, 5]);
+    }
+
+    #[test]
+    fn problems_follow_the_lines() {
+        let text = "[S]\nk=1\ngarbage\nk=2\n";
+        let (mut doc, problems) = IniDocument::parse(text.as_bytes());
+        assert_eq!(doc.problems(), problems);
+        let lines = |d: &IniDocument| d.problems().iter().map(|p| p.line).collect::<Vec<_>>();
+        assert_eq!(lines(&doc), vec![3, 4]);
+        doc.set("S", "k", "changed").unwrap(); // in place: no line moves
+        assert_eq!(lines(&doc), vec![3, 4]);
+        doc.set("T", "x", "1").unwrap(); // appended: still the same lines
+        assert_eq!(lines(&doc), vec![3, 4]);
+        let (mut doc, _) = IniDocument::parse(text.as_bytes());
+        doc.set("S", "new", "1").unwrap(); // inserted after line 4
+        assert_eq!(lines(&doc), vec![3, 4]);
+        assert!(doc.remove("S", "k")); // both copies of k: the garbage moves up
+        assert_eq!(lines(&doc), vec![2]);
     }
 
     #[test]

@@ -8,7 +8,10 @@ pub mod file;
 pub mod ini;
 pub mod settings;
 
-pub use file::{read_file, write_atomic, FileError, IniFile};
+pub use file::{
+    read_file, read_file_limited, remove_stale_temps, write_atomic, FileError, IniFile,
+    MAX_FILE_SIZE,
+};
 pub use ini::{IniDocument, IniError, IniProblem, LineEnding, SourceEncoding};
 pub use settings::{
     account_section, default_document, Account, AudioCodec, AutoAnswer, AutoAnswerCalls, Config,

@@ -622,7 +622,7 @@ impl Config {
     pub fn from_document(doc: &IniDocument, path: impl AsRef<Path>) -> Config {
         let path = path.as_ref();
         let mut problems = Vec::new();
-        let (_, ini_problems) = IniDocument::parse(doc.to_bytes().as_slice());
+        let ini_problems = doc.problems();
         problems.extend(
             ini_problems
                 .iter()

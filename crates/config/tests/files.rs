@@ -133,11 +133,7 @@ fn saved_file_is_private_even_if_it_was_not() {
     let mode = fs::metadata(&path).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600);
     // No temporary file is left behind.
-    let names: Vec<_> = fs::read_dir(dir.path())
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
-    assert_eq!(names, vec![std::ffi::OsString::from("microsip.ini")]);
+    assert_eq!(dir.names(), vec!["microsip.ini"]);
 }
 
 #[test]

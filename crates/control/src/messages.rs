@@ -178,6 +178,9 @@ fn file_error(path: &Path, action: &str, source: io::Error) -> FileError {
 /// line without its line break is a torn append and is left out). `Ok(None)` when
 /// the file does not exist.
 fn read_lines(path: &Path) -> Result<Option<Vec<Vec<u8>>>, FileError> {
+    if !regular_or_missing(path)? {
+        return Ok(None);
+    }
     let file = match File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -212,6 +215,24 @@ fn read_lines(path: &Path) -> Result<Option<Vec<Vec<u8>>>, FileError> {
         lines.push(line);
     }
     Ok(Some(lines))
+}
+
+/// `Ok(false)` when `path` does not exist; an error when it is something else than a
+/// regular file (a FIFO would block us, a device would take our writes).
+fn regular_or_missing(path: &Path) -> Result<bool, FileError> {
+    match fs::metadata(path) {
+        Ok(meta) if meta.file_type().is_file() => Ok(true),
+        Ok(_) => Err(file_error(
+            path,
+            "use",
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "it is not a regular file; it was left as it is",
+            ),
+        )),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(file_error(path, "examine", e)),
+    }
 }
 
 /// The messages per contact, in a folder.
@@ -276,7 +297,7 @@ impl MessageStore {
                 .create(&self.dir)
                 .map_err(|e| file_error(&self.dir, "create folder", e))?;
         }
-        let new = fs::symlink_metadata(&path).is_err();
+        let new = !regular_or_missing(&path)?;
         append_record(&path, None, line.as_bytes())?;
         if new {
             // Make the new file's name durable too.

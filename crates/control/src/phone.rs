@@ -127,14 +127,10 @@ fn effective_config(file: &IniFile, options: &StartOptions) -> Config {
 }
 
 /// Loads the ini for this profile, creating it with the default profile when missing.
-fn load_ini(path: PathBuf) -> IniFile {
-    let mut file = match IniFile::load(&path) {
-        Ok(f) => f,
-        Err(e) => {
-            eprintln!("microsip: {e}; starting with the default profile");
-            IniFile::with_document(&path, default_document())
-        }
-    };
+/// A file that exists but cannot be read whole (too large, not a regular file,
+/// unreadable) is an error: the phone does not start and the file stays as it is.
+fn load_ini(path: PathBuf) -> Result<IniFile, String> {
+    let mut file = IniFile::load(&path).map_err(|e| e.to_string())?;
     if !file.existed() {
         file = IniFile::with_document(&path, default_document());
         match file.save() {
@@ -142,8 +138,35 @@ fn load_ini(path: PathBuf) -> IniFile {
             Err(e) => warn!("could not create {}: {e}", path.display()),
         }
     }
-    file
+    Ok(file)
 }
+
+/// Removes the temporary files a phone killed in the middle of a write left beside
+/// the ini (and beside the file it links to): only ours, only a dead process's.
+fn remove_stale_temps(ini: &std::path::Path) {
+    let mut places = vec![ini.to_path_buf()];
+    if let Ok(real) = std::fs::canonicalize(ini) {
+        if real != ini {
+            places.push(real);
+        }
+    }
+    for place in places {
+        let Some(name) = place.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        let dir = match place.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        for path in microsip_config::remove_stale_temps(&dir, &[name, crate::contacts::FILE_NAME]) {
+            info!("removed {} (left by an interrupted write)", path.display());
+        }
+    }
+}
+
+/// At most this many problems of the ini are printed at start (a damaged file may
+/// have one per line); the rest are counted.
+const MAX_PROBLEMS_SHOWN: usize = 50;
 
 /// Runs the phone in this process until it is told to exit. Returns the exit status.
 /// `lock` is the profile's lock ([`paths::claim`]), held until the socket is gone;
@@ -172,10 +195,24 @@ pub fn run(
         Err(e) => warn!("PulseAudio may refuse us: {e}"),
     }
     let ini_path = paths::ini_path(options.ini.as_deref(), profile);
-    let file = load_ini(ini_path.clone());
+    remove_stale_temps(&ini_path);
+    let file = match load_ini(ini_path.clone()) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("microsip: cannot use the ini: {e}");
+            return 2;
+        }
+    };
     let config = effective_config(&file, &options);
-    for problem in &config.problems {
+    for problem in config.problems.iter().take(MAX_PROBLEMS_SHOWN) {
         eprintln!("microsip: {problem}");
+    }
+    if config.problems.len() > MAX_PROBLEMS_SHOWN {
+        eprintln!(
+            "microsip: ... and {} more problems in {}",
+            config.problems.len() - MAX_PROBLEMS_SHOWN,
+            ini_path.display()
+        );
     }
     let running = RunningPhone {
         pid: std::process::id(),

@@ -8,12 +8,21 @@
 //! not the client is still there to read it): a plain request gets one reply line per
 //! command; a JSON request gets one object whose `replies` holds them (`ok` when all
 //! succeeded). A string that does not parse whole runs nothing and gets one error.
+//!
+//! Connections are bounded: a client process may hold [`MAX_CONNECTIONS_PER_CLIENT`]
+//! at once and the phone serves [`MAX_CONNECTIONS`] in all (only our own user may
+//! connect, so that is also the per-user bound). The one over a bound gets one
+//! refusal line (`ERR busy too many control connections ...`) and is closed. A
+//! connection reads through a small buffer (1 KiB; a long request's line buffer is
+//! shrunk again after it), and once many connections have come and gone the memory
+//! they used is handed back to the system (glibc keeps freed pages otherwise).
 
+use std::collections::HashMap;
 use std::io::ErrorKind;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use microsip_engine::grammar::{parse_args_all, parse_line_all};
@@ -31,6 +40,126 @@ use tracing::{debug, warn};
 pub const MAX_LINE: usize = 64 * 1024;
 /// A stream client that cannot take an event for this long is dropped.
 const EVENT_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Connections one client process may hold at once.
+pub const MAX_CONNECTIONS_PER_CLIENT: usize = 64;
+/// Connections served at once, all clients together.
+pub const MAX_CONNECTIONS: usize = 256;
+/// Read buffer of a connection while it reads a request (lines grow past it).
+const READ_BUFFER: usize = 1024;
+/// When at least this many connections were open at once and three quarters of them
+/// have closed, the allocator is asked to give freed memory back to the system.
+const TRIM_AFTER: usize = 32;
+
+/// Counts the open connections, in all and per client process.
+#[derive(Debug)]
+struct Limits {
+    per_client: usize,
+    total: usize,
+    state: Mutex<Counts>,
+}
+
+#[derive(Debug, Default)]
+struct Counts {
+    open: usize,
+    /// The most open at once since memory was last given back.
+    peak: usize,
+    /// How many times memory was given back.
+    trims: usize,
+    by_client: HashMap<i32, usize>,
+}
+
+/// One admitted connection; counted until dropped.
+#[derive(Debug)]
+struct Slot {
+    limits: Arc<Limits>,
+    client: i32,
+}
+
+impl Limits {
+    fn new(per_client: usize, total: usize) -> Arc<Limits> {
+        Arc::new(Limits {
+            per_client,
+            total,
+            state: Mutex::new(Counts::default()),
+        })
+    }
+
+    /// Admits a connection from process `client`, or says why not.
+    fn admit(self: &Arc<Self>, client: i32) -> Result<Slot, String> {
+        let mut counts = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if counts.open >= self.total {
+            return Err(format!(
+                "too many control connections: the phone serves {} at once; close some and \
+                 retry",
+                self.total
+            ));
+        }
+        let mine = counts.by_client.get(&client).copied().unwrap_or(0);
+        if mine >= self.per_client {
+            return Err(format!(
+                "too many control connections from this process (pid {client}): at most {} at \
+                 once; close some and retry",
+                self.per_client
+            ));
+        }
+        counts.by_client.insert(client, mine + 1);
+        counts.open += 1;
+        counts.peak = counts.peak.max(counts.open);
+        Ok(Slot {
+            limits: self.clone(),
+            client,
+        })
+    }
+
+    #[cfg(test)]
+    fn open(&self) -> usize {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).open
+    }
+
+    #[cfg(test)]
+    fn trims(&self) -> usize {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).trims
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let trim = {
+            let mut counts = self.limits.state.lock().unwrap_or_else(|e| e.into_inner());
+            counts.open = counts.open.saturating_sub(1);
+            if let Some(n) = counts.by_client.get_mut(&self.client) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    counts.by_client.remove(&self.client);
+                }
+            }
+            if counts.by_client.is_empty() {
+                counts.by_client.shrink_to_fit();
+            }
+            // Once most of a wave of connections is gone (a few long-lived event
+            // clients may stay), not on every ordinary close.
+            let trim = counts.peak >= TRIM_AFTER && counts.open <= counts.peak / 4;
+            if trim || counts.open == 0 {
+                counts.peak = counts.open;
+            }
+            counts.trims += usize::from(trim);
+            trim
+        };
+        if trim {
+            give_memory_back();
+        }
+    }
+}
+
+/// Asks the allocator to return freed memory to the system (glibc keeps it
+/// otherwise: thousands of closed connections left their pages mapped).
+fn give_memory_back() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free memory of the allocator's own heaps.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
 
 /// The listening socket; removes its file when dropped.
 pub struct SocketServer {
@@ -94,6 +223,7 @@ async fn accept_loop(
 ) {
     // SAFETY: geteuid has no preconditions and cannot fail.
     let me = unsafe { libc::geteuid() };
+    let limits = Limits::new(MAX_CONNECTIONS_PER_CLIENT, MAX_CONNECTIONS);
     loop {
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
@@ -103,8 +233,8 @@ async fn accept_loop(
                 continue;
             }
         };
-        match stream.peer_cred() {
-            Ok(cred) if cred.uid() == me => {}
+        let client = match stream.peer_cred() {
+            Ok(cred) if cred.uid() == me => cred.pid().unwrap_or(0),
             Ok(cred) => {
                 warn!("refused control connection from uid {}", cred.uid());
                 continue;
@@ -113,8 +243,20 @@ async fn accept_loop(
                 warn!("refused control connection: cannot read peer credentials: {e}");
                 continue;
             }
-        }
+        };
+        let slot = match limits.admit(client) {
+            Ok(slot) => slot,
+            Err(reason) => {
+                debug!("refused control connection: {reason}");
+                // The socket's buffer is empty: one non-blocking write fits; a
+                // client that does not read it is not waited for.
+                let line = format!("{}\n", to_line(&fail(ErrorCode::Busy, reason)));
+                let _ = stream.try_write(line.as_bytes());
+                continue;
+            }
+        };
         tokio::spawn(serve_connection(
+            slot,
             stream,
             engine.clone(),
             in_flight.clone(),
@@ -246,13 +388,14 @@ async fn read_line<R: AsyncBufReadExt + Unpin>(
 }
 
 async fn serve_connection(
+    _slot: Slot,
     stream: UnixStream,
     engine: EngineHandle,
     in_flight: Arc<AtomicUsize>,
     audit: Option<Arc<AuditLog>>,
 ) {
     let (read, mut write) = stream.into_split();
-    let mut reader = BufReader::new(read);
+    let mut reader = BufReader::with_capacity(READ_BUFFER, read);
     let mut buf = Vec::new();
     loop {
         match read_line(&mut reader, &mut buf).await {
@@ -275,6 +418,10 @@ async fn serve_connection(
         }
         if buf.iter().all(|b| b.is_ascii_whitespace()) {
             continue;
+        }
+        if buf.capacity() > 4 * READ_BUFFER {
+            // A long request came; do not keep its buffer while idle afterwards.
+            buf.shrink_to(4 * READ_BUFFER);
         }
         let request = parse_request(&buf);
         let mut commands = match request.command {
@@ -421,6 +568,45 @@ mod tests {
 
         let r = parse_request(br#"{"argv":[1,2]}"#);
         assert!(r.command.is_err());
+    }
+
+    #[test]
+    fn connections_are_bounded_per_client_and_in_all() {
+        let limits = Limits::new(2, 3);
+        let a1 = limits.admit(10).unwrap();
+        let _a2 = limits.admit(10).unwrap();
+        let err = limits.admit(10).unwrap_err();
+        assert!(err.contains("pid 10") && err.contains("at most 2"), "{err}");
+        let _b1 = limits.admit(11).unwrap();
+        let err = limits.admit(12).unwrap_err();
+        assert!(err.contains("serves 3 at once"), "{err}");
+        assert_eq!(limits.open(), 3);
+        // A closed connection gives its place back, to anyone.
+        drop(a1);
+        assert_eq!(limits.open(), 2);
+        let _c1 = limits.admit(12).unwrap();
+        assert!(limits.admit(10).is_err());
+    }
+
+    #[test]
+    fn memory_is_given_back_after_a_wave_not_after_every_close() {
+        let limits = Limits::new(1000, 1000);
+        // One connection at a time, as the command line does: never.
+        for _ in 0..100 {
+            drop(limits.admit(1).unwrap());
+        }
+        assert_eq!(limits.trims(), 0);
+        // A wave of 40 while an event client stays: once, when 3/4 have gone.
+        let _events = limits.admit(2).unwrap();
+        let mut wave: Vec<Slot> = (0..39).map(|_| limits.admit(1).unwrap()).collect();
+        while wave.len() > 10 {
+            wave.pop();
+            assert_eq!(limits.trims(), 0);
+        }
+        wave.pop();
+        assert_eq!(limits.trims(), 1);
+        wave.clear();
+        assert_eq!(limits.trims(), 1);
     }
 
     #[tokio::test]

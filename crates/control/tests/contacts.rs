@@ -312,3 +312,45 @@ fn hostile_input_never_panics() {
         check(&bytes);
     }
 }
+
+#[test]
+fn a_contacts_file_that_cannot_be_read_whole_is_never_replaced() {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let dir = temp_dir("unreadable");
+    let file = ContactsFile::beside_ini(&dir.join("microsip.ini"));
+
+    // A FIFO: refused at once (no waiting for a writer), left a FIFO.
+    common::mkfifo(file.path());
+    assert!(file.list().is_err());
+    let err = file.add("Alice", "101", true).unwrap_err();
+    assert!(err.to_string().contains("FIFO"), "{err}");
+    assert!(file.remove("101").is_err());
+    assert!(fs::symlink_metadata(file.path())
+        .unwrap()
+        .file_type()
+        .is_fifo());
+    fs::remove_file(file.path()).unwrap();
+
+    // Over the size limit (sparse): refused, same size, same inode.
+    fs::write(file.path(), MICROSIP_FILE).unwrap();
+    let f = fs::OpenOptions::new()
+        .write(true)
+        .open(file.path())
+        .unwrap();
+    f.set_len(microsip_config::MAX_FILE_SIZE + 1).unwrap();
+    drop(f);
+    let before = fs::metadata(file.path()).unwrap();
+    let err = file.add("Alice", "101", true).unwrap_err();
+    assert!(err.to_string().contains("limit"), "{err}");
+    let after = fs::metadata(file.path()).unwrap();
+    assert_eq!(
+        (after.ino(), after.len()),
+        (before.ino(), microsip_config::MAX_FILE_SIZE + 1)
+    );
+    let names: Vec<_> = fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, vec![std::ffi::OsString::from("Contacts.xml")]);
+    fs::remove_dir_all(&dir).unwrap();
+}

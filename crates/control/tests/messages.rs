@@ -253,3 +253,25 @@ fn a_stored_message_survives_sigkill() {
     assert_eq!(listed[0].text, "survives SIGKILL");
     fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn a_message_file_that_is_not_a_regular_file_is_refused_and_left() {
+    use std::os::unix::fs::FileTypeExt;
+    let dir = temp_dir("fifo");
+    let store = MessageStore::new(dir.join("messages"));
+    store
+        .store("sip:bob@example.com", &incoming("first", 1))
+        .unwrap();
+    let path = store.path_for("sip:carol@example.com");
+    common::mkfifo(&path);
+    // Neither waits for a reader or writer of the FIFO nor replaces it.
+    let err = store
+        .store("sip:carol@example.com", &incoming("hi", 2))
+        .unwrap_err();
+    assert!(err.to_string().contains("not a regular file"), "{err}");
+    assert!(store.list("sip:carol@example.com").is_err());
+    assert!(fs::symlink_metadata(&path).unwrap().file_type().is_fifo());
+    // Other contacts are not affected.
+    assert_eq!(store.list("sip:bob@example.com").unwrap().len(), 1);
+    fs::remove_dir_all(&dir).unwrap();
+}
