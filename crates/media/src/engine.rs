@@ -295,6 +295,9 @@ struct Shared {
     sessions: Mutex<HashMap<u64, Arc<SharedStats>>>,
     /// Recordings in progress, by call: their writer threads' handles.
     recordings: Mutex<HashMap<u64, RecordingHandle>>,
+    /// Calls whose output is a `file:`: the handles of the writer threads that
+    /// write them.
+    sink_files: Mutex<HashMap<u64, RecordingHandle>>,
     epoch: Instant,
 }
 
@@ -390,6 +393,7 @@ impl MediaEngine {
             next_port: Mutex::new(0),
             sessions: Mutex::new(HashMap::new()),
             recordings: Mutex::new(HashMap::new()),
+            sink_files: Mutex::new(HashMap::new()),
             epoch: Instant::now(),
         });
         let (tx, rx) = mpsc::channel();
@@ -434,7 +438,7 @@ impl MediaEngine {
                 .map_err(|e| MediaError::Socket(e.to_string()))?;
         }
         let source = audio::open_source(&source)?;
-        let sink = audio::open_sink(&sink)?;
+        let (sink, sink_file) = open_sink(&sink)?;
         let stats = Arc::new(SharedStats {
             local_port,
             packets_sent: AtomicU64::new(0),
@@ -454,6 +458,9 @@ impl MediaEngine {
                 return Err(MediaError::DuplicateSession(id));
             }
             sessions.insert(id, stats.clone());
+            if let Some(handle) = sink_file {
+                lock(&self.shared.sink_files).insert(id, handle);
+            }
         }
         let mut session = Session::new(id, socket, source, sink, stats, self.shared.epoch);
         session.rtcp_socket = rtcp_socket;
@@ -461,6 +468,7 @@ impl MediaEngine {
             Ok(()) => Ok(local_port),
             Err(e) => {
                 lock(&self.shared.sessions).remove(&id);
+                lock(&self.shared.sink_files).remove(&id);
                 Err(e)
             }
         }
@@ -574,6 +582,9 @@ impl MediaEngine {
         }
         let result = self.request(Request::Close(id));
         lock(&self.shared.sessions).remove(&id);
+        // The session let go of its `file:` output: wait for the file to be finished.
+        let sink_file = lock(&self.shared.sink_files).remove(&id);
+        let result = result.and(finish_sink_file(sink_file));
         // The session (and its recorder) is gone: let the writer finish the file.
         let recording = lock(&self.shared.recordings).remove(&id);
         if let Some(handle) = recording {
@@ -691,13 +702,46 @@ impl MediaEngine {
         if !lock(&self.shared.sessions).contains_key(&id) {
             return Err(MediaError::UnknownSession(id));
         }
-        let sink = audio::open_sink(spec)?;
-        self.request(Request::SetSink(id, sink))
+        let (sink, sink_file) = open_sink(spec)?;
+        self.request(Request::SetSink(id, sink))?;
+        let old = match sink_file {
+            Some(handle) => lock(&self.shared.sink_files).insert(id, handle),
+            None => lock(&self.shared.sink_files).remove(&id),
+        };
+        finish_sink_file(old)
     }
 
     /// Ids of the open sessions.
     pub fn sessions(&self) -> Vec<u64> {
         lock(&self.shared.sessions).keys().copied().collect()
+    }
+}
+
+/// Opens a call's output: a `file:` is written by a writer thread (its handle
+/// comes back with it), every other device directly.
+fn open_sink(
+    spec: &AudioSpec,
+) -> Result<(Box<dyn AudioSink>, Option<RecordingHandle>), MediaError> {
+    match spec {
+        AudioSpec::File(path) => {
+            let (sink, handle) = recorder::file_sink(path)?;
+            Ok((Box::new(sink), Some(handle)))
+        }
+        other => Ok((audio::open_sink(other)?, None)),
+    }
+}
+
+/// Waits for a `file:` output the media thread let go of to be finished (its final
+/// header written); its write error, if any, is the result.
+fn finish_sink_file(handle: Option<RecordingHandle>) -> Result<(), MediaError> {
+    let Some(handle) = handle else { return Ok(()) };
+    let status = handle.finish(RECORDING_FINISH_TIMEOUT);
+    match status.error {
+        Some(message) => Err(MediaError::Audio(AudioError::File {
+            path: status.path,
+            message,
+        })),
+        None => Ok(()),
     }
 }
 
@@ -1107,7 +1151,7 @@ impl Session {
         }
         self.receive(scratch);
         self.play(scratch);
-        self.taps.end_tick(self.id, &scratch.events);
+        self.taps.end_tick(self.id, &mut |e| (scratch.events)(e));
         self.rtcp_tick(scratch);
     }
 
