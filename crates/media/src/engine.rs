@@ -1,6 +1,6 @@
-//! The media engine: one thread, named `media`, that serves the RTP of every call on
-//! one 20 ms tick: the I/O around the calls' sans-IO sessions.
+//! The media thread: the sockets, the clock and the devices around every call's session.
 //!
+//! One thread, named `media`, serves the RTP of every call on one 20 ms tick.
 //! This module owns the RTP and RTCP sockets, the clock, the audio devices of each
 //! call and the handle callers use; what a call's media decides (stream state,
 //! codec, jitter buffer, DTMF, RTCP, latching, hold) is its

@@ -111,6 +111,8 @@ struct Net {
     /// Datagrams to addresses neither side has.
     elsewhere: Vec<(SocketAddr, Vec<u8>)>,
     mixer: Mixer,
+    /// The levels both sides run with.
+    levels: Levels,
 }
 
 fn negotiated(codec: Codec, remote: SocketAddr, rtcp: Option<SocketAddr>) -> Negotiated {
@@ -146,6 +148,7 @@ impl Net {
             flight: Vec::new(),
             elsewhere: Vec::new(),
             mixer: Mixer::new(),
+            levels: Levels::default(),
         }
     }
 
@@ -199,7 +202,7 @@ impl Net {
             side.session.tick(
                 now,
                 &mut TickIo {
-                    levels: Levels::default(),
+                    levels: self.levels,
                     mixer: &mut self.mixer,
                     source: side.source.as_mut(),
                     sink: &mut sink,
@@ -739,41 +742,43 @@ fn a_session_held_from_the_start_plays_nothing() {
 }
 
 #[test]
-fn levels_scale_and_mute_what_is_sent() {
+fn levels_scale_and_mute_what_is_sent_and_heard() {
     let mut net = Net::call(tone(440.0), Box::new(NullSource), Codec::Pcmu);
     net.steps(25);
     let full = rms(&net.b.heard.samples()[FRAME_SAMPLES * 10..]);
-    // Half the microphone: the far end hears half the level (−6 dB).
-    let heard_before = net.b.heard.samples().len();
-    let half = Levels {
+    let level_of_next_half_second = |net: &mut Net, levels: Levels| {
+        net.levels = levels;
+        // Let what was sent at the old level play out first.
+        net.steps(10);
+        let from = net.b.heard.samples().len();
+        net.steps(25);
+        rms(&net.b.heard.samples()[from..])
+    };
+    // Half the microphone: the far end hears half the level (-6 dB).
+    let mic_half = Levels {
         microphone: 50,
         ..Levels::default()
     };
-    for _ in 0..25 {
-        net.now += Duration::from_millis(20);
-        let now = net.time();
-        net.flight.sort_by_key(|d| d.at);
-        let split = net.flight.partition_point(|d| d.at <= net.now);
-        for d in net.flight.drain(..split).collect::<Vec<_>>() {
-            net.b.session.handle_rtp(net.epoch + d.at, d.from, &d.data);
-        }
-        net.mixer.begin_tick();
-        for which in 0..2 {
-            let side = if which == 0 { &mut net.a } else { &mut net.b };
-            let mut sink = side.heard.clone();
-            side.session.tick(
-                now,
-                &mut TickIo {
-                    levels: half,
-                    mixer: &mut net.mixer,
-                    source: side.source.as_mut(),
-                    sink: &mut sink,
-                },
-            );
-            net.collect(which);
-        }
-    }
-    let halved = rms(&net.b.heard.samples()[heard_before + FRAME_SAMPLES * 10..]);
-    let ratio = halved / full;
-    assert!((0.45..=0.55).contains(&ratio), "{halved:.0} / {full:.0}");
+    let ratio = level_of_next_half_second(&mut net, mic_half) / full;
+    assert!(
+        (0.45..=0.55).contains(&ratio),
+        "microphone at 50: {ratio:.2}"
+    );
+    // Speaker at a quarter on both sides: what B plays is a quarter as loud.
+    let speaker = Levels {
+        speaker: 25,
+        ..Levels::default()
+    };
+    let ratio = level_of_next_half_second(&mut net, speaker) / full;
+    assert!((0.2..=0.3).contains(&ratio), "speaker at 25: {ratio:.2}");
+    // Muted microphone: silence.
+    let muted = Levels {
+        microphone_muted: true,
+        ..Levels::default()
+    };
+    let level = level_of_next_half_second(&mut net, muted);
+    assert!(level < 50.0, "muted: RMS {level:.0}");
+    // And back.
+    let ratio = level_of_next_half_second(&mut net, Levels::default()) / full;
+    assert!((0.95..=1.05).contains(&ratio), "unmuted: {ratio:.2}");
 }
