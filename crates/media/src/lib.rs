@@ -10,7 +10,10 @@
 //! * [`device`] has the sound devices (cpal) behind the same traits;
 //! * [`ring`] plays the ring tone of an incoming call;
 //! * [`recorder`] records calls and plays files into them, [`mixer`] is the conference;
-//! * [`engine`] is the one media thread serving every call on one 20 ms tick.
+//! * [`session`] is one call's media as a sans-IO state machine (packets in, packets
+//!   out, time passed in);
+//! * [`engine`] is the one media thread serving every call on one 20 ms tick: the
+//!   sockets, the clock and the devices around the sessions.
 
 pub mod audio;
 pub mod codec;
@@ -29,6 +32,7 @@ pub mod ring;
 pub mod rtcp;
 pub mod rtp;
 pub mod sdp;
+pub mod session;
 #[cfg(test)]
 mod test_signal;
 
@@ -41,3 +45,4 @@ pub use sdp::{
     accept_answer, answer, offer, parse as parse_sdp, Codec, Direction, LocalMedia, Negotiated,
     SdpError, SessionDesc,
 };
+pub use session::{MediaSession, SessionConfig, TickIo, Transmit, Via};

@@ -3,7 +3,8 @@
 //!
 //! This module owns the recorder (a mono mix of what a call sends and what it hears,
 //! as MicroSIP records: its microphone and the call both go into one recorder), its
-//! writer thread, and the file player. The media tick only ever copies a frame into a
+//! writer thread (which also writes a call's own `file:` output, [`FileWriterSink`]),
+//! and the file player. The media tick only ever copies a frame into a
 //! bounded channel: the disk is the writer thread's business, so a slow or full disk
 //! never stalls a call. When the channel is full the frame is dropped and counted; a
 //! write error is reported once (and the call goes on). Dropping the media thread's
@@ -20,7 +21,7 @@ use std::thread;
 use std::time::Duration;
 
 use crate::audio::{AudioError, AudioSink, FileSink, FileSource, FRAME_SAMPLES, SAMPLE_RATE};
-use crate::engine::{EventSink, MediaEvent};
+use crate::engine::MediaEvent;
 use crate::mixer::Mixer;
 
 /// Frames the writer thread may fall behind by before frames are dropped (1 s).
@@ -66,17 +67,60 @@ impl Counters {
     }
 }
 
-/// The media thread's half of a recording: mixes one tick, hands it to the writer.
-pub struct Recorder {
+/// What goes to a writer thread: up to one bus frame of samples.
+#[derive(Clone, Copy)]
+struct Chunk {
+    samples: Frame,
+    len: usize,
+}
+
+/// The media thread's end of a writer thread's queue: hands chunks over without
+/// ever waiting (a full queue drops them, counted), and tells the first write error
+/// once.
+struct Feed {
     path: PathBuf,
-    tx: Option<SyncSender<Frame>>,
-    mix: Frame,
+    tx: Option<SyncSender<Chunk>>,
     counters: Arc<Counters>,
     error_reported: bool,
     drop_logged: bool,
 }
 
-/// The caller's half: waits for the writer to finish the file.
+impl Feed {
+    fn send(&mut self, chunk: Chunk) {
+        let Some(tx) = &self.tx else { return };
+        match tx.try_send(chunk) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+                if !self.drop_logged {
+                    self.drop_logged = true;
+                    tracing::warn!(path = %self.path.display(), "audio file falls behind the disk; dropping audio");
+                }
+            }
+            // The writer stopped: it failed (the error is in the counters).
+            Err(TrySendError::Disconnected(_)) => self.tx = None,
+        }
+    }
+
+    /// The writer's error, the first time it is asked after one happened.
+    fn take_error(&mut self) -> Option<String> {
+        if self.error_reported {
+            return None;
+        }
+        let error = self.counters.error()?;
+        self.error_reported = true;
+        Some(error)
+    }
+}
+
+/// The media thread's half of a recording: mixes one tick, hands it to the writer.
+pub struct Recorder {
+    feed: Feed,
+    mix: Frame,
+}
+
+/// The caller's half of a writer thread (a recording, a `file:` sink): waits for
+/// the writer to finish the file.
 pub struct RecordingHandle {
     path: PathBuf,
     counters: Arc<Counters>,
@@ -93,9 +137,26 @@ pub fn start_recording(path: &Path) -> Result<(Recorder, RecordingHandle), Audio
 /// [`start_recording`] into any sink (`path` names it in messages).
 pub fn start_recording_to(
     path: &Path,
-    mut sink: Box<dyn AudioSink>,
+    sink: Box<dyn AudioSink>,
 ) -> Result<(Recorder, RecordingHandle), AudioError> {
-    let (tx, rx) = mpsc::sync_channel::<Frame>(RECORDER_QUEUE_FRAMES);
+    let (feed, handle) = spawn_writer(path, sink)?;
+    Ok((
+        Recorder {
+            feed,
+            mix: [0; FRAME_SAMPLES],
+        },
+        handle,
+    ))
+}
+
+/// Starts the writer thread that owns `sink`: it writes what the [`Feed`] hands it,
+/// and when the feed is dropped it drains the queue, finishes the sink (a WAV file
+/// gets its final header) and says so through the [`RecordingHandle`].
+fn spawn_writer(
+    path: &Path,
+    mut sink: Box<dyn AudioSink>,
+) -> Result<(Feed, RecordingHandle), AudioError> {
+    let (tx, rx) = mpsc::sync_channel::<Chunk>(RECORDER_QUEUE_FRAMES);
     let (done_tx, done) = mpsc::sync_channel(1);
     let counters = Arc::new(Counters::default());
     let shared = counters.clone();
@@ -103,8 +164,8 @@ pub fn start_recording_to(
         .name("recorder".into())
         .stack_size(128 * 1024)
         .spawn(move || {
-            for frame in rx.iter() {
-                match sink.write(&frame) {
+            for chunk in rx.iter() {
+                match sink.write(&chunk.samples[..chunk.len.min(FRAME_SAMPLES)]) {
                     Ok(()) => {
                         shared.written.fetch_add(1, Ordering::Relaxed);
                     }
@@ -125,10 +186,9 @@ pub fn start_recording_to(
             message: format!("cannot start the recorder thread: {e}"),
         })?;
     Ok((
-        Recorder {
+        Feed {
             path: path.to_path_buf(),
             tx: Some(tx),
-            mix: [0; FRAME_SAMPLES],
             counters: counters.clone(),
             error_reported: false,
             drop_logged: false,
@@ -152,32 +212,68 @@ impl Recorder {
     /// Hands this tick's mix to the writer (never waits: a full queue drops it) and
     /// starts the next. Returns the write error the first time one is seen.
     pub fn end_tick(&mut self) -> Option<String> {
-        if let Some(tx) = &self.tx {
-            match tx.try_send(self.mix) {
-                Ok(()) => {}
-                Err(TrySendError::Full(_)) => {
-                    self.counters.dropped.fetch_add(1, Ordering::Relaxed);
-                    if !self.drop_logged {
-                        self.drop_logged = true;
-                        tracing::warn!(path = %self.path.display(), "recording falls behind the disk; dropping audio");
-                    }
-                }
-                // The writer stopped: it failed (the error is in the counters).
-                Err(TrySendError::Disconnected(_)) => self.tx = None,
-            }
-        }
+        self.feed.send(Chunk {
+            samples: self.mix,
+            len: FRAME_SAMPLES,
+        });
         self.mix.fill(0);
-        if self.error_reported {
-            return None;
-        }
-        let error = self.counters.error()?;
-        self.error_reported = true;
-        Some(error)
+        self.feed.take_error()
     }
 
     /// The file being written.
     pub fn path(&self) -> &Path {
-        &self.path
+        &self.feed.path
+    }
+}
+
+/// A call's `file:` output (`audioOutputDevice=file:...`): an [`AudioSink`] whose
+/// writes only hand the samples to a writer thread (the one recordings use), so the
+/// media tick never waits for the disk. [`AudioSink::close`] only lets go of the
+/// writer; the file is finished (final header) once [`RecordingHandle::finish`]
+/// returns.
+pub struct FileWriterSink {
+    feed: Feed,
+}
+
+/// Creates (or truncates) the WAV file `path` on the caller's thread and starts the
+/// writer thread that will fill it.
+pub fn file_sink(path: &Path) -> Result<(FileWriterSink, RecordingHandle), AudioError> {
+    let sink = FileSink::create(path)?;
+    file_sink_to(path, Box::new(sink))
+}
+
+/// [`file_sink`] into any sink (`path` names it in messages).
+pub fn file_sink_to(
+    path: &Path,
+    sink: Box<dyn AudioSink>,
+) -> Result<(FileWriterSink, RecordingHandle), AudioError> {
+    let (feed, handle) = spawn_writer(path, sink)?;
+    Ok((FileWriterSink { feed }, handle))
+}
+
+impl AudioSink for FileWriterSink {
+    fn write(&mut self, frame: &[i16]) -> Result<(), AudioError> {
+        for piece in frame.chunks(FRAME_SAMPLES) {
+            let mut chunk = Chunk {
+                samples: [0; FRAME_SAMPLES],
+                len: piece.len(),
+            };
+            chunk.samples[..piece.len()].copy_from_slice(piece);
+            self.feed.send(chunk);
+        }
+        match self.feed.take_error() {
+            Some(message) => Err(AudioError::File {
+                path: self.feed.path.clone(),
+                message,
+            }),
+            None => Ok(()),
+        }
+    }
+
+    fn close(&mut self) -> Result<(), AudioError> {
+        // The writer drains the queue and finishes the file by itself.
+        self.feed.tx = None;
+        Ok(())
     }
 }
 
@@ -325,7 +421,7 @@ impl Taps {
 
     /// The end of `call`'s tick: the recording gets this tick's mix; a file that ran
     /// out and a recording that failed are reported (once) through `events`.
-    pub fn end_tick(&mut self, call: u64, events: &EventSink) {
+    pub fn end_tick(&mut self, call: u64, events: &mut dyn FnMut(MediaEvent)) {
         if let Some(r) = self.recorder.as_mut() {
             if let Some(error) = r.end_tick() {
                 tracing::warn!(call, error = %error, "recording failed; the call goes on");
@@ -351,6 +447,7 @@ impl Taps {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::EventSink;
     use std::sync::atomic::AtomicUsize;
     use std::time::Instant;
 
@@ -427,7 +524,7 @@ mod tests {
             taps.on_send(7, &mut f, &mixer);
             assert_eq!(f, sent[i], "recording does not change what is sent");
             taps.on_heard(7, &heard[i], &mut mixer_mut);
-            taps.end_tick(7, &sink);
+            taps.end_tick(7, &mut |e| sink(e));
             // Give the writer a chance so nothing is dropped on a slow machine.
             if i % 10 == 9 {
                 std::thread::sleep(Duration::from_millis(5));
@@ -530,13 +627,13 @@ mod tests {
         while seen.lock().unwrap().is_empty() && Instant::now() < deadline {
             let mut f = [0; FRAME_SAMPLES];
             taps.on_send(3, &mut f, &mixer);
-            taps.end_tick(3, &sink);
+            taps.end_tick(3, &mut |e| sink(e));
             std::thread::sleep(Duration::from_millis(2));
         }
         for _ in 0..20 {
             let mut f = [0; FRAME_SAMPLES];
             taps.on_send(3, &mut f, &mixer);
-            taps.end_tick(3, &sink);
+            taps.end_tick(3, &mut |e| sink(e));
         }
         let seen = seen.lock().unwrap().clone();
         assert_eq!(seen.len(), 1, "{seen:?}");
@@ -581,7 +678,7 @@ mod tests {
         for _ in 0..4 {
             let mut mic = [-5; FRAME_SAMPLES];
             taps.on_send(1, &mut mic, &mixer);
-            taps.end_tick(1, &sink);
+            taps.end_tick(1, &mut |e| sink(e));
             out.extend_from_slice(&mic);
         }
         assert_eq!(
@@ -617,7 +714,7 @@ mod tests {
         for tick in 0..5 {
             let mut mic = [-5; FRAME_SAMPLES];
             taps.on_send(2, &mut mic, &mixer);
-            taps.end_tick(2, &sink);
+            taps.end_tick(2, &mut |e| sink(e));
             frames.push(mic);
             if tick == 1 {
                 assert_eq!(seen.lock().unwrap().len(), 1, "ends with its last frame");
@@ -652,5 +749,65 @@ mod tests {
             assert_eq!(s, file[i % file.len()]);
         }
         assert!(Player::open(&dir.0.join("missing.wav"), PlayEnd::Stop).is_err());
+    }
+
+    #[test]
+    fn a_file_sink_writes_on_its_thread_and_is_finished_after_close() {
+        let dir = TempDir::new();
+        let path = dir.0.join("out.wav");
+        let (mut sink, handle) = file_sink(&path).unwrap();
+        // Pieces of any length: shorter than a frame, longer than one.
+        let samples: Vec<i16> = (0..FRAME_SAMPLES as i16 * 3 + 7).collect();
+        sink.write(&samples[..100]).unwrap();
+        sink.write(&samples[100..100 + FRAME_SAMPLES * 2]).unwrap();
+        sink.write(&samples[100 + FRAME_SAMPLES * 2..]).unwrap();
+        sink.close().unwrap();
+        let status = handle.finish(Duration::from_secs(5));
+        assert_eq!(status.error, None);
+        assert_eq!(status.frames_dropped, 0);
+        let reader = hound::WavReader::open(&path).unwrap();
+        assert_eq!(reader.duration() as usize, samples.len());
+        let got: Vec<i16> = reader.into_samples().map(|s| s.unwrap()).collect();
+        assert_eq!(got, samples);
+    }
+
+    #[test]
+    fn a_file_sink_never_waits_for_the_disk() {
+        let gate = Arc::new(Mutex::new(()));
+        let held = gate.lock().unwrap();
+        let (mut sink, handle) =
+            file_sink_to(Path::new("stuck.wav"), Box::new(Stuck(gate.clone()))).unwrap();
+        let ticks = RECORDER_QUEUE_FRAMES * 3;
+        for _ in 0..ticks {
+            // A blocking hand-over would hang here for good.
+            sink.write(&[1; FRAME_SAMPLES]).unwrap();
+        }
+        drop(held);
+        sink.close().unwrap();
+        let status = handle.finish(Duration::from_secs(5));
+        assert!(status.frames_dropped > 0, "{status:?}");
+        assert_eq!(status.frames_written + status.frames_dropped, ticks as u64);
+    }
+
+    #[test]
+    fn a_file_sink_reports_a_write_error_once() {
+        let (mut sink, handle) = file_sink_to(Path::new("full.wav"), Box::new(Full)).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut errors = Vec::new();
+        while Instant::now() < deadline && errors.is_empty() {
+            if let Err(e) = sink.write(&[0; FRAME_SAMPLES]) {
+                errors.push(e.to_string());
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        for _ in 0..20 {
+            if let Err(e) = sink.write(&[0; FRAME_SAMPLES]) {
+                errors.push(e.to_string());
+            }
+        }
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].contains("No space left"), "{errors:?}");
+        sink.close().unwrap();
+        assert!(handle.finish(Duration::from_secs(5)).error.is_some());
     }
 }
