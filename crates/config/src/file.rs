@@ -168,6 +168,7 @@ const TEMP_MARK: &str = ".tmp-";
 /// `names` when a phone died in the middle of a write: `<name>.tmp-<pid>`, regular
 /// files of our own user whose process is gone. Nothing else is touched (another
 /// program's files, a live process's write in progress). Returns what was removed.
+#[allow(unsafe_code)] // geteuid and kill(pid, 0): libc calls, see the SAFETY notes
 pub fn remove_stale_temps(dir: &Path, names: &[&str]) -> Vec<PathBuf> {
     use std::os::unix::fs::MetadataExt;
     let mut removed = Vec::new();

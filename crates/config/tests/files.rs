@@ -1,4 +1,5 @@
 //! Real files in a temp folder: round trip, UTF-16, raw values, atomic private saves.
+#![allow(clippy::unwrap_used, unsafe_code)] // test code: a failed unwrap is a failed test
 
 mod common;
 

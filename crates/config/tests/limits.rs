@@ -1,6 +1,7 @@
 //! What the ini code refuses and how it scales: files over the size limit and files
 //! that are not regular files are reported and left as they are; stale temporary
 //! files of dead writers are cleaned up; large files parse completely.
+#![allow(clippy::unwrap_used, unsafe_code)] // test code: a failed unwrap is a failed test
 
 mod common;
 

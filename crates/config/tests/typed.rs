@@ -1,4 +1,5 @@
 //! The typed view: defaults, every kind of bad value, inactive accounts, gaps, secrets.
+#![allow(clippy::unwrap_used, unsafe_code)] // test code: a failed unwrap is a failed test
 
 use microsip_config::{
     account_section, AutoAnswer, Config, ConfigProblem, DenyIncoming, DtmfMethod, IniDocument,

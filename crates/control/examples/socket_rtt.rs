@@ -1,5 +1,6 @@
 //! Benchmark: round trip of one command over a running phone's control socket.
 //! Usage: `socket_rtt SOCKET [COUNT] [LINE]` — prints p50/p90/p99 in microseconds.
+#![allow(clippy::unwrap_used, unsafe_code)] // test code: a failed unwrap is a failed test
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;

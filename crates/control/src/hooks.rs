@@ -476,6 +476,7 @@ impl Drop for RunningGuard {
     }
 }
 
+#[allow(unsafe_code)] // libc calls; see the SAFETY notes inside
 async fn run(
     guard: RunningGuard,
     event: HookEvent,

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 /// The profile used when `--profile` is not given.
 pub const DEFAULT_PROFILE: &str = "default";
 
+#[allow(unsafe_code)] // libc calls; see the SAFETY notes inside
 fn uid() -> u32 {
     // SAFETY: getuid has no preconditions and cannot fail.
     unsafe { libc::getuid() }
@@ -95,6 +96,7 @@ pub enum Claim {
 }
 
 /// Tries (without waiting) to become the phone of the profile whose lock is `path`.
+#[allow(unsafe_code)] // libc calls; see the SAFETY notes inside
 pub fn claim(path: &Path) -> Result<Claim, String> {
     let file = OpenOptions::new()
         .read(true)

@@ -153,6 +153,7 @@ impl Drop for Slot {
 
 /// Asks the allocator to return freed memory to the system (glibc keeps it
 /// otherwise: thousands of closed connections left their pages mapped).
+#[allow(unsafe_code)] // libc calls; see the SAFETY notes inside
 fn give_memory_back() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only releases free memory of the allocator's own heaps.
@@ -215,6 +216,7 @@ impl Drop for SocketServer {
     }
 }
 
+#[allow(unsafe_code)] // libc calls; see the SAFETY notes inside
 async fn accept_loop(
     listener: UnixListener,
     engine: EngineHandle,

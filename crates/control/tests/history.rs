@@ -1,4 +1,5 @@
 //! MicroSIP's `[Calls]` ring buffer and `[Dialed]` list in the ini.
+#![allow(clippy::unwrap_used, unsafe_code)] // test code: a failed unwrap is a failed test
 
 mod common;
 

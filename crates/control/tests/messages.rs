@@ -1,5 +1,6 @@
 //! The message store: one JSON-lines file per contact, synced before `store`
 //! returns; torn and broken lines skipped; SIGKILL loses nothing stored.
+#![allow(clippy::unwrap_used, unsafe_code)] // test code: a failed unwrap is a failed test
 
 mod common;
 

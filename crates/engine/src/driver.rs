@@ -786,10 +786,51 @@ async fn send_info_digits(calls: Calls, leg: LegId, digits: String) {
 
 // ------------------------------------------------------------------ media worker
 
-/// Runs media actions one after the other on a thread of its own (they wait for the
-/// media thread, open devices, read WAV files, finish recordings).
+/// Runs media actions off the signalling task (they wait for the media thread, open
+/// devices, read WAV files, finish recordings), in order, on two threads: one for
+/// what calls need to go on (open, configure, hold, levels, devices...), one for
+/// files played and recorded, so reading a ten-minute WAV never holds up a new
+/// call's media.
 struct MediaWorker {
-    jobs: std_mpsc::Sender<(Option<Ticket>, MediaAction)>,
+    control: std_mpsc::Sender<(Option<Ticket>, MediaAction)>,
+    files: std_mpsc::Sender<(Option<Ticket>, MediaAction)>,
+}
+
+/// Lowers the calling thread's scheduling priority (nice 10): a busy worker must not
+/// take the CPU from the signalling task on a loaded machine.
+#[allow(unsafe_code)] // setpriority: a libc call, see the SAFETY note
+fn lower_priority() {
+    // SAFETY: setpriority only reads its integer arguments; on Linux, PRIO_PROCESS
+    // with who = 0 applies to the calling thread alone.
+    let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 10) };
+    if rc != 0 {
+        debug!("worker thread priority unchanged");
+    }
+}
+
+/// A worker thread: runs what `jobs` brings with `run`, sends each result with a
+/// ticket back to `results`.
+fn spawn_worker<A: Send + 'static>(
+    name: &str,
+    results: mpsc::UnboundedSender<Input>,
+    mut run: impl FnMut(A) -> Option<Done> + Send + 'static,
+) -> std_mpsc::Sender<(Option<Ticket>, A)> {
+    let (jobs, rx) = std_mpsc::channel::<(Option<Ticket>, A)>();
+    let spawned = std::thread::Builder::new()
+        .name(name.into())
+        .stack_size(256 * 1024)
+        .spawn(move || {
+            lower_priority();
+            while let Ok((ticket, action)) = rx.recv() {
+                if let (Some(result), Some(ticket)) = (run(action), ticket) {
+                    let _ = results.send(Input::Done { ticket, result });
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        warn!("cannot start the {name} thread: {e}");
+    }
+    jobs
 }
 
 fn failure_of(e: &MediaError) -> MediaFailure {
@@ -809,29 +850,28 @@ fn audio_failure_of(e: &AudioError) -> MediaFailure {
 
 impl MediaWorker {
     fn start(media: MediaEngine, results: mpsc::UnboundedSender<Input>) -> MediaWorker {
-        let (jobs, rx) = std_mpsc::channel::<(Option<Ticket>, MediaAction)>();
-        let spawned = std::thread::Builder::new()
-            .name("media-control".into())
-            .stack_size(256 * 1024)
-            .spawn(move || {
-                let mut ringer: Option<Ringer> = None;
-                while let Ok((ticket, action)) = rx.recv() {
-                    if let Some(result) = run_media(&media, &mut ringer, action) {
-                        if let Some(ticket) = ticket {
-                            let _ = results.send(Input::Done { ticket, result });
-                        }
-                    }
-                }
-            });
-        if let Err(e) = spawned {
-            warn!("cannot start the media control thread: {e}");
-        }
-        MediaWorker { jobs }
+        let files_media = media.clone();
+        let mut ringer: Option<Ringer> = None;
+        let control = spawn_worker("media-control", results.clone(), move |action| {
+            run_media(&media, &mut ringer, action)
+        });
+        let mut no_ringer: Option<Ringer> = None;
+        let files = spawn_worker("media-files", results, move |action| {
+            run_media(&files_media, &mut no_ringer, action)
+        });
+        MediaWorker { control, files }
     }
 
     fn push(&self, ticket: Option<Ticket>, action: MediaAction) {
-        if self.jobs.send((ticket, action)).is_err() {
-            warn!("the media control thread is gone");
+        let queue = match action {
+            MediaAction::Play { .. }
+            | MediaAction::StopPlaying { .. }
+            | MediaAction::StartRecording { .. }
+            | MediaAction::StopRecording { .. } => &self.files,
+            _ => &self.control,
+        };
+        if queue.send((ticket, action)).is_err() {
+            warn!("a media worker thread is gone");
         }
     }
 }
@@ -1003,43 +1043,31 @@ impl StoreWorker {
         mut records: Box<dyn Records>,
         results: mpsc::UnboundedSender<Input>,
     ) -> StoreWorker {
-        let (jobs, rx) = std_mpsc::channel::<(Option<Ticket>, StoreAction)>();
-        let spawned = std::thread::Builder::new()
-            .name("store".into())
-            .stack_size(256 * 1024)
-            .spawn(move || {
-                while let Ok((ticket, action)) = rx.recv() {
-                    let result = match action {
-                        StoreAction::SetConfig {
-                            section,
-                            key,
-                            value,
-                        } => Done::Unit(store.set(&section, &key, &value)),
-                        StoreAction::StoreMessage(record) => Done::Unit(archive.store(&record)),
-                        StoreAction::ListMessages { contact } => {
-                            Done::Messages(archive.list(contact.as_deref()))
-                        }
-                        StoreAction::ListHistory => Done::List(records.history()),
-                        StoreAction::ListContacts => Done::List(records.contacts()),
-                        StoreAction::AddContact {
-                            name,
-                            number,
-                            presence,
-                        } => Done::Contact(records.add_contact(&name, &number, presence)),
-                        StoreAction::RemoveContact { number } => Done::Contact(
-                            records
-                                .remove_contact(&number)
-                                .map(|removed| if removed { "removed" } else { "absent" }.into()),
-                        ),
-                    };
-                    if let Some(ticket) = ticket {
-                        let _ = results.send(Input::Done { ticket, result });
-                    }
+        let jobs = spawn_worker("store", results, move |action| {
+            Some(match action {
+                StoreAction::SetConfig {
+                    section,
+                    key,
+                    value,
+                } => Done::Unit(store.set(&section, &key, &value)),
+                StoreAction::StoreMessage(record) => Done::Unit(archive.store(&record)),
+                StoreAction::ListMessages { contact } => {
+                    Done::Messages(archive.list(contact.as_deref()))
                 }
-            });
-        if let Err(e) = spawned {
-            warn!("cannot start the store thread: {e}");
-        }
+                StoreAction::ListHistory => Done::List(records.history()),
+                StoreAction::ListContacts => Done::List(records.contacts()),
+                StoreAction::AddContact {
+                    name,
+                    number,
+                    presence,
+                } => Done::Contact(records.add_contact(&name, &number, presence)),
+                StoreAction::RemoveContact { number } => Done::Contact(
+                    records
+                        .remove_contact(&number)
+                        .map(|removed| if removed { "removed" } else { "absent" }.into()),
+                ),
+            })
+        });
         StoreWorker { jobs }
     }
 

@@ -274,17 +274,25 @@ impl Core {
                 presence,
             } => self.store_then(
                 StoreAction::AddContact {
-                    name,
+                    name: name.clone(),
                     number: number.clone(),
                     presence,
                 },
-                Some(Then::ContactChanged { reply, number }),
+                Some(Then::ContactChanged {
+                    reply,
+                    number,
+                    added: Some((name, presence)),
+                }),
             ),
             ContactsAction::Remove { number } => self.store_then(
                 StoreAction::RemoveContact {
                     number: number.clone(),
                 },
-                Some(Then::ContactChanged { reply, number }),
+                Some(Then::ContactChanged {
+                    reply,
+                    number,
+                    added: None,
+                }),
             ),
         }
     }
@@ -341,11 +349,13 @@ impl Core {
         self.reply(Some(reply), answer);
     }
 
-    /// A contact was added or removed (or was not there).
+    /// A contact was added or removed (or was not there): the address book the
+    /// core keeps follows, and presence with it.
     pub(crate) fn contact_changed(
         &mut self,
         result: Result<String, String>,
         number: String,
+        added: Option<(String, bool)>,
         reply: ReplyTo,
     ) {
         let answer = match result.as_deref() {
@@ -354,7 +364,14 @@ impl Core {
                 format!("there is no contact {number}"),
             ),
             Ok(word) => {
-                self.reload_contacts();
+                self.contacts
+                    .retain(|c| c["number"].as_str() != Some(number.as_str()));
+                if let Some((name, presence)) = added {
+                    self.contacts
+                        .push(json!({ "name": name, "number": number, "presence": presence }));
+                }
+                let active = self.active_account;
+                self.presence_sync(active);
                 ok_with(
                     format!("contact {number} {word}"),
                     json!({ "number": number }),

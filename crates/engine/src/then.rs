@@ -68,8 +68,13 @@ pub(crate) enum Then {
     ContactList { reply: ReplyTo },
     /// The address book, read again after a change (presence follows it).
     ContactsLoaded,
-    /// `contacts add|remove` done.
-    ContactChanged { reply: ReplyTo, number: String },
+    /// `contacts add|remove` done; `added`: the name and presence flag of a
+    /// contact added (the address book the core keeps follows without a re-read).
+    ContactChanged {
+        reply: ReplyTo,
+        number: String,
+        added: Option<(String, bool)>,
+    },
     /// `record start`.
     RecordingStarted {
         call: CallId,
@@ -201,9 +206,14 @@ impl Core {
             ) => self.history_listed(list, missed, limit, reply),
             (Then::ContactList { reply }, Done::List(list)) => self.contacts_listed(list, reply),
             (Then::ContactsLoaded, Done::List(list)) => self.contacts_loaded(list),
-            (Then::ContactChanged { reply, number }, Done::Contact(r)) => {
-                self.contact_changed(r, number, reply)
-            }
+            (
+                Then::ContactChanged {
+                    reply,
+                    number,
+                    added,
+                },
+                Done::Contact(r),
+            ) => self.contact_changed(r, number, added, reply),
             (Then::RecordingStarted { call, reply }, Done::Path(r)) => {
                 self.recording_started(call, r, reply)
             }

@@ -2,6 +2,7 @@
 //! Each test builds a [`Core`] from an ini text, feeds it inputs (commands, SIP
 //! signals, results of the actions it asked for) at times it chooses, and checks the
 //! outputs: the SIP and media actions, the replies and the events.
+#![allow(clippy::unwrap_used, unsafe_code)] // test code: a failed unwrap is a failed test
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime};

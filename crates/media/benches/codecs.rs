@@ -7,6 +7,7 @@
 //!
 //! `cargo bench -p microsip-media --bench codecs` (add `-- --quick` for a short run,
 //! or a filter such as `-- encode`).
+#![allow(clippy::unwrap_used, unsafe_code)] // test code: a failed unwrap is a failed test
 
 use std::hint::black_box;
 use std::path::{Path, PathBuf};

@@ -24,6 +24,9 @@
 //! band (20 kHz) libopus 1.3.1 stops adding FEC data at 32 kbit/s; at 12 kHz it
 //! keeps it. pjsip (and so MicroSIP) also defaults to complexity 5.
 
+// This module is the binding to libopus (C): its FFI calls are unsafe by nature.
+#![allow(unsafe_code)]
+
 use std::ffi::c_int;
 use std::fmt;
 use std::ptr::NonNull;

@@ -1,6 +1,7 @@
 //! The receive path as the media engine runs it, without sockets: G.711 packets go
 //! through a lossy, jittery "network" into the jitter buffer; each 20 ms tick pops a
 //! frame and decodes it, or conceals it, and "plays" it.
+#![allow(clippy::unwrap_used, unsafe_code)] // test code: a failed unwrap is a failed test
 
 use microsip_media::g711;
 use microsip_media::jitter::{JitterBuffer, JitterConfig, Playout};

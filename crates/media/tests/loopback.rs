@@ -2,6 +2,7 @@
 //! files, errors. What a call's media does (audio, jitter, RTCP, DTMF, latching,
 //! hold) is tested on a fake clock in `tests/session.rs`; here only what needs the
 //! real sockets and the real clock.
+#![allow(clippy::unwrap_used, unsafe_code)] // test code: a failed unwrap is a failed test
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};

@@ -1,6 +1,7 @@
 //! RTCP through the engine's real sockets: which port reports leave from (RTP + 1, or
 //! the RTP port with rtcp-mux) and reach, the BYE on close. The reports' numbers
 //! (loss, jitter, round trip) are tested on a fake clock in `tests/session.rs`.
+#![allow(clippy::unwrap_used, unsafe_code)] // test code: a failed unwrap is a failed test
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::sync::mpsc;

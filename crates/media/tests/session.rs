@@ -3,6 +3,7 @@
 //! numbers, DTMF both ways, symmetric-RTP latching, hold. No socket, no sleep: every
 //! datagram goes through [`Net`], which delivers it after a chosen delay (or drops
 //! it), and time moves only when [`Net::step`] says so.
+#![allow(clippy::unwrap_used, unsafe_code)] // test code: a failed unwrap is a failed test
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};

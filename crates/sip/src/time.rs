@@ -86,6 +86,7 @@ impl LocalTime {
 
 /// `secs` since the Unix epoch on the local clock (UTC when the time zone cannot
 /// be read).
+#[allow(unsafe_code)] // localtime_r: a libc call, see the SAFETY note
 pub fn local_time(secs: i64) -> LocalTime {
     let converted = libc::time_t::try_from(secs).ok().and_then(|time| {
         // SAFETY: `localtime_r` only reads `time` and writes the `tm` we own; a zeroed

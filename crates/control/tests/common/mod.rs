@@ -1,4 +1,5 @@
 //! Helpers shared by the control crate's integration tests.
+#![allow(clippy::unwrap_used, unsafe_code)] // test code: a failed unwrap is a failed test
 
 use std::fs;
 use std::path::PathBuf;
