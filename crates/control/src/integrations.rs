@@ -10,9 +10,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use microsip_config::{Config, IniFile};
+use microsip_config::{Config, IniDocument, IniFile};
 use microsip_engine::{EventKind, Observed};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tracing::warn;
 
 use crate::calllog::{CallLog, CallRecord};
@@ -33,7 +33,6 @@ struct CallInfo {
 struct Integrations {
     config: Config,
     hooks: HookRunner,
-    ini: Arc<Mutex<IniFile>>,
     log: Option<Arc<CallLog>>,
     calls: HashMap<u64, CallInfo>,
     /// File writes (history, dialed list, CSV rows), in order, on the writer thread,
@@ -41,11 +40,26 @@ struct Integrations {
     writes: std::sync::mpsc::Sender<FileWrite>,
 }
 
-/// One write for the writer thread.
-type FileWrite = Box<dyn FnOnce() + Send>;
+/// A change to the ini document (the history, the dialed list).
+type IniChange = Box<dyn FnOnce(&mut IniDocument) -> Result<(), String> + Send>;
 
-/// Runs file writes in the order they were queued until every sender is gone.
-fn spawn_writer() -> std::io::Result<(
+/// One job for the writer thread.
+enum FileWrite {
+    /// Change the ini (saved with the other changes queued with it).
+    Ini(IniChange),
+    /// Any other write (a CSV row).
+    Other(Box<dyn FnOnce() + Send>),
+    /// Say when everything queued before is on disk.
+    Written(oneshot::Sender<()>),
+}
+
+/// Runs file writes until every sender is gone. Whatever is queued when the thread
+/// wakes is done as one batch: the ini is read and saved once for all the changes
+/// in it (a burst of ended calls costs one rewrite, not one each), other writes run
+/// in order, and only then are the waiters told.
+fn spawn_writer(
+    ini: Arc<Mutex<IniFile>>,
+) -> std::io::Result<(
     std::sync::mpsc::Sender<FileWrite>,
     std::thread::JoinHandle<()>,
 )> {
@@ -53,11 +67,53 @@ fn spawn_writer() -> std::io::Result<(
     let thread = std::thread::Builder::new()
         .name("integrations-files".into())
         .spawn(move || {
-            for write in rx {
-                write();
+            while let Ok(first) = rx.recv() {
+                let mut batch = vec![first];
+                batch.extend(rx.try_iter());
+                write_batch(&ini, batch);
             }
         })?;
     Ok((tx, thread))
+}
+
+/// One batch of the writer thread (see [`spawn_writer`]).
+fn write_batch(ini: &Mutex<IniFile>, batch: Vec<FileWrite>) {
+    let mut changes = Vec::new();
+    let mut waiters = Vec::new();
+    for job in batch {
+        match job {
+            FileWrite::Ini(change) => changes.push(change),
+            FileWrite::Other(write) => write(),
+            FileWrite::Written(tx) => waiters.push(tx),
+        }
+    }
+    if !changes.is_empty() {
+        save_changes(ini, changes);
+    }
+    for w in waiters {
+        let _ = w.send(());
+    }
+}
+
+/// Re-reads the ini under the lock every writer of it shares (so no one's change is
+/// lost), applies `changes` in order and saves it atomically, once.
+fn save_changes(ini: &Mutex<IniFile>, changes: Vec<IniChange>) {
+    let Ok(mut file) = ini.lock() else {
+        warn!("history not saved: the ini lock is poisoned");
+        return;
+    };
+    if let Err(e) = file.reload() {
+        warn!("history not saved: {e}");
+        return;
+    }
+    for change in changes {
+        if let Err(e) = change(file.doc_mut()) {
+            warn!("history not saved: {e}");
+        }
+    }
+    if let Err(e) = file.save() {
+        warn!("history not saved: {e}");
+    }
 }
 
 /// How long the phone waits at exit for the last history/log writes and for hooks
@@ -100,14 +156,13 @@ pub fn spawn(
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let (writes, writer) = spawn_writer()?;
+    let (writes, writer) = spawn_writer(ini.clone())?;
     let thread = std::thread::Builder::new()
         .name("integrations".into())
         .spawn(move || {
             let mut me = Integrations {
                 hooks: HookRunner::new(&config.settings.hooks),
                 config,
-                ini,
                 log: log.map(|path| Arc::new(CallLog::new(path))),
                 calls: HashMap::new(),
                 writes,
@@ -266,9 +321,7 @@ impl Integrations {
         }
         if let Some(written) = written {
             // Queued behind this event's writes: sent once they are done.
-            self.queue(move || {
-                let _ = written.send(());
-            });
+            self.send(FileWrite::Written(written));
         }
     }
 
@@ -325,7 +378,11 @@ impl Integrations {
     }
 
     fn queue(&self, write: impl FnOnce() + Send + 'static) {
-        if self.writes.send(Box::new(write)).is_err() {
+        self.send(FileWrite::Other(Box::new(write)));
+    }
+
+    fn send(&self, job: FileWrite) {
+        if self.writes.send(job).is_err() {
             warn!("history/call log not written: the writer thread is gone");
         }
     }
@@ -335,26 +392,9 @@ impl Integrations {
     /// Queued on the writer thread like every other file write.
     fn with_ini(
         &self,
-        change: impl FnOnce(&mut microsip_config::IniDocument) -> Result<(), String> + Send + 'static,
+        change: impl FnOnce(&mut IniDocument) -> Result<(), String> + Send + 'static,
     ) {
-        let ini = self.ini.clone();
-        self.queue(move || {
-            let Ok(mut file) = ini.lock() else {
-                warn!("history not saved: the ini lock is poisoned");
-                return;
-            };
-            if let Err(e) = file.reload() {
-                warn!("history not saved: {e}");
-                return;
-            }
-            if let Err(e) = change(file.doc_mut()) {
-                warn!("history not saved: {e}");
-                return;
-            }
-            if let Err(e) = file.save() {
-                warn!("history not saved: {e}");
-            }
-        });
+        self.send(FileWrite::Ini(Box::new(change)));
     }
 }
 

@@ -101,47 +101,107 @@ enum Publish {
     Subscribe(Snapshot, oneshot::Sender<NewSubscriber>),
 }
 
-/// Hands events to the observers and then to the stream, one after the other; a
-/// `call.ended` goes to the stream once the observers wrote it down. Runs as a task
-/// of its own so the signalling task never waits for a disk.
+/// What the publisher holds back until the observers wrote it down.
+enum Held {
+    /// An event and the writes it waits for (none left: it can go).
+    Event {
+        event: Event,
+        writes: Vec<oneshot::Receiver<()>>,
+        deadline: tokio::time::Instant,
+    },
+    /// A subscriber, in its place among the events.
+    Subscribe(Snapshot, oneshot::Sender<NewSubscriber>),
+}
+
+/// Hands every event to the observers at once, and to the stream in order, a
+/// `call.ended` (and what came after it) only once the observers wrote it down (at
+/// most [`WRITTEN_WAIT`]). The observers get the events without waiting, so their
+/// writes can go in batches. Runs as a task of its own so the signalling task never
+/// waits for a disk.
 async fn publisher(
     mut queue: mpsc::UnboundedReceiver<Publish>,
     events: broadcast::Sender<Event>,
     mut observers: Vec<mpsc::UnboundedSender<Observed>>,
 ) {
-    while let Some(item) = queue.recv().await {
-        match item {
-            Publish::Event(event) => {
-                let durable = matches!(event.kind, crate::event::EventKind::CallEnded { .. });
-                let mut writes = Vec::new();
-                observers.retain(|o| {
-                    let (tx, rx) = if durable {
-                        let (tx, rx) = oneshot::channel();
-                        (Some(tx), Some(rx))
-                    } else {
-                        (None, None)
-                    };
-                    let sent = o
-                        .send(Observed {
-                            event: event.clone(),
-                            written: tx,
-                        })
-                        .is_ok();
-                    if sent {
-                        writes.extend(rx);
-                    }
-                    sent
-                });
-                for w in writes {
-                    if tokio::time::timeout(WRITTEN_WAIT, w).await.is_err() {
-                        warn!("event {} went out before it was written down", event.seq);
+    let mut held: std::collections::VecDeque<Held> = std::collections::VecDeque::new();
+    let mut open = true;
+    while open || !held.is_empty() {
+        // Out with everything at the head that waits for nothing more.
+        while let Some(front) = held.front() {
+            if let Held::Event { writes, .. } = front {
+                if !writes.is_empty() {
+                    break;
+                }
+            }
+            match held.pop_front() {
+                Some(Held::Event { event, .. }) => {
+                    // No subscriber is fine.
+                    let _ = events.send(event);
+                }
+                Some(Held::Subscribe(snapshot, reply)) => {
+                    let _ = reply.send((snapshot, events.subscribe()));
+                }
+                None => {}
+            }
+        }
+        let head_written = async {
+            match held.front_mut() {
+                Some(Held::Event {
+                    writes, deadline, ..
+                }) => {
+                    // Each write is taken off the list once done, so a wait cut
+                    // short by a new event never polls a finished one again.
+                    while let Some(w) = writes.first_mut() {
+                        if tokio::time::timeout_at(*deadline, w).await.is_err() {
+                            warn!("an event went out before it was written down");
+                            writes.clear();
+                            break;
+                        }
+                        writes.remove(0);
                     }
                 }
-                // No subscriber is fine.
-                let _ = events.send(event);
+                _ => std::future::pending().await,
             }
-            Publish::Subscribe(snapshot, reply) => {
-                let _ = reply.send((snapshot, events.subscribe()));
+        };
+        tokio::select! {
+            item = queue.recv(), if open => match item {
+                Some(Publish::Event(event)) => {
+                    let durable =
+                        matches!(event.kind, crate::event::EventKind::CallEnded { .. });
+                    let mut writes = Vec::new();
+                    observers.retain(|o| {
+                        let (tx, rx) = if durable {
+                            let (tx, rx) = oneshot::channel();
+                            (Some(tx), Some(rx))
+                        } else {
+                            (None, None)
+                        };
+                        let sent = o
+                            .send(Observed {
+                                event: event.clone(),
+                                written: tx,
+                            })
+                            .is_ok();
+                        if sent {
+                            writes.extend(rx);
+                        }
+                        sent
+                    });
+                    held.push_back(Held::Event {
+                        event,
+                        writes,
+                        deadline: tokio::time::Instant::now() + WRITTEN_WAIT,
+                    });
+                }
+                Some(Publish::Subscribe(snapshot, reply)) => {
+                    held.push_back(Held::Subscribe(snapshot, reply));
+                }
+                None => open = false,
+            },
+            () = head_written => {
+                if let Some(Held::Event { writes, .. }) = held.front_mut() {
+                    writes.clear();
+                }
             }
         }
     }
