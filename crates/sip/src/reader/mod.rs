@@ -407,7 +407,9 @@ fn check_request(p: &Parsed, problem: Option<Bad>) -> Result<(), Refusal> {
     if !version.eq_ignore_ascii_case("SIP/2.0") {
         let v = version.get(4..).unwrap_or_default();
         let numeric = version.len() > 4
-            && version[..4].eq_ignore_ascii_case("SIP/")
+            && version
+                .get(..4)
+                .is_some_and(|p| p.eq_ignore_ascii_case("SIP/"))
             && v.split_once('.').is_some_and(|(a, b)| {
                 !a.is_empty()
                     && !b.is_empty()
