@@ -1,7 +1,8 @@
 //! Raw bytes into our SIP reader, as the stack feeds it: as UDP datagrams and as
 //! the reads off one TCP connection (framed by Content-Length). Whatever the
-//! reader answers must be a SIP response rsipstack reads; whatever it hands on
-//! goes to rsipstack's parser as the stack does (which must not panic).
+//! reader answers must be a SIP response rsipstack reads, and whatever it hands on
+//! must be a message rsipstack's parser reads (the reader's promise: it rewrites
+//! what it passes into the spelling the stack reads).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -18,7 +19,12 @@ fn check(verdicts: Vec<Verdict>) {
     for verdict in verdicts {
         match verdict {
             Verdict::Pass(bytes) => {
-                let _ = SipMessage::try_from(bytes.as_slice());
+                if let Err(e) = SipMessage::try_from(bytes.as_slice()) {
+                    panic!(
+                        "we hand on what the stack cannot parse ({e}): {}",
+                        String::from_utf8_lossy(&bytes)
+                    );
+                }
             }
             Verdict::Answer(bytes) => {
                 assert!(bytes.starts_with(b"SIP/2.0 "), "answer: {bytes:?}");
