@@ -20,6 +20,8 @@ APT_PACKAGES=(
   pulseaudio pulseaudio-utils libasound2-plugins
   # to build the `pesq` wheel from source on Debian's Python
   python3-dev gcc
+  # libFuzzer (C++) for the fuzz targets (scripts/fuzz.sh)
+  g++
 )
 PY_PACKAGES=(pytest numpy pesq)
 

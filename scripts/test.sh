@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The one test command: installs the test peers, then runs format, lint, unit
-# tests, builds the phone and runs the end-to-end tests against Kamailio, SIPp and
-# baresip. Exits non-zero on the first failure. CI runs this (.ci/run).
+# tests, a short run of every fuzz target (scripts/fuzz.sh), builds the phone and
+# runs the end-to-end tests against Kamailio, SIPp and baresip. Exits non-zero on
+# the first failure. CI runs this (.ci/run).
 #
 # The harness's own tests (tests/e2e/test_peers.py, test_call_peers.py,
 # test_audio_tools.py: Kamailio's config, the SIPp scenarios and the audio measures
@@ -51,6 +52,11 @@ nice -n 15 cargo clippy --workspace --all-targets -- -D warnings
 
 step "cargo test"
 nice -n 15 cargo test --workspace
+
+step "fuzz targets, 15 s each (scripts/fuzz.sh; fails on a crash)"
+# Without a sanitizer here (the build is much shorter; a panic is still a crash);
+# longer runs use AddressSanitizer (scripts/fuzz.sh's default).
+FUZZ_SANITIZER="${FUZZ_SANITIZER:-none}" scripts/fuzz.sh all "${FUZZ_SECONDS:-15}"
 
 step "cargo build -p microsip"
 nice -n 15 cargo build -p microsip

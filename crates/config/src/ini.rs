@@ -371,7 +371,10 @@ fn decode(bytes: &[u8], problems: &mut Vec<IniProblem>) -> (String, SourceEncodi
         text: String::new(),
         message,
     };
-    let utf16 = |body: &[u8], le: bool, problems: &mut Vec<IniProblem>| {
+    // A UTF-16 file is written back as UTF-8, where a U+FEFF at the start reads as
+    // the UTF-8 mark: marks repeated after the first (saved as text too) are not
+    // text, so the document reads the same before and after a rewrite.
+    let utf16 = |body: &[u8], le: bool, problems: &mut Vec<IniProblem>| -> String {
         if !body.chunks_exact(2).remainder().is_empty() {
             problems.push(whole_file(
                 "UTF-16 file has an odd number of bytes; the last byte is ignored".into(),
@@ -387,7 +390,7 @@ fn decode(bytes: &[u8], problems: &mut Vec<IniProblem>) -> (String, SourceEncodi
                 }
             })
             .collect();
-        match String::from_utf16(&units) {
+        let text = match String::from_utf16(&units) {
             Ok(s) => s,
             Err(_) => {
                 problems.push(whole_file(
@@ -395,6 +398,10 @@ fn decode(bytes: &[u8], problems: &mut Vec<IniProblem>) -> (String, SourceEncodi
                 ));
                 String::from_utf16_lossy(&units)
             }
+        };
+        match text.strip_prefix('\u{FEFF}') {
+            Some(_) => text.trim_start_matches('\u{FEFF}').to_owned(),
+            None => text,
         }
     };
     if let Some(body) = bytes.strip_prefix(&[0xEF, 0xBB, 0xBF]) {
@@ -1035,6 +1042,25 @@ mod tests {
             assert_eq!(doc.get("Account1", "displayName"), Some("Zoë"));
             assert_eq!(doc.to_bytes(), text.as_bytes());
         }
+    }
+
+    /// Found by fuzzing (fuzz/fuzz_targets/ini.rs): a UTF-16 file whose mark is
+    /// doubled read its first line with a U+FEFF before `[Settings]` (the section
+    /// was lost), and written back as UTF-8 the U+FEFF became the UTF-8 mark, so
+    /// the rewritten file read differently.
+    #[test]
+    fn fuzz_utf16_with_doubled_mark() {
+        let text = "[Settings]\r\naccountId=1\r\n";
+        let mut le = vec![0xFF, 0xFE, 0xFF, 0xFE];
+        for u in text.encode_utf16() {
+            le.extend_from_slice(&u.to_le_bytes());
+        }
+        let (doc, problems) = IniDocument::parse(&le);
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(doc.get("Settings", "accountId"), Some("1"));
+        assert_eq!(doc.to_bytes(), text.as_bytes());
+        let (again, _) = IniDocument::parse(&doc.to_bytes());
+        assert!(again.to_string() == doc.to_string());
     }
 
     #[test]

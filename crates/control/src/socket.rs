@@ -279,6 +279,18 @@ struct Request {
     words: Vec<String>,
 }
 
+/// Parses one request line as the socket reads it (plain words, a DDE execute
+/// string, or the JSON form `{"argv": [...]}` / `{"command": "..."}`) into the
+/// commands it asks for, or the reply that refuses it; with the JSON form, the
+/// reply as it would be written back (JSON, the token echoed) for a refusal. Public
+/// for the fuzz target `fuzz/fuzz_targets/json_request.rs`.
+pub fn parse_request_line(bytes: &[u8]) -> Result<Vec<Command>, String> {
+    let request = parse_request(bytes);
+    request
+        .command
+        .map_err(|reply| render(&reply, &request.json))
+}
+
 fn parse_request(bytes: &[u8]) -> Request {
     let Ok(text) = std::str::from_utf8(bytes) else {
         return Request {

@@ -21,6 +21,7 @@ pub use call::{
     Responder, SessionExpires, SessionTimerAsk, SignalKind,
 };
 pub use message::{send_message, IncomingMessage, MessageSender};
+pub use reader::{read_input, Verdict};
 pub use registration::{
     Outcome, Registration, RegistrationConfig, RegistrationEvent, SipTransport,
 };

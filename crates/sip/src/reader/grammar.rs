@@ -248,12 +248,13 @@ impl<'a> Cursor<'a> {
                     return Ok(&self.s[start..self.i]);
                 }
                 Some(b'\\') => {
-                    // quoted-pair: any octet but CR and LF.
-                    match self.s.as_bytes().get(self.i + 1) {
-                        Some(b'\r') | Some(b'\n') | None => {
+                    // quoted-pair: any octet but CR and LF; a character beyond
+                    // ASCII (RFC 3261 allows none) is taken whole, not cut.
+                    match self.s[self.i + 1..].chars().next() {
+                        Some('\r') | Some('\n') | None => {
                             return Err("bad escape in quoted string")
                         }
-                        Some(_) => self.i += 2,
+                        Some(escaped) => self.i += 1 + escaped.len_utf8(),
                     }
                 }
                 Some(b) if b < 0x20 && b != b'\t' => {
@@ -635,6 +636,18 @@ mod tests {
         assert!(uri_ok("soap.beep://192.0.2.103:3002", false).is_ok());
         assert!(uri_ok("nobodyKnowsThisScheme:totallyopaquecontent", false).is_ok());
         assert!(uri_ok("<sip:user@example.com>", false).is_err());
+    }
+
+    /// Found by fuzzing (fuzz/fuzz_targets/sip_reader.rs): a backslash before a
+    /// character beyond ASCII in a quoted display name (a Latin-1 byte, read as
+    /// U+FFFD) stepped two bytes, into that character, and the reader panicked.
+    #[test]
+    fn fuzz_escape_before_a_wide_character_in_a_quoted_string() {
+        let a = name_addr("\"NUL:\\\u{FFFD} x\" <sip:u@example.com>;tag=1").expect("read");
+        assert_eq!(a.uri, "sip:u@example.com");
+        let a = name_addr("\"\\é\" <sip:u@example.com>").expect("read");
+        assert_eq!(a.uri, "sip:u@example.com");
+        assert!(name_addr("\"a\\\u{FFFD}").is_err());
     }
 
     #[test]

@@ -67,7 +67,7 @@ pub(crate) const MAX_MESSAGE: usize = 65_535;
 
 /// What to do with one message.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Verdict {
+pub enum Verdict {
     /// Hand it to the stack: the message in the stack's spelling.
     Pass(Vec<u8>),
     /// Send this response back; the request goes no further.
@@ -407,7 +407,9 @@ fn check_request(p: &Parsed, problem: Option<Bad>) -> Result<(), Refusal> {
     if !version.eq_ignore_ascii_case("SIP/2.0") {
         let v = version.get(4..).unwrap_or_default();
         let numeric = version.len() > 4
-            && version[..4].eq_ignore_ascii_case("SIP/")
+            && version
+                .get(..4)
+                .is_some_and(|p| p.eq_ignore_ascii_case("SIP/"))
             && v.split_once('.').is_some_and(|(a, b)| {
                 !a.is_empty()
                     && !b.is_empty()
@@ -1025,3 +1027,44 @@ pub(crate) struct Restored {
 
 #[cfg(test)]
 mod tests;
+
+/// Runs outside input through the reader as the stack does, for tests and fuzz
+/// targets outside this crate (`fuzz/fuzz_targets/sip_reader.rs`): with `stream`
+/// false, `chunks` are UDP datagrams, each read on its own; with `stream` true,
+/// they are the reads off one TCP connection, framed by Content-Length as they
+/// arrive and each framed message read (keep-alive pings give no verdict; a stream
+/// that cannot be framed any more ends there, as the stack closes it). The source
+/// is a fixed address; one echo book serves the whole input.
+pub fn read_input<'a>(chunks: impl IntoIterator<Item = &'a [u8]>, stream: bool) -> Vec<Verdict> {
+    let config = ReaderConfig {
+        server: "microsip-rs".into(),
+        allow: "INVITE, ACK, CANCEL, BYE",
+    };
+    let echo = EchoBook::default();
+    let source = SocketAddr::from(([192, 0, 2, 1], 5060));
+    let mut verdicts = Vec::new();
+    let mut buf = Vec::new();
+    for chunk in chunks {
+        if !stream {
+            verdicts.push(read(chunk, false, source, &config, &echo));
+            continue;
+        }
+        buf.extend_from_slice(chunk);
+        loop {
+            match next_frame(&mut buf) {
+                Frame::More => break,
+                Frame::Ping => {}
+                Frame::Message(message) => {
+                    verdicts.push(read(&message, true, source, &config, &echo));
+                }
+                Frame::Broken(message) => {
+                    if let Some(message) = message {
+                        verdicts.push(read(&message, true, source, &config, &echo));
+                    }
+                    return verdicts;
+                }
+            }
+        }
+    }
+    verdicts
+}

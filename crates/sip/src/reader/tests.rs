@@ -403,3 +403,16 @@ fn rport_asked_for_is_filled_in_place_in_the_echo() {
     };
     assert!(book.restore(&dropped).is_none());
 }
+
+/// Found by fuzzing (fuzz/fuzz_targets/sip_reader.rs): a SIP version with bytes
+/// that are not UTF-8 right after `SIP` (read as U+FFFD, three bytes) made the
+/// version check slice inside a character and panic. It is a bad version: 400.
+#[test]
+fn fuzz_version_with_non_utf8_after_sip_is_400() {
+    let msg = b"OPTIONS sip:user@example.com SIP\xff//2.0\r\n\
+Via: SIP/2.0/UDP host.example.com;branch=z9hG4bKfz1\r\n\
+To: <sip:user@example.com>\r\nFrom: <sip:caller@example.com>;tag=1\r\n\
+Call-ID: fz1\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n";
+    assert_eq!(outcome(&verdict(msg, false)), 400);
+    assert_eq!(outcome(&verdict(msg, true)), 400);
+}

@@ -1,0 +1,55 @@
+//! Any bytes as a remote SDP: parsed, then answered as an offer and accepted as an
+//! answer, with local media options taken from the first byte. An answer we build
+//! must parse again and name a codec we have.
+#![no_main]
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use libfuzzer_sys::fuzz_target;
+use microsip_media::{accept_answer, answer, parse_sdp, Codec, Direction, LocalMedia};
+
+fn local(flags: u8) -> LocalMedia {
+    let mut codecs = vec![Codec::Opus, Codec::G722, Codec::Pcmu, Codec::Pcma];
+    codecs.rotate_left(usize::from(flags & 3));
+    if flags & 4 != 0 {
+        codecs.truncate(1);
+    }
+    LocalMedia {
+        ip: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7)),
+        port: 4000,
+        codecs,
+        telephone_event: flags & 8 != 0,
+        direction: if flags & 16 != 0 {
+            Direction::SendOnly
+        } else {
+            Direction::SendRecv
+        },
+        session_id: 1,
+        version: 1,
+        opus_stereo: flags & 32 != 0,
+        prefer_own_order: flags & 64 != 0,
+        offer_first_only: flags & 128 != 0,
+    }
+}
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&flags, rest)) = data.split_first() else {
+        return;
+    };
+    let text = String::from_utf8_lossy(rest);
+    let Ok(remote) = parse_sdp(&text) else {
+        return;
+    };
+    let local = local(flags);
+    let _ = accept_answer(&remote, &local);
+    if let Ok((ours, negotiated)) = answer(&remote, &local) {
+        assert!(
+            local.codecs.contains(&negotiated.codec),
+            "negotiated {:?}, not ours",
+            negotiated.codec
+        );
+        if let Err(e) = parse_sdp(&ours) {
+            panic!("our answer does not parse again ({e}):\n{ours}");
+        }
+    }
+});
