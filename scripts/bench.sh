@@ -15,4 +15,7 @@ python3 bench/integrations.py
 python3 bench/codec_calls.py
 python3 bench/pesq_loss.py
 python3 bench/control_under_load.py  # MICROSIP_BIN_BEFORE=OLD_BINARY adds a row for it
+python3 bench/startup.py
+python3 bench/connections.py
+python3 bench/soak.py
 cargo bench -p microsip-media --bench codecs
