@@ -4,6 +4,8 @@
 //! real sockets and the real clock.
 #![allow(clippy::unwrap_used, unsafe_code)] // test code: a failed unwrap is a failed test
 
+mod common;
+use common::dominant;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -73,25 +75,6 @@ fn negotiated(codec: Codec, remote_port: u16) -> Negotiated {
         rtcp: None,
         rtcp_mux: false,
     }
-}
-
-fn goertzel(x: &[i16], freq: f64) -> f64 {
-    let w = std::f64::consts::TAU * freq / f64::from(BUS_RATE);
-    let c = 2.0 * w.cos();
-    let (mut s1, mut s2) = (0.0, 0.0);
-    for &v in x {
-        let s = f64::from(v) + c * s1 - s2;
-        s2 = s1;
-        s1 = s;
-    }
-    (s1 * s1 + s2 * s2 - c * s1 * s2) / (x.len() as f64).powi(2)
-}
-
-fn dominant(x: &[i16]) -> u32 {
-    (50..=3950)
-        .step_by(10)
-        .max_by(|a, b| goertzel(x, f64::from(*a)).total_cmp(&goertzel(x, f64::from(*b))))
-        .unwrap()
 }
 
 fn read_wav(path: &Path) -> Vec<i16> {

@@ -5,11 +5,13 @@
 //! it), and time moves only when [`Net::step`] says so.
 #![allow(clippy::unwrap_used, unsafe_code)] // test code: a failed unwrap is a failed test
 
+mod common;
+use common::dominant;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use microsip_media::audio::{NullSource, ToneSource, SAMPLE_RATE};
+use microsip_media::audio::{NullSource, ToneSource};
 use microsip_media::mixer::Mixer;
 use microsip_media::rtcp::{self, RtcpPacket};
 use microsip_media::{
@@ -256,27 +258,6 @@ impl Net {
             }
         }
     }
-}
-
-/// Power of `freq` in `x`, normalised by length.
-fn goertzel(x: &[i16], freq: f64) -> f64 {
-    let w = std::f64::consts::TAU * freq / f64::from(SAMPLE_RATE);
-    let c = 2.0 * w.cos();
-    let (mut s1, mut s2) = (0.0, 0.0);
-    for &v in x {
-        let s = f64::from(v) + c * s1 - s2;
-        s2 = s1;
-        s1 = s;
-    }
-    (s1 * s1 + s2 * s2 - c * s1 * s2) / (x.len() as f64).powi(2)
-}
-
-/// The strongest frequency in `x`, to 10 Hz.
-fn dominant(x: &[i16]) -> u32 {
-    (50..=3950)
-        .step_by(10)
-        .max_by(|a, b| goertzel(x, f64::from(*a)).total_cmp(&goertzel(x, f64::from(*b))))
-        .unwrap()
 }
 
 fn rms(x: &[i16]) -> f64 {
