@@ -19,7 +19,7 @@ use rsipstack::sip::{
 use rsipstack::transaction::transaction::Transaction;
 use rsipstack::transaction::{make_tag, random_text};
 use tokio::sync::{mpsc, oneshot};
-use tokio::time::{sleep_until, Instant};
+use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::call::{content_type, strip_angle, CallerAccount, Calls};
@@ -28,7 +28,8 @@ use crate::event_bodies::{
     parse_message_summary, parse_pidf, pidf_document, MessageSummary, Presence,
 };
 use crate::message::MessageSender;
-use crate::registration::{backoff, reason_of, refresh_after};
+use crate::refresh::{RefreshSchedule, SUBSCRIBE_REFUSALS};
+use crate::registration::reason_of;
 use crate::request::{send_and_wait, NoAnswer};
 use crate::stack::SipStack;
 
@@ -327,15 +328,24 @@ fn after_termination(reason: &str, retry_after: Option<u32>) -> Next {
     }
 }
 
-/// Seconds before trying again after the `failures`-th failure (≥ 1) with `code`:
-/// the registration back-off, starting at 30 s for refusals that will not change
-/// soon (no such user, method or event package not supported).
-fn retry_wait(failures: u32, code: u16) -> u32 {
-    let code = match code {
-        404 | 405 | 489 | 501 | 603 => 403,
-        c => c,
-    };
-    backoff(failures.saturating_sub(1), code)
+/// Plans the next SUBSCRIBE after one failed with `code`: at once when a refresh
+/// found that the notifier lost our dialog (481) or did not answer (408) and this is
+/// the first failure since the last success; else after the back-off (refusals such
+/// as 404, 405, 489, 501 and 603 from 30 s; a Retry-After wins). Returns the wait in
+/// seconds.
+fn after_failed_subscribe(
+    schedule: &mut RefreshSchedule,
+    now: Instant,
+    refresh: bool,
+    code: u16,
+    retry_after: Option<u32>,
+) -> u32 {
+    let wait = schedule.failed(now, code, retry_after);
+    if refresh && matches!(code, 481 | 408) && schedule.failures() == 1 {
+        schedule.due_now(now);
+        return 0;
+    }
+    wait
 }
 
 enum Control {
@@ -393,10 +403,9 @@ struct Sub {
 
 async fn run_subscription(mut sub: Sub, mut control: mpsc::UnboundedReceiver<Control>) {
     sub.route(true);
-    let mut next: Option<Instant> = Some(Instant::now());
-    let mut failures: u32 = 0;
+    let mut schedule = RefreshSchedule::new(SUBSCRIBE_REFUSALS);
+    schedule.due_now(Instant::now());
     loop {
-        let far = Instant::now() + Duration::from_secs(86_400);
         tokio::select! {
             c = control.recv() => {
                 if sub.dialog.established {
@@ -410,35 +419,26 @@ async fn run_subscription(mut sub: Sub, mut control: mpsc::UnboundedReceiver<Con
             }
             Some(tx) = sub.notifies.recv() => {
                 let asked = sub.on_notify(tx).await;
-                next = sub.follow(asked, next);
+                sub.follow(asked, &mut schedule);
             }
-            _ = sleep_until(next.unwrap_or(far)), if next.is_some() => {
+            _ = schedule.wait() => {
                 let refresh = sub.dialog.established;
                 let result = sub.exchange(sub.config.expires).await;
-                next = match result {
+                match result {
                     Ok(granted) => {
-                        failures = 0;
                         if !refresh {
                             sub.report("active", 200, "subscribed");
                         }
-                        Some(Instant::now() + refresh_after(granted.max(10)))
+                        schedule.succeeded(Instant::now(), granted.max(10));
                     }
                     Err((code, reason, retry)) => {
                         sub.report("failed", code, &reason);
-                        failures = failures.saturating_add(1);
-                        if refresh && matches!(code, 481 | 408) && failures == 1 {
-                            // The notifier lost our dialog: start a new one now.
-                            sub.new_dialog();
-                            Some(Instant::now())
-                        } else {
-                            sub.new_dialog();
-                            let wait = retry.unwrap_or_else(|| retry_wait(failures, code));
-                            Some(Instant::now() + Duration::from_secs(u64::from(wait)))
-                        }
+                        sub.new_dialog();
+                        after_failed_subscribe(&mut schedule, Instant::now(), refresh, code, retry);
                     }
                 };
                 if let Some(asked) = sub.pending.take() {
-                    next = sub.follow(asked, next);
+                    sub.follow(asked, &mut schedule);
                 }
             }
         }
@@ -481,21 +481,18 @@ impl Sub {
         self.route(true);
     }
 
-    /// Applies what a NOTIFY asked to the refresh timer.
-    fn follow(&mut self, asked: Next, next: Option<Instant>) -> Option<Instant> {
+    /// Applies what a NOTIFY asked to the refresh schedule.
+    fn follow(&mut self, asked: Next, schedule: &mut RefreshSchedule) {
         match asked {
-            Next::Stay => next,
-            Next::Expires(secs) => {
-                let at = Instant::now() + refresh_after(secs.max(1));
-                Some(next.map_or(at, |n| n.min(at)))
-            }
+            Next::Stay => {}
+            Next::Expires(secs) => schedule.expires_in(Instant::now(), secs.max(1)),
             Next::Resubscribe(after) => {
                 self.new_dialog();
-                Some(Instant::now() + Duration::from_secs(u64::from(after)))
+                schedule.due_in(Instant::now(), after);
             }
             Next::Ended => {
                 self.new_dialog();
-                None
+                schedule.stop();
             }
         }
     }
@@ -861,8 +858,8 @@ struct Publisher {
 }
 
 async fn run_publication(mut p: Publisher, mut control: mpsc::UnboundedReceiver<Control>) {
-    let mut next = Instant::now();
-    let mut failures: u32 = 0;
+    let mut schedule = RefreshSchedule::new(SUBSCRIBE_REFUSALS);
+    schedule.due_now(Instant::now());
     loop {
         tokio::select! {
             c = control.recv() => {
@@ -874,18 +871,15 @@ async fn run_publication(mut p: Publisher, mut control: mpsc::UnboundedReceiver<
                 }
                 return;
             }
-            _ = sleep_until(next) => {
+            _ = schedule.wait() => {
                 let expires = p.config.expires;
                 match p.exchange(expires).await {
                     Ok(granted) => {
-                        failures = 0;
-                        next = Instant::now() + refresh_after(granted.max(10));
+                        schedule.succeeded(Instant::now(), granted.max(10));
                     }
                     Err((code, reason, retry)) => {
                         p.report("failed", code, &reason);
-                        failures = failures.saturating_add(1);
-                        let wait = retry.unwrap_or_else(|| retry_wait(failures, code));
-                        next = Instant::now() + Duration::from_secs(u64::from(wait));
+                        schedule.failed(Instant::now(), code, retry);
                     }
                 }
             }
@@ -1048,13 +1042,88 @@ mod tests {
         assert_eq!((name.as_str(), p.len()), ("", 0));
     }
 
-    #[test]
-    fn refusals_wait_longer_than_timeouts() {
-        assert_eq!(retry_wait(1, 408), 2);
-        assert_eq!(retry_wait(2, 408), 4);
-        assert_eq!(retry_wait(1, 489), 30);
-        assert_eq!(retry_wait(1, 405), 30);
-        assert!(retry_wait(20, 489) <= 300);
+    /// Runs a subscription's attempts through the loop's planning: `answers` are
+    /// the SUBSCRIBE outcomes (Ok: granted seconds; Err: code), `established` the
+    /// dialog state when each is sent. Returns the second of each attempt.
+    async fn subscribe_attempts(answers: &[(bool, Result<u32, u16>)]) -> Vec<u64> {
+        let start = Instant::now();
+        let mut schedule = RefreshSchedule::new(SUBSCRIBE_REFUSALS);
+        schedule.due_now(start);
+        let mut seen = Vec::new();
+        for &(refresh, answer) in answers {
+            schedule.wait().await;
+            let now = Instant::now();
+            seen.push((now - start).as_secs());
+            match answer {
+                Ok(granted) => {
+                    schedule.succeeded(now, granted.max(10));
+                }
+                Err(code) => {
+                    after_failed_subscribe(&mut schedule, now, refresh, code, None);
+                }
+            }
+        }
+        seen
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lost_dialog_is_resubscribed_at_once_then_backed_off() {
+        // Subscribed for 60 s; the refresh at 50 s gets 481: a new SUBSCRIBE at
+        // once; it fails too (481, no dialog yet): 4 s (second failure in a row).
+        let seen = subscribe_attempts(&[
+            (false, Ok(60)),
+            (true, Err(481)),
+            (false, Err(481)),
+            (false, Ok(60)),
+        ])
+        .await;
+        assert_eq!(seen, vec![0, 50, 50, 54]);
+        // Only the first failure since a success is retried at once, and only on
+        // a refresh: an initial 481 backs off.
+        let seen = subscribe_attempts(&[
+            (false, Ok(60)),
+            (true, Err(408)),
+            (true, Err(408)),
+            (true, Ok(60)),
+            (false, Err(481)),
+            (false, Ok(60)),
+        ])
+        .await;
+        assert_eq!(seen, vec![0, 50, 50, 54, 104, 106]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn refusals_wait_longer_than_timeouts() {
+        let now = Instant::now();
+        let mut schedule = RefreshSchedule::new(SUBSCRIBE_REFUSALS);
+        assert_eq!(
+            after_failed_subscribe(&mut schedule, now, false, 408, None),
+            2
+        );
+        assert_eq!(
+            after_failed_subscribe(&mut schedule, now, false, 408, None),
+            4
+        );
+        let mut schedule = RefreshSchedule::new(SUBSCRIBE_REFUSALS);
+        assert_eq!(
+            after_failed_subscribe(&mut schedule, now, true, 489, None),
+            30
+        );
+        assert_eq!(
+            after_failed_subscribe(&mut schedule, now, true, 405, None),
+            60
+        );
+        assert_eq!(
+            after_failed_subscribe(&mut schedule, now, true, 481, Some(7)),
+            7
+        );
+        for _ in 0..20 {
+            after_failed_subscribe(&mut schedule, now, false, 489, None);
+        }
+        assert_eq!(
+            after_failed_subscribe(&mut schedule, now, false, 489, None),
+            300
+        );
     }
 
     #[test]
