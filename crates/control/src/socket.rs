@@ -146,19 +146,8 @@ impl Drop for Slot {
             trim
         };
         if trim {
-            give_memory_back();
+            microsip_engine::memory::give_back();
         }
-    }
-}
-
-/// Asks the allocator to return freed memory to the system (glibc keeps it
-/// otherwise: thousands of closed connections left their pages mapped).
-#[allow(unsafe_code)] // libc calls; see the SAFETY notes inside
-fn give_memory_back() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only releases free memory of the allocator's own heaps.
-    unsafe {
-        libc::malloc_trim(0);
     }
 }
 

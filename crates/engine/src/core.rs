@@ -224,6 +224,11 @@ impl Core {
         self.timers.next()
     }
 
+    /// How many calls there are (in any state).
+    pub fn call_count(&self) -> usize {
+        self.calls.len()
+    }
+
     /// Where things stand, for a new subscriber (live events follow from its
     /// `seq + 1`).
     pub fn snapshot(&self) -> Snapshot {

@@ -27,7 +27,7 @@ use tracing::{debug, warn};
 
 use crate::command::{CallId, Command};
 use crate::core::{host_ip, Core, CoreSetup, MediaStatsView};
-use crate::event::{Event, Snapshot};
+use crate::event::{Event, EventKind, Snapshot};
 use crate::io::{
     AnswerId, Done, Input, LegSignal, MediaAction, MediaFailure, MessageIn, Now, Output, ReplyTo,
     SipAction, StoreAction, Ticket,
@@ -207,6 +207,14 @@ async fn publisher(
     }
 }
 
+/// Sleeps until `at`, or for ever when there is none.
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// A NOTIFY for a REFER we received, waiting for the one before it to be answered.
 struct QueuedNotify {
     code: u16,
@@ -344,6 +352,7 @@ pub async fn start(
         media_worker,
         store_worker,
         stopped: false,
+        trim_at: None,
     };
     let handle = EngineHandle { inbox };
     let join = tokio::spawn(async move {
@@ -434,7 +443,13 @@ struct Driver {
     media_worker: MediaWorker,
     store_worker: StoreWorker,
     stopped: bool,
+    /// When to give freed memory back: a while after the last call ended (its
+    /// transactions linger for up to 32 s), if no call is up by then.
+    trim_at: Option<tokio::time::Instant>,
 }
+
+/// How long after the last call ended memory is given back (Timer K/J: 32 s).
+const TRIM_AFTER_CALLS: Duration = Duration::from_secs(40);
 
 impl Driver {
     async fn run(
@@ -447,13 +462,7 @@ impl Driver {
     ) {
         self.drain();
         while !self.stopped {
-            let deadline = self.core.poll_timeout();
-            let sleep = async {
-                match deadline {
-                    Some(at) => tokio::time::sleep_until(at.into()).await,
-                    None => std::future::pending().await,
-                }
-            };
+            let sleep = sleep_until_some(self.core.poll_timeout().map(Into::into));
             tokio::select! {
                 Some(request) = requests.recv() => match request {
                     Request::Command(command, reply) => {
@@ -481,6 +490,12 @@ impl Driver {
                     self.core.handle(Input::Message(message), now());
                 }
                 () = sleep => self.core.handle_timeout(now()),
+                () = sleep_until_some(self.trim_at) => {
+                    self.trim_at = None;
+                    if self.core.call_count() == 0 {
+                        crate::memory::give_back();
+                    }
+                }
                 else => break,
             }
             self.drain();
@@ -587,6 +602,9 @@ impl Driver {
                     }
                 }
                 Output::Event(event) => {
+                    if matches!(event.kind, EventKind::CallEnded { .. }) {
+                        self.trim_at = Some(tokio::time::Instant::now() + TRIM_AFTER_CALLS);
+                    }
                     let _ = self.publish.send(Publish::Event(event));
                 }
                 Output::Sip { ticket, action } => self.sip_action(ticket, action),

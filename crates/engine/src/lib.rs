@@ -18,6 +18,7 @@ pub mod event;
 pub mod grammar;
 mod history_view;
 pub mod io;
+pub mod memory;
 pub mod messages;
 pub mod policy;
 mod presence;
