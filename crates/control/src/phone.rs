@@ -265,6 +265,10 @@ pub fn run(
                 return 2;
             }
         };
+        // Before the socket: a client that sees the phone answer finds the API up.
+        let _http =
+            crate::http::start_if_enabled(http_port, engine.clone(), &ini_path, &http_origins)
+                .await;
         let audit = Arc::new(AuditLog::beside_ini(&ini_path));
         let server = match SocketServer::bind(&socket, engine.clone(), Some(audit)).await {
             Ok(s) => s,
@@ -274,9 +278,6 @@ pub fn run(
                 return 2;
             }
         };
-        let _http =
-            crate::http::start_if_enabled(http_port, engine.clone(), &ini_path, &http_origins)
-                .await;
         info!("phone ready; control socket {}", socket.display());
         let mut term =
             match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
