@@ -122,6 +122,18 @@ def listening_tcp(pid: int) -> list[tuple[str, int]]:
     return found
 
 
+def tcp_state(local_port: int, remote_port: int) -> str | None:
+    """The state (hex, as /proc/net/tcp writes it: 01 ESTABLISHED) of the IPv4
+    connection 127.0.0.1:local_port <-> 127.0.0.1:remote_port, None when gone."""
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        f = line.split()
+        local, remote, state = f[1], f[2], f[3]
+        if (int(local.split(":")[1], 16) == local_port
+                and int(remote.split(":")[1], 16) == remote_port):
+            return state
+    return None
+
+
 # ---------------------------------------------------------------- fixtures
 
 @pytest.fixture
@@ -421,3 +433,63 @@ def test_schemathesis_finds_no_server_error_and_no_schema_mismatch(api_phone, tm
     assert r.returncode == 0, out[-6000:]
     assert "passed" in out and "Tested: " in out, out[-3000:]
     assert ph.running()
+
+
+def test_a_websocket_client_that_never_reads_is_dropped_and_others_are_served(
+        kam, api_phone):
+    ph, api = api_phone([account(kam.address, "1001", PASSWORD)])
+    ev = ph.events()
+    ev.wait_state(1, "registered", 30, codes={200})
+    # A client with a tiny receive buffer that reads nothing after the handshake.
+    stalled = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    stalled.connect(("127.0.0.1", api.port))
+    stalled.sendall((f"GET /events HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+                     f"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                     f"Sec-WebSocket-Version: 13\r\nAuthorization: Bearer {api.token}\r\n\r\n")
+                    .encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += stalled.recv(1)
+    assert head.startswith(b"HTTP/1.1 101"), head
+    with ws_connect(f"ws://127.0.0.1:{api.port}/events?filter=account.registering",
+                    additional_headers={"Authorization": f"Bearer {api.token}"},
+                    open_timeout=10) as good:
+        assert json.loads(good.recv(timeout=10))["type"] == "snapshot"
+        # Events enough to fill the stalled client's buffers many times over
+        # (`register 1` on one kept-open socket connection; each makes 2 events).
+        conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        conn.connect(str(ph.socket_path))
+        lines = conn.makefile("rb")
+        rounds = 600
+        for _ in range(rounds):
+            conn.sendall(b"register 1\n")
+            assert lines.readline().startswith(b"OK"), "register refused"
+        conn.close()
+        # The reading client got every one of them, in order.
+        seen = 0
+        while seen < rounds:
+            e = json.loads(good.recv(timeout=30))
+            assert e["type"] == "account.registering", e
+            seen += 1
+        # The phone still answers at once.
+        s, _, b = api.request("GET", "/status")
+        assert s == 200 and b["ok"] is True
+    # The stalled client is dropped (the phone's end of the connection leaves
+    # ESTABLISHED: it closed it, with data still queued); then reading what was
+    # queued ends in end-of-stream, not in a stream that goes on.
+    client_port = stalled.getsockname()[1]
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and tcp_state(api.port, client_port) == "01":
+        time.sleep(0.2)
+    assert tcp_state(api.port, client_port) != "01", "the stalled client was not dropped"
+    stalled.settimeout(30)
+    total = 0
+    while True:
+        chunk = stalled.recv(65536)
+        if not chunk:
+            break
+        total += len(chunk)
+    stalled.close()
+    assert total > 0
+    assert f"Bearer {api.token}" not in ph.stderr_text()

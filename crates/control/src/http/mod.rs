@@ -26,6 +26,7 @@ use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
+use axum::serve::ListenerExt;
 use microsip_engine::EngineHandle;
 use tracing::{error, info, warn};
 
@@ -35,6 +36,8 @@ use problem::Problem;
 
 /// Largest request body accepted.
 pub const MAX_BODY: usize = 64 * 1024;
+/// The kernel send buffer of each connection (the kernel doubles it).
+const SEND_BUFFER: u32 = 64 * 1024;
 /// The header a cookie-authenticated page sends with changes (CSRF proof).
 pub const PAGE_HEADER: &str = "x-microsip";
 
@@ -91,8 +94,7 @@ impl HttpServer {
         for entry in bad {
             warn!("httpAllowOrigins: '{entry}' is not an origin (https://host[:port]); ignored");
         }
-        let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, port))
-            .await
+        let listener = listen(port)
             .map_err(|e| format!("HTTP API not started: cannot listen on 127.0.0.1:{port}: {e}"))?;
         let address = listener
             .local_addr()
@@ -107,6 +109,10 @@ impl HttpServer {
             ],
         });
         let app = router(state.clone());
+        let listener = listener.tap_io(|tcp| {
+            // Small replies and events go out at once.
+            let _ = tcp.set_nodelay(true);
+        });
         tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, app).await {
                 warn!("HTTP API stopped: {e}");
@@ -133,6 +139,17 @@ pub fn router(state: Arc<ApiState>) -> axum::Router {
         .layer(middleware::from_fn_with_state(state.clone(), authenticate))
         .layer(middleware::from_fn_with_state(state.clone(), cors_layer))
         .with_state(state)
+}
+
+/// Listens on 127.0.0.1:`port` (never another address). Accepted connections inherit
+/// a send buffer of [`SEND_BUFFER`]: what a client that stops reading can hold queued
+/// in the kernel is bounded, so the write timeout drops it soon.
+fn listen(port: u16) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.set_reuseaddr(true)?;
+    socket.set_send_buffer_size(SEND_BUFFER)?;
+    socket.bind(SocketAddr::from((Ipv4Addr::LOCALHOST, port)))?;
+    socket.listen(128)
 }
 
 /// The paths anyone may reach: the OpenAPI document and the login.
