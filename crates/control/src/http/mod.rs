@@ -170,7 +170,7 @@ async fn authenticate(
         Ok(Via::Token) => next.run(request).await,
         Ok(Via::Cookie) => {
             if auth::needs_csrf_proof(request.method(), request.headers())
-                && !comes_from_page(&state, request.headers())
+                && !comes_from_page(&state.origins, &state.own_origins, request.headers())
             {
                 return Problem::new(
                     StatusCode::FORBIDDEN,
@@ -188,7 +188,7 @@ async fn authenticate(
 
 /// Whether a cookie-authenticated request shows it comes from the page (or an
 /// allowed origin), which another site's page cannot fake.
-fn comes_from_page(state: &ApiState, headers: &HeaderMap) -> bool {
+fn comes_from_page(origins: &AllowedOrigins, own_origins: &[String], headers: &HeaderMap) -> bool {
     if headers
         .get(PAGE_HEADER)
         .is_some_and(|v| v.as_bytes() == b"1")
@@ -199,8 +199,8 @@ fn comes_from_page(state: &ApiState, headers: &HeaderMap) -> bool {
         .get(header::ORIGIN)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|origin| {
-            cors::normalize(origin).is_some_and(|o| state.own_origins.contains(&o))
-                || state.origins.allows(origin)
+            cors::normalize(origin).is_some_and(|o| own_origins.contains(&o))
+                || origins.allows(origin)
         })
 }
 
@@ -222,4 +222,39 @@ async fn cors_layer(State(state): State<Arc<ApiState>>, request: Request, next: 
         cors::add_headers(response.headers_mut(), origin, false);
     }
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cookie_changes_need_the_page_header_or_an_allowed_origin() {
+        let (origins, _) = AllowedOrigins::new(&["https://crm.example".into()]);
+        let own = vec!["http://127.0.0.1:8080".to_string()];
+        let check = |pairs: &[(&'static str, &'static str)]| {
+            let mut headers = HeaderMap::new();
+            for (name, value) in pairs {
+                headers.insert(*name, HeaderValue::from_static(value));
+            }
+            comes_from_page(&origins, &own, &headers)
+        };
+        assert!(!check(&[]));
+        assert!(check(&[("x-microsip", "1")]));
+        assert!(!check(&[("x-microsip", "0")]));
+        assert!(check(&[("origin", "http://127.0.0.1:8080")]));
+        assert!(check(&[("origin", "https://crm.example")]));
+        assert!(!check(&[("origin", "http://127.0.0.1:8081")]));
+        assert!(!check(&[("origin", "https://evil.example")]));
+        assert!(!check(&[("origin", "null")]));
+    }
+
+    #[test]
+    fn only_the_document_and_the_login_are_public() {
+        assert!(is_public(&Method::GET, "/openapi.json"));
+        assert!(is_public(&Method::POST, "/login"));
+        assert!(!is_public(&Method::POST, "/openapi.json"));
+        assert!(!is_public(&Method::GET, "/status"));
+        assert!(!is_public(&Method::GET, "/events"));
+    }
 }
