@@ -1005,6 +1005,21 @@ mod tests {
     }
 
     #[test]
+    fn http_port_option() {
+        assert_eq!(parse("--http 8080").unwrap().0.http, Some(8080));
+        assert_eq!(parse("--http=0").unwrap().0.http, Some(0));
+        for bad in ["--http x", "--http 65536", "--http -1", "--http +80"] {
+            let e = parse(bad).unwrap_err().to_string();
+            assert!(e.starts_with("--http needs a port number"), "{bad}: {e}");
+        }
+        // A running phone cannot take it: the API starts with the phone.
+        let e = runtime_commands(&parse("--http 8080").unwrap().0, None, "p")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--http applies only when a phone starts"), "{e}");
+    }
+
+    #[test]
     fn usage_names_every_option() {
         let text = usage();
         for option in [
