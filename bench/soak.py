@@ -3,7 +3,7 @@
 (10,000) calls to the phone, BENCH_SOAK_RATE (100) a second, each 200 ms long, at
 most 200 at once; the phone answers them itself (autoAnswer=all, audio `null`).
 Prints the phone's RSS, anonymous RSS and open file descriptors before the soak,
-after it and after a settling pause, with how many calls SIPp saw succeed and how
+after each of BENCH_SOAK_ROUNDS (2) rounds and after a settling pause, with how many calls SIPp saw succeed and how
 many `call.ended` events and `[Calls]` entries the phone produced. The same soak
 against SIPp's own UAS (-sn uas) is run first, as the peer that shows what the
 machine can carry.
@@ -29,6 +29,9 @@ from calls import (cleanup_all, hms_seconds, memory, new_phone, sipp_stats,  # n
 from peers import Sipp, free_port  # noqa: E402
 
 CALLS = int(os.environ.get("BENCH_SOAK_CALLS", "10000"))
+# Rounds of CALLS calls against the same phone: memory that grows every round is
+# a leak; memory that grows once and then holds is the allocator's high water.
+ROUNDS = int(os.environ.get("BENCH_SOAK_ROUNDS", "2"))
 RATE = int(os.environ.get("BENCH_SOAK_RATE", "100"))
 
 
@@ -72,19 +75,22 @@ def main() -> int:
             pid = ph.proc.pid
             time.sleep(2)
             before = (*memory(pid), fds(pid))
-            st = soak(work, f"127.0.0.1:{port}")
-            after = (*memory(pid), fds(pid))
+            rows = [("before", before)]
+            results = []
+            for r in range(1, ROUNDS + 1):
+                results.append(soak(work, f"127.0.0.1:{port}"))
+                rows.append((f"after round {r}", (*memory(pid), fds(pid))))
             time.sleep(10)
-            settled = (*memory(pid), fds(pid))
+            rows.append(("10 s later", (*memory(pid), fds(pid))))
             ended = ev.count("call.ended")
             rc, reply = ph.cmd_json("history")
             entries = len(reply.get("data", [])) if rc == 0 else -1
-            print("  " + line("microsip", st))
+            for r, st in enumerate(results, 1):
+                print("  " + line(f"microsip round {r}", st))
             print(f"  microsip call.ended events: {ended}; history entries: {entries} "
                   "([Calls] keeps the last 1000)")
-            for label, (rss, anon, nfd) in (("before", before), ("right after", after),
-                                            ("10 s later", settled)):
-                print(f"  microsip {label:12}: RSS {rss / 1024:.1f} MB "
+            for label, (rss, anon, nfd) in rows:
+                print(f"  microsip {label:14}: RSS {rss / 1024:.1f} MB "
                       f"(anonymous {anon / 1024:.1f} MB), {nfd} open file descriptors")
         finally:
             cleanup_all()

@@ -536,6 +536,57 @@ def test_a_caller_who_gives_up_ended_the_call_not_us(kam, make_phone, make_bares
                "the missed call in the history")
 
 
+def test_refer_notifies_wait_for_each_answer_and_the_bye_for_the_last(
+        make_phone, make_sipp, free_port):
+    """RFC 3515: the transferee reports progress in NOTIFYs. Each goes only after
+    the previous one was answered (linphone answers 491 otherwise), and our BYE
+    on the transferred dialog only after the final NOTIFY was answered (a BYE
+    first ends the dialog that NOTIFY needs). The transferor (SIPp) answers the
+    first NOTIFY 400 ms late."""
+    port = free_port("sip")
+    target = make_sipp("uas_answer.xml", timeout_s=60)
+    ph = make_phone(ini(account("", "1001", ""), sourcePort=port, autoAnswer="all",
+                        audioInputDevice="null", audioOutputDevice="null"))
+    ev = ph.events()
+    sipp = make_sipp("uac_refer_slow_notify.xml", timeout_s=60, remote=f"127.0.0.1:{port}",
+                     extra=["-s", "1001", "-key", "refer_to", target.address])
+    first = ev.wait_for("call.incoming", None, 15)["call"]
+    ev.wait_for("call.ended", lambda e: e.get("call") == first, 20)
+    assert sipp.wait() == 0, sipp.messages()[-3000:]
+
+    dialog = [m for m in ph.trace_messages()
+              if m.call_id and m.call_id == sipp_call_id(ph, first)]
+    notifies = [i for i, m in enumerate(dialog) if m.sent and m.method == "NOTIFY"]
+    assert len(notifies) >= 2, [m.first_line for m in dialog]
+
+    def answered_at(i):
+        cseq = dialog[i].header("cseq")
+        for j in range(i + 1, len(dialog)):
+            m = dialog[j]
+            if not m.sent and m.is_response and m.code >= 200 and m.header("cseq") == cseq:
+                return j
+        raise AssertionError(f"NOTIFY {cseq} never answered")
+    for a, b in zip(notifies, notifies[1:]):
+        assert answered_at(a) < b, [m.first_line for m in dialog]
+    final = dialog[notifies[-1]]
+    assert "terminated" in (final.header("subscription-state") or "")
+    assert final.body.startswith("SIP/2.0 200"), final.body
+    bye = next(i for i, m in enumerate(dialog) if m.sent and m.method == "BYE")
+    assert answered_at(notifies[-1]) < bye, [m.first_line for m in dialog]
+
+    # The new call to the target is up; hang it up and the target sees the BYE.
+    ph.cmd("hangupall")
+    assert target.wait() == 0, target.messages()[-3000:]
+
+
+def sipp_call_id(ph, call) -> str:
+    """The SIP Call-ID of call `call` (its first INVITE received in the trace)."""
+    for m in ph.trace_messages():
+        if not m.sent and m.method == "INVITE" and "SIPpTag00" in (m.header("from") or ""):
+            return m.call_id
+    raise AssertionError(f"no INVITE for call {call}")
+
+
 def test_a_message_inside_a_call_is_received_with_the_call_id(make_phone, make_sipp,
                                                               free_port):
     """RFC 3428 allows a MESSAGE inside a dialog (pjsip sends them): it is answered

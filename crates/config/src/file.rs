@@ -394,22 +394,9 @@ impl IniFile {
 mod tests {
     use super::*;
 
-    fn temp_dir(tag: &str) -> PathBuf {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
-        let dir = std::env::temp_dir().join(format!(
-            "microsip-config-unit-{tag}-{}-{nanos}",
-            std::process::id()
-        ));
-        fs::create_dir_all(&dir).unwrap();
-        dir
-    }
-
     #[test]
     fn missing_file_is_empty_and_save_creates_private_folders() {
-        let dir = temp_dir("missing");
+        let dir = microsip_test_support::TempDir::new("missing");
         let path = dir.join("a/b/microsip.ini");
         let mut f = IniFile::load(&path).unwrap();
         assert!(!f.existed());
@@ -422,12 +409,11 @@ mod tests {
         assert_eq!(mode & 0o077, 0);
         let mode = fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
-        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn symlink_target_is_replaced_and_link_kept() {
-        let dir = temp_dir("link");
+        let dir = microsip_test_support::TempDir::new("link");
         let real = dir.join("real.ini");
         let link = dir.join("microsip.ini");
         fs::write(&real, "[S]\nk=1\n").unwrap();
@@ -440,14 +426,12 @@ mod tests {
             .file_type()
             .is_symlink());
         assert_eq!(fs::read_to_string(&real).unwrap(), "[S]\nk=2\n");
-        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn unreadable_path_is_an_error_naming_it() {
-        let dir = temp_dir("dir");
-        let err = IniFile::load(&dir).unwrap_err();
+        let dir = microsip_test_support::TempDir::new("dir");
+        let err = IniFile::load(dir.path()).unwrap_err();
         assert!(err.to_string().starts_with(&dir.display().to_string()));
-        fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -1,13 +1,11 @@
 //! Real files in a temp folder: round trip, UTF-16, raw values, atomic private saves.
 #![allow(clippy::unwrap_used, unsafe_code)] // test code: a failed unwrap is a failed test
 
-mod common;
-
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 
-use common::TempDir;
 use microsip_config::{default_document, IniFile, SourceEncoding};
+use microsip_test_support::TempDir;
 
 const WINDOWS_INI: &str = "; written by hand\r\n\
     \r\n\

@@ -3,25 +3,14 @@
 //! files of dead writers are cleaned up; large files parse completely.
 #![allow(clippy::unwrap_used, unsafe_code)] // test code: a failed unwrap is a failed test
 
-mod common;
-
-use std::ffi::CString;
 use std::fs;
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 
-use common::TempDir;
 use microsip_config::{
     read_file, remove_stale_temps, write_atomic, IniDocument, IniFile, MAX_FILE_SIZE,
 };
-
-fn mkfifo(path: &Path) {
-    let c = CString::new(path.as_os_str().as_bytes()).unwrap();
-    // SAFETY: a valid NUL-terminated path.
-    let rc = unsafe { libc::mkfifo(c.as_ptr(), 0o600) };
-    assert_eq!(rc, 0, "mkfifo: {}", std::io::Error::last_os_error());
-}
+use microsip_test_support::{mkfifo, TempDir};
 
 #[test]
 fn a_file_over_the_limit_is_refused_and_left_as_it_is() {

@@ -95,8 +95,7 @@ mod tests {
 
     #[test]
     fn passwords_never_reach_the_log() {
-        let dir = std::env::temp_dir().join(format!("msip-audit-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = microsip_test_support::TempDir::new("audit");
         let log = AuditLog::new(dir.join("audit.log"));
         let cmd = Command::Account {
             number: 1,
@@ -115,6 +114,5 @@ mod tests {
         );
         assert_eq!(text.lines().count(), 2);
         assert!(text.contains("\"source\":\"cli\"") && text.contains("\"command\":\"account\""));
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

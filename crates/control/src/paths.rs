@@ -197,7 +197,7 @@ mod tests {
 
     #[test]
     fn private_dir_is_created_0700() {
-        let base = std::env::temp_dir().join(format!("msip-paths-{}", std::process::id()));
+        let base = microsip_test_support::TempDir::new("paths");
         let dir = base.join("inner");
         private_dir(&dir).unwrap();
         let mode = fs::metadata(&dir).unwrap().mode() & 0o777;
@@ -205,12 +205,11 @@ mod tests {
         fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
         private_dir(&dir).unwrap();
         assert_eq!(fs::metadata(&dir).unwrap().mode() & 0o777, 0o700);
-        fs::remove_dir_all(&base).unwrap();
     }
 
     #[test]
     fn one_process_holds_the_lock_and_records_what_it_runs() {
-        let base = std::env::temp_dir().join(format!("msip-lock-{}", std::process::id()));
+        let base = microsip_test_support::TempDir::new("lock");
         private_dir(&base).unwrap();
         let path = base.join("p.lock");
         let Claim::Won(mut lock) = claim(&path).unwrap() else {
@@ -230,7 +229,6 @@ mod tests {
         assert_eq!(running_phone(&path), Some(running));
         drop(lock);
         assert!(matches!(claim(&path).unwrap(), Claim::Won(_)));
-        fs::remove_dir_all(&base).unwrap();
     }
 
     #[test]

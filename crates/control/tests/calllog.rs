@@ -2,18 +2,13 @@
 //! csv module, one header, hostile display names, failing writes.
 #![allow(clippy::unwrap_used, unsafe_code)] // test code: a failed unwrap is a failed test
 
-mod common;
-
+use microsip_test_support::TempDir;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, UNIX_EPOCH};
 
 use microsip_control::calllog::{CallLog, CallRecord, COLUMNS, HEADER};
-
-fn temp_dir(tag: &str) -> PathBuf {
-    common::temp_dir("calllog", tag)
-}
 
 /// RFC 4180, strictly: records end with CRLF, quoted fields may hold anything with
 /// `""` for a quote.
@@ -142,14 +137,13 @@ fn expected(records: &[CallRecord]) -> Vec<Vec<String>> {
 
 #[test]
 fn rows_read_back_with_rfc4180() {
-    let dir = temp_dir("rfc");
+    let dir = TempDir::new("calllog-rfc");
     let path = dir.join("calls.csv");
     let records = write_log(&path);
     let text = fs::read_to_string(&path).unwrap();
     assert!(text.starts_with(&format!("{HEADER}\r\n")));
     assert_eq!(text.matches(HEADER).count(), 1, "one header");
     assert_eq!(parse_csv(&text), expected(&records));
-    fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
@@ -162,7 +156,7 @@ fn rows_read_back_by_python_csv() {
         eprintln!("python3 not available: skipped");
         return;
     }
-    let dir = temp_dir("python");
+    let dir = TempDir::new("calllog-python");
     let path = dir.join("calls.csv");
     let records = write_log(&path);
     let out = Command::new("python3")
@@ -182,12 +176,11 @@ fn rows_read_back_by_python_csv() {
     );
     let rows: Vec<Vec<String>> = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(rows, expected(&records));
-    fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
 fn header_only_for_a_new_or_empty_file() {
-    let dir = temp_dir("header");
+    let dir = TempDir::new("calllog-header");
     let path = dir.join("calls.csv");
     fs::write(&path, "").unwrap();
     CallLog::new(&path).append(&record(0, "a")).unwrap();
@@ -202,12 +195,11 @@ fn header_only_for_a_new_or_empty_file() {
     let rows = parse_csv(&fs::read_to_string(&other).unwrap());
     assert_eq!(rows.len(), 2);
     assert_eq!(rows[0], ["x", "y"]);
-    fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
 fn a_torn_last_row_does_not_swallow_the_next() {
-    let dir = temp_dir("torn");
+    let dir = TempDir::new("calllog-torn");
     let path = dir.join("calls.csv");
     fs::write(
         &path,
@@ -220,7 +212,6 @@ fn a_torn_last_row_does_not_swallow_the_next() {
     assert_eq!(rows.len(), 3);
     assert_eq!(rows[1], ["2024-01-01T00:00:00.000Z", "in", "acc"]);
     assert_eq!(rows[2][5], "after");
-    fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
@@ -231,13 +222,12 @@ fn disk_full_is_an_error_not_a_panic() {
             .unwrap_err();
         assert_eq!(err.source.raw_os_error(), Some(libc::ENOSPC), "{err}");
     }
-    let dir = temp_dir("errors");
+    let dir = TempDir::new("calllog-errors");
     let err = CallLog::new(dir.join("missing/calls.csv"))
         .append(&record(0, "x"))
         .unwrap_err();
     assert!(err.to_string().contains("missing"), "{err}");
     assert!(CallLog::new(&dir).append(&record(0, "x")).is_err());
-    fs::remove_dir_all(&dir).unwrap();
 }
 
 /// Run in a child process (it sets a process-wide file size limit): appends a row
@@ -266,7 +256,7 @@ fn child_append_over_file_size_limit() {
 
 #[test]
 fn a_failed_write_leaves_the_old_rows_whole() {
-    let dir = temp_dir("limit");
+    let dir = TempDir::new("calllog-limit");
     let path = dir.join("calls.csv");
     write_log(&path);
     let before = fs::read(&path).unwrap();
@@ -292,5 +282,4 @@ fn a_failed_write_leaves_the_old_rows_whole() {
         before,
         "partial row taken back out"
     );
-    fs::remove_dir_all(&dir).unwrap();
 }

@@ -2,16 +2,10 @@
 //! refused, and no panic on any input.
 #![allow(clippy::unwrap_used, unsafe_code)] // test code: a failed unwrap is a failed test
 
-mod common;
-
+use microsip_test_support::{mkfifo, TempDir};
 use std::fs;
-use std::path::PathBuf;
 
 use microsip_control::contacts::{self, AddOutcome, Contact, ContactsError, ContactsFile};
-
-fn temp_dir(tag: &str) -> PathBuf {
-    common::temp_dir("contacts", tag)
-}
 
 const MICROSIP_FILE: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
 <!-- written by MicroSIP -->
@@ -23,7 +17,7 @@ const MICROSIP_FILE: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
 
 #[test]
 fn add_list_remove_round_trip() {
-    let dir = temp_dir("roundtrip");
+    let dir = TempDir::new("contacts-roundtrip");
     let file = ContactsFile::beside_ini(&dir.join("microsip.ini"));
     assert_eq!(file.path(), dir.join("Contacts.xml"));
     assert!(file.list().unwrap().is_empty());
@@ -58,12 +52,11 @@ fn add_list_remove_round_trip() {
         file.add("x", "  ", true),
         Err(ContactsError::Invalid(_))
     ));
-    fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
 fn microsip_file_keeps_unknown_attributes() {
-    let dir = temp_dir("microsip");
+    let dir = TempDir::new("contacts-microsip");
     let file = ContactsFile::new(dir.join("Contacts.xml"));
     fs::write(file.path(), MICROSIP_FILE).unwrap();
     let list = file.list().unwrap();
@@ -86,7 +79,6 @@ fn microsip_file_keeps_unknown_attributes() {
     assert_eq!(names[..3], ["number", "name", "firstname"]);
     assert_eq!(names.last(), Some(&"directory"));
     assert_eq!(after[1], Contact::new("Dave", "103", true));
-    fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
@@ -147,14 +139,13 @@ fn encodings() {
     let latin1 = b"<contacts><contact name=\"Zo\xeb\" number=\"1\"/></contacts>";
     assert_eq!(contacts::parse(latin1).unwrap().contacts[0].name(), "Zoë");
     // A UTF-16 file is rewritten as UTF-8 with its contacts.
-    let dir = temp_dir("utf16");
+    let dir = TempDir::new("contacts-utf16");
     let file = ContactsFile::new(dir.join("Contacts.xml"));
     fs::write(file.path(), utf16(text, true)).unwrap();
     file.add("New", "2", false).unwrap();
     let written = fs::read_to_string(file.path()).unwrap();
     assert!(written.contains("name=\"Zoë 😀\""));
     assert_eq!(file.list().unwrap().len(), 2);
-    fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
@@ -164,7 +155,7 @@ fn dtds_and_entities_are_refused_and_the_file_is_kept() {
         "<!DOCTYPE contacts SYSTEM \"file:///etc/passwd\"><contacts/>",
         "<contacts><!ENTITY x \"y\"><contact name=\"a\" number=\"1\"/></contacts>",
     ];
-    let dir = temp_dir("dtd");
+    let dir = TempDir::new("contacts-dtd");
     let file = ContactsFile::new(dir.join("Contacts.xml"));
     for bomb in bombs {
         let err = contacts::parse(bomb.as_bytes()).unwrap_err();
@@ -185,7 +176,6 @@ fn dtds_and_entities_are_refused_and_the_file_is_kept() {
     let doc = contacts::parse(b"<contacts><contact name=\"&lol; AT&T\" number=\"1\"/></contacts>")
         .unwrap();
     assert_eq!(doc.contacts[0].name(), "&lol; AT&T");
-    fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
@@ -317,11 +307,11 @@ fn hostile_input_never_panics() {
 #[test]
 fn a_contacts_file_that_cannot_be_read_whole_is_never_replaced() {
     use std::os::unix::fs::{FileTypeExt, MetadataExt};
-    let dir = temp_dir("unreadable");
+    let dir = TempDir::new("contacts-unreadable");
     let file = ContactsFile::beside_ini(&dir.join("microsip.ini"));
 
     // A FIFO: refused at once (no waiting for a writer), left a FIFO.
-    common::mkfifo(file.path());
+    mkfifo(file.path());
     assert!(file.list().is_err());
     let err = file.add("Alice", "101", true).unwrap_err();
     assert!(err.to_string().contains("FIFO"), "{err}");
@@ -353,5 +343,4 @@ fn a_contacts_file_that_cannot_be_read_whole_is_never_replaced() {
         .map(|e| e.unwrap().file_name())
         .collect();
     assert_eq!(names, vec![std::ffi::OsString::from("Contacts.xml")]);
-    fs::remove_dir_all(&dir).unwrap();
 }

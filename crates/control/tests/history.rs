@@ -1,17 +1,11 @@
 //! MicroSIP's `[Calls]` ring buffer and `[Dialed]` list in the ini.
 #![allow(clippy::unwrap_used, unsafe_code)] // test code: a failed unwrap is a failed test
 
-mod common;
-
+use microsip_test_support::TempDir;
 use std::fs;
-use std::path::PathBuf;
 
 use microsip_config::{IniDocument, IniFile};
 use microsip_control::history::{self, CallType, HistoryEntry};
-
-fn temp_dir(tag: &str) -> PathBuf {
-    common::temp_dir("history", tag)
-}
 
 fn entry(number: &str, kind: CallType, time: i64) -> HistoryEntry {
     HistoryEntry {
@@ -26,7 +20,7 @@ fn entry(number: &str, kind: CallType, time: i64) -> HistoryEntry {
 
 #[test]
 fn round_trip_through_the_file() {
-    let dir = temp_dir("roundtrip");
+    let dir = TempDir::new("history-roundtrip");
     let path = dir.join("microsip.ini");
     fs::write(
         &path,
@@ -60,7 +54,6 @@ fn round_trip_through_the_file() {
     let text = fs::read_to_string(&path).unwrap();
     assert!(text.starts_with("; my settings\n[Settings]\naccountId=1\n"));
     assert_eq!(file.doc().get("Account1", "domain"), Some("example.com"));
-    fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
@@ -99,7 +92,7 @@ fn ring_wraps_at_1000() {
 
 #[test]
 fn hostile_names_do_not_break_the_format() {
-    let dir = temp_dir("hostile");
+    let dir = TempDir::new("history-hostile");
     let path = dir.join("microsip.ini");
     let mut file = IniFile::load(&path).unwrap();
     file.set("Settings", "accountId", "1").unwrap();
@@ -128,7 +121,6 @@ fn hostile_names_do_not_break_the_format() {
         (read[0].kind, read[0].time, read[0].duration),
         (CallType::Incoming, 1, 2)
     );
-    fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]

@@ -2,8 +2,7 @@
 //! a hostile caller id as one literal argument, the time limit, a missing program.
 #![allow(clippy::unwrap_used, unsafe_code)] // test code: a failed unwrap is a failed test
 
-mod common;
-
+use microsip_test_support::TempDir;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -11,10 +10,6 @@ use std::time::{Duration, Instant};
 
 use microsip_config::Hooks;
 use microsip_control::hooks::{HookContext, HookEvent, HookOutcome, HookOutput, HookRunner};
-
-fn temp_dir(tag: &str) -> PathBuf {
-    common::temp_dir("hooks", tag)
-}
 
 /// A script that writes `$#` and then each argument after the first (the output
 /// file), NUL-separated, to the output file.
@@ -77,7 +72,7 @@ async fn run(runner: &HookRunner, event: HookEvent, ctx: &HookContext) -> HookOu
 
 #[tokio::test]
 async fn placeholders_are_substituted() {
-    let dir = temp_dir("placeholders");
+    let dir = TempDir::new("hooks-placeholders");
     let script = args_script(&dir);
     let out = dir.join("out");
     let command = format!(
@@ -108,12 +103,11 @@ async fn placeholders_are_substituted() {
     );
     // Other events have no hook.
     assert!(runner.fire(HookEvent::CallStart, &ctx()).is_none());
-    fs::remove_dir_all(&dir).unwrap();
 }
 
 #[tokio::test]
 async fn number_is_appended_without_placeholders() {
-    let dir = temp_dir("append");
+    let dir = TempDir::new("hooks-append");
     let script = args_script(&dir);
     let out = dir.join("out");
     let command = format!("{} {} first second", script.display(), out.display());
@@ -123,12 +117,11 @@ async fn number_is_appended_without_placeholders() {
         HookOutcome::Exited(Some(0))
     );
     assert_eq!(read_args(&out), ["first", "second", "1001"]);
-    fs::remove_dir_all(&dir).unwrap();
 }
 
 #[tokio::test]
 async fn hostile_caller_id_is_one_literal_argument() {
-    let dir = temp_dir("hostile");
+    let dir = TempDir::new("hooks-hostile");
     let script = args_script(&dir);
     let pwned = dir.join("pwned");
     let hostile = format!(
@@ -172,12 +165,11 @@ async fn hostile_caller_id_is_one_literal_argument() {
     assert_eq!(fs::read_to_string(&out).unwrap(), hostile);
 
     assert!(!pwned.exists(), "nothing from the caller id ran");
-    fs::remove_dir_all(&dir).unwrap();
 }
 
 #[tokio::test]
 async fn slow_hook_is_killed_at_the_limit_without_blocking() {
-    let dir = temp_dir("slow");
+    let dir = TempDir::new("hooks-slow");
     let pidfile = dir.join("bg.pid");
     // A child that never exits, with a grandchild in its process group.
     let command = format!(
@@ -225,12 +217,11 @@ async fn slow_hook_is_killed_at_the_limit_without_blocking() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert!(dead, "background process {pid} still running");
-    fs::remove_dir_all(&dir).unwrap();
 }
 
 #[tokio::test]
 async fn second_hook_is_not_delayed_by_a_slow_one() {
-    let dir = temp_dir("parallel");
+    let dir = TempDir::new("hooks-parallel");
     let script = args_script(&dir);
     let out = dir.join("out");
     let mut hooks = hooks_with(HookEvent::CallAnswer, "sleep 60".into());
@@ -243,7 +234,6 @@ async fn second_hook_is_not_delayed_by_a_slow_one() {
     assert!(started.elapsed() < Duration::from_secs(1));
     assert_eq!(read_args(&out), ["1001"]);
     assert_eq!(slow.await.unwrap(), HookOutcome::Killed);
-    fs::remove_dir_all(&dir).unwrap();
 }
 
 #[tokio::test]

@@ -2,8 +2,7 @@
 //! returns; torn and broken lines skipped; SIGKILL loses nothing stored.
 #![allow(clippy::unwrap_used, unsafe_code)] // test code: a failed unwrap is a failed test
 
-mod common;
-
+use microsip_test_support::{mkfifo, TempDir};
 use std::fs;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -11,10 +10,6 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
 use microsip_control::messages::{self, MessageDirection, MessageStore, StoredMessage};
-
-fn temp_dir(tag: &str) -> PathBuf {
-    common::temp_dir("messages", tag)
-}
 
 fn incoming(text: &str, time: i64) -> StoredMessage {
     StoredMessage {
@@ -30,7 +25,7 @@ fn incoming(text: &str, time: i64) -> StoredMessage {
 
 #[test]
 fn store_list_and_contacts() {
-    let dir = temp_dir("basic");
+    let dir = TempDir::new("messages-basic");
     let store = MessageStore::beside_ini(&dir.join("microsip.ini"));
     assert_eq!(store.dir(), dir.join("messages"));
     assert!(store.contacts().unwrap().is_empty());
@@ -91,12 +86,11 @@ fn store_list_and_contacts() {
     assert_eq!(v["direction"], "in");
     assert_eq!(v["text"], "hello");
     assert_eq!(v["time"], 1);
-    fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
 fn look_alike_uris_stay_apart() {
-    let dir = temp_dir("apart");
+    let dir = TempDir::new("messages-apart");
     let store = MessageStore::new(&dir);
     store.store("sip:a/b@x", &incoming("slash", 1)).unwrap();
     store
@@ -117,12 +111,11 @@ fn look_alike_uris_stay_apart() {
         assert!(!name.starts_with('.'));
     }
     assert_eq!(fs::read_dir(&dir).unwrap().count(), 3);
-    fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
 fn torn_and_broken_lines_are_skipped() {
-    let dir = temp_dir("torn");
+    let dir = TempDir::new("messages-torn");
     let store = MessageStore::new(&dir);
     let contact = "sip:bob@example.com";
     store.store(contact, &incoming("one", 1)).unwrap();
@@ -151,12 +144,11 @@ fn torn_and_broken_lines_are_skipped() {
     // A file holding only garbage lists nothing and does not count as a contact.
     fs::write(dir.join("junk-0000.jsonl"), b"\x00\x01garbage").unwrap();
     assert_eq!(store.contacts().unwrap(), [contact]);
-    fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
 fn a_one_megabyte_text_round_trips() {
-    let dir = temp_dir("big");
+    let dir = TempDir::new("messages-big");
     let store = MessageStore::new(&dir);
     let mut text = String::new();
     let mut i = 0u32;
@@ -174,12 +166,11 @@ fn a_one_megabyte_text_round_trips() {
     assert_eq!(listed.len(), 2);
     assert_eq!(listed[0], message);
     assert_eq!(listed[1].text, "after");
-    fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
 fn over_long_lines_are_refused_and_skipped() {
-    let dir = temp_dir("long");
+    let dir = TempDir::new("messages-long");
     let store = MessageStore::new(&dir);
     let contact = "sip:long@example.com";
     let huge = "x".repeat(messages::MAX_LINE);
@@ -194,19 +185,17 @@ fn over_long_lines_are_refused_and_skipped() {
     let listed = store.list(contact).unwrap();
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].text, "fits");
-    fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
 fn write_errors_are_errors() {
-    let dir = temp_dir("errors");
+    let dir = TempDir::new("messages-errors");
     let blocker = dir.join("messages");
     fs::write(&blocker, "a file where the folder should be").unwrap();
     let store = MessageStore::beside_ini(&dir.join("microsip.ini"));
     assert!(store.store("sip:x@y", &incoming("lost?", 1)).is_err());
     assert!(store.list("sip:x@y").is_err() || store.list("sip:x@y").unwrap().is_empty());
     assert!(store.contacts().is_err());
-    fs::remove_dir_all(&dir).unwrap();
 }
 
 /// Run in a child process: stores a message, says so, and waits to be killed.
@@ -226,7 +215,7 @@ fn child_store_then_wait_for_sigkill() {
 
 #[test]
 fn a_stored_message_survives_sigkill() {
-    let dir = temp_dir("kill");
+    let dir = TempDir::new("messages-kill");
     let mut child = Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
@@ -234,7 +223,7 @@ fn a_stored_message_survives_sigkill() {
             "--nocapture",
             "--test-threads=1",
         ])
-        .env("MESSAGES_KILL_CHILD", &dir)
+        .env("MESSAGES_KILL_CHILD", dir.path())
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -252,19 +241,18 @@ fn a_stored_message_survives_sigkill() {
     let listed = MessageStore::new(&dir).list("sip:bob@example.com").unwrap();
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].text, "survives SIGKILL");
-    fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
 fn a_message_file_that_is_not_a_regular_file_is_refused_and_left() {
     use std::os::unix::fs::FileTypeExt;
-    let dir = temp_dir("fifo");
+    let dir = TempDir::new("messages-fifo");
     let store = MessageStore::new(dir.join("messages"));
     store
         .store("sip:bob@example.com", &incoming("first", 1))
         .unwrap();
     let path = store.path_for("sip:carol@example.com");
-    common::mkfifo(&path);
+    mkfifo(&path);
     // Neither waits for a reader or writer of the FIFO nor replaces it.
     let err = store
         .store("sip:carol@example.com", &incoming("hi", 2))
@@ -274,5 +262,4 @@ fn a_message_file_that_is_not_a_regular_file_is_refused_and_left() {
     assert!(fs::symlink_metadata(&path).unwrap().file_type().is_fifo());
     // Other contacts are not affected.
     assert_eq!(store.list("sip:bob@example.com").unwrap().len(), 1);
-    fs::remove_dir_all(&dir).unwrap();
 }

@@ -1895,15 +1895,26 @@ impl Core {
             return;
         };
         let success = (200..300).contains(&code);
-        if let Some(leg) = self.calls.get(&origin).map(|c| c.leg) {
-            self.sip(SipAction::NotifyRefer {
+        let Some(leg) = self.calls.get(&origin).map(|c| c.leg) else {
+            return;
+        };
+        // On success our leg ends, but only once the transferor has its final
+        // NOTIFY: a BYE first would end the dialog the NOTIFY needs (RFC 3515 §2.4.5).
+        let then = success.then_some(Then::TransferNotified { call: origin });
+        self.sip_then(
+            SipAction::NotifyRefer {
                 leg,
                 code,
                 reason: reason.to_string(),
                 done,
-            });
-        }
-        if success && self.calls.contains_key(&origin) {
+            },
+            then,
+        );
+    }
+
+    /// The transferor has the final NOTIFY of a transfer that worked: end our leg.
+    pub(crate) fn on_transfer_notified(&mut self, origin: CallId) {
+        if self.calls.contains_key(&origin) {
             self.end_call(origin, None);
         }
     }

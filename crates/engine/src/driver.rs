@@ -207,6 +207,16 @@ async fn publisher(
     }
 }
 
+/// A NOTIFY for a REFER we received, waiting for the one before it to be answered.
+struct QueuedNotify {
+    code: u16,
+    reason: String,
+    /// The last of the subscription (`Subscription-State: terminated`).
+    last: bool,
+    /// Tells the core this NOTIFY is done.
+    done: Box<dyn FnOnce(Done) + Send>,
+}
+
 /// A cheap, cloneable way for faces to reach the engine.
 #[derive(Clone)]
 pub struct EngineHandle {
@@ -414,7 +424,7 @@ struct Driver {
     answers: HashMap<AnswerId, Owed>,
     next_answer: AnswerId,
     /// NOTIFYs for a REFER we received, sent one after the other per leg.
-    notify_queues: HashMap<LegId, mpsc::UnboundedSender<(u16, String, bool)>>,
+    notify_queues: HashMap<LegId, mpsc::UnboundedSender<QueuedNotify>>,
     replies: HashMap<ReplyTo, oneshot::Sender<Reply>>,
     next_reply: ReplyTo,
     /// Events (and subscriptions) go out through the publisher task.
@@ -679,20 +689,27 @@ impl Driver {
                 done: last,
             } => {
                 let queue = self.notify_queues.entry(leg).or_insert_with(|| {
-                    let (tx, mut rx) = mpsc::unbounded_channel::<(u16, String, bool)>();
+                    let (tx, mut rx) = mpsc::unbounded_channel::<QueuedNotify>();
                     let calls = self.calls.clone();
                     tokio::spawn(async move {
-                        // Each NOTIFY goes after the previous one was answered.
-                        while let Some((code, reason, last)) = rx.recv().await {
-                            calls.notify_refer(leg, code, &reason, last).await;
-                            if last {
+                        // Each NOTIFY goes after the previous one was answered;
+                        // the core hears when each is done (answered or failed).
+                        while let Some(n) = rx.recv().await {
+                            calls.notify_refer(leg, n.code, &n.reason, n.last).await;
+                            (n.done)(Done::Unit(Ok(())));
+                            if n.last {
                                 break;
                             }
                         }
                     });
                     tx
                 });
-                let _ = queue.send((code, reason, last));
+                let _ = queue.send(QueuedNotify {
+                    code,
+                    reason,
+                    last,
+                    done: Box::new(done),
+                });
             }
             SipAction::Respond {
                 answer,

@@ -35,6 +35,9 @@ pub(crate) enum Then {
         target: String,
         reply: Option<ReplyTo>,
     },
+    /// The final NOTIFY of a transfer the remote asked for (REFER) was sent and
+    /// answered (or failed): our leg of that call may end now.
+    TransferNotified { call: CallId },
     /// One account of a `register` command.
     Register { batch: u64, account: u32 },
     /// Everything stopped for `exit`.
@@ -132,6 +135,7 @@ impl Then {
             | Then::Devices { reply }
             | Then::DeviceSet { reply, .. } => Some(*reply),
             Then::Refresh { .. }
+            | Then::TransferNotified { .. }
             | Then::Register { .. }
             | Then::Stopped
             | Then::MessageStored { .. }
@@ -163,6 +167,7 @@ impl Core {
             (Then::Register { batch, account }, Done::Registration(outcome)) => {
                 self.on_registered(batch, account, outcome)
             }
+            (Then::TransferNotified { call }, _) => self.on_transfer_notified(call),
             (Then::Stopped, _) => self.on_stopped(true),
             (
                 Then::Stored {

@@ -620,16 +620,26 @@ fn a_refer_places_the_new_call_and_notifies_in_order() {
         .any(|k| k.contains("NotifyRefer") && k.ends_with("100)")));
     b.answered(new_leg, SessionTimerAsk::default());
     let sip = b.sip();
-    let notify = sip.iter().find_map(|(_, a)| match a {
-        SipAction::NotifyRefer { code, done, .. } => Some((*code, *done)),
+    let notify = sip.iter().find_map(|(t, a)| match a {
+        SipAction::NotifyRefer { code, done, .. } => Some((*t, *code, *done)),
         _ => None,
     });
-    assert_eq!(notify, Some((200, true)));
-    assert!(
+    let Some((Some(ticket), 200, true)) = notify else {
+        panic!("a final NOTIFY 200 with a ticket: {sip:?}");
+    };
+    // Our leg ends only once the final NOTIFY is done: a BYE first would end the
+    // dialog the NOTIFY travels in.
+    let hangup = |sip: &[(Option<Ticket>, SipAction)]| {
         sip.iter()
-            .any(|(_, a)| matches!(a, SipAction::Hangup { leg } if *leg == 1 << 62)),
-        "the transferred leg is hung up: {sip:?}"
+            .any(|(_, a)| matches!(a, SipAction::Hangup { leg } if *leg == 1 << 62))
+    };
+    assert!(
+        !hangup(&sip),
+        "hung up before the NOTIFY was answered: {sip:?}"
     );
+    b.done(ticket, Done::Unit(Ok(())));
+    let sip = b.sip();
+    assert!(hangup(&sip), "the transferred leg is hung up: {sip:?}");
 }
 
 #[test]

@@ -809,33 +809,7 @@ impl<W: Write + Seek + Send> AudioSink for FileSink<W> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
-    /// A fresh directory for one test, removed when the test ends.
-    struct TempDir(PathBuf);
-
-    impl TempDir {
-        fn new() -> TempDir {
-            static N: AtomicUsize = AtomicUsize::new(0);
-            let dir = std::env::temp_dir().join(format!(
-                "microsip-media-audio-{}-{}",
-                std::process::id(),
-                N.fetch_add(1, Ordering::Relaxed)
-            ));
-            std::fs::create_dir_all(&dir).unwrap();
-            TempDir(dir)
-        }
-
-        fn file(&self, name: &str) -> PathBuf {
-            self.0.join(name)
-        }
-    }
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
+    use microsip_test_support::{dominant, goertzel, TempDir};
 
     fn write_wav(path: &Path, rate: u32, channels: u16, samples: &[i16]) {
         let spec = hound::WavSpec {
@@ -849,26 +823,6 @@ mod tests {
             w.write_sample(s).unwrap();
         }
         w.finalize().unwrap();
-    }
-
-    /// Power of `freq` in `x` (Goertzel), normalised by length.
-    fn goertzel(x: &[i16], freq: f64) -> f64 {
-        let w = std::f64::consts::TAU * freq / f64::from(SAMPLE_RATE);
-        let c = 2.0 * w.cos();
-        let (mut s1, mut s2) = (0.0, 0.0);
-        for &v in x {
-            let s = f64::from(v) + c * s1 - s2;
-            s2 = s1;
-            s1 = s;
-        }
-        (s1 * s1 + s2 * s2 - c * s1 * s2) / (x.len() as f64).powi(2)
-    }
-
-    fn dominant(x: &[i16]) -> u32 {
-        (50..=3950)
-            .step_by(10)
-            .max_by(|a, b| goertzel(x, f64::from(*a)).total_cmp(&goertzel(x, f64::from(*b))))
-            .unwrap()
     }
 
     #[test]
@@ -938,7 +892,7 @@ mod tests {
         }
         let peak = all.iter().map(|s| s.unsigned_abs()).max().unwrap();
         assert!((16000..=16384).contains(&peak), "peak {peak}");
-        assert_eq!(dominant(&all), 440);
+        assert_eq!(dominant(&all, SAMPLE_RATE), 440);
         // No jump at frame edges: consecutive samples differ by at most the max slope.
         let max_step =
             (TONE_AMPLITUDE * std::f64::consts::TAU * 440.0 / f64::from(SAMPLE_RATE)) as i32 + 2;
@@ -960,7 +914,7 @@ mod tests {
 
     #[test]
     fn file_source_loops() {
-        let tmp = TempDir::new();
+        let tmp = TempDir::new("media-audio");
         let path = tmp.file("ramp.wav");
         // At the bus rate: played as it is.
         let ramp: Vec<i16> = (0..500).collect();
@@ -979,7 +933,7 @@ mod tests {
 
     #[test]
     fn file_source_resamples_and_mixes() {
-        let tmp = TempDir::new();
+        let tmp = TempDir::new("media-audio");
         // 44.1 kHz stereo with 440 Hz left and right, read as 16 kHz mono.
         let path = tmp.file("stereo.wav");
         let n = 44_100;
@@ -993,7 +947,7 @@ mod tests {
         let s = FileSource::open(&path).unwrap();
         let len = s.samples().len();
         assert!((15990..=16010).contains(&len), "{len} samples");
-        assert_eq!(dominant(s.samples()), 440);
+        assert_eq!(dominant(s.samples(), SAMPLE_RATE), 440);
         let peak = s.samples().iter().map(|v| v.unsigned_abs()).max().unwrap();
         assert!((11000..=12100).contains(&peak), "peak {peak}");
         // The filter's delay is taken off: the sine starts at once.
@@ -1010,9 +964,9 @@ mod tests {
         write_wav(&path, 8000, 1, &mono);
         let s = FileSource::open(&path).unwrap();
         assert_eq!(s.samples().len(), 16_000);
-        assert_eq!(dominant(s.samples()), 1000);
+        assert_eq!(dominant(s.samples(), SAMPLE_RATE), 1000);
         let mid = &s.samples()[1000..15_000];
-        assert!(goertzel(mid, 1000.0) > 10_000.0 * goertzel(mid, 7000.0));
+        assert!(goertzel(mid, 1000.0, SAMPLE_RATE) > 10_000.0 * goertzel(mid, 7000.0, SAMPLE_RATE));
 
         // 16 kHz mono.
         let path = tmp.file("wide.wav");
@@ -1023,12 +977,12 @@ mod tests {
             .collect();
         write_wav(&path, 16_000, 1, &mono);
         let s = FileSource::open(&path).unwrap();
-        assert_eq!(dominant(s.samples()), 1000);
+        assert_eq!(dominant(s.samples(), SAMPLE_RATE), 1000);
     }
 
     #[test]
     fn file_source_reads_float_and_g711() {
-        let tmp = TempDir::new();
+        let tmp = TempDir::new("media-audio");
         let path = tmp.file("float.wav");
         let spec = hound::WavSpec {
             channels: 1,
@@ -1042,7 +996,10 @@ mod tests {
                 .unwrap();
         }
         w.finalize().unwrap();
-        assert_eq!(dominant(FileSource::open(&path).unwrap().samples()), 300);
+        assert_eq!(
+            dominant(FileSource::open(&path).unwrap().samples(), SAMPLE_RATE),
+            300
+        );
 
         // µ-law and A-law WAVs, written by hand (format tags 7 and 6), with a LIST
         // chunk before fmt to exercise the chunk walk.
@@ -1080,13 +1037,13 @@ mod tests {
             std::fs::write(&path, &f).unwrap();
             let s = FileSource::open(&path).unwrap();
             assert_eq!(s.samples().len(), 16_000);
-            assert_eq!(dominant(s.samples()), 700, "format tag {tag}");
+            assert_eq!(dominant(s.samples(), SAMPLE_RATE), 700, "format tag {tag}");
         }
     }
 
     #[test]
     fn file_source_errors() {
-        let tmp = TempDir::new();
+        let tmp = TempDir::new("media-audio");
         let missing = tmp.file("missing.wav");
         let e = FileSource::open(&missing).unwrap_err();
         assert!(e.to_string().contains("missing.wav"), "{e}");
@@ -1119,7 +1076,7 @@ mod tests {
 
     #[test]
     fn mangled_wav_files_never_panic() {
-        let tmp = TempDir::new();
+        let tmp = TempDir::new("media-audio");
         let path = tmp.file("good.wav");
         let data: Vec<i16> = (0..800).map(|i| (i * 37) as i16).collect();
         write_wav(&path, 16_000, 2, &data);
@@ -1147,7 +1104,7 @@ mod tests {
 
     #[test]
     fn file_sink_writes_a_readable_wav() {
-        let tmp = TempDir::new();
+        let tmp = TempDir::new("media-audio");
         let path = tmp.file("out.wav");
         let mut sink = FileSink::create(&path).unwrap();
         // Readable even before anything is written.
@@ -1168,7 +1125,7 @@ mod tests {
 
     #[test]
     fn file_sink_header_updates_while_writing() {
-        let tmp = TempDir::new();
+        let tmp = TempDir::new("media-audio");
         let path = tmp.file("live.wav");
         let mut sink = FileSink::create(&path).unwrap();
         sink.last_flush = Instant::now() - std::time::Duration::from_secs(2);
@@ -1205,7 +1162,7 @@ mod tests {
 
     #[test]
     fn file_sink_reports_a_full_disk_once() {
-        let tmp = TempDir::new();
+        let tmp = TempDir::new("media-audio");
         let disk = SmallDisk {
             data: io::Cursor::new(Vec::new()),
             room: 3000,

@@ -329,28 +329,7 @@ impl AudioCodec for Opus {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn sine(freq: f64, amplitude: f64, rate: u32, len: usize) -> Vec<i16> {
-        (0..len)
-            .map(|i| {
-                (amplitude * (std::f64::consts::TAU * freq * i as f64 / f64::from(rate)).sin())
-                    as i16
-            })
-            .collect()
-    }
-
-    /// Power of `x` at `freq` (Goertzel).
-    fn tone_power(x: &[i16], freq: f64, rate: u32) -> f64 {
-        let w = std::f64::consts::TAU * freq / f64::from(rate);
-        let c = 2.0 * w.cos();
-        let (mut s1, mut s2) = (0.0, 0.0);
-        for &v in x {
-            let s = f64::from(v) + c * s1 - s2;
-            s2 = s1;
-            s1 = s;
-        }
-        (s1 * s1 + s2 * s2 - c * s1 * s2) / (x.len() as f64).powi(2)
-    }
+    use microsip_test_support::{goertzel, sine};
 
     fn round_trip(codec: &mut dyn AudioCodec, pcm: &[i16]) -> Vec<i16> {
         let mut out = Vec::new();
@@ -445,8 +424,8 @@ mod tests {
         let input = sine(1000.0, 8000.0, 16_000, 16_000);
         let output = round_trip(c.as_mut(), &input);
         let tail = &output[1600..];
-        let at_1k = tone_power(tail, 1000.0, 16_000);
-        assert!(at_1k > 1000.0 * tone_power(tail, 1500.0, 16_000));
+        let at_1k = goertzel(tail, 1000.0, 16_000);
+        assert!(at_1k > 1000.0 * goertzel(tail, 1500.0, 16_000));
         let mut out = vec![0i16; MAX_DECODED_SAMPLES];
         assert_eq!(c.conceal(&mut out), 320);
         // A rate libopus does not take falls back to 48 kHz; the others are fixed.
@@ -472,9 +451,9 @@ mod tests {
             let output = round_trip(codec.as_mut(), &input);
             // Skip the first 100 ms (codec start-up).
             let tail = &output[rate as usize / 10..];
-            let at_1k = tone_power(tail, 1000.0, rate);
+            let at_1k = goertzel(tail, 1000.0, rate);
             for other in [500.0, 800.0, 1250.0, 2000.0, 3000.0] {
-                let p = tone_power(tail, other, rate);
+                let p = goertzel(tail, other, rate);
                 assert!(
                     at_1k > 1000.0 * p,
                     "{name}: 1 kHz {at_1k:.0} vs {other} Hz {p:.0}"

@@ -1101,9 +1101,7 @@ mod tests {
 
     #[test]
     fn recording_and_playing_need_a_session_and_a_readable_file() {
-        let dir =
-            std::env::temp_dir().join(format!("microsip-media-engine-rec-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let dir = microsip_test_support::TempDir::new("media-engine-rec");
         let m = MediaEngine::start(MediaConfig {
             bind_ip: IpAddr::from([127, 0, 0, 1]),
             rtp_port_min: None,
@@ -1143,7 +1141,6 @@ mod tests {
             Err(MediaError::UnknownSession(9))
         );
         m.close(1).unwrap();
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

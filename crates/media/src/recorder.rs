@@ -448,30 +448,8 @@ impl Taps {
 mod tests {
     use super::*;
     use crate::engine::EventSink;
-    use std::sync::atomic::AtomicUsize;
+    use microsip_test_support::{goertzel, TempDir};
     use std::time::Instant;
-
-    /// A fresh directory for one test, removed when the test ends.
-    struct TempDir(PathBuf);
-
-    impl TempDir {
-        fn new() -> TempDir {
-            static N: AtomicUsize = AtomicUsize::new(0);
-            let dir = std::env::temp_dir().join(format!(
-                "microsip-media-recorder-{}-{}",
-                std::process::id(),
-                N.fetch_add(1, Ordering::Relaxed)
-            ));
-            std::fs::create_dir_all(&dir).unwrap();
-            TempDir(dir)
-        }
-    }
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
 
     fn tone(hz: f64, frames: usize, amplitude: f64, start: usize) -> Vec<Frame> {
         (0..frames)
@@ -488,18 +466,6 @@ mod tests {
             .collect()
     }
 
-    /// Power of `freq` in `x` (Goertzel), normalised by length.
-    fn power(x: &[i16], freq: f64) -> f64 {
-        let k = 2.0 * (std::f64::consts::TAU * freq / f64::from(SAMPLE_RATE)).cos();
-        let (mut s1, mut s2) = (0.0, 0.0);
-        for &v in x {
-            let s = f64::from(v) + k * s1 - s2;
-            s2 = s1;
-            s1 = s;
-        }
-        (s1 * s1 + s2 * s2 - k * s1 * s2) / (x.len() as f64).powi(2)
-    }
-
     fn events() -> (EventSink, Arc<Mutex<Vec<MediaEvent>>>) {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let s = seen.clone();
@@ -508,8 +474,8 @@ mod tests {
 
     #[test]
     fn records_both_directions_into_a_finished_wav() {
-        let dir = TempDir::new();
-        let path = dir.0.join("call.wav");
+        let dir = TempDir::new("media-recorder");
+        let path = dir.join("call.wav");
         let (recorder, handle) = start_recording(&path).unwrap();
         let mut taps = Taps::default();
         taps.set_recorder(Some(recorder));
@@ -548,9 +514,9 @@ mod tests {
         );
         let samples: Vec<i16> = reader.into_samples().map(|s| s.unwrap()).collect();
         let (p440, p1000, p700) = (
-            power(&samples, 440.0),
-            power(&samples, 1000.0),
-            power(&samples, 700.0),
+            goertzel(&samples, 440.0, SAMPLE_RATE),
+            goertzel(&samples, 1000.0, SAMPLE_RATE),
+            goertzel(&samples, 700.0, SAMPLE_RATE),
         );
         assert!(p440 > 100.0 * p700, "sent tone missing: {p440} vs {p700}");
         assert!(
@@ -666,8 +632,8 @@ mod tests {
 
     #[test]
     fn a_played_file_replaces_the_microphone_then_stops() {
-        let dir = TempDir::new();
-        let path = dir.0.join("two-and-a-half.wav");
+        let dir = TempDir::new("media-recorder");
+        let path = dir.join("two-and-a-half.wav");
         let file: Vec<i16> = (0..FRAME_SAMPLES * 5 / 2).map(|i| 1 + i as i16).collect();
         write_wav(&path, &file);
         let mut taps = Taps::default();
@@ -703,8 +669,8 @@ mod tests {
 
     #[test]
     fn exact_frames_end_on_their_last_frame_and_hangup_is_asked_once() {
-        let dir = TempDir::new();
-        let path = dir.0.join("two.wav");
+        let dir = TempDir::new("media-recorder");
+        let path = dir.join("two.wav");
         write_wav(&path, &[7; FRAME_SAMPLES * 2]);
         let mut taps = Taps::default();
         taps.set_player(Some(Player::open(&path, PlayEnd::Hangup).unwrap()));
@@ -734,8 +700,8 @@ mod tests {
 
     #[test]
     fn a_looped_file_never_ends() {
-        let dir = TempDir::new();
-        let path = dir.0.join("short.wav");
+        let dir = TempDir::new("media-recorder");
+        let path = dir.join("short.wav");
         let file: Vec<i16> = (0..100).map(|i| i as i16 + 1).collect();
         write_wav(&path, &file);
         let mut player = Player::open(&path, PlayEnd::Loop).unwrap();
@@ -748,13 +714,13 @@ mod tests {
         for (i, &s) in out.iter().enumerate() {
             assert_eq!(s, file[i % file.len()]);
         }
-        assert!(Player::open(&dir.0.join("missing.wav"), PlayEnd::Stop).is_err());
+        assert!(Player::open(&dir.join("missing.wav"), PlayEnd::Stop).is_err());
     }
 
     #[test]
     fn a_file_sink_writes_on_its_thread_and_is_finished_after_close() {
-        let dir = TempDir::new();
-        let path = dir.0.join("out.wav");
+        let dir = TempDir::new("media-recorder");
+        let path = dir.join("out.wav");
         let (mut sink, handle) = file_sink(&path).unwrap();
         // Pieces of any length: shorter than a frame, longer than one.
         let samples: Vec<i16> = (0..FRAME_SAMPLES as i16 * 3 + 7).collect();

@@ -174,8 +174,7 @@ mod tests {
 
     #[test]
     fn ringer_writes_the_cadence_to_a_file_until_dropped() {
-        let dir = std::env::temp_dir().join(format!("ring-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = microsip_test_support::TempDir::new("media-ring");
         let path = dir.join("ring.wav");
         let r = Ringer::start(&AudioSpec::File(path.clone()), None).unwrap();
         thread::sleep(Duration::from_millis(300));
@@ -185,6 +184,5 @@ mod tests {
         let ms = samples.len() * 1000 / SAMPLE_RATE as usize;
         assert!(ms > 0 && ms < 5000, "{ms} ms");
         assert!(samples.iter().any(|&v| v.abs() > 4000));
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -4,11 +4,9 @@
 //! real sockets and the real clock.
 #![allow(clippy::unwrap_used, unsafe_code)] // test code: a failed unwrap is a failed test
 
-mod common;
-use common::dominant;
+use microsip_test_support::{dominant, TempDir};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::path::Path;
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
@@ -30,32 +28,6 @@ fn engine(range: Option<(u16, u16)>) -> MediaEngine {
         dtmf: Default::default(),
     })
     .unwrap()
-}
-
-/// A fresh directory for one test, removed when the test ends.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> TempDir {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "microsip-media-loopback-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-
-    fn file(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 fn negotiated(codec: Codec, remote_port: u16) -> Negotiated {
@@ -96,7 +68,7 @@ fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
 /// thread, finished when `close` returns). Every codec crosses in `tests/session.rs`.
 #[test]
 fn tone_crosses_two_engines_and_is_recorded() {
-    let tmp = TempDir::new();
+    let tmp = TempDir::new("media-loopback");
     for codec in [Codec::Pcma, Codec::Opus] {
         let a = engine(None);
         let b = engine(None);
@@ -129,10 +101,10 @@ fn tone_crosses_two_engines_and_is_recorded() {
         assert_eq!(b.stats(1), None);
         let heard = read_wav(&out);
         assert!(heard.len() >= 40 * FRAME, "{} samples", heard.len());
-        assert_eq!(dominant(&heard), 440, "{codec}");
+        assert_eq!(dominant(&heard, BUS_RATE), 440, "{codec}");
         // The tone holds its frequency in every 100 ms after the start.
         for (i, w) in heard.chunks_exact(FRAME * 5).enumerate().skip(1) {
-            assert_eq!(dominant(w), 440, "{codec}: window {i}");
+            assert_eq!(dominant(w, BUS_RATE), 440, "{codec}: window {i}");
         }
         // The level kept (a -6 dBFS sine: RMS 11585) after the codec's start-up.
         let tail = &heard[FRAME * 5..];
@@ -147,7 +119,7 @@ fn tone_crosses_two_engines_and_is_recorded() {
 
 #[test]
 fn file_source_to_file_sink_in_one_engine() {
-    let tmp = TempDir::new();
+    let tmp = TempDir::new("media-loopback");
     let input = tmp.file("in.wav");
     let spec = hound::WavSpec {
         channels: 1,
@@ -174,7 +146,7 @@ fn file_source_to_file_sink_in_one_engine() {
     e.close(11).unwrap();
     let heard = read_wav(&out);
     assert!(heard.len() >= 25 * FRAME);
-    assert_eq!(dominant(&heard), 1000);
+    assert_eq!(dominant(&heard, BUS_RATE), 1000);
     e.close(10).unwrap();
 }
 
@@ -257,7 +229,7 @@ fn rtp_port_range_is_honoured() {
 
 #[test]
 fn errors_reach_the_caller() {
-    let tmp = TempDir::new();
+    let tmp = TempDir::new("media-loopback");
     let e = engine(None);
     let missing = tmp.file("nope.wav");
     let err = e
@@ -307,7 +279,7 @@ fn a_failing_socket_keeps_the_call() {
 
 #[test]
 fn dropping_the_last_handle_finishes_files() {
-    let tmp = TempDir::new();
+    let tmp = TempDir::new("media-loopback");
     let out = tmp.file("dropped.wav");
     let a = engine(None);
     let b = engine(None);
@@ -354,7 +326,7 @@ fn rss_kib() -> i64 {
 #[test]
 #[ignore]
 fn cpu_50_sessions() {
-    let tmp = TempDir::new();
+    let tmp = TempDir::new("media-loopback");
     let input = tmp.file("cpu-in.wav");
     let spec = hound::WavSpec {
         channels: 1,

@@ -5,8 +5,8 @@
 //! it), and time moves only when [`Net::step`] says so.
 #![allow(clippy::unwrap_used, unsafe_code)] // test code: a failed unwrap is a failed test
 
-mod common;
-use common::dominant;
+use microsip_media::audio::SAMPLE_RATE;
+use microsip_test_support::dominant;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -307,7 +307,7 @@ fn a_tone_crosses_both_ways_in_every_codec() {
             );
             // The tone holds its frequency in every 100 ms after the start.
             for (i, w) in heard.chunks_exact(FRAME_SAMPLES * 5).enumerate().skip(1) {
-                assert_eq!(dominant(w), hz, "{codec}: window {i}");
+                assert_eq!(dominant(w, SAMPLE_RATE), hz, "{codec}: window {i}");
             }
             // The level kept (a -6 dBFS sine: RMS 11585) after the codec's start-up.
             let level = rms(&heard[FRAME_SAMPLES * 5..]);
@@ -389,7 +389,7 @@ fn loss_and_reordering_are_concealed_by_the_jitter_buffer() {
         assert!(rms(w) > 5_000.0, "frame {i} is silent: RMS {:.0}", rms(w));
     }
     for (i, w) in heard.chunks_exact(FRAME_SAMPLES * 5).enumerate().skip(1) {
-        assert_eq!(dominant(w), 440, "window {i}");
+        assert_eq!(dominant(w, SAMPLE_RATE), 440, "window {i}");
     }
 }
 

@@ -1,14 +1,16 @@
 //! SIP signalling for the phone. rsipstack (pinned) is used only inside this crate,
 //! so an upgrade touches one place. It owns the endpoint and its listeners, our
 //! reader of SIP input (`reader`: every message passes it before the stack's
-//! parser), the registration clients, digest answers and the SIP trace. It knows
-//! nothing of the ini file, commands or RTP.
+//! parser), the registration clients, the refresh and back-off schedule that the
+//! REGISTER, SUBSCRIBE and PUBLISH tasks share (`refresh`), digest answers and the SIP
+//! trace. It knows nothing of the ini file, commands or RTP.
 
 pub mod call;
 pub mod digest;
 pub mod event_bodies;
 pub mod message;
 mod reader;
+mod refresh;
 pub mod registration;
 mod request;
 pub mod stack;

@@ -21,6 +21,7 @@ use tokio::time::{sleep_until, Instant};
 use tracing::{debug, info, warn};
 
 use crate::digest::{answer, pick_challenge, Challenge};
+use crate::refresh::{RefreshSchedule, REGISTER_REFUSALS};
 use crate::request::NoAnswer;
 use crate::stack::SipStack;
 
@@ -200,37 +201,62 @@ struct Client {
     challenge: Option<(Challenge, u8)>,
 }
 
-/// Back-off after failures: 2, 4, 8 … up to 120 s; credentials errors start at 30 s.
-pub(crate) fn backoff(failures: u32, code: u16) -> u32 {
-    let base: u32 = if matches!(code, 401 | 403 | 404 | 407) {
-        30
-    } else {
-        2
-    };
-    base.saturating_mul(1 << failures.min(6)).min(300).max(base)
+/// What the registration task does on the network: the real [`Client`], or a
+/// scripted registrar in the tests.
+trait Registrar {
+    fn account(&self) -> u32;
+    /// The expiry to ask for (a 423 may have raised it).
+    fn expires(&self) -> u32;
+    /// NAT keep-alive interval in seconds; 0: none.
+    fn keep_alive(&self) -> u32;
+    /// Our Contact as registered.
+    fn contact(&self) -> String;
+    /// Uses `password` from the next REGISTER on.
+    fn set_password(&mut self, password: String);
+    /// One REGISTER exchange with `expires` (0 removes the binding).
+    async fn exchange(&mut self, expires: u32) -> Outcome;
+    async fn send_keep_alive(&mut self);
 }
 
-/// When to refresh a binding that expires in `expires` seconds.
-pub(crate) fn refresh_after(expires: u32) -> Duration {
-    let secs = if expires >= 40 {
-        expires - 10
-    } else {
-        (expires / 2).max(1)
-    };
-    Duration::from_secs(u64::from(secs))
+impl Registrar for Client {
+    fn account(&self) -> u32 {
+        self.config.account
+    }
+    fn expires(&self) -> u32 {
+        self.config.expires
+    }
+    fn keep_alive(&self) -> u32 {
+        self.config.keep_alive
+    }
+    fn contact(&self) -> String {
+        self.contact.to_string()
+    }
+    fn set_password(&mut self, password: String) {
+        self.config.password = password;
+        self.challenge = None;
+    }
+    async fn exchange(&mut self, expires: u32) -> Outcome {
+        Client::exchange(self, expires).await
+    }
+    async fn send_keep_alive(&mut self) {
+        Client::send_keep_alive(self).await
+    }
 }
 
-async fn run(
-    mut client: Client,
+/// The registration task: registers at once, refreshes before expiry, backs off
+/// after failures (all timing in its [`RefreshSchedule`]), sends keep-alives while
+/// registered, and serves the handle's requests.
+async fn run<R: Registrar>(
+    mut client: R,
     mut control: mpsc::UnboundedReceiver<Control>,
     events: mpsc::UnboundedSender<RegistrationEvent>,
 ) {
-    let account = client.config.account;
+    let account = client.account();
     let mut wanted = true; // register (true) or stay unregistered (false)
     let mut registered = false;
-    let mut failures: u32 = 0;
-    let mut next_attempt = Some(Instant::now());
-    let keep_alive = Duration::from_secs(u64::from(client.config.keep_alive.max(1)));
+    let mut schedule = RefreshSchedule::new(REGISTER_REFUSALS);
+    schedule.due_now(Instant::now());
+    let keep_alive = Duration::from_secs(u64::from(client.keep_alive().max(1)));
     let mut next_keep_alive = Instant::now() + keep_alive;
     let mut queued: VecDeque<Control> = VecDeque::new();
 
@@ -238,15 +264,14 @@ async fn run(
         let request = if let Some(c) = queued.pop_front() {
             Some(c)
         } else {
-            let far = Instant::now() + Duration::from_secs(86_400);
             tokio::select! {
                 c = control.recv() => match c {
                     Some(c) => Some(c),
                     None => Some(Control::Stop(oneshot::channel().0)),
                 },
-                _ = sleep_until(next_attempt.unwrap_or(far)) => None,
+                _ = schedule.wait() => None,
                 _ = sleep_until(next_keep_alive),
-                    if registered && client.config.keep_alive > 0 => {
+                    if registered && client.keep_alive() > 0 => {
                     client.send_keep_alive().await;
                     next_keep_alive = Instant::now() + keep_alive;
                     continue;
@@ -255,18 +280,17 @@ async fn run(
         };
 
         let (expires, reply, stop) = match request {
-            None => (client.config.expires, None, false),
+            None => (client.expires(), None, false),
             Some(Control::SetPassword(p)) => {
-                client.config.password = p;
-                client.challenge = None;
+                client.set_password(p);
                 if wanted {
-                    next_attempt = Some(Instant::now());
+                    schedule.due_now(Instant::now());
                 }
                 continue;
             }
             Some(Control::Register(reply)) => {
                 wanted = true;
-                (client.config.expires, Some(reply), false)
+                (client.expires(), Some(reply), false)
             }
             Some(Control::Unregister(reply)) => {
                 wanted = false;
@@ -276,7 +300,7 @@ async fn run(
         };
 
         if expires == 0 && !registered {
-            next_attempt = None;
+            schedule.stop();
             let _ = events.send(RegistrationEvent::Unregistered { account });
             if let Some(reply) = reply {
                 let _ = reply.send(Outcome::local(200, "not registered"));
@@ -325,12 +349,11 @@ async fn run(
 
         if expires == 0 {
             registered = false;
-            next_attempt = None;
+            schedule.stop();
             let _ = events.send(RegistrationEvent::Unregistered { account });
         } else if outcome.is_success() {
             registered = true;
-            failures = 0;
-            next_attempt = Some(Instant::now() + refresh_after(outcome.expires));
+            schedule.succeeded(Instant::now(), outcome.expires);
             next_keep_alive = Instant::now() + keep_alive;
             info!(
                 "account {account} registered (expires {}s)",
@@ -341,13 +364,11 @@ async fn run(
                 code: outcome.code,
                 reason: outcome.reason.clone(),
                 expires: outcome.expires,
-                contact: client.contact.to_string(),
+                contact: client.contact(),
             });
         } else {
             registered = false;
-            let retry_in = backoff(failures, outcome.code);
-            failures = failures.saturating_add(1);
-            next_attempt = Some(Instant::now() + Duration::from_secs(u64::from(retry_in)));
+            let retry_in = schedule.failed(Instant::now(), outcome.code, None);
             warn!(
                 "account {account} registration failed: {} {} (retry in {retry_in}s)",
                 outcome.code, outcome.reason
@@ -746,13 +767,213 @@ fn granted_expires(resp: &Response, ours: &Uri, asked: u32) -> u32 {
 mod tests {
     use super::*;
 
-    #[test]
-    fn backoff_grows_and_is_bounded() {
-        assert_eq!(backoff(0, 408), 2);
-        assert_eq!(backoff(1, 408), 4);
-        assert_eq!(backoff(10, 408), 128);
-        assert_eq!(backoff(0, 403), 30);
-        assert!(backoff(30, 403) <= 300);
+    /// One scripted REGISTER answer: how long the registrar takes, then what it says.
+    struct Scripted {
+        takes: Duration,
+        code: u16,
+        expires: u32,
+    }
+
+    fn answers(takes: u64, code: u16, expires: u32) -> Scripted {
+        Scripted {
+            takes: Duration::from_secs(takes),
+            code,
+            expires,
+        }
+    }
+
+    /// A registrar that answers from a script (200 with what was asked once it runs
+    /// out) and logs when each REGISTER went out (seconds since `start`) and its
+    /// Expires.
+    struct ScriptedRegistrar {
+        start: Instant,
+        script: VecDeque<Scripted>,
+        sent: mpsc::UnboundedSender<(u64, u32)>,
+        keep_alives: mpsc::UnboundedSender<u64>,
+        keep_alive: u32,
+    }
+
+    impl Registrar for ScriptedRegistrar {
+        fn account(&self) -> u32 {
+            7
+        }
+        fn expires(&self) -> u32 {
+            60
+        }
+        fn keep_alive(&self) -> u32 {
+            self.keep_alive
+        }
+        fn contact(&self) -> String {
+            "sip:1001@127.0.0.1:5060".into()
+        }
+        fn set_password(&mut self, _password: String) {}
+        async fn exchange(&mut self, expires: u32) -> Outcome {
+            let _ = self
+                .sent
+                .send(((Instant::now() - self.start).as_secs(), expires));
+            let answer = self.script.pop_front().unwrap_or(Scripted {
+                takes: Duration::ZERO,
+                code: 200,
+                expires,
+            });
+            tokio::time::sleep(answer.takes).await;
+            Outcome {
+                code: answer.code,
+                reason: "scripted".into(),
+                expires: if (200..300).contains(&answer.code) {
+                    answer.expires
+                } else {
+                    0
+                },
+            }
+        }
+        async fn send_keep_alive(&mut self) {
+            let _ = self
+                .keep_alives
+                .send((Instant::now() - self.start).as_secs());
+        }
+    }
+
+    /// The real registration task on a scripted registrar: its handle, its events,
+    /// the REGISTERs sent (second, Expires) and the keep-alives sent (second).
+    #[allow(clippy::type_complexity)]
+    fn start_scripted(
+        script: Vec<Scripted>,
+        keep_alive: u32,
+    ) -> (
+        Registration,
+        mpsc::UnboundedReceiver<RegistrationEvent>,
+        mpsc::UnboundedReceiver<(u64, u32)>,
+        mpsc::UnboundedReceiver<u64>,
+    ) {
+        let (sent, sent_rx) = mpsc::unbounded_channel();
+        let (keep_alives, keep_alives_rx) = mpsc::unbounded_channel();
+        let registrar = ScriptedRegistrar {
+            start: Instant::now(),
+            script: script.into(),
+            sent,
+            keep_alives,
+            keep_alive,
+        };
+        let (control, rx) = mpsc::unbounded_channel();
+        let (events, events_rx) = mpsc::unbounded_channel();
+        tokio::spawn(run(registrar, rx, events));
+        (Registration { control }, events_rx, sent_rx, keep_alives_rx)
+    }
+
+    async fn next_event(events: &mut mpsc::UnboundedReceiver<RegistrationEvent>) -> String {
+        match events.recv().await {
+            Some(RegistrationEvent::Registered { expires, .. }) => format!("registered {expires}"),
+            Some(RegistrationEvent::Failed { code, retry_in, .. }) => {
+                format!("failed {code} retry in {retry_in}")
+            }
+            Some(RegistrationEvent::Unregistered { .. }) => "unregistered".into(),
+            None => "task ended".into(),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_task_backs_off_then_refreshes_before_expiry() {
+        let (handle, mut events, mut sent, _) = start_scripted(
+            vec![answers(0, 503, 0), answers(0, 503, 0), answers(0, 200, 60)],
+            0,
+        );
+        assert_eq!(next_event(&mut events).await, "failed 503 retry in 2");
+        assert_eq!(next_event(&mut events).await, "failed 503 retry in 4");
+        assert_eq!(next_event(&mut events).await, "registered 60");
+        assert_eq!(next_event(&mut events).await, "registered 60");
+        let mut at = Vec::new();
+        while let Ok(register) = sent.try_recv() {
+            at.push(register);
+        }
+        assert_eq!(at, vec![(0, 60), (2, 60), (6, 60), (56, 60)]);
+        // Stopping removes the binding and ends the task: nothing more is sent.
+        let out = handle.stop().await;
+        assert_eq!((out.code, out.expires), (200, 0));
+        assert_eq!(next_event(&mut events).await, "unregistered");
+        assert_eq!(next_event(&mut events).await, "task ended");
+        assert_eq!(sent.recv().await, Some((56, 0)));
+        assert_eq!(sent.recv().await, None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn unregistered_stays_unregistered_until_asked() {
+        let (handle, mut events, mut sent, _) = start_scripted(vec![], 0);
+        assert_eq!(next_event(&mut events).await, "registered 60");
+        let out = handle.unregister().await;
+        assert_eq!((out.code, out.expires), (200, 0));
+        assert_eq!(next_event(&mut events).await, "unregistered");
+        // A week later nothing was sent: no refresh, no retry.
+        tokio::time::sleep(Duration::from_secs(7 * 86_400)).await;
+        assert!(events.try_recv().is_err());
+        let mut at = Vec::new();
+        while let Ok(register) = sent.try_recv() {
+            at.push(register);
+        }
+        assert_eq!(at, vec![(0, 60), (0, 0)]);
+        // Asked again: registers at once and refreshes at 50 s from there.
+        let out = handle.register().await;
+        assert_eq!((out.code, out.expires), (200, 60));
+        assert_eq!(next_event(&mut events).await, "registered 60");
+        assert_eq!(next_event(&mut events).await, "registered 60");
+        assert_eq!(sent.recv().await, Some((7 * 86_400, 60)));
+        assert_eq!(sent.recv().await, Some((7 * 86_400 + 50, 60)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn refusals_back_off_from_30_s_and_a_success_starts_over() {
+        let mut script: Vec<Scripted> = (0..6).map(|_| answers(0, 403, 0)).collect();
+        script.push(answers(0, 200, 60));
+        script.push(answers(0, 503, 0));
+        let (_handle, mut events, mut sent, _) = start_scripted(script, 0);
+        for retry_in in [30, 60, 120, 240, 300, 300] {
+            assert_eq!(
+                next_event(&mut events).await,
+                format!("failed 403 retry in {retry_in}")
+            );
+        }
+        assert_eq!(next_event(&mut events).await, "registered 60");
+        assert_eq!(next_event(&mut events).await, "failed 503 retry in 2");
+        let mut at = Vec::new();
+        while let Ok((second, _)) = sent.try_recv() {
+            at.push(second);
+        }
+        assert_eq!(at, vec![0, 30, 90, 210, 450, 750, 1050, 1100]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stop_wins_over_a_refresh_that_hangs() {
+        // Registered at 0; the refresh at 50 s gets no answer for 10 s; a stop at
+        // 55 s abandons it and removes the binding at once.
+        let (handle, mut events, mut sent, _) =
+            start_scripted(vec![answers(0, 200, 60), answers(10, 408, 0)], 0);
+        assert_eq!(next_event(&mut events).await, "registered 60");
+        tokio::time::sleep(Duration::from_secs(55)).await;
+        let out = handle.stop().await;
+        assert_eq!((out.code, out.expires), (200, 0));
+        assert_eq!(next_event(&mut events).await, "unregistered");
+        assert_eq!(next_event(&mut events).await, "task ended");
+        let mut at = Vec::new();
+        while let Some(register) = sent.recv().await {
+            at.push(register);
+        }
+        assert_eq!(at, vec![(0, 60), (50, 60), (55, 0)]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn keep_alives_run_while_registered_only() {
+        let (handle, mut events, _sent, mut keep_alives) =
+            start_scripted(vec![answers(0, 200, 300)], 15);
+        assert_eq!(next_event(&mut events).await, "registered 300");
+        tokio::time::sleep(Duration::from_secs(50)).await;
+        let out = handle.unregister().await;
+        assert_eq!(out.code, 200);
+        tokio::time::sleep(Duration::from_secs(600)).await;
+        let mut at = Vec::new();
+        while let Ok(second) = keep_alives.try_recv() {
+            at.push(second);
+        }
+        assert_eq!(at, vec![15, 30, 45]);
     }
 
     fn via_params(via: &str) -> Vec<Param> {
@@ -779,12 +1000,5 @@ mod tests {
             seen("SIP/2.0/UDP 192.168.1.5:5070;branch=z9hG4bKx;rport", true),
             None
         );
-    }
-
-    #[test]
-    fn refresh_comes_before_expiry() {
-        assert_eq!(refresh_after(300), Duration::from_secs(290));
-        assert_eq!(refresh_after(10), Duration::from_secs(5));
-        assert_eq!(refresh_after(1), Duration::from_secs(1));
     }
 }

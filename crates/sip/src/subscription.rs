@@ -19,7 +19,7 @@ use rsipstack::sip::{
 use rsipstack::transaction::transaction::Transaction;
 use rsipstack::transaction::{make_tag, random_text};
 use tokio::sync::{mpsc, oneshot};
-use tokio::time::{sleep_until, Instant};
+use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::call::{content_type, strip_angle, CallerAccount, Calls};
@@ -28,7 +28,8 @@ use crate::event_bodies::{
     parse_message_summary, parse_pidf, pidf_document, MessageSummary, Presence,
 };
 use crate::message::MessageSender;
-use crate::registration::{backoff, reason_of, refresh_after};
+use crate::refresh::{RefreshSchedule, SUBSCRIBE_REFUSALS};
+use crate::registration::reason_of;
 use crate::request::{send_and_wait, NoAnswer};
 use crate::stack::SipStack;
 
@@ -327,15 +328,24 @@ fn after_termination(reason: &str, retry_after: Option<u32>) -> Next {
     }
 }
 
-/// Seconds before trying again after the `failures`-th failure (≥ 1) with `code`:
-/// the registration back-off, starting at 30 s for refusals that will not change
-/// soon (no such user, method or event package not supported).
-fn retry_wait(failures: u32, code: u16) -> u32 {
-    let code = match code {
-        404 | 405 | 489 | 501 | 603 => 403,
-        c => c,
-    };
-    backoff(failures.saturating_sub(1), code)
+/// Plans the next SUBSCRIBE after one failed with `code`: at once when a refresh
+/// found that the notifier lost our dialog (481) or did not answer (408) and this is
+/// the first failure since the last success; else after the back-off (refusals such
+/// as 404, 405, 489, 501 and 603 from 30 s; a Retry-After wins). Returns the wait in
+/// seconds.
+fn after_failed_subscribe(
+    schedule: &mut RefreshSchedule,
+    now: Instant,
+    refresh: bool,
+    code: u16,
+    retry_after: Option<u32>,
+) -> u32 {
+    let wait = schedule.failed(now, code, retry_after);
+    if refresh && matches!(code, 481 | 408) && schedule.failures() == 1 {
+        schedule.due_now(now);
+        return 0;
+    }
+    wait
 }
 
 enum Control {
@@ -391,15 +401,92 @@ struct Sub {
     pending: Option<Next>,
 }
 
-async fn run_subscription(mut sub: Sub, mut control: mpsc::UnboundedReceiver<Control>) {
+/// What the subscription task does on the network: the real [`Sub`], or a scripted
+/// notifier in the tests.
+trait Subscribing {
+    /// A NOTIFY as it arrives.
+    type Notify;
+    /// The expiry to ask for (a 423 may have raised it).
+    fn expires(&self) -> u32;
+    /// A 2xx or a NOTIFY established the dialog: the next SUBSCRIBE is a refresh.
+    fn established(&self) -> bool;
+    fn report(&self, state: &'static str, code: u16, reason: &str);
+    /// Adds (or removes) the dialog's NOTIFY route.
+    fn route(&self, add: bool);
+    /// Drops the dialog; the next SUBSCRIBE starts a new one.
+    fn new_dialog(&mut self);
+    /// The next NOTIFY for this dialog (cancel-safe).
+    async fn next_notify(&mut self) -> Option<Self::Notify>;
+    /// Answers one NOTIFY; says what the subscription does next.
+    async fn on_notify(&mut self, notify: Self::Notify) -> Next;
+    /// One SUBSCRIBE exchange (`expires` 0 unsubscribes). Ok: the granted expiry;
+    /// Err: code, reason, Retry-After.
+    async fn exchange(&mut self, expires: u32) -> Result<u32, (u16, String, Option<u32>)>;
+    /// What a NOTIFY handled during the last exchange asked for.
+    fn take_pending(&mut self) -> Option<Next>;
+}
+
+impl Subscribing for Sub {
+    type Notify = Transaction;
+    fn expires(&self) -> u32 {
+        self.config.expires
+    }
+    fn established(&self) -> bool {
+        self.dialog.established
+    }
+    fn report(&self, state: &'static str, code: u16, reason: &str) {
+        Sub::report(self, state, code, reason)
+    }
+    fn route(&self, add: bool) {
+        Sub::route(self, add)
+    }
+    fn new_dialog(&mut self) {
+        Sub::new_dialog(self)
+    }
+    async fn next_notify(&mut self) -> Option<Transaction> {
+        self.notifies.recv().await
+    }
+    async fn on_notify(&mut self, notify: Transaction) -> Next {
+        Sub::on_notify(self, notify).await
+    }
+    async fn exchange(&mut self, expires: u32) -> Result<u32, (u16, String, Option<u32>)> {
+        Sub::exchange(self, expires).await
+    }
+    fn take_pending(&mut self) -> Option<Next> {
+        self.pending.take()
+    }
+}
+
+/// Applies what a NOTIFY asked to the refresh schedule.
+fn follow<S: Subscribing>(sub: &mut S, asked: Next, schedule: &mut RefreshSchedule) {
+    match asked {
+        Next::Stay => {}
+        Next::Expires(secs) => schedule.expires_in(Instant::now(), secs.max(1)),
+        Next::Resubscribe(after) => {
+            sub.new_dialog();
+            schedule.due_in(Instant::now(), after);
+        }
+        Next::Ended => {
+            sub.new_dialog();
+            schedule.stop();
+        }
+    }
+}
+
+/// The subscription task: subscribes at once, refreshes before expiry, backs off
+/// after failures (all timing in its [`RefreshSchedule`]), follows what NOTIFYs ask,
+/// and unsubscribes (bounded in time) when stopped.
+async fn run_subscription<S: Subscribing>(
+    mut sub: S,
+    mut control: mpsc::UnboundedReceiver<Control>,
+) {
     sub.route(true);
-    let mut next: Option<Instant> = Some(Instant::now());
-    let mut failures: u32 = 0;
+    let mut schedule = RefreshSchedule::new(SUBSCRIBE_REFUSALS);
+    schedule.due_now(Instant::now());
     loop {
-        let far = Instant::now() + Duration::from_secs(86_400);
         tokio::select! {
             c = control.recv() => {
-                if sub.dialog.established {
+                if sub.established() {
                     let _ = tokio::time::timeout(STOP_TIMEOUT, sub.exchange(0)).await;
                 }
                 sub.route(false);
@@ -408,37 +495,28 @@ async fn run_subscription(mut sub: Sub, mut control: mpsc::UnboundedReceiver<Con
                 }
                 return;
             }
-            Some(tx) = sub.notifies.recv() => {
-                let asked = sub.on_notify(tx).await;
-                next = sub.follow(asked, next);
+            Some(notify) = sub.next_notify() => {
+                let asked = sub.on_notify(notify).await;
+                follow(&mut sub, asked, &mut schedule);
             }
-            _ = sleep_until(next.unwrap_or(far)), if next.is_some() => {
-                let refresh = sub.dialog.established;
-                let result = sub.exchange(sub.config.expires).await;
-                next = match result {
+            _ = schedule.wait() => {
+                let refresh = sub.established();
+                let result = sub.exchange(sub.expires()).await;
+                match result {
                     Ok(granted) => {
-                        failures = 0;
                         if !refresh {
                             sub.report("active", 200, "subscribed");
                         }
-                        Some(Instant::now() + refresh_after(granted.max(10)))
+                        schedule.succeeded(Instant::now(), granted.max(10));
                     }
                     Err((code, reason, retry)) => {
                         sub.report("failed", code, &reason);
-                        failures = failures.saturating_add(1);
-                        if refresh && matches!(code, 481 | 408) && failures == 1 {
-                            // The notifier lost our dialog: start a new one now.
-                            sub.new_dialog();
-                            Some(Instant::now())
-                        } else {
-                            sub.new_dialog();
-                            let wait = retry.unwrap_or_else(|| retry_wait(failures, code));
-                            Some(Instant::now() + Duration::from_secs(u64::from(wait)))
-                        }
+                        sub.new_dialog();
+                        after_failed_subscribe(&mut schedule, Instant::now(), refresh, code, retry);
                     }
                 };
-                if let Some(asked) = sub.pending.take() {
-                    next = sub.follow(asked, next);
+                if let Some(asked) = sub.take_pending() {
+                    follow(&mut sub, asked, &mut schedule);
                 }
             }
         }
@@ -479,25 +557,6 @@ impl Sub {
         self.dialog = Dialog::new();
         self.auth = Auth::default();
         self.route(true);
-    }
-
-    /// Applies what a NOTIFY asked to the refresh timer.
-    fn follow(&mut self, asked: Next, next: Option<Instant>) -> Option<Instant> {
-        match asked {
-            Next::Stay => next,
-            Next::Expires(secs) => {
-                let at = Instant::now() + refresh_after(secs.max(1));
-                Some(next.map_or(at, |n| n.min(at)))
-            }
-            Next::Resubscribe(after) => {
-                self.new_dialog();
-                Some(Instant::now() + Duration::from_secs(u64::from(after)))
-            }
-            Next::Ended => {
-                self.new_dialog();
-                None
-            }
-        }
     }
 
     /// The first hop of a request to `request_uri`: in a dialog the first route, else
@@ -860,13 +919,44 @@ struct Publisher {
     auth: Auth,
 }
 
-async fn run_publication(mut p: Publisher, mut control: mpsc::UnboundedReceiver<Control>) {
-    let mut next = Instant::now();
-    let mut failures: u32 = 0;
+/// What the publication task does on the network: the real [`Publisher`], or a
+/// scripted server in the tests.
+trait Publishing {
+    /// The expiry to ask for (a 423 may have raised it).
+    fn expires(&self) -> u32;
+    /// The server holds our state (we have its entity tag).
+    fn published(&self) -> bool;
+    fn report(&self, state: &'static str, code: u16, reason: &str);
+    /// One PUBLISH exchange (`expires` 0 removes our state). Ok: the granted expiry;
+    /// Err: code, reason, Retry-After.
+    async fn exchange(&mut self, expires: u32) -> Result<u32, (u16, String, Option<u32>)>;
+}
+
+impl Publishing for Publisher {
+    fn expires(&self) -> u32 {
+        self.config.expires
+    }
+    fn published(&self) -> bool {
+        self.etag.is_some()
+    }
+    fn report(&self, state: &'static str, code: u16, reason: &str) {
+        Publisher::report(self, state, code, reason)
+    }
+    async fn exchange(&mut self, expires: u32) -> Result<u32, (u16, String, Option<u32>)> {
+        Publisher::exchange(self, expires).await
+    }
+}
+
+/// The publication task: publishes at once, refreshes before expiry, backs off after
+/// failures (all timing in its [`RefreshSchedule`]), and removes our state (bounded
+/// in time) when stopped.
+async fn run_publication<P: Publishing>(mut p: P, mut control: mpsc::UnboundedReceiver<Control>) {
+    let mut schedule = RefreshSchedule::new(SUBSCRIBE_REFUSALS);
+    schedule.due_now(Instant::now());
     loop {
         tokio::select! {
             c = control.recv() => {
-                if p.etag.is_some() {
+                if p.published() {
                     let _ = tokio::time::timeout(STOP_TIMEOUT, p.exchange(0)).await;
                 }
                 if let Some(Control::Stop(done)) = c {
@@ -874,18 +964,14 @@ async fn run_publication(mut p: Publisher, mut control: mpsc::UnboundedReceiver<
                 }
                 return;
             }
-            _ = sleep_until(next) => {
-                let expires = p.config.expires;
-                match p.exchange(expires).await {
+            _ = schedule.wait() => {
+                match p.exchange(p.expires()).await {
                     Ok(granted) => {
-                        failures = 0;
-                        next = Instant::now() + refresh_after(granted.max(10));
+                        schedule.succeeded(Instant::now(), granted.max(10));
                     }
                     Err((code, reason, retry)) => {
                         p.report("failed", code, &reason);
-                        failures = failures.saturating_add(1);
-                        let wait = retry.unwrap_or_else(|| retry_wait(failures, code));
-                        next = Instant::now() + Duration::from_secs(u64::from(wait));
+                        schedule.failed(Instant::now(), code, retry);
                     }
                 }
             }
@@ -1033,6 +1119,7 @@ impl Publisher {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::VecDeque;
 
     #[test]
     fn lists_and_params() {
@@ -1048,13 +1135,307 @@ mod tests {
         assert_eq!((name.as_str(), p.len()), ("", 0));
     }
 
-    #[test]
-    fn refusals_wait_longer_than_timeouts() {
-        assert_eq!(retry_wait(1, 408), 2);
-        assert_eq!(retry_wait(2, 408), 4);
-        assert_eq!(retry_wait(1, 489), 30);
-        assert_eq!(retry_wait(1, 405), 30);
-        assert!(retry_wait(20, 489) <= 300);
+    /// Runs a subscription's attempts through the loop's planning: `answers` are
+    /// the SUBSCRIBE outcomes (Ok: granted seconds; Err: code), `established` the
+    /// dialog state when each is sent. Returns the second of each attempt.
+    async fn subscribe_attempts(answers: &[(bool, Result<u32, u16>)]) -> Vec<u64> {
+        let start = Instant::now();
+        let mut schedule = RefreshSchedule::new(SUBSCRIBE_REFUSALS);
+        schedule.due_now(start);
+        let mut seen = Vec::new();
+        for &(refresh, answer) in answers {
+            schedule.wait().await;
+            let now = Instant::now();
+            seen.push((now - start).as_secs());
+            match answer {
+                Ok(granted) => {
+                    schedule.succeeded(now, granted.max(10));
+                }
+                Err(code) => {
+                    after_failed_subscribe(&mut schedule, now, refresh, code, None);
+                }
+            }
+        }
+        seen
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lost_dialog_is_resubscribed_at_once_then_backed_off() {
+        // Subscribed for 60 s; the refresh at 50 s gets 481: a new SUBSCRIBE at
+        // once; it fails too (481, no dialog yet): 4 s (second failure in a row).
+        let seen = subscribe_attempts(&[
+            (false, Ok(60)),
+            (true, Err(481)),
+            (false, Err(481)),
+            (false, Ok(60)),
+        ])
+        .await;
+        assert_eq!(seen, vec![0, 50, 50, 54]);
+        // Only the first failure since a success is retried at once, and only on
+        // a refresh: an initial 481 backs off.
+        let seen = subscribe_attempts(&[
+            (false, Ok(60)),
+            (true, Err(408)),
+            (true, Err(408)),
+            (true, Ok(60)),
+            (false, Err(481)),
+            (false, Ok(60)),
+        ])
+        .await;
+        assert_eq!(seen, vec![0, 50, 50, 54, 104, 106]);
+    }
+
+    /// A scripted answer to a SUBSCRIBE or PUBLISH: Ok: granted seconds; Err:
+    /// code and Retry-After. Once the script runs out, what was asked is granted.
+    type Answer = Result<u32, (u16, Option<u32>)>;
+
+    fn since(start: Instant) -> u64 {
+        (Instant::now() - start).as_secs()
+    }
+
+    /// A notifier that answers SUBSCRIBEs from a script, takes NOTIFYs as the
+    /// [`Next`] they ask for, and logs every request and report with its second.
+    struct ScriptedNotifier {
+        start: Instant,
+        script: VecDeque<Answer>,
+        log: mpsc::UnboundedSender<String>,
+        notifies: mpsc::UnboundedReceiver<Next>,
+        established: bool,
+    }
+
+    impl Subscribing for ScriptedNotifier {
+        type Notify = Next;
+        fn expires(&self) -> u32 {
+            60
+        }
+        fn established(&self) -> bool {
+            self.established
+        }
+        fn report(&self, state: &'static str, code: u16, _reason: &str) {
+            let _ = self
+                .log
+                .send(format!("{} {state} {code}", since(self.start)));
+        }
+        fn route(&self, _add: bool) {}
+        fn new_dialog(&mut self) {
+            self.established = false;
+        }
+        async fn next_notify(&mut self) -> Option<Next> {
+            self.notifies.recv().await
+        }
+        async fn on_notify(&mut self, notify: Next) -> Next {
+            notify
+        }
+        async fn exchange(&mut self, expires: u32) -> Result<u32, (u16, String, Option<u32>)> {
+            let in_dialog = if self.established { " in dialog" } else { "" };
+            let _ = self.log.send(format!(
+                "{} SUBSCRIBE {expires}{in_dialog}",
+                since(self.start)
+            ));
+            match self.script.pop_front().unwrap_or(Ok(expires)) {
+                Ok(granted) => {
+                    self.established = expires > 0;
+                    Ok(granted)
+                }
+                Err((code, retry_after)) => Err((code, "scripted".into(), retry_after)),
+            }
+        }
+        fn take_pending(&mut self) -> Option<Next> {
+            None
+        }
+    }
+
+    /// The real subscription task on a scripted notifier: its handle, the log, and
+    /// where to send NOTIFYs.
+    fn start_scripted_subscription(
+        script: Vec<Answer>,
+    ) -> (
+        Subscription,
+        mpsc::UnboundedReceiver<String>,
+        mpsc::UnboundedSender<Next>,
+    ) {
+        let (log, log_rx) = mpsc::unbounded_channel();
+        let (notify, notifies) = mpsc::unbounded_channel();
+        let notifier = ScriptedNotifier {
+            start: Instant::now(),
+            script: script.into(),
+            log,
+            notifies,
+            established: false,
+        };
+        let (control, rx) = mpsc::unbounded_channel();
+        tokio::spawn(run_subscription(notifier, rx));
+        (Subscription { control }, log_rx, notify)
+    }
+
+    /// Everything logged until the task ended.
+    async fn whole_log(mut log: mpsc::UnboundedReceiver<String>) -> Vec<String> {
+        let mut lines = Vec::new();
+        while let Some(line) = log.recv().await {
+            lines.push(line);
+        }
+        lines
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_subscription_task_follows_failures_and_notifies() {
+        let start = Instant::now();
+        let at = |secs: u64| start + Duration::from_secs(secs);
+        let (handle, log, notify) = start_scripted_subscription(vec![
+            Ok(60),
+            Err((481, None)),
+            Ok(60),
+            Ok(60),
+            Err((489, None)),
+        ]);
+        // The notifier grants 20 s in a NOTIFY: the refresh due at 100 s comes at 70.
+        tokio::time::sleep_until(at(60)).await;
+        let _ = notify.send(Next::Expires(20));
+        // It ends the subscription, to be renewed in 5 s.
+        tokio::time::sleep_until(at(80)).await;
+        let _ = notify.send(Next::Resubscribe(5));
+        // It ends it for good: nothing more, even a day later.
+        tokio::time::sleep_until(at(120)).await;
+        let _ = notify.send(Next::Ended);
+        tokio::time::sleep_until(at(120 + 86_400)).await;
+        handle.stop().await;
+        assert_eq!(
+            whole_log(log).await,
+            vec![
+                "0 SUBSCRIBE 60",
+                "0 active 200",
+                // The refresh finds the dialog lost: a new one at once.
+                "50 SUBSCRIBE 60 in dialog",
+                "50 failed 481",
+                "50 SUBSCRIBE 60",
+                "50 active 200",
+                "70 SUBSCRIBE 60 in dialog",
+                "85 SUBSCRIBE 60",
+                // Event package refused: 30 s.
+                "85 failed 489",
+                "115 SUBSCRIBE 60",
+                "115 active 200",
+            ]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stopped_subscription_unsubscribes_in_its_dialog() {
+        let (handle, log, _notify) = start_scripted_subscription(vec![]);
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        handle.stop().await;
+        assert_eq!(
+            whole_log(log).await,
+            vec!["0 SUBSCRIBE 60", "0 active 200", "10 SUBSCRIBE 0 in dialog"]
+        );
+    }
+
+    /// A presence server that answers PUBLISHes from a script and logs every request
+    /// and report with its second.
+    struct ScriptedPresenceServer {
+        start: Instant,
+        script: VecDeque<Answer>,
+        log: mpsc::UnboundedSender<String>,
+        published: bool,
+    }
+
+    impl Publishing for ScriptedPresenceServer {
+        fn expires(&self) -> u32 {
+            60
+        }
+        fn published(&self) -> bool {
+            self.published
+        }
+        fn report(&self, state: &'static str, code: u16, _reason: &str) {
+            let _ = self
+                .log
+                .send(format!("{} {state} {code}", since(self.start)));
+        }
+        async fn exchange(&mut self, expires: u32) -> Result<u32, (u16, String, Option<u32>)> {
+            let _ = self
+                .log
+                .send(format!("{} PUBLISH {expires}", since(self.start)));
+            match self.script.pop_front().unwrap_or(Ok(expires)) {
+                Ok(granted) => {
+                    self.published = expires > 0;
+                    Ok(granted)
+                }
+                Err((code, retry_after)) => Err((code, "scripted".into(), retry_after)),
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_publication_task_honours_retry_after_and_refreshes() {
+        let (log, log_rx) = mpsc::unbounded_channel();
+        let server = ScriptedPresenceServer {
+            start: Instant::now(),
+            script: vec![
+                Err((503, Some(17))),
+                Err((503, None)),
+                Ok(60),
+                Ok(30),
+                Ok(5),
+            ]
+            .into(),
+            log,
+            published: false,
+        };
+        let (control, rx) = mpsc::unbounded_channel();
+        tokio::spawn(run_publication(server, rx));
+        let handle = Publication { control };
+        tokio::time::sleep(Duration::from_secs(95)).await;
+        handle.stop().await;
+        assert_eq!(
+            whole_log(log_rx).await,
+            vec![
+                "0 PUBLISH 60",
+                "0 failed 503",
+                // Retry-After: 17 s; then the second failure's back-off, 4 s.
+                "17 PUBLISH 60",
+                "17 failed 503",
+                "21 PUBLISH 60",
+                // Granted 60: refresh 10 s before; 30: at half; 5: taken as 10.
+                "71 PUBLISH 60",
+                "86 PUBLISH 60",
+                "91 PUBLISH 60",
+                "95 PUBLISH 0",
+            ]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn refusals_wait_longer_than_timeouts() {
+        let now = Instant::now();
+        let mut schedule = RefreshSchedule::new(SUBSCRIBE_REFUSALS);
+        assert_eq!(
+            after_failed_subscribe(&mut schedule, now, false, 408, None),
+            2
+        );
+        assert_eq!(
+            after_failed_subscribe(&mut schedule, now, false, 408, None),
+            4
+        );
+        let mut schedule = RefreshSchedule::new(SUBSCRIBE_REFUSALS);
+        assert_eq!(
+            after_failed_subscribe(&mut schedule, now, true, 489, None),
+            30
+        );
+        assert_eq!(
+            after_failed_subscribe(&mut schedule, now, true, 405, None),
+            60
+        );
+        assert_eq!(
+            after_failed_subscribe(&mut schedule, now, true, 481, Some(7)),
+            7
+        );
+        for _ in 0..20 {
+            after_failed_subscribe(&mut schedule, now, false, 489, None);
+        }
+        assert_eq!(
+            after_failed_subscribe(&mut schedule, now, false, 489, None),
+            300
+        );
     }
 
     #[test]

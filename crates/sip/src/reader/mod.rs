@@ -304,7 +304,11 @@ pub(crate) fn read(
         Err((_, None)) => return Verdict::Drop("not a SIP message (not UTF-8)".into()),
         Err((p, Some(parsed))) => (parsed, p),
     };
-    if parsed.start.starts_with("SIP/") {
+    if parsed
+        .start
+        .get(..4)
+        .is_some_and(|v| v.eq_ignore_ascii_case("SIP/"))
+    {
         return match problem
             .or(parsed.length_problem)
             .or_else(|| check_response(&parsed).err())
@@ -589,10 +593,26 @@ fn application_checks(p: &Parsed, method: &str, uri: &str) -> Option<Refuse> {
     None
 }
 
+/// The start line with its version in upper case: the version is
+/// case-insensitive (RFC 3261 §7.1), but the stack reads only the upper case
+/// senders MUST send. The line was checked: its version is SIP/2.0.
+fn start_line(start: &str, request: bool) -> String {
+    let split = if request {
+        start
+            .rsplit_once(' ')
+            .map(|(line, _)| format!("{line} SIP/2.0"))
+    } else {
+        start
+            .split_once(' ')
+            .map(|(_, rest)| format!("SIP/2.0 {rest}"))
+    };
+    split.unwrap_or_else(|| start.to_string())
+}
+
 /// The message in the spelling the stack's parser reads.
 fn rewrite(p: &Parsed, method: Option<&str>) -> Vec<u8> {
     let mut out = String::with_capacity(p.start.len() + 64 * p.fields.len());
-    out.push_str(p.start);
+    out.push_str(&start_line(p.start, method.is_some()));
     out.push_str("\r\n");
     let call_id = p.first("call-id").map(|f| f.value.as_str()).unwrap_or("");
     for f in &p.fields {

@@ -225,6 +225,36 @@ fn the_stack_gets_its_own_spelling() {
     assert!(!String::from_utf8_lossy(&bytes).contains("INVITE"));
 }
 
+/// The version is case-insensitive (RFC 3261 §7.1); the stack reads only upper
+/// case (found by fuzzing: `SIp/2.0` passed as it came and the stack refused it).
+#[test]
+fn a_lower_case_version_passes_in_upper_case() {
+    let request = b"REGISTER sip:example.com SIp/2.0\r\n\
+Via: sip/2.0/udp 192.0.2.1;branch=z9hG4bKlow\r\n\
+To: sip:j.user@example.com\r\nFrom: sip:j.user@example.com;tag=87321hj23128\r\n\
+Call-ID: lowversion\r\nCSeq: 9338 REGISTER\r\nMax-Forwards: 70\r\n\
+Content-Length: 0\r\n\r\n";
+    let Verdict::Pass(bytes) = verdict(request, false) else {
+        panic!(
+            "a lower-case version must pass: {:?}",
+            verdict(request, false)
+        );
+    };
+    assert!(bytes.starts_with(b"REGISTER sip:example.com SIP/2.0\r\n"));
+    stack_reads(&bytes);
+    let response = b"sip/2.0 200 OK\r\nVia: SIP/2.0/UDP 192.0.2.1;branch=z9hG4bKlow\r\n\
+To: <sip:a@example.com>;tag=1\r\nFrom: <sip:b@example.com>;tag=2\r\n\
+Call-ID: lowversion\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n";
+    let Verdict::Pass(bytes) = verdict(response, false) else {
+        panic!(
+            "a lower-case version must pass: {:?}",
+            verdict(response, false)
+        );
+    };
+    assert!(bytes.starts_with(b"SIP/2.0 200 OK\r\n"));
+    stack_reads(&bytes);
+}
+
 #[test]
 fn an_ack_to_a_stateless_answer_is_dropped() {
     let Verdict::Answer(a) = verdict(&dat("sdp01"), false) else {
