@@ -110,5 +110,13 @@ else
   pip_install pesq || log "WARNING: pesq did not install; audio-quality tests will fail"
 fi
 
-"$PY" -c 'import pytest, numpy' || { log "pytest/numpy not importable by $PY"; exit 1; }
+# websockets and schemathesis: the HTTP API's tests (tests/e2e/test_http.py).
+if "$PY" -c 'import websockets, schemathesis' >/dev/null 2>&1; then
+  log "websockets and schemathesis present"
+else
+  log "installing websockets schemathesis for $PY"
+  pip_install websockets schemathesis
+fi
+
+"$PY" -c 'import pytest, numpy, websockets, schemathesis' || { log "pytest/numpy/websockets/schemathesis not importable by $PY"; exit 1; }
 log "done"

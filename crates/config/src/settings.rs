@@ -432,6 +432,12 @@ pub struct Settings {
     /// peer's Session-Expires below it is answered 422 with `Min-SE`. RFC 4028's
     /// floor is 90 (the default); lower values are for tests with short timers.
     pub session_timer_min: u32,
+    /// `httpPort` (not a MicroSIP key): the HTTP + WebSocket API's port on 127.0.0.1;
+    /// 0 (the default): off.
+    pub http_port: u16,
+    /// `httpAllowOrigins` (not a MicroSIP key): the web origins allowed to call the
+    /// HTTP API from a browser (CORS), separated by spaces or commas.
+    pub http_allow_origins: Vec<String>,
 }
 
 impl Default for Settings {
@@ -493,6 +499,8 @@ impl Default for Settings {
             version: None,
             status_disconnected_ms: 2000,
             session_timer_min: 90,
+            http_port: 0,
+            http_allow_origins: Vec::new(),
         }
     }
 }
@@ -1032,6 +1040,14 @@ fn read_settings(r: &mut Reader<'_>) -> Settings {
             86_400,
             "a whole number of seconds from 2 to 86400",
         ) as u32,
+        http_port: r.number(
+            "httpPort",
+            0,
+            0,
+            65535,
+            "a port number from 1 to 65535, or 0 for off",
+        ) as u16,
+        http_allow_origins: r.list("httpAllowOrigins", &[',', ' ', '\t']),
     }
 }
 

@@ -1,13 +1,15 @@
 //! The faces of the phone: start options, the local control socket (server and
-//! client), the file locations, and the start-up that turns a process into the phone.
+//! client), the HTTP + WebSocket API, the file locations, and the start-up that turns a process into the phone.
 //! The faces know no SIP and no RTP: they speak only `Command`, `Reply` and `Event`.
 
 pub mod audit;
 pub mod calllog;
 pub mod client;
 pub mod contacts;
+pub mod event_feed;
 pub mod history;
 pub mod hooks;
+pub mod http;
 pub mod integrations;
 pub mod messages;
 pub mod options;

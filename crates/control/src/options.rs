@@ -73,6 +73,9 @@ pub struct StartOptions {
     pub setvolume: Option<u8>,
     /// `--micvolume N`, 0–100.
     pub micvolume: Option<u8>,
+    /// `--http PORT`: serve the HTTP + WebSocket API on 127.0.0.1:PORT (0: off);
+    /// overrides the ini's `httpPort`.
+    pub http: Option<u16>,
     /// `--headless` or `--daemon`.
     pub headless: bool,
     /// `--json`: replies in JSON.
@@ -154,6 +157,7 @@ enum Key {
     Log,
     SetVolume,
     MicVolume,
+    Http,
     Headless,
     Json,
     Help,
@@ -180,6 +184,7 @@ impl Key {
             "log" => (Key::Log, "--log"),
             "setvolume" => (Key::SetVolume, "--setvolume"),
             "micvolume" => (Key::MicVolume, "--micvolume"),
+            "http" => (Key::Http, "--http"),
             "headless" => (Key::Headless, "--headless"),
             "daemon" => (Key::Headless, "--daemon"),
             "json" => (Key::Json, "--json"),
@@ -202,6 +207,7 @@ impl Key {
             Key::Dialplan => Some("rules"),
             Key::Show => Some("normal, minimized or hidden"),
             Key::SetVolume | Key::MicVolume => Some("a number 0-100"),
+            Key::Http => Some("a port number (0: off)"),
             Key::Headless | Key::Json | Key::Help | Key::Version => None,
         }
     }
@@ -385,6 +391,12 @@ fn set_value(
                 options.micvolume = Some(level);
             }
         }
+        Key::Http => {
+            options.http = match value.parse::<u16>() {
+                Ok(port) if value.bytes().all(|b| b.is_ascii_digit()) => Some(port),
+                _ => return Err(bad("a port number 1-65535 (0: off)")),
+            }
+        }
         Key::Headless | Key::Json | Key::Help | Key::Version => set_flag(options, key),
     }
     Ok(())
@@ -473,6 +485,7 @@ pub fn runtime_commands(
         ("--proxy", a.proxy.is_some()),
         ("--stun", a.stun.is_some()),
         ("--dialplan", options.dialplan.is_some()),
+        ("--http", options.http.is_some()),
     ]
     .into_iter()
     .filter_map(|(name, given)| given.then_some(name))
@@ -590,6 +603,8 @@ Options (before the command; `--name=value` works too; `--` ends the options):
   --log FILE                append one CSV row per finished call to FILE
   --setvolume N             initial speaker volume, 0-100
   --micvolume N             initial microphone level, 0-100
+  --http PORT               serve the HTTP + WebSocket API on 127.0.0.1:PORT
+                            (0: off; the ini's httpPort otherwise)
   --headless, --daemon      run with no window
   --json                    print replies as JSON
   -h, --help                print this help
@@ -635,6 +650,7 @@ Commands (case-insensitive; MicroSIP's DDE, /x: and msip: spellings work too):
   show [normal|minimized|hidden], minimize, /hide, /minimized
   events [FILTER]           stream events
   exit                      hang up, unregister and exit (Close, QUIT, /exit)
+  http-token                print the HTTP API's bearer token (made if missing)
 
 DDE execute strings run as well: '[Dial(1002)]', '[Status]' (the number),
 '[SetDevice(output, null)]', several in one string ('[Hold][Dial(1002)]': in order,
@@ -989,6 +1005,21 @@ mod tests {
     }
 
     #[test]
+    fn http_port_option() {
+        assert_eq!(parse("--http 8080").unwrap().0.http, Some(8080));
+        assert_eq!(parse("--http=0").unwrap().0.http, Some(0));
+        for bad in ["--http x", "--http 65536", "--http -1", "--http +80"] {
+            let e = parse(bad).unwrap_err().to_string();
+            assert!(e.starts_with("--http needs a port number"), "{bad}: {e}");
+        }
+        // A running phone cannot take it: the API starts with the phone.
+        let e = runtime_commands(&parse("--http 8080").unwrap().0, None, "p")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--http applies only when a phone starts"), "{e}");
+    }
+
+    #[test]
     fn usage_names_every_option() {
         let text = usage();
         for option in [
@@ -1011,6 +1042,7 @@ mod tests {
             "--log",
             "--setvolume",
             "--micvolume",
+            "--http",
             "--headless",
             "--daemon",
             "--json",

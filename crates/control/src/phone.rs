@@ -1,6 +1,6 @@
 //! Becoming the phone: holding the profile's lock, find and load the ini (creating
 //! the default profile on first run), apply this run's start options, start the
-//! engine and the control socket, and exit cleanly on `exit`, SIGTERM or SIGINT.
+//! engine, the control socket and (when enabled) the HTTP API, and exit cleanly on `exit`, SIGTERM or SIGINT.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -224,6 +224,8 @@ pub fn run(
         warn!("{e}: a later `microsip --ini FILE` cannot be checked against this phone");
     }
     let file = Arc::new(Mutex::new(file));
+    let http_port = options.http.unwrap_or(config.settings.http_port);
+    let http_origins = config.settings.http_allow_origins.clone();
 
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -263,6 +265,10 @@ pub fn run(
                 return 2;
             }
         };
+        // Before the socket: a client that sees the phone answer finds the API up.
+        let _http =
+            crate::http::start_if_enabled(http_port, engine.clone(), &ini_path, &http_origins)
+                .await;
         let audit = Arc::new(AuditLog::beside_ini(&ini_path));
         let server = match SocketServer::bind(&socket, engine.clone(), Some(audit)).await {
             Ok(s) => s,

@@ -30,16 +30,14 @@ use microsip_engine::reply::{fail, to_json, to_json_many, to_line};
 use microsip_engine::{Command, EngineHandle, ErrorCode, Reply};
 
 use crate::audit::AuditLog;
+use crate::event_feed::{self, EVENT_WRITE_TIMEOUT};
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::broadcast::error::RecvError;
 use tracing::{debug, warn};
 
 /// Longest request line accepted; longer input is refused and the connection closed.
 pub const MAX_LINE: usize = 64 * 1024;
-/// A stream client that cannot take an event for this long is dropped.
-const EVENT_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Connections one client process may hold at once.
 pub const MAX_CONNECTIONS_PER_CLIENT: usize = 64;
 /// Connections served at once, all clients together.
@@ -494,7 +492,7 @@ async fn stream_events<W: AsyncWriteExt + Unpin>(
     filter: Option<String>,
     json: &Option<Value>,
 ) {
-    let Some((snapshot, mut events)) = engine.subscribe().await else {
+    let Some((snapshot, mut feed)) = event_feed::subscribe(engine, filter).await else {
         let reply = fail(ErrorCode::Stopping, "the phone is stopping");
         let _ = write_line(write, &render(&reply, json)).await;
         return;
@@ -503,25 +501,10 @@ async fn stream_events<W: AsyncWriteExt + Unpin>(
     if write_line(write, &render(&ack, json)).await.is_err() {
         return;
     }
-    let snapshot = serde_json::to_string(&snapshot).unwrap_or_default();
     if write_line(write, &snapshot).await.is_err() {
         return;
     }
-    loop {
-        let line = match events.recv().await {
-            Ok(event) => {
-                if let Some(prefix) = &filter {
-                    if !event.kind.type_name().starts_with(prefix.as_str()) {
-                        continue;
-                    }
-                }
-                serde_json::to_string(&event).unwrap_or_default()
-            }
-            Err(RecvError::Lagged(missed)) => {
-                serde_json::json!({ "type": "lagged", "missed": missed }).to_string()
-            }
-            Err(RecvError::Closed) => return,
-        };
+    while let Some(line) = feed.next_text().await {
         match tokio::time::timeout(EVENT_WRITE_TIMEOUT, write_line(write, &line)).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) if e.kind() == ErrorKind::BrokenPipe => return,

@@ -64,6 +64,12 @@ fn run() -> i32 {
         }
     };
 
+    if let [word] = words.as_slice() {
+        if word.eq_ignore_ascii_case("http-token") {
+            return print_http_token(&options, &profile, &lock);
+        }
+    }
+
     // Either a phone answers on the socket, or this process takes the lock and is the
     // phone; while another process holds the lock without answering, it is starting
     // (or exiting): wait for it, bounded.
@@ -91,6 +97,25 @@ fn run() -> i32 {
             return EXIT_NO_PHONE;
         }
         std::thread::sleep(POLL);
+    }
+}
+
+/// `microsip http-token`: prints the HTTP API's bearer token, kept beside the ini
+/// (the running phone's, when one runs), making it when there is none yet.
+fn print_http_token(options: &StartOptions, profile: &str, lock: &Path) -> i32 {
+    let ini = match (&options.ini, paths::running_phone(lock)) {
+        (None, Some(running)) => running.ini,
+        (explicit, _) => paths::ini_path(explicit.as_deref(), profile),
+    };
+    match microsip_control::http::auth::load_or_create_token(&ini) {
+        Ok(token) => {
+            println!("{token}");
+            0
+        }
+        Err(e) => {
+            eprintln!("microsip: {e}");
+            EXIT_NO_PHONE
+        }
     }
 }
 
