@@ -432,6 +432,12 @@ pub struct Settings {
     /// peer's Session-Expires below it is answered 422 with `Min-SE`. RFC 4028's
     /// floor is 90 (the default); lower values are for tests with short timers.
     pub session_timer_min: u32,
+    /// `dbus` (not a MicroSIP key): serve the D-Bus interface on the session bus when
+    /// one is reachable; 0 turns it (and the desktop notifications) off.
+    pub dbus: bool,
+    /// `notifications` (not a MicroSIP key): a desktop notification with Answer and
+    /// Decline for an incoming call (needs D-Bus and a notification server).
+    pub notifications: bool,
 }
 
 impl Default for Settings {
@@ -493,6 +499,8 @@ impl Default for Settings {
             version: None,
             status_disconnected_ms: 2000,
             session_timer_min: 90,
+            dbus: true,
+            notifications: true,
         }
     }
 }
@@ -1032,6 +1040,8 @@ fn read_settings(r: &mut Reader<'_>) -> Settings {
             86_400,
             "a whole number of seconds from 2 to 86400",
         ) as u32,
+        dbus: r.flag("dbus", d.dbus),
+        notifications: r.flag("notifications", d.notifications),
     }
 }
 

@@ -1,6 +1,7 @@
 //! Becoming the phone: holding the profile's lock, find and load the ini (creating
 //! the default profile on first run), apply this run's start options, start the
-//! engine and the control socket, and exit cleanly on `exit`, SIGTERM or SIGINT.
+//! engine, the control socket and the D-Bus face, and exit cleanly on `exit`,
+//! SIGTERM or SIGINT.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -243,6 +244,7 @@ pub fn run(
                 return 2;
             }
         };
+    let (dbus_on, notifications_on) = (config.settings.dbus, config.settings.notifications);
     let code = runtime.block_on(async move {
         let setup = EngineSetup {
             config,
@@ -273,6 +275,10 @@ pub fn run(
             }
         };
         info!("phone ready; control socket {}", socket.display());
+        // The desktop's bus (and its notifications), when there is one; dropped
+        // (leaving the bus) once the engine has finished.
+        let desktop =
+            crate::dbus::start_desktop(engine.clone(), profile, dbus_on, notifications_on).await;
         let mut term =
             match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
                 Ok(s) => Some(s),
@@ -304,6 +310,7 @@ pub fn run(
         }
         server.drain().await;
         drop(server);
+        drop(desktop);
         0
     });
     // Everything that held an event sender is gone with the runtime's tasks.
