@@ -836,7 +836,10 @@ mod tests {
     #[test]
     fn bad_arguments_are_the_grammars_errors() {
         let e = Request::SetVolume { level: 101 }.command().unwrap_err();
-        assert_eq!((e.code, e.message.as_str()), ("bad_argument", "volume must be 0-100"));
+        assert_eq!(
+            (e.code, e.message.as_str()),
+            ("bad_argument", "volume must be 0-100")
+        );
         let e = Request::Dtmf {
             digits: "x".into(),
             call: None,

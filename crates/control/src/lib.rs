@@ -10,6 +10,7 @@ pub mod dbus;
 pub mod history;
 pub mod hooks;
 pub mod integrations;
+pub mod manual;
 pub mod messages;
 pub mod notify;
 pub mod options;

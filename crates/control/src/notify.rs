@@ -45,9 +45,15 @@ struct Incoming {
 enum Step {
     Nothing,
     /// Show a notification for this call: summary, body.
-    Show { call: u64, summary: String, body: String },
+    Show {
+        call: u64,
+        summary: String,
+        body: String,
+    },
     /// Close the server's notification with this id.
-    Close { notification: u32 },
+    Close {
+        notification: u32,
+    },
 }
 
 /// The calls and their notifications.
@@ -149,7 +155,10 @@ fn caller_text(number: &str, name: Option<&str>) -> String {
             .replace('<', "&lt;")
             .replace('>', "&gt;")
     };
-    match name.map(str::trim).filter(|n| !n.is_empty() && *n != number) {
+    match name
+        .map(str::trim)
+        .filter(|n| !n.is_empty() && *n != number)
+    {
         Some(name) => format!("{} &lt;{}&gt;", escape(name), escape(number)),
         None => escape(number),
     }
@@ -282,8 +291,13 @@ async fn notify(connection: &zbus::Connection, summary: &str, body: &str) -> Res
 
 async fn close(connection: &zbus::Connection, notification: u32) {
     let args = (notification,);
-    let call =
-        connection.call_method(Some(SERVICE), PATH, Some(SERVICE), "CloseNotification", &args);
+    let call = connection.call_method(
+        Some(SERVICE),
+        PATH,
+        Some(SERVICE),
+        "CloseNotification",
+        &args,
+    );
     match tokio::time::timeout(SERVER_TIMEOUT, call).await {
         Ok(Ok(_)) => {}
         Ok(Err(e)) => debug!("CloseNotification {notification}: {e}"),
@@ -323,20 +337,29 @@ mod tests {
         assert_eq!(n.call_of(40), Some(2));
         assert_eq!(n.call_of(41), None);
         // Shown once.
-        assert_eq!(n.on_event(&EventKind::CallRinging { call: 2 }), Step::Nothing);
+        assert_eq!(
+            n.on_event(&EventKind::CallRinging { call: 2 }),
+            Step::Nothing
+        );
         assert_eq!(
             n.on_event(&EventKind::CallAnswered { call: 2, code: 200 }),
             Step::Close { notification: 40 }
         );
         assert_eq!(n.call_of(40), None);
-        assert_eq!(n.on_event(&EventKind::CallConfirmed { call: 2 }), Step::Nothing);
+        assert_eq!(
+            n.on_event(&EventKind::CallConfirmed { call: 2 }),
+            Step::Nothing
+        );
     }
 
     #[test]
     fn outgoing_calls_and_dismissed_notifications() {
         let mut n = Notifier::default();
         // An outgoing call's ringing shows nothing.
-        assert_eq!(n.on_event(&EventKind::CallRinging { call: 1 }), Step::Nothing);
+        assert_eq!(
+            n.on_event(&EventKind::CallRinging { call: 1 }),
+            Step::Nothing
+        );
         n.on_event(&incoming(3, None));
         assert!(matches!(
             n.on_event(&EventKind::CallRinging { call: 3 }),
