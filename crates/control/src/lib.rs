@@ -6,12 +6,14 @@ pub mod audit;
 pub mod calllog;
 pub mod client;
 pub mod contacts;
+#[cfg(feature = "dbus")]
 pub mod dbus;
 pub mod history;
 pub mod hooks;
 pub mod integrations;
 pub mod manual;
 pub mod messages;
+#[cfg(feature = "dbus")]
 pub mod notify;
 pub mod options;
 pub mod paths;

@@ -7,7 +7,6 @@
 
 use microsip_engine::grammar::{CommandHelp, COMMANDS};
 
-use crate::dbus;
 use crate::options::usage;
 
 /// One start option as `--help` shows it.
@@ -142,17 +141,25 @@ pub fn man_page() -> String {
         };
         out.push_str(&format!(".TP\n{head}\n{}\n", roff(command.help)));
     }
-    out.push_str(&format!(
+    #[cfg(feature = "dbus")]
+    out.push_str(&dbus_section());
+    out.push_str(".SH FILES\n.TP\n.I $XDG_CONFIG_HOME/microsip/microsip.ini\nsettings, accounts and the call history (MicroSIP's format)\n.TP\n.I $XDG_RUNTIME_DIR/microsip/PROFILE.sock\nthe control socket of a running phone\n");
+    out.push_str(".SH EXIT STATUS\n0 when the command succeeded, 1 when the phone refused it, 2 when no phone answered or the options were wrong.\n");
+    out
+}
+
+/// The D-Bus part of the man page.
+#[cfg(feature = "dbus")]
+fn dbus_section() -> String {
+    use crate::dbus;
+    format!(
         ".SH D\\-BUS\nOn the session bus the phone owns \\fB{}\\fR (\\fB{}.\\fIPROFILE\\fR for other profiles), object \\fB{}\\fR, interface \\fB{}\\fR: the DDE verbs as methods (\\fBDial\\fR, \\fBHangup\\fR, \\fBStatus\\fR...), variants taking a call id (\\fBHangupCall\\fR, \\fBHoldCall\\fR...), every event as the signal \\fBEvent\\fR(type, call, json). Errors are \\fB{}.\\fICode\\fR. \\fB[Settings] dbus=0\\fR turns it off.\n",
         roff(dbus::BASE_NAME),
         roff(dbus::BASE_NAME),
         roff(dbus::OBJECT_PATH),
         roff(dbus::INTERFACE),
         roff(dbus::ERROR_PREFIX),
-    ));
-    out.push_str(".SH FILES\n.TP\n.I $XDG_CONFIG_HOME/microsip/microsip.ini\nsettings, accounts and the call history (MicroSIP's format)\n.TP\n.I $XDG_RUNTIME_DIR/microsip/PROFILE.sock\nthe control socket of a running phone\n");
-    out.push_str(".SH EXIT STATUS\n0 when the command succeeded, 1 when the phone refused it, 2 when no phone answered or the options were wrong.\n");
-    out
+    )
 }
 
 /// The shells [`completions`] knows.
@@ -424,6 +431,7 @@ mod tests {
             }
         }
         assert!(man.starts_with(".TH MICROSIP 1"));
+        #[cfg(feature = "dbus")]
         assert!(man.contains("org.microsip.Phone1"));
         assert!(completions("tcsh").unwrap_err().contains("bash, zsh, fish"));
     }

@@ -275,10 +275,15 @@ pub fn run(
             }
         };
         info!("phone ready; control socket {}", socket.display());
-        // The desktop's bus (and its notifications), when there is one; dropped
-        // (leaving the bus) once the engine has finished.
-        let desktop =
+        // The desktop's bus (and its notifications), when there is one; left at the
+        // end of this block, once the engine has finished.
+        #[cfg(feature = "dbus")]
+        let _desktop =
             crate::dbus::start_desktop(engine.clone(), profile, dbus_on, notifications_on).await;
+        #[cfg(not(feature = "dbus"))]
+        if dbus_on || notifications_on {
+            info!("D-Bus off: not in this build");
+        }
         let mut term =
             match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
                 Ok(s) => Some(s),
@@ -310,7 +315,6 @@ pub fn run(
         }
         server.drain().await;
         drop(server);
-        drop(desktop);
         0
     });
     // Everything that held an event sender is gone with the runtime's tasks.
