@@ -18,4 +18,5 @@ python3 bench/control_under_load.py  # MICROSIP_BIN_BEFORE=OLD_BINARY adds a row
 python3 bench/startup.py
 python3 bench/connections.py
 python3 bench/soak.py
+python3 bench/dbus_idle.py  # idle RSS without/with D-Bus, Status over D-Bus vs the socket
 cargo bench -p microsip-media --bench codecs
