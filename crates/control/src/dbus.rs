@@ -279,9 +279,12 @@ fn number_in(text: &str) -> Result<u64, PhoneError> {
         })
 }
 
-// Handled one at a time, in the order they come (`spawn = false`): commands sent
-// back to back apply in order, as on the socket.
-#[zbus::interface(name = "org.microsip.Phone1", spawn = false)]
+// Each call runs as its own task (zbus's default), so a command that waits (a hold
+// while the call still rings) holds up no other client. A caller that waits for
+// each reply (as busctl and the usual bindings do) has its commands applied in
+// order, each reply after its change took effect, as on the socket; calls sent
+// without waiting for the replies have no order guaranteed.
+#[zbus::interface(name = "org.microsip.Phone1")]
 impl PhoneObject {
     /// Dial a target (number, SIP URI, tel:...); an active call is put on hold
     /// first. Returns the new call's id.
