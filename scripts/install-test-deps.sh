@@ -23,8 +23,9 @@ APT_PACKAGES=(
   # libFuzzer (C++) for the fuzz targets (scripts/fuzz.sh)
   g++
   # the D-Bus and desktop tests: a private session bus (dbus-daemon), busctl
-  # (systemd), gdbus (D-Bus error names), xdg-open and xdg-mime, dpkg-deb
-  dbus-daemon dbus-bin systemd libglib2.0-bin xdg-utils dpkg
+  # (systemd), gdbus (D-Bus error names), xdg-open and xdg-mime, dpkg-deb, and the
+  # shells whose completions are checked
+  dbus-daemon dbus-bin systemd libglib2.0-bin xdg-utils dpkg zsh fish
 )
 PY_PACKAGES=(pytest numpy pesq jeepney)
 

@@ -200,6 +200,12 @@ def test_man_page_and_completions_list_every_command():
             r = subprocess.run([shell, *flag], input=scripts[shell], capture_output=True,
                                text=True, timeout=30)
             assert r.returncode == 0, (shell, r.stderr)
+    if shutil.which("fish"):
+        probe = scripts["fish"] + '\ncomplete -C "microsip hangu"\ncomplete -C "microsip hold "\n'
+        r = subprocess.run(["fish", "--no-config"], input=probe, capture_output=True,
+                           text=True, timeout=30)
+        names = [line.split("\t")[0] for line in r.stdout.splitlines()]
+        assert names == ["hangup", "hangupall", "hangupcalling", "off", "on"], r
     r = subprocess.run([peers.microsip_bin(), "completions", "tcsh"], capture_output=True,
                        text=True, timeout=30)
     assert r.returncode == 2 and "bash, zsh, fish" in r.stderr, r
