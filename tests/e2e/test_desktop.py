@@ -149,6 +149,20 @@ def test_xdg_open_tel_dials_through_the_running_phone(kam, make_phone, make_bare
     wait_call(ph, "call.confirmed", second["call"])
 
 
+def test_a_link_with_no_phone_running_starts_one_that_dials(kam, make_phone, make_baresip):
+    """What the .desktop file runs, `microsip tel:1002`, when no phone runs: this
+    process becomes the phone and dials once registered."""
+    a = make_baresip(kam, "1002", tone=1000)
+    ph = make_phone(peers.ini(peers.account(kam.address, "1001", USERS["1001"]),
+                              audioInputDevice="null", audioOutputDevice="null"),
+                    extra_args=["tel:1002"])
+    a.wait_event("CALL_ESTABLISHED", timeout=30)
+    # Subscribed after the call started: the snapshot holds it.
+    calls = ph.events().snapshot()["calls"]
+    assert [(c["direction"], c["number"]) for c in calls] == [("out", "1002")], calls
+    assert ph.cmd("STATUS")[1].strip() == "2"
+
+
 def test_the_desktop_file_handles_the_four_link_types():
     text = (PACKAGING / "microsip.desktop").read_text()
     fields = dict(line.split("=", 1) for line in text.splitlines()
