@@ -95,6 +95,8 @@ def test_without_a_notification_server_the_call_still_rings(kam, call_phone, mak
                      "the log line")
     assert ph.cmd("answer", str(cid))[0] == 0
     a.wait_event("CALL_ESTABLISHED")
+    a.hangup()
+    wait_call(ph, "call.ended", cid)
 
 
 # ---------------------------------------------------------------- links
