@@ -19,4 +19,5 @@ python3 bench/startup.py
 python3 bench/connections.py
 python3 bench/http_api.py  # (not http.py: that name would hide Python's http module) MICROSIP_BEFORE_BIN=OLD_BINARY adds its idle RSS
 python3 bench/soak.py
+python3 bench/dbus_idle.py  # idle RSS without/with D-Bus, Status over D-Bus vs the socket
 cargo bench -p microsip-media --bench codecs

@@ -22,8 +22,12 @@ APT_PACKAGES=(
   python3-dev gcc
   # libFuzzer (C++) for the fuzz targets (scripts/fuzz.sh)
   g++
+  # the D-Bus and desktop tests: a private session bus (dbus-daemon), busctl
+  # (systemd), gdbus (D-Bus error names), xdg-open and xdg-mime, dpkg-deb, and the
+  # shells whose completions are checked
+  dbus-daemon dbus-bin systemd libglib2.0-bin xdg-utils dpkg zsh fish
 )
-PY_PACKAGES=(pytest numpy pesq)
+PY_PACKAGES=(pytest numpy pesq jeepney)
 
 log() { printf 'install-test-deps: %s\n' "$*" >&2; }
 
@@ -49,7 +53,7 @@ for p in "${APT_PACKAGES[@]}"; do
 done
 # The binaries the tests call, in case a package is half there.
 for b in sipp baresip kamailio kamcmd sipsak tshark sox espeak-ng cmake pkg-config \
-         pulseaudio parec paplay pactl; do
+         pulseaudio parec paplay pactl dbus-daemon busctl gdbus xdg-open dpkg-deb; do
   if ! command -v "$b" >/dev/null 2>&1 && [ ! -x "/usr/sbin/$b" ]; then
     missing+=("(binary $b)")
   fi
@@ -99,6 +103,14 @@ if "$PY" -c 'import pytest, numpy' >/dev/null 2>&1; then
 else
   log "installing pytest numpy for $PY"
   pip_install pytest numpy
+fi
+
+# jeepney (pure Python D-Bus) for the fake notification server of the desktop tests.
+if "$PY" -c 'import jeepney' >/dev/null 2>&1; then
+  log "jeepney present"
+else
+  log "installing jeepney for $PY"
+  pip_install jeepney
 fi
 
 # pesq (ITU-T P.862, for the audio tests) builds from source; a failure here

@@ -14,6 +14,7 @@ Fixtures:
                     CAP_NET_RAW; without it the test FAILS, unless E2E_NO_CAPTURE=1
                     is set, which skips it)
 - free_port         the peers.free_port function
+- session_bus       a private D-Bus session bus (peers.SessionBus), started by pid
 
 Everything a test starts is stopped at teardown, by pid / process group.
 When a test fails, the tails of the phone's stderr, its SIP trace, its
@@ -131,3 +132,8 @@ def rtp_tap():
     tap = rtp.RtpTap().start()
     peers.LIVE.append(tap)
     return tap
+
+
+@pytest.fixture
+def session_bus(tmp_path) -> peers.SessionBus:
+    return peers.SessionBus(tmp_path / "session-bus").start()

@@ -12,6 +12,9 @@ Every wait is bounded in time.
                           or a built-in one, run in the background
 - Baresip                 baresip 1.0 as the other phone (ctrl_tcp, recordings)
 - SipUac                  a tiny SIP registration client (harness self-tests)
+- SessionBus / BusMonitor a private D-Bus session bus (dbus-daemon) with busctl
+                          calls, and the signals on it (busctl monitor)
+- FakeNotifications       a fake org.freedesktop.Notifications on such a bus
 """
 
 from __future__ import annotations
@@ -767,7 +770,8 @@ class Phone:
 
     def __init__(self, workdir: Path, profile: str | None = None,
                  ini: dict | str | bytes | None = None, extra_args: Iterable[str] = (),
-                 runtime_dir: Path | None = None, run_as: tuple[int, int] | None = None):
+                 runtime_dir: Path | None = None, run_as: tuple[int, int] | None = None,
+                 env: dict[str, str] | None = None):
         self.bin = microsip_bin()
         # (uid, gid) the phone and `cmd` run as (root only); None: as the test.
         self.run_as = run_as
@@ -792,6 +796,9 @@ class Phone:
                         RUST_BACKTRACE="1")
         self.env.pop("DISPLAY", None)
         self.env.pop("WAYLAND_DISPLAY", None)
+        # No session bus unless the test gives its own (SessionBus.env).
+        self.env.pop("DBUS_SESSION_BUS_ADDRESS", None)
+        self.env.update(env or {})
         self.proc: subprocess.Popen | None = None
         self.returncode: int | None = None
         self._events: EventStream | None = None
@@ -1965,3 +1972,216 @@ class SipUac:
                 self.sock.sendall(reply.encode())
             return raw
         return None
+
+
+# --------------------------------------------------------------------------
+# D-Bus: a private session bus, its signals, a fake notification server
+# --------------------------------------------------------------------------
+
+def _read_line(proc: subprocess.Popen, timeout: float, what: str) -> str:
+    """The first line of proc's stdout, waiting at most `timeout`."""
+    import selectors
+    sel = selectors.DefaultSelector()
+    sel.register(proc.stdout, selectors.EVENT_READ)
+    try:
+        if not sel.select(timeout):
+            raise AssertionError(f"{what}: nothing on stdout within {timeout:.0f}s")
+        line = proc.stdout.readline()
+    finally:
+        sel.close()
+    if not line:
+        raise AssertionError(f"{what} ended before it printed a line (rc {proc.poll()})")
+    return line.decode(errors="replace").strip() if isinstance(line, bytes) else line.strip()
+
+
+class SessionBus:
+    """`dbus-daemon --session --print-address --nofork`, started by the test and
+    stopped by its pid. `env` is what a process needs to use it; `busctl(...)` and
+    `call(...)` run busctl on it."""
+
+    def __init__(self, workdir: Path):
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.proc: subprocess.Popen | None = None
+        self.address = ""
+        self.log = self.workdir / "dbus-daemon.stderr"
+        self.commands: list[str] = []
+        _register(self)
+
+    def start(self) -> "SessionBus":
+        self._errf = open(self.log, "wb")
+        self.proc = subprocess.Popen(
+            ["dbus-daemon", "--session", "--print-address=1", "--nofork", "--nopidfile"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self._errf,
+            start_new_session=True)
+        self.address = _read_line(self.proc, 15, "dbus-daemon")
+        assert self.address.startswith(("unix:", "tcp:")), self.address
+        return self
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {"DBUS_SESSION_BUS_ADDRESS": self.address}
+
+    def busctl(self, *args: str, timeout: float = 30.0) -> tuple[int, str, str]:
+        argv = ["busctl", "--user", *args]
+        self.commands.append(" ".join(argv))
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
+                           env={**os.environ, **self.env}, stdin=subprocess.DEVNULL)
+        return r.returncode, r.stdout, r.stderr
+
+    def call(self, dest: str, path: str, iface: str, method: str, signature: str = "",
+             *args: object, timeout: float = 30.0) -> tuple[int, object, str]:
+        """busctl --json=short call ...: (exit code, the reply's data list or None,
+        stderr: the error's text)."""
+        argv = ["--json=short", "call", dest, path, iface, method]
+        if signature:
+            argv += [signature, *[str(a) for a in args]]
+        rc, out, err = self.busctl(*argv, timeout=timeout)
+        data = json.loads(out)["data"] if rc == 0 and out.strip() else None
+        return rc, data, err.strip()
+
+    def has_owner(self, name: str) -> bool:
+        rc, data, _ = self.call("org.freedesktop.DBus", "/org/freedesktop/DBus",
+                                "org.freedesktop.DBus", "NameHasOwner", "s", name)
+        return rc == 0 and data == [True]
+
+    def wait_name(self, name: str, timeout: float = 20.0) -> None:
+        wait_until(lambda: self.has_owner(name), timeout, 0.1, f"{name} on the bus")
+
+    def monitor(self, match: str) -> "BusMonitor":
+        return BusMonitor(self, match)
+
+    def cleanup(self) -> None:
+        if self.proc is not None:
+            _kill_group(self.proc, grace=5)
+            if self.proc.stdout:
+                self.proc.stdout.close()
+        if getattr(self, "_errf", None):
+            self._errf.close()
+
+    def diagnostics(self) -> list[tuple[str, str]]:
+        return [("session bus commands", "\n".join(self.commands[-20:])),
+                ("dbus-daemon stderr", tail(self.log, 20))]
+
+
+class BusMonitor:
+    """The messages matching `match` on a SessionBus, as busctl monitor's JSON
+    objects, read by a thread; wait_for() waits (bounded) for one."""
+
+    def __init__(self, bus: SessionBus, match: str):
+        self.bus = bus
+        self.messages: list[dict] = []
+        self._cond = threading.Condition()
+        self.proc = subprocess.Popen(
+            ["busctl", "--user", "monitor", "--json=short", "--match", match],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            env={**os.environ, **bus.env}, start_new_session=True)
+        # busctl says "Monitoring bus message stream." once it is listening.
+        _read_stderr_line = threading.Event()
+
+        def read_err() -> None:
+            for _ in self.proc.stderr:
+                _read_stderr_line.set()
+            _read_stderr_line.set()
+
+        threading.Thread(target=read_err, daemon=True).start()
+        threading.Thread(target=self._read, daemon=True).start()
+        if not _read_stderr_line.wait(15):
+            raise AssertionError("busctl monitor did not start within 15 s")
+        _register(self)
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            try:
+                msg = json.loads(line)
+            except ValueError:
+                continue
+            with self._cond:
+                self.messages.append(msg)
+                self._cond.notify_all()
+
+    def signals(self, member: str | None = None) -> list[list]:
+        """The payloads (argument lists) of the signals seen, oldest first."""
+        with self._cond:
+            return [m.get("payload", {}).get("data", []) for m in self.messages
+                    if m.get("type") == "signal" and (member is None or m.get("member") == member)]
+
+    def wait_for(self, pred: Callable[[list], bool], timeout: float = 30.0,
+                 what: str = "signal", member: str | None = None) -> list:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                for args in self.signals(member):
+                    if pred(args):
+                        return args
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(f"no {what} within {timeout:.0f}s; seen:\n"
+                                         + "\n".join(map(str, self.signals()[-30:])))
+                self._cond.wait(min(left, 0.5))
+
+    def cleanup(self) -> None:
+        _kill_group(self.proc, grace=2)
+
+    def diagnostics(self) -> list[tuple[str, str]]:
+        return [("bus monitor signals", "\n".join(map(str, self.signals()[-30:])))]
+
+
+class FakeNotifications:
+    """fake_notifications.py on a SessionBus: records Notify/CloseNotification
+    calls (`calls`), emits ActionInvoked with invoke()."""
+
+    def __init__(self, bus: SessionBus):
+        self.calls: list[dict] = []
+        self._cond = threading.Condition()
+        self.proc = subprocess.Popen(
+            [os.environ.get("PYTHON", "python3"), str(HERE / "fake_notifications.py"),
+             bus.address],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True, start_new_session=True)
+        first = json.loads(_read_line(self.proc, 15, "fake notification server"))
+        assert first.get("member") == "ready", first
+        threading.Thread(target=self._read, daemon=True).start()
+        _register(self)
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            try:
+                call = json.loads(line)
+            except ValueError:
+                continue
+            with self._cond:
+                self.calls.append(call)
+                self._cond.notify_all()
+
+    def wait_call(self, member: str, pred: Callable[[dict], bool] | None = None,
+                  timeout: float = 30.0) -> dict:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                for c in self.calls:
+                    if c.get("member") == member and (pred is None or pred(c)):
+                        return c
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(f"no {member} call within {timeout:.0f}s; calls: "
+                                         f"{self.calls}")
+                self._cond.wait(min(left, 0.5))
+
+    def invoke(self, notification: int, action: str) -> None:
+        self.proc.stdin.write(f"invoke {notification} {action}\n")
+        self.proc.stdin.flush()
+
+    def cleanup(self) -> None:
+        try:
+            self.proc.stdin.close()
+        except OSError:
+            pass
+        _kill_group(self.proc, grace=3)
+
+    def diagnostics(self) -> list[tuple[str, str]]:
+        err = ""
+        if self.proc.poll() is not None and self.proc.stderr:
+            err = self.proc.stderr.read()
+        return [("fake notification server calls", "\n".join(map(str, self.calls))),
+                ("fake notification server stderr", err)]

@@ -438,6 +438,12 @@ pub struct Settings {
     /// `httpAllowOrigins` (not a MicroSIP key): the web origins allowed to call the
     /// HTTP API from a browser (CORS), separated by spaces or commas.
     pub http_allow_origins: Vec<String>,
+    /// `dbus` (not a MicroSIP key): serve the D-Bus interface on the session bus when
+    /// one is reachable; 0 turns it (and the desktop notifications) off.
+    pub dbus: bool,
+    /// `notifications` (not a MicroSIP key): a desktop notification with Answer and
+    /// Decline for an incoming call (needs D-Bus and a notification server).
+    pub notifications: bool,
 }
 
 impl Default for Settings {
@@ -501,6 +507,8 @@ impl Default for Settings {
             session_timer_min: 90,
             http_port: 0,
             http_allow_origins: Vec::new(),
+            dbus: true,
+            notifications: true,
         }
     }
 }
@@ -1048,6 +1056,8 @@ fn read_settings(r: &mut Reader<'_>) -> Settings {
             "a port number from 1 to 65535, or 0 for off",
         ) as u16,
         http_allow_origins: r.list("httpAllowOrigins", &[',', ' ', '\t']),
+        dbus: r.flag("dbus", d.dbus),
+        notifications: r.flag("notifications", d.notifications),
     }
 }
 

@@ -46,6 +46,7 @@ fn defaults_follow_ini_md() {
     assert!(s.user_agent.starts_with("MicroSIP"));
     assert_eq!(s.status_disconnected_ms, 2000);
     assert_eq!(s.session_timer_min, 90);
+    assert!(s.dbus && s.notifications);
     assert_eq!(s.hooks.call_end, None);
 
     let c = config("[Account1]\ndomain=example.com\n");
@@ -80,6 +81,7 @@ fn every_key_is_read() {
          cmdCallAnswer=/bin/ans\ncmdCallAnswerVideo=/bin/vid\ncmdCallStart=/bin/start\n\
          cmdCallBusy=/bin/busy\ncmdCallEnd=/bin/end {number}\nenableLog=1\nminimized=1\n\
          lastCallNumber=123\ncallsLastKey=7\nversion=3.21.3\nstatusDisconnectedTime=500\nsessionTimerMin=10\n\
+         dbus=0\nnotifications=0\n\
          [Account1]\ndomain=one.example\n\
          [Account2]\nlabel=Work\nserver=sip.example.com:5080\nproxy=sip:p1;lr sip:p2\n\
          domain=example.com\nusername=1005\npassword=secret\nauthID=auth1005\n\
@@ -149,6 +151,7 @@ fn every_key_is_read() {
     assert_eq!(s.version.as_deref(), Some("3.21.3"));
     assert_eq!(s.status_disconnected_ms, 500);
     assert_eq!(s.session_timer_min, 10);
+    assert!(!s.dbus && !s.notifications);
 
     let a = c.active_account().unwrap();
     assert_eq!(a.number, 2);

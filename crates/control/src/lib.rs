@@ -7,11 +7,16 @@ pub mod calllog;
 pub mod client;
 pub mod contacts;
 pub mod event_feed;
+#[cfg(feature = "dbus")]
+pub mod dbus;
 pub mod history;
 pub mod hooks;
 pub mod http;
 pub mod integrations;
+pub mod manual;
 pub mod messages;
+#[cfg(feature = "dbus")]
+pub mod notify;
 pub mod options;
 pub mod paths;
 pub mod phone;

@@ -1,6 +1,7 @@
 //! Becoming the phone: holding the profile's lock, find and load the ini (creating
 //! the default profile on first run), apply this run's start options, start the
-//! engine, the control socket and (when enabled) the HTTP API, and exit cleanly on `exit`, SIGTERM or SIGINT.
+//! engine, the control socket, the HTTP API and the D-Bus face (when enabled),
+//! and exit cleanly on `exit`, SIGTERM or SIGINT.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -245,6 +246,7 @@ pub fn run(
                 return 2;
             }
         };
+    let (dbus_on, notifications_on) = (config.settings.dbus, config.settings.notifications);
     let code = runtime.block_on(async move {
         let setup = EngineSetup {
             config,
@@ -279,6 +281,15 @@ pub fn run(
             }
         };
         info!("phone ready; control socket {}", socket.display());
+        // The desktop's bus (and its notifications), when there is one; left at the
+        // end of this block, once the engine has finished.
+        #[cfg(feature = "dbus")]
+        let _desktop =
+            crate::dbus::start_desktop(engine.clone(), profile, dbus_on, notifications_on).await;
+        #[cfg(not(feature = "dbus"))]
+        if dbus_on || notifications_on {
+            info!("D-Bus off: not in this build");
+        }
         let mut term =
             match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
                 Ok(s) => Some(s),

@@ -15,6 +15,81 @@ pub const LEVEL_STEP_POINTS: i32 = 5;
 /// What `dtmf` accepts, for error messages.
 const DTMF_ALLOWED: &str = "0-9, *, #, A-D, and ',' for a pause";
 
+/// One command word of the grammar, as the documentation shows it: the canonical
+/// name, its arguments and what it does. [`COMMANDS`] lists every one; the man page
+/// and the shell completions are made from it (`microsip man`,
+/// `microsip completions SHELL`), and the tests below hold it to the parser: each
+/// name parses (is no `unknown_command`), and each command the parser makes has
+/// its name here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CommandHelp {
+    pub name: &'static str,
+    /// The arguments, as a synopsis (`TARGET [ACCOUNT]`); empty when none.
+    pub args: &'static str,
+    /// One line: what it does, and the other spellings it has.
+    pub help: &'static str,
+    /// Fixed words the first argument may be, for completion (`on`, `off`...).
+    pub words: &'static [&'static str],
+}
+
+const fn help(
+    name: &'static str,
+    args: &'static str,
+    help: &'static str,
+    words: &'static [&'static str],
+) -> CommandHelp {
+    CommandHelp {
+        name,
+        args,
+        help,
+        words,
+    }
+}
+
+/// Every canonical command, in the order the documentation lists them.
+pub const COMMANDS: &[CommandHelp] = &[
+    help("dial", "TARGET [ACCOUNT]", "call TARGET (a number, sip:, sips:, tel:, callto: URI); an active call is held first (Dial, DIAL, msip:NUMBER, a bare number)", &[]),
+    help("callto", "TARGET [ACCOUNT]", "call without holding the active call (CallTo)", &[]),
+    help("message", "TARGET TEXT...", "send a SIP MESSAGE (also NUMBER TEXT...)", &[]),
+    help("answer", "[ID]", "answer a ringing call, the oldest without an id (Answer, /answer, msip:answer)", &[]),
+    help("reject", "[ID] [CODE]", "reject ringing calls with 486, or CODE (Reject, /hangupincoming)", &["decline"]),
+    help("decline", "[ID]", "reject ringing calls with 603 Decline", &[]),
+    help("hangup", "[ID]", "end the active call, or call ID (Hangup, HANGUP)", &[]),
+    help("hangupall", "", "end every call but ringing incoming ones (/hangupall, msip:hangupall)", &[]),
+    help("hangupcalling", "", "cancel unanswered outgoing calls (/hangupcalling)", &[]),
+    help("hold", "[ID] [on|off]", "toggle or set hold (Hold, msip:hold)", &["on", "off"]),
+    help("transfer", "TARGET [ID]", "blind transfer (Transfer, /transfer:N, msip:transfer_N)", &[]),
+    help("dtmf", "DIGITS [ID]", "send DTMF 0-9 * # A-D, ',' a pause (SendDTMF, /dtmf:D)", &[]),
+    help("record", "start|stop [ID]", "record the call to a WAV file in recordingPath", &["start", "stop"]),
+    help("play", "FILE [ID] [stop|loop|hangup]", "play a WAV file into the call; play off [ID] stops it", &["off"]),
+    help("conference", "[ID...] | off [ID]", "merge calls, or take one out / end the conference", &["off"]),
+    help("mute", "[on|off]", "microphone mute, toggled without an argument (Mute, msip:micmute)", &["on", "off"]),
+    help("speakermute", "[on|off]", "speaker mute (msip:speakmute)", &["on", "off"]),
+    help("autoanswer", "[on|off]", "auto-answer incoming calls for this run", &["on", "off"]),
+    help("volumeup", "[N]", "speaker volume up N steps 1-10 (VolumeUp, msip:speakup)", &[]),
+    help("volumedown", "[N]", "speaker volume down N steps (VolumeDown, msip:speakdown)", &[]),
+    help("micup", "[N]", "microphone level up N steps (msip:micup)", &[]),
+    help("micdown", "[N]", "microphone level down N steps (msip:micdown)", &[]),
+    help("setvolume", "LEVEL", "speaker volume 0-100 (SetVolume, VOLUME)", &[]),
+    help("setmicvolume", "LEVEL", "microphone level 0-100 (SetMicVolume)", &[]),
+    help("setdevice", "input|output|ring DEVICE", "switch an audio device: a number from devices, an id, a name, null, file:PATH.wav, tone:FREQ (SetDevice)", &["input", "output", "ring"]),
+    help("devices", "", "list the audio devices, numbered", &[]),
+    help("status", "", "call status: 0 idle, 1 ringing, 2 active, 3 hold, 4 disconnected (Status; STATUS and report:status: the number)", &[]),
+    help("activecall", "", "remote URI of the active call (ACTIVECALL)", &[]),
+    help("calls", "", "every call: id, direction, account, remote, state, duration, codec", &[]),
+    help("history", "[missed] [N]", "the call history, newest first", &["missed"]),
+    help("messages", "[CONTACT]", "stored text messages", &[]),
+    help("contacts", "[list | add NUMBER [NAME...] | remove NUMBER]", "the address book (Contacts.xml)", &["list", "add", "remove"]),
+    help("account", "N [/password:P]", "switch the active account, or store its password (/account:N)", &[]),
+    help("register", "[N]", "register now", &[]),
+    help("unregister", "[N]", "unregister now", &[]),
+    help("show", "[normal|minimized|hidden]", "window state (--show)", &["normal", "minimized", "hidden"]),
+    help("minimize", "", "minimize the window (msip:minimize, /minimized)", &[]),
+    help("hide", "", "hide the window (/hide)", &[]),
+    help("events", "[FILTER]", "stream events as JSON lines (FILTER: a type prefix, e.g. call.)", &[]),
+    help("exit", "", "hang up every call, unregister and exit (Close, QUIT, /exit)", &[]),
+];
+
 /// Parse one socket line that must hold one command: split it into words (see
 /// [`split_words`]), then [`parse_args`]. A DDE execute string holding one command
 /// (`[Status]`) is one too.
@@ -2210,5 +2285,114 @@ mod tests {
         assert!(bad_argument("history 1 2").contains("'2'"));
         assert!(bad_argument("history missed missed").contains("'missed'"));
         assert!(bad_argument("history --json").contains("microsip --json history"));
+    }
+}
+
+#[cfg(test)]
+mod command_table_tests {
+    use super::*;
+
+    fn words(line: &str) -> Vec<String> {
+        line.split_whitespace().map(str::to_string).collect()
+    }
+
+    #[test]
+    fn every_listed_command_is_one_the_grammar_reads() {
+        let mut seen = std::collections::HashSet::new();
+        for entry in COMMANDS {
+            assert!(seen.insert(entry.name), "{} listed twice", entry.name);
+            assert!(!entry.help.is_empty(), "{}", entry.name);
+            match parse_args(&words(entry.name)) {
+                Ok(_) => {}
+                Err(e) => assert_ne!(e.code, "unknown_command", "{}: {}", entry.name, e.message),
+            }
+        }
+    }
+
+    #[test]
+    fn every_command_the_grammar_makes_is_listed() {
+        // One line per `Command` variant (the match below is exhaustive, so a new
+        // variant fails to compile here until it has a line and a table entry).
+        let lines = [
+            "dial 1",
+            "callto 1",
+            "message 1 hi",
+            "answer",
+            "reject",
+            "hangup",
+            "hangupall",
+            "hangupcalling",
+            "hold",
+            "transfer 1",
+            "dtmf 1",
+            "mute",
+            "speakermute",
+            "autoanswer",
+            "volumeup",
+            "volumedown",
+            "micup",
+            "micdown",
+            "setvolume 1",
+            "setmicvolume 1",
+            "setdevice input 1",
+            "devices",
+            "status",
+            "activecall",
+            "calls",
+            "account 1",
+            "register",
+            "unregister",
+            "show",
+            "exit",
+            "events",
+            "history",
+            "messages",
+            "contacts",
+            "record start",
+            "play a.wav",
+            "conference",
+        ];
+        let listed: Vec<&str> = COMMANDS.iter().map(|c| c.name).collect();
+        for line in lines {
+            let command = parse_args(&words(line)).unwrap();
+            let name = match &command {
+                Command::Dial {
+                    hold_active: false, ..
+                } => "callto",
+                Command::Dial { .. }
+                | Command::Message { .. }
+                | Command::Answer { .. }
+                | Command::Reject { .. }
+                | Command::Hangup { .. }
+                | Command::HangupAll
+                | Command::HangupCalling
+                | Command::Hold { .. }
+                | Command::Transfer { .. }
+                | Command::Dtmf { .. }
+                | Command::Mute { .. }
+                | Command::SpeakerMute { .. }
+                | Command::AutoAnswer { .. }
+                | Command::Level { .. }
+                | Command::SetDevice { .. }
+                | Command::Devices
+                | Command::Status { .. }
+                | Command::ActiveCall
+                | Command::Calls
+                | Command::Account { .. }
+                | Command::Register { .. }
+                | Command::Unregister { .. }
+                | Command::Window { .. }
+                | Command::Exit
+                | Command::Events { .. }
+                | Command::History { .. }
+                | Command::Messages { .. }
+                | Command::Contacts { .. }
+                | Command::Record { .. }
+                | Command::Play { .. }
+                | Command::Conference { .. } => command.name(),
+            };
+            assert!(listed.contains(&name), "{line}: {name} is not in COMMANDS");
+            assert!(listed.contains(&line.split(' ').next().unwrap()), "{line}");
+        }
     }
 }

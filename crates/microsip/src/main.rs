@@ -7,6 +7,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use microsip_control::client::{self, EXIT_NO_PHONE};
+use microsip_control::manual;
 use microsip_control::options::{parse_start, runtime_commands, usage, StartOptions};
 use microsip_control::paths::{self, Claim, InstanceLock};
 use microsip_control::phone;
@@ -51,6 +52,32 @@ fn run() -> i32 {
     if options.version {
         println!("microsip {}", env!("CARGO_PKG_VERSION"));
         return 0;
+    }
+    // Made here, never sent to a phone: the man page and the shell completions
+    // (packaging/ installs them).
+    match words
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
+        ["man"] => {
+            print!("{}", manual::man_page());
+            return 0;
+        }
+        ["completions", shell] => {
+            return match manual::completions(shell) {
+                Ok(script) => {
+                    print!("{script}");
+                    0
+                }
+                Err(e) => {
+                    eprintln!("microsip: {e}");
+                    EXIT_NO_PHONE
+                }
+            };
+        }
+        _ => {}
     }
     let profile = options
         .profile
