@@ -395,7 +395,7 @@ def test_event_clients_keep_up_with_a_burst_and_a_stuck_one_is_dropped(make_phon
         t0 = time.monotonic()
         sipp = make_sipp("uac_busy.xml", calls=BURST, timeout_s=60, trace=False,
                          remote=f"127.0.0.1:{port}", extra=["-s", "1001", "-r", "100"])
-        assert sipp.wait() == 0, "some call did not get its 486 within 2 s"
+        assert sipp.wait() == 0, "some call did not get its 486"
         assert time.monotonic() - t0 < BURST / 100 + 5
         for r in readers:
             wait_until(lambda: r.count("call.ended") >= BURST, 10, 0.05, "every call.ended")
@@ -455,7 +455,8 @@ def test_a_slow_event_client_is_told_what_it_missed(make_phone, make_sipp, free_
     """A client that reads, but slower than events come, is not waited for: once
     more than the phone's backlog (1024 events) piles up for it, it gets a
     `{"type":"lagged","missed":N}` line in place of the N events it lost, then the
-    stream goes on; a client that keeps up loses nothing, and calls are not slowed."""
+    stream goes on; a client that keeps up loses nothing, and every call still gets
+    its 486 (how fast is for bench/control_under_load.py, not a test)."""
     burst, rate = 800, 200  # 1600 events in 4 s; the slow client reads 20 a second
     port = free_port("sip")
     ph = make_phone(ini(account("", "1001", ""), sourcePort=port, DND=1,
@@ -476,7 +477,7 @@ def test_a_slow_event_client_is_told_what_it_missed(make_phone, make_sipp, free_
         while sipp.proc.poll() is None and len(got) < 10 * burst:
             got.append(json.loads(reader.readline()))
             time.sleep(0.05)
-        assert sipp.wait() == 0, "some call did not get its 486 within 2 s"
+        assert sipp.wait() == 0, "some call did not get its 486"
         wait_until(lambda: fast.count("call.ended") >= burst, 10, 0.05, "every call.ended")
         last = _live(fast.items)[-1]["seq"]
         # Now read at full speed up to the last event of the burst.
