@@ -363,7 +363,8 @@ def test_a_call_through_the_api_and_its_events_over_websocket(kam, api_phone, ma
 
         s, h, b = api.request("POST", "/calls", {"target": "1002", "account": 1})
         assert s == 201, b
-        cid = b["data"]["call"]
+        cid = b["call"]
+        assert b["data"]["call"] == cid and b["ok"], b
         assert h.get("location") == f"/calls/{cid}"
         next_ws("call.outgoing", cid)
         a.wait_event("CALL_ESTABLISHED")

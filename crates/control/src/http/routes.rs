@@ -437,13 +437,22 @@ async fn dial(State(state): State<Shared>, headers: HeaderMap, body: Body) -> Re
     }
     let command = tri!(command_of(&list));
     let reply = state.engine.execute(command).await;
-    let mut response = answer_with(&reply, StatusCode::CREATED);
-    if let Ok(answer) = &reply {
-        if let Some(id) = answer.data.get("call").and_then(serde_json::Value::as_u64) {
-            if let Ok(location) = HeaderValue::from_str(&format!("/calls/{id}")) {
-                response.headers_mut().insert(header::LOCATION, location);
-            }
-        }
+    let id = reply
+        .as_ref()
+        .ok()
+        .and_then(|answer| answer.data.get("call"))
+        .and_then(serde_json::Value::as_u64);
+    let Some(id) = id else {
+        return answer_with(&reply, StatusCode::CREATED);
+    };
+    // The new call's id at the top as well (`{"call": ID}`), beside the reply.
+    let mut body = to_json(&reply, None);
+    if let Some(map) = body.as_object_mut() {
+        map.insert("call".into(), id.into());
+    }
+    let mut response = json_response(StatusCode::CREATED, &body);
+    if let Ok(location) = HeaderValue::from_str(&format!("/calls/{id}")) {
+        response.headers_mut().insert(header::LOCATION, location);
     }
     response
 }
