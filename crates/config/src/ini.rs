@@ -645,18 +645,18 @@ impl IniDocument {
     }
 
     /// The value of `key` in `section` and its 1-based line number.
-    pub fn get_with_line(&self, section: &str, key: &str) -> Option<(&str, usize)> {
+    pub(crate) fn get_with_line(&self, section: &str, key: &str) -> Option<(&str, usize)> {
         let i = self.find(section, key)?;
         self.lines[i].entry().map(|(_, value)| (value, i + 1))
     }
 
     /// 1-based line number of the (first) header of `section`.
-    pub fn section_line(&self, section: &str) -> Option<usize> {
+    pub(crate) fn section_line(&self, section: &str) -> Option<usize> {
         self.blocks(section).first().map(|(start, _)| start + 1)
     }
 
     /// Whether the section exists.
-    pub fn has_section(&self, section: &str) -> bool {
+    pub(crate) fn has_section(&self, section: &str) -> bool {
         !self.blocks(section).is_empty()
     }
 

@@ -122,14 +122,14 @@ macro_rules! word_enum {
             pub const ALL: &'static [$name] = &[$($name::$variant,)+];
 
             /// The word written in the ini.
-            pub fn as_word(self) -> &'static str {
+            pub(crate) fn as_word(self) -> &'static str {
                 match self {
                     $($name::$variant => $word,)+
                 }
             }
 
             /// The value for an ini word (case-insensitive), if it is one.
-            pub fn from_word(s: &str) -> Option<Self> {
+            pub(crate) fn from_word(s: &str) -> Option<Self> {
                 $(if s.eq_ignore_ascii_case($word) {
                     return Some($name::$variant);
                 })+

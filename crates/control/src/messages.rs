@@ -38,7 +38,7 @@ use crate::calllog::append_record;
 /// Longest line (one message, JSON-encoded) written or read: 16 MiB.
 pub const MAX_LINE: usize = 16 * 1024 * 1024;
 /// The folder name beside the ini.
-pub const FOLDER: &str = "messages";
+pub(crate) const FOLDER: &str = "messages";
 /// Longest readable part of a file name (before the hash).
 const MAX_NAME: usize = 80;
 
@@ -112,7 +112,7 @@ struct LineIn {
 }
 
 /// The contact key for a URI (see the module docs).
-pub fn contact_key(uri: &str) -> String {
+pub(crate) fn contact_key(uri: &str) -> String {
     let s = uri.trim();
     let s = match (s.find('<'), s.rfind('>')) {
         (Some(a), Some(b)) if a < b => &s[a + 1..b],

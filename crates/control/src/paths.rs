@@ -21,7 +21,7 @@ fn uid() -> u32 {
 
 /// `$XDG_RUNTIME_DIR/microsip`, else `/tmp/microsip-<uid>`: created mode 0700 and
 /// refused when someone else owns it or others may enter it.
-pub fn runtime_dir() -> Result<PathBuf, String> {
+pub(crate) fn runtime_dir() -> Result<PathBuf, String> {
     let dir = match std::env::var_os("XDG_RUNTIME_DIR").filter(|v| !v.is_empty()) {
         Some(base) => PathBuf::from(base).join("microsip"),
         None => PathBuf::from(format!("/tmp/microsip-{}", uid())),
@@ -161,7 +161,7 @@ pub fn absolute(path: &Path) -> PathBuf {
 /// The ini to use: `--ini` if given; else `microsip.ini` beside the binary when it
 /// exists (portable mode); else `$XDG_CONFIG_HOME/microsip/microsip.ini` (other
 /// profiles: `.../microsip/<profile>/microsip.ini`).
-pub fn ini_path(explicit: Option<&Path>, profile: &str) -> PathBuf {
+pub(crate) fn ini_path(explicit: Option<&Path>, profile: &str) -> PathBuf {
     if let Some(path) = explicit {
         return path.to_path_buf();
     }

@@ -215,7 +215,7 @@ impl EventKind {
     }
 
     /// Whether an `account` field must be added next to this event.
-    pub fn needs_account(&self) -> bool {
+    pub(crate) fn needs_account(&self) -> bool {
         self.call().is_some() && !self.has_account()
     }
 
@@ -258,7 +258,7 @@ pub struct Percent(pub u32);
 
 impl Percent {
     /// From a fraction in 1/256 (RTCP's fraction lost).
-    pub fn from_fraction(fraction: u8) -> Percent {
+    pub(crate) fn from_fraction(fraction: u8) -> Percent {
         Percent(((u32::from(fraction) * 1000) + 128) / 256)
     }
 }
@@ -302,7 +302,7 @@ pub struct CallQuality {
 
 impl CallQuality {
     /// From the media engine's counters of the call.
-    pub fn from_media(stats: &microsip_media::MediaStats) -> CallQuality {
+    pub(crate) fn from_media(stats: &microsip_media::MediaStats) -> CallQuality {
         let q = &stats.quality;
         CallQuality {
             jitter: stats.jitter_ms,

@@ -31,7 +31,7 @@ pub type Ticket = u64;
 
 /// The id of an answer owed to the remote (an in-dialog request, a MESSAGE): the
 /// driver keeps the transaction, the core says what to answer.
-pub type AnswerId = u64;
+pub(crate) type AnswerId = u64;
 
 /// The time, as the driver (or a test's fake clock) gives it.
 #[derive(Debug, Clone, Copy)]

@@ -99,7 +99,7 @@ pub fn ok(text: impl Into<String>) -> Reply {
 }
 
 /// A success with structured data for JSON clients.
-pub fn ok_with(text: impl Into<String>, data: Value) -> Reply {
+pub(crate) fn ok_with(text: impl Into<String>, data: Value) -> Reply {
     Ok(Answer {
         text: text.into(),
         data,

@@ -43,7 +43,7 @@ use crate::session::{MediaSession, SessionConfig, TickIo, Via};
 pub const TICK: Duration = Duration::from_millis(20);
 /// How long a request waits for the media thread (the engine asks from a thread of
 /// its own, never from the signalling task, so a loaded machine may take its time).
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// Packets read from one socket per tick at most (the rest waits for the next tick).
 const MAX_PACKETS_PER_TICK: usize = 32;
 /// When the thread falls further behind than this (suspend, overload), the missed

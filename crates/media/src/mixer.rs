@@ -38,7 +38,7 @@ impl Mixer {
 
     /// Makes `calls` the members (duplicates ignored). Fewer than two calls is no
     /// conference at all. Members that stay keep what they last heard.
-    pub fn set_members(&mut self, calls: &[u64]) {
+    pub(crate) fn set_members(&mut self, calls: &[u64]) {
         let mut wanted: Vec<u64> = calls.to_vec();
         wanted.sort_unstable();
         wanted.dedup();
@@ -66,7 +66,7 @@ impl Mixer {
     }
 
     /// Whether `call` is in the conference.
-    pub fn is_member(&self, call: u64) -> bool {
+    pub(crate) fn is_member(&self, call: u64) -> bool {
         self.members.iter().any(|m| m.call == call)
     }
 
@@ -93,7 +93,7 @@ impl Mixer {
 
     /// Adds to `frame` (what `call` is about to send) what the other members heard
     /// this tick or the last one, clipped to 16 bits. Nothing for a non-member.
-    pub fn mix_others_into(&self, call: u64, frame: &mut [i16]) {
+    pub(crate) fn mix_others_into(&self, call: u64, frame: &mut [i16]) {
         if !self.is_member(call) {
             return;
         }

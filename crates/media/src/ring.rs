@@ -21,7 +21,7 @@ const RING_OFF_S: u32 = 4;
 
 /// The ring cadence: 440 Hz + 480 Hz together (each at -12 dBFS), 2 s on, 4 s off.
 #[derive(Debug)]
-pub struct RingTone {
+pub(crate) struct RingTone {
     /// Sample position in the cycle.
     position: u32,
     phases: [f64; 2],

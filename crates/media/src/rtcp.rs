@@ -24,9 +24,9 @@ pub const PT_BYE: u8 = 203;
 pub const PT_APP: u8 = 204;
 
 /// The regular report interval.
-pub const REPORT_INTERVAL_MS: u64 = 5_000;
+pub(crate) const REPORT_INTERVAL_MS: u64 = 5_000;
 /// The first report's interval (before randomisation) after media starts.
-pub const FIRST_REPORT_MS: u64 = 1_000;
+pub(crate) const FIRST_REPORT_MS: u64 = 1_000;
 /// Report blocks in one SR/RR at most (the 5-bit count).
 const MAX_BLOCKS: usize = 31;
 
@@ -320,7 +320,7 @@ pub fn write_report(
 }
 
 /// Appends an SDES with one chunk: `ssrc` and its CNAME (cut to 255 bytes).
-pub fn write_sdes(out: &mut Vec<u8>, ssrc: u32, cname: &str) {
+pub(crate) fn write_sdes(out: &mut Vec<u8>, ssrc: u32, cname: &str) {
     let mut name = &cname.as_bytes()[..cname.len().min(255)];
     // Never cut inside a UTF-8 sequence.
     while std::str::from_utf8(name).is_err() {
@@ -338,13 +338,13 @@ pub fn write_sdes(out: &mut Vec<u8>, ssrc: u32, cname: &str) {
 }
 
 /// Appends a BYE for `ssrc` (no reason).
-pub fn write_bye(out: &mut Vec<u8>, ssrc: u32) {
+pub(crate) fn write_bye(out: &mut Vec<u8>, ssrc: u32) {
     put_header(out, 1, PT_BYE, 1);
     out.extend_from_slice(&ssrc.to_be_bytes());
 }
 
 /// The middle 32 bits of an NTP timestamp (LSR, and the arrival time A of §6.4.1).
-pub fn ntp_middle(ntp: u64) -> u32 {
+pub(crate) fn ntp_middle(ntp: u64) -> u32 {
     (ntp >> 16) as u32
 }
 
@@ -472,7 +472,7 @@ impl RtcpSession {
     }
 
     /// Sets the clock rate (after a codec change).
-    pub fn set_clock_rate(&mut self, clock_rate: u32) {
+    pub(crate) fn set_clock_rate(&mut self, clock_rate: u32) {
         self.clock_rate = clock_rate.max(1);
     }
 
@@ -645,7 +645,7 @@ impl RtcpSession {
 /// Round-trip time in ms from a report block (RFC 3550 §6.4.1): arrival `a`, LSR and
 /// DLSR, all in 1/65536 s. `None` when the result is negative beyond a rounding error
 /// or absurd (over a minute): clocks or the peer are confused.
-pub fn round_trip(a: u32, lsr: u32, dlsr: u32) -> Option<u32> {
+pub(crate) fn round_trip(a: u32, lsr: u32, dlsr: u32) -> Option<u32> {
     let rtt = a.wrapping_sub(lsr).wrapping_sub(dlsr) as i32;
     // Up to 2 ms below zero is rounding (DLSR is often counted in whole ms).
     if !(-131..=60 * 65_536).contains(&rtt) {

@@ -96,7 +96,7 @@ pub struct SessionTimerAsk {
 
 /// Reads `Session-Expires` (also its compact form `x`), `Min-SE`, `Supported` and
 /// `Require`. An unreadable Session-Expires counts as absent.
-pub fn session_timer_of(headers: &rsipstack::sip::Headers) -> SessionTimerAsk {
+pub(crate) fn session_timer_of(headers: &rsipstack::sip::Headers) -> SessionTimerAsk {
     let mut ask = SessionTimerAsk::default();
     for h in headers.iter() {
         match h {
@@ -121,7 +121,7 @@ fn lists_timer(value: &str) -> bool {
 
 /// `1800;refresher=uac` → 1800 s, refresher UAC. Other parameters are ignored;
 /// a refresher other than uac/uas counts as not named.
-pub fn parse_session_expires(value: &str) -> Option<SessionExpires> {
+pub(crate) fn parse_session_expires(value: &str) -> Option<SessionExpires> {
     let mut parts = value.split(';');
     let seconds = parts.next()?.trim().parse::<u32>().ok()?;
     let refresher = parts.find_map(|p| {
@@ -1131,7 +1131,7 @@ fn describe_invite(req: &Request, tcp: bool) -> IncomingInvite {
 
 /// `"Name" <sip:u@d>;tag=x` → (Some("Name"), "sip:u@d"). Quotes and escapes are
 /// removed from the name; nothing in it is interpreted.
-pub fn split_name_addr(value: &str) -> (Option<String>, String) {
+pub(crate) fn split_name_addr(value: &str) -> (Option<String>, String) {
     let v = value.trim();
     if let (Some(a), Some(b)) = (v.rfind('<'), v.rfind('>')) {
         if b > a {

@@ -8,7 +8,7 @@
 use std::fmt;
 
 /// Largest body we read (a presence document for one contact is a few hundred bytes).
-pub const MAX_BODY: usize = 64 * 1024;
+pub(crate) const MAX_BODY: usize = 64 * 1024;
 /// Deepest element nesting we follow.
 const MAX_DEPTH: usize = 32;
 
@@ -381,7 +381,7 @@ fn escape(value: &str) -> String {
 }
 
 /// The PIDF document we PUBLISH for `entity` (our AoR).
-pub fn pidf_document(entity: &str, open: bool, note: Option<&str>) -> String {
+pub(crate) fn pidf_document(entity: &str, open: bool, note: Option<&str>) -> String {
     let mut doc = format!(
         "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\r\n\
          <presence xmlns=\"urn:ietf:params:xml:ns:pidf\" entity=\"{}\">\r\n\

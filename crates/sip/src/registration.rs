@@ -27,7 +27,7 @@ use crate::stack::SipStack;
 
 /// How long we wait for a registrar's final answer before calling it a failure.
 /// Shorter than the transaction's 32 s so a dead registrar is reported promptly.
-pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Which transport REGISTER (and the Contact) uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -28,7 +28,8 @@ use crate::trace::{Direction, SipTrace};
 use crate::SipError;
 
 /// The methods we answer; sent in `Allow`.
-pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, MESSAGE, NOTIFY, REFER, UPDATE";
+pub(crate) const ALLOW: &str =
+    "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, MESSAGE, NOTIFY, REFER, UPDATE";
 
 /// How to start the endpoint.
 #[derive(Debug, Clone)]

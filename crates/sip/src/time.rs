@@ -5,7 +5,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 /// `2026-11-23T16:17:00.123456Z`: UTC, microsecond precision (for SIP traces, where
 /// the time between two messages is often well under a millisecond).
-pub fn timestamp_micros() -> String {
+pub(crate) fn timestamp_micros() -> String {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
@@ -31,7 +31,7 @@ fn date_time(secs: u64) -> String {
 }
 
 /// Days since 1970-01-01 → (year, month, day), proleptic Gregorian.
-pub fn civil_from_days(days: i64) -> (i64, u32, u32) {
+pub(crate) fn civil_from_days(days: i64) -> (i64, u32, u32) {
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z.rem_euclid(146_097);

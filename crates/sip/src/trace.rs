@@ -12,7 +12,7 @@ use rsipstack::sip::{Param, SipMessage};
 use rsipstack::transport::SipAddr;
 
 /// Appends trace records to one file; shared by every transport.
-pub struct SipTrace {
+pub(crate) struct SipTrace {
     file: Mutex<File>,
     /// Our own listening addresses, printed as the local side of each record.
     local: Mutex<Vec<SipAddr>>,
