@@ -72,9 +72,13 @@ pub fn lock_path(profile: &str) -> Result<PathBuf, String> {
 /// paths; no secrets.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunningPhone {
+    /// The running phone's process id.
     pub pid: u32,
+    /// The ini file it runs with.
     pub ini: PathBuf,
+    /// Its SIP trace file (`--debug`), if any.
     pub debug: Option<PathBuf>,
+    /// Its CSV call log (`--log`), if any.
     pub log: Option<PathBuf>,
 }
 

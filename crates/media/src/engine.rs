@@ -72,7 +72,9 @@ pub struct Levels {
     pub speaker: u8,
     /// Microphone (what we send), 0–100.
     pub microphone: u8,
+    /// The speaker is muted (what we hear is silenced).
     pub speaker_muted: bool,
+    /// The microphone is muted (what we send is silenced).
     pub microphone_muted: bool,
 }
 
@@ -115,22 +117,38 @@ pub enum MediaEvent {
     /// A DTMF digit was received on call `call`; `inband`: heard in the audio
     /// (else an RFC 4733 event).
     Dtmf {
+        /// The call it arrived on.
         call: u64,
+        /// The digit: `0-9`, `*`, `#` or `A-D`.
         digit: char,
+        /// Heard in the audio (else an RFC 4733 event).
         inband: bool,
     },
     /// The file played into call `call` ran out; `hangup`: the call is to end now
     /// (else it is back on its microphone).
-    PlaybackEnded { call: u64, hangup: bool },
+    PlaybackEnded {
+        /// The call the file played into.
+        call: u64,
+        /// End the call now (the file was played with `hangup`).
+        hangup: bool,
+    },
     /// Writing the recording of call `call` failed (disk full...); the call goes on.
     RecordingFailed {
+        /// The call being recorded.
         call: u64,
+        /// The file that could not be written.
         path: std::path::PathBuf,
+        /// What went wrong.
         error: String,
     },
     /// An RTCP report arrived from the peer of call `call`; `quality` is the call's
     /// numbers with it.
-    Quality { call: u64, quality: Quality },
+    Quality {
+        /// The call the report is about.
+        call: u64,
+        /// The call's quality numbers with this report.
+        quality: Quality,
+    },
 }
 
 /// Where media events go (called on the media thread: must not block).

@@ -32,6 +32,7 @@ type Frame = [i16; FRAME_SAMPLES];
 /// What a finished recording reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecordingStatus {
+    /// The WAV file written.
     pub path: PathBuf,
     /// Frames on disk.
     pub frames_written: u64,
@@ -383,10 +384,12 @@ impl Taps {
         self.play_ended = None;
     }
 
+    /// Whether a recorder is set.
     pub fn is_recording(&self) -> bool {
         self.recorder.is_some()
     }
 
+    /// Whether a file is playing instead of the microphone.
     pub fn is_playing(&self) -> bool {
         self.player.is_some()
     }

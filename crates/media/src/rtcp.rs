@@ -18,9 +18,13 @@ use crate::jitter::Reception;
 
 /// Packet types (RFC 3550 §12.1, RFC 3611, RFC 4585).
 pub const PT_SR: u8 = 200;
+/// RR: receiver report.
 pub const PT_RR: u8 = 201;
+/// SDES: source description.
 pub const PT_SDES: u8 = 202;
+/// BYE: a source leaves.
 pub const PT_BYE: u8 = 203;
+/// APP: application-defined.
 pub const PT_APP: u8 = 204;
 
 /// The regular report interval.
@@ -94,25 +98,37 @@ pub struct SenderInfo {
 /// One packet of a compound RTCP datagram, as read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RtcpPacket {
+    /// SR: a sender's report, with its sending counters.
     SenderReport {
+        /// The sender's SSRC.
         ssrc: u32,
+        /// Its clock and what it sent.
         info: SenderInfo,
+        /// Its reports on the sources it receives.
         blocks: Vec<ReportBlock>,
     },
+    /// RR: a receiver's report.
     ReceiverReport {
+        /// The reporter's SSRC.
         ssrc: u32,
+        /// Its reports on the sources it receives.
         blocks: Vec<ReportBlock>,
     },
     /// Source descriptions: each source with its CNAME, when it had one.
     SourceDescription {
+        /// (SSRC, CNAME) of each source.
         chunks: Vec<(u32, Option<String>)>,
     },
+    /// BYE: these sources leave.
     Bye {
+        /// The SSRCs that leave.
         sources: Vec<u32>,
+        /// The reason text, if given.
         reason: Option<String>,
     },
     /// APP, XR, feedback and unknown types: skipped.
     Other {
+        /// The packet type byte.
         packet_type: u8,
     },
 }

@@ -58,9 +58,11 @@ impl Presence {
 /// A message-summary: the mailbox state.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MessageSummary {
+    /// `Messages-Waiting: yes`.
     pub waiting: bool,
     /// New and old voice messages (`Voice-Message: new/old`), 0 when absent.
     pub new: u32,
+    /// Old voice messages (the second number), 0 when absent.
     pub old: u32,
     /// `Message-Account`, if given.
     pub account: Option<String>,

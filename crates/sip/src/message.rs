@@ -29,10 +29,13 @@ pub(crate) const MAX_TEXT: usize = 64 * 1024;
 pub struct IncomingMessage {
     /// The sender's URI.
     pub from: String,
+    /// The sender's display name, when the From has one.
     pub display_name: Option<String>,
     /// Our URI it was sent to.
     pub to: String,
+    /// The body's Content-Type (e.g. `text/plain`).
     pub content_type: String,
+    /// The message text.
     pub text: String,
     reply: Transaction,
 }

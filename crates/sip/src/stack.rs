@@ -53,7 +53,9 @@ pub struct StackConfig {
 
 /// What the SIP layer hands the engine: call signals and received messages.
 pub struct SipInbox {
+    /// Signals of every call leg, in order.
     pub calls: mpsc::UnboundedReceiver<CallSignal>,
+    /// MESSAGEs received outside a call, each with the answer owed.
     pub messages: mpsc::UnboundedReceiver<IncomingMessage>,
 }
 

@@ -47,11 +47,17 @@ pub(crate) fn civil_from_days(days: i64) -> (i64, u32, u32) {
 /// A moment on the local clock: the machine's time zone (`TZ`, `/etc/localtime`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LocalTime {
+    /// The year (e.g. 2026).
     pub year: i64,
+    /// The month, 1–12.
     pub month: u32,
+    /// The day of the month, 1–31.
     pub day: u32,
+    /// The hour, 0–23.
     pub hour: u32,
+    /// The minute, 0–59.
     pub minute: u32,
+    /// The second, 0–59.
     pub second: u32,
     /// How far the local clock is ahead of UTC, seconds.
     pub offset: i64,

@@ -82,7 +82,9 @@ impl SipTrace {
 /// Which way a traced message went.
 #[derive(Debug, Clone, Copy)]
 pub enum Direction {
+    /// We sent it.
     Sent,
+    /// We received it.
     Received,
 }
 
