@@ -47,7 +47,7 @@ use tracing::{debug, info, warn};
 /// How long a hook may run before it is killed, unless set otherwise.
 pub(crate) const DEFAULT_TIME_LIMIT: Duration = Duration::from_secs(10);
 /// How many hook processes may run at the same time, unless set otherwise.
-pub(crate) const DEFAULT_MAX_RUNNING: usize = 32;
+pub const DEFAULT_MAX_RUNNING: usize = 32;
 /// Longest line of a hook's output copied into the log (longer lines are cut).
 const MAX_LOG_LINE: usize = 1000;
 /// Most output of one stream of one hook run copied into the log; the rest is read

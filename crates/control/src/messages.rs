@@ -112,7 +112,7 @@ struct LineIn {
 }
 
 /// The contact key for a URI (see the module docs).
-pub(crate) fn contact_key(uri: &str) -> String {
+pub fn contact_key(uri: &str) -> String {
     let s = uri.trim();
     let s = match (s.find('<'), s.rfind('>')) {
         (Some(a), Some(b)) if a < b => &s[a + 1..b],

@@ -41,9 +41,9 @@ pub const MAX_LINE: usize = 64 * 1024;
 /// A stream client that cannot take an event for this long is dropped.
 const EVENT_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Connections one client process may hold at once.
-pub(crate) const MAX_CONNECTIONS_PER_CLIENT: usize = 64;
+pub const MAX_CONNECTIONS_PER_CLIENT: usize = 64;
 /// Connections served at once, all clients together.
-pub(crate) const MAX_CONNECTIONS: usize = 256;
+pub const MAX_CONNECTIONS: usize = 256;
 /// Read buffer of a connection while it reads a request (lines grow past it).
 const READ_BUFFER: usize = 1024;
 /// When at least this many connections were open at once and three quarters of them

@@ -32,7 +32,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use microsip_config::{Account, Transport};
 
 /// Longest input [`normalize_target`] looks at, in bytes.
-pub(crate) const MAX_TARGET_LEN: usize = 2048;
+pub const MAX_TARGET_LEN: usize = 2048;
 
 /// Most elements (characters outside `<…:replacement>`) one dial plan rule may have.
 pub(crate) const MAX_RULE_ELEMENTS: usize = 256;
@@ -170,7 +170,7 @@ impl std::error::Error for DialError {}
 
 /// Turns what the user typed into the URI to call on `account`; see the module
 /// documentation for the steps.
-pub(crate) fn normalize_target(input: &str, account: &Account) -> Result<Target, DialError> {
+pub fn normalize_target(input: &str, account: &Account) -> Result<Target, DialError> {
     if input.len() > MAX_TARGET_LEN {
         return Err(DialError::TooLong { len: input.len() });
     }

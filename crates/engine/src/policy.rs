@@ -233,7 +233,7 @@ fn auto_answer_delay(settings: &Settings, facts: &IncomingFacts) -> Option<u32> 
 /// and quoted strings do not count. Without `answer-after`, the words Polycom and
 /// MicroSIP also know — an `alert-autoanswer` info or `auto answer` — mean 0.
 /// `None`: the header does not ask (or N is not a whole number that fits in u32).
-pub(crate) fn parse_answer_after(call_info: &str) -> Option<u32> {
+pub fn parse_answer_after(call_info: &str) -> Option<u32> {
     let mut params = Vec::new();
     let mut current = String::new();
     let mut in_angle = false;
@@ -281,7 +281,7 @@ pub(crate) fn parse_answer_after(call_info: &str) -> Option<u32> {
 
 /// True when an `X-AUTOANSWER` header value asks to answer: `true` or `1`, without
 /// case, blanks around ignored (MicroSIP).
-pub(crate) fn x_autoanswer_is_true(value: &str) -> bool {
+pub fn x_autoanswer_is_true(value: &str) -> bool {
     let v = value.trim();
     v.eq_ignore_ascii_case("true") || v == "1"
 }
@@ -289,7 +289,7 @@ pub(crate) fn x_autoanswer_is_true(value: &str) -> bool {
 /// Wildcard match of a whole text: `*` any run (also empty), `?` exactly one
 /// character, anything else itself, ASCII letters without case. Linear-space, no
 /// recursion; worst case mask length × text length steps.
-pub(crate) fn mask_matches(mask: &str, text: &str) -> bool {
+pub fn mask_matches(mask: &str, text: &str) -> bool {
     let m: Vec<char> = mask.chars().collect();
     let t: Vec<char> = text.chars().collect();
     let (mut mi, mut ti) = (0, 0);

@@ -34,17 +34,17 @@ pub const FRAME_SAMPLES: usize = 160;
 /// The payload type offered for `telephone-event/8000` unless the peer chose another.
 pub const DEFAULT_PAYLOAD_TYPE: u8 = 101;
 /// How long one digit plays (RFC 4733 events and in-band tones), by default.
-pub(crate) const DEFAULT_DIGIT_MS: u32 = 100;
+pub const DEFAULT_DIGIT_MS: u32 = 100;
 /// Silence between two digits, by default.
-pub(crate) const DEFAULT_GAP_MS: u32 = 60;
+pub const DEFAULT_GAP_MS: u32 = 60;
 /// What a `,` in a digit string waits.
-pub(crate) const PAUSE_MS: u32 = 1000;
+pub const PAUSE_MS: u32 = 1000;
 /// The volume field of sent events: the tone's power, −10 dBm0.
 pub(crate) const DEFAULT_VOLUME: u8 = 10;
 /// How many times the end packet of an event is sent (RFC 4733 §2.5.1.4).
-pub(crate) const END_PACKETS: u8 = 3;
+pub const END_PACKETS: u8 = 3;
 /// The most digits and pauses one queue holds; a longer request is refused whole.
-pub(crate) const MAX_QUEUED: usize = 256;
+pub const MAX_QUEUED: usize = 256;
 /// Content type of SIP INFO DTMF (`Signal=5\r\nDuration=160\r\n`).
 pub(crate) const INFO_CONTENT_TYPE: &str = "application/dtmf-relay";
 /// The other SIP INFO DTMF content type: the body is the digit alone.
@@ -54,7 +54,7 @@ pub(crate) const ROW_HZ: [f64; 4] = [697.0, 770.0, 852.0, 941.0];
 /// The high (column) group of DTMF frequencies, in Hz.
 pub(crate) const COL_HZ: [f64; 4] = [1209.0, 1336.0, 1477.0, 1633.0];
 /// Level of each of the two generated tones, in dBFS (a full-scale sine is 0 dBFS).
-pub(crate) const DEFAULT_TONE_DBFS: f64 = -10.0;
+pub const DEFAULT_TONE_DBFS: f64 = -10.0;
 
 /// Length of one media tick.
 const TICK_MS: u32 = 20;
@@ -536,7 +536,7 @@ impl Rfc4733Receiver {
     }
 
     /// Forgets every event seen.
-    pub(crate) fn reset(&mut self) {
+    pub fn reset(&mut self) {
         *self = Rfc4733Receiver::default();
     }
 

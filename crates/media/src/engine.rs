@@ -4,7 +4,7 @@
 //! This module owns the RTP and RTCP sockets, the clock, the audio devices of each
 //! call and the handle callers use; what a call's media decides (stream state,
 //! codec, jitter buffer, DTMF, RTCP, latching, hold) is its
-//! [`MediaSession`](crate::session::MediaSession), which is handed the datagrams that
+//! [`MediaSession`], which is handed the datagrams that
 //! arrived, the time, and the call's source and sink, and hands back datagrams to send
 //! and events. The tick runs on absolute deadlines (`start + n × 20 ms`), so it does
 //! not drift; there is no timer or task per call. Each tick, for each call: read what
@@ -43,7 +43,7 @@ use crate::session::{MediaSession, SessionConfig, TickIo, Via};
 pub const TICK: Duration = Duration::from_millis(20);
 /// How long a request waits for the media thread (the engine asks from a thread of
 /// its own, never from the signalling task, so a loaded machine may take its time).
-pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// Packets read from one socket per tick at most (the rest waits for the next tick).
 const MAX_PACKETS_PER_TICK: usize = 32;
 /// When the thread falls further behind than this (suspend, overload), the missed

@@ -38,7 +38,7 @@
 use crate::rtp::RtpHeader;
 
 /// Largest payload accepted; larger ones are dropped and counted as invalid.
-pub(crate) const MAX_PAYLOAD: usize = 1500;
+pub const MAX_PAYLOAD: usize = 1500;
 
 /// Frames before the next one that are remembered (for telling duplicates from late
 /// packets); older packets are out of the window.

@@ -21,7 +21,7 @@ pub mod device;
 pub mod dtmf;
 pub mod engine;
 pub mod g711;
-pub(crate) mod g722;
+pub mod g722;
 pub mod jitter;
 pub mod mixer;
 pub mod opus;

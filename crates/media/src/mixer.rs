@@ -93,7 +93,7 @@ impl Mixer {
 
     /// Adds to `frame` (what `call` is about to send) what the other members heard
     /// this tick or the last one, clipped to 16 bits. Nothing for a non-member.
-    pub(crate) fn mix_others_into(&self, call: u64, frame: &mut [i16]) {
+    pub fn mix_others_into(&self, call: u64, frame: &mut [i16]) {
         if !self.is_member(call) {
             return;
         }

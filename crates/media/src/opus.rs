@@ -36,11 +36,11 @@ use audiopus_sys as ffi;
 /// Default PCM rate of this codec, and always its RTP clock.
 pub const SAMPLE_RATE: u32 = 48_000;
 /// The PCM rates libopus accepts.
-pub(crate) const RATES: [u32; 5] = [8000, 12_000, 16_000, 24_000, 48_000];
+pub const RATES: [u32; 5] = [8000, 12_000, 16_000, 24_000, 48_000];
 /// Samples in one 20 ms frame at 48 kHz.
 pub const FRAME_SAMPLES: usize = 960;
 /// The longest Opus packet lasts 120 ms: 5,760 samples at 48 kHz.
-pub(crate) const MAX_PACKET_SAMPLES: usize = 5760;
+pub const MAX_PACKET_SAMPLES: usize = 5760;
 /// The largest Opus packet for one frame (RFC 6716 §3.4).
 pub(crate) const MAX_PACKET_BYTES: usize = 1275;
 

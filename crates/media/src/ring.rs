@@ -3,7 +3,7 @@
 //!
 //! This module owns the built-in cadence ([`RingTone`]: 440 + 480 Hz, 2 s on, 4 s
 //! off, the North American ring) and the ringer's small thread, which writes 20 ms
-//! frames on its own clock into any [`AudioSink`] (a sound device's fifo or a file)
+//! frames on its own clock into any [`AudioSink`](crate::AudioSink) (a sound device's fifo or a file)
 //! and lives only while something rings. The media thread is not involved: ringing
 //! has no call media.
 
@@ -21,7 +21,7 @@ const RING_OFF_S: u32 = 4;
 
 /// The ring cadence: 440 Hz + 480 Hz together (each at -12 dBFS), 2 s on, 4 s off.
 #[derive(Debug)]
-pub(crate) struct RingTone {
+pub struct RingTone {
     /// Sample position in the cycle.
     position: u32,
     phases: [f64; 2],

@@ -9,7 +9,7 @@
 use std::fmt;
 
 /// Length of the fixed RTP header (no CSRCs, no extension).
-pub(crate) const HEADER_LEN: usize = 12;
+pub const HEADER_LEN: usize = 12;
 
 /// The fields of an RTP header that a G.711 stream uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -506,7 +506,7 @@ impl SessionDesc {
 
     /// Where RTCP for `m` is sent: the RTP address when `mux`, else `a=rtcp` (RFC
     /// 3605), else the RTP port + 1. `None` when RTP has no address.
-    pub(crate) fn rtcp_address_of(&self, m: &MediaDesc, mux: bool) -> Option<SocketAddr> {
+    pub fn rtcp_address_of(&self, m: &MediaDesc, mux: bool) -> Option<SocketAddr> {
         let rtp = self.rtp_address_of(m)?;
         if mux {
             return Some(rtp);
