@@ -171,7 +171,8 @@ word_enum! {
 }
 
 word_enum! {
-    /// `SRTP`: media encryption.
+    /// `SRTP`: media encryption. Read but not applied yet: media goes as plain RTP
+    /// whatever the value.
     Srtp, allowed "expected empty (off), optional, mandatory, dtls or dtls-sdes" {
         /// No media encryption.
         #[default]

@@ -14,7 +14,7 @@ pub enum ErrorCode {
     NotAvailableYet,
     /// No account with that number.
     NoSuchAccount,
-    /// The account cannot be used (e.g. it has no server or user; the words say why).
+    /// The account is inactive and cannot be used (the words say why).
     AccountInactive,
     /// A `register`/`unregister` was not answered with success.
     RegistrationFailed,

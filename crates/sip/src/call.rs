@@ -287,7 +287,7 @@ pub struct CallSignal {
 pub struct CallerAccount {
     /// The user part of our address (From and Contact).
     pub username: String,
-    /// Our domain (the From's host, and the registrar's).
+    /// Our domain (the From's host).
     pub domain: String,
     /// The display name in the From, if any.
     pub display_name: Option<String>,
