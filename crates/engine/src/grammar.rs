@@ -10,7 +10,7 @@ use crate::dde;
 
 /// Points one `volumeup`/`volumedown`/`micup`/`micdown` step moves a level. The `msip:`
 /// forms (`msip:speakup`...) move exactly one step.
-pub(crate) const LEVEL_STEP_POINTS: i32 = 5;
+pub const LEVEL_STEP_POINTS: i32 = 5;
 
 /// What `dtmf` accepts, for error messages.
 const DTMF_ALLOWED: &str = "0-9, *, #, A-D, and ',' for a pause";
