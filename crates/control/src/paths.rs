@@ -165,7 +165,7 @@ pub fn absolute(path: &Path) -> PathBuf {
 /// The ini to use: `--ini` if given; else `microsip.ini` beside the binary when it
 /// exists (portable mode); else `$XDG_CONFIG_HOME/microsip/microsip.ini` (other
 /// profiles: `.../microsip/<profile>/microsip.ini`).
-pub(crate) fn ini_path(explicit: Option<&Path>, profile: &str) -> PathBuf {
+pub fn ini_path(explicit: Option<&Path>, profile: &str) -> PathBuf {
     if let Some(path) = explicit {
         return path.to_path_buf();
     }
