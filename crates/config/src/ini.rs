@@ -95,14 +95,32 @@ impl fmt::Debug for IniProblem {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum IniError {
     /// The value holds a line break, which would split the line.
-    NewlineInValue { section: String, key: String },
+    NewlineInValue {
+        /// The section of the refused change.
+        section: String,
+        /// The key of the refused change.
+        key: String,
+    },
     /// The value starts or ends with a blank, which would be lost on reading back.
-    BlankAtEdge { section: String, key: String },
+    BlankAtEdge {
+        /// The section of the refused change.
+        section: String,
+        /// The key of the refused change.
+        key: String,
+    },
     /// The key is empty, has `=` or a line break, has blanks around it, or starts
     /// with `;`, `#` or `[`.
-    BadKey { section: String, key: String },
+    BadKey {
+        /// The section of the refused change.
+        section: String,
+        /// The key as given.
+        key: String,
+    },
     /// The section name is empty, has `]` or a line break, or blanks around it.
-    BadSection { section: String },
+    BadSection {
+        /// The section name as given.
+        section: String,
+    },
 }
 
 impl fmt::Display for IniError {
@@ -645,18 +663,18 @@ impl IniDocument {
     }
 
     /// The value of `key` in `section` and its 1-based line number.
-    pub fn get_with_line(&self, section: &str, key: &str) -> Option<(&str, usize)> {
+    pub(crate) fn get_with_line(&self, section: &str, key: &str) -> Option<(&str, usize)> {
         let i = self.find(section, key)?;
         self.lines[i].entry().map(|(_, value)| (value, i + 1))
     }
 
     /// 1-based line number of the (first) header of `section`.
-    pub fn section_line(&self, section: &str) -> Option<usize> {
+    pub(crate) fn section_line(&self, section: &str) -> Option<usize> {
         self.blocks(section).first().map(|(start, _)| start + 1)
     }
 
     /// Whether the section exists.
-    pub fn has_section(&self, section: &str) -> bool {
+    pub(crate) fn has_section(&self, section: &str) -> bool {
         !self.blocks(section).is_empty()
     }
 

@@ -122,14 +122,14 @@ macro_rules! word_enum {
             pub const ALL: &'static [$name] = &[$($name::$variant,)+];
 
             /// The word written in the ini.
-            pub fn as_word(self) -> &'static str {
+            pub(crate) fn as_word(self) -> &'static str {
                 match self {
                     $($name::$variant => $word,)+
                 }
             }
 
             /// The value for an ini word (case-insensitive), if it is one.
-            pub fn from_word(s: &str) -> Option<Self> {
+            pub(crate) fn from_word(s: &str) -> Option<Self> {
                 $(if s.eq_ignore_ascii_case($word) {
                     return Some($name::$variant);
                 })+
@@ -158,9 +158,12 @@ macro_rules! word_enum {
 word_enum! {
     /// `transport`: the SIP transport of an account.
     Transport, allowed "expected udp, tcp, tls, or empty for UDP and TCP" {
+        /// UDP only.
         #[default]
         Udp = "udp",
+        /// TCP only.
         Tcp = "tcp",
+        /// TLS.
         Tls = "tls",
         /// `transport=` (empty): UDP and TCP.
         UdpTcp = "",
@@ -168,13 +171,19 @@ word_enum! {
 }
 
 word_enum! {
-    /// `SRTP`: media encryption.
+    /// `SRTP`: media encryption. Read but not applied yet: media goes as plain RTP
+    /// whatever the value.
     Srtp, allowed "expected empty (off), optional, mandatory, dtls or dtls-sdes" {
+        /// No media encryption.
         #[default]
         Disabled = "",
+        /// SRTP (SDES keys) when the peer offers it.
         Optional = "optional",
+        /// SRTP (SDES keys) required.
         Mandatory = "mandatory",
+        /// SRTP keyed by DTLS.
         Dtls = "dtls",
+        /// SRTP keyed by DTLS or SDES.
         DtlsSdes = "dtls-sdes",
     }
 }
@@ -185,8 +194,11 @@ word_enum! {
         /// RFC 4733 if the remote side offers it, else in-band.
         #[default]
         Auto = "0",
+        /// Tones in the audio.
         InBand = "1",
+        /// RFC 4733 telephone-event packets.
         Rfc4733 = "2",
+        /// SIP INFO requests.
         SipInfo = "3",
     }
 }
@@ -194,12 +206,14 @@ word_enum! {
 word_enum! {
     /// `autoAnswer`.
     AutoAnswer, allowed "expected empty (off), button, header or all" {
+        /// Never auto-answer.
         Off = "",
         /// Auto-answer when switched on by the user (button / `--autoanswer 1`).
         #[default]
         Button = "button",
         /// When the INVITE asks for it (`X-AUTOANSWER: true`, `Call-Info: ...;answer-after=N`).
         Header = "header",
+        /// Every incoming call, after `autoAnswerDelay`.
         All = "all",
     }
 }
@@ -207,9 +221,12 @@ word_enum! {
 word_enum! {
     /// `autoAnswerCalls`: when auto-answer may apply.
     AutoAnswerCalls, allowed "expected empty (only when idle), hold or all" {
+        /// Only when there is no other call.
         #[default]
         Idle = "",
+        /// Also when every other call is on hold.
         Hold = "hold",
+        /// Whatever other calls there are.
         All = "all",
     }
 }
@@ -217,13 +234,20 @@ word_enum! {
 word_enum! {
     /// `denyIncoming`.
     DenyIncoming, allowed "expected empty (off), button, user, domain, userdomain, remotedomain or all" {
+        /// Refuse nothing.
         Off = "",
+        /// MicroSIP's window button; refuses nothing here (no window).
         #[default]
         Button = "button",
+        /// Refuse calls to a user other than the account's.
         User = "user",
+        /// Refuse calls to a domain other than the account's.
         Domain = "domain",
+        /// Refuse calls to another user or another domain.
         UserDomain = "userdomain",
+        /// Refuse callers from a domain other than the account's.
         RemoteDomain = "remotedomain",
+        /// Refuse every incoming call.
         All = "all",
     }
 }
@@ -231,9 +255,12 @@ word_enum! {
 word_enum! {
     /// `forwarding`.
     Forwarding, allowed "expected empty (off), button or all" {
+        /// No forwarding.
         #[default]
         Off = "",
+        /// MicroSIP's window button; forwards nothing here (no window).
         Button = "button",
+        /// Forward every incoming call to `forwardingNumber`.
         All = "all",
     }
 }
@@ -241,8 +268,10 @@ word_enum! {
 word_enum! {
     /// `recordingFormat`.
     RecordingFormat, allowed "expected wav or mp3" {
+        /// WAV files.
         #[default]
         Wav = "wav",
+        /// MP3 files (not encoded here: recorded as WAV).
         Mp3 = "mp3",
     }
 }
@@ -250,8 +279,11 @@ word_enum! {
 /// One entry of `audioCodecs`: `name/clock/channels`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AudioCodec {
+    /// The codec's name as in SDP, e.g. `PCMA`, `opus`.
     pub name: String,
+    /// The RTP clock rate, Hz (e.g. 8000).
     pub clock_rate: u32,
+    /// The number of channels (1 when left out).
     pub channels: u32,
 }
 
@@ -624,6 +656,7 @@ impl fmt::Debug for Account {
 pub struct Config {
     /// The ini file the values came from.
     pub path: PathBuf,
+    /// The `[Settings]` section, typed.
     pub settings: Settings,
     /// Index = account number. `accounts[0]` is `[Account0]`, or the built-in local
     /// account of [`default_document`] when the file has none; then `[Account1]`… up

@@ -21,6 +21,7 @@ pub struct AuditLog {
 }
 
 impl AuditLog {
+    /// A log appending to `path`; the file is made (mode 0600) at the first record.
     pub fn new(path: impl Into<PathBuf>) -> AuditLog {
         AuditLog {
             path: path.into(),

@@ -80,7 +80,7 @@ pub fn iso8601(t: SystemTime) -> String {
 }
 
 /// One CSV field, quoted when needed (RFC 4180), other control characters as spaces.
-pub fn csv_field(value: &str) -> String {
+pub(crate) fn csv_field(value: &str) -> String {
     let cleaned: String = value
         .chars()
         .map(|c| {
@@ -102,7 +102,7 @@ pub fn csv_field(value: &str) -> String {
 }
 
 /// The CSV row for `record`, with its CRLF.
-pub fn csv_row(record: &CallRecord) -> String {
+pub(crate) fn csv_row(record: &CallRecord) -> String {
     let fields = [
         iso8601(record.start),
         record.direction.clone(),

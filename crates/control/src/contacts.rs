@@ -223,7 +223,7 @@ pub fn parse(bytes: &[u8]) -> Result<ContactsDoc, XmlError> {
 }
 
 /// Parses contacts XML text.
-pub fn parse_str(text: &str) -> Result<ContactsDoc, XmlError> {
+pub(crate) fn parse_str(text: &str) -> Result<ContactsDoc, XmlError> {
     Parser { s: text, pos: 0 }.document()
 }
 

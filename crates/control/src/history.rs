@@ -23,13 +23,13 @@
 use microsip_config::{IniDocument, IniError};
 
 /// The history section.
-pub const CALLS: &str = "Calls";
+pub(crate) const CALLS: &str = "Calls";
 /// The dialled-numbers section.
-pub const DIALED: &str = "Dialed";
+pub(crate) const DIALED: &str = "Dialed";
 /// The section holding `callsLastKey` and `lastCallNumber`.
 pub const SETTINGS: &str = "Settings";
 /// Size of the `[Calls]` ring.
-pub const RING_SIZE: u32 = 1000;
+pub(crate) const RING_SIZE: u32 = 1000;
 /// How many numbers `[Dialed]` keeps.
 pub const MAX_DIALED: usize = 20;
 
@@ -61,7 +61,7 @@ impl CallType {
     }
 
     /// The type for a stored number.
-    pub fn from_code(code: u32) -> CallType {
+    pub(crate) fn from_code(code: u32) -> CallType {
         match code {
             0 => CallType::Outgoing,
             1 => CallType::Incoming,
@@ -90,7 +90,7 @@ pub struct HistoryEntry {
 }
 
 /// A field as it may be stored: `;` → `,`, control characters → space, trimmed.
-pub fn sanitize_field(s: &str) -> String {
+pub(crate) fn sanitize_field(s: &str) -> String {
     let replaced: String = s
         .chars()
         .map(|c| match c {
@@ -103,7 +103,7 @@ pub fn sanitize_field(s: &str) -> String {
 }
 
 /// The `[Calls]` value for `entry` (fields sanitised, see the module docs).
-pub fn format_entry(entry: &HistoryEntry) -> String {
+pub(crate) fn format_entry(entry: &HistoryEntry) -> String {
     let value = format!(
         "{};{};{};{};{};{}",
         sanitize_field(&entry.number),
@@ -117,7 +117,7 @@ pub fn format_entry(entry: &HistoryEntry) -> String {
 }
 
 /// Reads a `[Calls]` value; `None` when it holds nothing (no number, no name).
-pub fn parse_entry(value: &str) -> Option<HistoryEntry> {
+pub(crate) fn parse_entry(value: &str) -> Option<HistoryEntry> {
     let mut fields = value.splitn(6, ';');
     let mut next = || fields.next().unwrap_or("").trim();
     let number = next().to_owned();

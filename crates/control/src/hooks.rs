@@ -45,7 +45,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 /// How long a hook may run before it is killed, unless set otherwise.
-pub const DEFAULT_TIME_LIMIT: Duration = Duration::from_secs(10);
+pub(crate) const DEFAULT_TIME_LIMIT: Duration = Duration::from_secs(10);
 /// How many hook processes may run at the same time, unless set otherwise.
 pub const DEFAULT_MAX_RUNNING: usize = 32;
 /// Longest line of a hook's output copied into the log (longer lines are cut).
@@ -111,7 +111,7 @@ impl HookEvent {
 
     /// The hook for the end of a call with final SIP `code`: `CallBusy` for 486, 600
     /// and 603, `CallEnd` otherwise.
-    pub fn for_end(code: u16) -> HookEvent {
+    pub(crate) fn for_end(code: u16) -> HookEvent {
         match code {
             486 | 600 | 603 => HookEvent::CallBusy,
             _ => HookEvent::CallEnd,
@@ -171,7 +171,7 @@ const PLACEHOLDERS: [(&str, &str, Field); 11] = [
 /// double quotes group (and may make an empty word: `""`), and inside quotes `\"`
 /// and `\\` are the only escapes. Outside quotes a backslash is an ordinary
 /// character. An unterminated quote runs to the end of the line.
-pub fn split_command(line: &str) -> Vec<String> {
+pub(crate) fn split_command(line: &str) -> Vec<String> {
     let mut words = Vec::new();
     let mut word = String::new();
     let mut in_word = false;
@@ -248,7 +248,7 @@ fn substitute(word: &str, ctx: &HookContext) -> String {
 /// The argument vector for `command` (program first) with `ctx` filled in: the
 /// placeholders replaced, or the number appended when there is none. Empty when the
 /// command has no words.
-pub fn expand_command(command: &str, ctx: &HookContext) -> Vec<String> {
+pub(crate) fn expand_command(command: &str, ctx: &HookContext) -> Vec<String> {
     let words = split_command(command);
     if words.is_empty() {
         return words;

@@ -120,7 +120,7 @@ fn save_changes(ini: &Mutex<IniFile>, changes: Vec<IniChange>) {
 /// that are still running.
 const EXIT_GRACE: Duration = Duration::from_secs(3);
 
-/// The integrations thread: feed it events through [`Integrations::sender`]
+/// The integrations thread: feed it events through the sender [`spawn`] returns
 /// (given to the engine as an observer); at exit, once every sender is gone,
 /// [`IntegrationsThread::finish`] waits for it to write what is left.
 pub struct IntegrationsThread {
@@ -128,7 +128,7 @@ pub struct IntegrationsThread {
 }
 
 impl IntegrationsThread {
-    /// Waits (at most [`EXIT_GRACE`] plus a moment) for the thread to drain its
+    /// Waits (at most `EXIT_GRACE`, 3 s, plus a moment) for the thread to drain its
     /// queue and for running hooks to end. Call after the engine has stopped.
     pub fn finish(mut self) {
         let Some(thread) = self.thread.take() else {

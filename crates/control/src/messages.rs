@@ -38,7 +38,7 @@ use crate::calllog::append_record;
 /// Longest line (one message, JSON-encoded) written or read: 16 MiB.
 pub const MAX_LINE: usize = 16 * 1024 * 1024;
 /// The folder name beside the ini.
-pub const FOLDER: &str = "messages";
+pub(crate) const FOLDER: &str = "messages";
 /// Longest readable part of a file name (before the hash).
 const MAX_NAME: usize = 80;
 

@@ -12,11 +12,17 @@ use crate::paths::{absolute, RunningPhone};
 /// they override the ini. `Debug` prints the password as `***`.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct AccountOverrides {
+    /// `--dn NAME`: the display name.
     pub display_name: Option<String>,
+    /// `--user USER`: the user name.
     pub user: Option<String>,
+    /// `--domain DOMAIN`: the SIP domain.
     pub domain: Option<String>,
+    /// `--password PASS`: never written to the ini unless asked.
     pub password: Option<String>,
+    /// `--proxy HOST[:PORT]`: the outbound proxy.
     pub proxy: Option<String>,
+    /// `--stun HOST[:PORT]`: the STUN server.
     pub stun: Option<String>,
 }
 
@@ -56,6 +62,7 @@ pub struct StartOptions {
     pub ini: Option<PathBuf>,
     /// `--profile NAME`: `[A-Za-z0-9_.-]{1,64}`, not starting with `.`.
     pub profile: Option<String>,
+    /// `--dn --user --domain --password --proxy --stun` for this run.
     pub account: AccountOverrides,
     /// `--call TARGET`: dial once registered.
     pub call: Option<String>,
@@ -91,22 +98,36 @@ pub struct StartOptions {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OptionsError {
     /// `--frobnicate`: the option's name only, never a `=value`.
-    UnknownOption { option: String },
+    UnknownOption {
+        /// The option as given, without its value.
+        option: String,
+    },
     /// `--ini` with nothing after it.
     MissingValue {
+        /// The option as spelled.
         option: &'static str,
+        /// What it needs, e.g. `a file name`.
         what: &'static str,
     },
     /// `--setvolume loud`.
     BadValue {
+        /// The option as spelled.
         option: &'static str,
+        /// What it takes, e.g. `0-100`.
         expected: &'static str,
+        /// The value given.
         got: String,
     },
     /// `--json=1`: a flag given a value.
-    UnexpectedValue { option: &'static str },
+    UnexpectedValue {
+        /// The flag as spelled.
+        option: &'static str,
+    },
     /// `--profile ../x`.
-    BadProfile { name: String },
+    BadProfile {
+        /// The name given.
+        name: String,
+    },
 }
 
 impl fmt::Display for OptionsError {
@@ -442,6 +463,7 @@ fn shown_within(text: &str, max: usize) -> String {
 /// (except file names).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StartOnlyError {
+    /// The running phone's profile.
     pub profile: String,
     /// One text per problem: `--user, --password apply only when a phone starts`,
     /// `--ini /b.ini is not its ini (/a.ini)`.

@@ -21,7 +21,7 @@ fn uid() -> u32 {
 
 /// `$XDG_RUNTIME_DIR/microsip`, else `/tmp/microsip-<uid>`: created mode 0700 and
 /// refused when someone else owns it or others may enter it.
-pub fn runtime_dir() -> Result<PathBuf, String> {
+pub(crate) fn runtime_dir() -> Result<PathBuf, String> {
     let dir = match std::env::var_os("XDG_RUNTIME_DIR").filter(|v| !v.is_empty()) {
         Some(base) => PathBuf::from(base).join("microsip"),
         None => PathBuf::from(format!("/tmp/microsip-{}", uid())),
@@ -72,9 +72,13 @@ pub fn lock_path(profile: &str) -> Result<PathBuf, String> {
 /// paths; no secrets.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunningPhone {
+    /// The running phone's process id.
     pub pid: u32,
+    /// The ini file it runs with.
     pub ini: PathBuf,
+    /// Its SIP trace file (`--debug`), if any.
     pub debug: Option<PathBuf>,
+    /// Its CSV call log (`--log`), if any.
     pub log: Option<PathBuf>,
 }
 

@@ -12,7 +12,9 @@ use crate::history::{self, CallType};
 
 /// History and contacts beside the ini.
 pub struct RecordFiles {
+    /// The ini file, whose `[Calls]` section holds the call history.
     pub ini: Arc<Mutex<IniFile>>,
+    /// The address book (`Contacts.xml`).
     pub contacts: ContactsFile,
 }
 

@@ -29,6 +29,7 @@ pub(crate) const EXIT_GRACE: Duration = Duration::from_secs(4);
 
 /// Reads a call's media counters (shared memory the media thread updates; no I/O).
 pub trait MediaStatsView: Send {
+    /// The media counters of call `call`, or `None` when it has no media session.
     fn stats(&self, call: CallId) -> Option<MediaStats>;
 }
 
@@ -43,6 +44,7 @@ impl MediaStatsView for NoStats {
 
 /// What the core starts from, all of it data.
 pub struct CoreSetup {
+    /// The settings and accounts (the ini, read).
     pub config: Config,
     /// The address SIP and RTP are bound to.
     pub bind_ip: IpAddr,
@@ -55,6 +57,7 @@ pub struct CoreSetup {
     pub call_on_start: Option<(String, Option<u32>)>,
     /// Seeds the core's random numbers (SDP session ids).
     pub seed: u64,
+    /// Where the core reads the calls' media counters (quality numbers).
     pub stats: Box<dyn MediaStatsView>,
 }
 

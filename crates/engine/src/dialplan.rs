@@ -35,7 +35,7 @@ use microsip_config::{Account, Transport};
 pub const MAX_TARGET_LEN: usize = 2048;
 
 /// Most elements (characters outside `<…:replacement>`) one dial plan rule may have.
-pub const MAX_RULE_ELEMENTS: usize = 256;
+pub(crate) const MAX_RULE_ELEMENTS: usize = 256;
 
 /// Where a call goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,21 +56,53 @@ pub enum DialError {
     /// Nothing (or only blanks, or a bare `tel:`) was given.
     Empty,
     /// The input is longer than [`MAX_TARGET_LEN`] bytes.
-    TooLong { len: usize },
+    TooLong {
+        /// The input's length in bytes.
+        len: usize,
+    },
     /// A `sip:`/`sips:` URI (or `user@host`) that is not valid.
-    InvalidUri { uri: String, reason: String },
+    InvalidUri {
+        /// The URI as given.
+        uri: String,
+        /// Why it is not valid.
+        reason: String,
+    },
     /// Input that is neither a number, a name, an address nor a URI.
-    InvalidTarget { target: String, reason: String },
+    InvalidTarget {
+        /// The input as given.
+        target: String,
+        /// Why it cannot be dialled.
+        reason: String,
+    },
     /// The post-dial part holds something other than DTMF digits and commas.
-    BadPostDial { digits: String },
+    BadPostDial {
+        /// The post-dial part as given.
+        digits: String,
+    },
     /// The account has no domain to put after a bare number.
-    NoDomain { account: u32 },
+    NoDomain {
+        /// The account's number.
+        account: u32,
+    },
     /// The account's domain is not a host name or address.
-    BadDomain { account: u32, domain: String },
+    BadDomain {
+        /// The account's number.
+        account: u32,
+        /// The domain as configured.
+        domain: String,
+    },
     /// The dial plan has rules and none of them matches the number.
-    NoDialPlanMatch { number: String },
+    NoDialPlanMatch {
+        /// The number the rules were tried on.
+        number: String,
+    },
     /// A dial plan rule cannot be understood.
-    BadDialPlan { rule: String, reason: String },
+    BadDialPlan {
+        /// The rule as written.
+        rule: String,
+        /// What is wrong with it.
+        reason: String,
+    },
 }
 
 impl DialError {

@@ -55,7 +55,9 @@ impl ConfigStore for NoStore {
 
 /// Everything the engine starts from.
 pub struct EngineSetup {
+    /// The settings and accounts the engine starts with (the ini, read).
     pub config: Config,
+    /// Where settings changed by commands (volume, active account...) are saved.
     pub store: Box<dyn ConfigStore>,
     /// SIP trace file (`--debug`).
     pub trace: Option<PathBuf>,
@@ -78,7 +80,9 @@ pub struct EngineSetup {
 /// to a crash after a client saw its call end.
 #[derive(Debug)]
 pub struct Observed {
+    /// The event.
     pub event: Event,
+    /// For a `call.ended`: send (or drop) once the observer's record is on disk.
     pub written: Option<oneshot::Sender<()>>,
 }
 

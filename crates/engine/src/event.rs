@@ -12,6 +12,7 @@ pub struct Event {
     /// The account of the call, for call events that do not carry it themselves.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub account: Option<u32>,
+    /// What happened; its fields are written flat into the event's JSON, with `type`.
     #[serde(flatten)]
     pub kind: EventKind,
 }
@@ -20,99 +21,185 @@ pub struct Event {
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 #[serde(tag = "type")]
 pub enum EventKind {
+    /// An account is sending its REGISTER.
     #[serde(rename = "account.registering")]
-    AccountRegistering { account: u32 },
+    AccountRegistering {
+        /// The account's number (its `AccountN` section).
+        account: u32,
+    },
+    /// The registrar accepted an account's REGISTER.
     #[serde(rename = "account.registered")]
     AccountRegistered {
+        /// The account's number.
         account: u32,
+        /// The registrar's status code (2xx).
         code: u16,
+        /// The registrar's reason phrase.
         reason: String,
+        /// How long the registration holds, seconds, as the registrar granted it.
         expires: u32,
+        /// The Contact the registrar bound.
         contact: String,
     },
+    /// An account's REGISTER failed; it is tried again after `retry_in`.
     #[serde(rename = "account.failed")]
     AccountFailed {
+        /// The account's number.
         account: u32,
+        /// The failure's status code.
         code: u16,
+        /// The reason phrase, or what went wrong.
         reason: String,
+        /// Seconds until the next attempt.
         retry_in: u32,
     },
+    /// An account is no longer registered.
     #[serde(rename = "account.unregistered")]
-    AccountUnregistered { account: u32 },
+    AccountUnregistered {
+        /// The account's number.
+        account: u32,
+    },
+    /// We dialled a call.
     #[serde(rename = "call.outgoing")]
     CallOutgoing {
+        /// The call's id (the `id` in `calls` and every call event).
         call: u64,
+        /// The account it goes out on.
         account: u32,
+        /// The SIP URI called.
         remote: String,
         /// The user part of `remote` (the number dialled).
         number: String,
     },
+    /// A call came in.
     #[serde(rename = "call.incoming")]
     CallIncoming {
+        /// The call's id.
         call: u64,
+        /// The account it came in on.
         account: u32,
+        /// The caller's SIP URI.
         remote: String,
+        /// The user part of `remote` (the caller's number).
         number: String,
+        /// The caller's display name, when the From has one.
         name: Option<String>,
+        /// Who diverted the call to us (the Diversion header), when it was diverted.
         #[serde(skip_serializing_if = "Option::is_none")]
         diversion: Option<String>,
     },
+    /// The call rings: the remote sent 180 (outgoing), or we did (incoming).
     #[serde(rename = "call.ringing")]
-    CallRinging { call: u64 },
+    CallRinging {
+        /// The call's id.
+        call: u64,
+    },
+    /// An outgoing call got early media (183 with SDP).
     #[serde(rename = "call.early")]
-    CallEarly { call: u64, code: u16 },
+    CallEarly {
+        /// The call's id.
+        call: u64,
+        /// The provisional status code.
+        code: u16,
+    },
+    /// The call was answered: a 2xx received (outgoing) or sent (incoming).
     #[serde(rename = "call.answered")]
-    CallAnswered { call: u64, code: u16 },
+    CallAnswered {
+        /// The call's id.
+        call: u64,
+        /// The 2xx status code.
+        code: u16,
+    },
+    /// The dialog is confirmed (ACK sent or received).
     #[serde(rename = "call.confirmed")]
-    CallConfirmed { call: u64 },
+    CallConfirmed {
+        /// The call's id.
+        call: u64,
+    },
+    /// The call was put on hold.
     #[serde(rename = "call.held")]
-    CallHeld { call: u64, by: &'static str },
+    CallHeld {
+        /// The call's id.
+        call: u64,
+        /// Who held it: `local` or `remote`.
+        by: &'static str,
+    },
+    /// The call was taken off hold.
     #[serde(rename = "call.resumed")]
-    CallResumed { call: u64, by: &'static str },
+    CallResumed {
+        /// The call's id.
+        call: u64,
+        /// Who resumed it: `local` or `remote`.
+        by: &'static str,
+    },
+    /// A transfer's progress: our REFER's answer, the remote's REFER (202), or a NOTIFY.
     #[serde(rename = "call.transfer")]
     CallTransfer {
+        /// The call being transferred.
         call: u64,
+        /// The status code: the REFER's answer, 202, or the NOTIFY's sipfrag code.
         code: u16,
+        /// Its reason phrase.
         reason: String,
+        /// The transfer target (empty in NOTIFY progress).
         target: String,
     },
     /// A DTMF digit received; `method`: `rfc4733`, `inband` or `info`.
     #[serde(rename = "call.dtmf")]
     CallDtmf {
+        /// The call's id.
         call: u64,
+        /// The digit: `0-9`, `*`, `#` or `A-D`.
         digit: String,
+        /// How it came: `rfc4733`, `inband` or `info`.
         method: &'static str,
     },
     /// A recording of the call `started`, `stopped` or `failed` (with `error`; the
     /// call goes on).
     #[serde(rename = "call.recording")]
     CallRecording {
+        /// The call's id.
         call: u64,
+        /// `started`, `stopped` or `failed`.
         state: &'static str,
+        /// The WAV file recorded into.
         path: String,
+        /// Why the recording failed (with `failed`).
         #[serde(skip_serializing_if = "Option::is_none")]
         error: Option<String>,
     },
     /// A file played into the call `started`, `ended` (ran out) or `stopped`.
     #[serde(rename = "call.playing")]
     CallPlaying {
+        /// The call's id.
         call: u64,
+        /// `started`, `ended` or `stopped`.
         state: &'static str,
+        /// The file played.
         file: String,
     },
     /// The call `joined` or `left` the conference; `members`: who is in it now.
     #[serde(rename = "call.conference")]
     CallConference {
+        /// The call's id.
         call: u64,
+        /// `joined` or `left`.
         state: &'static str,
+        /// The calls in the conference now.
         members: Vec<u64>,
     },
+    /// The call ended.
     #[serde(rename = "call.ended")]
     CallEnded {
+        /// The call's id.
         call: u64,
+        /// The SIP status code it ended with.
         code: u16,
+        /// The reason phrase it ended with.
         reason: String,
+        /// Who ended it: `local` or `remote`.
         by: &'static str,
+        /// Seconds since it was answered (0 if it never was).
         duration: u64,
         /// An incoming call the caller CANCELed because it was answered elsewhere
         /// (`Reason: SIP;cause=200`); only written when true.
@@ -125,27 +212,45 @@ pub enum EventKind {
     /// An RTCP report arrived: the call's quality numbers with it.
     #[serde(rename = "call.quality")]
     CallQuality {
+        /// The call's id.
         call: u64,
+        /// The numbers as of this report.
         #[serde(flatten)]
         quality: CallQuality,
     },
+    /// A MESSAGE arrived.
     #[serde(rename = "message.received")]
     MessageReceived {
+        /// The sender's URI.
         from: String,
+        /// The sender's display name, when the From has one.
         name: Option<String>,
+        /// The URI it was sent to.
         to: String,
+        /// The body's Content-Type (e.g. `text/plain`).
         content_type: String,
+        /// The message text.
         text: String,
         /// The call it came in (a MESSAGE inside a dialog, RFC 3428).
         #[serde(skip_serializing_if = "Option::is_none")]
         call: Option<u64>,
     },
+    /// A MESSAGE we sent was accepted (2xx).
     #[serde(rename = "message.sent")]
-    MessageSent { to: String, code: u16 },
+    MessageSent {
+        /// The recipient.
+        to: String,
+        /// The 2xx status code.
+        code: u16,
+    },
+    /// A MESSAGE we sent was refused or not answered.
     #[serde(rename = "message.failed")]
     MessageFailed {
+        /// The recipient.
         to: String,
+        /// The failure's status code.
         code: u16,
+        /// The reason phrase, or what went wrong.
         reason: String,
     },
     /// A contact's presence changed (a NOTIFY of a presence subscription). `status`:
@@ -153,21 +258,33 @@ pub enum EventKind {
     /// status; `activity` the first RPID activity.
     #[serde(rename = "presence")]
     Presence {
+        /// The account that subscribes.
         account: u32,
+        /// The URI subscribed to.
         contact: String,
+        /// The number as the address book has it.
         number: String,
+        /// `open`, `closed`, `busy`, `away` or `unknown`.
         status: &'static str,
+        /// The PIDF basic status (`open` or `closed`).
         basic: &'static str,
+        /// The first RPID activity (e.g. `busy`, `away`), if any.
         activity: Option<String>,
+        /// The PIDF note, if any.
         note: Option<String>,
     },
     /// The account's mailbox state (message-summary NOTIFY).
     #[serde(rename = "mwi")]
     Mwi {
+        /// The account whose mailbox it is.
         account: u32,
+        /// Whether messages are waiting.
         waiting: bool,
+        /// New voice messages.
         new: u32,
+        /// Old (heard) voice messages.
         old: u32,
+        /// The account's voicemail number.
         voicemail: String,
     },
     /// The phone is about to exit.
@@ -215,7 +332,7 @@ impl EventKind {
     }
 
     /// Whether an `account` field must be added next to this event.
-    pub fn needs_account(&self) -> bool {
+    pub(crate) fn needs_account(&self) -> bool {
         self.call().is_some() && !self.has_account()
     }
 
@@ -258,7 +375,7 @@ pub struct Percent(pub u32);
 
 impl Percent {
     /// From a fraction in 1/256 (RTCP's fraction lost).
-    pub fn from_fraction(fraction: u8) -> Percent {
+    pub(crate) fn from_fraction(fraction: u8) -> Percent {
         Percent(((u32::from(fraction) * 1000) + 128) / 256)
     }
 }
@@ -302,7 +419,7 @@ pub struct CallQuality {
 
 impl CallQuality {
     /// From the media engine's counters of the call.
-    pub fn from_media(stats: &microsip_media::MediaStats) -> CallQuality {
+    pub(crate) fn from_media(stats: &microsip_media::MediaStats) -> CallQuality {
         let q = &stats.quality;
         CallQuality {
             jitter: stats.jitter_ms,
@@ -330,28 +447,38 @@ impl CallQuality {
 /// Where a client stands when it subscribes: sent before any live event.
 #[derive(Debug, Clone, Serialize)]
 pub struct Snapshot {
+    /// Always `snapshot` (the JSON `type`).
     #[serde(rename = "type")]
     pub kind: &'static str,
     /// The last event's `seq` before this snapshot; live events follow from `seq + 1`.
     pub seq: u64,
+    /// When the snapshot was taken, RFC 3339 UTC.
     pub time: String,
+    /// Every account, with its registration state.
     pub accounts: Vec<AccountView>,
+    /// Every call, as `calls` lists them.
     pub calls: Vec<serde_json::Value>,
 }
 
 /// One account as shown in snapshots and `status`.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct AccountView {
+    /// The account's number (its `AccountN` section).
     pub account: u32,
     /// `registered`, `registering`, `failed`, `unregistered`, `inactive`, `local`.
     pub state: &'static str,
+    /// The account's address of record, `sip:user@domain`.
     pub aor: String,
+    /// The last registration status code (200 when registered).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub code: Option<u16>,
+    /// Why the last registration failed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// How long the registration holds, seconds.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub expires: Option<u32>,
+    /// Whether this is the phone's active account (the one calls go out on by default).
     pub active: bool,
     /// The mailbox as the last message-summary NOTIFY said (voicemailNumber set).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -361,8 +488,11 @@ pub struct AccountView {
 /// A mailbox state: messages waiting, new and old voice messages.
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
 pub struct MwiView {
+    /// Whether messages are waiting.
     pub waiting: bool,
+    /// New voice messages.
     pub new: u32,
+    /// Old (heard) voice messages.
     pub old: u32,
 }
 

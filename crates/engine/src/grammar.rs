@@ -1,6 +1,6 @@
 //! The grammar: the words a script sends (command line or one socket line) → one
 //! [`Command`], or several for a DDE execute string (`[Hold][Dial(1002)]`, see
-//! [`crate::dde`]).
+//! the `dde` module).
 
 use crate::command::{
     CallId, Command, ConferenceAction, ContactsAction, DeviceRole, LevelChange, LevelKind,
@@ -225,7 +225,7 @@ pub fn split_words(line: &str) -> Result<Vec<String>, ParseError> {
 /// [`parse_args_all`] for several.
 ///
 /// Arguments may be separated by commas too, as MicroSIP's documents write them
-/// (`SetDevice input, 2`, `hold 3, on`): see [`plain_args`] and [`value_args`].
+/// (`SetDevice input, 2`, `hold 3, on`): see `plain_args` and `value_args`.
 pub fn parse_args(words: &[String]) -> Result<Command, ParseError> {
     only_one(parse_args_all(words)?)
 }

@@ -23,11 +23,15 @@ use crate::then::Then;
 pub struct MessageRecord {
     /// Unix seconds.
     pub time: i64,
+    /// True for a message we received, false for one we sent.
     pub incoming: bool,
     /// The other party's URI (whose conversation it belongs to).
     pub contact: String,
+    /// The sender's URI.
     pub from: String,
+    /// The recipient's URI.
     pub to: String,
+    /// The message text.
     pub text: String,
     /// `received`, `sent`, `failed 404 Not Found`, ...
     pub status: String,

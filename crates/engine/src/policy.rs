@@ -84,16 +84,27 @@ pub struct IncomingFacts {
 pub enum Decision {
     /// Answer with this final status; add `header` (name, value) if given.
     Reject {
+        /// The final status code (e.g. 486, 603).
         code: u16,
+        /// Its reason phrase.
         reason: &'static str,
+        /// An extra header (name, value), if any.
         header: Option<(String, String)>,
     },
     /// Redirect to `target` (a SIP URI): at once with 302 and a Diversion header when
     /// `delay_s` is 0; otherwise ring and redirect after `delay_s` seconds unless the
     /// call was answered or ended.
-    Forward { target: String, delay_s: u32 },
+    Forward {
+        /// Where to redirect the call (a SIP URI).
+        target: String,
+        /// Seconds to ring before redirecting; 0: redirect at once with 302.
+        delay_s: u32,
+    },
     /// Ring; answer by itself after the delay when one is given.
-    Ring { auto_answer_after: Option<Duration> },
+    Ring {
+        /// How long to ring before answering by itself; `None`: wait for the user.
+        auto_answer_after: Option<Duration>,
+    },
 }
 
 fn busy(text: &str) -> Decision {

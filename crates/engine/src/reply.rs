@@ -6,15 +6,23 @@ use serde_json::Value;
 /// Stable failure codes; scripts match on these, never on the words.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorCode {
+    /// No command by that name.
     UnknownCommand,
+    /// The command's arguments are wrong (the words say which).
     BadArgument,
     /// A command whose feature lands in a later release.
     NotAvailableYet,
+    /// No account with that number.
     NoSuchAccount,
+    /// The account is inactive and cannot be used (the words say why).
     AccountInactive,
+    /// A `register`/`unregister` was not answered with success.
     RegistrationFailed,
+    /// A change could not be saved (ini, contacts).
     ConfigWrite,
+    /// The phone is exiting and takes no more commands.
     Stopping,
+    /// Something that should not fail did (a store could not be read...).
     Internal,
     /// No call to act on.
     NoCall,
@@ -30,6 +38,7 @@ pub enum ErrorCode {
     WrongState,
     /// The media could not be set up (no free RTP port, unreadable audio file...).
     Media,
+    /// The offer has no codec we can use (the call was refused with 488).
     NoCommonCodec,
     /// The other side refused (re-INVITE or REFER answered with an error).
     Refused,
@@ -38,6 +47,7 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// The code as scripts see it, e.g. `no_such_call`.
     pub fn as_str(self) -> &'static str {
         match self {
             ErrorCode::UnknownCommand => "unknown_command",
@@ -83,7 +93,9 @@ pub struct Answer {
 /// A refused command.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Failure {
+    /// The stable machine code.
     pub code: ErrorCode,
+    /// Words a person understands, e.g. `no call is ringing`.
     pub message: String,
 }
 
@@ -99,7 +111,7 @@ pub fn ok(text: impl Into<String>) -> Reply {
 }
 
 /// A success with structured data for JSON clients.
-pub fn ok_with(text: impl Into<String>, data: Value) -> Reply {
+pub(crate) fn ok_with(text: impl Into<String>, data: Value) -> Reply {
     Ok(Answer {
         text: text.into(),
         data,

@@ -30,9 +30,9 @@ pub const SAMPLE_RATE: u32 = 16_000;
 /// Samples in one 20 ms frame of the bus.
 pub const FRAME_SAMPLES: usize = SAMPLE_RATE as usize / 50;
 /// Longest file a file source accepts, in seconds (it is held decoded in memory).
-pub const MAX_FILE_SECONDS: u32 = 600;
+pub(crate) const MAX_FILE_SECONDS: u32 = 600;
 /// Tone amplitude: half of full scale, -6 dBFS.
-pub const TONE_AMPLITUDE: f64 = 16384.0;
+pub(crate) const TONE_AMPLITUDE: f64 = 16384.0;
 
 /// An audio device as named in the ini's device keys.
 #[derive(Debug, Clone, PartialEq)]
@@ -188,7 +188,7 @@ pub fn open_source(spec: &AudioSpec) -> Result<Box<dyn AudioSource>, AudioError>
 }
 
 /// Opens `spec` as a sink. A file is created (or truncated) now.
-pub fn open_sink(spec: &AudioSpec) -> Result<Box<dyn AudioSink>, AudioError> {
+pub(crate) fn open_sink(spec: &AudioSpec) -> Result<Box<dyn AudioSink>, AudioError> {
     Ok(match spec {
         AudioSpec::File(path) => Box::new(FileSink::create(path)?),
         AudioSpec::Tone(_) => return Err(AudioError::NotAnOutput(spec.to_string())),
@@ -209,7 +209,7 @@ impl AudioSource for NullSource {
 
 /// Discards everything.
 #[derive(Debug, Default)]
-pub struct NullSink;
+pub(crate) struct NullSink;
 
 impl AudioSink for NullSink {
     fn write(&mut self, _frame: &[i16]) -> Result<(), AudioError> {
@@ -254,7 +254,7 @@ impl AudioSource for ToneSource {
 
 /// Plays a WAV file, looping at its end.
 #[derive(Debug)]
-pub struct FileSource {
+pub(crate) struct FileSource {
     samples: Arc<[i16]>,
     position: usize,
 }
@@ -422,7 +422,7 @@ fn check_shape(path: &Path, channels: u16, rate: u32, frames: u64) -> Result<(),
 }
 
 /// Reads a WAV file into mono samples at the bus rate ([`SAMPLE_RATE`]).
-pub fn load_wav(path: &Path) -> Result<Vec<i16>, AudioError> {
+pub(crate) fn load_wav(path: &Path) -> Result<Vec<i16>, AudioError> {
     let file = File::open(path).map_err(|e| AudioError::file(path, e))?;
     let mut reader = BufReader::new(file);
     let info = read_fmt(&mut reader)
@@ -728,7 +728,7 @@ impl LinearResampler {
 /// Writes what is heard to a 16 kHz (bus rate) mono 16-bit WAV file. The header is brought up to
 /// date at least once a second while audio arrives, so a killed phone leaves a
 /// readable file.
-pub struct FileSink<W: Write + Seek = BufWriter<File>> {
+pub(crate) struct FileSink<W: Write + Seek = BufWriter<File>> {
     path: PathBuf,
     writer: Option<hound::WavWriter<W>>,
     failed: bool,

@@ -40,19 +40,19 @@ pub const DEFAULT_GAP_MS: u32 = 60;
 /// What a `,` in a digit string waits.
 pub const PAUSE_MS: u32 = 1000;
 /// The volume field of sent events: the tone's power, −10 dBm0.
-pub const DEFAULT_VOLUME: u8 = 10;
+pub(crate) const DEFAULT_VOLUME: u8 = 10;
 /// How many times the end packet of an event is sent (RFC 4733 §2.5.1.4).
 pub const END_PACKETS: u8 = 3;
 /// The most digits and pauses one queue holds; a longer request is refused whole.
 pub const MAX_QUEUED: usize = 256;
 /// Content type of SIP INFO DTMF (`Signal=5\r\nDuration=160\r\n`).
-pub const INFO_CONTENT_TYPE: &str = "application/dtmf-relay";
+pub(crate) const INFO_CONTENT_TYPE: &str = "application/dtmf-relay";
 /// The other SIP INFO DTMF content type: the body is the digit alone.
-pub const INFO_DTMF_CONTENT_TYPE: &str = "application/dtmf";
+pub(crate) const INFO_DTMF_CONTENT_TYPE: &str = "application/dtmf";
 /// The low (row) group of DTMF frequencies, in Hz.
-pub const ROW_HZ: [f64; 4] = [697.0, 770.0, 852.0, 941.0];
+pub(crate) const ROW_HZ: [f64; 4] = [697.0, 770.0, 852.0, 941.0];
 /// The high (column) group of DTMF frequencies, in Hz.
-pub const COL_HZ: [f64; 4] = [1209.0, 1336.0, 1477.0, 1633.0];
+pub(crate) const COL_HZ: [f64; 4] = [1209.0, 1336.0, 1477.0, 1633.0];
 /// Level of each of the two generated tones, in dBFS (a full-scale sine is 0 dBFS).
 pub const DEFAULT_TONE_DBFS: f64 = -10.0;
 
@@ -98,7 +98,7 @@ impl fmt::Display for DtmfError {
 impl std::error::Error for DtmfError {}
 
 /// The RFC 4733 event code of a digit (`0-9 * # A-D`, also `a-d`).
-pub fn digit_to_event(digit: char) -> Option<u8> {
+pub(crate) fn digit_to_event(digit: char) -> Option<u8> {
     match digit {
         '0'..='9' => Some(digit as u8 - b'0'),
         '*' => Some(10),
@@ -110,7 +110,7 @@ pub fn digit_to_event(digit: char) -> Option<u8> {
 }
 
 /// The digit of an RFC 4733 event code (`None` above 15: not a DTMF event).
-pub fn event_to_digit(event: u8) -> Option<char> {
+pub(crate) fn event_to_digit(event: u8) -> Option<char> {
     DIGITS.get(usize::from(event)).copied()
 }
 
@@ -347,7 +347,7 @@ impl Rfc4733Sender {
 
     /// How long each digit lasts, rounded up to whole ticks (at least one tick, at
     /// most what the 16-bit duration field holds). Applies from the next digit.
-    pub fn set_digit_ms(&mut self, ms: u32) {
+    pub(crate) fn set_digit_ms(&mut self, ms: u32) {
         let units = u64::from(ms) * u64::from(self.clock_rate) / 1000;
         let ticks = units.div_ceil(u64::from(self.step)).max(1);
         let max_ticks = u64::from(u16::MAX) / u64::from(self.step);
@@ -356,7 +356,7 @@ impl Rfc4733Sender {
 
     /// The silence between the last end packet of a digit and the next digit, rounded
     /// up to whole ticks.
-    pub fn set_gap_ms(&mut self, ms: u32) {
+    pub(crate) fn set_gap_ms(&mut self, ms: u32) {
         self.gap_ticks = ms.div_ceil(TICK_MS);
     }
 
@@ -722,7 +722,7 @@ impl ToneGenerator {
     }
 
     /// The level of each of the two tones, in dBFS, clamped to −60…−6.
-    pub fn set_level_dbfs(&mut self, dbfs: f64) {
+    pub(crate) fn set_level_dbfs(&mut self, dbfs: f64) {
         let dbfs = if dbfs.is_nan() {
             DEFAULT_TONE_DBFS
         } else {
@@ -733,7 +733,7 @@ impl ToneGenerator {
 
     /// Tone and gap lengths (tone at least 10 ms, both at most 10 s); from the next
     /// digit.
-    pub fn set_timing(&mut self, on_ms: u32, off_ms: u32) {
+    pub(crate) fn set_timing(&mut self, on_ms: u32, off_ms: u32) {
         self.on_samples = on_ms.clamp(10, 10_000) * self.rate / 1000;
         self.off_samples = off_ms.min(10_000) * self.rate / 1000;
     }
@@ -978,7 +978,7 @@ impl GoertzelDetector {
 
     /// Received samples of any length (packets of 10, 30 ms…); calls `on_digit` for
     /// each digit that became steady.
-    pub fn process_samples(&mut self, samples: &[i16], mut on_digit: impl FnMut(char)) {
+    pub(crate) fn process_samples(&mut self, samples: &[i16], mut on_digit: impl FnMut(char)) {
         for &s in samples {
             if let Some(slot) = self.window.get_mut(self.filled) {
                 *slot = f32::from(s) / 32768.0;

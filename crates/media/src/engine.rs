@@ -4,7 +4,7 @@
 //! This module owns the RTP and RTCP sockets, the clock, the audio devices of each
 //! call and the handle callers use; what a call's media decides (stream state,
 //! codec, jitter buffer, DTMF, RTCP, latching, hold) is its
-//! [`MediaSession`](crate::session::MediaSession), which is handed the datagrams that
+//! [`MediaSession`], which is handed the datagrams that
 //! arrived, the time, and the call's source and sink, and hands back datagrams to send
 //! and events. The tick runs on absolute deadlines (`start + n × 20 ms`), so it does
 //! not drift; there is no timer or task per call. Each tick, for each call: read what
@@ -72,7 +72,9 @@ pub struct Levels {
     pub speaker: u8,
     /// Microphone (what we send), 0–100.
     pub microphone: u8,
+    /// The speaker is muted (what we hear is silenced).
     pub speaker_muted: bool,
+    /// The microphone is muted (what we send is silenced).
     pub microphone_muted: bool,
 }
 
@@ -115,22 +117,38 @@ pub enum MediaEvent {
     /// A DTMF digit was received on call `call`; `inband`: heard in the audio
     /// (else an RFC 4733 event).
     Dtmf {
+        /// The call it arrived on.
         call: u64,
+        /// The digit: `0-9`, `*`, `#` or `A-D`.
         digit: char,
+        /// Heard in the audio (else an RFC 4733 event).
         inband: bool,
     },
     /// The file played into call `call` ran out; `hangup`: the call is to end now
     /// (else it is back on its microphone).
-    PlaybackEnded { call: u64, hangup: bool },
+    PlaybackEnded {
+        /// The call the file played into.
+        call: u64,
+        /// End the call now (the file was played with `hangup`).
+        hangup: bool,
+    },
     /// Writing the recording of call `call` failed (disk full...); the call goes on.
     RecordingFailed {
+        /// The call being recorded.
         call: u64,
+        /// The file that could not be written.
         path: std::path::PathBuf,
+        /// What went wrong.
         error: String,
     },
     /// An RTCP report arrived from the peer of call `call`; `quality` is the call's
     /// numbers with it.
-    Quality { call: u64, quality: Quality },
+    Quality {
+        /// The call the report is about.
+        call: u64,
+        /// The call's quality numbers with this report.
+        quality: Quality,
+    },
 }
 
 /// Where media events go (called on the media thread: must not block).

@@ -18,7 +18,7 @@
 
 /// Encodes one 16-bit linear sample as µ-law.
 #[inline]
-pub fn linear_to_ulaw(sample: i16) -> u8 {
+pub(crate) fn linear_to_ulaw(sample: i16) -> u8 {
     const BIAS: i32 = 0x84;
     const CLIP: i32 = 32635;
     let value = i32::from(sample);
@@ -35,7 +35,7 @@ pub fn linear_to_ulaw(sample: i16) -> u8 {
 
 /// Encodes one 16-bit linear sample as A-law.
 #[inline]
-pub fn linear_to_alaw(sample: i16) -> u8 {
+pub(crate) fn linear_to_alaw(sample: i16) -> u8 {
     let value = i32::from(sample);
     let (magnitude, mask) = if value >= 0 {
         (value, 0xD5)
@@ -58,13 +58,13 @@ pub fn linear_to_alaw(sample: i16) -> u8 {
 
 /// Decodes one µ-law code.
 #[inline]
-pub fn ulaw_to_linear(code: u8) -> i16 {
+pub(crate) fn ulaw_to_linear(code: u8) -> i16 {
     ULAW_TO_LINEAR[code as usize]
 }
 
 /// Decodes one A-law code.
 #[inline]
-pub fn alaw_to_linear(code: u8) -> i16 {
+pub(crate) fn alaw_to_linear(code: u8) -> i16 {
     ALAW_TO_LINEAR[code as usize]
 }
 
@@ -79,7 +79,7 @@ pub fn encode_ulaw(pcm: &[i16], out: &mut [u8]) -> usize {
 }
 
 /// Encodes `pcm` into `out` as A-law; returns how many bytes were written.
-pub fn encode_alaw(pcm: &[i16], out: &mut [u8]) -> usize {
+pub(crate) fn encode_alaw(pcm: &[i16], out: &mut [u8]) -> usize {
     let n = pcm.len().min(out.len());
     for (o, &s) in out[..n].iter_mut().zip(&pcm[..n]) {
         *o = linear_to_alaw(s);
@@ -97,7 +97,7 @@ pub fn decode_ulaw(codes: &[u8], out: &mut [i16]) -> usize {
 }
 
 /// Decodes A-law `codes` into `out`; returns how many samples were written.
-pub fn decode_alaw(codes: &[u8], out: &mut [i16]) -> usize {
+pub(crate) fn decode_alaw(codes: &[u8], out: &mut [i16]) -> usize {
     let n = codes.len().min(out.len());
     for (o, &c) in out[..n].iter_mut().zip(&codes[..n]) {
         *o = alaw_to_linear(c);

@@ -192,7 +192,7 @@ impl Band {
 
 /// G.722 encoder state (64 kbit/s). About 200 bytes; no allocation.
 #[derive(Debug, Clone)]
-pub struct G722Encoder {
+pub(crate) struct G722Encoder {
     /// Transmit QMF delay line.
     x: [i32; 24],
     low: Band,
@@ -277,7 +277,7 @@ impl G722Encoder {
 
 /// G.722 decoder state (64 kbit/s). About 200 bytes; no allocation.
 #[derive(Debug, Clone)]
-pub struct G722Decoder {
+pub(crate) struct G722Decoder {
     /// Receive QMF delay line.
     x: [i32; 24],
     low: Band,

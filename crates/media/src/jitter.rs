@@ -428,7 +428,7 @@ impl JitterBuffer {
 
     /// [`push`](Self::push) from a parsed RTP header: a new SSRC starts the buffer
     /// over ([`reset`](Self::reset)) first.
-    pub fn push_packet(&mut self, now_ms: u64, header: &RtpHeader, payload: &[u8]) {
+    pub(crate) fn push_packet(&mut self, now_ms: u64, header: &RtpHeader, payload: &[u8]) {
         if self.ssrc != Some(header.ssrc) {
             if self.ssrc.is_some() {
                 self.reset();
@@ -447,7 +447,7 @@ impl JitterBuffer {
 
     /// Forgets the stream (buffered frames, estimates, sequence numbers): the next
     /// packet starts a new one with the initial delay. The counters are kept.
-    pub fn reset(&mut self) {
+    pub(crate) fn reset(&mut self) {
         for slot in &mut self.slots {
             slot.filled = false;
         }
@@ -502,12 +502,12 @@ impl JitterBuffer {
     }
 
     /// RFC 3550 interarrival jitter, in timestamp units (for RTCP reports).
-    pub fn interarrival_jitter(&self) -> u32 {
+    pub(crate) fn interarrival_jitter(&self) -> u32 {
         self.jitter as u32
     }
 
     /// What an RTCP receiver report needs (`None` before the first packet).
-    pub fn reception(&self) -> Option<Reception> {
+    pub(crate) fn reception(&self) -> Option<Reception> {
         let track = self.seq?;
         let highest = track.extended_max();
         Some(Reception {
@@ -526,7 +526,7 @@ impl JitterBuffer {
     /// The payload the next tick will play, if it is already here (while playing):
     /// after a `Missing` frame, a codec with in-band FEC (Opus) rebuilds the lost
     /// frame from it.
-    pub fn peek_next(&self) -> Option<&[u8]> {
+    pub(crate) fn peek_next(&self) -> Option<&[u8]> {
         if !matches!(self.state, State::Playing) || !self.has(self.next_frame) {
             return None;
         }

@@ -38,7 +38,7 @@ impl Mixer {
 
     /// Makes `calls` the members (duplicates ignored). Fewer than two calls is no
     /// conference at all. Members that stay keep what they last heard.
-    pub fn set_members(&mut self, calls: &[u64]) {
+    pub(crate) fn set_members(&mut self, calls: &[u64]) {
         let mut wanted: Vec<u64> = calls.to_vec();
         wanted.sort_unstable();
         wanted.dedup();
@@ -66,7 +66,7 @@ impl Mixer {
     }
 
     /// Whether `call` is in the conference.
-    pub fn is_member(&self, call: u64) -> bool {
+    pub(crate) fn is_member(&self, call: u64) -> bool {
         self.members.iter().any(|m| m.call == call)
     }
 

@@ -42,7 +42,7 @@ pub const FRAME_SAMPLES: usize = 960;
 /// The longest Opus packet lasts 120 ms: 5,760 samples at 48 kHz.
 pub const MAX_PACKET_SAMPLES: usize = 5760;
 /// The largest Opus packet for one frame (RFC 6716 §3.4).
-pub const MAX_PACKET_BYTES: usize = 1275;
+pub(crate) const MAX_PACKET_BYTES: usize = 1275;
 
 /// Encoder settings. [`OpusSettings::default`] is what calls use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -25,13 +25,14 @@ use crate::engine::MediaEvent;
 use crate::mixer::Mixer;
 
 /// Frames the writer thread may fall behind by before frames are dropped (1 s).
-pub const RECORDER_QUEUE_FRAMES: usize = 50;
+pub(crate) const RECORDER_QUEUE_FRAMES: usize = 50;
 
 type Frame = [i16; FRAME_SAMPLES];
 
 /// What a finished recording reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecordingStatus {
+    /// The WAV file written.
     pub path: PathBuf,
     /// Frames on disk.
     pub frames_written: u64,
@@ -135,7 +136,7 @@ pub fn start_recording(path: &Path) -> Result<(Recorder, RecordingHandle), Audio
 }
 
 /// [`start_recording`] into any sink (`path` names it in messages).
-pub fn start_recording_to(
+pub(crate) fn start_recording_to(
     path: &Path,
     sink: Box<dyn AudioSink>,
 ) -> Result<(Recorder, RecordingHandle), AudioError> {
@@ -211,7 +212,7 @@ impl Recorder {
 
     /// Hands this tick's mix to the writer (never waits: a full queue drops it) and
     /// starts the next. Returns the write error the first time one is seen.
-    pub fn end_tick(&mut self) -> Option<String> {
+    pub(crate) fn end_tick(&mut self) -> Option<String> {
         self.feed.send(Chunk {
             samples: self.mix,
             len: FRAME_SAMPLES,
@@ -237,13 +238,13 @@ pub struct FileWriterSink {
 
 /// Creates (or truncates) the WAV file `path` on the caller's thread and starts the
 /// writer thread that will fill it.
-pub fn file_sink(path: &Path) -> Result<(FileWriterSink, RecordingHandle), AudioError> {
+pub(crate) fn file_sink(path: &Path) -> Result<(FileWriterSink, RecordingHandle), AudioError> {
     let sink = FileSink::create(path)?;
     file_sink_to(path, Box::new(sink))
 }
 
 /// [`file_sink`] into any sink (`path` names it in messages).
-pub fn file_sink_to(
+pub(crate) fn file_sink_to(
     path: &Path,
     sink: Box<dyn AudioSink>,
 ) -> Result<(FileWriterSink, RecordingHandle), AudioError> {
@@ -313,7 +314,7 @@ pub enum PlayEnd {
 }
 
 /// Plays a file into a call instead of its microphone.
-pub struct Player {
+pub(crate) struct Player {
     file: FileSource,
     position: usize,
     at_end: PlayEnd,
@@ -373,20 +374,22 @@ pub struct Taps {
 impl Taps {
     /// Starts (`Some`) or stops (`None`) recording; a recorder replaced or removed
     /// is dropped, which finishes its file.
-    pub fn set_recorder(&mut self, recorder: Option<Recorder>) {
+    pub(crate) fn set_recorder(&mut self, recorder: Option<Recorder>) {
         self.recorder = recorder;
     }
 
     /// Starts (`Some`) or stops (`None`) playing a file instead of the microphone.
-    pub fn set_player(&mut self, player: Option<Player>) {
+    pub(crate) fn set_player(&mut self, player: Option<Player>) {
         self.player = player;
         self.play_ended = None;
     }
 
+    /// Whether a recorder is set.
     pub fn is_recording(&self) -> bool {
         self.recorder.is_some()
     }
 
+    /// Whether a file is playing instead of the microphone.
     pub fn is_playing(&self) -> bool {
         self.player.is_some()
     }
@@ -394,7 +397,7 @@ impl Taps {
     /// The bus frame `call` is about to send, after the microphone gain: a playing
     /// file replaces it, the conference adds the other members, the recorder keeps
     /// a copy of the result.
-    pub fn on_send(&mut self, call: u64, frame: &mut [i16; FRAME_SAMPLES], mixer: &Mixer) {
+    pub(crate) fn on_send(&mut self, call: u64, frame: &mut [i16; FRAME_SAMPLES], mixer: &Mixer) {
         if let Some(player) = self.player.as_mut() {
             if player.fill(frame) && self.play_ended.is_none() {
                 self.play_ended = Some(player.at_end);
@@ -412,7 +415,7 @@ impl Taps {
     }
 
     /// The bus frame `call` just played, after the speaker gain.
-    pub fn on_heard(&mut self, call: u64, frame: &[i16], mixer: &mut Mixer) {
+    pub(crate) fn on_heard(&mut self, call: u64, frame: &[i16], mixer: &mut Mixer) {
         mixer.heard(call, frame);
         if let Some(r) = self.recorder.as_mut() {
             r.add(frame);
@@ -421,7 +424,7 @@ impl Taps {
 
     /// The end of `call`'s tick: the recording gets this tick's mix; a file that ran
     /// out and a recording that failed are reported (once) through `events`.
-    pub fn end_tick(&mut self, call: u64, events: &mut dyn FnMut(MediaEvent)) {
+    pub(crate) fn end_tick(&mut self, call: u64, events: &mut dyn FnMut(MediaEvent)) {
         if let Some(r) = self.recorder.as_mut() {
             if let Some(error) = r.end_tick() {
                 tracing::warn!(call, error = %error, "recording failed; the call goes on");

@@ -240,7 +240,7 @@ impl Resampler {
     }
 
     /// Forgets the stream (silence before the next input).
-    pub fn reset(&mut self) {
+    pub(crate) fn reset(&mut self) {
         self.history.clear();
         self.history.resize(self.taps.saturating_sub(1), 0.0);
         self.position = self.history.len() * self.up;

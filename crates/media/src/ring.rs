@@ -3,7 +3,7 @@
 //!
 //! This module owns the built-in cadence ([`RingTone`]: 440 + 480 Hz, 2 s on, 4 s
 //! off, the North American ring) and the ringer's small thread, which writes 20 ms
-//! frames on its own clock into any [`AudioSink`] (a sound device's fifo or a file)
+//! frames on its own clock into any [`AudioSink`](crate::AudioSink) (a sound device's fifo or a file)
 //! and lives only while something rings. The media thread is not involved: ringing
 //! has no call media.
 

@@ -18,15 +18,19 @@ use crate::jitter::Reception;
 
 /// Packet types (RFC 3550 §12.1, RFC 3611, RFC 4585).
 pub const PT_SR: u8 = 200;
+/// RR: receiver report.
 pub const PT_RR: u8 = 201;
+/// SDES: source description.
 pub const PT_SDES: u8 = 202;
+/// BYE: a source leaves.
 pub const PT_BYE: u8 = 203;
+/// APP: application-defined.
 pub const PT_APP: u8 = 204;
 
 /// The regular report interval.
-pub const REPORT_INTERVAL_MS: u64 = 5_000;
+pub(crate) const REPORT_INTERVAL_MS: u64 = 5_000;
 /// The first report's interval (before randomisation) after media starts.
-pub const FIRST_REPORT_MS: u64 = 1_000;
+pub(crate) const FIRST_REPORT_MS: u64 = 1_000;
 /// Report blocks in one SR/RR at most (the 5-bit count).
 const MAX_BLOCKS: usize = 31;
 
@@ -94,25 +98,37 @@ pub struct SenderInfo {
 /// One packet of a compound RTCP datagram, as read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RtcpPacket {
+    /// SR: a sender's report, with its sending counters.
     SenderReport {
+        /// The sender's SSRC.
         ssrc: u32,
+        /// Its clock and what it sent.
         info: SenderInfo,
+        /// Its reports on the sources it receives.
         blocks: Vec<ReportBlock>,
     },
+    /// RR: a receiver's report.
     ReceiverReport {
+        /// The reporter's SSRC.
         ssrc: u32,
+        /// Its reports on the sources it receives.
         blocks: Vec<ReportBlock>,
     },
     /// Source descriptions: each source with its CNAME, when it had one.
     SourceDescription {
+        /// (SSRC, CNAME) of each source.
         chunks: Vec<(u32, Option<String>)>,
     },
+    /// BYE: these sources leave.
     Bye {
+        /// The SSRCs that leave.
         sources: Vec<u32>,
+        /// The reason text, if given.
         reason: Option<String>,
     },
     /// APP, XR, feedback and unknown types: skipped.
     Other {
+        /// The packet type byte.
         packet_type: u8,
     },
 }
@@ -320,7 +336,7 @@ pub fn write_report(
 }
 
 /// Appends an SDES with one chunk: `ssrc` and its CNAME (cut to 255 bytes).
-pub fn write_sdes(out: &mut Vec<u8>, ssrc: u32, cname: &str) {
+pub(crate) fn write_sdes(out: &mut Vec<u8>, ssrc: u32, cname: &str) {
     let mut name = &cname.as_bytes()[..cname.len().min(255)];
     // Never cut inside a UTF-8 sequence.
     while std::str::from_utf8(name).is_err() {
@@ -338,13 +354,13 @@ pub fn write_sdes(out: &mut Vec<u8>, ssrc: u32, cname: &str) {
 }
 
 /// Appends a BYE for `ssrc` (no reason).
-pub fn write_bye(out: &mut Vec<u8>, ssrc: u32) {
+pub(crate) fn write_bye(out: &mut Vec<u8>, ssrc: u32) {
     put_header(out, 1, PT_BYE, 1);
     out.extend_from_slice(&ssrc.to_be_bytes());
 }
 
 /// The middle 32 bits of an NTP timestamp (LSR, and the arrival time A of §6.4.1).
-pub fn ntp_middle(ntp: u64) -> u32 {
+pub(crate) fn ntp_middle(ntp: u64) -> u32 {
     (ntp >> 16) as u32
 }
 
@@ -472,7 +488,7 @@ impl RtcpSession {
     }
 
     /// Sets the clock rate (after a codec change).
-    pub fn set_clock_rate(&mut self, clock_rate: u32) {
+    pub(crate) fn set_clock_rate(&mut self, clock_rate: u32) {
         self.clock_rate = clock_rate.max(1);
     }
 
@@ -645,7 +661,7 @@ impl RtcpSession {
 /// Round-trip time in ms from a report block (RFC 3550 §6.4.1): arrival `a`, LSR and
 /// DLSR, all in 1/65536 s. `None` when the result is negative beyond a rounding error
 /// or absurd (over a minute): clocks or the peer are confused.
-pub fn round_trip(a: u32, lsr: u32, dlsr: u32) -> Option<u32> {
+pub(crate) fn round_trip(a: u32, lsr: u32, dlsr: u32) -> Option<u32> {
     let rtt = a.wrapping_sub(lsr).wrapping_sub(dlsr) as i32;
     // Up to 2 ms below zero is rounding (DLSR is often counted in whole ms).
     if !(-131..=60 * 65_536).contains(&rtt) {

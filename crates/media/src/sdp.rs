@@ -56,7 +56,7 @@ impl Direction {
 
     /// The direction allowed by both `self` and `other` (each flow must be allowed
     /// by both).
-    pub fn intersect(self, other: Direction) -> Direction {
+    pub(crate) fn intersect(self, other: Direction) -> Direction {
         Direction::from_flags(
             self.sends() && other.sends(),
             self.receives() && other.receives(),
@@ -64,7 +64,7 @@ impl Direction {
     }
 
     /// Builds a direction from whether one sends and receives.
-    pub fn from_flags(sends: bool, receives: bool) -> Direction {
+    pub(crate) fn from_flags(sends: bool, receives: bool) -> Direction {
         match (sends, receives) {
             (true, true) => Direction::SendRecv,
             (true, false) => Direction::SendOnly,
@@ -199,7 +199,7 @@ pub const OPUS_PT: u8 = 111;
 /// First payload type handed out to codecs without a static one.
 const FIRST_DYNAMIC_PT: u8 = 96;
 /// Payload type we offer for telephone-event (RFC 4733).
-pub const TELEPHONE_EVENT_PT: u8 = 101;
+pub(crate) const TELEPHONE_EVENT_PT: u8 = 101;
 
 impl Codec {
     /// Every codec this build supports, in table order.
@@ -417,7 +417,7 @@ pub struct MediaDesc {
 
 impl MediaDesc {
     /// The numeric formats (payload types), in order.
-    pub fn payload_types(&self) -> impl Iterator<Item = u8> + '_ {
+    pub(crate) fn payload_types(&self) -> impl Iterator<Item = u8> + '_ {
         self.formats
             .iter()
             .filter_map(|f| f.parse::<u8>().ok())
@@ -430,13 +430,13 @@ impl MediaDesc {
     }
 
     /// Whether the transport is plain RTP we can speak.
-    pub fn is_rtp_avp(&self) -> bool {
+    pub(crate) fn is_rtp_avp(&self) -> bool {
         self.protocol.eq_ignore_ascii_case("RTP/AVP")
             || self.protocol.eq_ignore_ascii_case("RTP/AVPF")
     }
 
     /// The codec a payload type stands for here (rtpmap first, then static number).
-    pub fn codec_of(&self, pt: u8) -> Option<Codec> {
+    pub(crate) fn codec_of(&self, pt: u8) -> Option<Codec> {
         match self.rtpmap(pt) {
             Some(map) => Codec::all().find(|c| c.matches_rtpmap(map)),
             None => Codec::all().find(|c| c.static_payload_type() == Some(pt)),
@@ -485,18 +485,18 @@ pub struct SessionDesc {
 
 impl SessionDesc {
     /// The address media of `m` goes to (media level wins over session level).
-    pub fn connection_of(&self, m: &MediaDesc) -> Option<IpAddr> {
+    pub(crate) fn connection_of(&self, m: &MediaDesc) -> Option<IpAddr> {
         m.connection.or(self.connection)
     }
 
     /// The direction of `m` (media level wins, then session level, then sendrecv).
-    pub fn direction_of(&self, m: &MediaDesc) -> Direction {
+    pub(crate) fn direction_of(&self, m: &MediaDesc) -> Direction {
         m.direction.or(self.direction).unwrap_or_default()
     }
 
     /// Where RTP for `m` is sent: `None` when the port is 0, or the address is
     /// missing or unspecified (`0.0.0.0`, the old hold form).
-    pub fn rtp_address_of(&self, m: &MediaDesc) -> Option<SocketAddr> {
+    pub(crate) fn rtp_address_of(&self, m: &MediaDesc) -> Option<SocketAddr> {
         let ip = self.connection_of(m)?;
         if m.port == 0 || ip.is_unspecified() {
             return None;

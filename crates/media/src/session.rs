@@ -287,12 +287,12 @@ impl MediaSession {
 
     /// Starts (`Some`) or stops (`None`) recording the call (the recorder's file is
     /// written by its own thread).
-    pub fn set_recorder(&mut self, recorder: Option<Recorder>) {
+    pub(crate) fn set_recorder(&mut self, recorder: Option<Recorder>) {
         self.taps.set_recorder(recorder);
     }
 
     /// Starts (`Some`) or stops (`None`) playing a file instead of the source.
-    pub fn set_player(&mut self, player: Option<Player>) {
+    pub(crate) fn set_player(&mut self, player: Option<Player>) {
         self.taps.set_player(player);
     }
 
@@ -371,7 +371,7 @@ impl MediaSession {
 
     /// Tells the session a datagram it queued never left (a full or failing
     /// socket): an RTP packet is then not counted as sent.
-    pub fn send_failed(&mut self, transmit: &Transmit) {
+    pub(crate) fn send_failed(&mut self, transmit: &Transmit) {
         if !rtcp::is_rtcp(&transmit.data) && rtp::parse(&transmit.data).is_ok() {
             self.packets_sent = self.packets_sent.saturating_sub(1);
             self.bytes_sent = self.bytes_sent.saturating_sub(transmit.data.len() as u64);

@@ -31,7 +31,9 @@ pub type LegId = u64;
 /// Who ended a call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EndedBy {
+    /// We ended the call.
     Local,
+    /// The remote ended the call.
     Remote,
 }
 
@@ -40,11 +42,15 @@ pub enum EndedBy {
 pub struct IncomingInvite {
     /// The caller as a URI (P-Asserted-Identity when present, else From).
     pub remote: String,
+    /// The user part of `remote` (the caller's number).
     pub remote_user: String,
+    /// The host part of `remote`.
     pub remote_domain: String,
+    /// The caller's display name, when the header has one.
     pub display_name: Option<String>,
     /// The Request-URI's user (which of our accounts is called).
     pub to_user: String,
+    /// The Request-URI's host.
     pub to_domain: String,
     /// `Diversion` as received (kept for history and events).
     pub diversion: Option<String>,
@@ -54,6 +60,7 @@ pub struct IncomingInvite {
     pub call_info: Option<String>,
     /// What the caller says about session timers (RFC 4028).
     pub session_timer: SessionTimerAsk,
+    /// The caller's SDP offer, if the INVITE carried one.
     pub sdp: Option<String>,
     /// The transport it came on.
     pub tcp: bool,
@@ -63,11 +70,14 @@ pub struct IncomingInvite {
 /// the request that set the interval.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refresher {
+    /// The UAC (the side that sent the request) refreshes.
     Uac,
+    /// The UAS (the side that answered it) refreshes.
     Uas,
 }
 
 impl Refresher {
+    /// The parameter's value: `uac` or `uas`.
     pub fn word(self) -> &'static str {
         match self {
             Refresher::Uac => "uac",
@@ -79,7 +89,9 @@ impl Refresher {
 /// A `Session-Expires` value: `1800;refresher=uas`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SessionExpires {
+    /// The session interval, seconds.
     pub seconds: u32,
+    /// Who refreshes, when named.
     pub refresher: Option<Refresher>,
 }
 
@@ -96,7 +108,7 @@ pub struct SessionTimerAsk {
 
 /// Reads `Session-Expires` (also its compact form `x`), `Min-SE`, `Supported` and
 /// `Require`. An unreadable Session-Expires counts as absent.
-pub fn session_timer_of(headers: &rsipstack::sip::Headers) -> SessionTimerAsk {
+pub(crate) fn session_timer_of(headers: &rsipstack::sip::Headers) -> SessionTimerAsk {
     let mut ask = SessionTimerAsk::default();
     for h in headers.iter() {
         match h {
@@ -121,7 +133,7 @@ fn lists_timer(value: &str) -> bool {
 
 /// `1800;refresher=uac` → 1800 s, refresher UAC. Other parameters are ignored;
 /// a refresher other than uac/uas counts as not named.
-pub fn parse_session_expires(value: &str) -> Option<SessionExpires> {
+pub(crate) fn parse_session_expires(value: &str) -> Option<SessionExpires> {
     let mut parts = value.split(';');
     let seconds = parts.next()?.trim().parse::<u32>().ok()?;
     let refresher = parts.find_map(|p| {
@@ -173,19 +185,25 @@ impl std::fmt::Debug for Responder {
 /// One thing that happened to a call leg.
 #[derive(Debug)]
 pub enum SignalKind {
+    /// A new incoming INVITE; the engine decides whether to ring, answer or refuse.
     Incoming(Box<IncomingInvite>),
     /// 180 (or 183 without SDP) for an outgoing call.
     Ringing {
+        /// The provisional status code (180 or 183).
         code: u16,
     },
     /// 183 with SDP: early media.
     Early {
+        /// The provisional status code (183).
         code: u16,
+        /// The remote's early-media SDP.
         sdp: Option<String>,
     },
     /// 2xx to our INVITE.
     Answered {
+        /// The SDP in the 2xx, if it carried one.
         sdp: Option<String>,
+        /// The session-timer terms in the 2xx.
         session_timer: SessionTimerAsk,
     },
     /// The dialog is confirmed (ACK sent or received).
@@ -193,40 +211,61 @@ pub enum SignalKind {
     /// The remote sent a re-INVITE or UPDATE (`update`); answer it with the
     /// responder.
     Reoffer {
+        /// The remote's new SDP offer, if the request carried one.
         sdp: Option<String>,
+        /// True for an UPDATE, false for a re-INVITE.
         update: bool,
+        /// The session-timer terms the request asks for.
         session_timer: SessionTimerAsk,
+        /// Answers the request.
         reply: Responder,
     },
     /// The remote asks us to call `target` (blind transfer); answer 202 or refuse.
     Refer {
+        /// The URI to call (the Refer-To).
         target: String,
+        /// Answers the REFER.
         reply: Responder,
     },
     /// Progress of a REFER we sent (from the remote's NOTIFY).
     ReferProgress {
+        /// The transfer call's status code, from the NOTIFY's sipfrag.
         code: u16,
+        /// That status line's reason phrase.
         reason: String,
+        /// True for the final NOTIFY (the implicit subscription ended).
         done: bool,
     },
     /// A MESSAGE inside the call (RFC 3428 allows it); answer it with the
     /// responder once it is kept.
     Message {
+        /// The sender's URI (the From).
         from: String,
+        /// The sender's display name, when the From has one.
         display_name: Option<String>,
+        /// The URI it was sent to (the To).
         to: String,
+        /// The body's Content-Type.
         content_type: String,
+        /// The message text.
         text: String,
+        /// Answers the MESSAGE.
         reply: Responder,
     },
     /// An INFO (e.g. DTMF relay), already answered 200.
     Info {
+        /// The INFO body's Content-Type.
         content_type: String,
+        /// The INFO body.
         body: String,
     },
+    /// The leg ended.
     Ended {
+        /// The SIP status code it ended with.
         code: u16,
+        /// The reason phrase (or Reason header text) it ended with.
         reason: String,
+        /// Which side ended it.
         by: EndedBy,
         /// The caller CANCELed with `Reason: SIP;cause=200` (RFC 3326): the call
         /// was answered elsewhere (another phone of a group).
@@ -237,21 +276,29 @@ pub enum SignalKind {
 /// A signal and the leg it belongs to.
 #[derive(Debug)]
 pub struct CallSignal {
+    /// The leg it happened to.
     pub call: LegId,
+    /// What happened.
     pub kind: SignalKind,
 }
 
 /// The account an outgoing call is placed from.
 #[derive(Clone)]
 pub struct CallerAccount {
+    /// The user part of our address (From and Contact).
     pub username: String,
+    /// Our domain (the From's host).
     pub domain: String,
+    /// The display name in the From, if any.
     pub display_name: Option<String>,
+    /// The user name for digest authentication, when not `username`.
     pub auth_id: Option<String>,
+    /// The password for digest authentication (never logged).
     pub password: String,
     /// Where requests go when not by the target's address: the proxy, else the
     /// registrar (`host[:port]`).
     pub outbound: Option<String>,
+    /// Send over TCP instead of UDP.
     pub tcp: bool,
     /// Address for the Contact instead of ours.
     pub public_addr: Option<String>,
@@ -275,9 +322,13 @@ pub fn check_target(target: &str) -> Result<(), CallError> {
 /// Why the SIP layer refused to act.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CallError {
+    /// No leg has this id (it ended, or never was).
     NoSuchLeg,
+    /// The target is not a SIP URI the stack can use.
     BadTarget(String),
+    /// The leg's dialog cannot do this in its current state (the text says what).
     WrongState(String),
+    /// The request was not sent, or another internal failure (the text says what).
     Failed(String),
 }
 
@@ -1131,7 +1182,7 @@ fn describe_invite(req: &Request, tcp: bool) -> IncomingInvite {
 
 /// `"Name" <sip:u@d>;tag=x` → (Some("Name"), "sip:u@d"). Quotes and escapes are
 /// removed from the name; nothing in it is interpreted.
-pub fn split_name_addr(value: &str) -> (Option<String>, String) {
+pub(crate) fn split_name_addr(value: &str) -> (Option<String>, String) {
     let v = value.trim();
     if let (Some(a), Some(b)) = (v.rfind('<'), v.rfind('>')) {
         if b > a {

@@ -7,14 +7,14 @@ use rsipstack::sip::{DigestGenerator, Header, Method, Response, Uri};
 
 /// One challenge we can answer, and whether it came as 407 (proxy) or 401.
 #[derive(Debug, Clone)]
-pub struct Challenge {
+pub(crate) struct Challenge {
     pub proxy: bool,
     pub params: WwwAuthenticate,
 }
 
 impl Challenge {
     /// Whether the server only rejected the nonce (`stale=true`).
-    pub fn is_stale(&self) -> bool {
+    pub(crate) fn is_stale(&self) -> bool {
         self.params
             .stale
             .as_deref()
@@ -33,7 +33,7 @@ fn strength(algorithm: Option<Algorithm>) -> Option<u8> {
 }
 
 /// The best challenge in a 401 or 407, or `None` when it offers nothing we can answer.
-pub fn pick_challenge(resp: &Response) -> Option<Challenge> {
+pub(crate) fn pick_challenge(resp: &Response) -> Option<Challenge> {
     let mut best: Option<(u8, Challenge)> = None;
     for header in resp.headers.iter() {
         let (proxy, text) = match header {

@@ -8,7 +8,7 @@
 use std::fmt;
 
 /// Largest body we read (a presence document for one contact is a few hundred bytes).
-pub const MAX_BODY: usize = 64 * 1024;
+pub(crate) const MAX_BODY: usize = 64 * 1024;
 /// Deepest element nesting we follow.
 const MAX_DEPTH: usize = 32;
 
@@ -58,9 +58,11 @@ impl Presence {
 /// A message-summary: the mailbox state.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MessageSummary {
+    /// `Messages-Waiting: yes`.
     pub waiting: bool,
     /// New and old voice messages (`Voice-Message: new/old`), 0 when absent.
     pub new: u32,
+    /// Old voice messages (the second number), 0 when absent.
     pub old: u32,
     /// `Message-Account`, if given.
     pub account: Option<String>,
@@ -381,7 +383,7 @@ fn escape(value: &str) -> String {
 }
 
 /// The PIDF document we PUBLISH for `entity` (our AoR).
-pub fn pidf_document(entity: &str, open: bool, note: Option<&str>) -> String {
+pub(crate) fn pidf_document(entity: &str, open: bool, note: Option<&str>) -> String {
     let mut doc = format!(
         "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\r\n\
          <presence xmlns=\"urn:ietf:params:xml:ns:pidf\" entity=\"{}\">\r\n\

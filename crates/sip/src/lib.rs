@@ -6,7 +6,7 @@
 //! trace. It knows nothing of the ini file, commands or RTP.
 
 pub mod call;
-pub mod digest;
+pub(crate) mod digest;
 pub mod event_bodies;
 pub mod message;
 mod reader;

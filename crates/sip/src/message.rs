@@ -23,16 +23,19 @@ use crate::stack::SipStack;
 const MESSAGE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest text we send or accept (RFC 3428 §9: keep MESSAGE under 1300 bytes on
 /// UDP is advice; we allow larger over TCP, bounded here).
-pub const MAX_TEXT: usize = 64 * 1024;
+pub(crate) const MAX_TEXT: usize = 64 * 1024;
 
 /// A MESSAGE that arrived, and the answer we owe it.
 pub struct IncomingMessage {
     /// The sender's URI.
     pub from: String,
+    /// The sender's display name, when the From has one.
     pub display_name: Option<String>,
     /// Our URI it was sent to.
     pub to: String,
+    /// The body's Content-Type (e.g. `text/plain`).
     pub content_type: String,
+    /// The message text.
     pub text: String,
     reply: Transaction,
 }

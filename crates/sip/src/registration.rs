@@ -27,29 +27,37 @@ use crate::stack::SipStack;
 
 /// How long we wait for a registrar's final answer before calling it a failure.
 /// Shorter than the transaction's 32 s so a dead registrar is reported promptly.
-pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Which transport REGISTER (and the Contact) uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SipTransport {
+    /// UDP.
     Udp,
+    /// TCP.
     Tcp,
 }
 
 /// Everything one account's registration needs.
 #[derive(Clone)]
 pub struct RegistrationConfig {
+    /// The account's number, given back in its events.
     pub account: u32,
     /// Registrar `host[:port]`.
     pub server: String,
     /// Outbound proxy `host[:port]` (first of the account's list), if any.
     pub proxy: Option<String>,
+    /// Our domain (the From and To of the REGISTER).
     pub domain: String,
+    /// The user part of the registered address.
     pub username: String,
     /// Digest user name when it differs from `username`.
     pub auth_id: Option<String>,
+    /// The password for digest authentication (never logged).
     pub password: String,
+    /// The display name in the From and To, if any.
     pub display_name: Option<String>,
+    /// The transport to register over.
     pub transport: SipTransport,
     /// Requested expiry in seconds.
     pub expires: u32,
@@ -84,21 +92,33 @@ impl std::fmt::Debug for RegistrationConfig {
 /// What a registration reports to the engine.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RegistrationEvent {
+    /// The registrar accepted a REGISTER.
     Registered {
+        /// The account's number.
         account: u32,
+        /// The registrar's status code (2xx).
         code: u16,
+        /// The registrar's reason phrase.
         reason: String,
+        /// The granted expiry, seconds.
         expires: u32,
+        /// The Contact the registrar bound.
         contact: String,
     },
+    /// The REGISTER failed; it is tried again after `retry_in`.
     Failed {
+        /// The account's number.
         account: u32,
+        /// The failure's status code.
         code: u16,
+        /// The reason phrase, or what went wrong.
         reason: String,
         /// Seconds until the next attempt.
         retry_in: u32,
     },
+    /// The account is no longer registered (un-REGISTER done or not needed).
     Unregistered {
+        /// The account's number.
         account: u32,
     },
 }
@@ -106,13 +126,16 @@ pub enum RegistrationEvent {
 /// The result of one REGISTER exchange (after auth and 423 retries).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Outcome {
+    /// The final status code (a local code when no answer came).
     pub code: u16,
+    /// The reason phrase, or what went wrong.
     pub reason: String,
     /// Granted expiry (0 after an un-REGISTER).
     pub expires: u32,
 }
 
 impl Outcome {
+    /// Whether the code is a 2xx.
     pub fn is_success(&self) -> bool {
         (200..300).contains(&self.code)
     }

@@ -28,7 +28,8 @@ use crate::trace::{Direction, SipTrace};
 use crate::SipError;
 
 /// The methods we answer; sent in `Allow`.
-pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, MESSAGE, NOTIFY, REFER, UPDATE";
+pub(crate) const ALLOW: &str =
+    "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, MESSAGE, NOTIFY, REFER, UPDATE";
 
 /// How to start the endpoint.
 #[derive(Debug, Clone)]
@@ -52,7 +53,9 @@ pub struct StackConfig {
 
 /// What the SIP layer hands the engine: call signals and received messages.
 pub struct SipInbox {
+    /// Signals of every call leg, in order.
     pub calls: mpsc::UnboundedReceiver<CallSignal>,
+    /// MESSAGEs received outside a call, each with the answer owed.
     pub messages: mpsc::UnboundedReceiver<IncomingMessage>,
 }
 

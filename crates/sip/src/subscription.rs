@@ -81,6 +81,7 @@ pub enum Package {
 }
 
 impl Package {
+    /// The `Event` header's value: `presence` or `message-summary`.
     pub fn event(self) -> &'static str {
         match self {
             Package::Presence => "presence",
@@ -100,28 +101,43 @@ impl Package {
 pub enum SubscriptionEvent {
     /// A presence document arrived for `target`.
     Presence {
+        /// The id the subscription was started with.
         id: u64,
+        /// The account that subscribes.
         account: u32,
+        /// The URI subscribed to.
         target: String,
+        /// What the document says.
         presence: Presence,
     },
     /// A message summary arrived.
     MessageSummary {
+        /// The id the subscription was started with.
         id: u64,
+        /// The account that subscribes.
         account: u32,
+        /// The URI subscribed to (the mailbox).
         target: String,
+        /// What the summary says.
         summary: MessageSummary,
     },
     /// The subscription (or publication) changed state: `active`, `pending`,
     /// `terminated` (by the notifier; `reason` says why), `failed` (the request was
     /// refused: `code`), `published`.
     State {
+        /// The id the subscription or publication was started with.
         id: u64,
+        /// The account.
         account: u32,
+        /// The URI subscribed to (or published for).
         target: String,
+        /// The event package.
         package: Package,
+        /// The new state (see above).
         state: &'static str,
+        /// The status code: the refusal's with `failed`, the answer's with `published`, else 200.
         code: u16,
+        /// Why, in words (`subscribed`, the refusal's reason, the termination's reason).
         reason: String,
     },
 }
@@ -150,10 +166,13 @@ impl SipStack {
 pub struct SubscriptionConfig {
     /// The caller's id for this subscription, echoed in events.
     pub id: u64,
+    /// The account that subscribes.
     pub account: u32,
+    /// The identity and credentials the SUBSCRIBE goes out with.
     pub caller: CallerAccount,
     /// Request-URI and To of the initial SUBSCRIBE (`sip:` URI).
     pub target: String,
+    /// The event package.
     pub package: Package,
     /// Requested expiry, seconds.
     pub expires: u32,
@@ -862,8 +881,11 @@ impl Sub {
 /// What a publication needs.
 #[derive(Clone)]
 pub struct PublishConfig {
+    /// The caller's id for this publication, echoed in events.
     pub id: u64,
+    /// The account whose presence is published.
     pub account: u32,
+    /// The identity and credentials the PUBLISH goes out with.
     pub caller: CallerAccount,
     /// Requested expiry, seconds.
     pub expires: u32,

@@ -5,7 +5,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 /// `2026-11-23T16:17:00.123456Z`: UTC, microsecond precision (for SIP traces, where
 /// the time between two messages is often well under a millisecond).
-pub fn timestamp_micros() -> String {
+pub(crate) fn timestamp_micros() -> String {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
@@ -31,7 +31,7 @@ fn date_time(secs: u64) -> String {
 }
 
 /// Days since 1970-01-01 → (year, month, day), proleptic Gregorian.
-pub fn civil_from_days(days: i64) -> (i64, u32, u32) {
+pub(crate) fn civil_from_days(days: i64) -> (i64, u32, u32) {
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z.rem_euclid(146_097);
@@ -47,11 +47,17 @@ pub fn civil_from_days(days: i64) -> (i64, u32, u32) {
 /// A moment on the local clock: the machine's time zone (`TZ`, `/etc/localtime`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LocalTime {
+    /// The year (e.g. 2026).
     pub year: i64,
+    /// The month, 1–12.
     pub month: u32,
+    /// The day of the month, 1–31.
     pub day: u32,
+    /// The hour, 0–23.
     pub hour: u32,
+    /// The minute, 0–59.
     pub minute: u32,
+    /// The second, 0–59.
     pub second: u32,
     /// How far the local clock is ahead of UTC, seconds.
     pub offset: i64,

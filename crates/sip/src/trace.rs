@@ -12,7 +12,7 @@ use rsipstack::sip::{Param, SipMessage};
 use rsipstack::transport::SipAddr;
 
 /// Appends trace records to one file; shared by every transport.
-pub struct SipTrace {
+pub(crate) struct SipTrace {
     file: Mutex<File>,
     /// Our own listening addresses, printed as the local side of each record.
     local: Mutex<Vec<SipAddr>>,
@@ -82,7 +82,9 @@ impl SipTrace {
 /// Which way a traced message went.
 #[derive(Debug, Clone, Copy)]
 pub enum Direction {
+    /// We sent it.
     Sent,
+    /// We received it.
     Received,
 }
 
