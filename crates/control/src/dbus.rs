@@ -62,7 +62,7 @@ pub fn bus_name(profile: &str) -> String {
 
 /// One method call, with its arguments: what the engine is asked.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Request {
+pub(crate) enum Request {
     Dial {
         target: String,
         account: Option<u32>,
@@ -195,6 +195,7 @@ pub struct PhoneError {
 }
 
 impl PhoneError {
+    /// The D-Bus error for an engine failure `code`, with `message` as its text.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> PhoneError {
         let name = error_name(code);
         // Every code's name is valid ([A-Za-z] only); the fallback never runs.
@@ -478,6 +479,7 @@ impl DbusService {
         &self.connection
     }
 
+    /// The well-known bus name this phone owns (`org.microsip.Phone[.<profile>]`).
     pub fn name(&self) -> &str {
         &self.name
     }

@@ -7,7 +7,7 @@ pub mod calllog;
 pub mod client;
 pub mod contacts;
 #[cfg(feature = "dbus")]
-pub mod dbus;
+pub(crate) mod dbus;
 pub mod event_feed;
 pub mod history;
 pub mod hooks;

@@ -18,6 +18,7 @@ pub struct OptionHelp {
     pub value: Option<String>,
     /// The left column as shown (`--ini FILE, /i:FILE`).
     pub shown: String,
+    /// What the option does, as `--help` words it.
     pub help: String,
 }
 

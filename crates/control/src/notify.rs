@@ -19,11 +19,13 @@ use zbus::message::Type;
 use zbus::zvariant::Value;
 use zbus::MessageStream;
 
-/// The notification service, its object and interface.
+/// The notification service's bus name (and its interface's name).
 pub const SERVICE: &str = "org.freedesktop.Notifications";
+/// The notification service's object.
 pub const PATH: &str = "/org/freedesktop/Notifications";
-/// Action keys (the labels are `Answer` and `Decline`).
+/// The action key that answers the call (its label is `Answer`).
 pub const ACTION_ANSWER: &str = "answer";
+/// The action key that rejects the call with 603 (its label is `Decline`).
 pub const ACTION_DECLINE: &str = "decline";
 /// How long the notification server may take to answer a call.
 const SERVER_TIMEOUT: Duration = Duration::from_secs(3);

@@ -23,6 +23,7 @@ const DTMF_ALLOWED: &str = "0-9, *, #, A-D, and ',' for a pause";
 /// its name here.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CommandHelp {
+    /// The canonical command word (`dial`, `hangup`, ...).
     pub name: &'static str,
     /// The arguments, as a synopsis (`TARGET [ACCOUNT]`); empty when none.
     pub args: &'static str,

@@ -92,7 +92,9 @@ pub fn same_secret(given: &[u8], expected: &[u8]) -> bool {
 /// What authenticated a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Via {
+    /// `Authorization: Bearer TOKEN`.
     Token,
+    /// The `microsip_session` cookie of a browser that logged in with a one-time code.
     Cookie,
 }
 
@@ -138,6 +140,7 @@ fn take(list: &mut Vec<(String, Instant)>, given: &str, once: bool) -> bool {
 }
 
 impl Auth {
+    /// Checks requests against `token`; no login codes or sessions yet.
     pub fn new(token: String) -> Auth {
         Auth {
             token,

@@ -14,9 +14,9 @@
 //! ...}`), for every endpoint.
 
 pub mod auth;
-pub mod cors;
-pub mod problem;
-pub mod routes;
+pub(crate) mod cors;
+pub(crate) mod problem;
+pub(crate) mod routes;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
@@ -65,8 +65,11 @@ pub async fn start_if_enabled(
 
 /// What every handler shares.
 pub struct ApiState {
+    /// The engine every endpoint runs its command on.
     pub engine: EngineHandle,
+    /// The token, login codes and sessions requests are checked against.
     pub auth: Auth,
+    /// The web origins allowed to call the API from a browser (`httpAllowOrigins`).
     pub origins: AllowedOrigins,
     /// The API's own origins (`http://127.0.0.1:PORT`, `http://localhost:PORT`).
     pub own_origins: Vec<String>,
@@ -74,6 +77,7 @@ pub struct ApiState {
 
 /// A running API: the address it listens on, and the way to mint login codes.
 pub struct HttpServer {
+    /// Where it listens (always 127.0.0.1).
     pub address: SocketAddr,
     state: Arc<ApiState>,
 }
