@@ -6,9 +6,9 @@ pub mod audit;
 pub mod calllog;
 pub mod client;
 pub mod contacts;
-pub mod event_feed;
 #[cfg(feature = "dbus")]
 pub mod dbus;
+pub mod event_feed;
 pub mod history;
 pub mod hooks;
 pub mod http;
