@@ -26,6 +26,9 @@ APT_PACKAGES=(
   # (systemd), gdbus (D-Bus error names), xdg-open and xdg-mime, dpkg-deb, and the
   # shells whose completions are checked
   dbus-daemon dbus-bin systemd libglib2.0-bin xdg-utils dpkg zsh fish
+  # the web page's test (tests/e2e/test_web.py): Debian's chromium, driven by
+  # playwright-core from npm (never a downloaded browser)
+  chromium nodejs npm
 )
 PY_PACKAGES=(pytest numpy pesq jeepney)
 
@@ -53,7 +56,8 @@ for p in "${APT_PACKAGES[@]}"; do
 done
 # The binaries the tests call, in case a package is half there.
 for b in sipp baresip kamailio kamcmd sipsak tshark sox espeak-ng cmake pkg-config \
-         pulseaudio parec paplay pactl dbus-daemon busctl gdbus xdg-open dpkg-deb; do
+         pulseaudio parec paplay pactl dbus-daemon busctl gdbus xdg-open dpkg-deb \
+         chromium node npm; do
   if ! command -v "$b" >/dev/null 2>&1 && [ ! -x "/usr/sbin/$b" ]; then
     missing+=("(binary $b)")
   fi
@@ -128,6 +132,16 @@ if "$PY" -c 'import websockets, schemathesis' >/dev/null 2>&1; then
 else
   log "installing websockets schemathesis for $PY"
   pip_install websockets schemathesis
+fi
+
+# playwright-core (pinned by tests/e2e/web/package-lock.json) for the web page's
+# test; it drives /usr/bin/chromium and never downloads a browser.
+WEB_TESTS="$(cd "$(dirname "$0")/.." && pwd)/tests/e2e/web"
+if [ -f "$WEB_TESTS/node_modules/playwright-core/package.json" ]; then
+  log "playwright-core present"
+else
+  log "installing playwright-core in $WEB_TESTS"
+  (cd "$WEB_TESTS" && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund)
 fi
 
 "$PY" -c 'import pytest, numpy, websockets, schemathesis' || { log "pytest/numpy/websockets/schemathesis not importable by $PY"; exit 1; }

@@ -55,6 +55,38 @@ pub fn forward_all(stream: UnixStream, requests: &[Vec<String>], json: bool) -> 
     EXIT_OK
 }
 
+/// Sends `argv` to the phone and returns its reply's text, or its error message;
+/// nothing is printed (for commands that use the answer themselves: `microsip open`).
+pub fn ask(stream: UnixStream, argv: &[String]) -> Result<String, String> {
+    let _ = stream.set_read_timeout(Some(REPLY_TIMEOUT));
+    let request = serde_json::json!({ "argv": argv, "source": "cli" }).to_string();
+    let mut writer: &UnixStream = &stream;
+    writer
+        .write_all(format!("{request}\n").as_bytes())
+        .and_then(|_| writer.flush())
+        .map_err(|e| format!("cannot talk to the phone: {e}"))?;
+    let mut line = String::new();
+    match BufReader::new(&stream).read_line(&mut line) {
+        Ok(0) => return Err("the phone closed the connection without a reply".into()),
+        Ok(_) => {}
+        Err(e) => return Err(format!("no reply from the phone: {e}")),
+    }
+    let reply: Value = serde_json::from_str(line.trim())
+        .map_err(|_| format!("unreadable reply from the phone: {}", line.trim()))?;
+    let text = |key: &str| {
+        reply
+            .get(key)
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string()
+    };
+    if reply.get("ok").and_then(Value::as_bool).unwrap_or(false) {
+        Ok(text("text"))
+    } else {
+        Err(text("error"))
+    }
+}
+
 /// What comes after one request.
 enum Step {
     /// Done and done well: send the next one.

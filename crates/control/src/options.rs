@@ -673,6 +673,7 @@ Commands (case-insensitive; MicroSIP's DDE, /x: and msip: spellings work too):
   events [FILTER]           stream events
   exit                      hang up, unregister and exit (Close, QUIT, /exit)
   http-token                print the HTTP API's bearer token (made if missing)
+  open [--print]            open the web phone page logged in (--print: print its address)
 
 DDE execute strings run as well: '[Dial(1002)]', '[Status]' (the number),
 '[SetDevice(output, null)]', several in one string ('[Hold][Dial(1002)]': in order,

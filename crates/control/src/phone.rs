@@ -268,11 +268,17 @@ pub fn run(
             }
         };
         // Before the socket: a client that sees the phone answer finds the API up.
-        let _http =
+        let http =
             crate::http::start_if_enabled(http_port, engine.clone(), &ini_path, &http_origins)
-                .await;
+                .await
+                .map(Arc::new);
+        // `microsip open` asks the socket for a login URL the HTTP server mints.
+        let web_login = http
+            .clone()
+            .map(|server| Arc::new(move || server.login_url()) as crate::socket::WebLogin);
         let audit = Arc::new(AuditLog::beside_ini(&ini_path));
-        let server = match SocketServer::bind(&socket, engine.clone(), Some(audit)).await {
+        let server = match SocketServer::bind(&socket, engine.clone(), Some(audit), web_login).await
+        {
             Ok(s) => s,
             Err(e) => {
                 eprintln!("microsip: {e}");

@@ -149,6 +149,15 @@ impl Drop for Slot {
     }
 }
 
+/// What `http-login` answers with: the web page's URL carrying a fresh one-time login
+/// code (`microsip open`), or why there is none (the HTTP API is off).
+pub type WebLogin = Arc<dyn Fn() -> Result<String, String> + Send + Sync>;
+
+/// The socket-only command that asks for the web page's login URL. It is answered
+/// here, not by the engine: the HTTP server, which mints the codes, lives in this
+/// crate.
+pub const WEB_LOGIN_COMMAND: &str = "http-login";
+
 /// The listening socket; removes its file when dropped.
 pub struct SocketServer {
     path: PathBuf,
@@ -162,6 +171,7 @@ impl SocketServer {
         path: &Path,
         engine: EngineHandle,
         audit: Option<Arc<AuditLog>>,
+        web_login: Option<WebLogin>,
     ) -> Result<SocketServer, String> {
         if path.exists() {
             if UnixStream::connect(path).await.is_ok() {
@@ -179,7 +189,13 @@ impl SocketServer {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
             .map_err(|e| format!("cannot set mode 0600 on {}: {e}", path.display()))?;
         let in_flight = Arc::new(AtomicUsize::new(0));
-        tokio::spawn(accept_loop(listener, engine, in_flight.clone(), audit));
+        tokio::spawn(accept_loop(
+            listener,
+            engine,
+            in_flight.clone(),
+            audit,
+            web_login,
+        ));
         Ok(SocketServer {
             path: path.to_path_buf(),
             in_flight,
@@ -209,6 +225,7 @@ async fn accept_loop(
     engine: EngineHandle,
     in_flight: Arc<AtomicUsize>,
     audit: Option<Arc<AuditLog>>,
+    web_login: Option<WebLogin>,
 ) {
     // SAFETY: geteuid has no preconditions and cannot fail.
     let me = unsafe { libc::geteuid() };
@@ -250,6 +267,7 @@ async fn accept_loop(
             engine.clone(),
             in_flight.clone(),
             audit.clone(),
+            web_login.clone(),
         ));
     }
 }
@@ -394,6 +412,7 @@ async fn serve_connection(
     engine: EngineHandle,
     in_flight: Arc<AtomicUsize>,
     audit: Option<Arc<AuditLog>>,
+    web_login: Option<WebLogin>,
 ) {
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::with_capacity(READ_BUFFER, read);
@@ -425,6 +444,18 @@ async fn serve_connection(
             buf.shrink_to(4 * READ_BUFFER);
         }
         let request = parse_request(&buf);
+        if let [word] = request.words.as_slice() {
+            if word.eq_ignore_ascii_case(WEB_LOGIN_COMMAND) {
+                let reply = web_login_reply(web_login.as_ref());
+                if write_line(&mut write, &render(&reply, &request.json))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                continue;
+            }
+        }
         let mut commands = match request.command {
             Ok(c) => c,
             Err(reply) => {
@@ -473,6 +504,21 @@ async fn serve_connection(
         if written.is_err() || is_exit {
             return;
         }
+    }
+}
+
+/// The reply to `http-login`: the page's URL (in `text` and `data.url`), or why not.
+/// The URL holds a one-time code, so it is neither logged nor audited.
+fn web_login_reply(web_login: Option<&WebLogin>) -> Reply {
+    let Some(mint) = web_login else {
+        return fail(
+            ErrorCode::NotAvailableYet,
+            "the HTTP API is off: start the phone with --http PORT or set [Settings] httpPort",
+        );
+    };
+    match mint() {
+        Ok(url) => microsip_engine::reply::ok_with(url.clone(), serde_json::json!({ "url": url })),
+        Err(e) => fail(ErrorCode::Internal, e),
     }
 }
 

@@ -111,7 +111,7 @@ pub fn ok(text: impl Into<String>) -> Reply {
 }
 
 /// A success with structured data for JSON clients.
-pub(crate) fn ok_with(text: impl Into<String>, data: Value) -> Reply {
+pub fn ok_with(text: impl Into<String>, data: Value) -> Reply {
     Ok(Answer {
         text: text.into(),
         data,

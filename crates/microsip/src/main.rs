@@ -91,6 +91,12 @@ fn run() -> i32 {
         }
     };
 
+    if words
+        .first()
+        .is_some_and(|w| w.eq_ignore_ascii_case("open"))
+    {
+        return open_web_page(&words[1..], &socket, &profile);
+    }
     if let [word] = words.as_slice() {
         if word.eq_ignore_ascii_case("http-token") {
             return print_http_token(&options, &profile, &lock);
@@ -142,6 +148,47 @@ fn print_http_token(options: &StartOptions, profile: &str, lock: &Path) -> i32 {
         Err(e) => {
             eprintln!("microsip: {e}");
             EXIT_NO_PHONE
+        }
+    }
+}
+
+/// `microsip open [--print]`: asks the running phone for the web page's URL with a
+/// one-time login code and opens it with `$BROWSER` (else `xdg-open`), or prints it.
+fn open_web_page(args: &[String], socket: &Path, profile: &str) -> i32 {
+    let print = match args {
+        [] => false,
+        [flag] if flag == "--print" => true,
+        _ => {
+            eprintln!("microsip: usage: microsip open [--print]");
+            return EXIT_NO_PHONE;
+        }
+    };
+    let Some(stream) = client::connect(socket) else {
+        eprintln!("microsip: no phone is running for profile '{profile}'");
+        return EXIT_NO_PHONE;
+    };
+    let url = match client::ask(stream, &["http-login".to_string()]) {
+        Ok(url) => url,
+        Err(e) => {
+            eprintln!("microsip: {e}");
+            return client::EXIT_REFUSED;
+        }
+    };
+    if print {
+        println!("{url}");
+        return 0;
+    }
+    let opener = std::env::var("BROWSER")
+        .ok()
+        .filter(|b| !b.trim().is_empty())
+        .unwrap_or_else(|| "xdg-open".to_string());
+    match std::process::Command::new(&opener).arg(&url).spawn() {
+        Ok(_) => 0,
+        Err(e) => {
+            eprintln!(
+                "microsip: cannot run {opener}: {e}; `microsip open --print` prints the address"
+            );
+            client::EXIT_REFUSED
         }
     }
 }

@@ -7,7 +7,7 @@
 //! - [`auth`]: the bearer token, login codes and session cookies;
 //! - [`cors`]: CORS for the origins listed in `httpAllowOrigins`;
 //! - [`problem`]: errors as `application/problem+json`;
-//! - [`routes`]: the endpoints and the route table the OpenAPI document is checked
+//! - [`routes`]: the endpoints, the web phone page (`web/`, embedded) and the route table the OpenAPI document is checked
 //!   against (`docs/openapi.json`, served at `GET /openapi.json`).
 //!
 //! Success bodies are the socket's JSON reply (`{"ok": true, "text": ..., "data":
@@ -131,6 +131,14 @@ impl HttpServer {
     pub fn mint_login_code(&self) -> Result<String, String> {
         self.state.auth.mint_login_code()
     }
+
+    /// The web page's address with a fresh login code in its fragment
+    /// (`http://127.0.0.1:PORT/#login=CODE`): the page posts it to `/login`. The
+    /// fragment never reaches a server or its logs.
+    pub fn login_url(&self) -> Result<String, String> {
+        let code = self.mint_login_code()?;
+        Ok(format!("http://{}/#login={code}", self.address))
+    }
 }
 
 /// The whole application: routes, then authentication, then CORS outermost (so
@@ -156,9 +164,10 @@ fn listen(port: u16) -> std::io::Result<tokio::net::TcpListener> {
     socket.listen(128)
 }
 
-/// The paths anyone may reach: the OpenAPI document and the login.
+/// The paths anyone may reach: the OpenAPI document, the web page's files and the
+/// login.
 fn is_public(method: &Method, path: &str) -> bool {
-    (method == Method::GET && path == "/openapi.json")
+    (method == Method::GET && matches!(path, "/openapi.json" | "/" | "/app.js" | "/style.css"))
         || (method == Method::POST && path == "/login")
 }
 
@@ -257,6 +266,8 @@ mod tests {
     fn only_the_document_and_the_login_are_public() {
         assert!(is_public(&Method::GET, "/openapi.json"));
         assert!(is_public(&Method::POST, "/login"));
+        assert!(is_public(&Method::GET, "/"));
+        assert!(is_public(&Method::GET, "/app.js"));
         assert!(!is_public(&Method::POST, "/openapi.json"));
         assert!(!is_public(&Method::GET, "/status"));
         assert!(!is_public(&Method::GET, "/events"));

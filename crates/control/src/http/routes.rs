@@ -68,6 +68,9 @@ pub fn routes() -> Routes {
         list: Vec::new(),
     }
     .add("get", "/openapi.json", openapi)
+    .add("get", "/", web_index)
+    .add("get", "/app.js", web_script)
+    .add("get", "/style.css", web_style)
     .add("post", "/login", login)
     .add("get", "/events", events)
     .add("get", "/status", status)
@@ -239,6 +242,42 @@ async fn openapi() -> Response {
         HeaderValue::from_static("application/json"),
     );
     response
+}
+
+/// The web phone page (`GET /`), its script and style: embedded, served without a
+/// token; every piece of data on it comes through the authenticated API.
+pub const WEB_INDEX: &str = include_str!("web/index.html");
+pub const WEB_SCRIPT: &str = include_str!("web/app.js");
+pub const WEB_STYLE: &str = include_str!("web/style.css");
+
+fn web_file(body: &'static str, content_type: &'static str) -> Response {
+    let mut response = body.into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'self'; connect-src 'self'; img-src 'self' data:; frame-ancestors 'none'",
+        ),
+    );
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    response
+}
+
+async fn web_index() -> Response {
+    web_file(WEB_INDEX, "text/html; charset=utf-8")
+}
+
+async fn web_script() -> Response {
+    web_file(WEB_SCRIPT, "text/javascript; charset=utf-8")
+}
+
+async fn web_style() -> Response {
+    web_file(WEB_STYLE, "text/css; charset=utf-8")
 }
 
 #[derive(Deserialize, Default)]
