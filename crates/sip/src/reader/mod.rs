@@ -600,13 +600,33 @@ fn start_line(start: &str, request: bool) -> String {
     let split = if request {
         start
             .rsplit_once(' ')
-            .map(|(line, _)| format!("{line} SIP/2.0"))
+            .map(|(line, _)| match line.split_once(' ') {
+                Some((method, uri)) => format!("{method} {} SIP/2.0", user_escaped(uri)),
+                None => format!("{line} SIP/2.0"),
+            })
     } else {
         start
             .split_once(' ')
             .map(|(_, rest)| format!("SIP/2.0 {rest}"))
     };
     split.unwrap_or_else(|| start.to_string())
+}
+
+/// A SIP URI with `?` in its user part written `%3F`: RFC 3261 allows `?` there
+/// (user-unreserved), but the stack takes it for the start of the URI's headers
+/// and finds no host. The two spellings are the same URI (§19.1.4).
+fn user_escaped(uri: &str) -> std::borrow::Cow<'_, str> {
+    let Some((scheme, rest)) = uri.split_once(':') else {
+        return uri.into();
+    };
+    let Some(at) = rest.find('@') else {
+        return uri.into();
+    };
+    let user = &rest[..at];
+    if !grammar::is_sip_scheme(scheme) || !user.contains('?') {
+        return uri.into();
+    }
+    format!("{scheme}:{}{}", user.replace('?', "%3F"), &rest[at..]).into()
 }
 
 /// The message in the spelling the stack's parser reads.

@@ -255,6 +255,23 @@ Call-ID: lowversion\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n";
     stack_reads(&bytes);
 }
 
+/// `?` is allowed in a SIP URI's user part (RFC 3261 user-unreserved); the stack
+/// reads it as the start of the headers (found by fuzzing: `sip:?kumiko@example.org`
+/// was handed on and the stack found no host).
+#[test]
+fn a_question_mark_in_the_user_part_reaches_the_stack_escaped() {
+    let request = b"MESSAGE sip:?kumiko@example.org SIP/2.0\r\n\
+Via: SIP/2.0/UDP 192.0.2.1;branch=z9hG4bKq\r\n\
+To: <sip:kumiko@example.org>\r\nFrom: <sip:a@example.com>;tag=1\r\n\
+Call-ID: question\r\nCSeq: 1 MESSAGE\r\nMax-Forwards: 70\r\n\
+Content-Length: 0\r\n\r\n";
+    let Verdict::Pass(bytes) = verdict(request, false) else {
+        panic!("a valid URI must pass: {:?}", verdict(request, false));
+    };
+    assert!(bytes.starts_with(b"MESSAGE sip:%3Fkumiko@example.org SIP/2.0\r\n"));
+    stack_reads(&bytes);
+}
+
 #[test]
 fn an_ack_to_a_stateless_answer_is_dropped() {
     let Verdict::Answer(a) = verdict(&dat("sdp01"), false) else {
