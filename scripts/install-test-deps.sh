@@ -27,8 +27,8 @@ APT_PACKAGES=(
   # shells whose completions are checked
   dbus-daemon dbus-bin systemd libglib2.0-bin xdg-utils dpkg zsh fish
   # the web page's test (tests/e2e/test_web.py): Debian's chromium, driven by
-  # playwright-core from npm (never a downloaded browser)
-  chromium nodejs npm
+  # playwright-core from npm (never a downloaded browser); Node.js below
+  chromium
 )
 PY_PACKAGES=(pytest numpy pesq jeepney)
 
@@ -57,7 +57,7 @@ done
 # The binaries the tests call, in case a package is half there.
 for b in sipp baresip kamailio kamcmd sipsak tshark sox espeak-ng cmake pkg-config \
          pulseaudio parec paplay pactl dbus-daemon busctl gdbus xdg-open dpkg-deb \
-         chromium node npm; do
+         chromium; do
   if ! command -v "$b" >/dev/null 2>&1 && [ ! -x "/usr/sbin/$b" ]; then
     missing+=("(binary $b)")
   fi
@@ -78,6 +78,16 @@ fi
 for b in sipp kamailio kamcmd sipsak; do
   command -v "$b" >/dev/null 2>&1 || [ -x "/usr/sbin/$b" ] || { log "$b still missing"; exit 1; }
 done
+
+# Node.js and npm: a machine may already have them from elsewhere (NodeSource's
+# nodejs carries npm, and conflicts with Debian's npm package): only when a
+# command is missing are Debian's packages installed.
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+  log "node or npm missing; installing Debian's nodejs and npm"
+  as_root apt-get update -q
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+    nodejs npm
+fi
 
 # ---- Python packages -------------------------------------------------------
 command -v "$PY" >/dev/null 2>&1 || { log "$PY not found"; exit 1; }
