@@ -241,6 +241,25 @@ def test_baresip_calls_us_we_answer_and_hear_its_tone(kam, call_phone, make_bare
     assert audio.tone_coverage(dec, TONE_US) >= 0.9, audio.describe(dec, TONE_US)
 
 
+def test_exit_with_a_call_up_ends_the_call_then_the_phone(kam, call_phone, make_baresip):
+    """`/exit` while a call is up: the peer gets its BYE, the call is in [Calls], and
+    the process ends by itself (it used to hang once the last call.ended waited for
+    its history write when the event queue closed)."""
+    ph = call_phone(auto_answer="all")
+    a = make_baresip(kam, "1002")
+    a.dial("sip:1001@127.0.0.1")
+    a.wait_event("CALL_ESTABLISHED")
+    cid = wait_call(ph, "call.confirmed")["call"]
+    rc, out, err = ph.cmd("/exit", check=False)
+    assert rc == 0, (out, err)
+    closed = a.wait_event("CALL_CLOSED")
+    assert "1001" in closed.get("peeruri", ""), closed
+    assert ph.wait_exit(15) == 0
+    assert wait_call(ph, "call.ended", cid)["by"] == "local"
+    calls = ph.ini_path.read_text().split("[Calls]", 1)[-1]
+    assert "1002" in calls, calls
+
+
 # ---------------------------------------------------------------- status, activecall, calls
 
 def test_status_reads_0_1_2_3_2_4_0_over_a_call(kam, call_phone, make_baresip):

@@ -129,7 +129,7 @@ async fn publisher(
 ) {
     let mut held: std::collections::VecDeque<Held> = std::collections::VecDeque::new();
     let mut open = true;
-    while open || !held.is_empty() {
+    loop {
         // Out with everything at the head that waits for nothing more.
         while let Some(front) = held.front() {
             if let Held::Event { writes, .. } = front {
@@ -147,6 +147,11 @@ async fn publisher(
                 }
                 None => {}
             }
+        }
+        // Checked here, after the head went out: a queue closed while the last
+        // event waited for its writes must not leave this task waiting for ever.
+        if !open && held.is_empty() {
+            break;
         }
         let head_written = async {
             match held.front_mut() {
@@ -1174,5 +1179,61 @@ impl StoreWorker {
         if self.jobs.send((ticket, action)).is_err() {
             warn!("the store thread is gone");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::EventKind;
+
+    fn ended(call: u64) -> Event {
+        Event {
+            seq: call,
+            time: String::new(),
+            account: None,
+            kind: EventKind::CallEnded {
+                call,
+                code: 200,
+                reason: "Normal Clearing".into(),
+                by: "local",
+                duration: 0,
+                elsewhere: false,
+                quality: None,
+            },
+        }
+    }
+
+    /// At exit the queue closes while the last `call.ended` still waits for its
+    /// history write: once written it goes out, and the publisher ends (it used to
+    /// wait for ever, and `exit` with a call up never ended the process).
+    #[tokio::test(start_paused = true)]
+    async fn the_publisher_ends_when_the_queue_closes_before_the_last_write() {
+        let (observer, mut observed) = mpsc::unbounded_channel();
+        let (events, mut stream) = broadcast::channel(16);
+        let (publish, queue) = mpsc::unbounded_channel();
+        let task = tokio::spawn(publisher(queue, events, vec![observer]));
+        for call in [1, 2] {
+            publish.send(Publish::Event(ended(call))).ok();
+        }
+        let first = observed.recv().await.expect("the observer gets the first");
+        let second = observed.recv().await.expect("the observer gets the second");
+        first
+            .written
+            .expect("a call.ended asks for its write")
+            .send(())
+            .ok();
+        drop(publish);
+        tokio::task::yield_now().await;
+        second
+            .written
+            .expect("a call.ended asks for its write")
+            .send(())
+            .ok();
+        // Far less than the write wait: a publisher that waits for it has hung.
+        let ended_in_time = tokio::time::timeout(Duration::from_millis(100), task).await;
+        assert!(ended_in_time.is_ok(), "the publisher did not end");
+        assert_eq!(stream.recv().await.map(|e| e.seq).ok(), Some(1));
+        assert_eq!(stream.recv().await.map(|e| e.seq).ok(), Some(2));
     }
 }
