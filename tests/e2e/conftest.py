@@ -15,6 +15,9 @@ Fixtures:
                     is set, which skips it)
 - free_port         the peers.free_port function
 - session_bus       a private D-Bus session bus (peers.SessionBus), started by pid
+- isolated_netns    the test runs in a fresh network namespace of its own (loopback
+                    only; see netns.py). Name it FIRST among the test's fixtures so
+                    that every peer is started inside it.
 
 Everything a test starts is stopped at teardown, by pid / process group.
 When a test fails, the tails of the phone's stderr, its SIP trace, its
@@ -30,6 +33,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import netns  # noqa: E402
 import peers  # noqa: E402
 import rtp  # noqa: E402
 
@@ -137,3 +141,9 @@ def rtp_tap():
 @pytest.fixture
 def session_bus(tmp_path) -> peers.SessionBus:
     return peers.SessionBus(tmp_path / "session-bus").start()
+
+
+@pytest.fixture
+def isolated_netns():
+    with netns.isolated():
+        yield
