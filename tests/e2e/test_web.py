@@ -146,6 +146,23 @@ def test_without_the_cookie_the_page_says_not_logged_in(make_phone, browser, tmp
     assert "#login" not in browser.do("url")["url"]
 
 
+def test_the_level_sliders_show_and_set_the_phone_s_levels(make_phone, browser):
+    ph, port = web_phone(make_phone, volumeOutput=70, volumeInput=30)
+    browser.do("goto", url=login_url(ph))
+    browser.do("wait", selector='body[data-state="live"]')
+    peers.wait_until(lambda: browser.do("value", selector="#level-speaker")["value"] == "70",
+                     10, what="the speaker slider at the phone's 70")
+    assert browser.do("value", selector="#level-microphone")["value"] == "30"
+    browser.do("setValue", selector="#level-microphone", value=55)
+    reply = peers.wait_until(
+        lambda: (r := ph.request("levels")) and r["data"]["microphone"] == 55 and r, 10,
+        what="the phone's microphone level at 55")
+    assert reply["data"]["speaker"] == 70, reply
+    # Stored too (the PUT's reply waits for the write; this test did not wait for it).
+    peers.wait_until(lambda: "volumeInput=55" in ph.ini_path.read_text(), 10,
+                     what="volumeInput=55 in the ini")
+
+
 def test_microsip_open_without_http_is_a_clear_error(make_phone):
     ph = make_phone(ini(accountId=0, audioInputDevice="null", audioOutputDevice="null"))
     rc, out, err = ph.cmd("open", "--print", check=False)

@@ -163,6 +163,8 @@ pub enum Command {
     },
     /// List the audio devices with their ids.
     Devices,
+    /// The speaker and microphone levels and mutes (read only).
+    Levels,
     /// The call status.
     Status {
         /// The word or numeric (`STATUS`) form.
@@ -333,6 +335,7 @@ impl Command {
             }
             Command::SetDevice { .. } => "setdevice",
             Command::Devices => "devices",
+            Command::Levels => "levels",
             Command::Status { .. } => "status",
             Command::ActiveCall => "activecall",
             Command::Calls => "calls",

@@ -563,6 +563,7 @@ impl Core {
             Command::SpeakerMute { on } => self.set_mute(true, on),
             Command::AutoAnswer { on } => self.set_auto_answer(on),
             Command::Level { kind, change } => return self.set_level(kind, change, reply),
+            Command::Levels => self.levels_now(),
             Command::Calls => self.list_calls(),
             Command::Window { state } => ok(match state {
                 WindowState::Normal => "no window: running headless",
@@ -760,6 +761,27 @@ impl Core {
         ok_with(
             format!("{what} {}", if now { "muted" } else { "unmuted" }),
             json!({ "device": what, "muted": now }),
+        )
+    }
+
+    /// `levels`: the speaker and microphone levels and mutes, as `PUT /levels` takes them.
+    fn levels_now(&self) -> Reply {
+        let l = self.levels;
+        let word = |muted: bool| if muted { "muted" } else { "on" };
+        ok_with(
+            format!(
+                "speaker {} {}, microphone {} {}",
+                l.speaker,
+                word(l.speaker_muted),
+                l.microphone,
+                word(l.microphone_muted)
+            ),
+            json!({
+                "speaker": l.speaker,
+                "microphone": l.microphone,
+                "speakerMuted": l.speaker_muted,
+                "microphoneMuted": l.microphone_muted,
+            }),
         )
     }
 

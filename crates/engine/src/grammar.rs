@@ -73,6 +73,7 @@ pub const COMMANDS: &[CommandHelp] = &[
     help("micdown", "[N]", "microphone level down N steps (msip:micdown)", &[]),
     help("setvolume", "LEVEL", "speaker volume 0-100 (SetVolume, VOLUME)", &[]),
     help("setmicvolume", "LEVEL", "microphone level 0-100 (SetMicVolume)", &[]),
+    help("levels", "", "the speaker and microphone levels and mutes", &[]),
     help("setdevice", "input|output|ring DEVICE", "switch an audio device: a number from devices, an id, a name, null, file:PATH.wav, tone:FREQ (SetDevice)", &["input", "output", "ring"]),
     help("devices", "", "list the audio devices, numbered", &[]),
     help("status", "", "call status: 0 idle, 1 ringing, 2 active, 3 hold, 4 disconnected (Status; STATUS and report:status: the number)", &[]),
@@ -289,6 +290,7 @@ fn parse_words(words: &[String]) -> Result<Command, ParseError> {
         "setmicvolume" => absolute("setmicvolume", LevelKind::Microphone, &plain()),
         "setdevice" => set_device(rest),
         "devices" => no_arguments("devices", &plain(), Command::Devices),
+        "levels" => no_arguments("levels", &plain(), Command::Levels),
         "status" => {
             let form = if first == "STATUS" {
                 StatusForm::Numeric
@@ -1517,6 +1519,7 @@ mod tests {
                 },
             ),
             ("devices", C::Devices),
+            ("levels", C::Levels),
             // status
             (
                 "status",
@@ -2337,6 +2340,7 @@ mod command_table_tests {
             "setmicvolume 1",
             "setdevice input 1",
             "devices",
+            "levels",
             "status",
             "activecall",
             "calls",
@@ -2376,6 +2380,7 @@ mod command_table_tests {
                 | Command::Level { .. }
                 | Command::SetDevice { .. }
                 | Command::Devices
+                | Command::Levels
                 | Command::Status { .. }
                 | Command::ActiveCall
                 | Command::Calls

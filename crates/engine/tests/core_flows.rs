@@ -726,6 +726,27 @@ fn a_level_change_goes_to_the_media_at_once_and_replies_once_stored() {
 }
 
 #[test]
+fn levels_reads_the_levels_the_ini_and_the_commands_set() {
+    let mut b = Bench::new(&ini("volumeOutput=70\nvolumeInput=30"));
+    let r = b.command(Command::Levels);
+    let first = b.reply(r).expect("replied at once").as_ref().expect("ok");
+    assert_eq!(first.text, "speaker 70 on, microphone 30 on");
+    assert_eq!(first.data["speaker"], 70);
+    assert_eq!(first.data["microphoneMuted"], false);
+    b.command(Command::Mute { on: Some(true) });
+    b.command(Command::Level {
+        kind: microsip_engine::command::LevelKind::Speaker,
+        change: microsip_engine::command::LevelChange::Absolute(40),
+    });
+    b.answer_stores();
+    let r = b.command(Command::Levels);
+    let now = b.reply(r).expect("replied at once").as_ref().expect("ok");
+    assert_eq!(now.text, "speaker 40 on, microphone 30 muted");
+    assert_eq!(now.data["speaker"], 40);
+    assert_eq!(now.data["microphoneMuted"], true);
+}
+
+#[test]
 fn a_message_inside_a_call_is_kept_then_answered_and_names_the_call() {
     let mut b = Bench::new(&ini(""));
     let id = b.dial();

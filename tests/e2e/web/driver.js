@@ -30,6 +30,15 @@ async function main() {
     async wait(r) { await page.locator(r.selector).first().waitFor({ state: r.state || "visible" }); return {}; },
     async text(r) { return { text: await page.locator(r.selector).first().innerText() }; },
     async count(r) { return { count: await page.locator(r.selector).count() }; },
+    async value(r) { return { value: await page.locator(r.selector).first().inputValue() }; },
+    async setValue(r) {
+      // What a user's drag ends with: the value, then a change event.
+      await page.locator(r.selector).first().evaluate((e, v) => {
+        e.value = v;
+        e.dispatchEvent(new Event("change", { bubbles: true }));
+      }, String(r.value));
+      return {};
+    },
     async attr(r) { return { value: await page.locator(r.selector).first().getAttribute(r.name) }; },
     async url() { return { url: page.url() }; },
     async screenshot(r) { await page.screenshot({ path: r.path, fullPage: true }); return {}; },
@@ -72,6 +81,8 @@ async function main() {
     process.stdout.write(JSON.stringify(answer) + "\n");
   }
   await context.close();
+  // stdin stays open (the test holds it): end here, not when the test gives up waiting.
+  process.exit(0);
 }
 
 main().catch((e) => {

@@ -98,6 +98,7 @@ pub fn routes() -> Routes {
     .add("delete", "/contacts/{number}", remove_contact)
     .add("get", "/devices", devices)
     .add("put", "/devices/{role}", set_device)
+    .add("get", "/levels", levels)
     .add("put", "/levels", set_levels)
 }
 
@@ -393,6 +394,10 @@ async fn calls(State(state): State<Shared>) -> Response {
 
 async fn devices(State(state): State<Shared>) -> Response {
     run(&state, words(&["devices"])).await
+}
+
+async fn levels(State(state): State<Shared>) -> Response {
+    run(&state, words(&["levels"])).await
 }
 
 async fn contacts(State(state): State<Shared>) -> Response {

@@ -238,6 +238,13 @@ function setUpLevels() {
   }
 }
 
+async function loadLevels() {
+  const data = await api("GET", "/levels");
+  for (const which of ["speaker", "microphone"]) {
+    if (data && typeof data[which] === "number") $(`level-${which}`).value = String(data[which]);
+  }
+}
+
 async function loadDevices() {
   const data = await api("GET", "/devices");
   const box = $("devices");
@@ -337,7 +344,7 @@ async function start() {
   $("logged-out").hidden = true;
   $("phone").hidden = false;
   connectEvents();
-  await Promise.all([loadContacts(), loadHistory(), loadDevices()].map((p) => p.catch((e) => report("dial-error", e))));
+  await Promise.all([loadContacts(), loadHistory(), loadDevices(), loadLevels()].map((p) => p.catch((e) => report("dial-error", e))));
 }
 
 document.addEventListener("DOMContentLoaded", async () => {
