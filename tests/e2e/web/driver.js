@@ -30,6 +30,21 @@ async function main() {
     async wait(r) { await page.locator(r.selector).first().waitFor({ state: r.state || "visible" }); return {}; },
     async text(r) { return { text: await page.locator(r.selector).first().innerText() }; },
     async count(r) { return { count: await page.locator(r.selector).count() }; },
+    async visibleAt(r) {
+      // The page's own clock (ms since the epoch) at the first frame the element is
+      // visible: waits for it inside the page, so no polling delay is added.
+      const at = await page.evaluate((sel) => new Promise((resolve) => {
+        const check = () => {
+          const e = document.querySelector(sel);
+          if (e && e.offsetParent !== null && !e.hidden) { resolve(Date.now()); return true; }
+          return false;
+        };
+        if (check()) return;
+        const seen = new MutationObserver(() => { if (check()) seen.disconnect(); });
+        seen.observe(document.body, { subtree: true, childList: true, attributes: true });
+      }), r.selector);
+      return { at };
+    },
     async value(r) { return { value: await page.locator(r.selector).first().inputValue() }; },
     async setValue(r) {
       // What a user's drag ends with: the value, then a change event.
