@@ -352,12 +352,13 @@ impl NameAddr<'_> {
             out.push_str(d);
             out.push(' ');
         }
+        let uri = user_escaped(self.uri);
         if self.angle {
             out.push('<');
-            out.push_str(self.uri);
+            out.push_str(&uri);
             out.push('>');
         } else {
-            out.push_str(self.uri);
+            out.push_str(&uri);
         }
         for (n, v) in &self.params {
             out.push(';');
@@ -369,6 +370,23 @@ impl NameAddr<'_> {
         }
         out
     }
+}
+
+/// A SIP URI with `?` in its user part written `%3F`: RFC 3261 allows `?` there
+/// (user-unreserved), but the stack takes it for the start of the URI's headers
+/// and finds no host. The two spellings are the same URI (§19.1.4).
+pub(crate) fn user_escaped(uri: &str) -> std::borrow::Cow<'_, str> {
+    let Some((scheme, rest)) = uri.split_once(':') else {
+        return uri.into();
+    };
+    let Some(at) = rest.find('@') else {
+        return uri.into();
+    };
+    let user = &rest[..at];
+    if !is_sip_scheme(scheme) || !user.contains('?') {
+        return uri.into();
+    }
+    format!("{scheme}:{}{}", user.replace('?', "%3F"), &rest[at..]).into()
 }
 
 /// `( name-addr / addr-spec ) *( SEMI generic-param )` (RFC 3261 §20.10, §20.20).

@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use grammar::{
     call_id_ok, cseq, is_sip_scheme, is_token, media_type, name_addr, number, scheme, sip_date_ok,
-    split_list, uri_ok, via_parm, Bad,
+    split_list, uri_ok, user_escaped, via_parm, Bad,
 };
 
 /// The methods the stack knows; any other is answered 501 here.
@@ -610,23 +610,6 @@ fn start_line(start: &str, request: bool) -> String {
             .map(|(_, rest)| format!("SIP/2.0 {rest}"))
     };
     split.unwrap_or_else(|| start.to_string())
-}
-
-/// A SIP URI with `?` in its user part written `%3F`: RFC 3261 allows `?` there
-/// (user-unreserved), but the stack takes it for the start of the URI's headers
-/// and finds no host. The two spellings are the same URI (§19.1.4).
-fn user_escaped(uri: &str) -> std::borrow::Cow<'_, str> {
-    let Some((scheme, rest)) = uri.split_once(':') else {
-        return uri.into();
-    };
-    let Some(at) = rest.find('@') else {
-        return uri.into();
-    };
-    let user = &rest[..at];
-    if !grammar::is_sip_scheme(scheme) || !user.contains('?') {
-        return uri.into();
-    }
-    format!("{scheme}:{}{}", user.replace('?', "%3F"), &rest[at..]).into()
 }
 
 /// The message in the spelling the stack's parser reads.

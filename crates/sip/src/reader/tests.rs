@@ -272,6 +272,26 @@ Content-Length: 0\r\n\r\n";
     stack_reads(&bytes);
 }
 
+/// The same `?` in From, To and Contact: one URI renderer escapes it everywhere.
+#[test]
+fn a_question_mark_in_a_user_part_of_from_to_contact_reaches_the_stack_escaped() {
+    let request = b"INVITE sip:kumiko@example.org SIP/2.0\r\n\
+Via: SIP/2.0/UDP 192.0.2.1;branch=z9hG4bKq2\r\n\
+To: \"K\" <sip:?kumiko@example.org>\r\nFrom: <sip:?a@example.com>;tag=1\r\n\
+Contact: <sip:?a@192.0.2.1>\r\n\
+Call-ID: question2\r\nCSeq: 1 INVITE\r\nMax-Forwards: 70\r\n\
+Content-Length: 0\r\n\r\n";
+    let Verdict::Pass(bytes) = verdict(request, false) else {
+        panic!("valid URIs must pass: {:?}", verdict(request, false));
+    };
+    let text = String::from_utf8_lossy(&bytes);
+    assert!(text.contains("<sip:%3Fkumiko@example.org>"), "{text}");
+    assert!(text.contains("<sip:%3Fa@example.com>;tag=1"), "{text}");
+    assert!(text.contains("<sip:%3Fa@192.0.2.1>"), "{text}");
+    assert!(!text.contains(":?"), "{text}");
+    stack_reads(&bytes);
+}
+
 #[test]
 fn an_ack_to_a_stateless_answer_is_dropped() {
     let Verdict::Answer(a) = verdict(&dat("sdp01"), false) else {
