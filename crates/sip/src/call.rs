@@ -1220,7 +1220,15 @@ pub fn user_and_domain(uri: &str) -> (String, String) {
     let rest = rest.split('>').next().unwrap_or(rest);
     let number = |user: &str| {
         let user = user.split(':').next().unwrap_or(user); // no password
-        user.split([';', '?']).next().unwrap_or(user).to_string()
+        let user = user.split([';', '?']).next().unwrap_or(user);
+        // Our SIP reader hands the stack `;` and `?` in a user part escaped.
+        let lower = user.to_ascii_lowercase();
+        let end = [lower.find("%3b"), lower.find("%3f")]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(user.len());
+        user[..end].to_string()
     };
     if scheme.is_some_and(|s| s.eq_ignore_ascii_case("tel")) {
         return (number(rest), String::new());
@@ -1315,6 +1323,10 @@ mod tests {
         );
         assert_eq!(
             user_and_domain("sip:1001;isub=12@192.0.2.1:5060"),
+            ("1001".into(), "192.0.2.1".into())
+        );
+        assert_eq!(
+            user_and_domain("sip:1001%3Bisub=12@192.0.2.1:5060"),
             ("1001".into(), "192.0.2.1".into())
         );
         assert_eq!(

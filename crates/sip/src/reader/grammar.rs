@@ -372,9 +372,13 @@ impl NameAddr<'_> {
     }
 }
 
-/// A SIP URI with `?` in its user part written `%3F`: RFC 3261 allows `?` there
-/// (user-unreserved), but the stack takes it for the start of the URI's headers
-/// and finds no host. The two spellings are the same URI (§19.1.4).
+/// A SIP URI with `?` and `;` in its user part (and password) written `%3F` and
+/// `%3B`: RFC 3261 allows both there (user-unreserved: `+4930123;phone-context=x`,
+/// RFC 3966), but the stack takes `?` for the start of the URI's headers and `;`
+/// for the end of the host, and then finds no host (`sip:;x@h`, `sip:a:;x@h`: found
+/// by fuzzing) or the wrong one (`sip:1001;isub=1@pbx` read as host `1001`). Our
+/// own readers of a user part ([`crate::user_and_domain`]) take `%3B`/`%3F` as they
+/// take `;`/`?`. Responses echo the request's own To and From, not this spelling.
 pub(crate) fn user_escaped(uri: &str) -> std::borrow::Cow<'_, str> {
     let Some((scheme, rest)) = uri.split_once(':') else {
         return uri.into();
@@ -383,10 +387,11 @@ pub(crate) fn user_escaped(uri: &str) -> std::borrow::Cow<'_, str> {
         return uri.into();
     };
     let user = &rest[..at];
-    if !is_sip_scheme(scheme) || !user.contains('?') {
+    if !is_sip_scheme(scheme) || !user.contains(['?', ';']) {
         return uri.into();
     }
-    format!("{scheme}:{}{}", user.replace('?', "%3F"), &rest[at..]).into()
+    let user = user.replace('?', "%3F").replace(';', "%3B");
+    format!("{scheme}:{user}{}", &rest[at..]).into()
 }
 
 /// `( name-addr / addr-spec ) *( SEMI generic-param )` (RFC 3261 §20.10, §20.20).
