@@ -744,7 +744,10 @@ impl Client {
         }
         .map_err(|e| Outcome::local(TLS_REFUSED, &e))?;
         let remote = self.destination.get_socketaddr().map_err(|e| {
-            Outcome::local(503, &format!("TLS: registrar address {}: {e}", self.destination))
+            Outcome::local(
+                503,
+                &format!("TLS: registrar address {}: {e}", self.destination),
+            )
         })?;
         let server_name = self.destination.addr.host.to_string();
         let stream = client.connect(remote, &server_name).await.map_err(|f| {

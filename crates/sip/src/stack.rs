@@ -433,7 +433,10 @@ impl rsipstack::transaction::endpoint::TransportEventInspector for StackStreams 
             } else {
                 "TCP"
             };
-            match self.reading.read_as(&msg.to_bytes(), true, transport, remote) {
+            match self
+                .reading
+                .read_as(&msg.to_bytes(), true, transport, remote)
+            {
                 Verdict::Pass(bytes) => match SipMessage::try_from(bytes.as_slice()) {
                     Ok(checked) => Some(TransportEvent::Incoming(checked, conn, from)),
                     Err(_) => Some(TransportEvent::Incoming(msg, conn, from)),

@@ -15,7 +15,9 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::client::WebPkiServerVerifier;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::{
+    CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
+};
 use tracing::debug;
 
 /// How long the TCP connect plus the TLS handshake may take.
@@ -132,10 +134,11 @@ impl TlsClient {
         let name = ServerName::try_from(server_name.to_string()).map_err(|_| {
             TlsFailure::other(format!("TLS: {server_name} is not a valid server name"))
         })?;
-        let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, tokio::net::TcpStream::connect(remote))
-            .await
-            .map_err(|_| TlsFailure::other(format!("TLS: connecting to {remote} timed out")))?
-            .map_err(|e| TlsFailure::other(format!("TLS: cannot connect to {remote}: {e}")))?;
+        let stream =
+            tokio::time::timeout(HANDSHAKE_TIMEOUT, tokio::net::TcpStream::connect(remote))
+                .await
+                .map_err(|_| TlsFailure::other(format!("TLS: connecting to {remote} timed out")))?
+                .map_err(|e| TlsFailure::other(format!("TLS: cannot connect to {remote}: {e}")))?;
         stream
             .set_nodelay(true)
             .map_err(|e| TlsFailure::other(format!("TLS: TCP_NODELAY: {e}")))?;
@@ -171,11 +174,13 @@ fn describe_failure(
             None => format!("TLS: handshake with {remote} failed: {e}"),
         });
     };
-    let issuer = issuer.map(|i| format!("issuer \"{i}\"")).unwrap_or_else(|| "issuer unknown".into());
+    let issuer = issuer
+        .map(|i| format!("issuer \"{i}\""))
+        .unwrap_or_else(|| "issuer unknown".into());
     let reason = match cert {
-        CertificateError::UnknownIssuer | CertificateError::BadSignature => format!(
-            "TLS: certificate not trusted ({issuer} is not a trusted CA; set tlsCaFile)"
-        ),
+        CertificateError::UnknownIssuer | CertificateError::BadSignature => {
+            format!("TLS: certificate not trusted ({issuer} is not a trusted CA; set tlsCaFile)")
+        }
         CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => {
             format!("TLS: certificate not valid for {server_name} ({issuer})")
         }
@@ -211,9 +216,13 @@ impl ServerCertVerifier for NamingVerifier {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let verdict =
-            self.inner
-                .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now);
+        let verdict = self.inner.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        );
         if verdict.is_err() {
             if let Ok(mut issuer) = self.refused_issuer.lock() {
                 *issuer = issuer_common_name(end_entity.as_ref());
