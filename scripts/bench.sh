@@ -17,6 +17,7 @@ python3 bench/pesq_loss.py
 python3 bench/control_under_load.py  # MICROSIP_BIN_BEFORE=OLD_BINARY adds a row for it
 python3 bench/startup.py
 python3 bench/connections.py
+python3 bench/tls.py  # TLS vs UDP: start -> registered, register round trip, idle RSS
 python3 bench/http_api.py  # (not http.py: that name would hide Python's http module) MICROSIP_BEFORE_BIN=OLD_BINARY adds its idle RSS
 python3 bench/soak.py
 python3 bench/dbus_idle.py  # idle RSS without/with D-Bus, Status over D-Bus vs the socket

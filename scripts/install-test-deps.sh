@@ -12,8 +12,8 @@ PY="${PYTHON:-python3}"
 export DEBIAN_FRONTEND=noninteractive
 
 APT_PACKAGES=(
-  sip-tester baresip-core kamailio kamailio-presence-modules sipsak tshark sox
-  libsox-fmt-all espeak-ng
+  sip-tester baresip-core kamailio kamailio-presence-modules kamailio-tls-modules sipsak tshark sox
+  libsox-fmt-all espeak-ng openssl
   libasound2-dev libopus-dev cmake pkg-config python3-pip python3-venv
   # sound devices without a sound card: a private PulseAudio server with null
   # sinks, parec/paplay/pactl, and ALSA's pulse plugin (ALSA's `default` device)

@@ -316,12 +316,16 @@ class Kamailio:
     """Kamailio from Debian as registrar + proxy, on 127.0.0.1:port (UDP+TCP).
 
     users: {"1001": "p;w#1005", ...}. The port is kept across stop()/start().
+    tls_cert / tls_key (PEM files): also listen for TLS on tls_port (free one picked
+    when not given), with that server certificate; off by default.
     """
 
     def __init__(self, workdir: Path, users: dict[str, str] | None = None,
                  port: int | None = None, min_expires: int = 5,
                  max_expires: int = 3600, algorithm: str = "MD5",
-                 presence_server: str | None = None, presence_module: bool = False):
+                 presence_server: str | None = None, presence_module: bool = False,
+                 tls_cert: Path | None = None, tls_key: Path | None = None,
+                 tls_port: int | None = None):
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         # The ctl socket path must stay short (sun_path is 108 bytes).
@@ -339,6 +343,12 @@ class Kamailio:
         self.presence_server = presence_server
         # Kamailio's own presence server (presence + presence_xml, db_text in dbdir).
         self.presence_module = presence_module
+        if (tls_cert is None) != (tls_key is None):
+            raise ValueError("tls_cert and tls_key go together")
+        self.tls_cert = Path(tls_cert) if tls_cert else None
+        self.tls_key = Path(tls_key) if tls_key else None
+        self.tls_port = (tls_port or free_port("tcp")) if tls_cert else None
+        self.tls_cfg = self.workdir / "tls.cfg"
         self.dbdir = self.workdir / "db"
         self.cfg = self.workdir / "kamailio.cfg"
         self.log = self.workdir / "kamailio.log"
@@ -363,11 +373,20 @@ class Kamailio:
             "ALGORITHM": self.algorithm,
             "USERS": users,
             "DBDIR": str(self.dbdir),
+            "TLS_PORT": str(self.tls_port or 0),
+            "TLS_CFG": str(self.tls_cfg),
         }.items():
             text = text.replace(f"@@{key}@@", val)
         if "@@" in text:
             raise AssertionError("unrendered marker in kamailio.cfg")
         self.cfg.write_text(text)
+        if self.tls_cert:
+            self.tls_cfg.write_text(
+                "[server:default]\nmethod = TLSv1.2+\nverify_certificate = no\n"
+                "require_certificate = no\n"
+                f"private_key = {self.tls_key}\ncertificate = {self.tls_cert}\n\n"
+                "[client:default]\nmethod = TLSv1.2+\nverify_certificate = no\n"
+                "require_certificate = no\n")
         if self.presence_module:
             self.dbdir.mkdir(exist_ok=True)
             for table in ("version", "presentity", "active_watchers", "watchers", "xcap"):
@@ -376,6 +395,13 @@ class Kamailio:
     @property
     def address(self) -> str:
         return f"{LOOPBACK}:{self.port}"
+
+    @property
+    def tls_address(self) -> str:
+        """127.0.0.1:TLS_PORT (only with tls_cert)."""
+        if self.tls_port is None:
+            raise AssertionError("this Kamailio has no TLS listener (no tls_cert)")
+        return f"{LOOPBACK}:{self.tls_port}"
 
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -389,7 +415,8 @@ class Kamailio:
             self.proc = subprocess.Popen(
                 [self.kamailio, "-f", str(self.cfg), "-P", str(self.pidfile),
                  "-Y", str(self.rundir), "-m", "64", "-M", "8", "-DD", "-E",
-                 *(["-A", "WITH_PRESENCE"] if self.presence_module else [])],
+                 *(["-A", "WITH_PRESENCE"] if self.presence_module else []),
+                 *(["-A", "WITH_TLS"] if self.tls_cert else [])],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                 start_new_session=True, cwd=str(self.workdir),
             )
@@ -1098,6 +1125,13 @@ class Sipp:
     @property
     def address(self) -> str:
         return f"{LOOPBACK}:{self.port}"
+
+    @property
+    def tls_address(self) -> str:
+        """127.0.0.1:TLS_PORT (only with tls_cert)."""
+        if self.tls_port is None:
+            raise AssertionError("this Kamailio has no TLS listener (no tls_cert)")
+        return f"{LOOPBACK}:{self.tls_port}"
 
     def start(self) -> "Sipp":
         scen = ["-sn", self.builtin] if self.builtin else ["-sf", str(self.scenario)]

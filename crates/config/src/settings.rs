@@ -476,6 +476,9 @@ pub struct Settings {
     /// `notifications` (not a MicroSIP key): a desktop notification with Answer and
     /// Decline for an incoming call (needs D-Bus and a notification server).
     pub notifications: bool,
+    /// `tlsCaFile` (not a MicroSIP key): a PEM file of CA certificates trusted for
+    /// TLS servers besides the system roots; an account's own `tlsCaFile` wins.
+    pub tls_ca_file: Option<String>,
 }
 
 impl Default for Settings {
@@ -541,6 +544,7 @@ impl Default for Settings {
             http_allow_origins: Vec::new(),
             dbus: true,
             notifications: true,
+            tls_ca_file: None,
         }
     }
 }
@@ -597,6 +601,9 @@ pub struct Account {
     pub allow_rewrite: bool,
     /// `disableSessionTimer`
     pub disable_session_timer: bool,
+    /// `tlsCaFile` of this account (not a MicroSIP key): overrides `[Settings]
+    /// tlsCaFile` for this account's TLS connections.
+    pub tls_ca_file: Option<String>,
 }
 
 impl Account {
@@ -646,6 +653,7 @@ impl fmt::Debug for Account {
             .field("ice", &self.ice)
             .field("allow_rewrite", &self.allow_rewrite)
             .field("disable_session_timer", &self.disable_session_timer)
+            .field("tls_ca_file", &self.tls_ca_file)
             .finish()
     }
 }
@@ -1091,6 +1099,7 @@ fn read_settings(r: &mut Reader<'_>) -> Settings {
         http_allow_origins: r.list("httpAllowOrigins", &[',', ' ', '\t']),
         dbus: r.flag("dbus", d.dbus),
         notifications: r.flag("notifications", d.notifications),
+        tls_ca_file: r.text("tlsCaFile"),
     }
 }
 
@@ -1152,6 +1161,7 @@ fn read_account(
         ice: r.flag("ICE", false),
         allow_rewrite: r.flag("allowRewrite", false),
         disable_session_timer: r.flag("disableSessionTimer", false),
+        tls_ca_file: r.text("tlsCaFile"),
     }
 }
 

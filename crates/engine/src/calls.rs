@@ -354,6 +354,7 @@ impl Core {
                 .or_else(|| account.server.clone())
                 .filter(|s| !s.trim().is_empty()),
             tcp: matches!(account.transport, microsip_config::Transport::Tcp),
+            tls: matches!(account.transport, microsip_config::Transport::Tls),
             public_addr: account.public_addr.clone(),
             hide_cid: account.hide_cid,
             session_timers: !account.disable_session_timer,

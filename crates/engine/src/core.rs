@@ -392,14 +392,12 @@ impl Core {
             let mut registers = false;
             if let (RegState::Registering, Some(rc)) = (
                 &state,
-                registration_config(&account, self.config.settings.rport),
+                registration_config(
+                    &account,
+                    self.config.settings.rport,
+                    &self.config.settings.tls_ca_file,
+                ),
             ) {
-                if matches!(account.transport, Transport::Tls) {
-                    warn!(
-                        "account {}: TLS is not supported yet; registering over UDP",
-                        account.number
-                    );
-                }
                 registers = true;
                 self.sip(SipAction::StartRegistration(Box::new(rc)));
             }
@@ -901,7 +899,11 @@ pub(crate) fn host_ip(host_port: &str) -> Option<IpAddr> {
 }
 
 /// `rport`: the `[Settings]` key (RFC 3581 in our Via; 0 leaves it out).
-fn registration_config(account: &Account, rport: bool) -> Option<RegistrationConfig> {
+fn registration_config(
+    account: &Account,
+    rport: bool,
+    tls_ca_file: &Option<String>,
+) -> Option<RegistrationConfig> {
     let server = account.server.clone().filter(|s| !s.trim().is_empty())?;
     Some(RegistrationConfig {
         account: account.number,
@@ -914,8 +916,10 @@ fn registration_config(account: &Account, rport: bool) -> Option<RegistrationCon
         display_name: account.display_name.clone(),
         transport: match account.transport {
             Transport::Tcp => SipTransport::Tcp,
+            Transport::Tls => SipTransport::Tls,
             _ => SipTransport::Udp,
         },
+        tls_ca_file: account.tls_ca_file.clone().or_else(|| tls_ca_file.clone()),
         expires: account.register_refresh,
         keep_alive: account.keep_alive,
         public_addr: account.public_addr.clone(),

@@ -300,6 +300,9 @@ pub struct CallerAccount {
     pub outbound: Option<String>,
     /// Send over TCP instead of UDP.
     pub tcp: bool,
+    /// Send over TLS, on the registration's connection to `outbound` (wins over
+    /// `tcp`).
+    pub tls: bool,
     /// Address for the Contact instead of ours.
     pub public_addr: Option<String>,
     /// Send `Privacy: id` and an anonymous From.
@@ -371,6 +374,8 @@ pub struct Calls {
     signals: mpsc::UnboundedSender<CallSignal>,
     udp_local: SipAddr,
     tcp_local: Option<SipAddr>,
+    /// Our TLS connections open now (the registrations'), by remote.
+    tls_flows: crate::tls::TlsFlows,
     /// The Reason headers of the CANCELs received (the stack's inspector fills it).
     cancel_reasons: CancelReasons,
 }
@@ -381,6 +386,7 @@ impl Calls {
         signals: mpsc::UnboundedSender<CallSignal>,
         udp_local: SipAddr,
         tcp_local: Option<SipAddr>,
+        tls_flows: crate::tls::TlsFlows,
         cancel_reasons: CancelReasons,
     ) -> Calls {
         Calls {
@@ -390,6 +396,7 @@ impl Calls {
             signals,
             udp_local,
             tcp_local,
+            tls_flows,
             cancel_reasons,
         }
     }
@@ -444,6 +451,27 @@ impl Calls {
         Uri::try_from(text.as_str()).unwrap_or_default()
     }
 
+    /// Our Contact on a TLS connection whose local end is `local`: its address
+    /// (the registrar sends requests for us down that connection) with
+    /// `;transport=tls`, or `public_addr` when set.
+    pub(crate) fn tls_contact(user: &str, local: &SipAddr, public_addr: Option<&str>) -> Uri {
+        let host_port = match public_addr.filter(|s| !s.is_empty()) {
+            Some(p) if p.contains(':') => p.to_string(),
+            Some(p) => format!(
+                "{p}:{}",
+                local.addr.port.map(|p| p.to_string()).unwrap_or_default()
+            ),
+            None => local.addr.to_string(),
+        };
+        let user_part = if user.is_empty() {
+            String::new()
+        } else {
+            format!("{user}@")
+        };
+        Uri::try_from(format!("sip:{user_part}{host_port};transport=tls").as_str())
+            .unwrap_or_default()
+    }
+
     /// Places a call: sends the INVITE (answering 401/407 with the account's
     /// credentials) and returns the new leg's id once the INVITE is on its way.
     pub fn dial(
@@ -463,10 +491,41 @@ impl Calls {
         };
         let caller = Uri::try_from(from_text.as_str())
             .map_err(|e| CallError::BadTarget(format!("{from_text}: {e}")))?;
-        let transport = if account.tcp {
+        let secure_target = target.to_ascii_lowercase().starts_with("sips:")
+            || target.to_ascii_lowercase().contains(";transport=tls");
+        if secure_target && !account.tls {
+            return Err(CallError::Failed(format!(
+                "{target} needs TLS: this account does not use transport=tls"
+            )));
+        }
+        let transport = if account.tls {
+            Transport::Tls
+        } else if account.tcp {
             Transport::Tcp
         } else {
             Transport::Udp
+        };
+        // Over TLS the call rides the registration's connection: our Contact is
+        // that connection's local end.
+        let tls_local = if account.tls {
+            let Some(outbound) = account.outbound.as_deref() else {
+                return Err(CallError::Failed(
+                    "TLS: this account has no registrar or proxy to connect to".into(),
+                ));
+            };
+            let remote = Uri::try_from(format!("sip:{outbound}").as_str())
+                .map(|u| u.host_with_port.to_string())
+                .unwrap_or_else(|_| outbound.to_string());
+            match self.tls_flows.local_for(&remote) {
+                Some(local) => Some(local),
+                None => {
+                    return Err(CallError::Failed(format!(
+                        "TLS: no connection to {outbound} (the account is not registered)"
+                    )))
+                }
+            }
+        } else {
+            None
         };
         let destination = account.outbound.as_deref().and_then(|o| {
             Uri::try_from(format!("sip:{o}").as_str())
@@ -497,11 +556,16 @@ impl Calls {
             destination,
             content_type: Some("application/sdp".into()),
             offer: Some(sdp_offer.into_bytes()),
-            contact: self.contact(
-                &account.username,
-                account.tcp,
-                account.public_addr.as_deref(),
-            ),
+            contact: match &tls_local {
+                Some(local) => {
+                    Calls::tls_contact(&account.username, local, account.public_addr.as_deref())
+                }
+                None => self.contact(
+                    &account.username,
+                    account.tcp,
+                    account.public_addr.as_deref(),
+                ),
+            },
             credential: Some(Credential {
                 username: account.username.clone(),
                 password: account.password.clone(),
@@ -562,11 +626,18 @@ impl Calls {
     /// A new INVITE from the dispatcher.
     pub(crate) fn incoming(&self, mut tx: Transaction) {
         let req = tx.original.clone();
+        let transport = tx.connection.as_ref().map(|c| c.transport());
         let info = describe_invite(
             &req,
-            tx.connection.as_ref().map(|c| c.transport()) == Some(Transport::Tcp),
+            matches!(transport, Some(Transport::Tcp | Transport::Tls)),
         );
-        let contact = self.contact(&info.to_user, info.tcp, None);
+        // Over TLS our Contact is the connection's local end (we have no listener).
+        let contact = match (&tx.connection, transport) {
+            (Some(conn), Some(Transport::Tls)) => {
+                Calls::tls_contact(&info.to_user, conn.get_addr(), None)
+            }
+            _ => self.contact(&info.to_user, info.tcp, None),
+        };
         let (state_tx, state_rx) = self.layer.new_dialog_state_channel();
         let dialog =
             match self

@@ -16,6 +16,7 @@ mod request;
 pub mod stack;
 pub mod subscription;
 pub mod time;
+mod tls;
 pub mod trace;
 
 pub use call::{

@@ -13,7 +13,7 @@ use tokio::time::{sleep_until, Instant};
 
 /// Answers to a REGISTER that will not change soon (credentials, no such user):
 /// their back-off starts at [`FIRST_RETRY_REFUSED`].
-pub(crate) const REGISTER_REFUSALS: &[u16] = &[401, 403, 404, 407];
+pub(crate) const REGISTER_REFUSALS: &[u16] = &[401, 403, 404, 407, 495];
 
 /// Answers to a SUBSCRIBE or PUBLISH that will not change soon: the registration's,
 /// plus method or event package not supported, and declined.

@@ -24,10 +24,17 @@ use crate::digest::{answer, pick_challenge, Challenge};
 use crate::refresh::{RefreshSchedule, REGISTER_REFUSALS};
 use crate::request::NoAnswer;
 use crate::stack::SipStack;
+use crate::tls::{TlsClient, TlsFlows};
 
 /// How long we wait for a registrar's final answer before calling it a failure.
 /// Shorter than the transaction's 32 s so a dead registrar is reported promptly.
 pub(crate) const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The local code of a registration whose registrar's TLS certificate was refused
+/// (or whose CA file cannot be used): 495, "Invalid TLS certificate" (RFC 8599's
+/// code for a bad client certificate, the closest there is). Retried after the
+/// back-off of a refusal, never at full speed.
+pub(crate) const TLS_REFUSED: u16 = 495;
 
 /// Which transport REGISTER (and the Contact) uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,6 +43,9 @@ pub enum SipTransport {
     Udp,
     /// TCP.
     Tcp,
+    /// TLS over TCP: our connection to the registrar, kept open; incoming
+    /// requests come down it.
+    Tls,
 }
 
 /// Everything one account's registration needs.
@@ -67,6 +77,9 @@ pub struct RegistrationConfig {
     pub public_addr: Option<String>,
     /// Follow the registrar's `received`/`rport` view of our address.
     pub allow_rewrite: bool,
+    /// The CA file trusted for the registrar's TLS certificate besides the system
+    /// roots (`tlsCaFile`, the account's or `[Settings]`').
+    pub tls_ca_file: Option<String>,
     /// `[Settings] rport` (the stack's inspector puts `;rport` in our Via, or not).
     /// MicroSIP's `rport=0` is pjsip's `disable_rport`: then `allowRewrite` follows
     /// only a `received` host, keeping our own port (an `rport=` a registrar sends
@@ -220,6 +233,15 @@ struct Client {
     udp: rsipstack::transport::udp::UdpConnection,
     tcp: Option<SipConnection>,
     tcp_listener: Option<SocketAddr>,
+    /// Our TLS connection to `destination` and its token (cancelled by the stack
+    /// when the connection ends).
+    tls: Option<(SipConnection, tokio_util::sync::CancellationToken)>,
+    /// Trust for TLS, made on the first connection (or why it could not be).
+    tls_client: Option<Result<Arc<TlsClient>, String>>,
+    tls_flows: TlsFlows,
+    /// A Contact bound over an earlier TLS connection: removed (expires=0) by the
+    /// next REGISTER.
+    stale_contact: Option<Uri>,
     /// The last challenge, reused on refreshes (saves a round trip).
     challenge: Option<(Challenge, u8)>,
 }
@@ -239,6 +261,15 @@ trait Registrar {
     /// One REGISTER exchange with `expires` (0 removes the binding).
     async fn exchange(&mut self, expires: u32) -> Outcome;
     async fn send_keep_alive(&mut self);
+    /// A token cancelled when the connection the registration rides on ends
+    /// (TLS); `None`: nothing to watch.
+    fn flow_token(&self) -> Option<tokio_util::sync::CancellationToken> {
+        None
+    }
+    /// Forgets the connection that ended; says which it was.
+    fn flow_lost(&mut self) -> String {
+        String::new()
+    }
 }
 
 impl Registrar for Client {
@@ -264,6 +295,16 @@ impl Registrar for Client {
     async fn send_keep_alive(&mut self) {
         Client::send_keep_alive(self).await
     }
+    fn flow_token(&self) -> Option<tokio_util::sync::CancellationToken> {
+        self.tls.as_ref().map(|(_, token)| token.clone())
+    }
+    fn flow_lost(&mut self) -> String {
+        self.drop_tls();
+        format!(
+            "TLS connection to {} lost; reconnecting",
+            self.destination.addr
+        )
+    }
 }
 
 /// The registration task: registers at once, refreshes before expiry, backs off
@@ -284,10 +325,34 @@ async fn run<R: Registrar>(
     let mut queued: VecDeque<Control> = VecDeque::new();
 
     loop {
+        let flow = client.flow_token();
+        let flow_closed = async move {
+            match flow {
+                Some(token) => token.cancelled_owned().await,
+                None => std::future::pending().await,
+            }
+        };
         let request = if let Some(c) = queued.pop_front() {
             Some(c)
         } else {
             tokio::select! {
+                _ = flow_closed, if wanted => {
+                    // The connection we registered over is gone: so is the way in
+                    // for our calls. Say so, then connect and register again now.
+                    let reason = client.flow_lost();
+                    warn!("account {account}: {reason}");
+                    if registered {
+                        registered = false;
+                        let _ = events.send(RegistrationEvent::Failed {
+                            account,
+                            code: 503,
+                            reason,
+                            retry_in: 0,
+                        });
+                        schedule.due_now(Instant::now());
+                    }
+                    continue;
+                }
                 c = control.recv() => match c {
                     Some(c) => Some(c),
                     None => Some(Control::Stop(oneshot::channel().0)),
@@ -416,7 +481,11 @@ impl Client {
     fn new(stack: &SipStack, config: RegistrationConfig) -> Client {
         let inner = stack.inner();
         let tcp = config.transport == SipTransport::Tcp;
-        let transport = if tcp { Transport::Tcp } else { Transport::Udp };
+        let transport = match config.transport {
+            SipTransport::Udp => Transport::Udp,
+            SipTransport::Tcp => Transport::Tcp,
+            SipTransport::Tls => Transport::Tls,
+        };
         let udp_addr = stack.udp.get_addr().clone();
         let local = match (tcp, stack.tcp_addr()) {
             (true, Some(addr)) => SipAddr {
@@ -444,6 +513,10 @@ impl Client {
             udp: stack.udp.clone(),
             tcp: None,
             tcp_listener: stack.tcp_addr(),
+            tls: None,
+            tls_client: None,
+            tls_flows: stack.tls_flows.clone(),
+            stale_contact: None,
             challenge: None,
             inner,
             config,
@@ -487,6 +560,10 @@ impl Client {
         }
         req.headers
             .push(Contact::new(format!("<{}>", self.contact)).into());
+        if let Some(stale) = &self.stale_contact {
+            req.headers
+                .push(Contact::new(format!("<{stale}>;expires=0")).into());
+        }
         req.headers.push(Expires::from(expires).into());
         req.headers.push(Header::Allow(crate::stack::ALLOW.into()));
         if let Some(auth) = auth {
@@ -523,6 +600,13 @@ impl Client {
         let mut too_brief = 0;
         let mut last = Outcome::local(408, "Request Timeout");
         for _round in 0..6 {
+            // Over TLS the connection comes first: our Via and Contact are its
+            // local end.
+            if self.config.transport == SipTransport::Tls {
+                if let Err(out) = self.tls_connection().await {
+                    return out;
+                }
+            }
             let auth = self.credentials_answer(&self.registrar_uri.clone());
             let sent_with_auth = auth.is_some();
             let req = match self.build(expires, auth) {
@@ -542,6 +626,7 @@ impl Client {
             };
             match code {
                 200..=299 => {
+                    self.stale_contact = None;
                     if expires > 0 && self.config.allow_rewrite && self.follow_rport(&resp) {
                         continue;
                     }
@@ -592,13 +677,16 @@ impl Client {
     /// Sends one request and waits (at most [`ANSWER_TIMEOUT`]) for the final answer.
     /// The transaction runs in its own task, so giving up here is safe.
     async fn transact(&mut self, req: Request) -> Result<Response, Outcome> {
-        let connection = if self.config.transport == SipTransport::Tcp {
-            match self.tcp_connection().await {
+        let connection = match self.config.transport {
+            SipTransport::Tcp => match self.tcp_connection().await {
                 Ok(c) => Some(c),
                 Err(e) => return Err(Outcome::local(503, &e)),
-            }
-        } else {
-            Some(SipConnection::Udp(self.udp.clone()))
+            },
+            SipTransport::Tls => match self.tls_connection().await {
+                Ok(c) => Some(c),
+                Err(out) => return Err(out),
+            },
+            SipTransport::Udp => Some(SipConnection::Udp(self.udp.clone())),
         };
         let result = crate::request::send_and_wait(
             self.inner.clone(),
@@ -612,16 +700,86 @@ impl Client {
             Ok(resp) => Ok(resp),
             Err(NoAnswer::Unsent(e)) => {
                 self.drop_tcp();
+                self.drop_tls();
                 Err(Outcome::local(503, &e))
             }
             Err(NoAnswer::Timeout) => {
                 self.drop_tcp();
+                self.drop_tls();
                 Err(Outcome::local(
                     408,
                     "Request Timeout (no answer from registrar)",
                 ))
             }
         }
+    }
+
+    /// Closes our TLS connection (if any) and forgets it.
+    fn drop_tls(&mut self) {
+        if let Some((conn, token)) = self.tls.take() {
+            token.cancel();
+            self.inner.transport_layer.remove_connection(&conn);
+            self.tls_flows.forget(&self.destination);
+        }
+    }
+
+    /// Our TLS connection to the registrar (or proxy), made on first use: the
+    /// certificate checked against the system roots and `tlsCaFile`. Our Via and
+    /// Contact take its local address, so the registrar sends our calls down it.
+    /// A refused certificate fails with code 495 ("TLS: certificate not trusted...").
+    async fn tls_connection(&mut self) -> Result<SipConnection, Outcome> {
+        if let Some((conn, token)) = &self.tls {
+            if !token.is_cancelled() {
+                return Ok(conn.clone());
+            }
+            self.drop_tls();
+        }
+        let client = match &self.tls_client {
+            Some(made) => made.clone(),
+            None => {
+                let made = TlsClient::new(self.config.tls_ca_file.as_deref()).map(Arc::new);
+                self.tls_client = Some(made.clone());
+                made
+            }
+        }
+        .map_err(|e| Outcome::local(TLS_REFUSED, &e))?;
+        let remote = self.destination.get_socketaddr().map_err(|e| {
+            Outcome::local(
+                503,
+                &format!("TLS: registrar address {}: {e}", self.destination),
+            )
+        })?;
+        let server_name = self.destination.addr.host.to_string();
+        let stream = client.connect(remote, &server_name).await.map_err(|f| {
+            Outcome::local(if f.certificate { TLS_REFUSED } else { 503 }, &f.reason)
+        })?;
+        let token = tokio_util::sync::CancellationToken::new();
+        let conn = rsipstack::transport::tls::TlsConnection::from_client_stream(
+            stream,
+            self.destination.clone(),
+            Some(token.clone()),
+        )
+        .await
+        .map_err(|e| Outcome::local(503, &format!("TLS connection: {e}")))?;
+        let conn = SipConnection::Tls(conn);
+        let local = conn.get_addr().clone();
+        debug!("TLS connection {local} -> {}", self.destination);
+        let contact = crate::call::Calls::tls_contact(
+            &self.config.username,
+            &local,
+            self.config.public_addr.as_deref(),
+        );
+        // A binding made over an earlier connection points at a dead flow: the
+        // next REGISTER removes it.
+        if self.cseq > 0 && contact != self.contact {
+            self.stale_contact = Some(self.contact.clone());
+        }
+        self.contact = contact;
+        self.local = local.clone();
+        self.tls_flows.set(&self.destination, local);
+        self.inner.transport_layer.add_connection(conn.clone());
+        self.tls = Some((conn.clone(), token));
+        Ok(conn)
     }
 
     fn drop_tcp(&mut self) {
@@ -670,11 +828,14 @@ impl Client {
         let Some(seen) = seen_address(&via.params, &self.contact, self.config.rport) else {
             return false;
         };
-        let tcp = self.config.transport == SipTransport::Tcp;
         let text = format!(
             "sip:{}@{seen}{}",
             self.config.username,
-            if tcp { ";transport=tcp" } else { "" }
+            match self.config.transport {
+                SipTransport::Udp => "",
+                SipTransport::Tcp => ";transport=tcp",
+                SipTransport::Tls => ";transport=tls",
+            }
         );
         match Uri::try_from(text.as_str()) {
             Ok(uri) => {
@@ -692,6 +853,10 @@ impl Client {
             SipTransport::Udp => self.udp.send_raw(b"\r\n\r\n", &self.destination).await,
             SipTransport::Tcp => match &self.tcp {
                 Some(SipConnection::Tcp(conn)) => conn.send_raw(b"\r\n\r\n").await,
+                _ => Ok(()),
+            },
+            SipTransport::Tls => match &self.tls {
+                Some((SipConnection::Tls(conn), _)) => conn.send_raw(b"\r\n\r\n").await,
                 _ => Ok(()),
             },
         };

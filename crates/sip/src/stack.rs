@@ -24,6 +24,7 @@ use crate::call::{CallSignal, Calls, CancelReasons};
 use crate::message::IncomingMessage;
 use crate::reader::{self, EchoBook, Frame, ReaderConfig, ResponseView, Verdict};
 use crate::subscription::{route_notify, NotifyRoutes};
+use crate::tls::TlsFlows;
 use crate::trace::{Direction, SipTrace};
 use crate::SipError;
 
@@ -67,6 +68,8 @@ pub struct SipStack {
     calls: Calls,
     /// Where NOTIFYs for our subscriptions go (by Call-ID and our tag).
     pub(crate) notify_routes: NotifyRoutes,
+    /// Our TLS connections open now (the registrations'), by remote.
+    pub(crate) tls_flows: TlsFlows,
     cancel: CancellationToken,
 }
 
@@ -181,11 +184,13 @@ impl SipStack {
         }
         let (signal_tx, signal_rx) = mpsc::unbounded_channel();
         let layer = Arc::new(DialogLayer::new(endpoint.inner.clone()));
+        let tls_flows = TlsFlows::default();
         let calls = Calls::new(
             layer,
             signal_tx,
             udp.get_addr().clone(),
             tcp_local,
+            tls_flows.clone(),
             cancel_reasons,
         );
         let (message_tx, message_rx) = mpsc::unbounded_channel();
@@ -209,6 +214,7 @@ impl SipStack {
                 tcp_addr,
                 calls,
                 notify_routes,
+                tls_flows,
                 cancel,
             },
             SipInbox {
@@ -293,8 +299,12 @@ impl Reading {
     /// Runs one message through the reader; what it answers or drops is traced
     /// here (the stack never sees it).
     fn read(&self, bytes: &[u8], tcp: bool, from: SocketAddr) -> Verdict {
-        let verdict = reader::read(bytes, tcp, from, &self.config, &self.echo);
-        let transport = if tcp { "TCP" } else { "UDP" };
+        self.read_as(bytes, tcp, if tcp { "TCP" } else { "UDP" }, from)
+    }
+
+    /// As [`Reading::read`], traced under `transport` ("TLS" for a TLS stream).
+    fn read_as(&self, bytes: &[u8], stream: bool, transport: &str, from: SocketAddr) -> Verdict {
+        let verdict = reader::read(bytes, stream, from, &self.config, &self.echo);
         match &verdict {
             Verdict::Pass(_) => {}
             Verdict::Answer(resp) => {
@@ -409,31 +419,40 @@ impl rsipstack::transaction::endpoint::TransportEventInspector for StackStreams 
     {
         use rsipstack::transport::TransportEvent;
         Box::pin(async move {
-            let TransportEvent::Incoming(msg, SipConnection::Tcp(conn), from) = event else {
+            let TransportEvent::Incoming(msg, conn, from) = event else {
                 return Some(event);
             };
+            if !matches!(conn, SipConnection::Tcp(_) | SipConnection::Tls(_)) {
+                return Some(TransportEvent::Incoming(msg, conn, from));
+            }
             let Ok(remote) = from.get_socketaddr() else {
-                return Some(TransportEvent::Incoming(
-                    msg,
-                    SipConnection::Tcp(conn),
-                    from,
-                ));
+                return Some(TransportEvent::Incoming(msg, conn, from));
             };
-            match self.reading.read(&msg.to_bytes(), true, remote) {
+            let transport = if matches!(conn, SipConnection::Tls(_)) {
+                "TLS"
+            } else {
+                "TCP"
+            };
+            match self
+                .reading
+                .read_as(&msg.to_bytes(), true, transport, remote)
+            {
                 Verdict::Pass(bytes) => match SipMessage::try_from(bytes.as_slice()) {
-                    Ok(checked) => Some(TransportEvent::Incoming(
-                        checked,
-                        SipConnection::Tcp(conn),
-                        from,
-                    )),
-                    Err(_) => Some(TransportEvent::Incoming(
-                        msg,
-                        SipConnection::Tcp(conn),
-                        from,
-                    )),
+                    Ok(checked) => Some(TransportEvent::Incoming(checked, conn, from)),
+                    Err(_) => Some(TransportEvent::Incoming(msg, conn, from)),
                 },
                 Verdict::Answer(resp) => {
-                    let _ = conn.inner.send_raw(&resp).await;
+                    let sent = match &conn {
+                        SipConnection::Tcp(c) => c.inner.send_raw(&resp).await,
+                        SipConnection::Tls(c) => {
+                            use rsipstack::transport::stream::StreamConnection;
+                            c.send_raw(&resp).await
+                        }
+                        _ => Ok(()),
+                    };
+                    if let Err(e) = sent {
+                        debug!("could not answer {remote} ({transport}): {e}");
+                    }
                     None
                 }
                 Verdict::Drop(_) => None,
