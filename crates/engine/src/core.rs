@@ -50,6 +50,10 @@ pub struct CoreSetup {
     pub bind_ip: IpAddr,
     /// The local address towards each account's server (for SDP when bound to all).
     pub media_ips: HashMap<u32, IpAddr>,
+    /// A local address of the other family than `bind_ip` (IPv6 for an IPv4 phone,
+    /// IPv4 for an IPv6 one), for calls whose peer offers only that family; `None`
+    /// when the machine has none.
+    pub other_family_ip: Option<IpAddr>,
     /// Whether this machine has a sound system (an empty device key means its
     /// default device then, else `null`).
     pub sound_system: bool,
@@ -107,6 +111,7 @@ pub struct Core {
     pub(crate) config: Config,
     pub(crate) bind_ip: IpAddr,
     pub(crate) media_ips: HashMap<u32, IpAddr>,
+    pub(crate) other_family_ip: Option<IpAddr>,
     pub(crate) sound_system: bool,
     pub(crate) accounts: BTreeMap<u32, AccountSlot>,
     pub(crate) active_account: u32,
@@ -148,6 +153,7 @@ impl Core {
             active_account: setup.config.settings.account_id,
             bind_ip: setup.bind_ip,
             media_ips: setup.media_ips,
+            other_family_ip: setup.other_family_ip,
             sound_system: setup.sound_system,
             config: setup.config,
             accounts: BTreeMap::new(),
@@ -875,6 +881,10 @@ pub(crate) fn host_ip(host_port: &str) -> Option<IpAddr> {
     if let Ok(sa) = s.parse::<std::net::SocketAddr>() {
         return Some(sa.ip());
     }
+    // `[v6]` without a port.
+    if let Some(inner) = s.strip_prefix('[').and_then(|r| r.strip_suffix(']')) {
+        return inner.parse().ok();
+    }
     s.rsplit_once(':').and_then(|(h, _)| h.parse().ok())
 }
 
@@ -940,6 +950,10 @@ mod tests {
     #[test]
     fn host_ip_forms() {
         assert_eq!(host_ip("127.0.0.1"), Some(IpAddr::from([127, 0, 0, 1])));
+        let v6_loopback = Some(IpAddr::from(std::net::Ipv6Addr::LOCALHOST));
+        assert_eq!(host_ip("[::1]"), v6_loopback);
+        assert_eq!(host_ip("[::1]:5070"), v6_loopback);
+        assert_eq!(host_ip("::1"), v6_loopback);
         assert_eq!(
             host_ip("127.0.0.1:5070"),
             Some(IpAddr::from([127, 0, 0, 1]))

@@ -319,6 +319,7 @@ pub async fn start(
             config: setup.config,
             bind_ip,
             media_ips,
+            other_family_ip: microsip_sip::other_family_ip(bind_ip),
             sound_system: microsip_media::device::sound_system_present(),
             call_on_start: setup.call_on_start,
             seed: seed(),
@@ -1000,8 +1001,9 @@ fn run_media(
             sink,
             fallback_source,
             fallback_sink,
+            bind,
         } => {
-            let result = match media.open(call, source.clone(), sink.clone()) {
+            let result = match media.open_on(call, bind, source.clone(), sink.clone()) {
                 Err(e) if fallback_source || fallback_sink => {
                     warn!(
                         "call {call}: the default sound device cannot be used ({e}); going on without it"
@@ -1012,7 +1014,7 @@ fn run_media(
                         source
                     };
                     let sink = if fallback_sink { AudioSpec::Null } else { sink };
-                    media.open(call, source, sink)
+                    media.open_on(call, bind, source, sink)
                 }
                 other => other,
             };

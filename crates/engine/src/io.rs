@@ -452,6 +452,8 @@ pub enum MediaAction {
         fallback_source: bool,
         /// Fall back to `null` when the sink cannot be opened.
         fallback_sink: bool,
+        /// The address to bind the RTP socket on; `None`: the media engine's.
+        bind: Option<std::net::IpAddr>,
     },
     /// Start or update the call's RTP stream after an offer/answer.
     Configure {

@@ -61,6 +61,7 @@ impl Bench {
                 config,
                 bind_ip: [127, 0, 0, 1].into(),
                 media_ips: HashMap::new(),
+                other_family_ip: None,
                 sound_system: false,
                 call_on_start: call,
                 seed: 42,
