@@ -451,7 +451,7 @@ impl Core {
                 sink,
                 fallback_source,
                 fallback_sink,
-                bind,
+                bind: bind.or(self.media_bind),
             },
             Some(then),
         );

@@ -112,6 +112,9 @@ pub struct Core {
     pub(crate) bind_ip: IpAddr,
     pub(crate) media_ips: HashMap<u32, IpAddr>,
     pub(crate) other_family_ip: Option<IpAddr>,
+    /// Where RTP sockets are bound once SIP moved to a new address (the media
+    /// engine's own address is the one it started with); `None` until then.
+    pub(crate) media_bind: Option<IpAddr>,
     pub(crate) sound_system: bool,
     pub(crate) accounts: BTreeMap<u32, AccountSlot>,
     pub(crate) active_account: u32,
@@ -154,6 +157,7 @@ impl Core {
             bind_ip: setup.bind_ip,
             media_ips: setup.media_ips,
             other_family_ip: setup.other_family_ip,
+            media_bind: None,
             sound_system: setup.sound_system,
             config: setup.config,
             accounts: BTreeMap::new(),
@@ -210,6 +214,7 @@ impl Core {
             Input::Presence(event) => self.on_presence(event),
             Input::Media(event) => self.on_media_event(event),
             Input::Done { ticket, result } => self.on_done(ticket, result),
+            Input::Network(change) => self.on_network(change),
         }
         self.after_input();
     }
@@ -889,7 +894,7 @@ pub(crate) fn host_ip(host_port: &str) -> Option<IpAddr> {
 }
 
 /// `rport`: the `[Settings]` key (RFC 3581 in our Via; 0 leaves it out).
-fn registration_config(account: &Account, rport: bool) -> Option<RegistrationConfig> {
+pub(crate) fn registration_config(account: &Account, rport: bool) -> Option<RegistrationConfig> {
     let server = account.server.clone().filter(|s| !s.trim().is_empty())?;
     Some(RegistrationConfig {
         account: account.number,

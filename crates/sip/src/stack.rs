@@ -697,17 +697,25 @@ fn without_rport(headers: &mut rsipstack::sip::Headers) {
 
 /// The local address the kernel would use to reach `remote` (no packet is sent).
 pub fn local_ip_towards(remote: IpAddr) -> IpAddr {
-    let probe = || -> std::io::Result<IpAddr> {
-        let bind: SocketAddr = if remote.is_ipv6() {
-            "[::]:0".parse().map_err(std::io::Error::other)?
+    probe_local_ip(remote).unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST))
+}
+
+/// The local address the system would send from to reach `remote` (a UDP
+/// `connect`, which sends nothing); `None` when there is no route (the link is
+/// down, the address went away).
+pub fn probe_local_ip(remote: IpAddr) -> Option<IpAddr> {
+    let bind = SocketAddr::new(
+        if remote.is_ipv6() {
+            std::net::Ipv6Addr::UNSPECIFIED.into()
         } else {
-            SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0)
-        };
-        let socket = UdpSocket::bind(bind)?;
-        socket.connect(SocketAddr::new(remote, 9))?;
-        Ok(socket.local_addr()?.ip())
-    };
-    probe().unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST))
+            Ipv4Addr::UNSPECIFIED.into()
+        },
+        0,
+    );
+    let socket = UdpSocket::bind(bind).ok()?;
+    socket.connect(SocketAddr::new(remote, 9)).ok()?;
+    let local = socket.local_addr().ok()?.ip();
+    (!local.is_unspecified()).then_some(local)
 }
 
 /// A local address of the other family than `ip`, for media with a peer that
