@@ -1190,13 +1190,21 @@ mod tests {
         assert_eq!(c.accounts.len(), 1);
         let local = c.active_account().unwrap();
         assert_eq!(local.domain, "127.0.0.1");
+        assert_eq!(local.label.as_deref(), Some("Local"));
+        assert!(local.active);
+    }
+
+    #[test]
+    fn bare_ipv6_literals_are_bracketed() {
         let v6 = config("[Account1]\ndomain=::1\nserver=::1\nproxy=[::1]:5070\n");
-        let a = &v6.accounts[0];
+        let a = v6.accounts.iter().find(|a| a.number == 1).unwrap();
         assert_eq!(a.domain, "[::1]");
         assert_eq!(a.server.as_deref(), Some("[::1]"));
         assert_eq!(a.proxy, vec!["[::1]:5070".to_string()]);
-        assert_eq!(local.label.as_deref(), Some("Local"));
-        assert!(local.active);
+        let v4 = config("[Account1]\ndomain=example.com\nserver=192.0.2.1:5060\n");
+        let a = v4.accounts.iter().find(|a| a.number == 1).unwrap();
+        assert_eq!(a.domain, "example.com");
+        assert_eq!(a.server.as_deref(), Some("192.0.2.1:5060"));
     }
 
     #[test]
