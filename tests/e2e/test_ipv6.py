@@ -90,10 +90,11 @@ def test_registers_over_ipv6_with_bracketed_contact_and_via(kam6, make_phone, tm
         assert any("transport=tcp" in c["address"].lower() for c in contacts), contacts
 
 
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
 def test_call_to_baresip_over_ipv6_with_audio_both_ways(kam6, make_phone, make_baresip,
-                                                         tmp_path):
+                                                         tmp_path, transport):
     b = make_baresip(kam6, "1002", tone=TONE_PEER)
-    ph = phone6(make_phone, kam6, tmp_path)
+    ph = phone6(make_phone, kam6, tmp_path, transport=transport)
     rc, out, err = ph.cmd("dial", "1002")
     assert rc == 0, (out, err)
     cid = int(out.strip())
@@ -105,6 +106,8 @@ def test_call_to_baresip_over_ipv6_with_audio_both_ways(kam6, make_phone, make_b
     wait_event(ph, "call.ended", lambda e: e.get("call") == cid)
     invite = traced(ph, True, "INVITE")[0]
     assert invite.first_line.startswith("INVITE sip:1002@[::1]"), invite.first_line
+    assert invite.transport == transport.upper() and invite.dst.startswith("[::1]:"), \
+        (invite.transport, invite.dst)
     assert "c=IN IP6 ::1" in invite.body and "o=" in invite.body, invite.body
     answer = [m for m in traced(ph, False, code=200) if m.cseq_method == "INVITE" and m.body]
     assert answer and "c=IN IP6 ::1" in answer[0].body, answer
