@@ -19,6 +19,7 @@ import ctypes
 import ctypes.util
 import os
 import subprocess
+import time
 
 CLONE_NEWNET = 0x40000000
 
@@ -62,3 +63,57 @@ def isolated():
 def current() -> str:
     """The identity of this thread's network namespace (`net:[inode]`)."""
     return os.readlink("/proc/thread-self/ns/net")
+
+
+@contextlib.contextmanager
+def entered(path: str):
+    """This thread in the network namespace at `path` (`/proc/PID/ns/net`) for the
+    `with` block, then back where it was: what it starts meanwhile lives there."""
+    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    target = os.open(path, os.O_RDONLY)
+    try:
+        _check(_libc.setns(target, CLONE_NEWNET), f"setns into {path}")
+        try:
+            yield
+        finally:
+            _check(_libc.setns(home, CLONE_NEWNET), "setns back")
+    finally:
+        os.close(target)
+        os.close(home)
+
+
+class Peer:
+    """A second network namespace next to the test's, kept alive by a `sleep`
+    process (`unshare --net`, root), joined to the test's namespace by a veth pair:
+    `here` (this side) and `there`. Start peers inside it with `with
+    netns.entered(ns.path):`. `stop()` (by pid) ends it."""
+
+    def __init__(self, here: str = "veth0", there: str = "veth1", seconds: int = 900):
+        self.here, self.there = here, there
+        self.proc = subprocess.Popen(["unshare", "--net", "sleep", str(seconds)],
+                                     start_new_session=True)
+        self.path = f"/proc/{self.proc.pid}/ns/net"
+        for _ in range(100):  # bounded: until unshare has exec'd sleep
+            if os.path.exists(self.path) and os.readlink(self.path) != current():
+                break
+            time.sleep(0.02)
+        else:
+            raise OSError("the peer namespace did not appear")
+        self.run_here("ip", "link", "add", here, "type", "veth", "peer", "name", there,
+                      "netns", str(self.proc.pid))
+        self.run_there("ip", "link", "set", "lo", "up")
+        self.run_there("ip", "link", "set", there, "up")
+        self.run_here("ip", "link", "set", here, "up")
+
+    @staticmethod
+    def run_here(*cmd: str) -> None:
+        subprocess.run(list(cmd), check=True, capture_output=True, timeout=10)
+
+    def run_there(self, *cmd: str) -> None:
+        subprocess.run(["nsenter", f"--net={self.path}", *cmd], check=True,
+                       capture_output=True, timeout=10)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(10)

@@ -40,6 +40,21 @@ KAMAILIO_CFG = HERE / "kamailio" / "kamailio.cfg"
 KAMAILIO_DBTEXT = Path("/usr/share/kamailio/dbtext/kamailio")  # db_text schemas (presence tables)
 SIPP_DIR = HERE / "sipp"
 LOOPBACK = "127.0.0.1"
+LOOPBACK6 = "::1"
+
+
+def host_port(ip: str, port: int) -> str:
+    """`ip:port`, with an IPv6 literal in brackets (`[::1]:5060`)."""
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+
+
+def uri_host(ip: str) -> str:
+    """An IP as the host part of a SIP URI (IPv6 in brackets)."""
+    return f"[{ip}]" if ":" in ip else ip
+
+
+def ip_family(ip: str) -> int:
+    return socket.AF_INET6 if ":" in ip else socket.AF_INET
 
 # Objects created during the current test; conftest prints their diagnostics
 # when the test fails.
@@ -325,7 +340,9 @@ class Kamailio:
                  max_expires: int = 3600, algorithm: str = "MD5",
                  presence_server: str | None = None, presence_module: bool = False,
                  tls_cert: Path | None = None, tls_key: Path | None = None,
-                 tls_port: int | None = None):
+                 tls_port: int | None = None, ip: str = LOOPBACK):
+        # ip: the address it listens on (UDP and TCP): 127.0.0.1, or "::1" for IPv6.
+        self.ip = ip
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         # The ctl socket path must stay short (sun_path is 108 bytes).
@@ -367,6 +384,9 @@ class Kamailio:
         text = KAMAILIO_CFG.read_text()
         for key, val in {
             "PORT": str(self.port),
+            "LISTEN": uri_host(self.ip),
+            # Kamailio compares aliases with the bare address (no brackets).
+            "ALIAS": self.ip,
             "RUNDIR": str(self.rundir),
             "MIN_EXPIRES": str(self.min_expires),
             "MAX_EXPIRES": str(self.max_expires),
@@ -394,7 +414,7 @@ class Kamailio:
 
     @property
     def address(self) -> str:
-        return f"{LOOPBACK}:{self.port}"
+        return host_port(self.ip, self.port)
 
     @property
     def tls_address(self) -> str:
@@ -434,22 +454,23 @@ class Kamailio:
 
     def _options_ok(self) -> bool:
         """Sends one OPTIONS over UDP and expects a 200 (Kamailio is serving SIP)."""
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s = socket.socket(ip_family(self.ip), socket.SOCK_DGRAM)
         try:
-            s.bind((LOOPBACK, 0))
+            s.bind((self.ip, 0))
             s.settimeout(0.5)
             lport = s.getsockname()[1]
             branch = "z9hG4bK" + secrets.token_hex(8)
+            here = host_port(self.ip, lport)
             msg = (
                 f"OPTIONS sip:{self.address} SIP/2.0\r\n"
-                f"Via: SIP/2.0/UDP {LOOPBACK}:{lport};branch={branch};rport\r\n"
+                f"Via: SIP/2.0/UDP {here};branch={branch};rport\r\n"
                 f"Max-Forwards: 5\r\n"
-                f"From: <sip:probe@{LOOPBACK}>;tag={secrets.token_hex(4)}\r\n"
+                f"From: <sip:probe@{uri_host(self.ip)}>;tag={secrets.token_hex(4)}\r\n"
                 f"To: <sip:{self.address}>\r\n"
-                f"Call-ID: {secrets.token_hex(8)}@{LOOPBACK}\r\n"
+                f"Call-ID: {secrets.token_hex(8)}@probe\r\n"
                 f"CSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
             )
-            s.sendto(msg.encode(), (LOOPBACK, self.port))
+            s.sendto(msg.encode(), (self.ip, self.port))
             data, _ = s.recvfrom(65535)
             return data.startswith(b"SIP/2.0 200")
         except OSError:
@@ -1090,7 +1111,10 @@ class Sipp:
     def __init__(self, workdir: Path, scenario: str | None = None, port: int | None = None,
                  calls: int = 1, timeout_s: int = 120, extra: Iterable[str] = (),
                  remote: str | None = None, builtin: str | None = None,
-                 files: dict | None = None, media: bool | None = None, trace: bool = True):
+                 files: dict | None = None, media: bool | None = None, trace: bool = True,
+                 ip: str = LOOPBACK):
+        # ip: SIPp's local address for SIP and media (-i, -mi): "::1" for IPv6.
+        self.ip = ip
         if (scenario is None) == (builtin is None):
             raise ValueError("give a scenario file or a builtin scenario name")
         if builtin is not None:
@@ -1124,25 +1148,18 @@ class Sipp:
 
     @property
     def address(self) -> str:
-        return f"{LOOPBACK}:{self.port}"
-
-    @property
-    def tls_address(self) -> str:
-        """127.0.0.1:TLS_PORT (only with tls_cert)."""
-        if self.tls_port is None:
-            raise AssertionError("this Kamailio has no TLS listener (no tls_cert)")
-        return f"{LOOPBACK}:{self.tls_port}"
+        return host_port(self.ip, self.port)
 
     def start(self) -> "Sipp":
         scen = ["-sn", self.builtin] if self.builtin else ["-sf", str(self.scenario)]
-        args = [which("sipp") or "sipp", *scen, "-i", LOOPBACK,
+        args = [which("sipp") or "sipp", *scen, "-i", self.ip,
                 "-p", str(self.port), "-m", str(self.calls), "-timeout", f"{self.timeout_s}s",
                 "-nostdin", "-trace_err", "-error_file", str(self.error_log)]
         if self.trace:
             args += ["-trace_msg", "-message_file", str(self.message_log)]
         args += ["-trace_screen", "-screen_file", str(self.screen_log)]
         if self.media_port:
-            args += ["-mi", LOOPBACK, "-mp", str(self.media_port)]
+            args += ["-mi", self.ip, "-mp", str(self.media_port)]
         args += self.extra
         if self.remote:
             args.append(self.remote)
@@ -1155,9 +1172,9 @@ class Sipp:
         def bound():
             if self.proc.poll() is not None:
                 return "exited"
-            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s = socket.socket(ip_family(self.ip), socket.SOCK_DGRAM)
             try:
-                s.bind((LOOPBACK, self.port))
+                s.bind((self.ip, self.port))
                 return None
             except OSError:
                 return "bound"
@@ -1282,7 +1299,10 @@ class Baresip:
                  sip_port: int | None = None, quit_after: int = 900,
                  account_extra: str = "", extra_config: str = "", name: str | None = None,
                  sip_trace: bool = True, register: bool = True, outbound: bool = True,
-                 max_calls: int = 8, message_peer: str | None = None):
+                 max_calls: int = 8, message_peer: str | None = None,
+                 ip: str | None = None):
+        # ip: where it listens (SIP, RTP) and registers: the Kamailio's by default.
+        self.ip = ip or (kamailio.ip if kamailio else LOOPBACK)
         if not re.fullmatch(r"[A-Za-z0-9_.+-]+", user):
             raise ValueError(f"user name {user!r} not supported")
         if re.search(r"[;,<>\s\"]", password):
@@ -1332,23 +1352,24 @@ class Baresip:
     @property
     def aor(self) -> str:
         """The address of record as callers use it (no port)."""
-        return f"sip:{self.user}@{LOOPBACK}"
+        return f"sip:{self.user}@{uri_host(self.ip)}"
 
     @property
     def contact_uri(self) -> str:
         """Direct address, bypassing the registrar."""
-        return f"sip:{self.user}@{LOOPBACK}:{self.sip_port}"
+        return f"sip:{self.user}@{host_port(self.ip, self.sip_port)}"
 
     def account_line(self) -> str:
         # The AOR has no port (callers dial sip:USER@127.0.0.1); every request
         # goes through the registrar as outbound proxy (preloaded Route, which
         # kamailio.cfg consumes), so baresip can also call a bare
         # sip:USER@127.0.0.1 given in a REFER.
-        line = (f"<sip:{self.user}@{LOOPBACK};transport=udp>"
+        line = (f"<sip:{self.user}@{uri_host(self.ip)};transport=udp>"
                 f";auth_pass={self.password};answermode={self.answermode}"
                 f";audio_codecs={self.codecs};regint={600 if self.register else 0}")
         if self.outbound:
-            line += f";outbound=\"sip:{LOOPBACK}:{self.registrar_port};transport=udp\""
+            line += (f";outbound=\"sip:{host_port(self.ip, self.registrar_port)}"
+                     f";transport=udp\"")
         return line + self.account_extra
 
     def _write_config(self) -> None:
@@ -1357,8 +1378,9 @@ class Baresip:
         cfg = (
             "# written by tests/e2e/peers.py\n"
             "poll_method\t\tepoll\n"
-            f"sip_listen\t\t{LOOPBACK}:{self.sip_port}\n"
-            f"net_interface\t\t{LOOPBACK}\n"
+            f"sip_listen\t\t{host_port(self.ip, self.sip_port)}\n"
+            f"net_interface\t\t{self.ip}\n"
+            + ("net_prefer_ipv6\t\tyes\n" if ":" in self.ip else "") +
             "call_local_timeout\t120\n"
             f"call_max_calls\t\t{self.max_calls}\n"
             f"audio_player\t\taubridge,{self.name}\n"
@@ -1564,7 +1586,7 @@ class Baresip:
     def _my_contacts(self) -> list[dict]:
         assert self.kamailio is not None, "registered() needs the Kamailio object"
         return [c for c in self.kamailio.contacts(self.user)
-                if f"{LOOPBACK}:{self.sip_port}" in c["address"]]
+                if host_port(self.ip, self.sip_port) in c["address"]]
 
     def registered(self) -> bool:
         """Whether Kamailio's location table holds this baresip's contact."""

@@ -1135,9 +1135,13 @@ fn read_account(
         active,
         inactive_reason,
         label: r.text("label"),
-        server: r.text("server"),
-        proxy: r.list("proxy", &[' ', '\t']),
-        domain: domain.unwrap_or_default(),
+        server: r.text("server").map(|s| bracket_ipv6(&s)),
+        proxy: r
+            .list("proxy", &[' ', '\t'])
+            .iter()
+            .map(|p| bracket_ipv6(p))
+            .collect(),
+        domain: bracket_ipv6(&domain.unwrap_or_default()),
         username: r.text("username"),
         password: r.text("password"),
         auth_id: r.text("authID"),
@@ -1165,6 +1169,15 @@ fn read_account(
     }
 }
 
+/// A bare IPv6 literal (`::1`, `2001:db8::5`) as SIP writes a host: in brackets
+/// (`[::1]`), so `host` and `host:port` stay apart; anything else unchanged.
+fn bracket_ipv6(host: &str) -> String {
+    match host.trim().parse::<std::net::Ipv6Addr>() {
+        Ok(ip) => format!("[{ip}]"),
+        Err(_) => host.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1189,6 +1202,19 @@ mod tests {
         assert_eq!(local.domain, "127.0.0.1");
         assert_eq!(local.label.as_deref(), Some("Local"));
         assert!(local.active);
+    }
+
+    #[test]
+    fn bare_ipv6_literals_are_bracketed() {
+        let v6 = config("[Account1]\ndomain=::1\nserver=::1\nproxy=[::1]:5070\n");
+        let a = v6.accounts.iter().find(|a| a.number == 1).unwrap();
+        assert_eq!(a.domain, "[::1]");
+        assert_eq!(a.server.as_deref(), Some("[::1]"));
+        assert_eq!(a.proxy, vec!["[::1]:5070".to_string()]);
+        let v4 = config("[Account1]\ndomain=example.com\nserver=192.0.2.1:5060\n");
+        let a = v4.accounts.iter().find(|a| a.number == 1).unwrap();
+        assert_eq!(a.domain, "example.com");
+        assert_eq!(a.server.as_deref(), Some("192.0.2.1:5060"));
     }
 
     #[test]

@@ -197,6 +197,9 @@ pub(crate) struct Call {
     pub(crate) offer: Option<String>,
     /// Our side of the SDP (port, version), once media is open.
     pub(crate) local: Option<LocalMedia>,
+    /// Our media address when it is not the account's usual one (a peer of the
+    /// other address family).
+    pub(crate) media_ip: Option<std::net::IpAddr>,
     pub(crate) negotiated: Option<Negotiated>,
     /// DTMF digits to send once answered (`123,45#`).
     pub(crate) post_dial: Option<String>,
@@ -251,6 +254,7 @@ impl Call {
             local_hold: false,
             remote_hold: false,
             offer: None,
+            media_ip: None,
             local: None,
             negotiated: None,
             post_dial: None,
@@ -361,6 +365,22 @@ impl Core {
         }
     }
 
+    /// The IP for a call on `account` whose peer's media is at `peer` (an IP
+    /// literal of the target or the offer's address, when known): ours, unless
+    /// the peer is of the other family and we have an address of that family
+    /// (an IPv6-only offer on an IPv4 account is answered over IPv6).
+    fn media_ip_for(&self, account: &Account, peer: Option<std::net::IpAddr>) -> std::net::IpAddr {
+        let ours = self.media_ip(account);
+        match (peer, self.other_family_ip) {
+            (Some(peer), Some(other))
+                if peer.is_ipv6() != ours.is_ipv6() && other.is_ipv6() == peer.is_ipv6() =>
+            {
+                other
+            }
+            _ => ours,
+        }
+    }
+
     /// The IP we put in SDP for a call on `account`.
     fn media_ip(&self, account: &Account) -> std::net::IpAddr {
         if let Some(ip) = account
@@ -379,7 +399,7 @@ impl Core {
             .unwrap_or(std::net::IpAddr::from([127, 0, 0, 1]))
     }
 
-    fn local_media(&mut self, account: &Account, port: u16) -> LocalMedia {
+    fn local_media(&mut self, ip: std::net::IpAddr, port: u16) -> LocalMedia {
         let session_id = self.random();
         let mut codecs: Vec<sdp::Codec> = self
             .config
@@ -394,7 +414,7 @@ impl Core {
             codecs = vec![sdp::Codec::Pcma, sdp::Codec::Pcmu];
         }
         LocalMedia {
-            ip: self.media_ip(account),
+            ip,
             port,
             codecs,
             telephone_event: true,
@@ -410,8 +430,14 @@ impl Core {
         }
     }
 
-    /// Opens the call's media; `then` goes on with its RTP port.
-    fn open_media(&mut self, id: CallId, then: Then) -> Result<(), Reply> {
+    /// Opens the call's media on `bind` (`None`: the engine's address); `then`
+    /// goes on with its RTP port.
+    fn open_media(
+        &mut self,
+        id: CallId,
+        bind: Option<std::net::IpAddr>,
+        then: Then,
+    ) -> Result<(), Reply> {
         let sound = self.sound_system;
         let (source, fallback_source) =
             call_audio(self.config.settings.audio_input_device.as_deref(), sound)
@@ -426,6 +452,7 @@ impl Core {
                 sink,
                 fallback_source,
                 fallback_sink,
+                bind: bind.or(self.media_bind),
             },
             Some(then),
         );
@@ -669,8 +696,16 @@ impl Core {
         microsip_sip::call::check_target(&dialled.uri)
             .map_err(|e| fail(ErrorCode::BadArgument, e.to_string()))?;
         let id = self.new_call_id();
+        // A target given as an IP literal of the other family is called from an
+        // address of that family.
+        let (_, target_host) = microsip_sip::call::user_and_domain(&dialled.uri);
+        let bind = {
+            let ip = self.media_ip_for(&account, crate::core::host_ip(&target_host));
+            (ip != self.media_ip(&account)).then_some(ip)
+        };
         self.open_media(
             id,
+            bind,
             Then::Dial(Box::new(Placing {
                 call: id,
                 account: account.clone(),
@@ -688,6 +723,7 @@ impl Core {
         call.post_dial = dialled.post_dial.clone();
         call.transfer_for = transfer_for;
         call.placing = true;
+        call.media_ip = bind;
         self.calls.insert(id, call);
         self.legs.insert(id, id);
         Ok(())
@@ -731,7 +767,12 @@ impl Core {
                 return;
             }
         };
-        let local = self.local_media(&account, port);
+        let ip = self
+            .calls
+            .get(&id)
+            .and_then(|c| c.media_ip)
+            .unwrap_or_else(|| self.media_ip(&account));
+        let local = self.local_media(ip, port);
         let offer = sdp::offer(&local);
         let caller = self.caller_account(&account);
         self.sip(SipAction::Dial {
@@ -1095,10 +1136,28 @@ impl Core {
                 None => return self.reply(reply, fail(ErrorCode::NoCall, "no call is ringing")),
             },
         };
+        // An offer of the other address family is answered from an address of
+        // that family, on a socket of that family.
+        let offered = self
+            .calls
+            .get(&id)
+            .and_then(|c| c.offer.as_deref())
+            .and_then(|o| sdp::parse(o).ok())
+            .and_then(|o| o.audio_connection());
+        let account = self
+            .calls
+            .get(&id)
+            .and_then(|c| self.accounts.get(&c.account))
+            .map(|s| s.account.clone());
+        let bind = account.and_then(|a| {
+            let ip = self.media_ip_for(&a, offered);
+            (ip != self.media_ip(&a)).then_some(ip)
+        });
         if let Some(c) = self.calls.get_mut(&id) {
             c.answering = true;
+            c.media_ip = bind;
         }
-        if let Err(e) = self.open_media(id, Then::Answer { call: id, reply }) {
+        if let Err(e) = self.open_media(id, bind, Then::Answer { call: id, reply }) {
             if let Some(c) = self.calls.get_mut(&id) {
                 c.answering = false;
             }
@@ -1144,7 +1203,8 @@ impl Core {
         let offer_text = call.offer.clone();
         let session_terms =
             terms_for_request(&call.session_ask, self.config.settings.session_timer_min);
-        let local = self.local_media(&account, port);
+        let ip = call.media_ip.unwrap_or_else(|| self.media_ip(&account));
+        let local = self.local_media(ip, port);
         let (answer_sdp, negotiated) = match offer_text.as_deref().map(sdp::parse) {
             Some(Ok(offer)) => match sdp::answer(&offer, &local) {
                 Ok(x) => (x.0, Some(x.1)),

@@ -50,6 +50,10 @@ pub struct CoreSetup {
     pub bind_ip: IpAddr,
     /// The local address towards each account's server (for SDP when bound to all).
     pub media_ips: HashMap<u32, IpAddr>,
+    /// A local address of the other family than `bind_ip` (IPv6 for an IPv4 phone,
+    /// IPv4 for an IPv6 one), for calls whose peer offers only that family; `None`
+    /// when the machine has none.
+    pub other_family_ip: Option<IpAddr>,
     /// Whether this machine has a sound system (an empty device key means its
     /// default device then, else `null`).
     pub sound_system: bool,
@@ -107,6 +111,10 @@ pub struct Core {
     pub(crate) config: Config,
     pub(crate) bind_ip: IpAddr,
     pub(crate) media_ips: HashMap<u32, IpAddr>,
+    pub(crate) other_family_ip: Option<IpAddr>,
+    /// Where RTP sockets are bound once SIP moved to a new address (the media
+    /// engine's own address is the one it started with); `None` until then.
+    pub(crate) media_bind: Option<IpAddr>,
     pub(crate) sound_system: bool,
     pub(crate) accounts: BTreeMap<u32, AccountSlot>,
     pub(crate) active_account: u32,
@@ -148,6 +156,8 @@ impl Core {
             active_account: setup.config.settings.account_id,
             bind_ip: setup.bind_ip,
             media_ips: setup.media_ips,
+            other_family_ip: setup.other_family_ip,
+            media_bind: None,
             sound_system: setup.sound_system,
             config: setup.config,
             accounts: BTreeMap::new(),
@@ -204,6 +214,7 @@ impl Core {
             Input::Presence(event) => self.on_presence(event),
             Input::Media(event) => self.on_media_event(event),
             Input::Done { ticket, result } => self.on_done(ticket, result),
+            Input::Network(change) => self.on_network(change),
         }
         self.after_input();
     }
@@ -895,11 +906,15 @@ pub(crate) fn host_ip(host_port: &str) -> Option<IpAddr> {
     if let Ok(sa) = s.parse::<std::net::SocketAddr>() {
         return Some(sa.ip());
     }
+    // `[v6]` without a port.
+    if let Some(inner) = s.strip_prefix('[').and_then(|r| r.strip_suffix(']')) {
+        return inner.parse().ok();
+    }
     s.rsplit_once(':').and_then(|(h, _)| h.parse().ok())
 }
 
 /// `rport`: the `[Settings]` key (RFC 3581 in our Via; 0 leaves it out).
-fn registration_config(
+pub(crate) fn registration_config(
     account: &Account,
     rport: bool,
     tls_ca_file: &Option<String>,
@@ -966,6 +981,10 @@ mod tests {
     #[test]
     fn host_ip_forms() {
         assert_eq!(host_ip("127.0.0.1"), Some(IpAddr::from([127, 0, 0, 1])));
+        let v6_loopback = Some(IpAddr::from(std::net::Ipv6Addr::LOCALHOST));
+        assert_eq!(host_ip("[::1]"), v6_loopback);
+        assert_eq!(host_ip("[::1]:5070"), v6_loopback);
+        assert_eq!(host_ip("::1"), v6_loopback);
         assert_eq!(
             host_ip("127.0.0.1:5070"),
             Some(IpAddr::from([127, 0, 0, 1]))

@@ -283,7 +283,8 @@ pub async fn start(
 ) -> Result<(EngineHandle, tokio::task::JoinHandle<()>), String> {
     let stack_config = stack_config(&setup.config, setup.trace.clone());
     let bind_ip = stack_config.bind_ip;
-    let (sip, signals) = SipStack::start(stack_config)
+    let network_target = first_server_ip(&setup.config).filter(|_| !bind_ip.is_unspecified());
+    let (sip, signals) = SipStack::start(stack_config.clone())
         .await
         .map_err(|e| e.to_string())?;
     let (results_tx, results) = mpsc::unbounded_channel::<Input>();
@@ -305,20 +306,19 @@ pub async fn start(
         }),
     )
     .map_err(|e| format!("cannot start media: {e}"))?;
-    let media_ips = setup
+    let server_ips: Vec<(u32, IpAddr)> = setup
         .config
         .accounts
         .iter()
-        .filter_map(|a| {
-            let ip = a.server.as_deref().and_then(host_ip)?;
-            Some((a.number, microsip_sip::local_ip_towards(ip)))
-        })
+        .filter_map(|a| Some((a.number, a.server.as_deref().and_then(host_ip)?)))
         .collect();
+    let media_ips = media_ips_towards(&server_ips);
     let core = Core::new(
         CoreSetup {
             config: setup.config,
             bind_ip,
             media_ips,
+            other_family_ip: microsip_sip::other_family_ip(bind_ip),
             sound_system: microsip_media::device::sound_system_present(),
             call_on_start: setup.call_on_start,
             seed: seed(),
@@ -340,7 +340,13 @@ pub async fn start(
         results_tx.clone(),
     );
     let subscriber = sip.subscriber();
+    let (network_tx, network_rx) = mpsc::unbounded_channel();
+    if let Some(target) = network_target {
+        tokio::spawn(watch_network(target, bind_ip, network_tx));
+    }
     let driver = Driver {
+        stack_config,
+        server_ips,
         core,
         calls: sip.calls().clone(),
         message_sender: sip.message_sender(),
@@ -366,7 +372,7 @@ pub async fn start(
     let handle = EngineHandle { inbox };
     let join = tokio::spawn(async move {
         driver
-            .run(requests, results, reg_rx, presence_rx, signals)
+            .run(requests, results, reg_rx, presence_rx, signals, network_rx)
             .await;
         // The last events (the calls ended at exit) reach the observers first.
         let _ = publisher.await;
@@ -388,15 +394,55 @@ fn seed() -> u64 {
     h.finish()
 }
 
-/// Bind address: the local address that reaches the first registrar (loopback for a
-/// loopback PBX), else every interface.
-fn stack_config(config: &Config, trace: Option<PathBuf>) -> StackConfig {
-    let first_server_ip = config
+/// How often the network watch looks at the local address towards the registrar.
+const NETWORK_POLL: Duration = Duration::from_secs(2);
+
+/// The network watch: every [`NETWORK_POLL`], the local address the system would
+/// use towards `target` (the first registrar); each change (`None`: no route) goes
+/// to the driver. A `connect` on a UDP socket, off the signalling task; ends when
+/// the driver is gone.
+async fn watch_network(
+    target: IpAddr,
+    start: IpAddr,
+    changes: mpsc::UnboundedSender<Option<IpAddr>>,
+) {
+    let mut seen = Some(start);
+    let mut tick = tokio::time::interval(NETWORK_POLL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let now = microsip_sip::probe_local_ip(target);
+        if now != seen {
+            seen = now;
+            if changes.send(now).is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// The local address towards each account's server (for SDP when bound to all).
+fn media_ips_towards(server_ips: &[(u32, IpAddr)]) -> HashMap<u32, IpAddr> {
+    server_ips
+        .iter()
+        .map(|&(n, ip)| (n, microsip_sip::local_ip_towards(ip)))
+        .collect()
+}
+
+/// The IP literal of the first active account's outbound proxy or registrar.
+fn first_server_ip(config: &Config) -> Option<IpAddr> {
+    config
         .accounts
         .iter()
         .filter(|a| a.active)
         .filter_map(|a| a.proxy.first().cloned().or_else(|| a.server.clone()))
-        .find_map(|s| host_ip(&s));
+        .find_map(|s| host_ip(&s))
+}
+
+/// Bind address: the local address that reaches the first registrar (loopback for a
+/// loopback PBX), else every interface.
+fn stack_config(config: &Config, trace: Option<PathBuf>) -> StackConfig {
+    let first_server_ip = first_server_ip(config);
     let local_only = config.accounts.iter().all(|a| a.server.is_none());
     let bind_ip = match first_server_ip {
         Some(ip) => microsip_sip::local_ip_towards(ip),
@@ -429,6 +475,10 @@ enum Owed {
 }
 
 struct Driver {
+    /// How the SIP endpoint was started (started again from it on a new address).
+    stack_config: StackConfig,
+    /// Each account's registrar address, when an IP literal (media addresses).
+    server_ips: Vec<(u32, IpAddr)>,
     core: Core,
     sip: SipStack,
     calls: Calls,
@@ -468,6 +518,7 @@ impl Driver {
         mut reg_events: mpsc::UnboundedReceiver<RegistrationEvent>,
         mut presence: mpsc::UnboundedReceiver<SubscriptionEvent>,
         mut signals: microsip_sip::SipInbox,
+        mut network: mpsc::UnboundedReceiver<Option<IpAddr>>,
     ) {
         self.drain();
         while !self.stopped {
@@ -498,6 +549,11 @@ impl Driver {
                     let message = self.message_in(message);
                     self.core.handle(Input::Message(message), now());
                 }
+                Some(seen) = network.recv() => {
+                    if let Some(inbox) = self.on_network(seen).await {
+                        signals = inbox;
+                    }
+                }
                 () = sleep => self.core.handle_timeout(now()),
                 () = sleep_until_some(self.trim_at) => {
                     self.trim_at = None;
@@ -514,6 +570,62 @@ impl Driver {
         self.sip.shutdown();
         // `self` (and with it the publisher's queue) goes: the publisher ends once
         // it has handed out what is queued.
+    }
+
+    /// The network watch saw the local address towards the registrar change
+    /// (`None`: no route). A new address: the SIP endpoint starts again on it (the
+    /// old one is bound to an address that is gone) and its inbox is returned; the
+    /// core is told in every case (events, registering again, calls).
+    async fn on_network(&mut self, seen: Option<IpAddr>) -> Option<microsip_sip::SipInbox> {
+        let previous = self.stack_config.bind_ip;
+        let mut inbox = None;
+        if let Some(address) = seen.filter(|a| *a != previous) {
+            let mut config = self.stack_config.clone();
+            config.bind_ip = address;
+            // Keep the port when we can: the same Contact but for the address.
+            if let Some(port) = self.sip.udp_addr().map(|a| a.port()) {
+                config.port = port;
+            }
+            self.registrations.clear();
+            self.subscriptions.clear();
+            self.publications.clear();
+            self.notify_queues.clear();
+            self.sip.shutdown();
+            let started = match SipStack::start(config.clone()).await {
+                Ok(started) => Ok((started, config)),
+                Err(e) => {
+                    warn!("SIP on {address} with the old port: {e}; trying any port");
+                    config.port = self.stack_config.port;
+                    SipStack::start(config.clone())
+                        .await
+                        .map(|started| (started, config))
+                }
+            };
+            match started {
+                Ok(((sip, signals), config)) => {
+                    self.calls = sip.calls().clone();
+                    self.message_sender = sip.message_sender();
+                    self.subscriber = sip.subscriber();
+                    self.sip = sip;
+                    self.stack_config = config;
+                    inbox = Some(signals);
+                }
+                Err(e) => {
+                    warn!("network changed to {address}, but SIP cannot start there: {e}");
+                    return None;
+                }
+            }
+        }
+        let restarted = inbox.is_some();
+        let change = crate::io::NetworkChange {
+            previous,
+            address: seen,
+            restarted,
+            media_ips: media_ips_towards(&self.server_ips),
+            other_family_ip: seen.and_then(microsip_sip::other_family_ip),
+        };
+        self.core.handle(Input::Network(change), now());
+        inbox
     }
 
     /// Keeps the transaction handles of a signal and hands the core the rest.
@@ -1000,8 +1112,9 @@ fn run_media(
             sink,
             fallback_source,
             fallback_sink,
+            bind,
         } => {
-            let result = match media.open(call, source.clone(), sink.clone()) {
+            let result = match media.open_on(call, bind, source.clone(), sink.clone()) {
                 Err(e) if fallback_source || fallback_sink => {
                     warn!(
                         "call {call}: the default sound device cannot be used ({e}); going on without it"
@@ -1012,7 +1125,7 @@ fn run_media(
                         source
                     };
                     let sink = if fallback_sink { AudioSpec::Null } else { sink };
-                    media.open(call, source, sink)
+                    media.open_on(call, bind, source, sink)
                 }
                 other => other,
             };

@@ -59,6 +59,22 @@ pub enum EventKind {
         /// The account's number.
         account: u32,
     },
+    /// The network under an account changed: `state` is `down` (no route to the
+    /// registrar: the link dropped or the address went away), `up` (the same
+    /// address is back: the account registers again now) or `changed` (a new
+    /// local address: SIP moved to it, the account registers again from it, and
+    /// calls of the old address ended).
+    #[serde(rename = "account.network")]
+    AccountNetwork {
+        /// The account's number.
+        account: u32,
+        /// `down`, `up` or `changed`.
+        state: String,
+        /// The local address now (`null` while down).
+        address: Option<String>,
+        /// The local address before.
+        previous: String,
+    },
     /// We dialled a call.
     #[serde(rename = "call.outgoing")]
     CallOutgoing {
@@ -326,6 +342,7 @@ impl EventKind {
                 | EventKind::AccountRegistered { .. }
                 | EventKind::AccountFailed { .. }
                 | EventKind::AccountUnregistered { .. }
+                | EventKind::AccountNetwork { .. }
                 | EventKind::Presence { .. }
                 | EventKind::Mwi { .. }
         )
@@ -343,6 +360,7 @@ impl EventKind {
             EventKind::AccountRegistered { .. } => "account.registered",
             EventKind::AccountFailed { .. } => "account.failed",
             EventKind::AccountUnregistered { .. } => "account.unregistered",
+            EventKind::AccountNetwork { .. } => "account.network",
             EventKind::CallOutgoing { .. } => "call.outgoing",
             EventKind::CallIncoming { .. } => "call.incoming",
             EventKind::CallRinging { .. } => "call.ringing",

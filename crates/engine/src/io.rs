@@ -166,6 +166,24 @@ pub enum Input {
         /// The action's result.
         result: Done,
     },
+    /// The local address towards the registrar went away, came back or changed.
+    Network(NetworkChange),
+}
+
+/// What the network watch saw, and what the driver already did about it.
+#[derive(Debug, Clone)]
+pub struct NetworkChange {
+    /// The local address SIP was using until now.
+    pub previous: std::net::IpAddr,
+    /// The local address towards the registrar now; `None`: no route (link down).
+    pub address: Option<std::net::IpAddr>,
+    /// True when the SIP endpoint was started again on `address` (a new address):
+    /// every call and registration of the old endpoint is gone.
+    pub restarted: bool,
+    /// The local address towards each account's server, after the change.
+    pub media_ips: std::collections::HashMap<u32, std::net::IpAddr>,
+    /// A local address of the other family, after the change.
+    pub other_family_ip: Option<std::net::IpAddr>,
 }
 
 /// The result of an action.
@@ -452,6 +470,8 @@ pub enum MediaAction {
         fallback_source: bool,
         /// Fall back to `null` when the sink cannot be opened.
         fallback_sink: bool,
+        /// The address to bind the RTP socket on; `None`: the media engine's.
+        bind: Option<std::net::IpAddr>,
     },
     /// Start or update the call's RTP stream after an offer/answer.
     Configure {

@@ -20,6 +20,7 @@ mod history_view;
 pub mod io;
 pub mod memory;
 pub mod messages;
+mod network;
 pub mod policy;
 mod presence;
 mod recording;

@@ -52,6 +52,14 @@ impl Bench {
     }
 
     fn with_call_on_start(ini: &str, call: Option<(String, Option<u32>)>) -> Bench {
+        Bench::with_setup(ini, call, None)
+    }
+
+    fn with_setup(
+        ini: &str,
+        call: Option<(String, Option<u32>)>,
+        other_family_ip: Option<std::net::IpAddr>,
+    ) -> Bench {
         let (doc, _) = IniDocument::parse(ini.as_bytes());
         let config = Config::from_document(&doc, "/nonexistent/microsip.ini");
         let t0 = Instant::now();
@@ -61,6 +69,7 @@ impl Bench {
                 config,
                 bind_ip: [127, 0, 0, 1].into(),
                 media_ips: HashMap::new(),
+                other_family_ip,
                 sound_system: false,
                 call_on_start: call,
                 seed: 42,
@@ -784,4 +793,156 @@ fn a_message_inside_a_call_is_kept_then_answered_and_names_the_call() {
         _ => None,
     });
     assert_eq!(got, Some((Some(id), "hello".to_string())));
+}
+
+#[test]
+fn a_new_local_address_ends_the_calls_registers_again_and_moves_media() {
+    let mut b = Bench::new(&ini(""));
+    let id = b.dial();
+    b.answered(id, SessionTimerAsk::default());
+    b.events();
+    b.sip();
+    let new_ip: std::net::IpAddr = [10, 9, 0, 3].into();
+    b.input(Input::Network(microsip_engine::io::NetworkChange {
+        previous: [127, 0, 0, 1].into(),
+        address: Some(new_ip),
+        restarted: true,
+        media_ips: HashMap::new(),
+        other_family_ip: None,
+    }));
+    b.answer_stores();
+    let events = b.events();
+    assert!(
+        events.iter().any(|e| matches!(e, EventKind::AccountNetwork { account: 1, state, address: Some(a), previous }
+            if state == "changed" && a == "10.9.0.3" && previous == "127.0.0.1")),
+        "{events:?}"
+    );
+    assert!(
+        events.iter().any(
+            |e| matches!(e, EventKind::CallEnded { call, code: 503, reason, .. }
+            if *call == id && reason.contains("network changed") && reason.contains("127.0.0.1"))
+        ),
+        "{events:?}"
+    );
+    let sip = b.sip();
+    assert!(
+        sip.iter()
+            .any(|(_, a)| matches!(a, SipAction::StartRegistration(c) if c.account == 1)),
+        "{sip:?}"
+    );
+    // A new call binds its RTP on the new address and offers it.
+    let r = b.command(Command::Dial {
+        target: "1002".into(),
+        account: None,
+        hold_active: true,
+        numeric: false,
+    });
+    let media = b.media();
+    assert!(
+        media
+            .iter()
+            .any(|(_, a)| matches!(a, MediaAction::Open { bind: Some(ip), .. } if *ip == new_ip)),
+        "{media:?}"
+    );
+    for (ticket, action) in media {
+        if let (Some(ticket), MediaAction::Open { call, .. }) = (ticket, action) {
+            b.done(ticket, Done::MediaOpened(Ok(40_000 + call as u16)));
+        }
+    }
+    assert!(b.reply(r).is_some());
+    let sip = b.sip();
+    assert!(
+        sip.iter().any(|(_, a)| matches!(a, SipAction::Dial { offer, .. } if offer.contains("c=IN IP4 10.9.0.3"))),
+        "{sip:?}"
+    );
+}
+
+#[test]
+fn the_same_address_back_registers_again_and_keeps_the_calls() {
+    let mut b = Bench::new(&ini(""));
+    let id = b.dial();
+    b.answered(id, SessionTimerAsk::default());
+    b.events();
+    b.sip();
+    for address in [None, Some([127, 0, 0, 1].into())] {
+        b.input(Input::Network(microsip_engine::io::NetworkChange {
+            previous: [127, 0, 0, 1].into(),
+            address,
+            restarted: false,
+            media_ips: HashMap::new(),
+            other_family_ip: None,
+        }));
+    }
+    b.answer_stores();
+    let states: Vec<String> = b
+        .events()
+        .into_iter()
+        .filter_map(|e| match e {
+            EventKind::AccountNetwork { state, .. } => Some(state),
+            EventKind::CallEnded { .. } => Some("ended".into()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(states, ["down", "up"]);
+    let sip = b.sip();
+    assert!(
+        sip.iter().any(|(_, a)| matches!(
+            a,
+            SipAction::Register {
+                account: 1,
+                on: true
+            }
+        )),
+        "{sip:?}"
+    );
+}
+
+#[test]
+fn an_ipv6_only_offer_is_answered_from_our_ipv6_address() {
+    let v6: std::net::IpAddr = std::net::Ipv6Addr::LOCALHOST.into();
+    let mut b = Bench::with_setup(&ini("autoAnswer=all"), None, Some(v6));
+    let invite = IncomingInvite {
+        remote: "sip:1002@127.0.0.1".into(),
+        remote_user: "1002".into(),
+        remote_domain: "127.0.0.1".into(),
+        to_user: "1001".into(),
+        to_domain: "127.0.0.1".into(),
+        sdp: Some(OFFER.replace("IN IP4 127.0.0.1", "IN IP6 ::1")),
+        ..IncomingInvite::default()
+    };
+    b.input(Input::Leg {
+        leg: 1 << 62,
+        signal: LegSignal::Incoming(Box::new(invite)),
+    });
+    b.advance(Duration::from_millis(10));
+    let media = b.media();
+    assert!(
+        media
+            .iter()
+            .any(|(_, a)| matches!(a, MediaAction::Open { bind: Some(ip), .. } if *ip == v6)),
+        "{media:?}"
+    );
+    for (ticket, action) in media {
+        if let (Some(ticket), MediaAction::Open { call, .. }) = (ticket, action) {
+            b.done(ticket, Done::MediaOpened(Ok(40_000 + call as u16)));
+        }
+    }
+    let sip = b.sip();
+    assert!(
+        sip.iter().any(
+            |(_, a)| matches!(a, SipAction::Answer { sdp, .. } if sdp.contains("c=IN IP6 ::1"))
+        ),
+        "{sip:?}"
+    );
+    // An IPv4 offer on the same phone stays on IPv4.
+    let mut b = Bench::with_setup(&ini("autoAnswer=all"), None, Some(v6));
+    b.incoming(1 << 62, SessionTimerAsk::default());
+    b.advance(Duration::from_millis(10));
+    let media = b.media();
+    assert!(
+        media
+            .iter()
+            .any(|(_, a)| matches!(a, MediaAction::Open { bind: None, .. })),
+        "{media:?}"
+    );
 }

@@ -412,13 +412,27 @@ impl MediaEngine {
     /// and the sink, and hands the session to the media thread. Returns the local RTP
     /// port. Nothing is sent until [`MediaEngine::configure`].
     pub fn open(&self, id: u64, source: AudioSpec, sink: AudioSpec) -> Result<u16, MediaError> {
+        self.open_on(id, None, source, sink)
+    }
+
+    /// [`MediaEngine::open`] with the RTP socket bound on `bind` instead of the
+    /// engine's address (`None`: the engine's): a call whose peer is of the other
+    /// address family (an IPv6-only offer on an IPv4 account) gets a socket of that
+    /// family. Fails like `open`, also when `bind` is not a local address.
+    pub fn open_on(
+        &self,
+        id: u64,
+        bind: Option<IpAddr>,
+        source: AudioSpec,
+        sink: AudioSpec,
+    ) -> Result<u16, MediaError> {
         {
             let sessions = lock(&self.shared.sessions);
             if sessions.contains_key(&id) {
                 return Err(MediaError::DuplicateSession(id));
             }
         }
-        let (socket, rtcp_socket) = self.bind_rtp()?;
+        let (socket, rtcp_socket) = self.bind_rtp(bind.unwrap_or(self.shared.bind_ip))?;
         let local_port = socket
             .local_addr()
             .map_err(|e| MediaError::Socket(e.to_string()))?
@@ -479,8 +493,7 @@ impl MediaEngine {
     /// Binds an even RTP port and, when free, the odd port above it for RTCP. A pair
     /// is preferred; when no pair is free, an RTP port alone (RTCP then only with
     /// rtcp-mux).
-    fn bind_rtp(&self) -> Result<(UdpSocket, Option<UdpSocket>), MediaError> {
-        let ip = self.shared.bind_ip;
+    fn bind_rtp(&self, ip: IpAddr) -> Result<(UdpSocket, Option<UdpSocket>), MediaError> {
         let rtcp_of = |rtp: &UdpSocket| -> Option<UdpSocket> {
             let port = rtp.local_addr().ok()?.port().checked_add(1)?;
             UdpSocket::bind(SocketAddr::new(ip, port)).ok()

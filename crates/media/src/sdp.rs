@@ -484,6 +484,14 @@ pub struct SessionDesc {
 }
 
 impl SessionDesc {
+    /// The address the first audio stream goes to (media level, else session
+    /// level), unspecified ones (`0.0.0.0`, `::`) included: its family is the one
+    /// our answer must use. `None` when the offer has no audio or no address.
+    pub fn audio_connection(&self) -> Option<IpAddr> {
+        let m = self.media.iter().find(|m| m.media == "audio")?;
+        self.connection_of(m)
+    }
+
     /// The address media of `m` goes to (media level wins over session level).
     pub(crate) fn connection_of(&self, m: &MediaDesc) -> Option<IpAddr> {
         m.connection.or(self.connection)

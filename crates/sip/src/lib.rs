@@ -28,7 +28,9 @@ pub use reader::{read_input, Verdict};
 pub use registration::{
     Outcome, Registration, RegistrationConfig, RegistrationEvent, SipTransport,
 };
-pub use stack::{local_ip_towards, SipInbox, SipStack, StackConfig};
+pub use stack::{
+    local_ip_towards, other_family_ip, probe_local_ip, SipInbox, SipStack, StackConfig,
+};
 pub use subscription::{
     Package, Publication, PublishConfig, Subscriber, Subscription, SubscriptionConfig,
     SubscriptionEvent,

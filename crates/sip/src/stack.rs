@@ -716,17 +716,60 @@ fn without_rport(headers: &mut rsipstack::sip::Headers) {
 
 /// The local address the kernel would use to reach `remote` (no packet is sent).
 pub fn local_ip_towards(remote: IpAddr) -> IpAddr {
-    let probe = || -> std::io::Result<IpAddr> {
-        let bind: SocketAddr = if remote.is_ipv6() {
-            "[::]:0".parse().map_err(std::io::Error::other)?
+    probe_local_ip(remote).unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST))
+}
+
+/// The local address the system would send from to reach `remote` (a UDP
+/// `connect`, which sends nothing); `None` when there is no route (the link is
+/// down, the address went away).
+pub fn probe_local_ip(remote: IpAddr) -> Option<IpAddr> {
+    let bind = SocketAddr::new(
+        if remote.is_ipv6() {
+            std::net::Ipv6Addr::UNSPECIFIED.into()
         } else {
-            SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0)
-        };
-        let socket = UdpSocket::bind(bind)?;
-        socket.connect(SocketAddr::new(remote, 9))?;
-        Ok(socket.local_addr()?.ip())
+            Ipv4Addr::UNSPECIFIED.into()
+        },
+        0,
+    );
+    let socket = UdpSocket::bind(bind).ok()?;
+    socket.connect(SocketAddr::new(remote, 9)).ok()?;
+    let local = socket.local_addr().ok()?.ip();
+    (!local.is_unspecified()).then_some(local)
+}
+
+/// A local address of the other family than `ip`, for media with a peer that
+/// offers only that family: the other loopback for a loopback `ip` (when this
+/// machine has it), else the address the system would use towards a public
+/// address of that family (a UDP `connect`, which sends nothing). `None` when the
+/// machine has no such address or route.
+pub fn other_family_ip(ip: IpAddr) -> Option<IpAddr> {
+    let (loopback, probe): (IpAddr, IpAddr) = if ip.is_ipv6() {
+        (
+            Ipv4Addr::LOCALHOST.into(),
+            Ipv4Addr::new(192, 0, 2, 1).into(),
+        )
+    } else {
+        (
+            std::net::Ipv6Addr::LOCALHOST.into(),
+            std::net::Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1).into(),
+        )
     };
-    probe().unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST))
+    let usable = |candidate: IpAddr| UdpSocket::bind(SocketAddr::new(candidate, 0)).is_ok();
+    if ip.is_loopback() && usable(loopback) {
+        return Some(loopback);
+    }
+    let bind = SocketAddr::new(
+        if probe.is_ipv6() {
+            std::net::Ipv6Addr::UNSPECIFIED.into()
+        } else {
+            Ipv4Addr::UNSPECIFIED.into()
+        },
+        0,
+    );
+    let socket = UdpSocket::bind(bind).ok()?;
+    socket.connect(SocketAddr::new(probe, 9)).ok()?;
+    let local = socket.local_addr().ok()?.ip();
+    (!local.is_unspecified()).then_some(local)
 }
 
 /// Routes requests the transaction layer hands us: NOTIFYs of our subscriptions to
