@@ -26,6 +26,7 @@ import re
 import secrets
 import shutil
 import signal
+import struct
 import socket
 import subprocess
 import tempfile
@@ -321,7 +322,13 @@ class Kamailio:
     def __init__(self, workdir: Path, users: dict[str, str] | None = None,
                  port: int | None = None, min_expires: int = 5,
                  max_expires: int = 3600, algorithm: str = "MD5",
-                 presence_server: str | None = None, presence_module: bool = False):
+                 presence_server: str | None = None, presence_module: bool = False,
+                 host: str = LOOPBACK, prefix: Iterable[str] = ()):
+        # host: the address it listens on and is known as (its alias); another
+        # than 127.0.0.1 inside a test's namespaces (netns.nat_world). prefix: a
+        # command it runs under (e.g. `ip netns exec NAME`); none by default.
+        self.host = host
+        self.prefix = list(prefix)
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         # The ctl socket path must stay short (sun_path is 108 bytes).
@@ -367,6 +374,8 @@ class Kamailio:
             text = text.replace(f"@@{key}@@", val)
         if "@@" in text:
             raise AssertionError("unrendered marker in kamailio.cfg")
+        if self.host != LOOPBACK:
+            text = text.replace(LOOPBACK, self.host)
         self.cfg.write_text(text)
         if self.presence_module:
             self.dbdir.mkdir(exist_ok=True)
@@ -375,7 +384,7 @@ class Kamailio:
 
     @property
     def address(self) -> str:
-        return f"{LOOPBACK}:{self.port}"
+        return f"{self.host}:{self.port}"
 
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -387,7 +396,7 @@ class Kamailio:
             log.write(f"\n==== start {time.strftime('%H:%M:%S')} port {self.port}\n".encode())
             log.flush()
             self.proc = subprocess.Popen(
-                [self.kamailio, "-f", str(self.cfg), "-P", str(self.pidfile),
+                [*self.prefix, self.kamailio, "-f", str(self.cfg), "-P", str(self.pidfile),
                  "-Y", str(self.rundir), "-m", "64", "-M", "8", "-DD", "-E",
                  *(["-A", "WITH_PRESENCE"] if self.presence_module else [])],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log,
@@ -409,20 +418,20 @@ class Kamailio:
         """Sends one OPTIONS over UDP and expects a 200 (Kamailio is serving SIP)."""
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         try:
-            s.bind((LOOPBACK, 0))
+            s.bind((self.host, 0))
             s.settimeout(0.5)
             lport = s.getsockname()[1]
             branch = "z9hG4bK" + secrets.token_hex(8)
             msg = (
                 f"OPTIONS sip:{self.address} SIP/2.0\r\n"
-                f"Via: SIP/2.0/UDP {LOOPBACK}:{lport};branch={branch};rport\r\n"
+                f"Via: SIP/2.0/UDP {self.host}:{lport};branch={branch};rport\r\n"
                 f"Max-Forwards: 5\r\n"
                 f"From: <sip:probe@{LOOPBACK}>;tag={secrets.token_hex(4)}\r\n"
                 f"To: <sip:{self.address}>\r\n"
                 f"Call-ID: {secrets.token_hex(8)}@{LOOPBACK}\r\n"
                 f"CSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
             )
-            s.sendto(msg.encode(), (LOOPBACK, self.port))
+            s.sendto(msg.encode(), (self.host, self.port))
             data, _ = s.recvfrom(65535)
             return data.startswith(b"SIP/2.0 200")
         except OSError:
@@ -771,8 +780,12 @@ class Phone:
     def __init__(self, workdir: Path, profile: str | None = None,
                  ini: dict | str | bytes | None = None, extra_args: Iterable[str] = (),
                  runtime_dir: Path | None = None, run_as: tuple[int, int] | None = None,
-                 env: dict[str, str] | None = None):
+                 env: dict[str, str] | None = None, prefix: Iterable[str] = ()):
         self.bin = microsip_bin()
+        # A command the phone runs under, e.g. `ip netns exec NAME` (netns.nat_world);
+        # none by default. Its control socket is a file: `cmd` reaches it from any
+        # namespace.
+        self.prefix = list(prefix)
         # (uid, gid) the phone and `cmd` run as (root only); None: as the test.
         self.run_as = run_as
         self.profile = profile or ("p" + secrets.token_hex(3))
@@ -843,7 +856,7 @@ class Phone:
 
     def start(self, wait_ready: bool = True, timeout: float = 30.0) -> "Phone":
         assert self.proc is None, "phone already started"
-        args = [self.bin, "--ini", str(self.ini_path), "--profile", self.profile,
+        args = [*self.prefix, self.bin, "--ini", str(self.ini_path), "--profile", self.profile,
                 "--debug", str(self.trace_path), "--headless", *self.extra_args]
         self.commands.append(" ".join(args))
         self._out = open(self.stdout_path, "wb")
@@ -1248,7 +1261,13 @@ class Baresip:
                  sip_port: int | None = None, quit_after: int = 900,
                  account_extra: str = "", extra_config: str = "", name: str | None = None,
                  sip_trace: bool = True, register: bool = True, outbound: bool = True,
-                 max_calls: int = 8, message_peer: str | None = None):
+                 max_calls: int = 8, message_peer: str | None = None,
+                 host: str = LOOPBACK, prefix: Iterable[str] = ()):
+        # host: its SIP address and the registrar's (another than 127.0.0.1 inside
+        # a test's namespaces, netns.nat_world); ctrl_tcp stays on 127.0.0.1 of the
+        # namespace it runs in. prefix: a command it runs under; none by default.
+        self.host = host
+        self.prefix = list(prefix)
         if not re.fullmatch(r"[A-Za-z0-9_.+-]+", user):
             raise ValueError(f"user name {user!r} not supported")
         if re.search(r"[;,<>\s\"]", password):
@@ -1298,23 +1317,23 @@ class Baresip:
     @property
     def aor(self) -> str:
         """The address of record as callers use it (no port)."""
-        return f"sip:{self.user}@{LOOPBACK}"
+        return f"sip:{self.user}@{self.host}"
 
     @property
     def contact_uri(self) -> str:
         """Direct address, bypassing the registrar."""
-        return f"sip:{self.user}@{LOOPBACK}:{self.sip_port}"
+        return f"sip:{self.user}@{self.host}:{self.sip_port}"
 
     def account_line(self) -> str:
         # The AOR has no port (callers dial sip:USER@127.0.0.1); every request
         # goes through the registrar as outbound proxy (preloaded Route, which
         # kamailio.cfg consumes), so baresip can also call a bare
         # sip:USER@127.0.0.1 given in a REFER.
-        line = (f"<sip:{self.user}@{LOOPBACK};transport=udp>"
+        line = (f"<sip:{self.user}@{self.host};transport=udp>"
                 f";auth_pass={self.password};answermode={self.answermode}"
                 f";audio_codecs={self.codecs};regint={600 if self.register else 0}")
         if self.outbound:
-            line += f";outbound=\"sip:{LOOPBACK}:{self.registrar_port};transport=udp\""
+            line += f";outbound=\"sip:{self.host}:{self.registrar_port};transport=udp\""
         return line + self.account_extra
 
     def _write_config(self) -> None:
@@ -1323,8 +1342,8 @@ class Baresip:
         cfg = (
             "# written by tests/e2e/peers.py\n"
             "poll_method\t\tepoll\n"
-            f"sip_listen\t\t{LOOPBACK}:{self.sip_port}\n"
-            f"net_interface\t\t{LOOPBACK}\n"
+            f"sip_listen\t\t{self.host}:{self.sip_port}\n"
+            f"net_interface\t\t{self.host}\n"
             "call_local_timeout\t120\n"
             f"call_max_calls\t\t{self.max_calls}\n"
             f"audio_player\t\taubridge,{self.name}\n"
@@ -1360,7 +1379,7 @@ class Baresip:
         assert self.proc is None, "baresip already started"
         exe = which("baresip") or "baresip"
         self._logf = open(self.log, "wb")
-        args = [exe, "-f", str(self.cfgdir), "-t", str(self.quit_after)]
+        args = [*self.prefix, exe, "-f", str(self.cfgdir), "-t", str(self.quit_after)]
         if self.sip_trace:
             args.append("-s")  # SIP trace into the log
         # The stdio UI needs a stdin it can poll (not /dev/null); nothing is written.
@@ -1530,7 +1549,7 @@ class Baresip:
     def _my_contacts(self) -> list[dict]:
         assert self.kamailio is not None, "registered() needs the Kamailio object"
         return [c for c in self.kamailio.contacts(self.user)
-                if f"{LOOPBACK}:{self.sip_port}" in c["address"]]
+                if f"{self.host}:{self.sip_port}" in c["address"]]
 
     def registered(self) -> bool:
         """Whether Kamailio's location table holds this baresip's contact."""
@@ -1604,6 +1623,79 @@ class Baresip:
 # --------------------------------------------------------------------------
 # PulseAudio: a paced sound device without a sound card
 # --------------------------------------------------------------------------
+
+class StunServer:
+    """A STUN server (Debian's coturn: `turnserver --stun-only`) on host:port (UDP),
+    for the NAT tests (netns.nat_world). `binding(from_host)` asks it once, as a
+    check that it answers."""
+
+    def __init__(self, workdir: Path, host: str = LOOPBACK, port: int | None = None,
+                 prefix: Iterable[str] = ()):
+        self.host = host
+        self.port = port or free_port("udp")
+        self.prefix = list(prefix)
+        self.workdir = Path(workdir) / f"stun-{self.port}"
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.log = self.workdir / "turnserver.log"
+        self.proc: subprocess.Popen | None = None
+        _register(self)
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def start(self, timeout: float = 20.0) -> "StunServer":
+        exe = which("turnserver") or "/usr/bin/turnserver"
+        self._logf = open(self.log, "wb")
+        self.proc = subprocess.Popen(
+            [*self.prefix, exe, "-n", "--stun-only", "-L", self.host, "-p", str(self.port),
+             "--no-cli", "--no-tls", "--no-dtls", "--log-file", "stdout", "--simple-log",
+             "--pidfile", str(self.workdir / "turnserver.pid")],
+            stdin=subprocess.DEVNULL, stdout=self._logf, stderr=subprocess.STDOUT,
+            start_new_session=True, cwd=str(self.workdir))
+
+        def answers():
+            if self.proc.poll() is not None:
+                raise AssertionError(f"turnserver exited with {self.proc.returncode}:\n"
+                                     f"{tail(self.log, 40)}")
+            return self.binding(timeout=0.3)
+        wait_until(answers, timeout, 0.1, f"STUN server on {self.address}")
+        return self
+
+    def binding(self, timeout: float = 1.0) -> tuple[str, int] | None:
+        """One Binding request from this namespace; the XOR-MAPPED-ADDRESS it
+        answered, or None."""
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            s.bind((self.host, 0))
+            s.settimeout(timeout)
+            tid = secrets.token_bytes(12)
+            s.sendto(b"\x00\x01\x00\x00\x21\x12\xa4\x42" + tid, (self.host, self.port))
+            data, _ = s.recvfrom(2048)
+        except OSError:
+            return None
+        finally:
+            s.close()
+        at = 20
+        while at + 4 <= len(data):
+            kind, n = struct.unpack("!HH", data[at:at + 4])
+            if kind == 0x0020 and n >= 8:
+                port = struct.unpack("!H", data[at + 6:at + 8])[0] ^ 0x2112
+                ip = bytes(a ^ b for a, b in zip(data[at + 8:at + 12], b"\x21\x12\xa4\x42"))
+                return socket.inet_ntoa(ip), port
+            at += 4 + (n + 3) // 4 * 4
+        return None
+
+    def diagnostics(self) -> list[tuple[str, str]]:
+        return [(f"STUN server {self.address} log (tail)", tail(self.log, 30))]
+
+    def cleanup(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            _kill_group(self.proc, grace=5)
+        f = getattr(self, "_logf", None)
+        if f:
+            f.close()
+
 
 class PulseAudio:
     """A private PulseAudio server with null sinks: real, paced sound devices with
