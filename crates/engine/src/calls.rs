@@ -17,7 +17,9 @@ use crate::command::{CallId, Command, StatusForm};
 use crate::core::Core;
 use crate::dialplan;
 use crate::event::{CallQuality, EventKind};
-use crate::io::{AnswerId, LegSignal, MediaAction, MediaFailure, MessageIn, ReplyTo, SipAction};
+use crate::io::{
+    AnswerId, LegSignal, MediaAction, MediaFailure, MessageIn, OpenedMedia, ReplyTo, SipAction,
+};
 use crate::policy::{self, Decision, IncomingFacts};
 use crate::recording::CallExtras;
 use crate::reply::{fail, ok, ok_with, ErrorCode, Reply};
@@ -354,9 +356,24 @@ impl Core {
                 .or_else(|| account.server.clone())
                 .filter(|s| !s.trim().is_empty()),
             tcp: matches!(account.transport, microsip_config::Transport::Tcp),
-            public_addr: account.public_addr.clone(),
+            public_addr: crate::core::contact_public_addr(account, self.sip_public),
             hide_cid: account.hide_cid,
             session_timers: !account.disable_session_timer,
+        }
+    }
+
+    /// The address we put in SDP for a call on `account` whose RTP socket is
+    /// `opened`: `publicAddr` (with the local port: the router forwards it), else
+    /// the public address STUN learned for that socket, else the local one.
+    fn media_addr(&self, account: &Account, opened: OpenedMedia) -> (std::net::IpAddr, u16) {
+        let configured = account
+            .public_addr
+            .as_deref()
+            .and_then(crate::core::host_ip);
+        match (configured, opened.public) {
+            (Some(ip), _) => (ip, opened.port),
+            (None, Some(public)) => (public.ip(), public.port()),
+            (None, None) => (self.media_ip(account), opened.port),
         }
     }
 
@@ -378,7 +395,8 @@ impl Core {
             .unwrap_or(std::net::IpAddr::from([127, 0, 0, 1]))
     }
 
-    fn local_media(&mut self, account: &Account, port: u16) -> LocalMedia {
+    fn local_media(&mut self, account: &Account, opened: OpenedMedia) -> LocalMedia {
+        let (ip, port) = self.media_addr(account, opened);
         let session_id = self.random();
         let mut codecs: Vec<sdp::Codec> = self
             .config
@@ -393,7 +411,7 @@ impl Core {
             codecs = vec![sdp::Codec::Pcma, sdp::Codec::Pcmu];
         }
         LocalMedia {
-            ip: self.media_ip(account),
+            ip,
             port,
             codecs,
             telephone_event: true,
@@ -694,7 +712,11 @@ impl Core {
 
     /// The media of a call being placed is open (or could not be): the INVITE goes,
     /// the command gets its reply, and `call.outgoing` is published.
-    pub(crate) fn on_dial_media(&mut self, placing: Placing, port: Result<u16, MediaFailure>) {
+    pub(crate) fn on_dial_media(
+        &mut self,
+        placing: Placing,
+        port: Result<OpenedMedia, MediaFailure>,
+    ) {
         let Placing {
             call: id,
             account,
@@ -1109,7 +1131,7 @@ impl Core {
     pub(crate) fn on_answer_media(
         &mut self,
         id: CallId,
-        port: Result<u16, MediaFailure>,
+        port: Result<OpenedMedia, MediaFailure>,
         reply: Option<ReplyTo>,
     ) {
         let answer = self.finish_answer(id, port);
@@ -1119,7 +1141,7 @@ impl Core {
         self.reply(reply, answer);
     }
 
-    fn finish_answer(&mut self, id: CallId, port: Result<u16, MediaFailure>) -> Reply {
+    fn finish_answer(&mut self, id: CallId, port: Result<OpenedMedia, MediaFailure>) -> Reply {
         let Some(call) = self.calls.get(&id).filter(|c| c.is_ringing_in()) else {
             if port.is_ok() {
                 self.media(MediaAction::Close { call: id });

@@ -50,6 +50,9 @@ pub struct CoreSetup {
     pub bind_ip: IpAddr,
     /// The local address towards each account's server (for SDP when bound to all).
     pub media_ips: HashMap<u32, IpAddr>,
+    /// The SIP UDP socket's public address learned by STUN at start (`None`: STUN
+    /// off or unanswered): the Contact of UDP accounts without `publicAddr`.
+    pub sip_public: Option<std::net::SocketAddr>,
     /// Whether this machine has a sound system (an empty device key means its
     /// default device then, else `null`).
     pub sound_system: bool,
@@ -107,6 +110,7 @@ pub struct Core {
     pub(crate) config: Config,
     pub(crate) bind_ip: IpAddr,
     pub(crate) media_ips: HashMap<u32, IpAddr>,
+    pub(crate) sip_public: Option<std::net::SocketAddr>,
     pub(crate) sound_system: bool,
     pub(crate) accounts: BTreeMap<u32, AccountSlot>,
     pub(crate) active_account: u32,
@@ -148,6 +152,7 @@ impl Core {
             active_account: setup.config.settings.account_id,
             bind_ip: setup.bind_ip,
             media_ips: setup.media_ips,
+            sip_public: setup.sip_public,
             sound_system: setup.sound_system,
             config: setup.config,
             accounts: BTreeMap::new(),
@@ -392,7 +397,7 @@ impl Core {
             let mut registers = false;
             if let (RegState::Registering, Some(rc)) = (
                 &state,
-                registration_config(&account, self.config.settings.rport),
+                registration_config(&account, self.config.settings.rport, self.sip_public),
             ) {
                 if matches!(account.transport, Transport::Tls) {
                     warn!(
@@ -879,7 +884,13 @@ pub(crate) fn host_ip(host_port: &str) -> Option<IpAddr> {
 }
 
 /// `rport`: the `[Settings]` key (RFC 3581 in our Via; 0 leaves it out).
-fn registration_config(account: &Account, rport: bool) -> Option<RegistrationConfig> {
+/// `sip_public`: the SIP socket's address learned by STUN, the Contact's when the
+/// account has no `publicAddr` and registers over UDP.
+fn registration_config(
+    account: &Account,
+    rport: bool,
+    sip_public: Option<std::net::SocketAddr>,
+) -> Option<RegistrationConfig> {
     let server = account.server.clone().filter(|s| !s.trim().is_empty())?;
     Some(RegistrationConfig {
         account: account.number,
@@ -896,10 +907,26 @@ fn registration_config(account: &Account, rport: bool) -> Option<RegistrationCon
         },
         expires: account.register_refresh,
         keep_alive: account.keep_alive,
-        public_addr: account.public_addr.clone(),
+        public_addr: contact_public_addr(account, sip_public),
         allow_rewrite: account.allow_rewrite,
         rport,
     })
+}
+
+/// The public `host[:port]` for an account's Contact: its `publicAddr`, else the SIP
+/// socket's STUN-learned address when the account signals over UDP.
+pub(crate) fn contact_public_addr(
+    account: &Account,
+    sip_public: Option<std::net::SocketAddr>,
+) -> Option<String> {
+    account
+        .public_addr
+        .clone()
+        .filter(|s| !s.trim().is_empty())
+        .or_else(|| {
+            let udp = !matches!(account.transport, Transport::Tcp | Transport::Tls);
+            sip_public.filter(|_| udp).map(|a| a.to_string())
+        })
 }
 
 fn summarize(done: &[(u32, Outcome)], on: bool) -> Reply {

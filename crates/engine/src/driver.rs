@@ -29,8 +29,8 @@ use crate::command::{CallId, Command};
 use crate::core::{host_ip, Core, CoreSetup, MediaStatsView};
 use crate::event::{Event, EventKind, Snapshot};
 use crate::io::{
-    AnswerId, Done, Input, LegSignal, MediaAction, MediaFailure, MessageIn, Now, Output, ReplyTo,
-    SipAction, StoreAction, Ticket,
+    AnswerId, Done, Input, LegSignal, MediaAction, MediaFailure, MessageIn, Now, OpenedMedia,
+    Output, ReplyTo, SipAction, StoreAction, Ticket,
 };
 use crate::messages::{MessageArchive, Records};
 use crate::reply::{fail, ErrorCode, Reply};
@@ -283,6 +283,7 @@ pub async fn start(
 ) -> Result<(EngineHandle, tokio::task::JoinHandle<()>), String> {
     let stack_config = stack_config(&setup.config, setup.trace.clone());
     let bind_ip = stack_config.bind_ip;
+    let stun_servers = stack_config.stun.clone();
     let (sip, signals) = SipStack::start(stack_config)
         .await
         .map_err(|e| e.to_string())?;
@@ -305,6 +306,8 @@ pub async fn start(
         }),
     )
     .map_err(|e| format!("cannot start media: {e}"))?;
+    media.set_stun_servers(stun_servers);
+    let sip_public = sip.public_udp();
     let media_ips = setup
         .config
         .accounts
@@ -319,6 +322,7 @@ pub async fn start(
             config: setup.config,
             bind_ip,
             media_ips,
+            sip_public,
             sound_system: microsip_media::device::sound_system_present(),
             call_on_start: setup.call_on_start,
             seed: seed(),
@@ -419,7 +423,24 @@ fn stack_config(config: &Config, trace: Option<PathBuf>) -> StackConfig {
         callid_domain: "microsip-rs".into(),
         trace,
         rport: config.settings.rport,
+        stun: stun_servers(&config.settings),
     }
+}
+
+/// The STUN servers to ask (`enableSTUN=1` and a `STUN` list; `--stun` sets both),
+/// resolved once; entries that do not resolve are logged and skipped.
+fn stun_servers(settings: &microsip_config::Settings) -> Vec<std::net::SocketAddr> {
+    if !settings.enable_stun {
+        return Vec::new();
+    }
+    let (servers, bad) = microsip_nat::stun::resolve_servers(&settings.stun);
+    for b in bad {
+        warn!("STUN server skipped: {b}");
+    }
+    if servers.is_empty() {
+        warn!("enableSTUN=1 but no usable STUN server in STUN=");
+    }
+    servers
 }
 
 /// What an answer owed to the remote is kept as.
@@ -1001,7 +1022,7 @@ fn run_media(
             fallback_source,
             fallback_sink,
         } => {
-            let result = match media.open(call, source.clone(), sink.clone()) {
+            let result = match media.open_public(call, source.clone(), sink.clone()) {
                 Err(e) if fallback_source || fallback_sink => {
                     warn!(
                         "call {call}: the default sound device cannot be used ({e}); going on without it"
@@ -1012,11 +1033,15 @@ fn run_media(
                         source
                     };
                     let sink = if fallback_sink { AudioSpec::Null } else { sink };
-                    media.open(call, source, sink)
+                    media.open_public(call, source, sink)
                 }
                 other => other,
             };
-            Some(Done::MediaOpened(result.map_err(|e| failure_of(&e))))
+            Some(Done::MediaOpened(
+                result
+                    .map(|(port, public)| OpenedMedia { port, public })
+                    .map_err(|e| failure_of(&e)),
+            ))
         }
         MediaAction::Configure { call, negotiated } => {
             logged(call, "configure", media.configure(call, *negotiated))

@@ -61,6 +61,7 @@ impl Bench {
                 config,
                 bind_ip: [127, 0, 0, 1].into(),
                 media_ips: HashMap::new(),
+                sip_public: None,
                 sound_system: false,
                 call_on_start: call,
                 seed: 42,
@@ -210,7 +211,7 @@ impl Bench {
     fn open_media(&mut self) {
         for (ticket, action) in self.media() {
             if let (Some(ticket), MediaAction::Open { call, .. }) = (ticket, action) {
-                self.done(ticket, Done::MediaOpened(Ok(40_000 + call as u16)));
+                self.done(ticket, Done::MediaOpened(Ok((40_000 + call as u16).into())));
             }
         }
     }

@@ -158,7 +158,10 @@ pub fn resolve_servers(list: &[String]) -> (Vec<SocketAddr>, Vec<String>) {
                 Ok(_) => format!("[{entry}]:{DEFAULT_PORT}"),
                 Err(_) => format!("{entry}:{DEFAULT_PORT}"),
             }
-        } else if entry.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()) {
+        } else if entry
+            .rsplit_once(':')
+            .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+        {
             entry.to_string()
         } else {
             format!("{entry}:{DEFAULT_PORT}")
@@ -327,22 +330,25 @@ mod tests {
             Ok("192.0.2.1:32853".parse().unwrap())
         );
         let other = [0u8; 12];
-        assert_eq!(parse_binding_response(&data, &other), Err(StunError::NotOurs));
+        assert_eq!(
+            parse_binding_response(&data, &other),
+            Err(StunError::NotOurs)
+        );
     }
 
     #[test]
     fn the_rfc5769_ipv6_sample_is_unxored_with_the_transaction_id() {
-        let data = hex(
-            "010100482112a442b7e7a701bc34d686fa87dfae\
+        let data = hex("010100482112a442b7e7a701bc34d686fa87dfae\
              8022000b7465737420766563746f7220\
              002000140002a1470113a9faa5d3f179bc25f4b5bed2b9d9\
              00080014a382954e4be67bf11784c97c8292c275bfe3ed41\
-             80280004c8fb0b4c",
-        );
+             80280004c8fb0b4c");
         let id: TransactionId = data[8..20].try_into().unwrap();
         assert_eq!(
             parse_binding_response(&data, &id),
-            Ok("[2001:db8:1234:5678:11:2233:4455:6677]:32853".parse().unwrap())
+            Ok("[2001:db8:1234:5678:11:2233:4455:6677]:32853"
+                .parse()
+                .unwrap())
         );
     }
 
@@ -362,7 +368,10 @@ mod tests {
         rtp.extend([0u8; 168]);
         assert!(!is_stun(&rtp));
         assert!(!is_stun(b"short"));
-        assert_eq!(parse_binding_response(&rtp, &[0; 12]), Err(StunError::NotStun));
+        assert_eq!(
+            parse_binding_response(&rtp, &[0; 12]),
+            Err(StunError::NotStun)
+        );
         // A truncated attribute is refused, not read past the end.
         let mut bad = hex(RFC5769_V4);
         bad[3] = 0x3c + 4; // claims more than there is
