@@ -15,9 +15,9 @@ Fixtures:
                     is set, which skips it)
 - free_port         the peers.free_port function
 - session_bus       a private D-Bus session bus (peers.SessionBus), started by pid
-- nat_world         netns.nat_world(homes=1): the test runs in the "internet"
-                    namespace (203.0.113.1) with a home (10.0.1.2) behind a
-                    MASQUERADE router (203.0.113.11); `home.prefix` runs a
+- nat_world         netns.nat_world(homes=2): the test runs in the "internet"
+                    namespace (203.0.113.1) with two homes (10.0.k.2) behind
+                    MASQUERADE routers (203.0.113.1k); `home.prefix` runs a
                     program there. Name it FIRST among the test's fixtures; the
                     peers are stopped before the namespaces go.
 - isolated_netns    the test runs in a fresh network namespace of its own (loopback
@@ -165,7 +165,7 @@ def nat_world():
     why = netns.nat_available()
     if why:
         pytest.fail(f"NAT test: {why}")
-    with netns.nat_world(homes=1) as world:
+    with netns.nat_world(homes=2) as world:
         try:
             yield world
         finally:

@@ -21,7 +21,7 @@ import audio
 import peers
 from peers import account, ini
 
-USERS = {"1001": "p;w#1005", "1002": "secret2"}
+USERS = {"1001": "p;w#1005", "1002": "secret2", "1003": "secret3"}
 CALL_SECONDS = 6
 TONE_US, TONE_PEER = 440, 1000
 
@@ -34,15 +34,16 @@ def internet(nat_world, make_kamailio, tmp_path):
     return nat_world, kam, stun
 
 
-def home_phone(make_phone, world, kam, tmp_path, **settings) -> peers.Phone:
-    """The phone in home 1 (under `ip netns exec`), file audio, registered."""
-    home = world.homes[0]
-    src = audio.make_tone_wav(tmp_path / f"phone-src-{TONE_US}.wav", TONE_US, 30)
-    out = tmp_path / "phone-out.wav"
+def home_phone(make_phone, world, kam, tmp_path, home_index=0, user="1001",
+               tone=TONE_US, extra_args=(), **settings) -> peers.Phone:
+    """A phone in a home (under `ip netns exec`), file audio, registered as user."""
+    home = world.homes[home_index]
+    src = audio.make_tone_wav(tmp_path / f"phone-src-{tone}.wav", tone, 30)
+    out = tmp_path / f"phone-out-{user}.wav"
     keys = dict(audioInputDevice=f"file:{src}", audioOutputDevice=f"file:{out}",
                 autoAnswer="all", autoAnswerDelay=0, **settings)
-    acc = account(kam.address, "1001", USERS["1001"], domain=world.internet_ip)
-    ph = make_phone(ini(acc, **keys), prefix=home.prefix)
+    acc = account(kam.address, user, USERS[user], domain=world.internet_ip)
+    ph = make_phone(ini(acc, **keys), prefix=home.prefix, extra_args=extra_args)
     ph.events().wait_state(1, "registered", 30, codes={200})
     ph.out_path = out
     return ph
@@ -140,6 +141,8 @@ def test_behind_nat_with_stun_registers_public_contact_and_calls_both_ways(
     assert ok200, ph.trace_text()[-3000:]
     ip2, _ = sdp_of(ok200[-1])
     assert ip2 == home.public_ip, ok200[-1].body
+    # Its Contact too: baresip's BYE must reach the phone through the router.
+    assert contact_host_port(ok200[-1]).startswith(f"{home.public_ip}:"), ok200[-1].text
     time.sleep(CALL_SECONDS)
     bs.hangup()
     closed2 = bs.wait_event("CALL_CLOSED")
@@ -165,3 +168,37 @@ def test_behind_nat_without_stun_the_private_contact_is_unreachable(
     assert not ph.events().count("call.incoming"), ph.events()._describe()
     assert not any(m.method == "INVITE" for m in ph.trace_messages() if not m.sent)
     assert closed.get("param"), closed
+
+
+def test_two_phones_behind_two_nats_hear_each_other_with_stun(
+        internet, make_phone, tmp_path):
+    """Phone A in home 1 (STUN from the start option `--stun`), phone B in home 2
+    (STUN from the ini): each SDP names its router's public address and mapped
+    port, and both hear the other's tone. MASQUERADE keeps the port STUN saw for
+    the new destination, so the first packets each side sends open its router for
+    the other's (the far router drops what comes before)."""
+    world, kam, stun = internet
+    a = home_phone(make_phone, world, kam, tmp_path, 0, "1001", TONE_US,
+                   extra_args=("--stun", stun.address))
+    b = home_phone(make_phone, world, kam, tmp_path, 1, "1003", TONE_PEER,
+                   enableSTUN=1, STUN=stun.address)
+    for ph, home, user in ((a, world.homes[0], "1001"), (b, world.homes[1], "1003")):
+        contacts = kam.wait_contacts(user)
+        assert f"@{home.public_ip}:" in contacts[0]["address"], contacts
+    rc, out, err = a.cmd("dial", "1003")
+    assert rc == 0, (out, err)
+    cid = int(out.strip())
+    wait_event(a, "call.confirmed", pred=lambda e: e.get("call") == cid)
+    inc = wait_event(b, "call.incoming")
+    invite = next(m for m in a.trace_messages() if m.sent and m.method == "INVITE" and m.body)
+    assert sdp_of(invite)[0] == world.homes[0].public_ip, invite.body
+    answer = [m for m in b.trace_messages() if m.sent and m.code == 200 and "m=audio" in m.body]
+    assert answer and sdp_of(answer[-1])[0] == world.homes[1].public_ip, b.trace_text()[-2000:]
+    assert contact_host_port(answer[-1]).startswith(f"{world.homes[1].public_ip}:"), \
+        answer[-1].text
+    time.sleep(CALL_SECONDS)
+    a.cmd("hangup", str(cid))
+    wait_event(a, "call.ended", pred=lambda e: e.get("call") == cid)
+    wait_event(b, "call.ended", pred=lambda e: e.get("call") == inc["call"])
+    heard(a.out_path, TONE_PEER, CALL_SECONDS, "phone A heard phone B across two NATs")
+    heard(b.out_path, TONE_US, CALL_SECONDS, "phone B heard phone A across two NATs")

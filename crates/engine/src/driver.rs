@@ -308,6 +308,17 @@ pub async fn start(
     .map_err(|e| format!("cannot start media: {e}"))?;
     media.set_stun_servers(stun_servers);
     let sip_public = sip.public_udp();
+    // Calls we answer carry the public Contact of the default account (or of the
+    // first that has one).
+    let incoming_public = setup
+        .config
+        .accounts
+        .iter()
+        .filter(|a| a.active)
+        .find(|a| a.number == setup.config.settings.account_id)
+        .or_else(|| setup.config.accounts.iter().find(|a| a.active))
+        .and_then(|a| crate::core::contact_public_addr(a, sip_public));
+    sip.calls().set_incoming_public(incoming_public);
     let media_ips = setup
         .config
         .accounts

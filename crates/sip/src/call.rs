@@ -373,6 +373,9 @@ pub struct Calls {
     tcp_local: Option<SipAddr>,
     /// The Reason headers of the CANCELs received (the stack's inspector fills it).
     cancel_reasons: CancelReasons,
+    /// The public `host:port` for the Contact of the calls we answer over UDP (the
+    /// account's `publicAddr` or the STUN-learned address; `None`: the local one).
+    incoming_public: Arc<Mutex<Option<String>>>,
 }
 
 impl Calls {
@@ -391,6 +394,15 @@ impl Calls {
             udp_local,
             tcp_local,
             cancel_reasons,
+            incoming_public: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    /// Sets the public `host[:port]` the Contact of calls answered over UDP carries
+    /// (the engine's choice: `publicAddr`, else the STUN-learned address).
+    pub fn set_incoming_public(&self, public: Option<String>) {
+        if let Ok(mut p) = self.incoming_public.lock() {
+            *p = public;
         }
     }
 
@@ -566,7 +578,12 @@ impl Calls {
             &req,
             tx.connection.as_ref().map(|c| c.transport()) == Some(Transport::Tcp),
         );
-        let contact = self.contact(&info.to_user, info.tcp, None);
+        let public = if info.tcp {
+            None
+        } else {
+            self.incoming_public.lock().ok().and_then(|p| p.clone())
+        };
+        let contact = self.contact(&info.to_user, info.tcp, public.as_deref());
         let (state_tx, state_rx) = self.layer.new_dialog_state_channel();
         let dialog =
             match self
