@@ -453,10 +453,10 @@ impl MediaEngine {
                 Ok(m) => {
                     tracing::info!(
                         call = id,
-                        "STUN: RTP port {local_port} is {} seen from {} (round trip {} ms)",
+                        "STUN: RTP port {local_port} is {} seen from {} (round trip {:.2} ms)",
                         m.public,
                         m.server,
-                        m.round_trip.as_millis()
+                        m.round_trip.as_secs_f64() * 1000.0
                     );
                     Some(m.public)
                 }

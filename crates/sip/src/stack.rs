@@ -132,14 +132,14 @@ impl SipStack {
             match microsip_nat::stun::discover(&std_socket, &config.stun) {
                 Ok(m) => {
                     info!(
-                        "STUN: SIP socket {} is {} seen from {} (round trip {} ms)",
+                        "STUN: SIP socket {} is {} seen from {} (round trip {:.2} ms)",
                         std_socket
                             .local_addr()
                             .map(|a| a.to_string())
                             .unwrap_or_default(),
                         m.public,
                         m.server,
-                        m.round_trip.as_millis()
+                        m.round_trip.as_secs_f64() * 1000.0
                     );
                     Some(m.public)
                 }
