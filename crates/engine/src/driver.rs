@@ -306,6 +306,12 @@ pub async fn start(
         }),
     )
     .map_err(|e| format!("cannot start media: {e}"))?;
+    // The server that answered the SIP socket is asked first for each call's RTP.
+    let mut stun_servers = stun_servers;
+    if let Some(first) = sip.stun_server() {
+        stun_servers.retain(|s| *s != first);
+        stun_servers.insert(0, first);
+    }
     media.set_stun_servers(stun_servers);
     let sip_public = sip.public_udp();
     // Calls we answer carry the public Contact of the default account (or of the

@@ -451,6 +451,13 @@ impl MediaEngine {
         } else {
             match microsip_nat::stun::discover(&socket, &servers) {
                 Ok(m) => {
+                    // The server that answered is asked first next time: a dead
+                    // one ahead of it in the list would delay every call.
+                    if servers.first() != Some(&m.server) {
+                        let mut list = lock(&self.shared.stun);
+                        list.retain(|s| *s != m.server);
+                        list.insert(0, m.server);
+                    }
                     tracing::info!(
                         call = id,
                         "STUN: RTP port {local_port} is {} seen from {} (round trip {:.2} ms)",

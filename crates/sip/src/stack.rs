@@ -69,7 +69,7 @@ pub struct SipStack {
     pub(crate) tcp_addr: Option<SocketAddr>,
     /// The UDP listener's public address as the first STUN server that answered saw
     /// it (`None`: no STUN server configured, or none answered).
-    public_udp: Option<SocketAddr>,
+    public_udp: Option<(SocketAddr, SocketAddr)>,
     calls: Calls,
     /// Where NOTIFYs for our subscriptions go (by Call-ID and our tag).
     pub(crate) notify_routes: NotifyRoutes,
@@ -141,7 +141,7 @@ impl SipStack {
                         m.server,
                         m.round_trip.as_secs_f64() * 1000.0
                     );
-                    Some(m.public)
+                    Some((m.public, m.server))
                 }
                 Err(e) => {
                     warn!("STUN: no public address for the SIP socket ({e}); using the local one");
@@ -268,7 +268,12 @@ impl SipStack {
     /// The UDP listener's public address learned by STUN at start (`None`: STUN off
     /// or no server answered).
     pub fn public_udp(&self) -> Option<SocketAddr> {
-        self.public_udp
+        self.public_udp.map(|(public, _)| public)
+    }
+
+    /// The STUN server that answered at start, if one did.
+    pub fn stun_server(&self) -> Option<SocketAddr> {
+        self.public_udp.map(|(_, server)| server)
     }
 
     /// The TCP listener's address, when TCP is on.
