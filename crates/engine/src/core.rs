@@ -981,4 +981,30 @@ mod tests {
         assert_eq!(host_ip("[::1]:5070"), "::1".parse().ok());
         assert_eq!(host_ip("pbx.example.com:5060"), None);
     }
+
+    fn account_of(keys: &str) -> Account {
+        let ini = format!("[Settings]\naccountId=1\n[Account1]\nserver=203.0.113.1\n{keys}");
+        let (doc, _) = microsip_config::IniDocument::parse(ini.as_bytes());
+        let config = Config::from_document(&doc, "/nonexistent/microsip.ini");
+        config.accounts.into_iter().find(|a| a.number == 1).unwrap()
+    }
+
+    #[test]
+    fn the_contact_takes_public_addr_then_stun_and_stun_only_on_udp() {
+        let stun: std::net::SocketAddr = "203.0.113.11:5060".parse().unwrap();
+        let udp = account_of("transport=udp\n");
+        assert_eq!(
+            contact_public_addr(&udp, Some(stun)).as_deref(),
+            Some("203.0.113.11:5060")
+        );
+        assert_eq!(contact_public_addr(&udp, None), None);
+        let configured = account_of("transport=udp\npublicAddr=198.51.100.7\n");
+        assert_eq!(
+            contact_public_addr(&configured, Some(stun)).as_deref(),
+            Some("198.51.100.7")
+        );
+        // The SIP socket's UDP mapping says nothing about a TCP connection.
+        let tcp = account_of("transport=tcp\n");
+        assert_eq!(contact_public_addr(&tcp, Some(stun)), None);
+    }
 }
