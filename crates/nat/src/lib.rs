@@ -6,5 +6,8 @@
 //! answer in Contact and SDP themselves.
 //!
 //! * [`stun`] is the Binding request / response codec and [`stun::discover`].
+//! * [`check`] is the wire layer of ICE connectivity checks (MESSAGE-INTEGRITY,
+//!   FINGERPRINT, the ICE attributes); the ICE agent itself is not built yet.
 
+pub mod check;
 pub mod stun;
