@@ -19,6 +19,7 @@ python3 bench/startup.py
 python3 bench/connections.py
 python3 bench/tls.py  # TLS vs UDP: start -> registered, register round trip, idle RSS
 python3 bench/http_api.py  # (not http.py: that name would hide Python's http module) MICROSIP_BEFORE_BIN=OLD_BINARY adds its idle RSS
+python3 bench/nat.py  # behind a MASQUERADE NAT: STUN round trip, registration and call setup with and without STUN (root)
 python3 bench/soak.py
 python3 bench/dbus_idle.py  # idle RSS without/with D-Bus, Status over D-Bus vs the socket
 python3 bench/web_page.py  # the web page: bytes and load time in chromium

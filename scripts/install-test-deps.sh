@@ -29,6 +29,9 @@ APT_PACKAGES=(
   # the web page's test (tests/e2e/test_web.py): Debian's chromium, driven by
   # playwright-core from npm (never a downloaded browser); Node.js below
   chromium
+  # the NAT tests (tests/e2e/test_nat.py): the routers' MASQUERADE and a STUN
+  # server (coturn's turnserver --stun-only)
+  iptables coturn
 )
 PY_PACKAGES=(pytest numpy pesq jeepney)
 
@@ -57,7 +60,7 @@ done
 # The binaries the tests call, in case a package is half there.
 for b in sipp baresip kamailio kamcmd sipsak tshark sox espeak-ng cmake pkg-config \
          pulseaudio parec paplay pactl dbus-daemon busctl gdbus xdg-open dpkg-deb \
-         chromium; do
+         chromium iptables turnserver; do
   if ! command -v "$b" >/dev/null 2>&1 && [ ! -x "/usr/sbin/$b" ]; then
     missing+=("(binary $b)")
   fi

@@ -15,6 +15,11 @@ Fixtures:
                     is set, which skips it)
 - free_port         the peers.free_port function
 - session_bus       a private D-Bus session bus (peers.SessionBus), started by pid
+- nat_world         netns.nat_world(homes=2): the test runs in the "internet"
+                    namespace (203.0.113.1) with two homes (10.0.k.2) behind
+                    MASQUERADE routers (203.0.113.1k); `home.prefix` runs a
+                    program there. Name it FIRST among the test's fixtures; the
+                    peers are stopped before the namespaces go.
 - isolated_netns    the test runs in a fresh network namespace of its own (loopback
                     only; see netns.py). Name it FIRST among the test's fixtures so
                     that every peer is started inside it.
@@ -43,6 +48,11 @@ def _live_objects():
     """Starts each test with an empty list of live objects; cleans them up after."""
     peers.LIVE.clear()
     yield
+    _cleanup_live()
+
+
+def _cleanup_live():
+    """Stops every live object (phones first) and empties the list."""
     errors = []
     # Phones first (their /exit un-REGISTERs at the peers), then the other
     # phones (baresip un-REGISTERs on quit too, and waits for Kamailio's answer),
@@ -56,6 +66,7 @@ def _live_objects():
             errors.append(f"{type(obj).__name__}: {e}")
     if errors:
         print("cleanup problems:\n" + "\n".join(errors), file=sys.stderr)
+    peers.LIVE.clear()
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -147,3 +158,17 @@ def session_bus(tmp_path) -> peers.SessionBus:
 def isolated_netns():
     with netns.isolated():
         yield
+
+
+@pytest.fixture
+def nat_world():
+    why = netns.nat_available()
+    if why:
+        pytest.fail(f"NAT test: {why}")
+    with netns.nat_world(homes=2) as world:
+        try:
+            yield world
+        finally:
+            # Inside the namespace still: baresip's ctrl_tcp and the phones'
+            # un-REGISTERs need it.
+            _cleanup_live()

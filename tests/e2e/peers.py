@@ -26,6 +26,7 @@ import re
 import secrets
 import shutil
 import signal
+import struct
 import socket
 import subprocess
 import tempfile
@@ -340,9 +341,14 @@ class Kamailio:
                  max_expires: int = 3600, algorithm: str = "MD5",
                  presence_server: str | None = None, presence_module: bool = False,
                  tls_cert: Path | None = None, tls_key: Path | None = None,
-                 tls_port: int | None = None, ip: str = LOOPBACK):
-        # ip: the address it listens on (UDP and TCP): 127.0.0.1, or "::1" for IPv6.
-        self.ip = ip
+                 tls_port: int | None = None, ip: str = LOOPBACK,
+                 host: str | None = None, prefix: Iterable[str] = ()):
+        # ip (or host, the same): the address it listens on (UDP and TCP) and is known
+        # as: 127.0.0.1, "::1" for IPv6, another inside a test's namespaces
+        # (netns.nat_world). prefix: a command it runs under (e.g. `ip netns exec
+        # NAME`); none by default.
+        self.ip = host or ip
+        self.prefix = list(prefix)
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         # The ctl socket path must stay short (sun_path is 108 bytes).
@@ -399,6 +405,9 @@ class Kamailio:
             text = text.replace(f"@@{key}@@", val)
         if "@@" in text:
             raise AssertionError("unrendered marker in kamailio.cfg")
+        if self.ip != LOOPBACK and ":" not in self.ip:
+            # An IPv4 address inside a test's namespaces: every 127.0.0.1 is it.
+            text = text.replace(LOOPBACK, self.ip)
         self.cfg.write_text(text)
         if self.tls_cert:
             self.tls_cfg.write_text(
@@ -433,7 +442,7 @@ class Kamailio:
             log.write(f"\n==== start {time.strftime('%H:%M:%S')} port {self.port}\n".encode())
             log.flush()
             self.proc = subprocess.Popen(
-                [self.kamailio, "-f", str(self.cfg), "-P", str(self.pidfile),
+                [*self.prefix, self.kamailio, "-f", str(self.cfg), "-P", str(self.pidfile),
                  "-Y", str(self.rundir), "-m", "64", "-M", "8", "-DD", "-E",
                  *(["-A", "WITH_PRESENCE"] if self.presence_module else []),
                  *(["-A", "WITH_TLS"] if self.tls_cert else [])],
@@ -819,8 +828,12 @@ class Phone:
     def __init__(self, workdir: Path, profile: str | None = None,
                  ini: dict | str | bytes | None = None, extra_args: Iterable[str] = (),
                  runtime_dir: Path | None = None, run_as: tuple[int, int] | None = None,
-                 env: dict[str, str] | None = None):
+                 env: dict[str, str] | None = None, prefix: Iterable[str] = ()):
         self.bin = microsip_bin()
+        # A command the phone runs under, e.g. `ip netns exec NAME` (netns.nat_world);
+        # none by default. Its control socket is a file: `cmd` reaches it from any
+        # namespace.
+        self.prefix = list(prefix)
         # (uid, gid) the phone and `cmd` run as (root only); None: as the test.
         self.run_as = run_as
         self.profile = profile or ("p" + secrets.token_hex(3))
@@ -891,7 +904,7 @@ class Phone:
 
     def start(self, wait_ready: bool = True, timeout: float = 30.0) -> "Phone":
         assert self.proc is None, "phone already started"
-        args = [self.bin, "--ini", str(self.ini_path), "--profile", self.profile,
+        args = [*self.prefix, self.bin, "--ini", str(self.ini_path), "--profile", self.profile,
                 "--debug", str(self.trace_path), "--headless", *self.extra_args]
         self.commands.append(" ".join(args))
         self._out = open(self.stdout_path, "wb")
@@ -1300,9 +1313,13 @@ class Baresip:
                  account_extra: str = "", extra_config: str = "", name: str | None = None,
                  sip_trace: bool = True, register: bool = True, outbound: bool = True,
                  max_calls: int = 8, message_peer: str | None = None,
-                 ip: str | None = None):
-        # ip: where it listens (SIP, RTP) and registers: the Kamailio's by default.
-        self.ip = ip or (kamailio.ip if kamailio else LOOPBACK)
+                 ip: str | None = None, host: str | None = None,
+                 prefix: Iterable[str] = ()):
+        # ip (or host, the same): where it listens (SIP, RTP) and registers: the
+        # Kamailio's by default; ctrl_tcp stays on 127.0.0.1 of the namespace it runs
+        # in. prefix: a command it runs under; none by default.
+        self.ip = host or ip or (kamailio.ip if kamailio else LOOPBACK)
+        self.prefix = list(prefix)
         if not re.fullmatch(r"[A-Za-z0-9_.+-]+", user):
             raise ValueError(f"user name {user!r} not supported")
         if re.search(r"[;,<>\s\"]", password):
@@ -1416,7 +1433,7 @@ class Baresip:
         assert self.proc is None, "baresip already started"
         exe = which("baresip") or "baresip"
         self._logf = open(self.log, "wb")
-        args = [exe, "-f", str(self.cfgdir), "-t", str(self.quit_after)]
+        args = [*self.prefix, exe, "-f", str(self.cfgdir), "-t", str(self.quit_after)]
         if self.sip_trace:
             args.append("-s")  # SIP trace into the log
         # The stdio UI needs a stdin it can poll (not /dev/null); nothing is written.
@@ -1660,6 +1677,79 @@ class Baresip:
 # --------------------------------------------------------------------------
 # PulseAudio: a paced sound device without a sound card
 # --------------------------------------------------------------------------
+
+class StunServer:
+    """A STUN server (Debian's coturn: `turnserver --stun-only`) on host:port (UDP),
+    for the NAT tests (netns.nat_world). `binding(from_host)` asks it once, as a
+    check that it answers."""
+
+    def __init__(self, workdir: Path, host: str = LOOPBACK, port: int | None = None,
+                 prefix: Iterable[str] = ()):
+        self.host = host
+        self.port = port or free_port("udp")
+        self.prefix = list(prefix)
+        self.workdir = Path(workdir) / f"stun-{self.port}"
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.log = self.workdir / "turnserver.log"
+        self.proc: subprocess.Popen | None = None
+        _register(self)
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def start(self, timeout: float = 20.0) -> "StunServer":
+        exe = which("turnserver") or "/usr/bin/turnserver"
+        self._logf = open(self.log, "wb")
+        self.proc = subprocess.Popen(
+            [*self.prefix, exe, "-n", "--stun-only", "-L", self.host, "-p", str(self.port),
+             "--no-cli", "--no-tls", "--no-dtls", "--log-file", "stdout", "--simple-log",
+             "--pidfile", str(self.workdir / "turnserver.pid")],
+            stdin=subprocess.DEVNULL, stdout=self._logf, stderr=subprocess.STDOUT,
+            start_new_session=True, cwd=str(self.workdir))
+
+        def answers():
+            if self.proc.poll() is not None:
+                raise AssertionError(f"turnserver exited with {self.proc.returncode}:\n"
+                                     f"{tail(self.log, 40)}")
+            return self.binding(timeout=0.3)
+        wait_until(answers, timeout, 0.1, f"STUN server on {self.address}")
+        return self
+
+    def binding(self, timeout: float = 1.0) -> tuple[str, int] | None:
+        """One Binding request from this namespace; the XOR-MAPPED-ADDRESS it
+        answered, or None."""
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            s.bind((self.host, 0))
+            s.settimeout(timeout)
+            tid = secrets.token_bytes(12)
+            s.sendto(b"\x00\x01\x00\x00\x21\x12\xa4\x42" + tid, (self.host, self.port))
+            data, _ = s.recvfrom(2048)
+        except OSError:
+            return None
+        finally:
+            s.close()
+        at = 20
+        while at + 4 <= len(data):
+            kind, n = struct.unpack("!HH", data[at:at + 4])
+            if kind == 0x0020 and n >= 8:
+                port = struct.unpack("!H", data[at + 6:at + 8])[0] ^ 0x2112
+                ip = bytes(a ^ b for a, b in zip(data[at + 8:at + 12], b"\x21\x12\xa4\x42"))
+                return socket.inet_ntoa(ip), port
+            at += 4 + (n + 3) // 4 * 4
+        return None
+
+    def diagnostics(self) -> list[tuple[str, str]]:
+        return [(f"STUN server {self.address} log (tail)", tail(self.log, 30))]
+
+    def cleanup(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            _kill_group(self.proc, grace=5)
+        f = getattr(self, "_logf", None)
+        if f:
+            f.close()
+
 
 class PulseAudio:
     """A private PulseAudio server with null sinks: real, paced sound devices with

@@ -17,7 +17,9 @@ use crate::command::{CallId, Command, StatusForm};
 use crate::core::Core;
 use crate::dialplan;
 use crate::event::{CallQuality, EventKind};
-use crate::io::{AnswerId, LegSignal, MediaAction, MediaFailure, MessageIn, ReplyTo, SipAction};
+use crate::io::{
+    AnswerId, LegSignal, MediaAction, MediaFailure, MessageIn, OpenedMedia, ReplyTo, SipAction,
+};
 use crate::policy::{self, Decision, IncomingFacts};
 use crate::recording::CallExtras;
 use crate::reply::{fail, ok, ok_with, ErrorCode, Reply};
@@ -359,7 +361,7 @@ impl Core {
                 .filter(|s| !s.trim().is_empty()),
             tcp: matches!(account.transport, microsip_config::Transport::Tcp),
             tls: matches!(account.transport, microsip_config::Transport::Tls),
-            public_addr: account.public_addr.clone(),
+            public_addr: crate::core::contact_public_addr(account, self.sip_public),
             hide_cid: account.hide_cid,
             session_timers: !account.disable_session_timer,
         }
@@ -381,6 +383,26 @@ impl Core {
         }
     }
 
+    /// The address we put in SDP for a call on `account` whose RTP socket is
+    /// `opened`: `publicAddr` (with the local port: the router forwards it), else
+    /// the public address STUN learned for that socket, else `local_ip`.
+    fn media_addr(
+        &self,
+        account: &Account,
+        opened: OpenedMedia,
+        local_ip: std::net::IpAddr,
+    ) -> (std::net::IpAddr, u16) {
+        let configured = account
+            .public_addr
+            .as_deref()
+            .and_then(crate::core::host_ip);
+        match (configured, opened.public) {
+            (Some(ip), _) => (ip, opened.port),
+            (None, Some(public)) => (public.ip(), public.port()),
+            (None, None) => (local_ip, opened.port),
+        }
+    }
+
     /// The IP we put in SDP for a call on `account`.
     fn media_ip(&self, account: &Account) -> std::net::IpAddr {
         if let Some(ip) = account
@@ -399,7 +421,13 @@ impl Core {
             .unwrap_or(std::net::IpAddr::from([127, 0, 0, 1]))
     }
 
-    fn local_media(&mut self, ip: std::net::IpAddr, port: u16) -> LocalMedia {
+    fn local_media(
+        &mut self,
+        account: &Account,
+        opened: OpenedMedia,
+        local_ip: std::net::IpAddr,
+    ) -> LocalMedia {
+        let (ip, port) = self.media_addr(account, opened, local_ip);
         let session_id = self.random();
         let mut codecs: Vec<sdp::Codec> = self
             .config
@@ -731,7 +759,11 @@ impl Core {
 
     /// The media of a call being placed is open (or could not be): the INVITE goes,
     /// the command gets its reply, and `call.outgoing` is published.
-    pub(crate) fn on_dial_media(&mut self, placing: Placing, port: Result<u16, MediaFailure>) {
+    pub(crate) fn on_dial_media(
+        &mut self,
+        placing: Placing,
+        port: Result<OpenedMedia, MediaFailure>,
+    ) {
         let Placing {
             call: id,
             account,
@@ -772,7 +804,7 @@ impl Core {
             .get(&id)
             .and_then(|c| c.media_ip)
             .unwrap_or_else(|| self.media_ip(&account));
-        let local = self.local_media(ip, port);
+        let local = self.local_media(&account, port, ip);
         let offer = sdp::offer(&local);
         let caller = self.caller_account(&account);
         self.sip(SipAction::Dial {
@@ -1169,7 +1201,7 @@ impl Core {
     pub(crate) fn on_answer_media(
         &mut self,
         id: CallId,
-        port: Result<u16, MediaFailure>,
+        port: Result<OpenedMedia, MediaFailure>,
         reply: Option<ReplyTo>,
     ) {
         let answer = self.finish_answer(id, port);
@@ -1179,7 +1211,7 @@ impl Core {
         self.reply(reply, answer);
     }
 
-    fn finish_answer(&mut self, id: CallId, port: Result<u16, MediaFailure>) -> Reply {
+    fn finish_answer(&mut self, id: CallId, port: Result<OpenedMedia, MediaFailure>) -> Reply {
         let Some(call) = self.calls.get(&id).filter(|c| c.is_ringing_in()) else {
             if port.is_ok() {
                 self.media(MediaAction::Close { call: id });
@@ -1204,7 +1236,7 @@ impl Core {
         let session_terms =
             terms_for_request(&call.session_ask, self.config.settings.session_timer_min);
         let ip = call.media_ip.unwrap_or_else(|| self.media_ip(&account));
-        let local = self.local_media(ip, port);
+        let local = self.local_media(&account, port, ip);
         let (answer_sdp, negotiated) = match offer_text.as_deref().map(sdp::parse) {
             Some(Ok(offer)) => match sdp::answer(&offer, &local) {
                 Ok(x) => (x.0, Some(x.1)),

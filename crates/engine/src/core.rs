@@ -54,6 +54,9 @@ pub struct CoreSetup {
     /// IPv4 for an IPv6 one), for calls whose peer offers only that family; `None`
     /// when the machine has none.
     pub other_family_ip: Option<IpAddr>,
+    /// The SIP UDP socket's public address learned by STUN at start (`None`: STUN
+    /// off or unanswered): the Contact of UDP accounts without `publicAddr`.
+    pub sip_public: Option<std::net::SocketAddr>,
     /// Whether this machine has a sound system (an empty device key means its
     /// default device then, else `null`).
     pub sound_system: bool,
@@ -115,6 +118,7 @@ pub struct Core {
     /// Where RTP sockets are bound once SIP moved to a new address (the media
     /// engine's own address is the one it started with); `None` until then.
     pub(crate) media_bind: Option<IpAddr>,
+    pub(crate) sip_public: Option<std::net::SocketAddr>,
     pub(crate) sound_system: bool,
     pub(crate) accounts: BTreeMap<u32, AccountSlot>,
     pub(crate) active_account: u32,
@@ -158,6 +162,7 @@ impl Core {
             media_ips: setup.media_ips,
             other_family_ip: setup.other_family_ip,
             media_bind: None,
+            sip_public: setup.sip_public,
             sound_system: setup.sound_system,
             config: setup.config,
             accounts: BTreeMap::new(),
@@ -407,8 +412,16 @@ impl Core {
                     &account,
                     self.config.settings.rport,
                     &self.config.settings.tls_ca_file,
+                    self.sip_public,
                 ),
             ) {
+                if account.ice {
+                    warn!(
+                        "account {}: ICE is not supported yet (ICE=1 ignored); calls offer \
+                         one address: publicAddr, the STUN-learned one, or the local one",
+                        account.number
+                    );
+                }
                 registers = true;
                 self.sip(SipAction::StartRegistration(Box::new(rc)));
             }
@@ -914,10 +927,13 @@ pub(crate) fn host_ip(host_port: &str) -> Option<IpAddr> {
 }
 
 /// `rport`: the `[Settings]` key (RFC 3581 in our Via; 0 leaves it out).
+/// `sip_public`: the SIP socket's address learned by STUN, the Contact's when the
+/// account has no `publicAddr` and registers over UDP.
 pub(crate) fn registration_config(
     account: &Account,
     rport: bool,
     tls_ca_file: &Option<String>,
+    sip_public: Option<std::net::SocketAddr>,
 ) -> Option<RegistrationConfig> {
     let server = account.server.clone().filter(|s| !s.trim().is_empty())?;
     Some(RegistrationConfig {
@@ -937,10 +953,26 @@ pub(crate) fn registration_config(
         tls_ca_file: account.tls_ca_file.clone().or_else(|| tls_ca_file.clone()),
         expires: account.register_refresh,
         keep_alive: account.keep_alive,
-        public_addr: account.public_addr.clone(),
+        public_addr: contact_public_addr(account, sip_public),
         allow_rewrite: account.allow_rewrite,
         rport,
     })
+}
+
+/// The public `host[:port]` for an account's Contact: its `publicAddr`, else the SIP
+/// socket's STUN-learned address when the account signals over UDP.
+pub(crate) fn contact_public_addr(
+    account: &Account,
+    sip_public: Option<std::net::SocketAddr>,
+) -> Option<String> {
+    account
+        .public_addr
+        .clone()
+        .filter(|s| !s.trim().is_empty())
+        .or_else(|| {
+            let udp = !matches!(account.transport, Transport::Tcp | Transport::Tls);
+            sip_public.filter(|_| udp).map(|a| a.to_string())
+        })
 }
 
 fn summarize(done: &[(u32, Outcome)], on: bool) -> Reply {
@@ -991,5 +1023,31 @@ mod tests {
         );
         assert_eq!(host_ip("[::1]:5070"), "::1".parse().ok());
         assert_eq!(host_ip("pbx.example.com:5060"), None);
+    }
+
+    fn account_of(keys: &str) -> Account {
+        let ini = format!("[Settings]\naccountId=1\n[Account1]\nserver=203.0.113.1\n{keys}");
+        let (doc, _) = microsip_config::IniDocument::parse(ini.as_bytes());
+        let config = Config::from_document(&doc, "/nonexistent/microsip.ini");
+        config.accounts.into_iter().find(|a| a.number == 1).unwrap()
+    }
+
+    #[test]
+    fn the_contact_takes_public_addr_then_stun_and_stun_only_on_udp() {
+        let stun: std::net::SocketAddr = "203.0.113.11:5060".parse().unwrap();
+        let udp = account_of("transport=udp\n");
+        assert_eq!(
+            contact_public_addr(&udp, Some(stun)).as_deref(),
+            Some("203.0.113.11:5060")
+        );
+        assert_eq!(contact_public_addr(&udp, None), None);
+        let configured = account_of("transport=udp\npublicAddr=198.51.100.7\n");
+        assert_eq!(
+            contact_public_addr(&configured, Some(stun)).as_deref(),
+            Some("198.51.100.7")
+        );
+        // The SIP socket's UDP mapping says nothing about a TCP connection.
+        let tcp = account_of("transport=tcp\n");
+        assert_eq!(contact_public_addr(&tcp, Some(stun)), None);
     }
 }

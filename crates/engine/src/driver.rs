@@ -29,8 +29,8 @@ use crate::command::{CallId, Command};
 use crate::core::{host_ip, Core, CoreSetup, MediaStatsView};
 use crate::event::{Event, EventKind, Snapshot};
 use crate::io::{
-    AnswerId, Done, Input, LegSignal, MediaAction, MediaFailure, MessageIn, Now, Output, ReplyTo,
-    SipAction, StoreAction, Ticket,
+    AnswerId, Done, Input, LegSignal, MediaAction, MediaFailure, MessageIn, Now, OpenedMedia,
+    Output, ReplyTo, SipAction, StoreAction, Ticket,
 };
 use crate::messages::{MessageArchive, Records};
 use crate::reply::{fail, ErrorCode, Reply};
@@ -284,6 +284,7 @@ pub async fn start(
     let stack_config = stack_config(&setup.config, setup.trace.clone());
     let bind_ip = stack_config.bind_ip;
     let network_target = first_server_ip(&setup.config).filter(|_| !bind_ip.is_unspecified());
+    let stun_servers = stack_config.stun.clone();
     let (sip, signals) = SipStack::start(stack_config.clone())
         .await
         .map_err(|e| e.to_string())?;
@@ -306,6 +307,25 @@ pub async fn start(
         }),
     )
     .map_err(|e| format!("cannot start media: {e}"))?;
+    // The server that answered the SIP socket is asked first for each call's RTP.
+    let mut stun_servers = stun_servers;
+    if let Some(first) = sip.stun_server() {
+        stun_servers.retain(|s| *s != first);
+        stun_servers.insert(0, first);
+    }
+    media.set_stun_servers(stun_servers);
+    let sip_public = sip.public_udp();
+    // Calls we answer carry the public Contact of the default account (or of the
+    // first that has one).
+    let incoming_public = setup
+        .config
+        .accounts
+        .iter()
+        .filter(|a| a.active)
+        .find(|a| a.number == setup.config.settings.account_id)
+        .or_else(|| setup.config.accounts.iter().find(|a| a.active))
+        .and_then(|a| crate::core::contact_public_addr(a, sip_public));
+    sip.calls().set_incoming_public(incoming_public);
     let server_ips: Vec<(u32, IpAddr)> = setup
         .config
         .accounts
@@ -319,6 +339,7 @@ pub async fn start(
             bind_ip,
             media_ips,
             other_family_ip: microsip_sip::other_family_ip(bind_ip),
+            sip_public,
             sound_system: microsip_media::device::sound_system_present(),
             call_on_start: setup.call_on_start,
             seed: seed(),
@@ -465,7 +486,24 @@ fn stack_config(config: &Config, trace: Option<PathBuf>) -> StackConfig {
         callid_domain: "microsip-rs".into(),
         trace,
         rport: config.settings.rport,
+        stun: stun_servers(&config.settings),
     }
+}
+
+/// The STUN servers to ask (`enableSTUN=1` and a `STUN` list; `--stun` sets both),
+/// resolved once; entries that do not resolve are logged and skipped.
+fn stun_servers(settings: &microsip_config::Settings) -> Vec<std::net::SocketAddr> {
+    if !settings.enable_stun {
+        return Vec::new();
+    }
+    let (servers, bad) = microsip_nat::stun::resolve_servers(&settings.stun);
+    for b in bad {
+        warn!("STUN server skipped: {b}");
+    }
+    if servers.is_empty() {
+        warn!("enableSTUN=1 but no usable STUN server in STUN=");
+    }
+    servers
 }
 
 /// What an answer owed to the remote is kept as.
@@ -1114,7 +1152,7 @@ fn run_media(
             fallback_sink,
             bind,
         } => {
-            let result = match media.open_on(call, bind, source.clone(), sink.clone()) {
+            let result = match media.open_public(call, bind, source.clone(), sink.clone()) {
                 Err(e) if fallback_source || fallback_sink => {
                     warn!(
                         "call {call}: the default sound device cannot be used ({e}); going on without it"
@@ -1125,11 +1163,15 @@ fn run_media(
                         source
                     };
                     let sink = if fallback_sink { AudioSpec::Null } else { sink };
-                    media.open_on(call, bind, source, sink)
+                    media.open_public(call, bind, source, sink)
                 }
                 other => other,
             };
-            Some(Done::MediaOpened(result.map_err(|e| failure_of(&e))))
+            Some(Done::MediaOpened(
+                result
+                    .map(|(port, public)| OpenedMedia { port, public })
+                    .map_err(|e| failure_of(&e)),
+            ))
         }
         MediaAction::Configure { call, negotiated } => {
             logged(call, "configure", media.configure(call, *negotiated))

@@ -201,8 +201,8 @@ pub enum Done {
     Message(Result<(u16, String), String>),
     /// A media action that can fail in a way the user is told about.
     Media(Result<(), MediaFailure>),
-    /// Media opened on this local RTP port.
-    MediaOpened(Result<u16, MediaFailure>),
+    /// Media opened: its RTP port, and its public address when STUN learned one.
+    MediaOpened(Result<OpenedMedia, MediaFailure>),
     /// A recording started into this file.
     Path(Result<PathBuf, MediaFailure>),
     /// A recording was finished (`None`: there was none).
@@ -215,6 +215,22 @@ pub enum Done {
     Messages(Result<Vec<MessageRecord>, String>),
     /// A contact was added (`added`/`updated`) or removed (`removed`, or `absent`).
     Contact(Result<String, String>),
+}
+
+/// A call's media, opened by the driver.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpenedMedia {
+    /// The local RTP port.
+    pub port: u16,
+    /// The RTP socket's public address as a STUN server saw it (`None`: STUN off,
+    /// or no server answered).
+    pub public: Option<std::net::SocketAddr>,
+}
+
+impl From<u16> for OpenedMedia {
+    fn from(port: u16) -> Self {
+        OpenedMedia { port, public: None }
+    }
 }
 
 /// Why a media action failed, with what kind of failure it was (for the reply's

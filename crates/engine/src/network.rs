@@ -79,9 +79,12 @@ impl Core {
             let Some(slot) = self.accounts.get_mut(&account) else {
                 continue;
             };
-            let Some(config) =
-                registration_config(&slot.account, rport, &self.config.settings.tls_ca_file)
-            else {
+            let Some(config) = registration_config(
+                &slot.account,
+                rport,
+                &self.config.settings.tls_ca_file,
+                self.sip_public,
+            ) else {
                 continue;
             };
             slot.state = RegState::Registering;

@@ -70,6 +70,7 @@ impl Bench {
                 bind_ip: [127, 0, 0, 1].into(),
                 media_ips: HashMap::new(),
                 other_family_ip,
+                sip_public: None,
                 sound_system: false,
                 call_on_start: call,
                 seed: 42,
@@ -219,7 +220,7 @@ impl Bench {
     fn open_media(&mut self) {
         for (ticket, action) in self.media() {
             if let (Some(ticket), MediaAction::Open { call, .. }) = (ticket, action) {
-                self.done(ticket, Done::MediaOpened(Ok(40_000 + call as u16)));
+                self.done(ticket, Done::MediaOpened(Ok((40_000 + call as u16).into())));
             }
         }
     }
@@ -846,7 +847,7 @@ fn a_new_local_address_ends_the_calls_registers_again_and_moves_media() {
     );
     for (ticket, action) in media {
         if let (Some(ticket), MediaAction::Open { call, .. }) = (ticket, action) {
-            b.done(ticket, Done::MediaOpened(Ok(40_000 + call as u16)));
+            b.done(ticket, Done::MediaOpened(Ok((40_000 + call as u16).into())));
         }
     }
     assert!(b.reply(r).is_some());
@@ -924,7 +925,7 @@ fn an_ipv6_only_offer_is_answered_from_our_ipv6_address() {
     );
     for (ticket, action) in media {
         if let (Some(ticket), MediaAction::Open { call, .. }) = (ticket, action) {
-            b.done(ticket, Done::MediaOpened(Ok(40_000 + call as u16)));
+            b.done(ticket, Done::MediaOpened(Ok((40_000 + call as u16).into())));
         }
     }
     let sip = b.sip();

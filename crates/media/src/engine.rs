@@ -288,6 +288,8 @@ struct Shared {
     /// How DTMF is sent and detected, for every session.
     dtmf: DtmfMode,
     epoch: Instant,
+    /// STUN servers asked for each RTP socket's public address (empty: none).
+    stun: Mutex<Vec<SocketAddr>>,
 }
 
 /// How long stopping a recording waits for its file to be finished.
@@ -385,6 +387,7 @@ impl MediaEngine {
             sink_files: Mutex::new(HashMap::new()),
             dtmf: config.dtmf,
             epoch: Instant::now(),
+            stun: Mutex::new(Vec::new()),
         });
         let (tx, rx) = mpsc::channel();
         thread::Builder::new()
@@ -426,6 +429,27 @@ impl MediaEngine {
         source: AudioSpec,
         sink: AudioSpec,
     ) -> Result<u16, MediaError> {
+        self.open_public(id, bind, source, sink)
+            .map(|(port, _)| port)
+    }
+
+    /// The STUN servers asked for the public address of each RTP socket opened from
+    /// now on (the ini's `enableSTUN` + `STUN`); empty turns it off.
+    pub fn set_stun_servers(&self, servers: Vec<SocketAddr>) {
+        *lock(&self.shared.stun) = servers;
+    }
+
+    /// [`MediaEngine::open_on`], and the RTP socket's public address as the first
+    /// STUN server that answered saw it (`None`: no servers set, or none answered;
+    /// the call goes on with the local address). With STUN on this blocks for the
+    /// round trip (at most `stun::PER_SERVER` per silent server).
+    pub fn open_public(
+        &self,
+        id: u64,
+        bind: Option<IpAddr>,
+        source: AudioSpec,
+        sink: AudioSpec,
+    ) -> Result<(u16, Option<SocketAddr>), MediaError> {
         {
             let sessions = lock(&self.shared.sessions);
             if sessions.contains_key(&id) {
@@ -437,6 +461,34 @@ impl MediaEngine {
             .local_addr()
             .map_err(|e| MediaError::Socket(e.to_string()))?
             .port();
+        let servers = lock(&self.shared.stun).clone();
+        let public = if servers.is_empty() {
+            None
+        } else {
+            match microsip_nat::stun::discover(&socket, &servers) {
+                Ok(m) => {
+                    // The server that answered is asked first next time: a dead
+                    // one ahead of it in the list would delay every call.
+                    if servers.first() != Some(&m.server) {
+                        let mut list = lock(&self.shared.stun);
+                        list.retain(|s| *s != m.server);
+                        list.insert(0, m.server);
+                    }
+                    tracing::info!(
+                        call = id,
+                        "STUN: RTP port {local_port} is {} seen from {} (round trip {:.2} ms)",
+                        m.public,
+                        m.server,
+                        m.round_trip.as_secs_f64() * 1000.0
+                    );
+                    Some(m.public)
+                }
+                Err(e) => {
+                    tracing::warn!(call = id, "STUN: no public address for RTP ({e})");
+                    None
+                }
+            }
+        };
         for s in std::iter::once(&socket).chain(rtcp_socket.as_ref()) {
             s.set_nonblocking(true)
                 .map_err(|e| MediaError::Socket(e.to_string()))?;
@@ -481,7 +533,7 @@ impl MediaEngine {
             socket_error_logged: false,
         };
         match self.request(Request::Add(Box::new(call))) {
-            Ok(()) => Ok(local_port),
+            Ok(()) => Ok((local_port, public)),
             Err(e) => {
                 lock(&self.shared.sessions).remove(&id);
                 lock(&self.shared.sink_files).remove(&id);

@@ -378,6 +378,9 @@ pub struct Calls {
     tls_flows: crate::tls::TlsFlows,
     /// The Reason headers of the CANCELs received (the stack's inspector fills it).
     cancel_reasons: CancelReasons,
+    /// The public `host:port` for the Contact of the calls we answer over UDP (the
+    /// account's `publicAddr` or the STUN-learned address; `None`: the local one).
+    incoming_public: Arc<Mutex<Option<String>>>,
 }
 
 impl Calls {
@@ -398,6 +401,15 @@ impl Calls {
             tcp_local,
             tls_flows,
             cancel_reasons,
+            incoming_public: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    /// Sets the public `host[:port]` the Contact of calls answered over UDP carries
+    /// (the engine's choice: `publicAddr`, else the STUN-learned address).
+    pub fn set_incoming_public(&self, public: Option<String>) {
+        if let Ok(mut p) = self.incoming_public.lock() {
+            *p = public;
         }
     }
 
@@ -631,12 +643,20 @@ impl Calls {
             &req,
             matches!(transport, Some(Transport::Tcp | Transport::Tls)),
         );
-        // Over TLS our Contact is the connection's local end (we have no listener).
+        // Over TLS our Contact is the connection's local end (we have no listener);
+        // over UDP the public address (publicAddr or STUN) when there is one.
         let contact = match (&tx.connection, transport) {
             (Some(conn), Some(Transport::Tls)) => {
                 Calls::tls_contact(&info.to_user, conn.get_addr(), None)
             }
-            _ => self.contact(&info.to_user, info.tcp, None),
+            _ => {
+                let public = if info.tcp {
+                    None
+                } else {
+                    self.incoming_public.lock().ok().and_then(|p| p.clone())
+                };
+                self.contact(&info.to_user, info.tcp, public.as_deref())
+            }
         };
         let (state_tx, state_rx) = self.layer.new_dialog_state_channel();
         let dialog =

@@ -50,6 +50,9 @@ pub struct StackConfig {
     /// `[Settings] rport`: RFC 3581 `;rport` in the Via of the requests we send;
     /// false leaves it out (MicroSIP's `rport=0`, pjsip's `disable_rport`).
     pub rport: bool,
+    /// STUN servers (`[Settings] enableSTUN` + `STUN`), asked in order from the UDP
+    /// socket before the stack starts; empty: none asked.
+    pub stun: Vec<SocketAddr>,
 }
 
 /// What the SIP layer hands the engine: call signals and received messages.
@@ -65,6 +68,9 @@ pub struct SipStack {
     pub(crate) endpoint: Endpoint,
     pub(crate) udp: UdpConnection,
     pub(crate) tcp_addr: Option<SocketAddr>,
+    /// The UDP listener's public address as the first STUN server that answered saw
+    /// it (`None`: no STUN server configured, or none answered).
+    public_udp: Option<(SocketAddr, SocketAddr)>,
     calls: Calls,
     /// Where NOTIFYs for our subscriptions go (by Call-ID and our tag).
     pub(crate) notify_routes: NotifyRoutes,
@@ -117,8 +123,38 @@ impl SipStack {
         let bind = SocketAddr::new(config.bind_ip, config.port);
         // Our reader sits under the stack's UDP listener: the stack reads the
         // datagrams through it (see `ReadingSocket`).
-        let socket = tokio::net::UdpSocket::bind(bind)
-            .await
+        let std_socket = std::net::UdpSocket::bind(bind)
+            .map_err(|e| SipError::Setup(format!("cannot listen on UDP {bind}: {e}")))?;
+        // STUN from the SIP socket itself, before the stack reads it: the mapping
+        // learned is the one our REGISTERs and calls leave through (kept open by
+        // the registration's keep-alives). Blocks start-up at most
+        // `stun::PER_SERVER` per silent server.
+        let public_udp = if config.stun.is_empty() {
+            None
+        } else {
+            match microsip_nat::stun::discover(&std_socket, &config.stun) {
+                Ok(m) => {
+                    info!(
+                        "STUN: SIP socket {} is {} seen from {} (round trip {:.2} ms)",
+                        std_socket
+                            .local_addr()
+                            .map(|a| a.to_string())
+                            .unwrap_or_default(),
+                        m.public,
+                        m.server,
+                        m.round_trip.as_secs_f64() * 1000.0
+                    );
+                    Some((m.public, m.server))
+                }
+                Err(e) => {
+                    warn!("STUN: no public address for the SIP socket ({e}); using the local one");
+                    None
+                }
+            }
+        };
+        let socket = std_socket
+            .set_nonblocking(true)
+            .and_then(|()| tokio::net::UdpSocket::from_std(std_socket))
             .map_err(|e| SipError::Setup(format!("cannot listen on UDP {bind}: {e}")))?;
         let socket = Arc::new(ReadingSocket {
             socket,
@@ -212,6 +248,7 @@ impl SipStack {
                 endpoint,
                 udp,
                 tcp_addr,
+                public_udp,
                 calls,
                 notify_routes,
                 tls_flows,
@@ -232,6 +269,17 @@ impl SipStack {
     /// The UDP listener's address.
     pub fn udp_addr(&self) -> Option<SocketAddr> {
         self.udp.get_addr().get_socketaddr().ok()
+    }
+
+    /// The UDP listener's public address learned by STUN at start (`None`: STUN off
+    /// or no server answered).
+    pub fn public_udp(&self) -> Option<SocketAddr> {
+        self.public_udp.map(|(public, _)| public)
+    }
+
+    /// The STUN server that answered at start, if one did.
+    pub fn stun_server(&self) -> Option<SocketAddr> {
+        self.public_udp.map(|(_, server)| server)
     }
 
     /// The TCP listener's address, when TCP is on.

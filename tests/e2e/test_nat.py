@@ -1,0 +1,205 @@
+"""A real NAT (issue 12): the phone in a "home" namespace behind a router namespace
+doing `iptables MASQUERADE`; Kamailio, baresip and a STUN server (coturn) in the
+"internet" namespace (netns.nat_world: home 10.0.1.2, router 203.0.113.11 on the
+internet side, servers on 203.0.113.1; the internet has no route to 10.0.0.0/8).
+
+With `enableSTUN=1` the phone learns the router's public address and port for its
+SIP socket (Contact of REGISTER and calls) and for each call's RTP socket (SDP `c=`
+and `m=`): it registers, calls baresip and is called by it, and the tones are heard
+both ways. Without STUN (the control) the Contact Kamailio stores is the private
+address, so a call to the phone cannot be delivered: Kamailio has no route there.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+
+import pytest
+
+import audio
+import peers
+from peers import account, ini
+
+USERS = {"1001": "p;w#1005", "1002": "secret2", "1003": "secret3"}
+CALL_SECONDS = 6
+TONE_US, TONE_PEER = 440, 1000
+
+
+@pytest.fixture
+def internet(nat_world, make_kamailio, tmp_path):
+    """Kamailio and a STUN server on the internet's address; the world."""
+    kam = make_kamailio(users=USERS, host=nat_world.internet_ip)
+    stun = peers.StunServer(tmp_path, host=nat_world.internet_ip).start()
+    return nat_world, kam, stun
+
+
+def home_phone(make_phone, world, kam, tmp_path, home_index=0, user="1001",
+               tone=TONE_US, extra_args=(), **settings) -> peers.Phone:
+    """A phone in a home (under `ip netns exec`), file audio, registered as user."""
+    home = world.homes[home_index]
+    src = audio.make_tone_wav(tmp_path / f"phone-src-{tone}.wav", tone, 30)
+    out = tmp_path / f"phone-out-{user}.wav"
+    keys = dict(audioInputDevice=f"file:{src}", audioOutputDevice=f"file:{out}",
+                autoAnswer="all", autoAnswerDelay=0, **settings)
+    acc = account(kam.address, user, USERS[user], domain=world.internet_ip)
+    ph = make_phone(ini(acc, **keys), prefix=home.prefix, extra_args=extra_args)
+    ph.events().wait_state(1, "registered", 30, codes={200})
+    ph.out_path = out
+    return ph
+
+
+def sdp_of(msg: peers.TracedMessage) -> tuple[str, int]:
+    """(c= address, m=audio port) of a traced message's SDP body."""
+    c = re.search(r"^c=IN IP4 (\S+)", msg.body, re.M)
+    m = re.search(r"^m=audio (\d+) ", msg.body, re.M)
+    assert c and m, msg.text
+    return c.group(1), int(m.group(1))
+
+
+def contact_host_port(msg: peers.TracedMessage) -> str:
+    contact = msg.header("Contact") or ""
+    m = re.search(r"sip:[^@>;]+@([^>;]+)", contact)
+    assert m, msg.text
+    return m.group(1)
+
+
+def wait_event(ph: peers.Phone, type_: str, timeout: float = 30, pred=None) -> dict:
+    ev = ph.events()
+
+    def find():
+        with ev._cond:
+            items = list(ev.items)
+        return next((e for e in items if e.get("type") == type_
+                     and (pred is None or pred(e))), None)
+    return peers.wait_until(find, timeout, 0.05, f"{type_} from the phone")
+
+
+def heard(path, freq: int, seconds: float, what: str) -> None:
+    cov = audio.tone_coverage(path, freq)
+    secs = audio.tone_seconds(path, freq)
+    detail = f"{what}: {freq} Hz coverage {cov:.1%}, {secs:.2f}s of {seconds:.2f}s\n" \
+        + audio.describe(path, freq)
+    assert cov >= 0.9, detail
+    assert secs >= 0.8 * seconds, detail
+
+
+def stun_log(ph: peers.Phone) -> list[str]:
+    return [line for line in ph.stderr_text().splitlines() if "STUN" in line]
+
+
+def test_behind_nat_with_stun_registers_public_contact_and_calls_both_ways(
+        internet, make_phone, make_baresip, tmp_path):
+    world, kam, stun = internet
+    home = world.homes[0]
+    bs = make_baresip(kam, "1002", tone=TONE_PEER, host=world.internet_ip)
+    ph = home_phone(make_phone, world, kam, tmp_path,
+                    enableSTUN=1, STUN=f"203.0.113.9:3478;{stun.address}")
+
+    # The Contact Kamailio stores is the router's public address and the port
+    # STUN saw, not the phone's private one.
+    contacts = kam.wait_contacts("1001")
+    assert len(contacts) == 1, contacts
+    assert f"@{home.public_ip}:" in contacts[0]["address"], contacts
+    assert home.ip not in contacts[0]["address"], contacts
+    regs = [m for m in ph.trace_messages() if m.sent and m.method == "REGISTER"]
+    assert regs and contact_host_port(regs[0]).startswith(f"{home.public_ip}:"), regs[0].text
+    # The first server of the list never answers; the second does.
+    assert any("SIP socket" in line and home.public_ip in line and stun.address in line
+               for line in stun_log(ph)), stun_log(ph)
+
+    # We call baresip: the INVITE's SDP carries the public address and the port
+    # STUN learned for the RTP socket; baresip hears our tone.
+    rc, out, err = ph.cmd("dial", "1002")
+    assert rc == 0, (out, err)
+    cid = int(out.strip())
+    est = bs.wait_event("CALL_ESTABLISHED")
+    wait_event(ph, "call.confirmed", pred=lambda e: e.get("call") == cid)
+    invite = next(m for m in ph.trace_messages() if m.sent and m.method == "INVITE"
+                  and m.body)
+    ip, port = sdp_of(invite)
+    assert ip == home.public_ip, invite.body
+    rtp_lines = [line for line in stun_log(ph) if "RTP port" in line]
+    assert rtp_lines and f"{home.public_ip}:{port}" in rtp_lines[-1], (port, rtp_lines)
+    assert contact_host_port(invite).startswith(f"{home.public_ip}:"), invite.text
+    time.sleep(CALL_SECONDS)
+    ph.cmd("hangup", str(cid))
+    closed = bs.wait_event("CALL_CLOSED")
+    wait_event(ph, "call.ended", pred=lambda e: e.get("call") == cid)
+    _, dec = bs.recordings()
+    heard(dec, TONE_US, closed["_t"] - est["_t"], "baresip heard the phone behind NAT")
+    heard(ph.out_path, TONE_PEER, CALL_SECONDS, "the phone heard baresip through NAT")
+
+    # baresip calls the phone: Kamailio reaches it at the public Contact, the
+    # phone answers (autoAnswer) with the public address in its SDP.
+    time.sleep(1.1)  # baresip names its recordings by the second
+    ph.out_path.rename(tmp_path / "phone-out-1.wav")
+    bs.dial(f"sip:1001@{world.internet_ip}")
+    est2 = bs.wait_event("CALL_ESTABLISHED")
+    inc = wait_event(ph, "call.incoming")
+    ok200 = [m for m in ph.trace_messages() if m.sent and m.code == 200
+             and "m=audio" in m.body]
+    assert ok200, ph.trace_text()[-3000:]
+    ip2, _ = sdp_of(ok200[-1])
+    assert ip2 == home.public_ip, ok200[-1].body
+    # Its Contact too: baresip's BYE must reach the phone through the router.
+    assert contact_host_port(ok200[-1]).startswith(f"{home.public_ip}:"), ok200[-1].text
+    time.sleep(CALL_SECONDS)
+    bs.hangup()
+    closed2 = bs.wait_event("CALL_CLOSED")
+    wait_event(ph, "call.ended", pred=lambda e: e.get("call") == inc["call"])
+    _, dec2 = bs.recordings()
+    heard(dec2, TONE_US, closed2["_t"] - est2["_t"], "baresip heard the phone (incoming)")
+    heard(ph.out_path, TONE_PEER, CALL_SECONDS, "the phone heard baresip (incoming)")
+
+
+def test_behind_nat_without_stun_the_private_contact_is_unreachable(
+        internet, make_phone, make_baresip, tmp_path):
+    """The control: no STUN, no publicAddr. The phone registers (Kamailio answers
+    to the Via's received/rport) but its Contact and SDP say 10.0.1.2, an address
+    the internet cannot route to: baresip's call to it fails, never rings."""
+    world, kam, _ = internet
+    home = world.homes[0]
+    bs = make_baresip(kam, "1002", tone=TONE_PEER, host=world.internet_ip)
+    ph = home_phone(make_phone, world, kam, tmp_path, allowRewrite=0)
+    contacts = kam.wait_contacts("1001")
+    assert f"@{home.ip}:" in contacts[0]["address"], contacts
+    bs.dial(f"sip:1001@{world.internet_ip}")
+    closed = bs.wait_event("CALL_CLOSED")
+    assert not ph.events().count("call.incoming"), ph.events()._describe()
+    assert not any(m.method == "INVITE" for m in ph.trace_messages() if not m.sent)
+    assert closed.get("param"), closed
+
+
+def test_two_phones_behind_two_nats_hear_each_other_with_stun(
+        internet, make_phone, tmp_path):
+    """Phone A in home 1 (STUN from the start option `--stun`), phone B in home 2
+    (STUN from the ini): each SDP names its router's public address and mapped
+    port, and both hear the other's tone. MASQUERADE keeps the port STUN saw for
+    the new destination, so the first packets each side sends open its router for
+    the other's (the far router drops what comes before)."""
+    world, kam, stun = internet
+    a = home_phone(make_phone, world, kam, tmp_path, 0, "1001", TONE_US,
+                   extra_args=("--stun", stun.address))
+    b = home_phone(make_phone, world, kam, tmp_path, 1, "1003", TONE_PEER,
+                   enableSTUN=1, STUN=stun.address)
+    for ph, home, user in ((a, world.homes[0], "1001"), (b, world.homes[1], "1003")):
+        contacts = kam.wait_contacts(user)
+        assert f"@{home.public_ip}:" in contacts[0]["address"], contacts
+    rc, out, err = a.cmd("dial", "1003")
+    assert rc == 0, (out, err)
+    cid = int(out.strip())
+    wait_event(a, "call.confirmed", pred=lambda e: e.get("call") == cid)
+    inc = wait_event(b, "call.incoming")
+    invite = next(m for m in a.trace_messages() if m.sent and m.method == "INVITE" and m.body)
+    assert sdp_of(invite)[0] == world.homes[0].public_ip, invite.body
+    answer = [m for m in b.trace_messages() if m.sent and m.code == 200 and "m=audio" in m.body]
+    assert answer and sdp_of(answer[-1])[0] == world.homes[1].public_ip, b.trace_text()[-2000:]
+    assert contact_host_port(answer[-1]).startswith(f"{world.homes[1].public_ip}:"), \
+        answer[-1].text
+    time.sleep(CALL_SECONDS)
+    a.cmd("hangup", str(cid))
+    wait_event(a, "call.ended", pred=lambda e: e.get("call") == cid)
+    wait_event(b, "call.ended", pred=lambda e: e.get("call") == inc["call"])
+    heard(a.out_path, TONE_PEER, CALL_SECONDS, "phone A heard phone B across two NATs")
+    heard(b.out_path, TONE_US, CALL_SECONDS, "phone B heard phone A across two NATs")
