@@ -1238,6 +1238,10 @@ class Baresip:
       mono for G.722, 48 kHz STEREO for Opus (its recordings are then 48 kHz
       stereo too). codecs takes name/rate/channels entries ("G722/16000/1",
       "opus/48000/2"); a bare "g722" is read as g722/8000 and not found.
+    - mediaenc: the account's media encryption (`;mediaenc=`, module `srtp`
+      loaded): "srtp" (best effort: offers RTP/AVP with a=crypto, answers
+      RTP/AVP or RTP/SAVP, encrypts when the other side gave a key) or
+      "srtp-mand" (offers RTP/SAVP, accepts only RTP/SAVP); None: clear RTP.
     """
 
     def __init__(self, workdir: Path, user: str, password: str,
@@ -1248,7 +1252,8 @@ class Baresip:
                  sip_port: int | None = None, quit_after: int = 900,
                  account_extra: str = "", extra_config: str = "", name: str | None = None,
                  sip_trace: bool = True, register: bool = True, outbound: bool = True,
-                 max_calls: int = 8, message_peer: str | None = None):
+                 max_calls: int = 8, message_peer: str | None = None,
+                 mediaenc: str | None = None):
         if not re.fullmatch(r"[A-Za-z0-9_.+-]+", user):
             raise ValueError(f"user name {user!r} not supported")
         if re.search(r"[;,<>\s\"]", password):
@@ -1279,6 +1284,9 @@ class Baresip:
                                    source_seconds)
         self.source = Path(source)
         self.modules = list(modules)
+        self.mediaenc = mediaenc
+        if mediaenc is not None and "srtp" not in self.modules:
+            self.modules.append("srtp")
         self.account_extra = account_extra
         self.extra_config = extra_config
         self.message_peer = message_peer
@@ -1315,6 +1323,8 @@ class Baresip:
                 f";audio_codecs={self.codecs};regint={600 if self.register else 0}")
         if self.outbound:
             line += f";outbound=\"sip:{LOOPBACK}:{self.registrar_port};transport=udp\""
+        if self.mediaenc:
+            line += f";mediaenc={self.mediaenc}"
         return line + self.account_extra
 
     def _write_config(self) -> None:

@@ -2268,6 +2268,21 @@ impl Core {
             .get_mut(&id)
             .and_then(|c| c.end_reason.take())
             .unwrap_or(reason);
+        // Our RTP/SAVP offer refused: say that SRTP is why.
+        let srtp_refused = code == 488
+            && self.calls.get(&id).is_some_and(|c| {
+                !c.confirmed
+                    && matches!(c.direction, CallDirection::Outgoing)
+                    && c.local
+                        .as_ref()
+                        .and_then(|l| l.srtp.as_ref())
+                        .is_some_and(|s| s.mandatory)
+            });
+        let reason = if srtp_refused {
+            format!("{reason}: the other side refused our SRTP offer (SRTP=mandatory)")
+        } else {
+            reason
+        };
         let quality = self.call_quality(id);
         self.media(MediaAction::Close { call: id });
         self.on_media_closed(id);
