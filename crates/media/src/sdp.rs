@@ -1498,6 +1498,102 @@ a=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-16\r\na=ptime:20\r\na=sendrecv
         assert!(text.contains("m=audio 0 RTP/AVP 0\r\n"));
     }
 
+    fn with_srtp(mandatory: bool) -> LocalMedia {
+        LocalMedia {
+            srtp: Some(LocalSrtp {
+                mandatory,
+                key: MasterKey::from_bytes([9; 30]),
+            }),
+            ..local()
+        }
+    }
+
+    const PEER_KEY: &str = "4fl6DT4Bi+DWT6MsBt5BOQ7Gda1Jiv7rtpYLOqvm";
+
+    fn peer_sdp(profile: &str, crypto: &str) -> String {
+        format!(
+            "v=0\r\nc=IN IP4 198.51.100.1\r\nm=audio 5004 {profile} 0 8\r\n\
+             a=rtpmap:0 PCMU/8000\r\n{crypto}a=sendrecv\r\n"
+        )
+    }
+
+    #[test]
+    fn srtp_offers_by_policy() {
+        let ours = MasterKey::from_bytes([9; 30]).to_base64();
+        let optional = offer(&with_srtp(false));
+        assert!(
+            optional.contains("m=audio 4000 RTP/AVP 8 0 101\r\n"),
+            "{optional}"
+        );
+        assert!(optional.contains(&format!(
+            "a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{ours}\r\n\
+             a=crypto:2 AES_CM_128_HMAC_SHA1_32 inline:{ours}\r\n"
+        )));
+        assert!(offer(&with_srtp(true)).contains("m=audio 4000 RTP/SAVP 8 0 101\r\n"));
+        assert!(!offer(&local()).contains("a=crypto"));
+    }
+
+    #[test]
+    fn srtp_answers_by_policy() {
+        let line = format!("a=crypto:3 AES_CM_128_HMAC_SHA1_32 inline:{PEER_KEY}\r\n");
+        let savp = peer_sdp("RTP/SAVP", &line);
+        let (text, n) = answer(&parse(&savp).unwrap(), &with_srtp(true)).unwrap();
+        assert!(text.contains("m=audio 4000 RTP/SAVP 8\r\n"), "{text}");
+        let ours = MasterKey::from_bytes([9; 30]).to_base64();
+        assert!(text.contains(&format!(
+            "a=crypto:3 AES_CM_128_HMAC_SHA1_32 inline:{ours}\r\n"
+        )));
+        let srtp = n.srtp.unwrap();
+        assert_eq!(srtp.suite, Suite::AesCm128HmacSha1_32);
+        assert_eq!(srtp.remote, MasterKey::from_base64(PEER_KEY).unwrap());
+        // Best effort (RTP/AVP with a key): SRTP when we have it, clear when off.
+        let avp = peer_sdp("RTP/AVP", &line);
+        let (text, n) = answer(&parse(&avp).unwrap(), &with_srtp(false)).unwrap();
+        assert!(text.contains("m=audio 4000 RTP/AVP 8\r\n") && n.srtp.is_some());
+        let (text, n) = answer(&parse(&avp).unwrap(), &local()).unwrap();
+        assert!(!text.contains("a=crypto") && n.srtp.is_none());
+        // No usable key.
+        let clear = peer_sdp("RTP/AVP", "");
+        let bad_key = peer_sdp(
+            "RTP/SAVP",
+            "a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:c2hvcnQ=\r\na=crypto:2 F8_128_HMAC_SHA1_80 inline:x\r\n",
+        );
+        let refuse = |sdp: &str, l: &LocalMedia| answer(&parse(sdp).unwrap(), l).unwrap_err();
+        assert_eq!(refuse(&clear, &with_srtp(true)), SdpError::SrtpRequired);
+        assert_eq!(refuse(&bad_key, &with_srtp(false)), SdpError::SrtpRequired);
+        assert_eq!(refuse(&savp, &local()), SdpError::SrtpNotEnabled);
+        let (text, n) = answer(&parse(&clear).unwrap(), &with_srtp(false)).unwrap();
+        assert!(!text.contains("a=crypto") && n.srtp.is_none());
+    }
+
+    #[test]
+    fn srtp_answers_to_our_offer() {
+        let tag2 = format!("a=crypto:2 AES_CM_128_HMAC_SHA1_32 inline:{PEER_KEY}\r\n");
+        let n = accept_answer(
+            &parse(&peer_sdp("RTP/SAVP", &tag2)).unwrap(),
+            &with_srtp(true),
+        )
+        .unwrap();
+        assert_eq!(n.srtp.map(|s| s.suite), Some(Suite::AesCm128HmacSha1_32));
+        // A tag we did not offer with that suite, or no key at all.
+        let wrong = format!("a=crypto:1 AES_CM_128_HMAC_SHA1_32 inline:{PEER_KEY}\r\n");
+        let accept = |sdp: &str, l: &LocalMedia| accept_answer(&parse(sdp).unwrap(), l);
+        assert_eq!(
+            accept(&peer_sdp("RTP/AVP", &wrong), &with_srtp(true)).unwrap_err(),
+            SdpError::SrtpRequired
+        );
+        assert_eq!(
+            accept(&peer_sdp("RTP/AVP", ""), &with_srtp(true)).unwrap_err(),
+            SdpError::SrtpRequired
+        );
+        assert_eq!(
+            accept(&peer_sdp("RTP/AVP", ""), &with_srtp(false))
+                .unwrap()
+                .srtp,
+            None
+        );
+    }
+
     #[test]
     fn no_common_codec_and_no_audio() {
         let g729 = "v=0\r\nc=IN IP4 198.51.100.1\r\nm=audio 5004 RTP/AVP 18 101\r\na=rtpmap:18 G729/8000\r\na=rtpmap:101 telephone-event/8000\r\n";
