@@ -13,6 +13,7 @@ python3 bench/registration_control.py
 python3 bench/calls.py
 python3 bench/integrations.py
 python3 bench/codec_calls.py
+python3 bench/srtp_calls.py  # CPU per call with SRTP vs clear (50 calls, microsip and baresip); MICROSIP_BIN_BEFORE=OLD_BINARY adds the size difference
 python3 bench/pesq_loss.py
 python3 bench/control_under_load.py  # MICROSIP_BIN_BEFORE=OLD_BINARY adds a row for it
 python3 bench/startup.py

@@ -6,7 +6,8 @@
 use std::net::{IpAddr, Ipv4Addr};
 
 use libfuzzer_sys::fuzz_target;
-use microsip_media::{accept_answer, answer, parse_sdp, Codec, Direction, LocalMedia};
+use microsip_media::srtp::MasterKey;
+use microsip_media::{accept_answer, answer, parse_sdp, Codec, Direction, LocalMedia, LocalSrtp};
 
 fn local(flags: u8) -> LocalMedia {
     let mut codecs = vec![Codec::Opus, Codec::G722, Codec::Pcmu, Codec::Pcma];
@@ -29,6 +30,11 @@ fn local(flags: u8) -> LocalMedia {
         opus_stereo: flags & 32 != 0,
         prefer_own_order: flags & 64 != 0,
         offer_first_only: flags & 128 != 0,
+        // SRTP off, optional or mandatory (the fixed key changes nothing here).
+        srtp: (flags % 3 != 0).then(|| LocalSrtp {
+            mandatory: flags % 3 == 2,
+            key: MasterKey::from_bytes([7; 30]),
+        }),
     }
 }
 

@@ -1302,6 +1302,10 @@ class Baresip:
       mono for G.722, 48 kHz STEREO for Opus (its recordings are then 48 kHz
       stereo too). codecs takes name/rate/channels entries ("G722/16000/1",
       "opus/48000/2"); a bare "g722" is read as g722/8000 and not found.
+    - mediaenc: the account's media encryption (`;mediaenc=`, module `srtp`
+      loaded): "srtp" (best effort: offers RTP/AVP with a=crypto, answers
+      RTP/AVP or RTP/SAVP, encrypts when the other side gave a key) or
+      "srtp-mand" (offers RTP/SAVP, accepts only RTP/SAVP); None: clear RTP.
     """
 
     def __init__(self, workdir: Path, user: str, password: str,
@@ -1314,7 +1318,7 @@ class Baresip:
                  sip_trace: bool = True, register: bool = True, outbound: bool = True,
                  max_calls: int = 8, message_peer: str | None = None,
                  ip: str | None = None, host: str | None = None,
-                 prefix: Iterable[str] = ()):
+                 prefix: Iterable[str] = (), mediaenc: str | None = None):
         # ip (or host, the same): where it listens (SIP, RTP) and registers: the
         # Kamailio's by default; ctrl_tcp stays on 127.0.0.1 of the namespace it runs
         # in. prefix: a command it runs under; none by default.
@@ -1350,6 +1354,9 @@ class Baresip:
                                    source_seconds)
         self.source = Path(source)
         self.modules = list(modules)
+        self.mediaenc = mediaenc
+        if mediaenc is not None and "srtp" not in self.modules:
+            self.modules.append("srtp")
         self.account_extra = account_extra
         self.extra_config = extra_config
         self.message_peer = message_peer
@@ -1387,6 +1394,8 @@ class Baresip:
         if self.outbound:
             line += (f";outbound=\"sip:{host_port(self.ip, self.registrar_port)}"
                      f";transport=udp\"")
+        if self.mediaenc:
+            line += f";mediaenc={self.mediaenc}"
         return line + self.account_extra
 
     def _write_config(self) -> None:

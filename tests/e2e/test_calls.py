@@ -41,15 +41,17 @@ def kam(make_kamailio):
 
 @pytest.fixture
 def call_phone(make_phone, kam, tmp_path):
-    """make(auto_answer="all"|"button", tone=440, **more_settings) -> a registered
-    phone with file audio; .out_path is what it hears."""
-    def make(auto_answer="all", tone=TONE_US, register=True, **settings):
+    """make(auto_answer="all"|"button", tone=440, account_keys={...},
+    **more_settings) -> a registered phone with file audio; .out_path is what it
+    hears; account_keys go in its [Account1] (e.g. SRTP=mandatory)."""
+    def make(auto_answer="all", tone=TONE_US, register=True, account_keys=None, **settings):
         src = audio.make_tone_wav(tmp_path / f"phone-src-{tone}.wav", tone, 20)
         out = tmp_path / f"phone-out-{secrets.token_hex(3)}.wav"
         keys = dict(audioInputDevice=f"file:{src}", audioOutputDevice=f"file:{out}",
                     autoAnswer=auto_answer, autoAnswerDelay=0, statusDisconnectedTime=2000)
         keys.update(settings)
-        accounts = [account(kam.address, "1001", PASSWORD)] if register else []
+        accounts = ([account(kam.address, "1001", PASSWORD, **(account_keys or {}))]
+                    if register else [])
         if not register:
             keys.setdefault("accountId", 0)
         ph = make_phone(ini(*accounts, **keys))

@@ -171,19 +171,19 @@ word_enum! {
 }
 
 word_enum! {
-    /// `SRTP`: media encryption. Read but not applied yet: media goes as plain RTP
-    /// whatever the value.
+    /// `SRTP`: media encryption, SRTP keyed by SDES (`a=crypto`). `dtls` calls are
+    /// refused (DTLS-SRTP is not supported); `dtls-sdes` works as `mandatory`.
     Srtp, allowed "expected empty (off), optional, mandatory, dtls or dtls-sdes" {
         /// No media encryption.
         #[default]
         Disabled = "",
-        /// SRTP (SDES keys) when the peer offers it.
+        /// SRTP (SDES keys) offered in `RTP/AVP`; clear RTP with a peer without it.
         Optional = "optional",
         /// SRTP (SDES keys) required.
         Mandatory = "mandatory",
-        /// SRTP keyed by DTLS.
+        /// SRTP keyed by DTLS: not supported, the account's calls are refused.
         Dtls = "dtls",
-        /// SRTP keyed by DTLS or SDES.
+        /// SRTP keyed by DTLS or SDES: SDES only, as `Mandatory`.
         DtlsSdes = "dtls-sdes",
     }
 }

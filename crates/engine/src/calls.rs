@@ -6,8 +6,9 @@
 
 use std::time::{Duration, Instant};
 
-use microsip_config::Account;
-use microsip_media::sdp::{self, Direction, LocalMedia, Negotiated};
+use microsip_config::{Account, Srtp};
+use microsip_media::sdp::{self, Direction, LocalMedia, LocalSrtp, Negotiated, SdpError};
+use microsip_media::srtp::MasterKey;
 use microsip_media::AudioSpec;
 use microsip_sip::{CallerAccount, EndedBy, IncomingInvite, LegId, Refresher, SessionTimerAsk};
 use serde_json::{json, Value};
@@ -33,6 +34,10 @@ const DEFERRED_LIMIT: Duration = Duration::from_secs(60);
 /// A session refresh that meets a re-INVITE of ours in flight (or a 491) waits this
 /// long before it tries again.
 const REFRESH_RETRY: Duration = Duration::from_secs(2);
+/// Why a call of an `SRTP=dtls` account is refused.
+const DTLS_NOT_SUPPORTED: &str =
+    "DTLS-SRTP is not supported (SRTP=dtls); SRTP=mandatory gives SDES-keyed SRTP";
+
 /// The reason `call.ended` gives when the other side never refreshed the session.
 const SESSION_EXPIRED: &str = "session timer expired";
 
@@ -421,12 +426,59 @@ impl Core {
             .unwrap_or(std::net::IpAddr::from([127, 0, 0, 1]))
     }
 
+    /// The account's SRTP for a call: off, or SDES optional or mandatory with a
+    /// fresh random key (`key: false`: a placeholder key, for checks whose SDP is not
+    /// sent). Fails for `SRTP=dtls` (not supported) or when no random key can be had.
+    fn local_srtp(account: &Account, key: bool) -> Result<Option<LocalSrtp>, String> {
+        let mandatory = match account.srtp {
+            Srtp::Disabled => return Ok(None),
+            Srtp::Optional => false,
+            Srtp::Mandatory | Srtp::DtlsSdes => true,
+            Srtp::Dtls => return Err(DTLS_NOT_SUPPORTED.to_string()),
+        };
+        let key = if key {
+            MasterKey::random().map_err(|e| format!("no SRTP key: {e}"))?
+        } else {
+            MasterKey::from_bytes([0; microsip_media::srtp::MASTER_LEN])
+        };
+        Ok(Some(LocalSrtp { mandatory, key }))
+    }
+
+    /// Why an incoming offer is refused (488) on SRTP grounds before the call rings:
+    /// `SRTP=dtls`, mandatory SRTP without a usable key in the offer, or an
+    /// `RTP/SAVP` offer to an account without SRTP.
+    fn srtp_refusal(&self, account: &Account, offer: Option<&str>) -> Option<String> {
+        let srtp = match Self::local_srtp(account, false) {
+            Ok(s) => s,
+            Err(e) => return Some(e),
+        };
+        let offer = sdp::parse(offer?).ok()?;
+        let check = LocalMedia {
+            ip: std::net::IpAddr::from([127, 0, 0, 1]),
+            port: 9,
+            codecs: sdp::Codec::all().collect(),
+            telephone_event: false,
+            direction: Direction::SendRecv,
+            session_id: 0,
+            version: 0,
+            opus_stereo: false,
+            prefer_own_order: false,
+            offer_first_only: false,
+            srtp,
+        };
+        match sdp::answer(&offer, &check) {
+            Err(e @ (SdpError::SrtpRequired | SdpError::SrtpNotEnabled)) => Some(e.to_string()),
+            _ => None,
+        }
+    }
+
     fn local_media(
         &mut self,
         account: &Account,
         opened: OpenedMedia,
         local_ip: std::net::IpAddr,
-    ) -> LocalMedia {
+    ) -> Result<LocalMedia, String> {
+        let srtp = Self::local_srtp(account, true)?;
         let (ip, port) = self.media_addr(account, opened, local_ip);
         let session_id = self.random();
         let mut codecs: Vec<sdp::Codec> = self
@@ -441,7 +493,7 @@ impl Core {
         if codecs.is_empty() {
             codecs = vec![sdp::Codec::Pcma, sdp::Codec::Pcmu];
         }
-        LocalMedia {
+        Ok(LocalMedia {
             ip,
             port,
             codecs,
@@ -455,7 +507,8 @@ impl Core {
             prefer_own_order: self.config.settings.force_codec,
             // and offers carry only the first codec ("send only the first codec").
             offer_first_only: self.config.settings.force_codec,
-        }
+            srtp,
+        })
     }
 
     /// Opens the call's media on `bind` (`None`: the engine's address); `then`
@@ -804,7 +857,19 @@ impl Core {
             .get(&id)
             .and_then(|c| c.media_ip)
             .unwrap_or_else(|| self.media_ip(&account));
-        let local = self.local_media(&account, port, ip);
+        let local = match self.local_media(&account, port, ip) {
+            Ok(local) => local,
+            Err(why) => {
+                self.media(MediaAction::Close { call: id });
+                self.forget_call(id);
+                let e = fail(ErrorCode::Media, format!("call not placed: {why}"));
+                if let Some(origin) = transfer_for {
+                    self.refer_failed(origin, &uri, &e);
+                }
+                self.dial_failed(numeric, reply, e);
+                return;
+            }
+        };
         let offer = sdp::offer(&local);
         let caller = self.caller_account(&account);
         self.sip(SipAction::Dial {
@@ -962,6 +1027,18 @@ impl Core {
                 leg,
                 code: 422,
                 headers,
+            });
+            return;
+        }
+        if let Some(why) = self.srtp_refusal(&account, invite.sdp.as_deref()) {
+            info!("call {id}: refused with 488 ({why})");
+            if let Some(c) = self.calls.get_mut(&id) {
+                c.end_reason = Some(why);
+            }
+            self.sip(SipAction::Reject {
+                leg,
+                code: 488,
+                headers: Vec::new(),
             });
             return;
         }
@@ -1236,7 +1313,21 @@ impl Core {
         let session_terms =
             terms_for_request(&call.session_ask, self.config.settings.session_timer_min);
         let ip = call.media_ip.unwrap_or_else(|| self.media_ip(&account));
-        let local = self.local_media(&account, port, ip);
+        let local = match self.local_media(&account, port, ip) {
+            Ok(local) => local,
+            Err(why) => {
+                self.media(MediaAction::Close { call: id });
+                self.sip(SipAction::Reject {
+                    leg,
+                    code: 488,
+                    headers: Vec::new(),
+                });
+                return fail(
+                    ErrorCode::Media,
+                    format!("call {id} refused with 488: {why}"),
+                );
+            }
+        };
         let (answer_sdp, negotiated) = match offer_text.as_deref().map(sdp::parse) {
             Some(Ok(offer)) => match sdp::answer(&offer, &local) {
                 Ok(x) => (x.0, Some(x.1)),
@@ -2032,6 +2123,13 @@ impl Core {
                     on: early,
                 });
             }
+            Err(e @ SdpError::SrtpRequired) => {
+                // Mandatory SRTP and an answer without a key: no clear RTP is ever
+                // sent (the media was not configured); the call ends, saying why.
+                warn!("call {id}: {e}; ending the call");
+                call.end_reason = Some(e.to_string());
+                self.end_call(id, None);
+            }
             Err(e) => warn!("call {id}: unusable SDP answer: {e}"),
         }
     }
@@ -2263,6 +2361,21 @@ impl Core {
             .get_mut(&id)
             .and_then(|c| c.end_reason.take())
             .unwrap_or(reason);
+        // Our RTP/SAVP offer refused: say that SRTP is why.
+        let srtp_refused = code == 488
+            && self.calls.get(&id).is_some_and(|c| {
+                !c.confirmed
+                    && matches!(c.direction, CallDirection::Outgoing)
+                    && c.local
+                        .as_ref()
+                        .and_then(|l| l.srtp.as_ref())
+                        .is_some_and(|s| s.mandatory)
+            });
+        let reason = if srtp_refused {
+            format!("{reason}: the other side refused our SRTP offer (SRTP=mandatory)")
+        } else {
+            reason
+        };
         let quality = self.call_quality(id);
         self.media(MediaAction::Close { call: id });
         self.on_media_closed(id);

@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use microsip_config::{Account, AutoAnswer, Config, Transport};
+use microsip_config::{Account, AutoAnswer, Config, Srtp, Transport};
 use microsip_media::{Levels, MediaStats};
 use microsip_sip::{LegId, Outcome, RegistrationConfig, RegistrationEvent, SipTransport};
 use serde_json::json;
@@ -405,6 +405,19 @@ impl Core {
             } else {
                 RegState::Registering
             };
+            match account.srtp {
+                Srtp::Dtls => warn!(
+                    "account {}: SRTP=dtls: DTLS-SRTP is not supported; its calls are refused \
+                     (SRTP=mandatory gives SDES-keyed SRTP)",
+                    account.number
+                ),
+                Srtp::DtlsSdes => warn!(
+                    "account {}: SRTP=dtls-sdes: DTLS-SRTP is not supported; its calls use \
+                     SDES-keyed SRTP as SRTP=mandatory",
+                    account.number
+                ),
+                Srtp::Disabled | Srtp::Optional | Srtp::Mandatory => {}
+            }
             let mut registers = false;
             if let (RegState::Registering, Some(rc)) = (
                 &state,

@@ -1,5 +1,6 @@
 //! Encode and decode cost of one 20 ms frame for each codec, plus Opus loss
-//! handling and the resampler, with criterion. After the run a table of medians is
+//! handling, the resampler and SRTP (protect and unprotect one 20 ms G.711
+//! packet, both suites), with criterion. After the run a table of medians is
 //! printed (read back from criterion's `estimates.json`).
 //!
 //! Time is the benchmark thread's CPU time (`CLOCK_THREAD_CPUTIME_ID`), not wall
@@ -19,6 +20,7 @@ use criterion::{Criterion, Throughput};
 use microsip_media::codec::{AudioCodec, Opus, G711, G722, MAX_DECODED_SAMPLES, MAX_PAYLOAD_BYTES};
 use microsip_media::opus::OpusSettings;
 use microsip_media::resample::Resampler;
+use microsip_media::srtp::{MasterKey, SrtpParams, SrtpStream, Suite};
 
 /// A speech-like test signal: a vowel-ish harmonic series on a gliding pitch with a
 /// syllable envelope, plus a little noise. `seconds` long at `rate`.
@@ -189,6 +191,38 @@ fn bench_resampler(c: &mut Bench, from: u32, to: u32) {
     });
 }
 
+/// SRTP on one 20 ms PCMU packet (12 + 160 bytes): protect on one side, unprotect
+/// on the other (a new sequence number each time: no replay).
+fn bench_srtp(c: &mut Bench, name: &str, suite: Suite) {
+    let (a, b) = (
+        MasterKey::from_bytes([1; 30]),
+        MasterKey::from_bytes([2; 30]),
+    );
+    let params = |local: &MasterKey, remote: &MasterKey| SrtpParams {
+        suite,
+        local: local.clone(),
+        remote: remote.clone(),
+    };
+    let mut sender = SrtpStream::new(params(&a, &b)).unwrap();
+    let mut receiver = SrtpStream::new(params(&b, &a)).unwrap();
+    let mut packet = vec![0x80u8, 0, 0, 0, 0, 0, 0, 0, 0xde, 0xad, 0xbe, 0xef];
+    packet.extend(std::iter::repeat_n(0x55u8, 160));
+    let (mut wire, mut clear) = (Vec::new(), Vec::new());
+    let mut seq = 0u16;
+    c.bench_function(&format!("protect+unprotect/{name}"), |bench| {
+        bench.iter(|| {
+            seq = seq.wrapping_add(1);
+            packet[2..4].copy_from_slice(&seq.to_be_bytes());
+            packet[4..8].copy_from_slice(&(u32::from(seq) * 160).to_be_bytes());
+            sender.protect_rtp(black_box(&packet), &mut wire).unwrap();
+            receiver
+                .unprotect_rtp(black_box(&wire), &mut clear)
+                .unwrap();
+            black_box(clear.len())
+        })
+    });
+}
+
 /// `<target>/criterion`, where criterion writes its estimates.
 fn criterion_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("CARGO_TARGET_DIR") {
@@ -232,6 +266,8 @@ const NAMES: &[&str] = &[
     "resample/48k-16k",
     "resample/8k-16k",
     "resample/16k-8k",
+    "protect+unprotect/SRTP_80",
+    "protect+unprotect/SRTP_32",
 ];
 
 fn main() {
@@ -264,6 +300,8 @@ fn main() {
     ] {
         bench_resampler(&mut c, from, to);
     }
+    bench_srtp(&mut c, "SRTP_80", Suite::AesCm128HmacSha1_80);
+    bench_srtp(&mut c, "SRTP_32", Suite::AesCm128HmacSha1_32);
     c.final_summary();
 
     println!("\nmedian time per 20 ms frame (share of one core for one stream):");

@@ -5,6 +5,7 @@
 //! * [`sdp`] reads and writes session descriptions and does offer/answer;
 //! * [`rtp`] is the RTP wire format;
 //! * [`rtcp`] is RTCP: reports, their schedule and the call quality they tell;
+//! * [`srtp`] is SRTP keyed by SDES: the `a=crypto` line, the keys, protect/unprotect;
 //! * [`g711`] is the PCMU/PCMA codec;
 //! * [`audio`] has the headless devices (`file:`, `tone:`, `null`);
 //! * [`device`] has the sound devices (cpal) behind the same traits;
@@ -33,6 +34,7 @@ pub mod rtcp;
 pub mod rtp;
 pub mod sdp;
 pub mod session;
+pub mod srtp;
 #[cfg(test)]
 mod test_signal;
 
@@ -42,7 +44,7 @@ pub use engine::{
 };
 pub use recorder::{PlayEnd, RecordingStatus};
 pub use sdp::{
-    accept_answer, answer, offer, parse as parse_sdp, Codec, Direction, LocalMedia, Negotiated,
-    SdpError, SessionDesc,
+    accept_answer, answer, offer, parse as parse_sdp, Codec, Direction, LocalMedia, LocalSrtp,
+    Negotiated, SdpError, SessionDesc,
 };
 pub use session::{MediaSession, SessionConfig, TickIo, Transmit, Via};

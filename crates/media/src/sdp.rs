@@ -13,11 +13,20 @@
 //! Answers keep the offerer's payload type numbers and pick the offerer's first
 //! codec we have, or our first one that the offer has when asked to
 //! ([`LocalMedia::prefer_own_order`], the ini's `forceCodec`).
+//!
+//! SRTP keyed by SDES (RFC 4568) is negotiated here too, by [`LocalMedia::srtp`]:
+//! off, we offer `RTP/AVP` and answer an offer's `a=crypto` in clear (an `RTP/SAVP`
+//! offer is refused); optional, we offer `RTP/AVP` with `a=crypto` lines (the "best
+//! effort" form) and take SRTP whenever the other side gives a usable key;
+//! mandatory, we offer `RTP/SAVP` and refuse ([`SdpError::SrtpRequired`]) an offer or
+//! an answer without a usable key. The keys and the crypto are in [`crate::srtp`].
 
 use std::fmt;
 use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
+
+use crate::srtp::{Crypto, MasterKey, SrtpParams, Suite};
 
 /// Media direction attribute (`a=sendrecv` and friends), from the point of view of
 /// whoever wrote the description.
@@ -330,6 +339,10 @@ pub enum SdpError {
     NoAudio,
     /// The audio stream offers no codec we have (or the answer picked none we offered).
     NoCommonCodec,
+    /// Our SRTP is mandatory and the other side gave no usable `a=crypto` key.
+    SrtpRequired,
+    /// The offer asks for SRTP (`RTP/SAVP`) and SRTP is off for this account.
+    SrtpNotEnabled,
 }
 
 impl fmt::Display for SdpError {
@@ -338,6 +351,12 @@ impl fmt::Display for SdpError {
             SdpError::Malformed(why) => write!(f, "malformed SDP: {why}"),
             SdpError::NoAudio => f.write_str("no RTP/AVP audio stream in the SDP"),
             SdpError::NoCommonCodec => f.write_str("no common audio codec"),
+            SdpError::SrtpRequired => {
+                f.write_str("SRTP required and the other side gave no usable SRTP key (a=crypto)")
+            }
+            SdpError::SrtpNotEnabled => {
+                f.write_str("the other side requires SRTP (RTP/SAVP) and SRTP is off")
+            }
         }
     }
 }
@@ -413,6 +432,9 @@ pub struct MediaDesc {
     pub rtcp: Option<Rtcp>,
     /// `a=rtcp-mux` (RFC 5761).
     pub rtcp_mux: bool,
+    /// The `a=crypto` lines we can use (SDES, RFC 4568), in the writer's order;
+    /// lines with an unknown suite or a bad key are left out.
+    pub crypto: Vec<Crypto>,
 }
 
 impl MediaDesc {
@@ -431,8 +453,16 @@ impl MediaDesc {
 
     /// Whether the transport is plain RTP we can speak.
     pub(crate) fn is_rtp_avp(&self) -> bool {
-        self.protocol.eq_ignore_ascii_case("RTP/AVP")
-            || self.protocol.eq_ignore_ascii_case("RTP/AVPF")
+        ["RTP/AVP", "RTP/AVPF", "RTP/SAVP", "RTP/SAVPF"]
+            .iter()
+            .any(|p| self.protocol.eq_ignore_ascii_case(p))
+    }
+
+    /// Whether the profile is a secure one (`RTP/SAVP`, `RTP/SAVPF`): SRTP only.
+    pub(crate) fn is_secure_profile(&self) -> bool {
+        ["RTP/SAVP", "RTP/SAVPF"]
+            .iter()
+            .any(|p| self.protocol.eq_ignore_ascii_case(p))
     }
 
     /// The codec a payload type stands for here (rtpmap first, then static number).
@@ -646,6 +676,11 @@ fn apply_media_attribute(m: &mut MediaDesc, name: &str, arg: Option<&str>) {
                 });
             }
         }
+        "crypto" => {
+            if let Some(c) = Crypto::parse(arg) {
+                m.crypto.push(c);
+            }
+        }
         "ptime" => {
             // Some peers write fractional values ("20.0"); keep the whole part.
             let whole = arg.split('.').next().unwrap_or(arg);
@@ -720,6 +755,19 @@ pub struct LocalMedia {
     /// The ini's `forceCodec` too ("send only the first codec"): offers list only
     /// our first codec.
     pub offer_first_only: bool,
+    /// SRTP (SDES) for this call: `None` when off; else our key (drawn once per
+    /// call, kept across re-INVITEs) and whether clear RTP is refused.
+    pub srtp: Option<LocalSrtp>,
+}
+
+/// Our side of SDES for one call (see [`LocalMedia::srtp`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalSrtp {
+    /// `true`: offer `RTP/SAVP` and refuse a peer without a usable key; `false`: offer
+    /// `RTP/AVP` with `a=crypto` and fall back to clear RTP.
+    pub mandatory: bool,
+    /// Our master key, the one we send with.
+    pub key: MasterKey,
 }
 
 /// The outcome of an offer/answer exchange: what the media engine needs.
@@ -748,6 +796,8 @@ pub struct Negotiated {
     pub rtcp: Option<SocketAddr>,
     /// Both sides agreed on `a=rtcp-mux` (RFC 5761): RTCP shares the RTP port.
     pub rtcp_mux: bool,
+    /// SRTP, when both sides agreed on a suite and gave keys; `None`: clear RTP.
+    pub srtp: Option<SrtpParams>,
 }
 
 impl Negotiated {
@@ -811,7 +861,11 @@ pub fn offer(local: &LocalMedia) -> String {
         pts.push((pt, c));
     }
     let te = local.telephone_event.then_some(TELEPHONE_EVENT_PT);
-    let _ = write!(out, "m=audio {} RTP/AVP", local.port);
+    let profile = match &local.srtp {
+        Some(s) if s.mandatory => "RTP/SAVP",
+        _ => "RTP/AVP",
+    };
+    let _ = write!(out, "m=audio {} {profile}", local.port);
     for (pt, _) in &pts {
         let _ = write!(out, " {pt}");
     }
@@ -825,8 +879,42 @@ pub fn offer(local: &LocalMedia) -> String {
     if let Some(te) = te {
         write_telephone_event(&mut out, te, 8000);
     }
+    if let Some(srtp) = &local.srtp {
+        for (tag, suite) in offer_crypto_tags() {
+            write_crypto(&mut out, tag, suite, &srtp.key);
+        }
+    }
     let _ = write!(out, "a=ptime:20\r\na={}\r\n", local.direction);
     out
+}
+
+/// The tags of our offered `a=crypto` lines: 1, 2... for [`Suite::ALL`].
+fn offer_crypto_tags() -> impl Iterator<Item = (u32, Suite)> {
+    (1u32..).zip(Suite::ALL)
+}
+
+fn write_crypto(out: &mut String, tag: u32, suite: Suite, key: &MasterKey) {
+    let line = Crypto {
+        tag,
+        suite,
+        key: key.clone(),
+    };
+    let _ = write!(out, "a=crypto:{}\r\n", line.to_value());
+}
+
+/// The SRTP an answer gives to the offered stream `m`: the offer's first usable
+/// `a=crypto` line when we do SRTP, `None` for clear RTP, or why the offer is refused.
+fn answer_crypto(m: &MediaDesc, local: &LocalMedia) -> Result<Option<Crypto>, SdpError> {
+    let secure = m.is_secure_profile();
+    match &local.srtp {
+        None if secure => Err(SdpError::SrtpNotEnabled),
+        None => Ok(None),
+        Some(ours) => match m.crypto.first() {
+            Some(theirs) => Ok(Some(theirs.clone())),
+            None if ours.mandatory || secure => Err(SdpError::SrtpRequired),
+            None => Ok(None),
+        },
+    }
 }
 
 /// `a=rtpmap` for `c` under `pt`, and its `a=fmtp` when it has parameters.
@@ -895,18 +983,31 @@ pub fn answer(offer: &SessionDesc, local: &LocalMedia) -> Result<(String, Negoti
     let usable = |m: &MediaDesc| m.media.eq_ignore_ascii_case("audio") && m.is_rtp_avp();
     let mut chosen = None;
     let mut live_audio = false;
+    let mut crypto_refusal = None;
     for (i, m) in offer.media.iter().enumerate() {
         if !usable(m) || m.port == 0 {
             continue;
         }
         live_audio = true;
+        // A stream whose SRTP terms we cannot meet is skipped (an offer may carry
+        // the same audio as RTP/SAVP and as RTP/AVP).
+        let crypto = match answer_crypto(m, local) {
+            Ok(c) => c,
+            Err(e) => {
+                crypto_refusal.get_or_insert(e);
+                continue;
+            }
+        };
         if let Some((codec, pt)) = pick_answer_codec(m, local) {
-            chosen = Some((i, codec, pt));
+            chosen = Some((i, codec, pt, crypto));
             break;
         }
     }
     let disabled_audio = offer.media.iter().position(|m| usable(m) && m.port == 0);
     if chosen.is_none() {
+        if let Some(e) = crypto_refusal {
+            return Err(e);
+        }
         if live_audio {
             return Err(SdpError::NoCommonCodec);
         }
@@ -918,7 +1019,7 @@ pub fn answer(offer: &SessionDesc, local: &LocalMedia) -> Result<(String, Negoti
     let mut out = String::with_capacity(320);
     write_session_header(&mut out, local);
     let negotiated = match chosen {
-        Some((index, codec, pt)) => {
+        Some((index, codec, pt, crypto)) => {
             let m = &offer.media[index];
             let remote_direction = offer.direction_of(m);
             let local_direction = remote_direction.reversed().intersect(local.direction);
@@ -945,6 +1046,9 @@ pub fn answer(offer: &SessionDesc, local: &LocalMedia) -> Result<(String, Negoti
                 if m.rtcp_mux {
                     out.push_str("a=rtcp-mux\r\n");
                 }
+                if let (Some(theirs), Some(ours)) = (&crypto, &local.srtp) {
+                    write_crypto(&mut out, theirs.tag, theirs.suite, &ours.key);
+                }
                 let _ = write!(out, "a=ptime:20\r\na={local_direction}\r\n");
             }
             Negotiated {
@@ -958,6 +1062,13 @@ pub fn answer(offer: &SessionDesc, local: &LocalMedia) -> Result<(String, Negoti
                 ptime_ms: m.ptime.unwrap_or(20),
                 rtcp: offer.rtcp_address_of(m, m.rtcp_mux),
                 rtcp_mux: m.rtcp_mux,
+                srtp: crypto
+                    .zip(local.srtp.as_ref())
+                    .map(|(theirs, ours)| SrtpParams {
+                        suite: theirs.suite,
+                        local: ours.key.clone(),
+                        remote: theirs.key,
+                    }),
             }
         }
         None => {
@@ -986,6 +1097,7 @@ pub fn answer(offer: &SessionDesc, local: &LocalMedia) -> Result<(String, Negoti
                 ptime_ms: m.ptime.unwrap_or(20),
                 rtcp: None,
                 rtcp_mux: false,
+                srtp: None,
             }
         }
     };
@@ -1026,9 +1138,31 @@ pub fn accept_answer(answer: &SessionDesc, local: &LocalMedia) -> Result<Negotia
             ptime_ms: m.ptime.unwrap_or(20),
             rtcp: None,
             rtcp_mux: false,
+            srtp: None,
         });
     }
     let (codec, payload_type) = in_answer_order.ok_or(SdpError::NoCommonCodec)?;
+    let srtp = match &local.srtp {
+        None => None,
+        Some(ours) => {
+            // The answer's line must answer one of ours: same tag, same suite.
+            let agreed = m
+                .crypto
+                .iter()
+                .find(|c| offer_crypto_tags().any(|(tag, suite)| tag == c.tag && suite == c.suite));
+            match agreed {
+                Some(theirs) => Some(SrtpParams {
+                    suite: theirs.suite,
+                    local: ours.key.clone(),
+                    remote: theirs.key.clone(),
+                }),
+                None if ours.mandatory || m.is_secure_profile() => {
+                    return Err(SdpError::SrtpRequired)
+                }
+                None => None,
+            }
+        }
+    };
     let remote_direction = answer.direction_of(m);
     let te = if local.telephone_event {
         m.telephone_event_for(codec.clock_rate())
@@ -1047,6 +1181,7 @@ pub fn accept_answer(answer: &SessionDesc, local: &LocalMedia) -> Result<Negotia
         // We do not offer rtcp-mux; a peer that muxes anyway is followed.
         rtcp: answer.rtcp_address_of(m, m.rtcp_mux),
         rtcp_mux: m.rtcp_mux,
+        srtp,
     })
 }
 
@@ -1066,6 +1201,7 @@ mod tests {
             opus_stereo: false,
             prefer_own_order: true,
             offer_first_only: false,
+            srtp: None,
         }
     }
 
@@ -1370,6 +1506,102 @@ a=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-16\r\na=ptime:20\r\na=sendrecv
         assert!(text.contains("m=audio 0 RTP/AVP 0\r\n"));
     }
 
+    fn with_srtp(mandatory: bool) -> LocalMedia {
+        LocalMedia {
+            srtp: Some(LocalSrtp {
+                mandatory,
+                key: MasterKey::from_bytes([9; 30]),
+            }),
+            ..local()
+        }
+    }
+
+    const PEER_KEY: &str = "4fl6DT4Bi+DWT6MsBt5BOQ7Gda1Jiv7rtpYLOqvm";
+
+    fn peer_sdp(profile: &str, crypto: &str) -> String {
+        format!(
+            "v=0\r\nc=IN IP4 198.51.100.1\r\nm=audio 5004 {profile} 0 8\r\n\
+             a=rtpmap:0 PCMU/8000\r\n{crypto}a=sendrecv\r\n"
+        )
+    }
+
+    #[test]
+    fn srtp_offers_by_policy() {
+        let ours = MasterKey::from_bytes([9; 30]).to_base64();
+        let optional = offer(&with_srtp(false));
+        assert!(
+            optional.contains("m=audio 4000 RTP/AVP 8 0 101\r\n"),
+            "{optional}"
+        );
+        assert!(optional.contains(&format!(
+            "a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{ours}\r\n\
+             a=crypto:2 AES_CM_128_HMAC_SHA1_32 inline:{ours}\r\n"
+        )));
+        assert!(offer(&with_srtp(true)).contains("m=audio 4000 RTP/SAVP 8 0 101\r\n"));
+        assert!(!offer(&local()).contains("a=crypto"));
+    }
+
+    #[test]
+    fn srtp_answers_by_policy() {
+        let line = format!("a=crypto:3 AES_CM_128_HMAC_SHA1_32 inline:{PEER_KEY}\r\n");
+        let savp = peer_sdp("RTP/SAVP", &line);
+        let (text, n) = answer(&parse(&savp).unwrap(), &with_srtp(true)).unwrap();
+        assert!(text.contains("m=audio 4000 RTP/SAVP 8\r\n"), "{text}");
+        let ours = MasterKey::from_bytes([9; 30]).to_base64();
+        assert!(text.contains(&format!(
+            "a=crypto:3 AES_CM_128_HMAC_SHA1_32 inline:{ours}\r\n"
+        )));
+        let srtp = n.srtp.unwrap();
+        assert_eq!(srtp.suite, Suite::AesCm128HmacSha1_32);
+        assert_eq!(srtp.remote, MasterKey::from_base64(PEER_KEY).unwrap());
+        // Best effort (RTP/AVP with a key): SRTP when we have it, clear when off.
+        let avp = peer_sdp("RTP/AVP", &line);
+        let (text, n) = answer(&parse(&avp).unwrap(), &with_srtp(false)).unwrap();
+        assert!(text.contains("m=audio 4000 RTP/AVP 8\r\n") && n.srtp.is_some());
+        let (text, n) = answer(&parse(&avp).unwrap(), &local()).unwrap();
+        assert!(!text.contains("a=crypto") && n.srtp.is_none());
+        // No usable key.
+        let clear = peer_sdp("RTP/AVP", "");
+        let bad_key = peer_sdp(
+            "RTP/SAVP",
+            "a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:c2hvcnQ=\r\na=crypto:2 F8_128_HMAC_SHA1_80 inline:x\r\n",
+        );
+        let refuse = |sdp: &str, l: &LocalMedia| answer(&parse(sdp).unwrap(), l).unwrap_err();
+        assert_eq!(refuse(&clear, &with_srtp(true)), SdpError::SrtpRequired);
+        assert_eq!(refuse(&bad_key, &with_srtp(false)), SdpError::SrtpRequired);
+        assert_eq!(refuse(&savp, &local()), SdpError::SrtpNotEnabled);
+        let (text, n) = answer(&parse(&clear).unwrap(), &with_srtp(false)).unwrap();
+        assert!(!text.contains("a=crypto") && n.srtp.is_none());
+    }
+
+    #[test]
+    fn srtp_answers_to_our_offer() {
+        let tag2 = format!("a=crypto:2 AES_CM_128_HMAC_SHA1_32 inline:{PEER_KEY}\r\n");
+        let n = accept_answer(
+            &parse(&peer_sdp("RTP/SAVP", &tag2)).unwrap(),
+            &with_srtp(true),
+        )
+        .unwrap();
+        assert_eq!(n.srtp.map(|s| s.suite), Some(Suite::AesCm128HmacSha1_32));
+        // A tag we did not offer with that suite, or no key at all.
+        let wrong = format!("a=crypto:1 AES_CM_128_HMAC_SHA1_32 inline:{PEER_KEY}\r\n");
+        let accept = |sdp: &str, l: &LocalMedia| accept_answer(&parse(sdp).unwrap(), l);
+        assert_eq!(
+            accept(&peer_sdp("RTP/AVP", &wrong), &with_srtp(true)).unwrap_err(),
+            SdpError::SrtpRequired
+        );
+        assert_eq!(
+            accept(&peer_sdp("RTP/AVP", ""), &with_srtp(true)).unwrap_err(),
+            SdpError::SrtpRequired
+        );
+        assert_eq!(
+            accept(&peer_sdp("RTP/AVP", ""), &with_srtp(false))
+                .unwrap()
+                .srtp,
+            None
+        );
+    }
+
     #[test]
     fn no_common_codec_and_no_audio() {
         let g729 = "v=0\r\nc=IN IP4 198.51.100.1\r\nm=audio 5004 RTP/AVP 18 101\r\na=rtpmap:18 G729/8000\r\na=rtpmap:101 telephone-event/8000\r\n";
@@ -1385,7 +1617,7 @@ a=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-16\r\na=ptime:20\r\na=sendrecv
         let srtp = "v=0\r\nc=IN IP4 198.51.100.1\r\nm=audio 5004 RTP/SAVP 0\r\n";
         assert_eq!(
             answer(&parse(srtp).unwrap(), &local()).unwrap_err(),
-            SdpError::NoAudio
+            SdpError::SrtpNotEnabled
         );
         let mut none = local();
         none.codecs.clear();

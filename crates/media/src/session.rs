@@ -5,7 +5,10 @@
 //! the jitter buffer and loss concealment, DTMF (RFC 4733 sent and received, in-band
 //! tones sent and heard), RTCP (reports, their schedule, the numbers they tell),
 //! symmetric-RTP and -RTCP latching, hold and receive-only, and the speaker and
-//! microphone levels. It owns no socket, reads no clock and draws no random number:
+//! microphone levels, and SRTP when negotiated (every datagram out protected, every
+//! one in checked and decrypted, by the call's [`SrtpStream`]; nothing goes out in
+//! clear while SRTP is agreed). It owns no socket, reads no clock and draws no random
+//! number:
 //!
 //! * what arrives is handed in with its arrival time ([`MediaSession::handle_rtp`],
 //!   [`MediaSession::handle_rtcp`]);
@@ -42,6 +45,7 @@ use crate::resample::Resampler;
 use crate::rtcp::{self, RtcpSession};
 use crate::rtp::{self, RtpHeader};
 use crate::sdp::{Codec, Negotiated};
+use crate::srtp::SrtpStream;
 
 /// Everything a session is given once, at its start (sans-IO: the caller draws the
 /// random numbers and reads the clocks).
@@ -161,6 +165,12 @@ pub struct MediaSession {
     transmits: VecDeque<Transmit>,
     events: VecDeque<MediaEvent>,
     spare: Vec<Vec<u8>>,
+    /// SRTP: whether the negotiation agreed on it, and the stream (`None` while
+    /// agreed only when it could not be made: then nothing is sent or played).
+    encrypted: bool,
+    srtp: Option<SrtpStream>,
+    /// A decrypted datagram, reused.
+    unprotected: Vec<u8>,
     /// One bus frame from the source, one payload, one packet: reused every tick.
     pcm: [i16; FRAME_SAMPLES],
     payload: [u8; MAX_PAYLOAD_BYTES],
@@ -207,6 +217,9 @@ impl MediaSession {
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             spare: Vec::new(),
+            encrypted: false,
+            srtp: None,
+            unprotected: Vec::new(),
             pcm: [0; FRAME_SAMPLES],
             payload: [0; MAX_PAYLOAD_BYTES],
             packet: [0; rtp::HEADER_LEN + MAX_PAYLOAD_BYTES],
@@ -263,7 +276,28 @@ impl MediaSession {
         if remote_changed {
             self.dtmf_in.reset();
         }
+        self.set_srtp(&negotiated);
         self.negotiated = Some(negotiated);
+    }
+
+    /// Applies the negotiated SRTP: the same keys keep the stream (its rollover
+    /// counters and replay windows), new keys make a new one, none means clear RTP.
+    fn set_srtp(&mut self, negotiated: &Negotiated) {
+        self.encrypted = negotiated.srtp.is_some();
+        let Some(params) = &negotiated.srtp else {
+            self.srtp = None;
+            return;
+        };
+        if self.srtp.as_ref().map(SrtpStream::params) == Some(params) {
+            return;
+        }
+        self.srtp = match SrtpStream::new(params.clone()) {
+            Ok(stream) => Some(stream),
+            Err(e) => {
+                tracing::warn!(call = self.id, error = %e, "cannot set up SRTP; the call sends no media");
+                None
+            }
+        };
     }
 
     /// Switches to `codec`: a fresh encoder, decoder and resamplers, and a jitter
@@ -350,10 +384,27 @@ impl MediaSession {
         }
     }
 
+    /// Queues a datagram (RTP or RTCP), protected when SRTP is agreed; dropped when
+    /// SRTP is agreed and cannot protect it (never sent in clear).
     fn queue(&mut self, via: Via, to: SocketAddr, bytes: &[u8]) {
         let mut data = self.spare.pop().unwrap_or_default();
         data.clear();
-        data.extend_from_slice(bytes);
+        if self.encrypted {
+            let Some(srtp) = self.srtp.as_mut() else {
+                return;
+            };
+            let protected = if rtcp::is_rtcp(bytes) {
+                srtp.protect_rtcp(bytes, &mut data)
+            } else {
+                srtp.protect_rtp(bytes, &mut data)
+            };
+            if let Err(e) = protected {
+                tracing::debug!(call = self.id, error = %e, "packet not sent");
+                return;
+            }
+        } else {
+            data.extend_from_slice(bytes);
+        }
         self.transmits.push_back(Transmit { via, to, data });
     }
 
@@ -500,6 +551,39 @@ impl MediaSession {
     /// it is the negotiated payload type, read as DTMF when telephone-event), or RTCP
     /// when muxed.
     pub fn handle_rtp(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
+        if !self.encrypted {
+            return self.handle_clear_rtp(now, from, data);
+        }
+        let mut clear = std::mem::take(&mut self.unprotected);
+        let rtcp = rtcp::is_rtcp(data);
+        if self.unprotect(rtcp, data, &mut clear) {
+            self.handle_clear_rtp(now, from, &clear);
+        }
+        self.unprotected = clear;
+    }
+
+    /// Decrypts `data` (SRTCP when `rtcp`, else SRTP) into `clear`; `false` for a
+    /// datagram that fails (a clear, forged, replayed or short packet: dropped).
+    fn unprotect(&mut self, rtcp: bool, data: &[u8], clear: &mut Vec<u8>) -> bool {
+        let Some(srtp) = self.srtp.as_mut() else {
+            return false;
+        };
+        let result = if rtcp {
+            srtp.unprotect_rtcp(data, clear)
+        } else {
+            srtp.unprotect_rtp(data, clear)
+        };
+        match result {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::trace!(call = self.id, error = %e, "datagram dropped");
+                false
+            }
+        }
+    }
+
+    /// A datagram of the RTP port, in clear (as it came, or decrypted).
+    fn handle_clear_rtp(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
         if rtcp::is_rtcp(data) {
             // RFC 5761 demultiplexing: RTCP on the RTP port when muxed (or from the
             // peer's RTP address, for peers that mux unasked).
@@ -555,7 +639,14 @@ impl MediaSession {
 
     /// A datagram that arrived on the RTCP port (RTP port + 1) from `from` at `now`.
     pub fn handle_rtcp(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
-        self.on_rtcp(now, data, from, false);
+        if !self.encrypted {
+            return self.on_rtcp(now, data, from, false);
+        }
+        let mut clear = std::mem::take(&mut self.unprotected);
+        if self.unprotect(true, data, &mut clear) {
+            self.on_rtcp(now, &clear, from, false);
+        }
+        self.unprotected = clear;
     }
 
     /// Stops the call's media: queues the last report and a BYE. The caller sends

@@ -46,6 +46,7 @@ fn negotiated(codec: Codec, remote_port: u16) -> Negotiated {
         // could land on another test's socket.
         rtcp: None,
         rtcp_mux: false,
+        srtp: None,
     }
 }
 

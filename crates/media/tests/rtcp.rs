@@ -45,6 +45,7 @@ fn negotiated(rtp: SocketAddr, rtcp: SocketAddr, mux: bool) -> Negotiated {
         ptime_ms: 20,
         rtcp: Some(rtcp),
         rtcp_mux: mux,
+        srtp: None,
     }
 }
 

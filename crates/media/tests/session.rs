@@ -132,6 +132,7 @@ fn negotiated(codec: Codec, remote: SocketAddr, rtcp: Option<SocketAddr>) -> Neg
         ptime_ms: 20,
         rtcp,
         rtcp_mux: false,
+        srtp: None,
     }
 }
 
