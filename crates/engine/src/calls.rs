@@ -1288,6 +1288,24 @@ impl Core {
         self.reply(reply, answer);
     }
 
+    /// A call being answered that cannot be (no usable SRTP, no common codec): its
+    /// media closed, 488 to the caller; the refusal is the command's reply.
+    fn refuse_answer_488(
+        &mut self,
+        id: CallId,
+        leg: u64,
+        code: ErrorCode,
+        why: impl std::fmt::Display,
+    ) -> Reply {
+        self.media(MediaAction::Close { call: id });
+        self.sip(SipAction::Reject {
+            leg,
+            code: 488,
+            headers: Vec::new(),
+        });
+        fail(code, format!("call {id} refused with 488: {why}"))
+    }
+
     fn finish_answer(&mut self, id: CallId, port: Result<OpenedMedia, MediaFailure>) -> Reply {
         let Some(call) = self.calls.get(&id).filter(|c| c.is_ringing_in()) else {
             if port.is_ok() {
@@ -1315,34 +1333,12 @@ impl Core {
         let ip = call.media_ip.unwrap_or_else(|| self.media_ip(&account));
         let local = match self.local_media(&account, port, ip) {
             Ok(local) => local,
-            Err(why) => {
-                self.media(MediaAction::Close { call: id });
-                self.sip(SipAction::Reject {
-                    leg,
-                    code: 488,
-                    headers: Vec::new(),
-                });
-                return fail(
-                    ErrorCode::Media,
-                    format!("call {id} refused with 488: {why}"),
-                );
-            }
+            Err(why) => return self.refuse_answer_488(id, leg, ErrorCode::Media, why),
         };
         let (answer_sdp, negotiated) = match offer_text.as_deref().map(sdp::parse) {
             Some(Ok(offer)) => match sdp::answer(&offer, &local) {
                 Ok(x) => (x.0, Some(x.1)),
-                Err(e) => {
-                    self.media(MediaAction::Close { call: id });
-                    self.sip(SipAction::Reject {
-                        leg,
-                        code: 488,
-                        headers: Vec::new(),
-                    });
-                    return fail(
-                        ErrorCode::NoCommonCodec,
-                        format!("call {id} refused with 488: {e}"),
-                    );
-                }
+                Err(e) => return self.refuse_answer_488(id, leg, ErrorCode::NoCommonCodec, e),
             },
             Some(Err(e)) => {
                 self.media(MediaAction::Close { call: id });

@@ -443,30 +443,24 @@ impl Calls {
             (true, Some(t)) => t,
             _ => &self.udp_local,
         };
-        let host_port = match public_addr.filter(|s| !s.is_empty()) {
-            Some(p) if p.contains(':') => p.to_string(),
-            Some(p) => format!(
-                "{p}:{}",
-                local.addr.port.map(|p| p.to_string()).unwrap_or_default()
-            ),
-            None => local.addr.to_string(),
-        };
-        let user_part = if user.is_empty() {
-            String::new()
-        } else {
-            format!("{user}@")
-        };
-        let text = format!(
-            "sip:{user_part}{host_port}{}",
-            if tcp { ";transport=tcp" } else { "" }
-        );
-        Uri::try_from(text.as_str()).unwrap_or_default()
+        Calls::contact_at(
+            user,
+            local,
+            public_addr,
+            if tcp { ";transport=tcp" } else { "" },
+        )
     }
 
     /// Our Contact on a TLS connection whose local end is `local`: its address
     /// (the registrar sends requests for us down that connection) with
     /// `;transport=tls`, or `public_addr` when set.
     pub(crate) fn tls_contact(user: &str, local: &SipAddr, public_addr: Option<&str>) -> Uri {
+        Calls::contact_at(user, local, public_addr, ";transport=tls")
+    }
+
+    /// `sip:USER@HOST:PORT` + `transport`: `public_addr` (with `local`'s port when it
+    /// names none), else `local`'s address.
+    fn contact_at(user: &str, local: &SipAddr, public_addr: Option<&str>, transport: &str) -> Uri {
         let host_port = match public_addr.filter(|s| !s.is_empty()) {
             Some(p) if p.contains(':') => p.to_string(),
             Some(p) => format!(
@@ -480,8 +474,7 @@ impl Calls {
         } else {
             format!("{user}@")
         };
-        Uri::try_from(format!("sip:{user_part}{host_port};transport=tls").as_str())
-            .unwrap_or_default()
+        Uri::try_from(format!("sip:{user_part}{host_port}{transport}").as_str()).unwrap_or_default()
     }
 
     /// Places a call: sends the INVITE (answering 401/407 with the account's
