@@ -8,6 +8,9 @@
 # test_audio_tools.py: Kamailio's config, the SIPp scenarios and the audio measures
 # checked against reference peers, without the phone) need no build: they run
 # while the phone compiles (the compiler at low priority), and must pass too.
+# Likewise the fuzz smoke run and the small static build run at the lowest priority
+# while the phone's end-to-end tests run (those mostly wait on real-time audio);
+# their output is printed, and their result checked, after the e2e tests.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -23,21 +26,29 @@ step "install test dependencies"
 scripts/install-test-deps.sh
 
 harness_log=$(mktemp)
+background_log=$(mktemp)
+small_path=$(mktemp)
 harness_pid=""
-stop_harness() {
-  # On an early exit: interrupt the harness run (pytest then tears down the peers
-  # it started), give it 30 s, then kill its process group.
-  if [ -n "$harness_pid" ]; then
-    kill -INT -- "-$harness_pid" 2>/dev/null || true
-    for _ in $(seq 60); do
-      kill -0 "$harness_pid" 2>/dev/null || break
-      sleep 0.5
-    done
-    kill -KILL -- "-$harness_pid" 2>/dev/null || true
-  fi
-  rm -f "$harness_log"
+background_pid=""
+stop_group() {
+  # Interrupt a background job's process group (pytest then tears down the peers it
+  # started), give it 30 s, then kill the group.
+  local pid=$1
+  [ -n "$pid" ] || return 0
+  kill -INT -- "-$pid" 2>/dev/null || true
+  for _ in $(seq 60); do
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.5
+  done
+  kill -KILL -- "-$pid" 2>/dev/null || true
 }
-trap stop_harness EXIT
+stop_background() {
+  # On any exit: nothing started here outlives the script.
+  stop_group "$harness_pid"
+  stop_group "$background_pid"
+  rm -f "$harness_log" "$background_log" "$small_path"
+}
+trap stop_background EXIT
 step "harness tests (tests/e2e, peers only) started in the background"
 set -m  # the harness run gets a process group of its own, stopped as one
 "${PYTEST[@]}" -x "${HARNESS[@]}" >"$harness_log" 2>&1 &
@@ -53,28 +64,36 @@ nice -n 15 cargo clippy --workspace --all-targets -- -D warnings
 step "cargo test"
 nice -n 15 cargo test --workspace
 
-step "fuzz targets, 15 s each (scripts/fuzz.sh; fails on a crash)"
-# Without a sanitizer here (the build is much shorter; a panic is still a crash);
-# longer runs use AddressSanitizer (scripts/fuzz.sh's default).
-FUZZ_SANITIZER="${FUZZ_SANITIZER:-none}" scripts/fuzz.sh all "${FUZZ_SECONDS:-15}"
-
 step "cargo build -p microsip"
 nice -n 15 cargo build -p microsip
 
-step "the small static build (scripts/build-small.sh --debug)"
-small_bin=""
-if small_bin=$(nice -n 15 scripts/build-small.sh --debug); then
-  :
-elif ! rustup target list --installed | grep -qx x86_64-unknown-linux-musl; then
-  # No way to fetch the musl target here: the small build cannot be tested, and
-  # says so; every other test still runs.
-  echo "WARNING: the Rust target x86_64-unknown-linux-musl cannot be installed;" \
-       "the small build's tests are SKIPPED" >&2
-  small_bin=""
-else
-  echo "the small build failed" >&2
-  exit 1
-fi
+# The fuzz smoke run, then the small static build: in the background, at the
+# lowest priority, while the e2e tests run. The small build's path goes to
+# $small_path; an empty path means the musl target cannot be installed here.
+fuzz_and_small_build() {
+  echo "==== fuzz targets, 15 s each (scripts/fuzz.sh; fails on a crash)"
+  # Without a sanitizer here (the build is much shorter; a panic is still a crash);
+  # longer runs use AddressSanitizer (scripts/fuzz.sh's default).
+  FUZZ_SANITIZER="${FUZZ_SANITIZER:-none}" nice -n 19 scripts/fuzz.sh all "${FUZZ_SECONDS:-15}"
+  echo "==== the small static build (scripts/build-small.sh --debug)"
+  local bin
+  if bin=$(nice -n 19 scripts/build-small.sh --debug); then
+    printf '%s' "$bin" >"$small_path"
+  elif ! rustup target list --installed | grep -qx x86_64-unknown-linux-musl; then
+    # No way to fetch the musl target here: the small build cannot be tested, and
+    # says so; every other test still runs.
+    echo "WARNING: the Rust target x86_64-unknown-linux-musl cannot be installed;" \
+         "the small build's tests are SKIPPED" >&2
+  else
+    echo "the small build failed" >&2
+    return 1
+  fi
+}
+step "fuzz smoke run and small static build started in the background"
+set -m
+fuzz_and_small_build >"$background_log" 2>&1 &
+background_pid=$!
+set +m
 
 step "harness tests (tests/e2e, peers only)"
 harness_rc=0
@@ -91,6 +110,17 @@ export MICROSIP_BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug/microsip"
 ignore=()
 for f in "${HARNESS[@]}"; do ignore+=(--ignore "$f"); done
 "${PYTEST[@]}" -x "${ignore[@]}" tests/e2e
+
+step "fuzz smoke run and small static build (from the background)"
+background_rc=0
+wait "$background_pid" || background_rc=$?
+background_pid=""
+cat "$background_log"
+if [ "$background_rc" -ne 0 ]; then
+  echo "fuzz smoke run or small build failed (exit $background_rc)" >&2
+  exit "$background_rc"
+fi
+small_bin=$(cat "$small_path")
 
 if [ -n "$small_bin" ]; then
   step "end-to-end tests of the small static build ($small_bin)"
