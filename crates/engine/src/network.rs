@@ -2,7 +2,9 @@
 //! network watch saw the local address towards the registrar go away, come back
 //! or change (and, for a new address, already started SIP again on it). The core
 //! says so in `account.network`, registers every account again, and ends the
-//! calls the old address carried, with a reason naming the change.
+//! calls the old address carried, with a reason naming the change. Subscriptions
+//! (presence, MWI) and our PUBLISH lived on the old endpoint: they are forgotten
+//! and made again on the new one once the account is registered there.
 
 use microsip_sip::EndedBy;
 use tracing::info;
@@ -58,6 +60,9 @@ impl Core {
         self.media_ips = change.media_ips;
         self.other_family_ip = change.other_family_ip;
         self.media_bind = Some(address);
+        // The driver dropped the subscriptions and publications with the old
+        // endpoint; forgetting them here lets the next registration start them anew.
+        self.presence.forget_all();
         // The old endpoint is gone, and with it every dialog: a re-INVITE from the
         // new address cannot be sent in them, so the calls end here, saying why.
         let legs: Vec<_> = self.legs.keys().copied().collect();

@@ -859,6 +859,63 @@ fn a_new_local_address_ends_the_calls_registers_again_and_moves_media() {
 }
 
 #[test]
+fn a_new_local_address_subscribes_and_publishes_again_once_registered() {
+    let mut b = Bench::new(&ini("").replace(
+        "password=secret\n",
+        "password=secret\nvoicemailNumber=*97\npublish=1\n",
+    ));
+    let registered = || {
+        Input::Registration(RegistrationEvent::Registered {
+            account: 1,
+            code: 200,
+            reason: "OK".into(),
+            expires: 300,
+            contact: "sip:1001@127.0.0.1:5060".into(),
+        })
+    };
+    let presence_asks = |sip: &[(Option<Ticket>, SipAction)]| {
+        let subscribes = sip
+            .iter()
+            .filter(|(_, a)| matches!(a, SipAction::Subscribe { .. }))
+            .count();
+        let publishes = sip
+            .iter()
+            .filter(|(_, a)| matches!(a, SipAction::Publish { .. }))
+            .count();
+        (subscribes, publishes)
+    };
+    b.sip();
+    b.input(registered());
+    assert_eq!(
+        presence_asks(&b.sip()),
+        (1, 1),
+        "MWI subscription and PUBLISH"
+    );
+    b.input(Input::Network(microsip_engine::io::NetworkChange {
+        previous: [127, 0, 0, 1].into(),
+        address: Some([10, 9, 0, 3].into()),
+        restarted: true,
+        media_ips: HashMap::new(),
+        other_family_ip: None,
+    }));
+    b.answer_stores();
+    assert_eq!(
+        presence_asks(&b.sip()),
+        (0, 0),
+        "nothing before registering on the new address"
+    );
+    b.input(registered());
+    assert_eq!(
+        presence_asks(&b.sip()),
+        (1, 1),
+        "made again on the new endpoint"
+    );
+    // A registration refresh on the same endpoint starts nothing twice.
+    b.input(registered());
+    assert_eq!(presence_asks(&b.sip()), (0, 0));
+}
+
+#[test]
 fn the_same_address_back_registers_again_and_keeps_the_calls() {
     let mut b = Bench::new(&ini(""));
     let id = b.dial();
