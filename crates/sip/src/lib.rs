@@ -12,6 +12,7 @@ pub mod message;
 mod reader;
 mod refresh;
 pub mod registration;
+pub mod replaces;
 mod request;
 pub mod stack;
 pub mod subscription;
@@ -25,6 +26,7 @@ pub use call::{
 };
 pub use message::{send_message, IncomingMessage, MessageSender};
 pub use reader::{read_input, Verdict};
+pub use replaces::{ReplacesMatch, ReplacesValue};
 pub use registration::{
     Outcome, Registration, RegistrationConfig, RegistrationEvent, SipTransport,
 };
