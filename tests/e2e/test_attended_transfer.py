@@ -126,7 +126,7 @@ def test_attended_transfer_b_and_c_talk_and_a_is_out(kam, call_phone, other_phon
     a = call_phone()
     bid, cid = start_attended(a, "1004", "1003")
     # B follows the REFER with Replaces: its new call to C.
-    b_new = wait_call(b, "call.outgoing", None, pred=lambda e: e["remote"].startswith("sip:1003@"))
+    b_new = wait_call(b, "call.outgoing", None, pred=lambda e: e["remote"].startswith("sip:1003"))
     b_xfer = wait_call(b, "call.transfer", None)
     assert b_xfer["kind"] == "attended" and b_xfer["code"] == 202, b_xfer
     wait_call(b, "call.confirmed", b_new["call"])

@@ -711,7 +711,15 @@ impl Core {
         transfer_for: Option<CallId>,
         reply: Option<ReplyTo>,
     ) {
-        self.dial_with(target, account, hold_active, numeric, transfer_for, Vec::new(), reply)
+        self.dial_with(
+            target,
+            account,
+            hold_active,
+            numeric,
+            transfer_for,
+            Vec::new(),
+            reply,
+        )
     }
 
     /// [`Self::dial`] with extra INVITE headers (`Replaces`, for a REFER).
@@ -1142,10 +1150,7 @@ impl Core {
     /// The call an incoming INVITE's `Replaces` names (RFC 3891 §3), or the code to
     /// refuse it with: 400 unreadable, 481 no such dialog (or an early one we did
     /// not start), 486 `early-only` for a confirmed one, 603 one that is ending.
-    fn call_to_replace(
-        &self,
-        named: microsip_sip::ReplacesMatch,
-    ) -> Result<CallId, (u16, String)> {
+    fn call_to_replace(&self, named: microsip_sip::ReplacesMatch) -> Result<CallId, (u16, String)> {
         use microsip_sip::ReplacesMatch;
         match named {
             ReplacesMatch::Malformed(why) => Err((400, why)),
@@ -1164,7 +1169,10 @@ impl Core {
                 } else if confirmed && early_only {
                     Err((486, format!("call {} is confirmed (early-only)", call.id)))
                 } else if !confirmed && !we_initiated {
-                    Err((481, format!("call {} is an early dialog we did not start", call.id)))
+                    Err((
+                        481,
+                        format!("call {} is an early dialog we did not start", call.id),
+                    ))
                 } else {
                     Ok(call.id)
                 }

@@ -861,7 +861,10 @@ impl Driver {
                 let calls = self.calls.clone();
                 tokio::spawn(async move {
                     let result = match replacing {
-                        Some(other) => calls.refer_replacing(leg, other).await.map(|(code, _)| code),
+                        Some(other) => calls
+                            .refer_replacing(leg, other)
+                            .await
+                            .map(|(code, _)| code),
                         None => calls.refer(leg, &target).await,
                     };
                     done(Done::Refer(result.map_err(|e| e.to_string())));

@@ -48,7 +48,8 @@ impl Core {
         // A caller of our own domain is called back by number (the dial plan
         // applies); anyone else at the address they called from.
         let by_number = !call.number.is_empty()
-            && account.is_some_and(|a| a.server.is_some() && a.domain.eq_ignore_ascii_case(&domain));
+            && account
+                .is_some_and(|a| a.server.is_some() && a.domain.eq_ignore_ascii_case(&domain));
         let target = if by_number {
             call.number.clone()
         } else {
@@ -81,7 +82,10 @@ impl Core {
             }
             None => self.reply(
                 Some(reply),
-                fail(ErrorCode::NoCall, "nothing to redial: no number was dialled yet"),
+                fail(
+                    ErrorCode::NoCall,
+                    "nothing to redial: no number was dialled yet",
+                ),
             ),
         }
     }

@@ -1012,7 +1012,10 @@ fn attended_transfer_refers_with_replaces_and_ends_both_calls_on_success() {
     let (ticket, leg, target, replacing) = refer_of(&sip).expect("a REFER");
     assert_eq!((leg, replacing), (first, Some(second)));
     assert_eq!(target, "sip:1002@127.0.0.1");
-    assert!(b.reply(r).is_none(), "the reply waits for the REFER's answer");
+    assert!(
+        b.reply(r).is_none(),
+        "the reply waits for the REFER's answer"
+    );
     b.done(ticket, Done::Refer(Ok(202)));
     let reply = b.reply(r).unwrap().clone().unwrap();
     assert_eq!(reply.data["kind"], "attended");
@@ -1147,7 +1150,8 @@ fn an_invite_with_replaces_is_answered_at_once_and_ends_the_old_call() {
     b.open_media();
     let sip = b.sip();
     assert!(
-        !sip.iter().any(|(_, a)| matches!(a, SipAction::Ringing { .. })),
+        !sip.iter()
+            .any(|(_, a)| matches!(a, SipAction::Ringing { .. })),
         "no ringing for a replacing call: {sip:?}"
     );
     assert!(
@@ -1155,7 +1159,10 @@ fn an_invite_with_replaces_is_answered_at_once_and_ends_the_old_call() {
             .any(|(_, a)| matches!(a, SipAction::Answer { leg, .. } if *leg == new_leg)),
         "answered at once: {sip:?}"
     );
-    assert!(!hung_up(&sip, old_leg), "the old call waits for the new one's ACK");
+    assert!(
+        !hung_up(&sip, old_leg),
+        "the old call waits for the new one's ACK"
+    );
     b.input(Input::Leg {
         leg: new_leg,
         signal: LegSignal::Confirmed,
@@ -1177,7 +1184,10 @@ fn an_invite_with_replaces_naming_no_call_or_a_bad_one_is_refused() {
     b.sip();
     let cases = [
         (ReplacesMatch::NoDialog, 481),
-        (ReplacesMatch::Malformed("Replaces has no to-tag".into()), 400),
+        (
+            ReplacesMatch::Malformed("Replaces has no to-tag".into()),
+            400,
+        ),
         (
             ReplacesMatch::Leg {
                 leg: old_leg,
@@ -1207,7 +1217,10 @@ fn an_invite_with_replaces_naming_no_call_or_a_bad_one_is_refused() {
             ),
             "case {i}: {sip:?}"
         );
-        assert!(!hung_up(&sip, old_leg), "case {i}: the old call is unharmed");
+        assert!(
+            !hung_up(&sip, old_leg),
+            "case {i}: the old call is unharmed"
+        );
     }
 }
 
@@ -1235,7 +1248,10 @@ fn a_refer_with_replaces_sends_the_invite_with_replaces() {
     assert_eq!(target, "sip:1003@127.0.0.1:5090");
     assert_eq!(
         headers,
-        vec![("Replaces".to_string(), "abc@h;to-tag=1;from-tag=2".to_string())]
+        vec![(
+            "Replaces".to_string(),
+            "abc@h;to-tag=1;from-tag=2".to_string()
+        )]
     );
     let events = b.events();
     assert_eq!(transfers(&events), vec![(call, 202, "attended", None)]);
@@ -1256,7 +1272,9 @@ fn redial_calls_the_last_number_and_says_when_there_is_none() {
     assert!(b.reply(r).unwrap().is_ok());
     let sip = b.sip();
     assert!(
-        sip.iter().any(|(_, a)| matches!(a, SipAction::Dial { target, .. } if target == "sip:1002@127.0.0.1")),
+        sip.iter().any(
+            |(_, a)| matches!(a, SipAction::Dial { target, .. } if target == "sip:1002@127.0.0.1")
+        ),
         "{sip:?}"
     );
     // After a restart: lastCallNumber, through the dial plan.
@@ -1265,7 +1283,9 @@ fn redial_calls_the_last_number_and_says_when_there_is_none() {
     b.open_media();
     let sip = b.sip();
     assert!(
-        sip.iter().any(|(_, a)| matches!(a, SipAction::Dial { target, .. } if target == "sip:1005@127.0.0.1")),
+        sip.iter().any(
+            |(_, a)| matches!(a, SipAction::Dial { target, .. } if target == "sip:1005@127.0.0.1")
+        ),
         "{sip:?}"
     );
 }
@@ -1286,7 +1306,9 @@ fn callback_calls_the_last_missed_caller() {
     assert!(b.reply(r).unwrap().is_ok());
     let sip = b.sip();
     assert!(
-        sip.iter().any(|(_, a)| matches!(a, SipAction::Dial { target, .. } if target == "sip:1002@127.0.0.1")),
+        sip.iter().any(
+            |(_, a)| matches!(a, SipAction::Dial { target, .. } if target == "sip:1002@127.0.0.1")
+        ),
         "{sip:?}"
     );
 }
@@ -1318,7 +1340,9 @@ fn callback_after_a_restart_reads_the_history() {
     assert!(b.reply(r).unwrap().is_ok());
     let sip = b.sip();
     assert!(
-        sip.iter().any(|(_, a)| matches!(a, SipAction::Dial { target, .. } if target == "sip:1008@127.0.0.1")),
+        sip.iter().any(
+            |(_, a)| matches!(a, SipAction::Dial { target, .. } if target == "sip:1008@127.0.0.1")
+        ),
         "{sip:?}"
     );
 }

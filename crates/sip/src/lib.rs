@@ -26,10 +26,10 @@ pub use call::{
 };
 pub use message::{send_message, IncomingMessage, MessageSender};
 pub use reader::{read_input, Verdict};
-pub use replaces::{ReplacesMatch, ReplacesValue};
 pub use registration::{
     Outcome, Registration, RegistrationConfig, RegistrationEvent, SipTransport,
 };
+pub use replaces::{ReplacesMatch, ReplacesValue};
 pub use stack::{
     local_ip_towards, other_family_ip, probe_local_ip, SipInbox, SipStack, StackConfig,
 };

@@ -152,12 +152,25 @@ mod tests {
     fn parses_replaces_values() {
         let v = parse_replaces("98732@sip.example.com;from-tag=r33th4x0r;to-tag=ff87ff").unwrap();
         assert_eq!(v.call_id, "98732@sip.example.com");
-        assert_eq!((v.to_tag.as_str(), v.from_tag.as_str()), ("ff87ff", "r33th4x0r"));
+        assert_eq!(
+            (v.to_tag.as_str(), v.from_tag.as_str()),
+            ("ff87ff", "r33th4x0r")
+        );
         assert!(!v.early_only);
         let v = parse_replaces(" a;TO-TAG=1 ; From-Tag=2;early-only;x=y").unwrap();
-        assert_eq!((v.call_id.as_str(), v.to_tag.as_str(), v.from_tag.as_str()), ("a", "1", "2"));
+        assert_eq!(
+            (v.call_id.as_str(), v.to_tag.as_str(), v.from_tag.as_str()),
+            ("a", "1", "2")
+        );
         assert!(v.early_only);
-        for bad in ["", ";to-tag=1;from-tag=2", "a;to-tag=1", "a;from-tag=2", "a;to-tag=;from-tag=2", "a b;to-tag=1;from-tag=2"] {
+        for bad in [
+            "",
+            ";to-tag=1;from-tag=2",
+            "a;to-tag=1",
+            "a;from-tag=2",
+            "a;to-tag=;from-tag=2",
+            "a b;to-tag=1;from-tag=2",
+        ] {
             assert!(parse_replaces(bad).is_err(), "{bad:?}");
         }
     }
@@ -177,7 +190,10 @@ mod tests {
         assert_eq!(split_refer_to("<sip:b@h>"), ("sip:b@h".to_string(), None));
         assert_eq!(
             split_refer_to("sip:b@h?Subject=x&replaces=a%3Bto-tag%3D1%3bfrom-tag%3D2"),
-            ("sip:b@h".to_string(), Some("a;to-tag=1;from-tag=2".to_string()))
+            (
+                "sip:b@h".to_string(),
+                Some("a;to-tag=1;from-tag=2".to_string())
+            )
         );
         // A broken escape stays as it is.
         assert_eq!(unescape("a%3"), "a%3");
