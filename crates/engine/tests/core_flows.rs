@@ -1346,3 +1346,39 @@ fn callback_after_a_restart_reads_the_history() {
         "{sip:?}"
     );
 }
+
+#[test]
+fn an_invite_with_replaces_for_our_unanswered_call_cancels_it() {
+    // RFC 3891 §3: an early dialog we started may be replaced (the caller picked
+    // up elsewhere); the old INVITE is cancelled once the new call is confirmed.
+    let mut b = Bench::new(&ini(""));
+    let ringing_out = b.dial();
+    b.input(Input::Leg {
+        leg: ringing_out,
+        signal: LegSignal::Ringing,
+    });
+    b.sip();
+    let new_leg = (1 << 62) + 1;
+    incoming_replacing(
+        &mut b,
+        new_leg,
+        microsip_sip::ReplacesMatch::Leg {
+            leg: ringing_out,
+            confirmed: false,
+            we_initiated: true,
+            early_only: true,
+        },
+    );
+    b.open_media();
+    let sip = b.sip();
+    assert!(
+        sip.iter()
+            .any(|(_, a)| matches!(a, SipAction::Answer { leg, .. } if *leg == new_leg)),
+        "{sip:?}"
+    );
+    b.input(Input::Leg {
+        leg: new_leg,
+        signal: LegSignal::Confirmed,
+    });
+    assert!(hung_up(&b.sip(), ringing_out));
+}
