@@ -242,9 +242,11 @@ def test_an_invite_with_replaces_takes_our_call_with_baresip(make_phone, make_si
         media.close()
 
 
-def test_an_invite_with_replaces_naming_no_call_gets_481(make_phone, make_sipp,
-                                                         make_baresip, free_port):
-    """Replaces naming no dialog of ours: 481, no ringing; our call is unharmed."""
+@pytest.mark.parametrize("code", ["481", "400"])
+def test_an_invite_with_replaces_naming_no_call_is_refused(make_phone, make_sipp,
+                                                         make_baresip, free_port, code):
+    """Replaces naming no dialog of ours: 481; one that cannot be read (no
+    from-tag): 400. No ringing either way; our call is unharmed."""
     port = free_port("sip")
     bs = make_baresip(None, "1002", tone=TONE_A, register=False, outbound=False)
     ph = make_phone(ini(account("", "1001", ""), sourcePort=port, autoAnswer="all",
@@ -254,9 +256,10 @@ def test_an_invite_with_replaces_naming_no_call_gets_481(make_phone, make_sipp,
     wait_call(ph, "call.confirmed", old)
     call_id, our_tag, their_tag = dialog_of_our_call(ph)
     # The right Call-ID with the tags swapped names no dialog of ours.
-    sipp = make_sipp("uac_replaces_481.xml", timeout_s=60, remote=f"127.0.0.1:{port}",
-                     extra=["-s", "1001",
-                            "-key", "replaces", f"{call_id};to-tag={their_tag};from-tag={our_tag}"])
+    replaces = (f"{call_id};to-tag={their_tag};from-tag={our_tag}" if code == "481"
+                else f"{call_id};to-tag={our_tag}")
+    sipp = make_sipp(f"uac_replaces_{code}.xml", timeout_s=60, remote=f"127.0.0.1:{port}",
+                     extra=["-s", "1001", "-key", "replaces", replaces])
     assert sipp.wait() == 0, sipp.messages()[-3000:]
     [d] = ph.cmd_json("calls")[1]["data"]
     assert d["id"] == old and d["state"] == "active", d
