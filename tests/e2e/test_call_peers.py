@@ -493,7 +493,10 @@ def test_uac_scenarios_fail_when_nobody_answers(make_sipp):
     dead = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # bound, never answers
     dead.bind(("127.0.0.1", 0))
     try:
-        keys = {"uac_callerid.xml": ["-key", "name", "x"], "uac_message_405.xml": ["-key", "text", "x"]}
+        replaces = ["-key", "replaces", "a@h;to-tag=1;from-tag=2"]
+        keys = {"uac_callerid.xml": ["-key", "name", "x"], "uac_message_405.xml": ["-key", "text", "x"],
+                "uac_replaces.xml": [*replaces, "-key", "rtp_port", "9"],
+                "uac_replaces_481.xml": replaces, "uac_replaces_400.xml": replaces}
         runs = [make_sipp(scenario, timeout_s=5, files=ulaw_files(),
                           remote=f"127.0.0.1:{dead.getsockname()[1]}",
                           extra=["-s", "1001", *keys.get(scenario, [])])
@@ -501,8 +504,20 @@ def test_uac_scenarios_fail_when_nobody_answers(make_sipp):
                                  "uac_488_no_codec.xml", "uac_hostile_callerid.xml",
                                  "uac_rtp_call.xml", "uac_callerid.xml", "uac_cancel.xml",
                                  "uac_cancel_elsewhere.xml", "uac_busy.xml",
-                                 "uac_message_405.xml"]]
+                                 "uac_message_405.xml", "uac_replaces.xml",
+                                 "uac_replaces_481.xml", "uac_replaces_400.xml"]]
         for sipp in runs:
             assert sipp.wait(120) != 0, sipp.scenario.name
     finally:
         dead.close()
+
+
+def test_uac_replaces_fails_against_a_peer_that_rings(make_sipp, make_baresip):
+    """baresip knows nothing of Replaces: it rings (180) before it answers, which
+    uac_replaces.xml must take as a failure (a replacing call is answered at once)."""
+    bs = make_baresip(None, "1001", register=False, outbound=False)
+    sipp = make_sipp("uac_replaces.xml", timeout_s=30, remote=f"127.0.0.1:{bs.sip_port}",
+                     extra=["-s", "1001", "-key", "replaces", "a@h;to-tag=1;from-tag=2",
+                            "-key", "rtp_port", "9"])
+    assert sipp.wait(60) != 0
+    assert [m for m in sipp.received() if m.startswith("SIP/2.0 180")], sipp.received()

@@ -182,6 +182,8 @@ pub(crate) struct Placing {
     pub(crate) hold_active: bool,
     pub(crate) numeric: bool,
     pub(crate) reply: Option<ReplyTo>,
+    /// Extra INVITE headers (`Replaces` for a REFER of an attended transfer).
+    pub(crate) headers: Vec<(String, String)>,
 }
 
 pub(crate) struct Call {
@@ -231,6 +233,12 @@ pub(crate) struct Call {
     pub(crate) answering: bool,
     /// This call was placed for a REFER received on that call.
     pub(crate) transfer_for: Option<CallId>,
+    /// Our REFER on this call asks the remote to replace that call of ours
+    /// (attended transfer): on success both end.
+    pub(crate) attended_with: Option<CallId>,
+    /// This incoming call came with `Replaces` naming that call of ours: once it
+    /// is confirmed, the old one ends.
+    pub(crate) replacing: Option<CallId>,
     /// A re-INVITE of ours is in flight.
     pub(crate) busy_reinvite: bool,
     /// Recording, a file played in, the conference (`recording.rs`).
@@ -272,6 +280,8 @@ impl Call {
             end_waiters: Vec::new(),
             deferred: Vec::new(),
             transfer_for: None,
+            attended_with: None,
+            replacing: None,
             busy_reinvite: false,
             placing: false,
             ending: false,
@@ -701,8 +711,38 @@ impl Core {
         transfer_for: Option<CallId>,
         reply: Option<ReplyTo>,
     ) {
-        if let Err(e) = self.place_call(target, account, hold_active, numeric, transfer_for, reply)
-        {
+        self.dial_with(
+            target,
+            account,
+            hold_active,
+            numeric,
+            transfer_for,
+            Vec::new(),
+            reply,
+        )
+    }
+
+    /// [`Self::dial`] with extra INVITE headers (`Replaces`, for a REFER).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn dial_with(
+        &mut self,
+        target: &str,
+        account: Option<u32>,
+        hold_active: bool,
+        numeric: bool,
+        transfer_for: Option<CallId>,
+        headers: Vec<(String, String)>,
+        reply: Option<ReplyTo>,
+    ) {
+        if let Err(e) = self.place_call(
+            target,
+            account,
+            hold_active,
+            numeric,
+            transfer_for,
+            headers,
+            reply,
+        ) {
             if let Some(origin) = transfer_for {
                 self.refer_failed(origin, target, &e);
             }
@@ -718,6 +758,7 @@ impl Core {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn place_call(
         &mut self,
         target: &str,
@@ -725,6 +766,7 @@ impl Core {
         hold_active: bool,
         numeric: bool,
         transfer_for: Option<CallId>,
+        headers: Vec<(String, String)>,
         reply: Option<ReplyTo>,
     ) -> Result<(), Reply> {
         let number = account.unwrap_or(self.active_account);
@@ -794,6 +836,7 @@ impl Core {
                 hold_active,
                 numeric,
                 reply,
+                headers,
             })),
         )?;
         let (user, _) = microsip_sip::call::user_and_domain(&dialled.uri);
@@ -824,6 +867,7 @@ impl Core {
             hold_active,
             numeric,
             reply,
+            headers,
         } = placing;
         let transfer_for = self.calls.get(&id).and_then(|c| c.transfer_for);
         let port = match port {
@@ -877,6 +921,7 @@ impl Core {
             caller,
             target: uri.clone(),
             offer,
+            headers,
         });
         if hold_active {
             if let Some(active) = self.active_call().filter(|a| *a != id) {
@@ -971,6 +1016,21 @@ impl Core {
             });
             return;
         };
+        let replaced = match invite.replaces.clone() {
+            None => None,
+            Some(named) => match self.call_to_replace(named) {
+                Ok(old) => Some(old),
+                Err((code, why)) => {
+                    info!("incoming INVITE with Replaces refused with {code}: {why}");
+                    self.sip(SipAction::Reject {
+                        leg,
+                        code,
+                        headers: Vec::new(),
+                    });
+                    return;
+                }
+            },
+        };
         let id = self.new_call_id();
         let facts = IncomingFacts {
             from_user: invite.remote_user.clone(),
@@ -1042,6 +1102,16 @@ impl Core {
             });
             return;
         }
+        if let Some(old) = replaced {
+            // RFC 3891 §3: the new call takes the old one's place at once, no
+            // ringing; the old one ends once the new one is confirmed.
+            info!("call {id}: replaces call {old}; answering it at once");
+            if let Some(c) = self.calls.get_mut(&id) {
+                c.replacing = Some(old);
+            }
+            self.answer(Some(id), None);
+            return;
+        }
         match policy::decide(&self.config.settings, &account, &facts) {
             Decision::Reject {
                 code,
@@ -1075,6 +1145,65 @@ impl Core {
                 }
             }
         }
+    }
+
+    /// The call an incoming INVITE's `Replaces` names (RFC 3891 §3), or the code to
+    /// refuse it with: 400 unreadable, 481 no such dialog (or an early one we did
+    /// not start), 486 `early-only` for a confirmed one, 603 one that is ending.
+    fn call_to_replace(&self, named: microsip_sip::ReplacesMatch) -> Result<CallId, (u16, String)> {
+        use microsip_sip::ReplacesMatch;
+        match named {
+            ReplacesMatch::Malformed(why) => Err((400, why)),
+            ReplacesMatch::NoDialog => Err((481, "no dialog of ours matches".into())),
+            ReplacesMatch::Leg {
+                leg,
+                confirmed,
+                we_initiated,
+                early_only,
+            } => {
+                let Some(call) = self.legs.get(&leg).and_then(|id| self.calls.get(id)) else {
+                    return Err((481, "the dialog named has ended".into()));
+                };
+                if call.ending {
+                    Err((603, format!("call {} is ending", call.id)))
+                } else if confirmed && early_only {
+                    Err((486, format!("call {} is confirmed (early-only)", call.id)))
+                } else if !confirmed && !we_initiated {
+                    Err((
+                        481,
+                        format!("call {} is an early dialog we did not start", call.id),
+                    ))
+                } else {
+                    Ok(call.id)
+                }
+            }
+        }
+    }
+
+    /// The call `new` that came with Replaces is confirmed: `old` ends (BYE, or
+    /// CANCEL while it was still ringing out).
+    fn replace_call(&mut self, old: CallId, new: CallId) {
+        if !self.calls.contains_key(&old) {
+            return;
+        }
+        let target = self
+            .calls
+            .get(&new)
+            .map(|c| c.remote.clone())
+            .unwrap_or_default();
+        info!("call {old}: replaced by call {new}");
+        self.publish(EventKind::CallTransfer {
+            call: old,
+            code: 200,
+            reason: "Replaced".into(),
+            target,
+            kind: "replaced",
+            with: Some(new),
+        });
+        if let Some(c) = self.calls.get_mut(&old) {
+            c.end_reason = Some(format!("Replaced by call {new}"));
+        }
+        self.end_call(old, None);
     }
 
     /// Which account an incoming call is for: the one whose user is called, else
@@ -1682,7 +1811,13 @@ impl Core {
 
     // ---------------------------------------------------------- transfer
 
+    /// `transfer TARGET [ID]`: blind transfer of call `ID` (or the active call) to
+    /// `TARGET`; when `TARGET` is the id of another call of ours and `ID` is given,
+    /// attended transfer (REFER with Replaces; see [`Self::attended_transfer`]).
     pub(crate) fn transfer(&mut self, target: &str, id: Option<CallId>, reply: Option<ReplyTo>) {
+        if let Some((other, id)) = self.attended_target(target, id) {
+            return self.attended_transfer(other, id, reply);
+        }
         let command = |id| Command::Transfer {
             target: target.to_string(),
             call: Some(id),
@@ -1713,6 +1848,7 @@ impl Core {
             SipAction::Refer {
                 leg,
                 target: uri.clone(),
+                replacing: None,
             },
             Some(Then::Transfer {
                 call: id,
@@ -1720,6 +1856,81 @@ impl Core {
                 reply,
             }),
         );
+    }
+
+    /// `transfer N ID` where `N` is another call of ours (not `ID`): the call to
+    /// hand `ID`'s remote over to.
+    fn attended_target(&self, target: &str, id: Option<CallId>) -> Option<(CallId, CallId)> {
+        let id = id?;
+        let other: CallId = target.trim().parse().ok()?;
+        (other != id && self.calls.contains_key(&other)).then_some((other, id))
+    }
+
+    /// Attended transfer (RFC 5589 §7): we talk to B on `id` and to C on `other`;
+    /// B gets a REFER whose Refer-To is C's address with `Replaces` naming our
+    /// dialog with C, so B's INVITE takes that dialog's place at C. The NOTIFYs
+    /// follow as for a blind transfer; on success both our calls end.
+    fn attended_transfer(&mut self, other: CallId, id: CallId, reply: Option<ReplyTo>) {
+        let command = move |id| Command::Transfer {
+            target: other.to_string(),
+            call: Some(id),
+        };
+        let Some(id) = self.confirmed_call(Some(id), command, reply) else {
+            return;
+        };
+        let (target_leg, target_remote) = match self.calls.get(&other) {
+            Some(c) if c.ending => {
+                return self.reply(
+                    reply,
+                    fail(ErrorCode::NoSuchCall, format!("call {other} is ending")),
+                )
+            }
+            Some(c) if c.confirmed => (c.leg, c.remote.clone()),
+            Some(_) => {
+                return self.reply(
+                    reply,
+                    fail(
+                        ErrorCode::WrongState,
+                        format!(
+                            "call {other} is not answered yet: an attended transfer needs \
+                             the target's call connected"
+                        ),
+                    ),
+                )
+            }
+            None => {
+                return self.reply(
+                    reply,
+                    fail(ErrorCode::NoSuchCall, format!("there is no call {other}")),
+                )
+            }
+        };
+        let Some(call) = self.calls.get_mut(&id) else {
+            return;
+        };
+        call.attended_with = Some(other);
+        let leg = call.leg;
+        info!("call {id}: attended transfer to call {other} ({target_remote})");
+        self.sip_then(
+            SipAction::Refer {
+                leg,
+                target: target_remote.clone(),
+                replacing: Some(target_leg),
+            },
+            Some(Then::Transfer {
+                call: id,
+                target: target_remote,
+                reply,
+            }),
+        );
+    }
+
+    /// The kind of our transfer on `id` (for `call.transfer`) and the other call.
+    fn our_transfer_kind(&self, id: CallId) -> (&'static str, Option<CallId>) {
+        match self.calls.get(&id).and_then(|c| c.attended_with) {
+            Some(other) => ("attended", Some(other)),
+            None => ("blind", None),
+        }
     }
 
     // ------------------------------------------------- background results
@@ -1834,6 +2045,12 @@ impl Core {
         result: Result<u16, String>,
         reply: Option<ReplyTo>,
     ) {
+        let (kind, with) = self.our_transfer_kind(call);
+        if !matches!(result, Ok(code) if (200..300).contains(&code)) {
+            if let Some(c) = self.calls.get_mut(&call) {
+                c.attended_with = None;
+            }
+        }
         match result {
             Ok(code) if (200..300).contains(&code) => {
                 self.publish(EventKind::CallTransfer {
@@ -1841,12 +2058,18 @@ impl Core {
                     code,
                     reason: "Accepted".into(),
                     target: target.clone(),
+                    kind,
+                    with,
                 });
+                let mut data = json!({ "call": call, "code": code, "kind": kind });
+                if let Some(other) = with {
+                    data["with"] = json!(other);
+                }
                 self.reply(
                     reply,
                     ok_with(
-                        format!("call {call} transfer to {target} accepted ({code})"),
-                        json!({ "call": call, "code": code }),
+                        format!("call {call} transfer ({kind}) to {target} accepted ({code})"),
+                        data,
                     ),
                 );
             }
@@ -1981,6 +2204,9 @@ impl Core {
                     None => return,
                 };
                 self.publish(EventKind::CallConfirmed { call: id });
+                if let Some(old) = self.calls.get_mut(&id).and_then(|c| c.replacing.take()) {
+                    self.replace_call(old, id);
+                }
                 self.auto_record(id);
                 self.transfer_progress(id, 200, "OK", true);
                 if let Some(digits) = self.calls.get_mut(&id).and_then(|c| c.post_dial.take()) {
@@ -2000,25 +2226,52 @@ impl Core {
             LegSignal::Refer { target, answer } => {
                 self.respond(answer, 202, None, Vec::new());
                 let account = self.calls.get(&id).map(|c| c.account);
+                // A Refer-To with Replaces (attended transfer): the INVITE we send
+                // carries it; no other header of the Refer-To is taken.
+                let (uri, replaces) = microsip_sip::replaces::split_refer_to(&target);
+                let kind = if replaces.is_some() {
+                    "attended"
+                } else {
+                    "blind"
+                };
                 self.publish(EventKind::CallTransfer {
                     call: id,
                     code: 202,
                     reason: "Transfer requested by the remote".into(),
-                    target: target.clone(),
+                    target: uri.clone(),
+                    kind,
+                    with: None,
                 });
-                self.dial(&target, account, false, false, Some(id), None);
+                let headers = replaces
+                    .map(|r| vec![("Replaces".to_string(), r)])
+                    .unwrap_or_default();
+                self.dial_with(&uri, account, false, false, Some(id), headers, None);
             }
             LegSignal::ReferProgress { code, reason, done } => {
                 let target = String::new();
+                let (kind, with) = self.our_transfer_kind(id);
                 self.publish(EventKind::CallTransfer {
                     call: id,
                     code,
                     reason,
                     target,
+                    kind,
+                    with,
                 });
-                if done && (200..300).contains(&code) && self.calls.contains_key(&id) {
+                let success = (200..300).contains(&code);
+                if done && success && self.calls.contains_key(&id) {
                     info!("call {id}: transfer done; hanging up our leg");
                     self.end_call(id, None);
+                    // The target's call was replaced there: it ends here too (the
+                    // target's BYE may cross ours; either ends it).
+                    if let Some(other) = with.filter(|o| self.calls.contains_key(o)) {
+                        info!("call {other}: replaced at the transfer target; ending it");
+                        self.end_call(other, None);
+                    }
+                } else if done {
+                    if let Some(c) = self.calls.get_mut(&id) {
+                        c.attended_with = None;
+                    }
                 }
             }
             LegSignal::Message(message) => self.on_message(MessageIn {
@@ -2390,6 +2643,7 @@ impl Core {
         let Some(call) = self.calls.remove(&id) else {
             return;
         };
+        self.remember_if_missed(&call, elsewhere);
         self.legs.remove(&call.leg);
         self.timers.cancel(|t| t.call() == Some(id));
         for w in call.end_waiters {

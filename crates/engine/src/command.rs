@@ -82,6 +82,11 @@ pub enum Command {
         /// Reply `1`/`0` (DDE `DIAL`) instead of the call id.
         numeric: bool,
     },
+    /// Dial again the number dialled last (`redial`); an active call is held first.
+    Redial,
+    /// Call the caller of the last missed call (`callback`); an active call is held
+    /// first.
+    Callback,
     /// Send a SIP MESSAGE (`message TARGET TEXT`, or `NUMBER TEXT...`).
     Message {
         /// The recipient's number or URI.
@@ -293,6 +298,8 @@ impl Command {
     pub fn name(&self) -> &'static str {
         match self {
             Command::Dial { .. } => "dial",
+            Command::Redial => "redial",
+            Command::Callback => "callback",
             Command::Message { .. } => "message",
             Command::Answer { .. } => "answer",
             Command::Reject { .. } => "reject",

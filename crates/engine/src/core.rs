@@ -128,6 +128,10 @@ pub struct Core {
     next_call: CallId,
     /// When the last call ended (numeric STATUS says 4 for a while).
     pub(crate) last_ended: Option<Instant>,
+    /// What `redial` calls (the last `dial` of this run).
+    pub(crate) last_dialled: Option<crate::redial::Remembered>,
+    /// Whom `callback` calls (the caller of this run's last missed call).
+    pub(crate) last_missed: Option<crate::redial::Remembered>,
     seq: u64,
     call_on_start: Option<(String, Option<u32>)>,
     /// Speaker/microphone levels and mutes, for every call.
@@ -170,6 +174,8 @@ impl Core {
             legs: HashMap::new(),
             next_call: 1,
             last_ended: None,
+            last_dialled: None,
+            last_missed: None,
             seq: 0,
             call_on_start: setup.call_on_start,
             levels: Levels::default(),
@@ -577,7 +583,12 @@ impl Core {
                 account,
                 hold_active,
                 numeric,
-            } => return self.dial(&target, account, hold_active, numeric, None, r),
+            } => {
+                self.remember_dialled(&target, account);
+                return self.dial(&target, account, hold_active, numeric, None, r);
+            }
+            Command::Redial => return self.redial(reply),
+            Command::Callback => return self.callback(reply),
             Command::Answer { call } => return self.answer(call, r),
             Command::Reject { call, code } => self.reject(call, code),
             Command::Hangup { call } => return self.hangup(call, reply),

@@ -806,8 +806,9 @@ impl Driver {
                 caller,
                 target,
                 offer,
+                headers,
             } => {
-                if let Err(e) = self.calls.dial(leg, &caller, &target, offer, Vec::new()) {
+                if let Err(e) = self.calls.dial(leg, &caller, &target, offer, headers) {
                     self.leg_failed(leg, "INVITE", e.to_string());
                 }
                 done(Done::Unit(Ok(())));
@@ -852,11 +853,21 @@ impl Driver {
                 let calls = self.calls.clone();
                 tokio::spawn(async move { send_info_digits(calls, leg, digits).await });
             }
-            SipAction::Refer { leg, target } => {
+            SipAction::Refer {
+                leg,
+                target,
+                replacing,
+            } => {
                 let calls = self.calls.clone();
                 tokio::spawn(async move {
-                    let result = calls.refer(leg, &target).await.map_err(|e| e.to_string());
-                    done(Done::Refer(result));
+                    let result = match replacing {
+                        Some(other) => calls
+                            .refer_replacing(leg, other)
+                            .await
+                            .map(|(code, _)| code),
+                        None => calls.refer(leg, &target).await,
+                    };
+                    done(Done::Refer(result.map_err(|e| e.to_string())));
                 });
             }
             SipAction::NotifyRefer {

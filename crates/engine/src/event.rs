@@ -148,17 +148,26 @@ pub enum EventKind {
         /// Who resumed it: `local` or `remote`.
         by: &'static str,
     },
-    /// A transfer's progress: our REFER's answer, the remote's REFER (202), or a NOTIFY.
+    /// A transfer's progress: our REFER's answer, the remote's REFER (202), or a
+    /// NOTIFY; or our call replaced by an INVITE with `Replaces`.
     #[serde(rename = "call.transfer")]
     CallTransfer {
-        /// The call being transferred.
+        /// The call being transferred (or replaced).
         call: u64,
-        /// The status code: the REFER's answer, 202, or the NOTIFY's sipfrag code.
+        /// The status code: the REFER's answer, 202, or the NOTIFY's sipfrag code
+        /// (200 for a call replaced).
         code: u16,
         /// Its reason phrase.
         reason: String,
         /// The transfer target (empty in NOTIFY progress).
         target: String,
+        /// `blind` (REFER to a URI), `attended` (REFER with Replaces, RFC 3891),
+        /// or `replaced` (an INVITE with Replaces took this call's place).
+        kind: &'static str,
+        /// The other call of ours involved: the one whose remote the transfer goes
+        /// to (attended), or the call that replaced this one (replaced).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        with: Option<u64>,
     },
     /// A DTMF digit received; `method`: `rfc4733`, `inband` or `info`.
     #[serde(rename = "call.dtmf")]

@@ -51,6 +51,8 @@ const fn help(
 pub const COMMANDS: &[CommandHelp] = &[
     help("dial", "TARGET [ACCOUNT]", "call TARGET (a number, sip:, sips:, tel:, callto: URI); an active call is held first (Dial, DIAL, msip:NUMBER, a bare number)", &[]),
     help("callto", "TARGET [ACCOUNT]", "call without holding the active call (CallTo)", &[]),
+    help("redial", "", "dial the number dialled last, through the dial plan (lastCallNumber after a restart)", &[]),
+    help("callback", "", "call the caller of the last missed call, through the dial plan", &[]),
     help("message", "TARGET TEXT...", "send a SIP MESSAGE (also NUMBER TEXT...)", &[]),
     help("answer", "[ID]", "answer a ringing call, the oldest without an id (Answer, /answer, msip:answer)", &[]),
     help("reject", "[ID] [CODE]", "reject ringing calls with 486, or CODE (Reject, /hangupincoming)", &["decline"]),
@@ -59,7 +61,7 @@ pub const COMMANDS: &[CommandHelp] = &[
     help("hangupall", "", "end every call but ringing incoming ones (/hangupall, msip:hangupall)", &[]),
     help("hangupcalling", "", "cancel unanswered outgoing calls (/hangupcalling)", &[]),
     help("hold", "[ID] [on|off]", "toggle or set hold (Hold, msip:hold)", &["on", "off"]),
-    help("transfer", "TARGET [ID]", "blind transfer (Transfer, /transfer:N, msip:transfer_N)", &[]),
+    help("transfer", "TARGET [ID]", "blind transfer (Transfer, /transfer:N, msip:transfer_N); TARGET the id of another call (transfer C ID): attended transfer of ID to that call's remote (REFER with Replaces)", &[]),
     help("dtmf", "DIGITS [ID]", "send DTMF 0-9 * # A-D, ',' a pause (SendDTMF, /dtmf:D)", &[]),
     help("record", "start|stop [ID]", "record the call to a WAV file in recordingPath", &["start", "stop"]),
     help("play", "FILE [ID] [stop|loop|hangup]", "play a WAV file into the call; play off [ID] stops it", &["off"]),
@@ -256,6 +258,8 @@ fn parse_words(words: &[String]) -> Result<Command, ParseError> {
     match lower.as_str() {
         "dial" => dial("dial", rest, true, first == "DIAL"),
         "callto" => dial("callto", rest, false, false),
+        "redial" => no_arguments("redial", &plain(), Command::Redial),
+        "callback" => no_arguments("callback", &plain(), Command::Callback),
         "message" => message(rest),
         "answer" => Ok(Command::Answer {
             call: optional_call("answer", &plain())?,
@@ -2320,6 +2324,8 @@ mod command_table_tests {
         let lines = [
             "dial 1",
             "callto 1",
+            "redial",
+            "callback",
             "message 1 hi",
             "answer",
             "reject",
@@ -2365,6 +2371,8 @@ mod command_table_tests {
                     hold_active: false, ..
                 } => "callto",
                 Command::Dial { .. }
+                | Command::Redial
+                | Command::Callback
                 | Command::Message { .. }
                 | Command::Answer { .. }
                 | Command::Reject { .. }

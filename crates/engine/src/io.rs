@@ -305,6 +305,9 @@ pub enum SipAction {
         target: String,
         /// Our SDP offer.
         offer: String,
+        /// Extra headers for the INVITE, as (name, value): `Replaces` when a
+        /// REFER of an attended transfer asked for this call.
+        headers: Vec<(String, String)>,
     },
     /// 180 on an incoming call.
     Ringing {
@@ -358,6 +361,9 @@ pub enum SipAction {
         leg: LegId,
         /// The transfer target (the Refer-To URI).
         target: String,
+        /// Attended transfer: the leg whose remote is the target, named in the
+        /// Refer-To's `Replaces` (then `target` only labels it).
+        replacing: Option<LegId>,
     },
     /// A NOTIFY on the implicit subscription of a REFER we received; the next one
     /// goes only after the previous one was answered.
@@ -454,7 +460,14 @@ impl std::fmt::Debug for SipAction {
             SipAction::Hangup { leg } => write!(f, "Hangup({leg})"),
             SipAction::Reinvite { leg, .. } => write!(f, "Reinvite({leg})"),
             SipAction::InfoDigits { leg, digits } => write!(f, "InfoDigits({leg}, {digits})"),
-            SipAction::Refer { leg, target } => write!(f, "Refer({leg}, {target})"),
+            SipAction::Refer {
+                leg,
+                target,
+                replacing,
+            } => match replacing {
+                Some(r) => write!(f, "Refer({leg}, {target}, replacing {r})"),
+                None => write!(f, "Refer({leg}, {target})"),
+            },
             SipAction::NotifyRefer { leg, code, .. } => write!(f, "NotifyRefer({leg}, {code})"),
             SipAction::Respond { answer, code, .. } => write!(f, "Respond({answer}, {code})"),
             SipAction::SendMessage { target, .. } => write!(f, "SendMessage({target})"),

@@ -24,6 +24,7 @@ mod network;
 pub mod policy;
 mod presence;
 mod recording;
+mod redial;
 pub mod reply;
 mod then;
 mod timers;

@@ -67,6 +67,8 @@ pub(crate) enum Then {
         missed: bool,
         limit: Option<usize>,
     },
+    /// `callback` waits for the history (its newest missed call).
+    Callback { reply: ReplyTo },
     /// `contacts list`.
     ContactList { reply: ReplyTo },
     /// The address book, read again after a change (presence follows it).
@@ -127,6 +129,7 @@ impl Then {
             | Then::MessageKept { reply, .. }
             | Then::Messages { reply }
             | Then::History { reply, .. }
+            | Then::Callback { reply }
             | Then::DeviceNumber { reply, .. }
             | Then::ContactList { reply }
             | Then::ContactChanged { reply, .. }
@@ -209,6 +212,7 @@ impl Core {
                 },
                 Done::List(list),
             ) => self.history_listed(list, missed, limit, reply),
+            (Then::Callback { reply }, Done::List(list)) => self.callback_from_history(list, reply),
             (Then::ContactList { reply }, Done::List(list)) => self.contacts_listed(list, reply),
             (Then::ContactsLoaded, Done::List(list)) => self.contacts_loaded(list),
             (

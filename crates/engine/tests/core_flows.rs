@@ -1004,3 +1004,438 @@ fn an_ipv6_only_offer_is_answered_from_our_ipv6_address() {
         "{media:?}"
     );
 }
+
+/// The REFER asked for, with its ticket.
+fn refer_of(sip: &[(Option<Ticket>, SipAction)]) -> Option<(Ticket, u64, String, Option<u64>)> {
+    sip.iter().find_map(|(t, a)| match a {
+        SipAction::Refer {
+            leg,
+            target,
+            replacing,
+        } => Some(((*t)?, *leg, target.clone(), *replacing)),
+        _ => None,
+    })
+}
+
+fn hung_up(sip: &[(Option<Ticket>, SipAction)], which: u64) -> bool {
+    sip.iter()
+        .any(|(_, a)| matches!(a, SipAction::Hangup { leg } if *leg == which))
+}
+
+fn transfers(events: &[EventKind]) -> Vec<(u64, u16, &'static str, Option<u64>)> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            EventKind::CallTransfer {
+                call,
+                code,
+                kind,
+                with,
+                ..
+            } => Some((*call, *code, *kind, *with)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Two answered calls of ours: B (`dial`, then held by the second dial) and C.
+fn two_calls(b: &mut Bench) -> (u64, u64) {
+    let first = b.dial();
+    b.answered(first, SessionTimerAsk::default());
+    let second = b.dial();
+    for (t, a) in b.sip() {
+        if let (Some(t), SipAction::Reinvite { .. }) = (t, a) {
+            b.done(
+                t,
+                Done::Reinvite(Ok((200, Some(ANSWER.into()), SessionTimerAsk::default()))),
+            );
+        }
+    }
+    b.answered(second, SessionTimerAsk::default());
+    b.sip();
+    b.events();
+    (first, second)
+}
+
+#[test]
+fn attended_transfer_refers_with_replaces_and_ends_both_calls_on_success() {
+    let mut b = Bench::new(&ini(""));
+    let (first, second) = two_calls(&mut b);
+    let r = b.command(Command::Transfer {
+        target: second.to_string(),
+        call: Some(first),
+    });
+    let sip = b.sip();
+    let (ticket, leg, target, replacing) = refer_of(&sip).expect("a REFER");
+    assert_eq!((leg, replacing), (first, Some(second)));
+    assert_eq!(target, "sip:1002@127.0.0.1");
+    assert!(
+        b.reply(r).is_none(),
+        "the reply waits for the REFER's answer"
+    );
+    b.done(ticket, Done::Refer(Ok(202)));
+    let reply = b.reply(r).unwrap().clone().unwrap();
+    assert_eq!(reply.data["kind"], "attended");
+    assert_eq!(reply.data["with"], second);
+    assert_eq!(
+        transfers(&b.events()),
+        vec![(first, 202, "attended", Some(second))]
+    );
+    // NOTIFY 100 changes nothing; the final 200 ends both our calls.
+    b.input(Input::Leg {
+        leg: first,
+        signal: LegSignal::ReferProgress {
+            code: 100,
+            reason: "Trying".into(),
+            done: false,
+        },
+    });
+    assert!(!hung_up(&b.sip(), first));
+    b.input(Input::Leg {
+        leg: first,
+        signal: LegSignal::ReferProgress {
+            code: 200,
+            reason: "OK".into(),
+            done: true,
+        },
+    });
+    let sip = b.sip();
+    assert!(hung_up(&sip, first) && hung_up(&sip, second), "{sip:?}");
+    assert_eq!(
+        transfers(&b.events()),
+        vec![
+            (first, 100, "attended", Some(second)),
+            (first, 200, "attended", Some(second))
+        ]
+    );
+}
+
+#[test]
+fn an_attended_transfer_that_fails_keeps_both_calls() {
+    let mut b = Bench::new(&ini(""));
+    let (first, second) = two_calls(&mut b);
+    b.command(Command::Transfer {
+        target: second.to_string(),
+        call: Some(first),
+    });
+    let (ticket, ..) = refer_of(&b.sip()).expect("a REFER");
+    b.done(ticket, Done::Refer(Ok(202)));
+    b.input(Input::Leg {
+        leg: first,
+        signal: LegSignal::ReferProgress {
+            code: 486,
+            reason: "Busy Here".into(),
+            done: true,
+        },
+    });
+    let sip = b.sip();
+    assert!(!hung_up(&sip, first) && !hung_up(&sip, second), "{sip:?}");
+    // The next transfer of that call is blind again.
+    b.command(Command::Transfer {
+        target: "1003".into(),
+        call: Some(first),
+    });
+    let (_, _, target, replacing) = refer_of(&b.sip()).expect("a REFER");
+    assert_eq!((target.as_str(), replacing), ("sip:1003@127.0.0.1", None));
+}
+
+#[test]
+fn attended_transfer_needs_the_target_call_answered() {
+    let mut b = Bench::new(&ini(""));
+    let first = b.dial();
+    b.answered(first, SessionTimerAsk::default());
+    let second = b.dial();
+    let r = b.command(Command::Transfer {
+        target: second.to_string(),
+        call: Some(first),
+    });
+    let err = b.reply(r).unwrap().clone().unwrap_err();
+    assert_eq!(err.code.as_str(), "wrong_state", "{}", err.message);
+    assert!(refer_of(&b.sip()).is_none());
+}
+
+/// An answered incoming call on `leg`; returns its call id.
+fn answered_incoming(b: &mut Bench, leg: u64) -> u64 {
+    b.incoming(leg, SessionTimerAsk::default());
+    let r = b.command(Command::Answer { call: None });
+    b.open_media();
+    let id = b.reply(r).unwrap().clone().unwrap().data["call"]
+        .as_u64()
+        .unwrap();
+    b.input(Input::Leg {
+        leg,
+        signal: LegSignal::Confirmed,
+    });
+    b.sip();
+    b.events();
+    id
+}
+
+fn incoming_replacing(b: &mut Bench, leg: u64, replaces: microsip_sip::ReplacesMatch) {
+    let invite = IncomingInvite {
+        remote: "sip:1003@127.0.0.1".into(),
+        remote_user: "1003".into(),
+        remote_domain: "127.0.0.1".into(),
+        to_user: "1001".into(),
+        to_domain: "127.0.0.1".into(),
+        sdp: Some(OFFER.into()),
+        replaces: Some(replaces),
+        ..IncomingInvite::default()
+    };
+    b.input(Input::Leg {
+        leg,
+        signal: LegSignal::Incoming(Box::new(invite)),
+    });
+}
+
+#[test]
+fn an_invite_with_replaces_is_answered_at_once_and_ends_the_old_call() {
+    let mut b = Bench::new(&ini(""));
+    let old_leg = 1 << 62;
+    let old = answered_incoming(&mut b, old_leg);
+    let new_leg = old_leg + 1;
+    incoming_replacing(
+        &mut b,
+        new_leg,
+        microsip_sip::ReplacesMatch::Leg {
+            leg: old_leg,
+            confirmed: true,
+            we_initiated: false,
+            early_only: false,
+        },
+    );
+    b.open_media();
+    let sip = b.sip();
+    assert!(
+        !sip.iter()
+            .any(|(_, a)| matches!(a, SipAction::Ringing { .. })),
+        "no ringing for a replacing call: {sip:?}"
+    );
+    assert!(
+        sip.iter()
+            .any(|(_, a)| matches!(a, SipAction::Answer { leg, .. } if *leg == new_leg)),
+        "answered at once: {sip:?}"
+    );
+    assert!(
+        !hung_up(&sip, old_leg),
+        "the old call waits for the new one's ACK"
+    );
+    b.input(Input::Leg {
+        leg: new_leg,
+        signal: LegSignal::Confirmed,
+    });
+    assert!(hung_up(&b.sip(), old_leg));
+    let events = b.events();
+    let new = transfers(&events)[0].3.expect("the new call");
+    assert_eq!(transfers(&events), vec![(old, 200, "replaced", Some(new))]);
+}
+
+#[test]
+fn an_invite_with_replaces_naming_no_call_or_a_bad_one_is_refused() {
+    use microsip_sip::ReplacesMatch;
+    let mut b = Bench::new(&ini(""));
+    let old_leg = 1 << 62;
+    answered_incoming(&mut b, old_leg);
+    let ringing_leg = old_leg + 5;
+    b.incoming(ringing_leg, SessionTimerAsk::default());
+    b.sip();
+    let cases = [
+        (ReplacesMatch::NoDialog, 481),
+        (
+            ReplacesMatch::Malformed("Replaces has no to-tag".into()),
+            400,
+        ),
+        (
+            ReplacesMatch::Leg {
+                leg: old_leg,
+                confirmed: true,
+                we_initiated: false,
+                early_only: true,
+            },
+            486,
+        ),
+        (
+            ReplacesMatch::Leg {
+                leg: ringing_leg,
+                confirmed: false,
+                we_initiated: false,
+                early_only: false,
+            },
+            481,
+        ),
+    ];
+    for (i, (named, expected)) in cases.into_iter().enumerate() {
+        let leg = old_leg + 10 + i as u64;
+        incoming_replacing(&mut b, leg, named);
+        let sip = b.sip();
+        assert!(
+            sip.iter().any(
+                |(_, a)| matches!(a, SipAction::Reject { leg: l, code, .. } if *l == leg && *code == expected)
+            ),
+            "case {i}: {sip:?}"
+        );
+        assert!(
+            !hung_up(&sip, old_leg),
+            "case {i}: the old call is unharmed"
+        );
+    }
+}
+
+#[test]
+fn a_refer_with_replaces_sends_the_invite_with_replaces() {
+    let mut b = Bench::new(&ini(""));
+    let leg = 1 << 62;
+    let call = answered_incoming(&mut b, leg);
+    b.input(Input::Leg {
+        leg,
+        signal: LegSignal::Refer {
+            target: "sip:1003@127.0.0.1:5090?Replaces=abc%40h%3Bto-tag%3D1%3Bfrom-tag%3D2".into(),
+            answer: 9,
+        },
+    });
+    b.open_media();
+    let sip = b.sip();
+    let dial = sip.iter().find_map(|(_, a)| match a {
+        SipAction::Dial {
+            target, headers, ..
+        } => Some((target.clone(), headers.clone())),
+        _ => None,
+    });
+    let (target, headers) = dial.expect("the INVITE");
+    assert_eq!(target, "sip:1003@127.0.0.1:5090");
+    assert_eq!(
+        headers,
+        vec![(
+            "Replaces".to_string(),
+            "abc@h;to-tag=1;from-tag=2".to_string()
+        )]
+    );
+    let events = b.events();
+    assert_eq!(transfers(&events), vec![(call, 202, "attended", None)]);
+}
+
+#[test]
+fn redial_calls_the_last_number_and_says_when_there_is_none() {
+    let mut b = Bench::new(&ini(""));
+    let r = b.command(Command::Redial);
+    let err = b.reply(r).unwrap().clone().unwrap_err();
+    assert_eq!(err.code.as_str(), "no_call");
+    assert!(err.message.contains("nothing to redial"), "{}", err.message);
+    let first = b.dial();
+    b.ended(first, 486, EndedBy::Remote);
+    b.sip();
+    let r = b.command(Command::Redial);
+    b.open_media();
+    assert!(b.reply(r).unwrap().is_ok());
+    let sip = b.sip();
+    assert!(
+        sip.iter().any(
+            |(_, a)| matches!(a, SipAction::Dial { target, .. } if target == "sip:1002@127.0.0.1")
+        ),
+        "{sip:?}"
+    );
+    // After a restart: lastCallNumber, through the dial plan.
+    let mut b = Bench::new(&ini("lastCallNumber=1005"));
+    b.command(Command::Redial);
+    b.open_media();
+    let sip = b.sip();
+    assert!(
+        sip.iter().any(
+            |(_, a)| matches!(a, SipAction::Dial { target, .. } if target == "sip:1005@127.0.0.1")
+        ),
+        "{sip:?}"
+    );
+}
+
+#[test]
+fn callback_calls_the_last_missed_caller() {
+    let mut b = Bench::new(&ini(""));
+    let r = b.command(Command::Callback);
+    b.answer_stores();
+    let err = b.reply(r).unwrap().clone().unwrap_err();
+    assert!(err.message.contains("no missed call"), "{}", err.message);
+    // A call that rang and was cancelled.
+    b.incoming(1 << 62, SessionTimerAsk::default());
+    b.ended(1 << 62, 487, EndedBy::Remote);
+    b.sip();
+    let r = b.command(Command::Callback);
+    b.open_media();
+    assert!(b.reply(r).unwrap().is_ok());
+    let sip = b.sip();
+    assert!(
+        sip.iter().any(
+            |(_, a)| matches!(a, SipAction::Dial { target, .. } if target == "sip:1002@127.0.0.1")
+        ),
+        "{sip:?}"
+    );
+}
+
+#[test]
+fn callback_after_a_restart_reads_the_history() {
+    let mut b = Bench::new(&ini(""));
+    let r = b.command(Command::Callback);
+    let mut stores = Vec::new();
+    let mut rest = Vec::new();
+    for o in b.outputs.drain(..) {
+        match o {
+            Output::Store { ticket, action } => stores.push((ticket, action)),
+            other => rest.push(other),
+        }
+    }
+    b.outputs = rest;
+    let (ticket, _) = stores
+        .into_iter()
+        .find(|(_, a)| matches!(a, StoreAction::ListHistory))
+        .expect("the history is read");
+    let history = vec![
+        serde_json::json!({"number": "1007", "type": "missed", "time": 100}),
+        serde_json::json!({"number": "1008", "type": "missed", "time": 300}),
+        serde_json::json!({"number": "1009", "type": "in", "time": 400}),
+    ];
+    b.done(ticket.unwrap(), Done::List(Ok(history)));
+    b.open_media();
+    assert!(b.reply(r).unwrap().is_ok());
+    let sip = b.sip();
+    assert!(
+        sip.iter().any(
+            |(_, a)| matches!(a, SipAction::Dial { target, .. } if target == "sip:1008@127.0.0.1")
+        ),
+        "{sip:?}"
+    );
+}
+
+#[test]
+fn an_invite_with_replaces_for_our_unanswered_call_cancels_it() {
+    // RFC 3891 §3: an early dialog we started may be replaced (the caller picked
+    // up elsewhere); the old INVITE is cancelled once the new call is confirmed.
+    let mut b = Bench::new(&ini(""));
+    let ringing_out = b.dial();
+    b.input(Input::Leg {
+        leg: ringing_out,
+        signal: LegSignal::Ringing,
+    });
+    b.sip();
+    let new_leg = (1 << 62) + 1;
+    incoming_replacing(
+        &mut b,
+        new_leg,
+        microsip_sip::ReplacesMatch::Leg {
+            leg: ringing_out,
+            confirmed: false,
+            we_initiated: true,
+            early_only: true,
+        },
+    );
+    b.open_media();
+    let sip = b.sip();
+    assert!(
+        sip.iter()
+            .any(|(_, a)| matches!(a, SipAction::Answer { leg, .. } if *leg == new_leg)),
+        "{sip:?}"
+    );
+    b.input(Input::Leg {
+        leg: new_leg,
+        signal: LegSignal::Confirmed,
+    });
+    assert!(hung_up(&b.sip(), ringing_out));
+}

@@ -64,6 +64,8 @@ pub struct IncomingInvite {
     pub sdp: Option<String>,
     /// The transport it came on.
     pub tcp: bool,
+    /// What its `Replaces` header (RFC 3891) names, when it has one.
+    pub replaces: Option<crate::replaces::ReplacesMatch>,
 }
 
 /// Which side refreshes the session (RFC 4028 `refresher`): the UAC or the UAS of
@@ -632,10 +634,11 @@ impl Calls {
     pub(crate) fn incoming(&self, mut tx: Transaction) {
         let req = tx.original.clone();
         let transport = tx.connection.as_ref().map(|c| c.transport());
-        let info = describe_invite(
+        let mut info = describe_invite(
             &req,
             matches!(transport, Some(Transport::Tcp | Transport::Tls)),
         );
+        info.replaces = self.match_replaces(&req);
         // Over TLS our Contact is the connection's local end (we have no listener);
         // over UDP the public address (publicAddr or STUN) when there is one.
         let contact = match (&tx.connection, transport) {
@@ -695,6 +698,51 @@ impl Calls {
             call: id,
             kind: SignalKind::Incoming(Box::new(info)),
         });
+    }
+
+    /// What the `Replaces` headers of `req` name among our legs (`None`: it has
+    /// none). More than one, or one that cannot be read, is malformed (RFC 3891 §3).
+    fn match_replaces(&self, req: &Request) -> Option<crate::replaces::ReplacesMatch> {
+        use crate::replaces::{parse_replaces, ReplacesMatch};
+        let values: Vec<&str> = req
+            .headers
+            .iter()
+            .filter_map(|h| match h {
+                Header::Replaces(r) => Some(r.value()),
+                Header::Other(n, v) if n.eq_ignore_ascii_case("Replaces") => Some(v.as_str()),
+                _ => None,
+            })
+            .collect();
+        let value = match values.as_slice() {
+            [] => return None,
+            [one] => *one,
+            _ => {
+                return Some(ReplacesMatch::Malformed(
+                    "more than one Replaces header".into(),
+                ))
+            }
+        };
+        let wanted = match parse_replaces(value) {
+            Ok(v) => v,
+            Err(e) => return Some(ReplacesMatch::Malformed(e)),
+        };
+        let legs = self.legs.lock().ok()?;
+        let found = legs.iter().find(|(_, leg)| {
+            let id = leg.dialog.id();
+            id.call_id == wanted.call_id
+                && id.local_tag == wanted.to_tag
+                && id.remote_tag == wanted.from_tag
+        });
+        Some(match found {
+            Some((&leg_id, leg)) => ReplacesMatch::Leg {
+                leg: leg_id,
+                confirmed: leg.confirmed.load(Ordering::SeqCst),
+                we_initiated: leg.dialog.role()
+                    == rsipstack::transaction::key::TransactionRole::Client,
+                early_only: wanted.early_only,
+            },
+            None => ReplacesMatch::NoDialog,
+        })
     }
 
     /// A request with a To-tag: hand it to its dialog, or 481.
@@ -917,6 +965,34 @@ impl Calls {
             Uri::try_from(target).map_err(|e| CallError::BadTarget(format!("{target}: {e}")))?;
         match dialog.refer(uri, None, None).await {
             Ok(Some(resp)) => Ok(resp.status_code.code()),
+            Ok(None) => Err(CallError::WrongState("the call is not confirmed".into())),
+            Err(e) => Err(CallError::Failed(format!("REFER failed: {e}"))),
+        }
+    }
+
+    /// Sends REFER on leg `id` asking its remote to call the remote of leg
+    /// `replacing` with `Replaces` naming that leg's dialog (attended transfer, RFC
+    /// 5589 §7); returns the answer's code (202 expected) and the Refer-To sent.
+    pub async fn refer_replacing(
+        &self,
+        id: LegId,
+        replacing: LegId,
+    ) -> Result<(u16, String), CallError> {
+        let dialog = self.leg(id)?;
+        let target = self.leg(replacing)?;
+        let ids = target.id();
+        if ids.remote_tag.is_empty() {
+            return Err(CallError::WrongState(
+                "the call to transfer to has no dialog yet".into(),
+            ));
+        }
+        let remote = target.snapshot().remote_uri.to_string();
+        let replaces =
+            crate::replaces::format_replaces(&ids.call_id, &ids.local_tag, &ids.remote_tag);
+        let refer_to = crate::replaces::refer_to_replacing(&remote, &replaces);
+        let header = rsipstack::sip::ReferTo::new(refer_to.clone());
+        match dialog.refer(header, None, None).await {
+            Ok(Some(resp)) => Ok((resp.status_code.code(), refer_to)),
             Ok(None) => Err(CallError::WrongState("the call is not confirmed".into())),
             Err(e) => Err(CallError::Failed(format!("REFER failed: {e}"))),
         }
@@ -1261,6 +1337,7 @@ fn describe_invite(req: &Request, tcp: bool) -> IncomingInvite {
         session_timer,
         sdp: body_text(&req.body),
         tcp,
+        replaces: None,
     }
 }
 

@@ -12,6 +12,7 @@ pub mod message;
 mod reader;
 mod refresh;
 pub mod registration;
+pub mod replaces;
 mod request;
 pub mod stack;
 pub mod subscription;
@@ -28,6 +29,7 @@ pub use reader::{read_input, Verdict};
 pub use registration::{
     Outcome, Registration, RegistrationConfig, RegistrationEvent, SipTransport,
 };
+pub use replaces::{ReplacesMatch, ReplacesValue};
 pub use stack::{
     local_ip_towards, other_family_ip, probe_local_ip, SipInbox, SipStack, StackConfig,
 };
