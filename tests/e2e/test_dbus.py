@@ -156,3 +156,40 @@ def test_without_a_bus_or_with_dbus_0_the_phone_runs_on(make_phone, session_bus)
                      "the log line")
     assert not session_bus.has_owner(bus_name(off))
     assert off.cmd("STATUS")[1].strip() == "0"
+
+
+def test_execute_takes_dde_strings_whole(kam, call_phone, make_baresip, session_bus):
+    """Issue 15 on the bus: `Execute(s)` takes a DDE execute string (or a socket
+    line), parsed whole, run in order, one (ok, code, text) per command."""
+    a = make_baresip(kam, "1002", tone=1000)
+    ph = call_phone()
+    session_bus.wait_name(bus_name(ph))
+    assert call(session_bus, ph, "Execute", "s", "[SetVolume(30)] [Status]") == [
+        [[True, "", "30"], [True, "", "0"]]]
+    # The bracketed Dial reaches baresip and the call becomes active.
+    [[dialed]] = call(session_bus, ph, "Execute", "s", "[Dial(sip:1002@127.0.0.1)]")
+    assert dialed[:2] == [True, ""] and dialed[2].isdigit(), dialed
+    cid = int(dialed[2])
+    a.wait_event("CALL_ESTABLISHED")
+    wait_call(ph, "call.confirmed", cid)
+    assert call(session_bus, ph, "Execute", "s", "[Status]") == [[[True, "", "2"]]]
+    assert call(session_bus, ph, "Execute", "s", "report:status") == [[[True, "", "2"]]]
+    # A broken string: the D-Bus error naming the part, and nothing ran.
+    err = gdbus_error(session_bus, ph, "Execute", "'[SetVolume(10)][Hangup][Dial(1003)'")
+    assert "org.microsip.Phone1.Error.BadArgument" in err, err
+    assert "'[Dial(1003)' has no closing ']'" in err, err
+    err = gdbus_error(session_bus, ph, "Execute", "'[Hangup][Frobnicate(1)]'")
+    assert "org.microsip.Phone1.Error.UnknownCommand" in err and "Frobnicate" in err, err
+    assert call(session_bus, ph, "Status") == [2]
+    assert ph.cmd_json("levels")[1]["data"]["speaker"] == 30
+    assert a.count("CALL_CLOSED") == 0
+    # Hold, then a refused command, then the status: each one's reply, in order.
+    [replies] = call(session_bus, ph, "Execute", "s", f"[Hold({cid}, on)][Hangup(99)][Status]")
+    assert replies[0][:2] == [True, ""], replies
+    assert replies[1][:2] == [False, "no_such_call"], replies
+    assert replies[2] == [True, "", "3"], replies
+    wait_call(ph, "call.held", cid)
+    [[hung]] = call(session_bus, ph, "Execute", "s", f"[Hangup({cid})]")
+    assert hung[0] is True, hung
+    a.wait_event("CALL_CLOSED")
+    wait_call(ph, "call.ended", cid)

@@ -66,6 +66,17 @@ def test_bracketed_dial_and_status_from_the_command_line_and_the_socket(
     a.wait_event("CALL_CLOSED")
     wait_call(ph, "call.ended", cid)
     assert volume_in_ini(ph) == "30"
+    # The bracketed Dial as a plain socket line: baresip answers, the call is active.
+    [dialed] = ph.plain("[Dial(sip:1002@127.0.0.1)]")
+    assert re.fullmatch(r"OK \d+", dialed), dialed
+    again = int(dialed.split()[1])
+    assert again != cid
+    a.wait_event("CALL_ESTABLISHED")
+    wait_call(ph, "call.confirmed", again)
+    assert ph.plain("[Status]") == ["OK 2"] and status(ph) == "2"
+    assert ph.plain(f"[Hangup({again})]")[0].startswith("OK")
+    a.wait_event("CALL_CLOSED")
+    wait_call(ph, "call.ended", again)
 
 
 def test_bracketed_dial_starts_the_phone_when_none_runs(kam, make_phone, make_baresip):
@@ -136,11 +147,22 @@ def test_devices_by_number_and_setdevice_with_commas(make_phone, pulse):
     rc, listed, _ = ph.cmd("devices")
     current = [ln for ln in listed.splitlines()[1:len(inputs) + 1] if "[current]" in ln]
     assert [ln.split()[:2] for ln in current] == [["2", second]], listed
-    # On the socket, as one word and without the comma too.
+    # On the socket: the documents' form, as one word, and without the comma.
     first = numbered[1]
     assert ph.plain("SetDevice input,1") == [f"OK input device: {first}"]
+    assert ph.plain("SetDevice input, 2") == [f"OK input device: {second}"]
+    assert ph.plain("setdevice input 1") == [f"OK input device: {first}"]
     assert ph.plain("setdevice input 2") == [f"OK input device: {second}"]
-    # The bracketed form switches the output to null.
+    # The bracketed form switches the output to null, from the command line and
+    # from the socket; `devices` shows it.
+    outputs = [ln.split()[1] for ln in lines[lines.index("output devices:") + 1:]
+               if ln.startswith("  ")]
+    rc, out, err = ph.cmd("[SetDevice(output, null)]", check=False)
+    assert rc == 0 and out == "output device: null\n", (rc, out, err)
+    assert "audioOutputDevice=null\n" in ph.ini_path.read_text()
+    assert ph.cmd_json("devices")[1]["data"]["current"]["output"] == "null"
+    assert ph.plain("[SetDevice(output, 1)]") == [f"OK output device: {outputs[0]}"]
+    assert ph.cmd_json("devices")[1]["data"]["current"]["output"] == outputs[0]
     assert ph.plain("[SetDevice(output, null)]") == ["OK output device: null"]
     assert "audioOutputDevice=null\n" in ph.ini_path.read_text()
     assert ph.cmd_json("devices")[1]["data"]["current"]["output"] == "null"

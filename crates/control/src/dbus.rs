@@ -4,7 +4,10 @@
 //! (`HangupCall`, `HoldCall`...); each one is the engine's own command, spelt as the
 //! grammar reads it ([`Request::words`]), so every check and every behaviour is the
 //! socket's. A refused command is the D-Bus error `org.microsip.Phone1.Error.<Code>`
-//! (`NoCall`, `BadArgument`...) with the engine's words. Every engine event goes out
+//! (`NoCall`, `BadArgument`...) with the engine's words. `Execute(s)` takes what a
+//! socket line may hold, DDE execute strings too (`[Hold][Dial(1002)]`): parsed whole
+//! before anything runs, then run in order, one `(ok, code, text)` per command
+//! ([`execute_commands`]). Every engine event goes out
 //! as the signal `Event(s type, t call, s json)`, the JSON the socket's `events`
 //! stream gives (`call` 0 for events about no call).
 //!
@@ -183,6 +186,36 @@ impl Request {
     /// The engine command, read by the grammar.
     pub fn command(&self) -> Result<microsip_engine::Command, ParseError> {
         grammar::parse_args(&self.words())
+    }
+}
+
+/// The commands `Execute` runs for `line`: one socket line (`hold 3 on`) or a DDE
+/// execute string (`[Hold][Dial(1002)]`), read whole by the grammar, so a string that
+/// does not parse (an unbalanced bracket, an unknown verb, a bad argument) is one
+/// error naming the part, and nothing of it runs. `events` is refused: on the bus
+/// the events are the `Event` signal.
+pub(crate) fn execute_commands(line: &str) -> Result<Vec<microsip_engine::Command>, PhoneError> {
+    let commands = grammar::parse_line_all(line).map_err(PhoneError::from_parse)?;
+    if commands
+        .iter()
+        .any(|c| matches!(c, microsip_engine::Command::Events { .. }))
+    {
+        return Err(PhoneError::new(
+            ErrorCode::BadArgument,
+            "events come as the Event signal on D-Bus, not as a command",
+        ));
+    }
+    Ok(commands)
+}
+
+/// One command's result in `Execute`'s reply: whether it was done, its error code
+/// (`no_such_call`...; empty when done) and its text (the reply, or the reason).
+type ExecuteResult = (bool, String, String);
+
+fn execute_result(reply: Reply) -> ExecuteResult {
+    match reply {
+        Ok(answer) => (true, String::new(), answer.text),
+        Err(failure) => (false, failure.code.as_str().to_string(), failure.message),
     }
 }
 
@@ -450,6 +483,21 @@ impl PhoneObject {
             .await
             .map_err(|f| PhoneError::new(f.code, f.message))?;
         Ok(answer.data.to_string())
+    }
+
+    /// What a socket line may hold: a DDE execute string (`[Hold][Dial(1002)]`,
+    /// `[Status]`, `[SetDevice(output, null)]`) or one command's words
+    /// (`SetDevice input, 2`). Parsed whole first (a broken string is the error
+    /// `BadArgument`/`UnknownCommand` naming the part, and nothing runs), then run in
+    /// order, each once the one before replied: one `(ok, code, text)` per command,
+    /// `code` empty when it was done (`[Status]` gives the number, as `Status`).
+    async fn execute(&self, line: String) -> Result<Vec<ExecuteResult>, PhoneError> {
+        let commands = execute_commands(&line)?;
+        let mut results = Vec::with_capacity(commands.len());
+        for command in commands {
+            results.push(execute_result(self.engine.execute(command).await));
+        }
+        Ok(results)
     }
 
     /// Hang up every call cleanly, unregister and exit.
@@ -870,6 +918,64 @@ mod tests {
         }
         .command()
         .is_err());
+    }
+
+    #[test]
+    fn execute_reads_dde_strings_and_socket_lines_whole() {
+        let commands = execute_commands("[Hold][Dial(1002)] [Status]").unwrap();
+        assert_eq!(
+            commands,
+            [
+                Command::Hold {
+                    call: None,
+                    on: None
+                },
+                Command::Dial {
+                    target: "1002".into(),
+                    account: None,
+                    hold_active: true,
+                    numeric: false
+                },
+                Command::Status {
+                    form: StatusForm::Numeric
+                }
+            ]
+        );
+        assert_eq!(
+            execute_commands("SetDevice input, 2").unwrap(),
+            [Command::SetDevice {
+                role: DeviceRole::Input,
+                device: "2".into()
+            }]
+        );
+        // A broken string is one error naming the part; nothing of it is returned.
+        let e = execute_commands("[SetVolume(10)][Hangup][Dial(1003)").unwrap_err();
+        assert_eq!(e.name.as_str(), "org.microsip.Phone1.Error.BadArgument");
+        assert_eq!(e.message, "'[Dial(1003)' has no closing ']'");
+        let e = execute_commands("[Hangup][Frobnicate(1)]").unwrap_err();
+        assert_eq!(e.name.as_str(), "org.microsip.Phone1.Error.UnknownCommand");
+        assert_eq!(
+            e.message,
+            "unknown command 'Frobnicate' in '[Frobnicate(1)]'"
+        );
+        // The events are the signal here.
+        let e = execute_commands("events call.").unwrap_err();
+        assert!(e.message.contains("Event signal"), "{}", e.message);
+    }
+
+    #[test]
+    fn execute_results_carry_the_code_and_text() {
+        assert_eq!(
+            execute_result(microsip_engine::reply::ok("30")),
+            (true, String::new(), "30".to_string())
+        );
+        assert_eq!(
+            execute_result(microsip_engine::reply::fail(
+                ErrorCode::NoSuchCall,
+                "no call 9"
+            )),
+            (false, "no_such_call".to_string(), "no call 9".to_string())
+        );
     }
 
     #[test]

@@ -154,7 +154,7 @@ pub fn man_page() -> String {
 fn dbus_section() -> String {
     use crate::dbus;
     format!(
-        ".SH D\\-BUS\nOn the session bus the phone owns \\fB{}\\fR (\\fB{}.\\fIPROFILE\\fR for other profiles), object \\fB{}\\fR, interface \\fB{}\\fR: the DDE verbs as methods (\\fBDial\\fR, \\fBHangup\\fR, \\fBStatus\\fR...), variants taking a call id (\\fBHangupCall\\fR, \\fBHoldCall\\fR...), every event as the signal \\fBEvent\\fR(type, call, json). Errors are \\fB{}.\\fICode\\fR. \\fB[Settings] dbus=0\\fR turns it off.\n",
+        ".SH D\\-BUS\nOn the session bus the phone owns \\fB{}\\fR (\\fB{}.\\fIPROFILE\\fR for other profiles), object \\fB{}\\fR, interface \\fB{}\\fR: the DDE verbs as methods (\\fBDial\\fR, \\fBHangup\\fR, \\fBStatus\\fR...), variants taking a call id (\\fBHangupCall\\fR, \\fBHoldCall\\fR...), \\fBExecute\\fR(s) for a DDE execute string or a command line (one (ok, code, text) per command; a string that does not parse runs nothing), every event as the signal \\fBEvent\\fR(type, call, json). Errors are \\fB{}.\\fICode\\fR. \\fB[Settings] dbus=0\\fR turns it off.\n",
         roff(dbus::BASE_NAME),
         roff(dbus::BASE_NAME),
         roff(dbus::OBJECT_PATH),

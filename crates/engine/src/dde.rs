@@ -70,9 +70,11 @@ fn one_part(body: &str) -> Result<(Part, usize), ParseError> {
     let verb = body[lead..verb_end].to_string();
     let mut i = verb_end + blanks(&body[verb_end..]);
     let mut args = String::new();
+    let mut had_parens = false;
     match body[i..].chars().next() {
         None => return Err(unclosed()),
         Some('(') => {
+            had_parens = true;
             let start = i + 1;
             let close = closing_paren(body, start)?;
             args = body[start..close].trim().to_string();
@@ -90,6 +92,13 @@ fn one_part(body: &str) -> Result<(Part, usize), ParseError> {
             let text = whole(end);
             return Err(bad(if c == ')' {
                 format!("'{}' has a ')' without its '('", shown(&text))
+            } else if had_parens {
+                let stray = body[i..end].trim_end_matches(']').trim();
+                format!(
+                    "'{}': unexpected '{}' after the arguments' ')'",
+                    shown(&text),
+                    shown(stray)
+                )
             } else if verb.is_empty() {
                 format!("'{}' does not start with a command name", shown(&text))
             } else {
@@ -246,7 +255,15 @@ mod tests {
         );
         assert_eq!(
             error("[Dial(1)x]"),
-            "'[Dial(1)x]': arguments go in parentheses, like [Dial(...)]"
+            "'[Dial(1)x]': unexpected 'x' after the arguments' ')'"
+        );
+        assert_eq!(
+            error("[SetVolume(30), ]"),
+            "'[SetVolume(30), ]': unexpected ',' after the arguments' ')'"
+        );
+        assert_eq!(
+            error("[Dial(1)(2)][Status]"),
+            "'[Dial(1)(2)]': unexpected '(2)' after the arguments' ')'"
         );
         assert_eq!(error("[Hold)]"), "'[Hold)]' has a ')' without its '('");
         assert_eq!(error("[]"), "'[]' does not start with a command name");

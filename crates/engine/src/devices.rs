@@ -112,7 +112,15 @@ fn device_list(list: &[DeviceInfo], input: &str, output: &str, ring: &str) -> Re
     for (title, want_input) in [("input", true), ("output", false)] {
         let mut entries = Vec::new();
         text.push(format!("{title} devices:"));
-        for (number, d) in (1..).zip(role_devices(list, want_input)) {
+        let devices: Vec<&DeviceInfo> = role_devices(list, want_input).collect();
+        // A table: numbers right-aligned, ids padded, so `10` lines up under `9`.
+        let number_width = devices.len().to_string().len();
+        let id_width = devices
+            .iter()
+            .map(|d| d.id.chars().count())
+            .max()
+            .unwrap_or(0);
+        for (number, d) in (1..).zip(devices) {
             let default = if want_input {
                 d.default_input
             } else {
@@ -130,7 +138,10 @@ fn device_list(list: &[DeviceInfo], input: &str, output: &str, ring: &str) -> Re
             if default {
                 marks.push_str(" [default]");
             }
-            text.push(format!("  {number}  {}  {}{marks}", d.id, d.name));
+            text.push(format!(
+                "  {number:>number_width$}  {:<id_width$}  {}{marks}",
+                d.id, d.name
+            ));
             let mut entry = json!({
                 "number": number, "id": d.id, "name": d.name, "default": default,
                 "current": current,
@@ -348,7 +359,7 @@ mod tests {
             "  1  pulse:mic.monitor  Name of pulse:mic.monitor [current] [default]"
         );
         assert_eq!(lines[2], "output devices:");
-        assert_eq!(lines[3], "  1  pulse:spk  Name of pulse:spk [current]");
+        assert_eq!(lines[3], "  1  pulse:spk    Name of pulse:spk [current]");
         assert_eq!(
             lines[4],
             "  2  pulse:other  Name of pulse:other [ring] [default]"
@@ -359,6 +370,16 @@ mod tests {
         assert_eq!(r.data["current"]["input"], "pulse:mic.monitor");
         let empty = device_list(&[], "null", "null", "null").unwrap();
         assert!(empty.text.contains("input devices:\n  (none)"));
+    }
+
+    #[test]
+    fn list_lines_up_past_nine_devices() {
+        let ids: Vec<String> = (1..=11).map(|n| format!("alsa:d{n}")).collect();
+        let list: Vec<DeviceInfo> = ids.iter().map(|id| info(id, true, false)).collect();
+        let r = device_list(&list, "null", "null", "null").unwrap();
+        let lines: Vec<&str> = r.text.lines().collect();
+        assert_eq!(lines[1], "   1  alsa:d1   Name of alsa:d1");
+        assert_eq!(lines[11], "  11  alsa:d11  Name of alsa:d11");
     }
 
     #[test]
