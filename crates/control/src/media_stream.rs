@@ -107,10 +107,10 @@ async fn call_facts(engine: &EngineHandle, call: CallId) -> (Value, Value) {
         return (Value::Null, Value::Null);
     };
     let entry = answer.data.as_array().and_then(|calls| {
-            calls
-                .iter()
-                .find(|c| c.get("id").and_then(Value::as_u64) == Some(call))
-        });
+        calls
+            .iter()
+            .find(|c| c.get("id").and_then(Value::as_u64) == Some(call))
+    });
     match entry {
         Some(c) => (
             c.get("codec").cloned().unwrap_or(Value::Null),
@@ -121,8 +121,11 @@ async fn call_facts(engine: &EngineHandle, call: CallId) -> (Value, Value) {
 }
 
 async fn send_json(socket: &mut impl Socket, value: Value) -> Result<(), ()> {
-    match tokio::time::timeout(EVENT_WRITE_TIMEOUT, socket.send(Msg::Text(value.to_string())))
-        .await
+    match tokio::time::timeout(
+        EVENT_WRITE_TIMEOUT,
+        socket.send(Msg::Text(value.to_string())),
+    )
+    .await
     {
         Ok(Ok(())) => Ok(()),
         _ => Err(()),
@@ -130,6 +133,7 @@ async fn send_json(socket: &mut impl Socket, value: Value) -> Result<(), ()> {
 }
 
 /// What a client's text message asks for.
+#[derive(Debug)]
 enum ClientText {
     Mark(String),
     Clear,
@@ -267,16 +271,14 @@ async fn stream_to(dial: MediaDial) -> Reply {
     let connecting = tokio_tungstenite::connect_async_with_config(url.as_str(), Some(config), true);
     let socket = match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
         Ok(Ok((socket, _response))) => socket,
-        Ok(Err(e)) => {
-            return fail(
-                ErrorCode::Media,
-                format!("cannot connect to {url}: {e}"),
-            )
-        }
+        Ok(Err(e)) => return fail(ErrorCode::Media, format!("cannot connect to {url}: {e}")),
         Err(_) => {
             return fail(
                 ErrorCode::Media,
-                format!("{url} did not accept the WebSocket within {} s", CONNECT_TIMEOUT.as_secs()),
+                format!(
+                    "{url} did not accept the WebSocket within {} s",
+                    CONNECT_TIMEOUT.as_secs()
+                ),
             )
         }
     };
@@ -332,7 +334,8 @@ pub(crate) fn stream_options(
     let mode = match mode {
         None => None,
         Some(m) => Some(
-            StreamMode::parse(m).ok_or_else(|| format!("mode must be replace or mix, got '{m}'"))?,
+            StreamMode::parse(m)
+                .ok_or_else(|| format!("mode must be replace or mix, got '{m}'"))?,
         ),
     };
     Ok((rate, mode))
@@ -360,7 +363,11 @@ mod tests {
             stream_options(Some("16000"), Some("mix")).unwrap(),
             (Some(16000), Some(StreamMode::Mix))
         );
-        assert!(stream_options(Some("44100"), None).unwrap_err().contains("8000"));
-        assert!(stream_options(None, Some("loud")).unwrap_err().contains("replace"));
+        assert!(stream_options(Some("44100"), None)
+            .unwrap_err()
+            .contains("8000"));
+        assert!(stream_options(None, Some("loud"))
+            .unwrap_err()
+            .contains("replace"));
     }
 }

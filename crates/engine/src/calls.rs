@@ -2580,4 +2580,3 @@ mod tests {
         assert!(!d("sip:123"));
     }
 }
-

@@ -6,9 +6,9 @@
 //! thread, each in order, and their results come back as inputs.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::future::Future;
 use std::pin::Pin;
 use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, OnceLock};
@@ -357,7 +357,11 @@ impl EngineHandle {
                 let text = if streams.is_empty() {
                     "no call audio is streamed".to_string()
                 } else {
-                    streams.iter().map(stream_line).collect::<Vec<_>>().join("\n")
+                    streams
+                        .iter()
+                        .map(stream_line)
+                        .collect::<Vec<_>>()
+                        .join("\n")
                 };
                 ok_with(
                     text,

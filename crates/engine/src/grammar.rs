@@ -2077,7 +2077,10 @@ mod tests {
         use crate::command::MediaCommand;
         use microsip_media::StreamMode;
         let media = |action| Command::Media { action };
-        assert_eq!(parse("media").unwrap(), media(MediaCommand::List { call: None }));
+        assert_eq!(
+            parse("media").unwrap(),
+            media(MediaCommand::List { call: None })
+        );
         assert_eq!(
             parse("media 3").unwrap(),
             media(MediaCommand::List { call: Some(3) })
@@ -2109,7 +2112,10 @@ mod tests {
         );
         assert_eq!(
             parse("media stop 2").unwrap(),
-            media(MediaCommand::Stop { call: 2, client: None })
+            media(MediaCommand::Stop {
+                call: 2,
+                client: None
+            })
         );
         assert!(bad_argument("media stream 2").contains("ws:// URL"));
         assert!(bad_argument("media stream 2 http://x/").contains("ws://HOST:PORT"));

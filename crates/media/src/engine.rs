@@ -831,7 +831,11 @@ impl MediaEngine {
     /// Lets go of the stream clients of call `id` (`client`: only that one); returns
     /// those stopped, once the media thread let go of them (their sockets then get
     /// the end of the stream). Errors: no such session, no such client on the call.
-    pub fn stop_streams(&self, id: u64, client: Option<u64>) -> Result<Vec<StreamInfo>, MediaError> {
+    pub fn stop_streams(
+        &self,
+        id: u64,
+        client: Option<u64>,
+    ) -> Result<Vec<StreamInfo>, MediaError> {
         if !lock(&self.shared.sessions).contains_key(&id) {
             return Err(MediaError::UnknownSession(id));
         }
@@ -848,7 +852,9 @@ impl MediaEngine {
                 .collect()
         };
         if let (Some(n), true) = (client, chosen.is_empty()) {
-            return Err(MediaError::Stream(format!("call {id} has no stream client {n}")));
+            return Err(MediaError::Stream(format!(
+                "call {id} has no stream client {n}"
+            )));
         }
         for c in &chosen {
             c.request_stop();

@@ -49,5 +49,5 @@ pub use sdp::{
     accept_answer, answer, offer, parse as parse_sdp, Codec, Direction, LocalMedia, LocalSrtp,
     Negotiated, SdpError, SessionDesc,
 };
-pub use stream::{FrameError, StreamClient, StreamInfo, StreamMode, StreamOut, StreamRequest};
 pub use session::{MediaSession, SessionConfig, TickIo, Transmit, Via};
+pub use stream::{FrameError, StreamClient, StreamInfo, StreamMode, StreamOut, StreamRequest};
