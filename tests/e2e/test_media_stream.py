@@ -21,6 +21,7 @@ receives. A Python WebSocket client:
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 
@@ -352,3 +353,36 @@ def test_bad_input_gets_errors_and_the_call_goes_on(kam, media_phone, make_bares
         assert stop["reason"] == "the call ended", stop
     for ws in clients:
         ws.close()
+
+
+def test_a_client_that_stops_reading_is_dropped_and_the_call_goes_on(
+        kam, media_phone, make_baresip):
+    ph, port, token = media_phone
+    b = make_baresip(kam, "1002", tone=TONE_B)
+    ev = ph.events()
+    cid = call_baresip(ph, b)
+    auth = {"Authorization": f"Bearer {token}"}
+    url = f"ws://127.0.0.1:{port}/calls/{cid}/media?rate=16000"
+    # A reader that keeps up, and one that never reads: a small receive buffer, and
+    # websockets stops reading the socket once 16 messages wait unread.
+    reader = ws_connect(url, additional_headers=auth, open_timeout=10)
+    listener = Listener(reader)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", port))
+    stuck = ws_connect(url, sock=sock, additional_headers=auth, open_timeout=10,
+                       max_queue=16)
+    first = ev.wait_for("call.media", lambda e: e.get("state") == "started", 10)
+    second = ev.wait_for("call.media", lambda e: e.get("state") == "started"
+                         and e.get("client") != first["client"], 10)
+    dropped = ev.wait_for("call.media", lambda e: e.get("state") == "stopped", 60)
+    assert "stopped reading" in dropped["reason"], dropped
+    assert dropped["client"] in (first["client"], second["client"]), dropped
+    # The call and the other client go on.
+    assert ph.cmd("STATUS")[1].strip() == "2"
+    count = len(listener.frames)
+    listener.wait_frames(count + 50, 10)
+    streams = listening(ph, cid, 1)
+    assert streams[0]["client"] != dropped["client"], streams
+    stuck.close()
+    reader.close()

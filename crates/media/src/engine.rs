@@ -1170,6 +1170,14 @@ fn run(rx: mpsc::Receiver<Envelope>, events: EventSink) {
                 c.tick(now, &mut t.recv[..], t.levels, &mut t.mixer, &t.events);
             }
             ticks += 1;
+            // A thread that is behind never waits in `recv_timeout`: serve what was
+            // asked meanwhile (a stream client, a recording...) after each tick, or
+            // requests would starve while the calls keep it busy.
+            while let Ok(envelope) = rx.try_recv() {
+                let _ = envelope
+                    .ack
+                    .send(handle(&mut calls, envelope.request, &mut t));
+            }
             if now - deadline > MAX_LATENESS {
                 let behind = (now - start).as_micros() as u64 / 20_000 + 1;
                 tracing::debug!(
