@@ -20,6 +20,7 @@ receives. A Python WebSocket client:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import threading
@@ -341,18 +342,18 @@ def test_bad_input_gets_errors_and_the_call_goes_on(kam, media_phone, make_bares
         assert all(len(f) == 640 for _, f in listener.frames)
     assert ph.cmd("STATUS")[1].strip() == "2"
     # Two clients on one call; hanging up ends both with a stop message.
-    clients = [ws_connect(f"ws://127.0.0.1:{port}/calls/{cid}/media?rate=8000",
-                          additional_headers=auth, open_timeout=10) for _ in range(2)]
-    listeners = [Listener(ws) for ws in clients]
-    for lst in listeners:
-        lst.wait_frames(10, 10)
-    listening(ph, cid, 2)
-    ph.cmd("hangup", str(cid))
-    for lst in listeners:
-        stop = lst.wait_text(lambda t: t.get("event") == "stop", 10)
-        assert stop["reason"] == "the call ended", stop
-    for ws in clients:
-        ws.close()
+    with contextlib.ExitStack() as stack:
+        clients = [stack.enter_context(ws_connect(
+            f"ws://127.0.0.1:{port}/calls/{cid}/media?rate=8000",
+            additional_headers=auth, open_timeout=10)) for _ in range(2)]
+        listeners = [Listener(ws) for ws in clients]
+        for lst in listeners:
+            lst.wait_frames(10, 10)
+        listening(ph, cid, 2)
+        ph.cmd("hangup", str(cid))
+        for lst in listeners:
+            stop = lst.wait_text(lambda t: t.get("event") == "stop", 10)
+            assert stop["reason"] == "the call ended", stop
 
 
 def test_a_client_that_stops_reading_is_dropped_and_the_call_goes_on(
@@ -365,13 +366,14 @@ def test_a_client_that_stops_reading_is_dropped_and_the_call_goes_on(
     url = f"ws://127.0.0.1:{port}/calls/{cid}/media?rate=16000"
     # A reader that keeps up, and one that never reads: a small receive buffer, and
     # websockets stops reading the socket once 16 messages wait unread.
-    reader = ws_connect(url, additional_headers=auth, open_timeout=10)
+    stack = contextlib.ExitStack()
+    reader = stack.enter_context(ws_connect(url, additional_headers=auth, open_timeout=10))
     listener = Listener(reader)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     sock.connect(("127.0.0.1", port))
-    stuck = ws_connect(url, sock=sock, additional_headers=auth, open_timeout=10,
-                       max_queue=16)
+    stack.enter_context(ws_connect(url, sock=sock, additional_headers=auth,
+                                   open_timeout=10, max_queue=16))
     first = ev.wait_for("call.media", lambda e: e.get("state") == "started", 10)
     second = ev.wait_for("call.media", lambda e: e.get("state") == "started"
                          and e.get("client") != first["client"], 10)
@@ -384,5 +386,4 @@ def test_a_client_that_stops_reading_is_dropped_and_the_call_goes_on(
     listener.wait_frames(count + 50, 10)
     streams = listening(ph, cid, 1)
     assert streams[0]["client"] != dropped["client"], streams
-    stuck.close()
-    reader.close()
+    stack.close()
