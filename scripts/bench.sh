@@ -23,5 +23,6 @@ python3 bench/http_api.py  # (not http.py: that name would hide Python's http mo
 python3 bench/nat.py  # behind a MASQUERADE NAT: STUN round trip, registration and call setup with and without STUN (root)
 python3 bench/soak.py
 python3 bench/dbus_idle.py  # idle RSS without/with D-Bus, Status over D-Bus vs the socket
+python3 bench/ws_media.py  # live call audio over WebSocket: latency both ways (root: RTP capture), CPU per streamed call, 100 calls streamed
 python3 bench/web_page.py  # the web page: bytes and load time in chromium
 cargo bench -p microsip-media --bench codecs

@@ -14,6 +14,7 @@ pub mod hooks;
 pub mod http;
 pub mod integrations;
 pub mod manual;
+pub mod media_stream;
 pub mod messages;
 #[cfg(feature = "dbus")]
 pub mod notify;

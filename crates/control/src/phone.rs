@@ -267,6 +267,8 @@ pub fn run(
                 return 2;
             }
         };
+        // `media stream ID URL`: the phone connects out to a WebSocket.
+        engine.set_media_dialer(crate::media_stream::dialer());
         // Before the socket: a client that sees the phone answer finds the API up.
         let http =
             crate::http::start_if_enabled(http_port, engine.clone(), &ini_path, &http_origins)

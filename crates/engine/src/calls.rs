@@ -1325,6 +1325,14 @@ impl Core {
             microsip_media::MediaEvent::RecordingFailed { call, path, error } => {
                 self.on_recording_failed(call, path, error)
             }
+            microsip_media::MediaEvent::StreamStarted { call, info } => {
+                if self.calls.contains_key(&call) {
+                    self.publish(media_event(call, "started", &info, None));
+                }
+            }
+            microsip_media::MediaEvent::StreamStopped { call, info, reason } => {
+                self.publish(media_event(call, "stopped", &info, Some(reason)));
+            }
             microsip_media::MediaEvent::Quality { call, .. } => {
                 if self.calls.contains_key(&call) {
                     if let Some(quality) = self.call_quality(call) {
@@ -2684,6 +2692,25 @@ fn is_direct_address(target: &str) -> bool {
         || host
             .rsplit_once(':')
             .is_some_and(|(h, p)| h.parse::<std::net::IpAddr>().is_ok() && p.parse::<u16>().is_ok())
+}
+
+/// A `call.media` event of a stream client.
+fn media_event(
+    call: CallId,
+    state: &'static str,
+    info: &microsip_media::StreamInfo,
+    reason: Option<String>,
+) -> EventKind {
+    EventKind::CallMedia {
+        call,
+        state,
+        client: info.client,
+        rate: info.rate,
+        mode: info.mode.as_str(),
+        remote: info.remote.clone(),
+        frames_out: reason.as_ref().map(|_| info.frames_out),
+        reason,
+    }
 }
 
 #[cfg(test)]

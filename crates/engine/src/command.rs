@@ -226,6 +226,12 @@ pub enum Command {
         /// List, add or remove.
         action: ContactsAction,
     },
+    /// `media [ID]`, `media stream ID URL [RATE] [replace|mix]`, `media stop ID
+    /// [CLIENT]`: live call audio for programs (WebSocket clients).
+    Media {
+        /// What to do.
+        action: MediaCommand,
+    },
     /// `record start|stop [ID]`: record a call to a WAV file in `recordingPath`.
     Record {
         /// The call; `None`: the current call.
@@ -355,11 +361,40 @@ impl Command {
             Command::History { .. } => "history",
             Command::Messages { .. } => "messages",
             Command::Contacts { .. } => "contacts",
+            Command::Media { .. } => "media",
             Command::Record { .. } => "record",
             Command::Play { .. } => "play",
             Command::Conference { .. } => "conference",
         }
     }
+}
+
+/// What `media` does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MediaCommand {
+    /// Who streams what: every client of call `call` (`None`: of every call).
+    List {
+        /// The call; `None`: every call.
+        call: Option<CallId>,
+    },
+    /// The phone connects out to the WebSocket `url` and streams call `call` to it.
+    Stream {
+        /// The call.
+        call: CallId,
+        /// A `ws://` URL.
+        url: String,
+        /// The PCM rate both ways, 8000 or 16000 Hz.
+        rate: u32,
+        /// How the client's audio goes into the call.
+        mode: microsip_media::StreamMode,
+    },
+    /// Stops streaming call `call` to client `client` (`None`: to every client).
+    Stop {
+        /// The call.
+        call: CallId,
+        /// The client's id (from `media`); `None`: every client of the call.
+        client: Option<u64>,
+    },
 }
 
 /// Why a list of words is not a command.

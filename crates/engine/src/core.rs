@@ -605,6 +605,12 @@ impl Core {
             Command::Record { call, on } => return self.record(call, on, r),
             Command::Play { file, call, at_end } => return self.play(file, call, at_end, reply),
             Command::Conference { action } => self.conference(action),
+            // The media thread's stream clients are reached by the engine handle
+            // (`EngineHandle::execute` answers `media` before it gets here).
+            Command::Media { .. } => fail(
+                ErrorCode::NotAvailableYet,
+                "media streams are not available in this engine",
+            ),
             Command::Mute { on } => self.set_mute(false, on),
             Command::SpeakerMute { on } => self.set_mute(true, on),
             Command::AutoAnswer { on } => self.set_auto_answer(on),

@@ -6,9 +6,12 @@
 //! thread, each in order, and their results come back as inputs.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::mpsc as std_mpsc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use microsip_config::{Config, DtmfMethod, Transport};
@@ -16,6 +19,7 @@ use microsip_media::device::DeviceName;
 use microsip_media::ring::Ringer;
 use microsip_media::{
     audio, AudioError, AudioSpec, DtmfMode, MediaConfig, MediaEngine, MediaError, MediaStats,
+    StreamClient, StreamInfo, StreamMode, StreamRequest,
 };
 use microsip_sip::{
     CallSignal, Calls, IncomingMessage, LegId, Publication, PublishConfig, Registration,
@@ -25,7 +29,7 @@ use microsip_sip::{
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tracing::{debug, warn};
 
-use crate::command::{CallId, Command};
+use crate::command::{CallId, Command, MediaCommand};
 use crate::core::{host_ip, Core, CoreSetup, MediaStatsView};
 use crate::event::{Event, EventKind, Snapshot};
 use crate::io::{
@@ -33,7 +37,7 @@ use crate::io::{
     Output, ReplyTo, SipAction, StoreAction, Ticket,
 };
 use crate::messages::{MessageArchive, Records};
-use crate::reply::{fail, ErrorCode, Reply};
+use crate::reply::{fail, ok_with, ErrorCode, Failure, Reply};
 
 /// Events kept for slow subscribers before they are told they lagged.
 const EVENT_BACKLOG: usize = 1024;
@@ -234,15 +238,185 @@ struct QueuedNotify {
     done: Box<dyn FnOnce(Done) + Send>,
 }
 
+/// Connects out to a WebSocket for `media stream` and streams the call there: the
+/// control faces speak WebSocket, so they provide it
+/// ([`EngineHandle::set_media_dialer`]). Its reply is the command's.
+pub type MediaDialer =
+    Arc<dyn Fn(MediaDial) -> Pin<Box<dyn Future<Output = Reply> + Send>> + Send + Sync>;
+
+/// What a `media stream ID URL` asks the [`MediaDialer`] for.
+pub struct MediaDial {
+    /// The engine, to attach the stream once connected ([`EngineHandle::attach_media`]).
+    pub engine: EngineHandle,
+    /// The call to stream.
+    pub call: CallId,
+    /// The `ws://` URL to connect to.
+    pub url: String,
+    /// The PCM rate both ways, Hz.
+    pub rate: u32,
+    /// How the server's audio goes into the call.
+    pub mode: StreamMode,
+}
+
 /// A cheap, cloneable way for faces to reach the engine.
 #[derive(Clone)]
 pub struct EngineHandle {
     inbox: mpsc::UnboundedSender<Request>,
+    /// The media thread, for live call audio (`media`, `GET /calls/{id}/media`).
+    media: MediaEngine,
+    dialer: Arc<OnceLock<MediaDialer>>,
+}
+
+/// A media error as a reply's failure.
+fn stream_failure(call: CallId, e: &MediaError) -> Failure {
+    let (code, message) = match e {
+        MediaError::UnknownSession(_) => (
+            ErrorCode::NoSuchCall,
+            format!("there is no call {call} with audio (no such call, or not answered yet)"),
+        ),
+        MediaError::Stopped => (ErrorCode::Stopping, "the phone is stopping".to_string()),
+        other => (ErrorCode::Media, other.to_string()),
+    };
+    Failure { code, message }
+}
+
+/// One stream client as replies show it.
+fn stream_json(info: &StreamInfo) -> serde_json::Value {
+    serde_json::json!({
+        "call": info.call,
+        "client": info.client,
+        "rate": info.rate,
+        "mode": info.mode.as_str(),
+        "remote": info.remote,
+        "frames_out": info.frames_out,
+        "frames_in": info.frames_in,
+        "frames_refused": info.frames_refused,
+    })
+}
+
+fn stream_line(info: &StreamInfo) -> String {
+    format!(
+        "call {} client {}: {} Hz {} {} ({} frames out, {} in)",
+        info.call,
+        info.client,
+        info.rate,
+        info.mode.as_str(),
+        info.remote,
+        info.frames_out,
+        info.frames_in
+    )
 }
 
 impl EngineHandle {
+    /// Sets who connects out for `media stream` (once; later calls are ignored).
+    pub fn set_media_dialer(&self, dialer: MediaDialer) {
+        let _ = self.dialer.set(dialer);
+    }
+
+    /// Adds a stream client to call `call`: from the next 20 ms tick it gets what the
+    /// far end says and its frames go into the call (see `microsip_media::stream`).
+    /// Fails with `no_such_call` when the call has no audio, `bad_argument` for a
+    /// rate other than 8000 or 16000, `media` when the call has too many clients.
+    pub async fn attach_media(
+        &self,
+        call: CallId,
+        request: StreamRequest,
+    ) -> Result<StreamClient, Failure> {
+        if request.rate != 8000 && request.rate != 16000 {
+            return Err(Failure {
+                code: ErrorCode::BadArgument,
+                message: format!("rate must be 8000 or 16000, got {}", request.rate),
+            });
+        }
+        let media = self.media.clone();
+        // The media thread acknowledges within a tick; never wait for it on the
+        // signalling task.
+        tokio::task::spawn_blocking(move || media.add_stream(call, request))
+            .await
+            .map_err(|_| Failure {
+                code: ErrorCode::Internal,
+                message: "the media request was lost".into(),
+            })?
+            .map_err(|e| stream_failure(call, &e))
+    }
+
+    /// The stream clients of call `call` (`None`: of every call).
+    pub fn media_streams(&self, call: Option<CallId>) -> Vec<StreamInfo> {
+        self.media.streams(call)
+    }
+
+    async fn media_command(&self, action: MediaCommand) -> Reply {
+        match action {
+            MediaCommand::List { call } => {
+                if let Some(id) = call {
+                    if !self.media.sessions().contains(&id) {
+                        return Err(stream_failure(id, &MediaError::UnknownSession(id)));
+                    }
+                }
+                let streams = self.media.streams(call);
+                let text = if streams.is_empty() {
+                    "no call audio is streamed".to_string()
+                } else {
+                    streams
+                        .iter()
+                        .map(stream_line)
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                };
+                ok_with(
+                    text,
+                    serde_json::json!({ "streams": streams.iter().map(stream_json).collect::<Vec<_>>() }),
+                )
+            }
+            MediaCommand::Stream {
+                call,
+                url,
+                rate,
+                mode,
+            } => {
+                if !self.media.sessions().contains(&call) {
+                    return Err(stream_failure(call, &MediaError::UnknownSession(call)));
+                }
+                let Some(dialer) = self.dialer.get().cloned() else {
+                    return fail(
+                        ErrorCode::NotAvailableYet,
+                        "media stream is not available in this run",
+                    );
+                };
+                dialer(MediaDial {
+                    engine: self.clone(),
+                    call,
+                    url,
+                    rate,
+                    mode,
+                })
+                .await
+            }
+            MediaCommand::Stop { call, client } => {
+                let media = self.media.clone();
+                let stopped =
+                    tokio::task::spawn_blocking(move || media.stop_streams(call, client)).await;
+                match stopped {
+                    Ok(Ok(list)) => ok_with(
+                        format!("call {call}: {} stream client(s) stopped", list.len()),
+                        serde_json::json!({ "stopped": list.iter().map(stream_json).collect::<Vec<_>>() }),
+                    ),
+                    Ok(Err(MediaError::Stream(message))) => Err(Failure {
+                        code: ErrorCode::NoSuchCall,
+                        message,
+                    }),
+                    Ok(Err(e)) => Err(stream_failure(call, &e)),
+                    Err(_) => fail(ErrorCode::Internal, "the media request was lost"),
+                }
+            }
+        }
+    }
+
     /// Applies one command; the reply comes after the change took effect.
     pub async fn execute(&self, command: Command) -> Reply {
+        if let Command::Media { action } = command {
+            return self.media_command(action).await;
+        }
         let (tx, rx) = oneshot::channel();
         if self.inbox.send(Request::Command(command, tx)).is_err() {
             return fail(ErrorCode::Stopping, "the phone is stopping");
@@ -353,6 +527,7 @@ pub async fn start(
     let (inbox, requests) = mpsc::unbounded_channel();
     let (reg_tx, reg_rx) = mpsc::unbounded_channel();
     let (presence_tx, presence_rx) = mpsc::unbounded_channel();
+    let media_for_handle = media.clone();
     let media_worker = MediaWorker::start(media, results_tx.clone());
     let store_worker = StoreWorker::start(
         setup.store,
@@ -390,7 +565,11 @@ pub async fn start(
         stopped: false,
         trim_at: None,
     };
-    let handle = EngineHandle { inbox };
+    let handle = EngineHandle {
+        inbox,
+        media: media_for_handle,
+        dialer: Arc::new(OnceLock::new()),
+    };
     let join = tokio::spawn(async move {
         driver
             .run(requests, results, reg_rx, presence_rx, signals, network_rx)

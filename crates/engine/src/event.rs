@@ -193,6 +193,30 @@ pub enum EventKind {
         #[serde(skip_serializing_if = "Option::is_none")]
         error: Option<String>,
     },
+    /// A program `started` or `stopped` streaming the call's audio (a WebSocket
+    /// client of `GET /calls/{id}/media`, or one `media stream` connected to).
+    #[serde(rename = "call.media")]
+    CallMedia {
+        /// The call's id.
+        call: u64,
+        /// `started` or `stopped`.
+        state: &'static str,
+        /// The client's id (for `media stop`).
+        client: u64,
+        /// Its PCM rate, Hz.
+        rate: u32,
+        /// `replace` or `mix`: how its audio goes into the call.
+        mode: &'static str,
+        /// Who it is: its address, or the URL the phone connected to.
+        remote: String,
+        /// With `stopped`: frames sent to it.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        frames_out: Option<u64>,
+        /// With `stopped`: why (it went away, stopped reading, was stopped, the
+        /// call ended).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
     /// A file played into the call `started`, `ended` (ran out) or `stopped`.
     #[serde(rename = "call.playing")]
     CallPlaying {
@@ -332,6 +356,7 @@ impl EventKind {
             | EventKind::CallTransfer { call, .. }
             | EventKind::CallDtmf { call, .. }
             | EventKind::CallRecording { call, .. }
+            | EventKind::CallMedia { call, .. }
             | EventKind::CallPlaying { call, .. }
             | EventKind::CallConference { call, .. }
             | EventKind::CallEnded { call, .. }
@@ -381,6 +406,7 @@ impl EventKind {
             EventKind::CallTransfer { .. } => "call.transfer",
             EventKind::CallDtmf { .. } => "call.dtmf",
             EventKind::CallRecording { .. } => "call.recording",
+            EventKind::CallMedia { .. } => "call.media",
             EventKind::CallPlaying { .. } => "call.playing",
             EventKind::CallConference { .. } => "call.conference",
             EventKind::CallEnded { .. } => "call.ended",

@@ -63,6 +63,7 @@ pub const COMMANDS: &[CommandHelp] = &[
     help("hold", "[ID] [on|off]", "toggle or set hold (Hold, msip:hold)", &["on", "off"]),
     help("transfer", "TARGET [ID]", "blind transfer (Transfer, /transfer:N, msip:transfer_N); TARGET the id of another call (transfer C ID): attended transfer of ID to that call's remote (REFER with Replaces)", &[]),
     help("dtmf", "DIGITS [ID]", "send DTMF 0-9 * # A-D, ',' a pause (SendDTMF, /dtmf:D)", &[]),
+    help("media", "[ID] | stream ID URL [8000|16000] [replace|mix] | stop ID [CLIENT]", "live call audio for programs: who streams what, stream a call to a ws:// URL, stop", &["stream", "stop"]),
     help("record", "start|stop [ID]", "record the call to a WAV file in recordingPath", &["start", "stop"]),
     help("play", "FILE [ID] [stop|loop|hangup]", "play a WAV file into the call; play off [ID] stops it", &["off"]),
     help("conference", "[ID...] | off [ID]", "merge calls, or take one out / end the conference", &["off"]),
@@ -337,6 +338,7 @@ fn parse_words(words: &[String]) -> Result<Command, ParseError> {
         "hide" => window("hide", &plain(), WindowState::Hidden),
         "exit" | "close" | "quit" => no_arguments("exit", &plain(), Command::Exit),
         "events" => events(&value_args(rest)),
+        "media" => media(rest),
         "record" => record(&plain()),
         "play" => play(&value_args(rest)),
         "conference" => conference(&plain()),
@@ -836,6 +838,112 @@ fn events(rest: &[String]) -> Result<Command, ParseError> {
             filter: Some(filter.clone()),
         }),
         _ => Err(bad("events takes at most one filter")),
+    }
+}
+
+/// `media [ID]`, `media list [ID]`, `media stream ID URL [RATE] [replace|mix]`,
+/// `media stop ID [CLIENT]`.
+fn media(rest: &[String]) -> Result<Command, ParseError> {
+    use crate::command::MediaCommand;
+    const USAGE: &str =
+        "media takes an optional call id, or stream ID URL [8000|16000] [replace|mix], or stop ID [CLIENT]";
+    let action = match rest.split_first() {
+        None => MediaCommand::List { call: None },
+        Some((verb, more)) => match verb.to_ascii_lowercase().as_str() {
+            "list" => match more {
+                [] => MediaCommand::List { call: None },
+                [id] => MediaCommand::List {
+                    call: Some(parse_call_id(id)?),
+                },
+                _ => return Err(bad(USAGE)),
+            },
+            "stream" => {
+                let [id, url, options @ ..] = more else {
+                    return Err(bad("media stream needs a call id and a ws:// URL"));
+                };
+                let call = parse_call_id(id)?;
+                let url = stream_url(url)?;
+                let mut rate = None;
+                let mut mode = None;
+                for word in options {
+                    if is_digits(word) {
+                        if rate.is_some() {
+                            return Err(bad(USAGE));
+                        }
+                        rate = match word.as_str() {
+                            "8000" => Some(8000),
+                            "16000" => Some(16000),
+                            _ => {
+                                return Err(bad(format!(
+                                    "media rate must be 8000 or 16000, got '{}'",
+                                    shown(word)
+                                )))
+                            }
+                        };
+                    } else if let Some(m) = microsip_media::StreamMode::parse(word) {
+                        if mode.is_some() {
+                            return Err(bad(USAGE));
+                        }
+                        mode = Some(m);
+                    } else {
+                        return Err(bad(format!(
+                            "media stream takes a rate (8000 or 16000) and replace or mix, got '{}'",
+                            shown(word)
+                        )));
+                    }
+                }
+                MediaCommand::Stream {
+                    call,
+                    url,
+                    rate: rate.unwrap_or(8000),
+                    mode: mode.unwrap_or_default(),
+                }
+            }
+            "stop" => match more {
+                [id] => MediaCommand::Stop {
+                    call: parse_call_id(id)?,
+                    client: None,
+                },
+                [id, client] => MediaCommand::Stop {
+                    call: parse_call_id(id)?,
+                    client: Some(match client.parse::<u64>() {
+                        Ok(n) if is_digits(client) && n > 0 => n,
+                        _ => {
+                            return Err(bad(format!(
+                                "client id must be a positive number, got '{}'",
+                                shown(client)
+                            )))
+                        }
+                    }),
+                },
+                _ => return Err(bad("media stop needs a call id and an optional client id")),
+            },
+            _ if is_digits(verb) && more.is_empty() => MediaCommand::List {
+                call: Some(parse_call_id(verb)?),
+            },
+            _ => return Err(bad(USAGE)),
+        },
+    };
+    Ok(Command::Media { action })
+}
+
+/// A `ws://` URL for `media stream` (`wss://` is refused: not supported yet).
+fn stream_url(url: &str) -> Result<String, ParseError> {
+    if url.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(bad("the media URL contains a space or a control character"));
+    }
+    let lower = url.to_ascii_lowercase();
+    if lower.starts_with("wss://") {
+        return Err(bad(
+            "wss:// (WebSocket over TLS) is not supported yet for media: use ws://",
+        ));
+    }
+    match lower.strip_prefix("ws://") {
+        Some(rest) if !rest.is_empty() && !rest.starts_with('/') => Ok(url.to_string()),
+        _ => Err(bad(format!(
+            "the media URL must be ws://HOST:PORT/PATH, got '{}'",
+            shown(url)
+        ))),
     }
 }
 
@@ -1969,6 +2077,61 @@ mod tests {
     }
 
     #[test]
+    fn media_commands() {
+        use crate::command::MediaCommand;
+        use microsip_media::StreamMode;
+        let media = |action| Command::Media { action };
+        assert_eq!(
+            parse("media").unwrap(),
+            media(MediaCommand::List { call: None })
+        );
+        assert_eq!(
+            parse("media 3").unwrap(),
+            media(MediaCommand::List { call: Some(3) })
+        );
+        assert_eq!(
+            parse("MEDIA stream 2 ws://127.0.0.1:9000/bot").unwrap(),
+            media(MediaCommand::Stream {
+                call: 2,
+                url: "ws://127.0.0.1:9000/bot".into(),
+                rate: 8000,
+                mode: StreamMode::Replace
+            })
+        );
+        assert_eq!(
+            parse("media stream 2 ws://127.0.0.1:9000/ mix 16000").unwrap(),
+            media(MediaCommand::Stream {
+                call: 2,
+                url: "ws://127.0.0.1:9000/".into(),
+                rate: 16000,
+                mode: StreamMode::Mix
+            })
+        );
+        assert_eq!(
+            parse("media stop 2 5").unwrap(),
+            media(MediaCommand::Stop {
+                call: 2,
+                client: Some(5)
+            })
+        );
+        assert_eq!(
+            parse("media stop 2").unwrap(),
+            media(MediaCommand::Stop {
+                call: 2,
+                client: None
+            })
+        );
+        assert!(bad_argument("media stream 2").contains("ws:// URL"));
+        assert!(bad_argument("media stream 2 http://x/").contains("ws://HOST:PORT"));
+        assert!(bad_argument("media stream 2 wss://x/").contains("not supported yet"));
+        assert!(bad_argument("media stream 2 ws://x/ 44100").contains("8000 or 16000"));
+        assert!(bad_argument("media stream 2 ws://x/ loud").contains("replace or mix"));
+        assert!(bad_argument("media stop").contains("call id"));
+        assert!(bad_argument("media stop 1 x").contains("client id"));
+        assert!(bad_argument("media sing").contains("media takes"));
+    }
+
+    #[test]
     fn record_play_and_conference_refuse_bad_input() {
         assert!(bad_argument("record").contains("start or stop"));
         assert_eq!(
@@ -2360,6 +2523,7 @@ mod command_table_tests {
             "messages",
             "contacts",
             "record start",
+            "media",
             "play a.wav",
             "conference",
         ];
@@ -2402,6 +2566,7 @@ mod command_table_tests {
                 | Command::Messages { .. }
                 | Command::Contacts { .. }
                 | Command::Record { .. }
+                | Command::Media { .. }
                 | Command::Play { .. }
                 | Command::Conference { .. } => command.name(),
             };

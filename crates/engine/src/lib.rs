@@ -30,7 +30,9 @@ mod then;
 mod timers;
 
 pub use command::{CallId, Command, ParseError};
-pub use driver::{start, ConfigStore, EngineHandle, EngineSetup, NoStore, Observed};
+pub use driver::{
+    start, ConfigStore, EngineHandle, EngineSetup, MediaDial, MediaDialer, NoStore, Observed,
+};
 pub use event::{Event, EventKind, Snapshot};
 pub use messages::{MessageArchive, MessageRecord, NoArchive, NoRecords, Records};
 /// Wall-clock time as RFC 3339 text (shared with the faces' files).

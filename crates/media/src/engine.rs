@@ -38,6 +38,7 @@ use crate::recorder::{self, PlayEnd, Player, RecordingHandle, RecordingStatus};
 use crate::rtcp::Quality;
 use crate::sdp::{Codec, Negotiated};
 use crate::session::{MediaSession, SessionConfig, TickIo, Via};
+use crate::stream::{self, ClientView, StreamClient, StreamInfo, StreamRequest, StreamTap};
 
 /// The media clock: one packet per call every 20 ms.
 pub const TICK: Duration = Duration::from_millis(20);
@@ -149,6 +150,23 @@ pub enum MediaEvent {
         /// The call's quality numbers with this report.
         quality: Quality,
     },
+    /// A stream client started listening to call `call` (see [`crate::stream`]).
+    StreamStarted {
+        /// The call.
+        call: u64,
+        /// The client.
+        info: StreamInfo,
+    },
+    /// A stream client of call `call` was let go of: it went away, stopped reading,
+    /// was stopped, or the call ended (`reason` says which).
+    StreamStopped {
+        /// The call.
+        call: u64,
+        /// The client, with its final counters.
+        info: StreamInfo,
+        /// Why, in words.
+        reason: String,
+    },
 }
 
 /// Where media events go (called on the media thread: must not block).
@@ -200,6 +218,8 @@ pub enum MediaError {
     Dtmf(String),
     /// A recording could not be started.
     Recording(String),
+    /// A stream client could not be added (bad rate, too many clients).
+    Stream(String),
 }
 
 impl fmt::Display for MediaError {
@@ -217,6 +237,7 @@ impl fmt::Display for MediaError {
             MediaError::Timeout => f.write_str("the media thread did not answer within 5 s"),
             MediaError::Dtmf(e) => f.write_str(e),
             MediaError::Recording(e) => f.write_str(e),
+            MediaError::Stream(e) => f.write_str(e),
         }
     }
 }
@@ -290,6 +311,8 @@ struct Shared {
     epoch: Instant,
     /// STUN servers asked for each RTP socket's public address (empty: none).
     stun: Mutex<Vec<SocketAddr>>,
+    /// Stream clients, for listings (those the media thread let go of are pruned).
+    streams: Mutex<Vec<Arc<dyn ClientView>>>,
 }
 
 /// How long stopping a recording waits for its file to be finished.
@@ -311,6 +334,10 @@ enum Request {
     Conference(Vec<u64>),
     SetSource(u64, Box<dyn AudioSource>),
     SetSink(u64, Box<dyn AudioSink>),
+    /// A new stream client of a call.
+    AddStream(u64, Box<StreamTap>),
+    /// Let go of the stream clients of a call that asked to stop, now.
+    DropClosingStreams(u64),
 }
 
 struct Envelope {
@@ -388,6 +415,7 @@ impl MediaEngine {
             dtmf: config.dtmf,
             epoch: Instant::now(),
             stun: Mutex::new(Vec::new()),
+            streams: Mutex::new(Vec::new()),
         });
         let (tx, rx) = mpsc::channel();
         thread::Builder::new()
@@ -766,6 +794,75 @@ impl MediaEngine {
         finish_sink_file(old)
     }
 
+    /// Adds a stream client to call `id` (see [`crate::stream`]): from the next tick
+    /// it gets what the far end says and its frames go into the call. Errors: no such
+    /// session, a rate other than 8000 or 16000, too many clients on the call.
+    pub fn add_stream(&self, id: u64, request: StreamRequest) -> Result<StreamClient, MediaError> {
+        static NEXT_CLIENT: AtomicU64 = AtomicU64::new(1);
+        if !lock(&self.shared.sessions).contains_key(&id) {
+            return Err(MediaError::UnknownSession(id));
+        }
+        if !stream::STREAM_RATES.contains(&request.rate) {
+            return Err(MediaError::Stream(format!(
+                "rate {} Hz is not offered: use 8000 or 16000",
+                request.rate
+            )));
+        }
+        let client_id = NEXT_CLIENT.fetch_add(1, Ordering::Relaxed);
+        let (tap, client, view) = stream::new_client(id, client_id, &request);
+        self.request(Request::AddStream(id, Box::new(tap)))?;
+        let mut streams = lock(&self.shared.streams);
+        streams.retain(|c| !c.stopped());
+        streams.push(view);
+        Ok(client)
+    }
+
+    /// The stream clients of call `id` (`None`: of every call), oldest first.
+    pub fn streams(&self, id: Option<u64>) -> Vec<StreamInfo> {
+        let mut streams = lock(&self.shared.streams);
+        streams.retain(|c| !c.stopped());
+        streams
+            .iter()
+            .map(|c| c.info())
+            .filter(|i| id.is_none_or(|id| i.call == id))
+            .collect()
+    }
+
+    /// Lets go of the stream clients of call `id` (`client`: only that one); returns
+    /// those stopped, once the media thread let go of them (their sockets then get
+    /// the end of the stream). Errors: no such session, no such client on the call.
+    pub fn stop_streams(
+        &self,
+        id: u64,
+        client: Option<u64>,
+    ) -> Result<Vec<StreamInfo>, MediaError> {
+        if !lock(&self.shared.sessions).contains_key(&id) {
+            return Err(MediaError::UnknownSession(id));
+        }
+        let chosen: Vec<Arc<dyn ClientView>> = {
+            let mut streams = lock(&self.shared.streams);
+            streams.retain(|c| !c.stopped());
+            streams
+                .iter()
+                .filter(|c| {
+                    let info = c.info();
+                    info.call == id && client.is_none_or(|n| info.client == n)
+                })
+                .cloned()
+                .collect()
+        };
+        if let (Some(n), true) = (client, chosen.is_empty()) {
+            return Err(MediaError::Stream(format!(
+                "call {id} has no stream client {n}"
+            )));
+        }
+        for c in &chosen {
+            c.request_stop();
+        }
+        self.request(Request::DropClosingStreams(id))?;
+        Ok(chosen.iter().map(|c| c.info()).collect())
+    }
+
     /// Ids of the open sessions.
     pub fn sessions(&self) -> Vec<u64> {
         lock(&self.shared.sessions).keys().copied().collect()
@@ -1022,6 +1119,14 @@ fn handle(calls: &mut Vec<Call>, request: Request, t: &mut Thread) -> Result<(),
             find(calls, id)?.source = source;
             id
         }
+        Request::AddStream(id, tap) => {
+            find(calls, id)?.session.add_stream(*tap)?;
+            id
+        }
+        Request::DropClosingStreams(id) => {
+            find(calls, id)?.session.drop_closing_streams();
+            id
+        }
         Request::SetSink(id, sink) => {
             let call = find(calls, id)?;
             let mut old = std::mem::replace(&mut call.sink, sink);
@@ -1065,6 +1170,14 @@ fn run(rx: mpsc::Receiver<Envelope>, events: EventSink) {
                 c.tick(now, &mut t.recv[..], t.levels, &mut t.mixer, &t.events);
             }
             ticks += 1;
+            // A thread that is behind never waits in `recv_timeout`: serve what was
+            // asked meanwhile (a stream client, a recording...) after each tick, or
+            // requests would starve while the calls keep it busy.
+            while let Ok(envelope) = rx.try_recv() {
+                let _ = envelope
+                    .ack
+                    .send(handle(&mut calls, envelope.request, &mut t));
+            }
             if now - deadline > MAX_LATENESS {
                 let behind = (now - start).as_micros() as u64 / 20_000 + 1;
                 tracing::debug!(

@@ -13,6 +13,7 @@
 //! * [`recorder`] records calls and plays files into them, [`mixer`] is the conference;
 //! * [`session`] is one call's media as a sans-IO state machine (packets in, packets
 //!   out, time passed in);
+//! * [`stream`] is live call audio for programs (the queues to and from each client);
 //! * [`engine`] is the one media thread serving every call on one 20 ms tick: the
 //!   sockets, the clock and the devices around the sessions.
 
@@ -35,6 +36,7 @@ pub mod rtp;
 pub mod sdp;
 pub mod session;
 pub mod srtp;
+pub mod stream;
 #[cfg(test)]
 mod test_signal;
 
@@ -48,3 +50,4 @@ pub use sdp::{
     Negotiated, SdpError, SessionDesc,
 };
 pub use session::{MediaSession, SessionConfig, TickIo, Transmit, Via};
+pub use stream::{FrameError, StreamClient, StreamInfo, StreamMode, StreamOut, StreamRequest};

@@ -46,6 +46,7 @@ use crate::rtcp::{self, RtcpSession};
 use crate::rtp::{self, RtpHeader};
 use crate::sdp::{Codec, Negotiated};
 use crate::srtp::SrtpStream;
+use crate::stream::{StreamTap, Streams};
 
 /// Everything a session is given once, at its start (sans-IO: the caller draws the
 /// random numbers and reads the clocks).
@@ -149,6 +150,8 @@ pub struct MediaSession {
     speaker_gain: f32,
     /// Recording, a file played in, the conference (see `recorder.rs`).
     taps: Taps,
+    /// Programs listening to the call and talking into it (see `stream.rs`).
+    streams: Streams,
     /// RTCP: where reports go (latched to where the peer's come from), the protocol
     /// state, the peer's SSRC.
     rtcp_target: Option<SocketAddr>,
@@ -205,6 +208,7 @@ impl MediaSession {
             mic_gain: 1.0,
             speaker_gain: 1.0,
             taps: Taps::default(),
+            streams: Streams::default(),
             rtcp_target: None,
             rtcp_latched: false,
             rtcp: RtcpSession::new(r as u32, &format!("{t:016x}@microsip"), 8000, r ^ t),
@@ -330,6 +334,41 @@ impl MediaSession {
         self.taps.set_player(player);
     }
 
+    /// Adds a stream client: from the next tick it gets what the call plays and its
+    /// frames go into what the call sends. Refused past
+    /// [`crate::stream::MAX_CLIENTS_PER_CALL`].
+    pub(crate) fn add_stream(&mut self, tap: StreamTap) -> Result<(), MediaError> {
+        if self.streams.len() >= crate::stream::MAX_CLIENTS_PER_CALL {
+            return Err(MediaError::Stream(format!(
+                "call {} already streams to {} clients",
+                self.id,
+                crate::stream::MAX_CLIENTS_PER_CALL
+            )));
+        }
+        self.events.push_back(MediaEvent::StreamStarted {
+            call: self.id,
+            info: tap.info(),
+        });
+        self.streams.add(tap);
+        Ok(())
+    }
+
+    /// Lets go of the stream clients that asked to stop, and reports them.
+    pub(crate) fn drop_closing_streams(&mut self) {
+        self.streams.drop_closing();
+        self.report_stopped_streams();
+    }
+
+    fn report_stopped_streams(&mut self) {
+        for s in self.streams.take_stopped() {
+            self.events.push_back(MediaEvent::StreamStopped {
+                call: self.id,
+                info: s.info,
+                reason: s.reason,
+            });
+        }
+    }
+
     /// Queues DTMF digits by the way this call can carry them (RFC 4733 events when
     /// the peer offered telephone-event and the mode allows, else in-band tones).
     pub fn send_dtmf(&mut self, digits: &str) -> Result<(), MediaError> {
@@ -453,6 +492,10 @@ impl MediaSession {
         self.play(now, io);
         let events = &mut self.events;
         self.taps.end_tick(self.id, &mut |e| events.push_back(e));
+        if !self.streams.is_empty() {
+            self.drop_closing_streams();
+        }
+        self.report_stopped_streams();
         self.rtcp_tick(now);
     }
 
@@ -465,6 +508,7 @@ impl MediaSession {
         // The source always advances, so a file keeps its pace.
         io.source.read(&mut self.pcm);
         self.mic_gain = apply_gain(&mut self.pcm, self.mic_gain, io.levels.microphone_gain());
+        self.streams.on_send(&mut self.pcm);
         self.taps.on_send(self.id, &mut self.pcm, io.mixer);
         let event = self.dtmf_out.as_mut().and_then(|sender| {
             sender
@@ -530,6 +574,8 @@ impl MediaSession {
                 })
             });
         }
+        self.streams
+            .on_decoded(&path.decoded[..decoded], path.codec.sample_rate());
         if io.sink.discards() && !self.taps.hears(self.id, io.mixer) {
             // Nobody hears this frame (a `null` sink, no recorder, no conference): it
             // was decoded, so the jitter buffer, concealment and in-band detection go
@@ -652,6 +698,8 @@ impl MediaSession {
     /// Stops the call's media: queues the last report and a BYE. The caller sends
     /// them and finishes the sink.
     pub fn close(&mut self, now: Instant) {
+        self.streams.stop_all("the call ended");
+        self.report_stopped_streams();
         let Some((via, to)) = self.rtcp_destination() else {
             return;
         };

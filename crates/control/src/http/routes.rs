@@ -30,6 +30,7 @@ use super::auth::session_cookie_header;
 use super::problem::Problem;
 use super::{ApiState, MAX_BODY};
 use crate::event_feed::{self, EVENT_WRITE_TIMEOUT};
+use crate::media_stream;
 
 /// The OpenAPI document, as kept in the repository.
 pub const OPENAPI: &str = include_str!("../../../../docs/openapi.json");
@@ -86,6 +87,7 @@ pub fn routes() -> Routes {
     .add("post", "/calls/{id}/mute", mute)
     .add("post", "/calls/{id}/record", record)
     .add("post", "/calls/{id}/play", play)
+    .add("get", "/calls/{id}/media", call_media)
     .add("get", "/accounts", accounts)
     .add("post", "/accounts/{n}/register", register)
     .add("post", "/accounts/{n}/unregister", unregister)
@@ -379,6 +381,119 @@ async fn send_text(socket: &mut WebSocket, text: String) -> Result<(), ()> {
     match tokio::time::timeout(EVENT_WRITE_TIMEOUT, socket.send(Message::Text(text.into()))).await {
         Ok(Ok(())) => Ok(()),
         _ => Err(()),
+    }
+}
+
+// ------------------------------------------------------------------ call audio
+
+/// How long a client of `GET /calls/{id}/media` without `rate` in its query may
+/// take to send its first message naming the rate (else 8000 Hz).
+const FIRST_MESSAGE_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// `GET /calls/{id}/media`: a WebSocket streams the call's audio both ways (see
+/// `media_stream`); a plain GET lists who streams the call.
+async fn call_media(
+    State(state): State<Shared>,
+    path: Result<Path<String>, PathRejection>,
+    query: Result<Query<HashMap<String, String>>, QueryRejection>,
+    headers: HeaderMap,
+    upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> Response {
+    let id = tri!(call_id(path));
+    let query = tri!(query_map(query));
+    let (rate, mode) = tri!(media_stream::stream_options(
+        query.get("rate").map(String::as_str),
+        query.get("mode").map(String::as_str)
+    )
+    .map_err(Problem::bad));
+    // The call must have audio before the protocol switches: a 404 is a problem.
+    let listing = match command_of(&words(&["media", "list", &id])) {
+        Ok(command) => state.engine.execute(command).await,
+        Err(problem) => return problem.into_response(),
+    };
+    let Ok(upgrade) = upgrade else {
+        return answer_with(&listing, StatusCode::OK);
+    };
+    if listing.is_err() {
+        return answer_with(&listing, StatusCode::OK);
+    }
+    let Ok(call) = id.parse::<u64>() else {
+        return Problem::bad("a call id is a positive whole number").into_response();
+    };
+    let agent: String = headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(60)
+        .collect();
+    let remote = if agent.is_empty() {
+        "GET /calls/{id}/media".replace("{id}", &id)
+    } else {
+        format!("GET /calls/{id}/media ({agent})")
+    };
+    upgrade
+        .max_message_size(media_stream::MAX_MESSAGE)
+        .on_upgrade(move |socket| media_client(socket, state, call, rate, mode, remote))
+}
+
+/// Picks the rate (the query's, else the client's first message's, else 8000 Hz),
+/// attaches the stream and serves it.
+async fn media_client(
+    mut socket: WebSocket,
+    state: Shared,
+    call: u64,
+    rate: Option<u32>,
+    mode: Option<microsip_media::StreamMode>,
+    remote: String,
+) {
+    let (mut rate, mut mode) = (rate, mode);
+    if rate.is_none() {
+        if let Ok(Some(Ok(Message::Text(text)))) =
+            tokio::time::timeout(FIRST_MESSAGE_WAIT, socket.recv()).await
+        {
+            let first: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+            let word = |key: &str| -> Option<String> {
+                match first.get(key)? {
+                    serde_json::Value::String(s) => Some(s.clone()),
+                    serde_json::Value::Number(n) => Some(n.to_string()),
+                    _ => None,
+                }
+            };
+            let (r, m) = (word("rate"), word("mode"));
+            match media_stream::stream_options(r.as_deref(), m.as_deref()) {
+                Ok((r, m)) => {
+                    rate = r;
+                    mode = m.or(mode);
+                }
+                Err(reason) => {
+                    let _ = send_text(
+                        &mut socket,
+                        serde_json::json!({"event": "stop", "reason": reason}).to_string(),
+                    )
+                    .await;
+                    let _ = socket.send(Message::Close(None)).await;
+                    return;
+                }
+            }
+        }
+    }
+    let request = microsip_media::StreamRequest {
+        rate: rate.unwrap_or(8000),
+        mode: mode.unwrap_or_default(),
+        remote,
+    };
+    match state.engine.attach_media(call, request).await {
+        Ok(client) => media_stream::serve(socket, client, state.engine.clone()).await,
+        Err(failure) => {
+            let _ = send_text(
+                &mut socket,
+                serde_json::json!({"event": "stop", "reason": failure.message}).to_string(),
+            )
+            .await;
+            let _ = socket.send(Message::Close(None)).await;
+        }
     }
 }
 
