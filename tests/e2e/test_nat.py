@@ -35,14 +35,16 @@ def internet(nat_world, make_kamailio, tmp_path):
 
 
 def home_phone(make_phone, world, kam, tmp_path, home_index=0, user="1001",
-               tone=TONE_US, extra_args=(), **settings) -> peers.Phone:
-    """A phone in a home (under `ip netns exec`), file audio, registered as user."""
+               tone=TONE_US, extra_args=(), account_keys=None, **settings) -> peers.Phone:
+    """A phone in a home (under `ip netns exec`), file audio, registered as user;
+    account_keys go in its [Account1] (ICE=1...), settings in [Settings]."""
     home = world.homes[home_index]
     src = audio.make_tone_wav(tmp_path / f"phone-src-{tone}.wav", tone, 30)
     out = tmp_path / f"phone-out-{user}.wav"
     keys = dict(audioInputDevice=f"file:{src}", audioOutputDevice=f"file:{out}",
                 autoAnswer="all", autoAnswerDelay=0, **settings)
-    acc = account(kam.address, user, USERS[user], domain=world.internet_ip)
+    acc = account(kam.address, user, USERS[user], domain=world.internet_ip,
+                  **(account_keys or {}))
     ph = make_phone(ini(acc, **keys), prefix=home.prefix, extra_args=extra_args)
     ph.events().wait_state(1, "registered", 30, codes={200})
     ph.out_path = out
@@ -203,3 +205,111 @@ def test_two_phones_behind_two_nats_hear_each_other_with_stun(
     wait_event(b, "call.ended", pred=lambda e: e.get("call") == inc["call"])
     heard(a.out_path, TONE_PEER, CALL_SECONDS, "phone A heard phone B across two NATs")
     heard(b.out_path, TONE_US, CALL_SECONDS, "phone B heard phone A across two NATs")
+
+
+# -- ICE (RFC 8445) across two NATs ---------------------------------------------
+
+ICE_CALL_SECONDS = 8
+# baresip (libre's ICE) sends no media until every pair of its checklist is done,
+# and its pairs to our private host address never answer: its audio starts a few
+# seconds into the call. The tones must fill the rest.
+ICE_ALLOWANCE = 3.5
+
+
+@pytest.fixture
+def ice_world(nat_world, make_kamailio, make_baresip, tmp_path):
+    """Kamailio (with nathelper: baresip does not know it is behind a NAT, so its
+    private Contact is replaced by its router's address) and coturn in the
+    internet; baresip with its `ice` module (medianat=ice, coturn as STUN server,
+    rtcp_mux yes) in home 2."""
+    world = nat_world
+    kam = make_kamailio(users=USERS, host=world.internet_ip, nat_helper=True)
+    stun = peers.StunServer(tmp_path, host=world.internet_ip).start()
+    home2 = world.homes[1]
+    bs = make_baresip(
+        kam, "1002", tone=TONE_PEER, host=home2.ip, registrar_ip=world.internet_ip,
+        prefix=home2.prefix, netns_path=f"/var/run/netns/{home2.name}",
+        modules=("g711", "ice"),
+        account_extra=f';medianat=ice;stunserver="stun:{stun.address}"',
+        extra_config="rtcp_mux\t\tyes\n")
+    return world, kam, stun, bs
+
+
+def ice_lines(body: str) -> dict:
+    """The ICE attributes of an SDP body: ufrag, pwd, candidates (dicts)."""
+    cands = []
+    for m in re.finditer(r"^a=candidate:(\S+) (\d) UDP (\d+) (\S+) (\d+) typ (\w+)", body, re.M):
+        cands.append(dict(component=int(m.group(2)), ip=m.group(4), port=int(m.group(5)),
+                          type=m.group(6)))
+    ufrag = re.search(r"^a=ice-ufrag:(\S+)", body, re.M)
+    pwd = re.search(r"^a=ice-pwd:(\S+)", body, re.M)
+    return dict(ufrag=ufrag and ufrag.group(1), pwd=pwd and pwd.group(1), candidates=cands)
+
+
+def test_ice_across_two_nats_with_baresip_both_ways(ice_world, make_phone, tmp_path):
+    """Our phone (ICE=1, coturn as STUN) in home 1, baresip with its ice module in
+    home 2, both behind MASQUERADE routers that drop unsolicited packets: a call
+    each way. Our SDP carries ufrag, pwd, our host and server-reflexive candidates
+    (the srflx one is the router's address and the port STUN saw, and the c=
+    default); the checks pass both routers (each side's checks open its router for
+    the other's), the phone nominates (as caller) or accepts baresip's nomination
+    (as callee), and the tones are heard both ways."""
+    world, kam, stun, bs = ice_world
+    home1, home2 = world.homes
+    ph = home_phone(make_phone, world, kam, tmp_path, enableSTUN=1, STUN=stun.address,
+                    account_keys={"ICE": 1})
+
+    # We call baresip: we offer ICE and control.
+    rc, out, err = ph.cmd("dial", "1002")
+    assert rc == 0, (out, err)
+    cid = int(out.strip())
+    est = bs.wait_event("CALL_ESTABLISHED")
+    wait_event(ph, "call.confirmed", pred=lambda e: e.get("call") == cid)
+    invite = next(m for m in ph.trace_messages() if m.sent and m.method == "INVITE" and m.body)
+    ours = ice_lines(invite.body)
+    assert ours["ufrag"] and len(ours["pwd"]) >= 22, invite.body
+    types = {c["type"]: c for c in ours["candidates"]}
+    assert types["host"]["ip"] == home1.ip, invite.body
+    assert types["srflx"]["ip"] == home1.public_ip, invite.body
+    assert sdp_of(invite) == (home1.public_ip, types["srflx"]["port"]), invite.body
+    assert "a=rtcp-mux" in invite.body, invite.body
+    answer = next(m for m in ph.trace_messages() if not m.sent and m.code == 200 and m.body)
+    theirs = ice_lines(answer.body)
+    assert theirs["ufrag"] and any(c["type"] == "srflx" and c["ip"] == home2.public_ip
+                                   for c in theirs["candidates"]), answer.body
+    time.sleep(ICE_CALL_SECONDS)
+    ph.cmd("hangup", str(cid))
+    closed = bs.wait_event("CALL_CLOSED")
+    wait_event(ph, "call.ended", pred=lambda e: e.get("call") == cid)
+    log = ph.stderr_text()
+    assert re.search(r"ICE: nominated 203\.0\.113\.12:\d+", log), log[-3000:]
+    _, dec = bs.recordings()
+    heard(dec, TONE_US, closed["_t"] - est["_t"] - ICE_ALLOWANCE,
+          "baresip heard the phone across two NATs (ICE)")
+    heard(ph.out_path, TONE_PEER, ICE_CALL_SECONDS - ICE_ALLOWANCE,
+          "the phone heard baresip across two NATs (ICE)")
+
+    # baresip calls us: it offers ICE and controls; we answer with ours.
+    time.sleep(1.1)  # baresip names its recordings by the second
+    ph.out_path.rename(tmp_path / "phone-out-ice-1.wav")
+    bs.dial(f"sip:1001@{world.internet_ip}")
+    est2 = bs.wait_event("CALL_ESTABLISHED")
+    inc = wait_event(ph, "call.incoming")
+    ok200 = [m for m in ph.trace_messages() if m.sent and m.code == 200 and "m=audio" in m.body]
+    assert ok200, ph.trace_text()[-3000:]
+    ours2 = ice_lines(ok200[-1].body)
+    assert ours2["ufrag"] and {c["type"] for c in ours2["candidates"]} == {"host", "srflx"}, \
+        ok200[-1].body
+    assert any(c["type"] == "srflx" and c["ip"] == home1.public_ip
+               for c in ours2["candidates"]), ok200[-1].body
+    time.sleep(ICE_CALL_SECONDS)
+    bs.hangup()
+    closed2 = bs.wait_event("CALL_CLOSED")
+    wait_event(ph, "call.ended", pred=lambda e: e.get("call") == inc["call"])
+    log = ph.stderr_text()
+    assert re.search(r"ICE: the peer nominated 203\.0\.113\.12:\d+", log), log[-3000:]
+    _, dec2 = bs.recordings()
+    heard(dec2, TONE_US, closed2["_t"] - est2["_t"] - ICE_ALLOWANCE,
+          "baresip heard the phone (incoming, ICE)")
+    heard(ph.out_path, TONE_PEER, ICE_CALL_SECONDS - ICE_ALLOWANCE,
+          "the phone heard baresip (incoming, ICE)")

@@ -7,7 +7,10 @@
 use std::time::{Duration, Instant};
 
 use microsip_config::{Account, Srtp};
-use microsip_media::sdp::{self, Direction, LocalMedia, LocalSrtp, Negotiated, SdpError};
+use microsip_media::sdp::{
+    self, Direction, LocalIce, LocalMedia, LocalSrtp, Negotiated, SdpError,
+};
+use microsip_nat::ice::{Candidate, Credentials};
 use microsip_media::srtp::MasterKey;
 use microsip_media::AudioSpec;
 use microsip_sip::{CallerAccount, EndedBy, IncomingInvite, LegId, Refresher, SessionTimerAsk};
@@ -465,6 +468,7 @@ impl Core {
             prefer_own_order: false,
             offer_first_only: false,
             srtp,
+            ice: None,
         };
         match sdp::answer(&offer, &check) {
             Err(e @ (SdpError::SrtpRequired | SdpError::SrtpNotEnabled)) => Some(e.to_string()),
@@ -479,6 +483,7 @@ impl Core {
         local_ip: std::net::IpAddr,
     ) -> Result<LocalMedia, String> {
         let srtp = Self::local_srtp(account, true)?;
+        let ice = account.ice.then(|| self.local_ice(opened, local_ip));
         let (ip, port) = self.media_addr(account, opened, local_ip);
         let session_id = self.random();
         let mut codecs: Vec<sdp::Codec> = self
@@ -508,7 +513,29 @@ impl Core {
             // and offers carry only the first codec ("send only the first codec").
             offer_first_only: self.config.settings.force_codec,
             srtp,
+            ice,
         })
+    }
+
+    /// The call's ICE (the account's `ICE=1`): fresh credentials and tie-breaker,
+    /// the RTP socket's host candidate on `local_ip`, and its server-reflexive one
+    /// when STUN answered. One component: our ICE offers carry `a=rtcp-mux`.
+    fn local_ice(&mut self, opened: OpenedMedia, local_ip: std::net::IpAddr) -> LocalIce {
+        let host = std::net::SocketAddr::new(local_ip, opened.port);
+        let mut candidates = vec![Candidate::host(1, host)];
+        if let Some(public) = opened.public.filter(|p| *p != host) {
+            candidates.push(Candidate::server_reflexive(1, public, host));
+        }
+        LocalIce {
+            credentials: Credentials::from_random([
+                self.random(),
+                self.random(),
+                self.random(),
+                self.random(),
+            ]),
+            candidates,
+            tie_breaker: self.random(),
+        }
     }
 
     /// Opens the call's media on `bind` (`None`: the engine's address); `then`

@@ -45,6 +45,6 @@ pub use engine::{
 pub use recorder::{PlayEnd, RecordingStatus};
 pub use sdp::{
     accept_answer, answer, offer, parse as parse_sdp, Codec, Direction, LocalMedia, LocalSrtp,
-    Negotiated, SdpError, SessionDesc,
+    IceParams, LocalIce, Negotiated, SdpError, SessionDesc,
 };
 pub use session::{MediaSession, SessionConfig, TickIo, Transmit, Via};

@@ -20,11 +20,21 @@
 //! effort" form) and take SRTP whenever the other side gives a usable key;
 //! mandatory, we offer `RTP/SAVP` and refuse ([`SdpError::SrtpRequired`]) an offer or
 //! an answer without a usable key. The keys and the crypto are in [`crate::srtp`].
+//!
+//! ICE (RFC 8839) is negotiated here too, by [`LocalMedia::ice`]: with it, our
+//! offers and answers carry `a=ice-ufrag`, `a=ice-pwd`, one `a=candidate` line per
+//! candidate and (offers) `a=rtcp-mux`; the peer's are read at session or media
+//! level, and [`Negotiated::ice`] holds both sides' (our role: the offerer
+//! controls, or whoever faces an `a=ice-lite` peer). ICE lines in an offer to a
+//! phone without ICE are ignored (plain RFC 3264), and our offer's ICE lines
+//! answered without any mean no ICE. The agent is [`microsip_nat::ice`].
 
 use std::fmt;
 use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
+
+use microsip_nat::ice::{Candidate, Credentials};
 
 use crate::srtp::{Crypto, MasterKey, SrtpParams, Suite};
 
@@ -435,6 +445,12 @@ pub struct MediaDesc {
     /// The `a=crypto` lines we can use (SDES, RFC 4568), in the writer's order;
     /// lines with an unknown suite or a bad key are left out.
     pub crypto: Vec<Crypto>,
+    /// Media-level `a=ice-ufrag` (RFC 8839).
+    pub ice_ufrag: Option<String>,
+    /// Media-level `a=ice-pwd`.
+    pub ice_pwd: Option<String>,
+    /// The `a=candidate` lines we can use (UDP, IP literals), in order.
+    pub candidates: Vec<Candidate>,
 }
 
 impl MediaDesc {
@@ -511,6 +527,12 @@ pub struct SessionDesc {
     pub direction: Option<Direction>,
     /// The `m=` sections, in order.
     pub media: Vec<MediaDesc>,
+    /// Session-level `a=ice-ufrag` (RFC 8839).
+    pub ice_ufrag: Option<String>,
+    /// Session-level `a=ice-pwd`.
+    pub ice_pwd: Option<String>,
+    /// `a=ice-lite`: the writer is a lite ICE agent.
+    pub ice_lite: bool,
 }
 
 impl SessionDesc {
@@ -520,6 +542,23 @@ impl SessionDesc {
     pub fn audio_connection(&self) -> Option<IpAddr> {
         let m = self.media.iter().find(|m| m.media == "audio")?;
         self.connection_of(m)
+    }
+
+    /// The ICE credentials and candidates of `m` (media level wins over session
+    /// level); `None` when the writer does not do ICE for it.
+    pub fn ice_of(&self, m: &MediaDesc) -> Option<(Credentials, Vec<Candidate>)> {
+        let ufrag = m.ice_ufrag.as_ref().or(self.ice_ufrag.as_ref())?;
+        let pwd = m.ice_pwd.as_ref().or(self.ice_pwd.as_ref())?;
+        if m.candidates.is_empty() {
+            return None;
+        }
+        Some((
+            Credentials {
+                ufrag: ufrag.clone(),
+                pwd: pwd.clone(),
+            },
+            m.candidates.clone(),
+        ))
     }
 
     /// The address media of `m` goes to (media level wins over session level).
@@ -594,11 +633,16 @@ pub fn parse(text: &str) -> Result<SessionDesc, SdpError> {
                 };
                 match desc.media.last_mut() {
                     Some(m) => apply_media_attribute(m, name, arg),
-                    None => {
-                        if let Some(d) = Direction::from_attribute(name) {
-                            desc.direction = Some(d);
+                    None => match (name, arg) {
+                        ("ice-ufrag", Some(v)) => desc.ice_ufrag = Some(v.to_string()),
+                        ("ice-pwd", Some(v)) => desc.ice_pwd = Some(v.to_string()),
+                        ("ice-lite", _) => desc.ice_lite = true,
+                        _ => {
+                            if let Some(d) = Direction::from_attribute(name) {
+                                desc.direction = Some(d);
+                            }
                         }
-                    }
+                    },
                 }
             }
             _ => {}
@@ -681,6 +725,13 @@ fn apply_media_attribute(m: &mut MediaDesc, name: &str, arg: Option<&str>) {
                 m.crypto.push(c);
             }
         }
+        "ice-ufrag" => m.ice_ufrag = Some(arg.to_string()),
+        "ice-pwd" => m.ice_pwd = Some(arg.to_string()),
+        "candidate" => {
+            if let Some(c) = Candidate::parse(arg) {
+                m.candidates.push(c);
+            }
+        }
         "ptime" => {
             // Some peers write fractional values ("20.0"); keep the whole part.
             let whole = arg.split('.').next().unwrap_or(arg);
@@ -758,6 +809,33 @@ pub struct LocalMedia {
     /// SRTP (SDES) for this call: `None` when off; else our key (drawn once per
     /// call, kept across re-INVITEs) and whether clear RTP is refused.
     pub srtp: Option<LocalSrtp>,
+    /// ICE for this call (the account's `ICE=1`): `None` when off.
+    pub ice: Option<LocalIce>,
+}
+
+/// Our side of ICE for one call (see [`LocalMedia::ice`]): drawn once per call,
+/// kept across re-INVITEs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalIce {
+    /// Our `ice-ufrag` and `ice-pwd`.
+    pub credentials: Credentials,
+    /// Our candidates (host, and server-reflexive when STUN answered).
+    pub candidates: Vec<Candidate>,
+    /// Our tie-breaker for role conflicts (random).
+    pub tie_breaker: u64,
+}
+
+/// What the agent of a call is started with: both sides' ICE and our role.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IceParams {
+    /// Ours (from [`LocalMedia::ice`]).
+    pub local: LocalIce,
+    /// The peer's `ice-ufrag` and `ice-pwd`.
+    pub remote: Credentials,
+    /// The peer's candidates.
+    pub remote_candidates: Vec<Candidate>,
+    /// We control (we offered, or the peer is `ice-lite`).
+    pub controlling: bool,
 }
 
 /// Our side of SDES for one call (see [`LocalMedia::srtp`]).
@@ -798,6 +876,8 @@ pub struct Negotiated {
     pub rtcp_mux: bool,
     /// SRTP, when both sides agreed on a suite and gave keys; `None`: clear RTP.
     pub srtp: Option<SrtpParams>,
+    /// ICE, when both sides do it; `None`: media goes to `remote` as written.
+    pub ice: Option<IceParams>,
 }
 
 impl Negotiated {
@@ -884,8 +964,25 @@ pub fn offer(local: &LocalMedia) -> String {
             write_crypto(&mut out, tag, suite, &srtp.key);
         }
     }
+    if let Some(ice) = &local.ice {
+        // One component: RTCP shares the RTP port (RFC 5761) when ICE runs.
+        out.push_str("a=rtcp-mux\r\n");
+        write_ice(&mut out, ice);
+    }
     let _ = write!(out, "a=ptime:20\r\na={}\r\n", local.direction);
     out
+}
+
+/// Our ICE lines (RFC 8839 section 5): credentials and candidates.
+fn write_ice(out: &mut String, ice: &LocalIce) {
+    let _ = write!(
+        out,
+        "a=ice-ufrag:{}\r\na=ice-pwd:{}\r\n",
+        ice.credentials.ufrag, ice.credentials.pwd
+    );
+    for c in &ice.candidates {
+        let _ = write!(out, "a=candidate:{}\r\n", c.to_sdp());
+    }
 }
 
 /// The tags of our offered `a=crypto` lines: 1, 2... for [`Suite::ALL`].
@@ -1028,6 +1125,17 @@ pub fn answer(offer: &SessionDesc, local: &LocalMedia) -> Result<(String, Negoti
             } else {
                 None
             };
+            // ICE when both do it; the full agent facing a lite one controls.
+            let ice = local
+                .ice
+                .as_ref()
+                .zip(offer.ice_of(m))
+                .map(|(ours, (remote, remote_candidates))| IceParams {
+                    local: ours.clone(),
+                    remote,
+                    remote_candidates,
+                    controlling: offer.ice_lite,
+                });
             for (i, other) in offer.media.iter().enumerate() {
                 if i != index {
                     write_rejected(&mut out, other);
@@ -1049,6 +1157,9 @@ pub fn answer(offer: &SessionDesc, local: &LocalMedia) -> Result<(String, Negoti
                 if let (Some(theirs), Some(ours)) = (&crypto, &local.srtp) {
                     write_crypto(&mut out, theirs.tag, theirs.suite, &ours.key);
                 }
+                if let Some(params) = &ice {
+                    write_ice(&mut out, &params.local);
+                }
                 let _ = write!(out, "a=ptime:20\r\na={local_direction}\r\n");
             }
             Negotiated {
@@ -1069,6 +1180,7 @@ pub fn answer(offer: &SessionDesc, local: &LocalMedia) -> Result<(String, Negoti
                         local: ours.key.clone(),
                         remote: theirs.key,
                     }),
+                ice,
             }
         }
         None => {
@@ -1098,6 +1210,7 @@ pub fn answer(offer: &SessionDesc, local: &LocalMedia) -> Result<(String, Negoti
                 rtcp: None,
                 rtcp_mux: false,
                 srtp: None,
+                ice: None,
             }
         }
     };
@@ -1139,6 +1252,7 @@ pub fn accept_answer(answer: &SessionDesc, local: &LocalMedia) -> Result<Negotia
             rtcp: None,
             rtcp_mux: false,
             srtp: None,
+            ice: None,
         });
     }
     let (codec, payload_type) = in_answer_order.ok_or(SdpError::NoCommonCodec)?;
@@ -1178,10 +1292,21 @@ pub fn accept_answer(answer: &SessionDesc, local: &LocalMedia) -> Result<Negotia
         telephone_event: te.map(|(pt, _)| pt),
         telephone_event_rate: te.map_or(8000, |(_, rate)| rate),
         ptime_ms: m.ptime.unwrap_or(20),
-        // We do not offer rtcp-mux; a peer that muxes anyway is followed.
+        // We offer rtcp-mux only with ICE; a peer that muxes anyway is followed.
         rtcp: answer.rtcp_address_of(m, m.rtcp_mux),
         rtcp_mux: m.rtcp_mux,
         srtp,
+        // We offered, so we control (RFC 8445 section 6.1.1).
+        ice: local
+            .ice
+            .as_ref()
+            .zip(answer.ice_of(m))
+            .map(|(ours, (remote, remote_candidates))| IceParams {
+                local: ours.clone(),
+                remote,
+                remote_candidates,
+                controlling: true,
+            }),
     })
 }
 

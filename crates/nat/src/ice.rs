@@ -587,7 +587,11 @@ impl Agent {
     /// the caller's business, RFC 7983); `true` when the agent took it (answered,
     /// used, or dropped as bad).
     pub fn handle(&mut self, now: Instant, component: u16, from: SocketAddr, data: &[u8]) -> bool {
-        match check::kind(data) {
+        let kind = check::kind(data);
+        if kind.is_some() {
+            tracing::trace!("ICE: {kind:?} from {from} (component {component})");
+        }
+        match kind {
             None => false,
             Some(Kind::Indication) => true,
             Some(Kind::Request) => {
@@ -675,7 +679,21 @@ impl Agent {
         let pair = &mut self.pairs[i];
         match pair.state {
             PairState::Succeeded => {}
-            PairState::InProgress => {}
+            PairState::InProgress => {
+                // Section 7.3.1.4: the check out is sent again at once, with a
+                // fresh retransmission schedule (the path works now, most likely:
+                // the peer's check just opened its NAT for ours).
+                if let Some(t) = pair.transaction.as_mut() {
+                    t.sends = 1;
+                    t.next_at = now + RTO;
+                    let data = t.request.clone();
+                    self.transmits.push_back(Transmit {
+                        component,
+                        to: from,
+                        data,
+                    });
+                }
+            }
             PairState::Frozen | PairState::Waiting | PairState::Failed => {
                 pair.state = PairState::Waiting;
                 if !self.triggered.contains(&i) {
@@ -695,7 +713,6 @@ impl Agent {
                 pair.nominate_on_success = true;
             }
         }
-        let _ = now;
     }
 
     fn reply_error(
