@@ -771,7 +771,8 @@ impl Agent {
                 if (t.use_candidate && self.controlling) || pair.nominate_on_success {
                     pair.nominated = true;
                     tracing::info!(
-                        "ICE: nominated {} (component {})",
+                        "ICE: {} {} (component {})",
+                        if self.controlling { "nominated" } else { "the peer nominated" },
                         pair.remote,
                         pair.component
                     );
