@@ -7,12 +7,10 @@
 use std::time::{Duration, Instant};
 
 use microsip_config::{Account, Srtp};
-use microsip_media::sdp::{
-    self, Direction, LocalIce, LocalMedia, LocalSrtp, Negotiated, SdpError,
-};
-use microsip_nat::ice::{Candidate, Credentials};
+use microsip_media::sdp::{self, Direction, LocalIce, LocalMedia, LocalSrtp, Negotiated, SdpError};
 use microsip_media::srtp::MasterKey;
 use microsip_media::AudioSpec;
+use microsip_nat::ice::{Candidate, Credentials};
 use microsip_sip::{CallerAccount, EndedBy, IncomingInvite, LegId, Refresher, SessionTimerAsk};
 use serde_json::{json, Value};
 use tracing::{debug, info, warn};

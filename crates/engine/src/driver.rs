@@ -310,17 +310,16 @@ pub async fn start(
     // The server that answered the SIP socket is asked first for each call's RTP.
     // ICE gathers a server-reflexive candidate from the STUN list even when
     // enableSTUN is off (the SIP Contact then stays as it is).
-    let mut stun_servers = if stun_servers.is_empty()
-        && setup.config.accounts.iter().any(|a| a.active && a.ice)
-    {
-        let (servers, bad) = microsip_nat::stun::resolve_servers(&setup.config.settings.stun);
-        for b in bad {
-            warn!("STUN server skipped: {b}");
-        }
-        servers
-    } else {
-        stun_servers
-    };
+    let mut stun_servers =
+        if stun_servers.is_empty() && setup.config.accounts.iter().any(|a| a.active && a.ice) {
+            let (servers, bad) = microsip_nat::stun::resolve_servers(&setup.config.settings.stun);
+            for b in bad {
+                warn!("STUN server skipped: {b}");
+            }
+            servers
+        } else {
+            stun_servers
+        };
     if let Some(first) = sip.stun_server() {
         stun_servers.retain(|s| *s != first);
         stun_servers.insert(0, first);

@@ -44,7 +44,7 @@ pub use engine::{
 };
 pub use recorder::{PlayEnd, RecordingStatus};
 pub use sdp::{
-    accept_answer, answer, offer, parse as parse_sdp, Codec, Direction, LocalMedia, LocalSrtp,
-    IceParams, LocalIce, Negotiated, SdpError, SessionDesc,
+    accept_answer, answer, offer, parse as parse_sdp, Codec, Direction, IceParams, LocalIce,
+    LocalMedia, LocalSrtp, Negotiated, SdpError, SessionDesc,
 };
 pub use session::{MediaSession, SessionConfig, TickIo, Transmit, Via};

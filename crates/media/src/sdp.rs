@@ -1126,16 +1126,14 @@ pub fn answer(offer: &SessionDesc, local: &LocalMedia) -> Result<(String, Negoti
                 None
             };
             // ICE when both do it; the full agent facing a lite one controls.
-            let ice = local
-                .ice
-                .as_ref()
-                .zip(offer.ice_of(m))
-                .map(|(ours, (remote, remote_candidates))| IceParams {
+            let ice = local.ice.as_ref().zip(offer.ice_of(m)).map(
+                |(ours, (remote, remote_candidates))| IceParams {
                     local: ours.clone(),
                     remote,
                     remote_candidates,
                     controlling: offer.ice_lite,
-                });
+                },
+            );
             for (i, other) in offer.media.iter().enumerate() {
                 if i != index {
                     write_rejected(&mut out, other);
@@ -1327,6 +1325,7 @@ mod tests {
             prefer_own_order: true,
             offer_first_only: false,
             srtp: None,
+            ice: None,
         }
     }
 
@@ -2199,5 +2198,126 @@ a=rtpmap:110 telephone-event/8000\r\n";
             (n.telephone_event, n.telephone_event_rate),
             (Some(101), 8000)
         );
+    }
+
+    fn with_ice() -> LocalMedia {
+        let base: SocketAddr = "10.0.1.2:4000".parse().unwrap();
+        LocalMedia {
+            ip: "203.0.113.11".parse().unwrap(),
+            ice: Some(LocalIce {
+                credentials: Credentials {
+                    ufrag: "ourufrag".into(),
+                    pwd: "our-password-0123456789".into(),
+                },
+                candidates: vec![
+                    Candidate::host(1, base),
+                    Candidate::server_reflexive(1, "203.0.113.11:4000".parse().unwrap(), base),
+                ],
+                tie_breaker: 42,
+            }),
+            ..local()
+        }
+    }
+
+    /// baresip 1.0 with `medianat=ice` and `rtcp_mux yes`: credentials at session
+    /// level, candidates and rtcp-mux at media level.
+    const BARESIP_ICE: &str = "v=0\r\n\
+o=- 3736507464 469263689 IN IP4 10.0.2.2\r\n\
+s=-\r\n\
+c=IN IP4 10.0.2.2\r\n\
+t=0 0\r\n\
+a=ice-ufrag:Z0psPkZ\r\n\
+a=ice-pwd:6VARkAjfN8PlIHA4zdBWTxMiCrhX6KV\r\n\
+m=audio 1070 RTP/AVP 8 0 101\r\n\
+c=IN IP4 203.0.113.12\r\n\
+a=rtpmap:8 PCMA/8000\r\n\
+a=rtpmap:0 PCMU/8000\r\n\
+a=rtpmap:101 telephone-event/8000\r\n\
+a=fmtp:101 0-15\r\n\
+a=sendrecv\r\n\
+a=candidate:0a000202 1 UDP 2113929471 10.0.2.2 1070 typ host\r\n\
+a=candidate:cb00710d 1 UDP 1677721855 203.0.113.12 1070 typ srflx raddr 10.0.2.2 rport 1070\r\n\
+a=rtcp-mux\r\n";
+
+    #[test]
+    fn an_ice_offer_carries_credentials_candidates_and_rtcp_mux() {
+        let text = offer(&with_ice());
+        assert!(text.contains("c=IN IP4 203.0.113.11\r\n"), "{text}");
+        assert!(
+            text.contains("a=ice-ufrag:ourufrag\r\na=ice-pwd:our-password-0123456789\r\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains(" 1 UDP 2130706431 10.0.1.2 4000 typ host\r\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                " 1 UDP 1694498815 203.0.113.11 4000 typ srflx raddr 10.0.1.2 rport 4000\r\n"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("a=rtcp-mux\r\n"), "{text}");
+        // Read back: our own offer is an ICE offer.
+        let parsed = parse(&text).unwrap();
+        let (creds, cands) = parsed.ice_of(&parsed.media[0]).unwrap();
+        assert_eq!(creds.ufrag, "ourufrag");
+        assert_eq!(cands, with_ice().ice.unwrap().candidates);
+        // Without ICE, none of it.
+        let plain = offer(&local());
+        assert!(
+            !plain.contains("ice-") && !plain.contains("candidate") && !plain.contains("rtcp-mux"),
+            "{plain}"
+        );
+    }
+
+    #[test]
+    fn an_ice_offer_is_answered_with_ice_when_we_do_it_and_plainly_when_not() {
+        let offer_desc = parse(BARESIP_ICE).unwrap();
+        let (text, n) = answer(&offer_desc, &with_ice()).unwrap();
+        assert!(text.contains("a=ice-ufrag:ourufrag\r\n"), "{text}");
+        assert!(text.contains("typ srflx"), "{text}");
+        assert!(text.contains("a=rtcp-mux\r\n"), "{text}");
+        let ice = n.ice.unwrap();
+        assert!(!ice.controlling, "the answerer is controlled");
+        assert_eq!(ice.remote.ufrag, "Z0psPkZ");
+        assert_eq!(ice.remote.pwd, "6VARkAjfN8PlIHA4zdBWTxMiCrhX6KV");
+        assert_eq!(ice.remote_candidates.len(), 2);
+        assert_eq!(n.remote, Some("203.0.113.12:1070".parse().unwrap()));
+        assert!(n.rtcp_mux);
+        // ICE=0: an ordinary RFC 3264 answer, no ICE line at all.
+        let (text, n) = answer(&offer_desc, &local()).unwrap();
+        assert!(
+            !text.contains("ice-") && !text.contains("candidate"),
+            "{text}"
+        );
+        assert_eq!(n.ice, None);
+        assert_eq!(n.remote, Some("203.0.113.12:1070".parse().unwrap()));
+        // A lite peer: the full agent controls.
+        let lite = parse(&BARESIP_ICE.replace("t=0 0\r\n", "t=0 0\r\na=ice-lite\r\n")).unwrap();
+        assert!(
+            answer(&lite, &with_ice())
+                .unwrap()
+                .1
+                .ice
+                .unwrap()
+                .controlling
+        );
+    }
+
+    #[test]
+    fn an_answer_with_ice_makes_us_controlling_and_one_without_turns_it_off() {
+        let n = accept_answer(&parse(BARESIP_ICE).unwrap(), &with_ice()).unwrap();
+        let ice = n.ice.unwrap();
+        assert!(ice.controlling);
+        assert_eq!(ice.local, with_ice().ice.unwrap());
+        let plain = BARESIP_ICE
+            .lines()
+            .filter(|l| !l.starts_with("a=ice") && !l.starts_with("a=candidate"))
+            .collect::<Vec<_>>()
+            .join("\r\n");
+        let n = accept_answer(&parse(&plain).unwrap(), &with_ice()).unwrap();
+        assert_eq!(n.ice, None);
+        assert_eq!(n.remote, Some("203.0.113.12:1070".parse().unwrap()));
     }
 }

@@ -301,7 +301,10 @@ impl MediaSession {
             self.target = self.ice.as_ref().and_then(|a| a.selected(1));
             self.latched = true;
         }
-        if negotiated.remote.is_some() && self.awaiting_first_packet.is_none() && self.packets_sent == 0 {
+        if negotiated.remote.is_some()
+            && self.awaiting_first_packet.is_none()
+            && self.packets_sent == 0
+        {
             self.awaiting_first_packet = Some(None);
         }
         self.negotiated = Some(negotiated);
@@ -327,7 +330,11 @@ impl MediaSession {
             "ICE: {} local and {} remote candidates, {}",
             params.local.candidates.len(),
             params.remote_candidates.len(),
-            if params.controlling { "controlling" } else { "controlled" }
+            if params.controlling {
+                "controlling"
+            } else {
+                "controlled"
+            }
         );
         self.ice_failed = false;
         self.ice = Some(Agent::new(AgentConfig {
@@ -349,7 +356,11 @@ impl MediaSession {
         };
         agent.handle_timeout(now);
         while let Some(t) = agent.poll_transmit() {
-            let via = if t.component == 1 { Via::Rtp } else { Via::Rtcp };
+            let via = if t.component == 1 {
+                Via::Rtp
+            } else {
+                Via::Rtcp
+            };
             self.transmits.push_back(Transmit {
                 via,
                 to: t.to,
@@ -366,7 +377,10 @@ impl MediaSession {
             None if failed && !self.ice_failed => {
                 self.ice_failed = true;
                 let remote = self.negotiated.as_ref().and_then(|n| n.remote);
-                tracing::warn!(call = self.id, "ICE: every pair failed; media to the SDP address {remote:?}");
+                tracing::warn!(
+                    call = self.id,
+                    "ICE: every pair failed; media to the SDP address {remote:?}"
+                );
                 self.target = remote;
             }
             _ => {}

@@ -772,7 +772,11 @@ impl Agent {
                     pair.nominated = true;
                     tracing::info!(
                         "ICE: {} {} (component {})",
-                        if self.controlling { "nominated" } else { "the peer nominated" },
+                        if self.controlling {
+                            "nominated"
+                        } else {
+                            "the peer nominated"
+                        },
                         pair.remote,
                         pair.component
                     );
