@@ -313,3 +313,38 @@ def test_ice_across_two_nats_with_baresip_both_ways(ice_world, make_phone, tmp_p
           "baresip heard the phone (incoming, ICE)")
     heard(ph.out_path, TONE_PEER, ICE_CALL_SECONDS - ICE_ALLOWANCE,
           "the phone heard baresip (incoming, ICE)")
+
+
+def test_two_phones_behind_two_nats_hear_each_other_with_ice(
+        internet, make_phone, tmp_path):
+    """Two of our phones, each behind its NAT, both with ICE=1 (the issue's "two
+    phones behind two NATs get audio with ICE"): each offers or answers its host
+    and server-reflexive candidates, the caller nominates, the callee accepts it,
+    media goes to the selected pair, and both hear the other's tone."""
+    world, kam, stun = internet
+    a = home_phone(make_phone, world, kam, tmp_path, 0, "1001", TONE_US,
+                   enableSTUN=1, STUN=stun.address, account_keys={"ICE": 1})
+    b = home_phone(make_phone, world, kam, tmp_path, 1, "1003", TONE_PEER,
+                   enableSTUN=1, STUN=stun.address, account_keys={"ICE": 1})
+    rc, out, err = a.cmd("dial", "1003")
+    assert rc == 0, (out, err)
+    cid = int(out.strip())
+    wait_event(a, "call.confirmed", pred=lambda e: e.get("call") == cid)
+    inc = wait_event(b, "call.incoming")
+    invite = next(m for m in a.trace_messages() if m.sent and m.method == "INVITE" and m.body)
+    answer = [m for m in b.trace_messages() if m.sent and m.code == 200 and "m=audio" in m.body]
+    assert answer, b.trace_text()[-2000:]
+    for body, home in ((invite.body, world.homes[0]), (answer[-1].body, world.homes[1])):
+        lines = ice_lines(body)
+        assert lines["ufrag"] and lines["pwd"], body
+        assert {(c["type"], c["ip"]) for c in lines["candidates"]} == \
+            {("host", home.ip), ("srflx", home.public_ip)}, body
+    time.sleep(CALL_SECONDS)
+    a.cmd("hangup", str(cid))
+    wait_event(a, "call.ended", pred=lambda e: e.get("call") == cid)
+    wait_event(b, "call.ended", pred=lambda e: e.get("call") == inc["call"])
+    assert re.search(r"ICE: nominated 203\.0\.113\.12:\d+", a.stderr_text()), a.stderr_text()[-2000:]
+    assert re.search(r"ICE: the peer nominated 203\.0\.113\.11:\d+", b.stderr_text()), \
+        b.stderr_text()[-2000:]
+    heard(a.out_path, TONE_PEER, CALL_SECONDS, "phone A heard phone B across two NATs (ICE)")
+    heard(b.out_path, TONE_US, CALL_SECONDS, "phone B heard phone A across two NATs (ICE)")
