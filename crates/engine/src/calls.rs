@@ -517,12 +517,21 @@ impl Core {
 
     /// The call's ICE (the account's `ICE=1`): fresh credentials and tie-breaker,
     /// the RTP socket's host candidate on `local_ip`, and its server-reflexive one
-    /// when STUN answered. One component: our ICE offers carry `a=rtcp-mux`.
+    /// when STUN answered; the same for the RTCP socket as component 2 (used only
+    /// with a peer that does not take the `a=rtcp-mux` we offer).
     fn local_ice(&mut self, opened: OpenedMedia, local_ip: std::net::IpAddr) -> LocalIce {
         let host = std::net::SocketAddr::new(local_ip, opened.port);
         let mut candidates = vec![Candidate::host(1, host)];
         if let Some(public) = opened.public.filter(|p| *p != host) {
             candidates.push(Candidate::server_reflexive(1, public, host));
+        }
+        // RTCP as component 2, for a peer that does not multiplex it.
+        if let Some(port) = opened.rtcp_port {
+            let host = std::net::SocketAddr::new(local_ip, port);
+            candidates.push(Candidate::host(2, host));
+            if let Some(public) = opened.rtcp_public.filter(|p| *p != host) {
+                candidates.push(Candidate::server_reflexive(2, public, host));
+            }
         }
         LocalIce {
             credentials: Credentials::from_random([

@@ -325,6 +325,7 @@ pub async fn start(
         stun_servers.insert(0, first);
     }
     media.set_stun_servers(stun_servers);
+    media.set_rtcp_discovery(setup.config.accounts.iter().any(|a| a.active && a.ice));
     let sip_public = sip.public_udp();
     // Calls we answer carry the public Contact of the default account (or of the
     // first that has one).
@@ -1180,7 +1181,12 @@ fn run_media(
             };
             Some(Done::MediaOpened(
                 result
-                    .map(|(port, public)| OpenedMedia { port, public })
+                    .map(|o| OpenedMedia {
+                        port: o.port,
+                        public: o.public,
+                        rtcp_port: o.rtcp_port,
+                        rtcp_public: o.rtcp_public,
+                    })
                     .map_err(|e| failure_of(&e)),
             ))
         }

@@ -41,6 +41,7 @@ mod test_signal;
 pub use audio::{AudioError, AudioSink, AudioSource, AudioSpec, FRAME_SAMPLES};
 pub use engine::{
     DtmfMode, EventSink, Levels, MediaConfig, MediaEngine, MediaError, MediaEvent, MediaStats,
+    OpenedPorts,
 };
 pub use recorder::{PlayEnd, RecordingStatus};
 pub use sdp::{

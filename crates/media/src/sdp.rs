@@ -23,7 +23,8 @@
 //!
 //! ICE (RFC 8839) is negotiated here too, by [`LocalMedia::ice`]: with it, our
 //! offers and answers carry `a=ice-ufrag`, `a=ice-pwd`, one `a=candidate` line per
-//! candidate and (offers) `a=rtcp-mux`; the peer's are read at session or media
+//! candidate (RTP as component 1, RTCP as 2 unless RTCP is multiplexed) and
+//! (offers) `a=rtcp-mux`; the peer's are read at session or media
 //! level, and [`Negotiated::ice`] holds both sides' (our role: the offerer
 //! controls, or whoever faces an `a=ice-lite` peer). ICE lines in an offer to a
 //! phone without ICE are ignored (plain RFC 3264), and our offer's ICE lines
@@ -965,12 +966,25 @@ pub fn offer(local: &LocalMedia) -> String {
         }
     }
     if let Some(ice) = &local.ice {
-        // One component: RTCP shares the RTP port (RFC 5761) when ICE runs.
+        // RTCP on the RTP port (RFC 5761) is offered with ICE: one component if
+        // the peer takes it; RTCP's own candidates (component 2) for one that
+        // does not.
         out.push_str("a=rtcp-mux\r\n");
         write_ice(&mut out, ice);
     }
     let _ = write!(out, "a=ptime:20\r\na={}\r\n", local.direction);
     out
+}
+
+impl LocalIce {
+    /// Ours for a stream that multiplexes RTCP (`mux`: component 1 only) or not.
+    fn for_stream(&self, mux: bool) -> LocalIce {
+        let mut ice = self.clone();
+        if mux {
+            ice.candidates.retain(|c| c.component == 1);
+        }
+        ice
+    }
 }
 
 /// Our ICE lines (RFC 8839 section 5): credentials and candidates.
@@ -1128,7 +1142,7 @@ pub fn answer(offer: &SessionDesc, local: &LocalMedia) -> Result<(String, Negoti
             // ICE when both do it; the full agent facing a lite one controls.
             let ice = local.ice.as_ref().zip(offer.ice_of(m)).map(
                 |(ours, (remote, remote_candidates))| IceParams {
-                    local: ours.clone(),
+                    local: ours.for_stream(m.rtcp_mux),
                     remote,
                     remote_candidates,
                     controlling: offer.ice_lite,
@@ -1300,7 +1314,7 @@ pub fn accept_answer(answer: &SessionDesc, local: &LocalMedia) -> Result<Negotia
             .as_ref()
             .zip(answer.ice_of(m))
             .map(|(ours, (remote, remote_candidates))| IceParams {
-                local: ours.clone(),
+                local: ours.for_stream(m.rtcp_mux),
                 remote,
                 remote_candidates,
                 controlling: true,

@@ -369,6 +369,14 @@ impl MediaSession {
         }
         let selected = agent.selected(1);
         let failed = agent.state() == ice::State::Failed;
+        if let Some(to) = agent.selected(2) {
+            // RTCP not multiplexed: component 2's pair.
+            if self.rtcp_target != Some(to) {
+                tracing::info!(call = self.id, "ICE: RTCP to {to}");
+                self.rtcp_target = Some(to);
+                self.rtcp_latched = true;
+            }
+        }
         match selected {
             Some(to) if self.target != Some(to) => {
                 tracing::info!(call = self.id, "ICE: media to {to}");
