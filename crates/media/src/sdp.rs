@@ -2320,6 +2320,45 @@ a=rtcp-mux\r\n";
     }
 
     #[test]
+    fn rtcp_gets_its_own_candidates_only_when_it_is_not_multiplexed() {
+        let rtcp_base: SocketAddr = "10.0.1.2:4001".parse().unwrap();
+        let mut local = with_ice();
+        if let Some(ice) = local.ice.as_mut() {
+            ice.candidates.push(Candidate::host(2, rtcp_base));
+        }
+        // Offered: both components (the answerer may not take rtcp-mux).
+        assert!(offer(&local).contains(" 2 UDP 2130706430 10.0.1.2 4001 typ host\r\n"));
+        // Answering a multiplexing offer: component 1 only, in the text and the agent.
+        let (text, n) = answer(&parse(BARESIP_ICE).unwrap(), &local).unwrap();
+        assert!(!text.contains(" 2 UDP "), "{text}");
+        assert!(n
+            .ice
+            .unwrap()
+            .local
+            .candidates
+            .iter()
+            .all(|c| c.component == 1));
+        // Answering one that does not multiplex: RTCP's candidate too.
+        let no_mux = parse(&BARESIP_ICE.replace("a=rtcp-mux\r\n", "")).unwrap();
+        let (text, n) = answer(&no_mux, &local).unwrap();
+        assert!(
+            text.contains(" 2 UDP 2130706430 10.0.1.2 4001 typ host\r\n"),
+            "{text}"
+        );
+        assert!(!n.rtcp_mux);
+        assert_eq!(n.ice.unwrap().local.candidates.len(), 3);
+        // Our offer answered with rtcp-mux: the agent runs component 1 only.
+        let n = accept_answer(&parse(BARESIP_ICE).unwrap(), &local).unwrap();
+        assert!(n
+            .ice
+            .unwrap()
+            .local
+            .candidates
+            .iter()
+            .all(|c| c.component == 1));
+    }
+
+    #[test]
     fn an_answer_with_ice_makes_us_controlling_and_one_without_turns_it_off() {
         let n = accept_answer(&parse(BARESIP_ICE).unwrap(), &with_ice()).unwrap();
         let ice = n.ice.unwrap();
