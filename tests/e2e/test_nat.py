@@ -363,3 +363,33 @@ def test_two_phones_behind_two_nats_hear_each_other_with_ice(
         b.stderr_text()[-2000:]
     heard(a.out_path, TONE_PEER, CALL_SECONDS, "phone A heard phone B across two NATs (ICE)")
     heard(b.out_path, TONE_US, CALL_SECONDS, "phone B heard phone A across two NATs (ICE)")
+
+
+def test_an_ice_phone_calling_a_peer_without_ice_falls_back_to_plain_rtp(
+        internet, make_phone, make_baresip, tmp_path):
+    """ICE=1 on our phone, baresip without ICE in the internet: our offer carries
+    ICE lines and a=rtcp-mux, baresip's answer neither, so no agent runs and the
+    call is an ordinary one (media to the answer's c=/m=), tones both ways."""
+    world, kam, stun = internet
+    bs = make_baresip(kam, "1002", tone=TONE_PEER, host=world.internet_ip)
+    ph = home_phone(make_phone, world, kam, tmp_path, enableSTUN=1, STUN=stun.address,
+                    account_keys={"ICE": 1})
+    rc, out, err = ph.cmd("dial", "1002")
+    assert rc == 0, (out, err)
+    cid = int(out.strip())
+    est = bs.wait_event("CALL_ESTABLISHED")
+    wait_event(ph, "call.confirmed", pred=lambda e: e.get("call") == cid)
+    invite = next(m for m in ph.trace_messages() if m.sent and m.method == "INVITE" and m.body)
+    assert ice_lines(invite.body)["candidates"], invite.body
+    answer = next(m for m in ph.trace_messages() if not m.sent and m.code == 200 and m.body)
+    assert not ice_lines(answer.body)["ufrag"], answer.body
+    time.sleep(CALL_SECONDS)
+    ph.cmd("hangup", str(cid))
+    closed = bs.wait_event("CALL_CLOSED")
+    wait_event(ph, "call.ended", pred=lambda e: e.get("call") == cid)
+    log = ph.stderr_text()
+    assert "ICE:" not in log, log[-2000:]
+    assert "after the answer (no ICE)" in log, log[-2000:]
+    _, dec = bs.recordings()
+    heard(dec, TONE_US, closed["_t"] - est["_t"], "baresip (no ICE) heard the ICE phone")
+    heard(ph.out_path, TONE_PEER, CALL_SECONDS, "the ICE phone heard baresip (no ICE)")
