@@ -533,13 +533,18 @@ impl Core {
                 candidates.push(Candidate::server_reflexive(2, public, host));
             }
         }
+        // The password guards the checks: from the secure source, as SRTP keys.
+        let mut words = [self.random(), self.random(), self.random(), self.random()];
+        let mut bytes = [0u8; 32];
+        if microsip_media::srtp::secure_random(&mut bytes).is_ok() {
+            for (w, chunk) in words.iter_mut().zip(bytes.chunks_exact(8)) {
+                let mut b = [0u8; 8];
+                b.copy_from_slice(chunk);
+                *w = u64::from_le_bytes(b);
+            }
+        }
         LocalIce {
-            credentials: Credentials::from_random([
-                self.random(),
-                self.random(),
-                self.random(),
-                self.random(),
-            ]),
+            credentials: Credentials::from_random(words),
             candidates,
             tie_breaker: self.random(),
         }
