@@ -393,3 +393,39 @@ def test_an_ice_phone_calling_a_peer_without_ice_falls_back_to_plain_rtp(
     _, dec = bs.recordings()
     heard(dec, TONE_US, closed["_t"] - est["_t"], "baresip (no ICE) heard the ICE phone")
     heard(ph.out_path, TONE_PEER, CALL_SECONDS, "the ICE phone heard baresip (no ICE)")
+
+
+def test_ice_survives_hold_and_resume(internet, make_phone, tmp_path):
+    """Two ICE phones behind two NATs; A holds and resumes (two re-INVITEs with
+    the same ICE credentials): the agents are kept (no restart, no new checks
+    needed) and the tones are heard again after the resume."""
+    world, kam, stun = internet
+    a = home_phone(make_phone, world, kam, tmp_path, 0, "1001", TONE_US,
+                   enableSTUN=1, STUN=stun.address, account_keys={"ICE": 1})
+    b = home_phone(make_phone, world, kam, tmp_path, 1, "1003", TONE_PEER,
+                   enableSTUN=1, STUN=stun.address, account_keys={"ICE": 1})
+    rc, out, err = a.cmd("dial", "1003")
+    assert rc == 0, (out, err)
+    cid = int(out.strip())
+    wait_event(a, "call.confirmed", pred=lambda e: e.get("call") == cid)
+    inc = wait_event(b, "call.incoming")
+    time.sleep(2)
+    rc, out, err = a.cmd("hold")
+    assert rc == 0 and f"call {cid} held" in out, (out, err)
+    time.sleep(1)
+    rc, out, err = a.cmd("hold", "off")
+    assert rc == 0 and f"call {cid} resumed" in out, (out, err)
+    time.sleep(4)
+    a.cmd("hangup", str(cid))
+    wait_event(a, "call.ended", pred=lambda e: e.get("call") == cid)
+    wait_event(b, "call.ended", pred=lambda e: e.get("call") == inc["call"])
+    for ph in (a, b):
+        log = ph.stderr_text()
+        assert len(re.findall(r"ICE: \d+ local and \d+ remote candidates", log)) == 1, log[-3000:]
+    reinvites = [m for m in a.trace_messages() if m.sent and m.method == "INVITE" and m.body]
+    assert len(reinvites) >= 3, [m.first_line for m in reinvites]  # (the first twice: 407)
+    assert len({ice_lines(m.body)["ufrag"] for m in reinvites}) == 1
+    # 2 s before the hold and 4 s after the resume: at least 80 % of 6 s each way.
+    for path, freq, what in ((a.out_path, TONE_PEER, "A heard B"), (b.out_path, TONE_US, "B heard A")):
+        secs = audio.tone_seconds(path, freq)
+        assert secs >= 0.8 * 6, f"{what}: {secs:.2f}s\n" + audio.describe(path, freq)
