@@ -35,7 +35,7 @@ use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
 
-use microsip_nat::ice::{Candidate, Credentials};
+pub use microsip_nat::ice::{Candidate, Credentials};
 
 use crate::srtp::{Crypto, MasterKey, SrtpParams, Suite};
 
