@@ -40,8 +40,14 @@ fn local(flags: u8) -> LocalMedia {
         ice: (flags.count_ones() % 2 == 1).then(|| LocalIce {
             credentials: Credentials::from_random([1, 2, 3, 4]),
             candidates: vec![
-                Candidate::host(1, "192.0.2.7:4000".parse().unwrap_or(([0, 0, 0, 0], 0).into())),
-                Candidate::host(2, "192.0.2.7:4001".parse().unwrap_or(([0, 0, 0, 0], 0).into())),
+                Candidate::host(
+                    1,
+                    "192.0.2.7:4000".parse().unwrap_or(([0, 0, 0, 0], 0).into()),
+                ),
+                Candidate::host(
+                    2,
+                    "192.0.2.7:4001".parse().unwrap_or(([0, 0, 0, 0], 0).into()),
+                ),
             ],
             tie_breaker: 7,
         }),
