@@ -13,7 +13,12 @@ and one with it off, in the same run:
   (200 + ACK), over BENCH_CALLS calls (default 10), p50 / p90. With STUN on each
   call's RTP socket asks the STUN server before the INVITE goes.
 
-ICE is not measured: it is not implemented (ICE=1 is refused with a warning).
+- ICE (two homes, two NATs): the time from the answer (the 200 OK received by
+  the caller, sent by the callee) to the first RTP packet sent, as each phone
+  logs it ("first RTP packet to ..., N ms after the answer (ICE|no ICE)"): two
+  of our phones with STUN only (RTP goes at once to the SDP address) against the
+  same two with ICE=1 (RTP goes once a pair is valid), and our phone (ICE) with
+  baresip's ice module in the other home (BENCH_ICE_CALLS calls each, default 5).
 
 Run as root (namespaces): MICROSIP_BIN=target/release/microsip python3 bench/nat.py
 (default binary: target/release/microsip, else target/debug/microsip).
@@ -37,7 +42,9 @@ import peers  # noqa: E402
 from peers import account, ini  # noqa: E402
 
 CALLS = int(os.environ.get("BENCH_CALLS", "10"))
-USERS = {"1001": "p;w#1005", "1002": "secret2"}
+ICE_CALLS = int(os.environ.get("BENCH_ICE_CALLS", "5"))
+USERS = {"1001": "p;w#1005", "1002": "secret2", "1003": "secret3"}
+FIRST_RTP = re.compile(r"first RTP packet to \S+, (\d+) ms after the answer \((ICE|no ICE)\)")
 
 
 def pick_binary() -> None:
@@ -91,6 +98,79 @@ def run_phone(tmp: Path, world, kam, stun, use_stun: bool) -> dict:
                 stun_rtp=stun_rtp)
 
 
+def first_rtp_ms(ph: peers.Phone, ice: bool) -> list[float]:
+    """The phone's logged delays from the answer to its first RTP packet."""
+    return [float(ms) for ms, kind in FIRST_RTP.findall(ph.stderr_text())
+            if (kind == "ICE") == ice]
+
+
+def home_phone(tmp: Path, name: str, home, kam, stun, user: str, ice: bool) -> peers.Phone:
+    acc = account(kam.address, user, USERS[user], domain=netns.INTERNET_IP,
+                  **({"ICE": 1} if ice else {}))
+    ph = peers.Phone(tmp / name, ini=ini(acc, audioInputDevice="null",
+                                         audioOutputDevice="null", autoAnswer="all",
+                                         autoAnswerDelay=0, enableSTUN=1,
+                                         STUN=stun.address),
+                     prefix=home.prefix)
+    ph.start()
+    ph.events().wait_state(1, "registered", 30, codes={200})
+    return ph
+
+
+def call_and_hang_up(caller: peers.Phone, number: str, seconds: float = 1.0) -> None:
+    ev = caller.events()
+    reply = caller.request("dial", number, timeout=20)
+    if not reply.get("ok"):
+        raise SystemExit(f"dial failed: {reply}")
+    data = reply.get("data")
+    cid = data.get("call") if isinstance(data, dict) else int(str(reply.get("text")).strip())
+    ev.wait_for("call.confirmed", timeout=20, pred=lambda e: e.get("call") == cid)
+    time.sleep(seconds)
+    caller.request("hangup", str(cid), timeout=20)
+    ev.wait_for("call.ended", timeout=20, pred=lambda e: e.get("call") == cid)
+
+
+def ice_numbers(tmp: Path) -> dict:
+    """Answer -> first RTP packet across two NATs: STUN only vs ICE, phone to
+    phone, and phone (ICE) to baresip (ice module)."""
+    out: dict[str, list[float]] = {}
+    with netns.nat_world(homes=2) as world:
+        try:
+            h1, h2 = world.homes
+            kam = peers.Kamailio(tmp / "kam2", users=USERS, host=world.internet_ip,
+                                 nat_helper=True).start()
+            stun = peers.StunServer(tmp / "stun2", host=world.internet_ip).start()
+            for ice in (False, True):
+                label = "ICE" if ice else "STUN only"
+                a = home_phone(tmp, f"a-{label}", h1, kam, stun, "1001", ice)
+                b = home_phone(tmp, f"b-{label}", h2, kam, stun, "1003", ice)
+                for _ in range(ICE_CALLS):
+                    call_and_hang_up(a, "1003", 2.0 if ice else 1.0)
+                out[f"phone->phone {label}: caller"] = first_rtp_ms(a, ice)
+                out[f"phone->phone {label}: callee"] = first_rtp_ms(b, ice)
+                a.cleanup()
+                b.cleanup()
+            bs = peers.Baresip(
+                tmp, "1002", USERS["1002"], kamailio=kam, host=h2.ip,
+                registrar_ip=world.internet_ip, prefix=h2.prefix,
+                netns_path=f"/var/run/netns/{h2.name}", modules=("g711", "ice"),
+                account_extra=f';medianat=ice;stunserver="stun:{stun.address}"',
+                extra_config="rtcp_mux\t\tyes\n").start()
+            a = home_phone(tmp, "a-bs", h1, kam, stun, "1001", True)
+            for _ in range(ICE_CALLS):
+                call_and_hang_up(a, "1002", 4.0)
+            out["phone->baresip ICE: caller"] = first_rtp_ms(a, True)
+            del bs
+        finally:
+            for obj in sorted(peers.LIVE, key=lambda o: 0 if isinstance(o, peers.Phone) else 1):
+                try:
+                    obj.cleanup()
+                except Exception as e:  # noqa: BLE001 - keep cleaning up
+                    print(f"cleanup {type(obj).__name__}: {e}", file=sys.stderr)
+            peers.LIVE.clear()
+    return out
+
+
 def main() -> None:
     pick_binary()
     why = netns.nat_available()
@@ -122,6 +202,11 @@ def main() -> None:
                   f"p50 {pct(r['stun_rtp'], .5):.2f} ms max {max(r['stun_rtp'] or [0]):.2f} ms "
                   f"({len(r['stun_rtp'])} calls)")
     del bs
+    ice = ice_numbers(tmp)
+    print(f"answer -> first RTP packet sent, two homes behind two NATs ({ICE_CALLS} calls each)")
+    for name, values in ice.items():
+        print(f"  {name:34s} p50 {pct(values, .5):7.1f} ms  max {max(values or [float('nan')]):7.1f} ms"
+              f"  ({len(values)} calls)")
 
 
 if __name__ == "__main__":

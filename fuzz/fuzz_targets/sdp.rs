@@ -6,6 +6,7 @@
 use std::net::{IpAddr, Ipv4Addr};
 
 use libfuzzer_sys::fuzz_target;
+use microsip_media::sdp::{Candidate, Credentials, LocalIce};
 use microsip_media::srtp::MasterKey;
 use microsip_media::{accept_answer, answer, parse_sdp, Codec, Direction, LocalMedia, LocalSrtp};
 
@@ -34,6 +35,21 @@ fn local(flags: u8) -> LocalMedia {
         srtp: (flags % 3 != 0).then(|| LocalSrtp {
             mandatory: flags % 3 == 2,
             key: MasterKey::from_bytes([7; 30]),
+        }),
+        // ICE on for an odd number of set bits (host candidates for RTP and RTCP).
+        ice: (flags.count_ones() % 2 == 1).then(|| LocalIce {
+            credentials: Credentials::from_random([1, 2, 3, 4]),
+            candidates: vec![
+                Candidate::host(
+                    1,
+                    "192.0.2.7:4000".parse().unwrap_or(([0, 0, 0, 0], 0).into()),
+                ),
+                Candidate::host(
+                    2,
+                    "192.0.2.7:4001".parse().unwrap_or(([0, 0, 0, 0], 0).into()),
+                ),
+            ],
+            tie_breaker: 7,
         }),
     }
 }

@@ -342,11 +342,15 @@ class Kamailio:
                  presence_server: str | None = None, presence_module: bool = False,
                  tls_cert: Path | None = None, tls_key: Path | None = None,
                  tls_port: int | None = None, ip: str = LOOPBACK,
-                 host: str | None = None, prefix: Iterable[str] = ()):
+                 host: str | None = None, prefix: Iterable[str] = (),
+                 nat_helper: bool = False):
         # ip (or host, the same): the address it listens on (UDP and TCP) and is known
         # as: 127.0.0.1, "::1" for IPv6, another inside a test's namespaces
         # (netns.nat_world). prefix: a command it runs under (e.g. `ip netns exec
-        # NAME`); none by default.
+        # NAME`); none by default. nat_helper: Kamailio's nathelper for UAs behind a
+        # NAT that do not know it (their private Contact is replaced by the source
+        # address; see kamailio.cfg WITH_NATHELPER); off by default.
+        self.nat_helper = nat_helper
         self.ip = host or ip
         self.prefix = list(prefix)
         self.workdir = Path(workdir)
@@ -445,6 +449,7 @@ class Kamailio:
                 [*self.prefix, self.kamailio, "-f", str(self.cfg), "-P", str(self.pidfile),
                  "-Y", str(self.rundir), "-m", "64", "-M", "8", "-DD", "-E",
                  *(["-A", "WITH_PRESENCE"] if self.presence_module else []),
+                 *(["-A", "WITH_NATHELPER"] if self.nat_helper else []),
                  *(["-A", "WITH_TLS"] if self.tls_cert else [])],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                 start_new_session=True, cwd=str(self.workdir),
@@ -1318,11 +1323,18 @@ class Baresip:
                  sip_trace: bool = True, register: bool = True, outbound: bool = True,
                  max_calls: int = 8, message_peer: str | None = None,
                  ip: str | None = None, host: str | None = None,
-                 prefix: Iterable[str] = (), mediaenc: str | None = None):
+                 prefix: Iterable[str] = (), mediaenc: str | None = None,
+                 registrar_ip: str | None = None, netns_path: str | None = None):
         # ip (or host, the same): where it listens (SIP, RTP) and registers: the
         # Kamailio's by default; ctrl_tcp stays on 127.0.0.1 of the namespace it runs
-        # in. prefix: a command it runs under; none by default.
+        # in. prefix: a command it runs under; none by default. registrar_ip: the
+        # registrar's address (AOR domain and outbound proxy) when it is not ip (a
+        # baresip in a NATed home: ip its private address). netns_path: the network
+        # namespace it runs in (/var/run/netns/NAME), when not the test's: ctrl_tcp
+        # is reached from inside it.
         self.ip = host or ip or (kamailio.ip if kamailio else LOOPBACK)
+        self.registrar_ip = registrar_ip or self.ip
+        self.netns_path = netns_path
         self.prefix = list(prefix)
         if not re.fullmatch(r"[A-Za-z0-9_.+-]+", user):
             raise ValueError(f"user name {user!r} not supported")
@@ -1376,7 +1388,7 @@ class Baresip:
     @property
     def aor(self) -> str:
         """The address of record as callers use it (no port)."""
-        return f"sip:{self.user}@{uri_host(self.ip)}"
+        return f"sip:{self.user}@{uri_host(self.registrar_ip)}"
 
     @property
     def contact_uri(self) -> str:
@@ -1388,11 +1400,11 @@ class Baresip:
         # goes through the registrar as outbound proxy (preloaded Route, which
         # kamailio.cfg consumes), so baresip can also call a bare
         # sip:USER@127.0.0.1 given in a REFER.
-        line = (f"<sip:{self.user}@{uri_host(self.ip)};transport=udp>"
+        line = (f"<sip:{self.user}@{uri_host(self.registrar_ip)};transport=udp>"
                 f";auth_pass={self.password};answermode={self.answermode}"
                 f";audio_codecs={self.codecs};regint={600 if self.register else 0}")
         if self.outbound:
-            line += (f";outbound=\"sip:{host_port(self.ip, self.registrar_port)}"
+            line += (f";outbound=\"sip:{host_port(self.registrar_ip, self.registrar_port)}"
                      f";transport=udp\"")
         if self.mediaenc:
             line += f";mediaenc={self.mediaenc}"
@@ -1457,6 +1469,10 @@ class Baresip:
                 raise AssertionError(f"baresip exited with {self.proc.returncode}:\n"
                                      f"{tail(self.log, 40)}")
             try:
+                if self.netns_path:
+                    import netns  # local import: only for a baresip in another namespace
+                    with netns.entered(self.netns_path):
+                        return socket.create_connection((LOOPBACK, self.ctrl_port), timeout=1)
                 return socket.create_connection((LOOPBACK, self.ctrl_port), timeout=1)
             except OSError:
                 return None

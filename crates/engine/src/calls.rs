@@ -7,9 +7,10 @@
 use std::time::{Duration, Instant};
 
 use microsip_config::{Account, Srtp};
-use microsip_media::sdp::{self, Direction, LocalMedia, LocalSrtp, Negotiated, SdpError};
+use microsip_media::sdp::{self, Direction, LocalIce, LocalMedia, LocalSrtp, Negotiated, SdpError};
 use microsip_media::srtp::MasterKey;
 use microsip_media::AudioSpec;
+use microsip_nat::ice::{Candidate, Credentials};
 use microsip_sip::{CallerAccount, EndedBy, IncomingInvite, LegId, Refresher, SessionTimerAsk};
 use serde_json::{json, Value};
 use tracing::{debug, info, warn};
@@ -475,6 +476,7 @@ impl Core {
             prefer_own_order: false,
             offer_first_only: false,
             srtp,
+            ice: None,
         };
         match sdp::answer(&offer, &check) {
             Err(e @ (SdpError::SrtpRequired | SdpError::SrtpNotEnabled)) => Some(e.to_string()),
@@ -489,6 +491,7 @@ impl Core {
         local_ip: std::net::IpAddr,
     ) -> Result<LocalMedia, String> {
         let srtp = Self::local_srtp(account, true)?;
+        let ice = account.ice.then(|| self.local_ice(opened, local_ip));
         let (ip, port) = self.media_addr(account, opened, local_ip);
         let session_id = self.random();
         let mut codecs: Vec<sdp::Codec> = self
@@ -518,7 +521,43 @@ impl Core {
             // and offers carry only the first codec ("send only the first codec").
             offer_first_only: self.config.settings.force_codec,
             srtp,
+            ice,
         })
+    }
+
+    /// The call's ICE (the account's `ICE=1`): fresh credentials and tie-breaker,
+    /// the RTP socket's host candidate on `local_ip`, and its server-reflexive one
+    /// when STUN answered; the same for the RTCP socket as component 2 (used only
+    /// with a peer that does not take the `a=rtcp-mux` we offer).
+    fn local_ice(&mut self, opened: OpenedMedia, local_ip: std::net::IpAddr) -> LocalIce {
+        let host = std::net::SocketAddr::new(local_ip, opened.port);
+        let mut candidates = vec![Candidate::host(1, host)];
+        if let Some(public) = opened.public.filter(|p| *p != host) {
+            candidates.push(Candidate::server_reflexive(1, public, host));
+        }
+        // RTCP as component 2, for a peer that does not multiplex it.
+        if let Some(port) = opened.rtcp_port {
+            let host = std::net::SocketAddr::new(local_ip, port);
+            candidates.push(Candidate::host(2, host));
+            if let Some(public) = opened.rtcp_public.filter(|p| *p != host) {
+                candidates.push(Candidate::server_reflexive(2, public, host));
+            }
+        }
+        // The password guards the checks: from the secure source, as SRTP keys.
+        let mut words = [self.random(), self.random(), self.random(), self.random()];
+        let mut bytes = [0u8; 32];
+        if microsip_media::srtp::secure_random(&mut bytes).is_ok() {
+            for (w, chunk) in words.iter_mut().zip(bytes.chunks_exact(8)) {
+                let mut b = [0u8; 8];
+                b.copy_from_slice(chunk);
+                *w = u64::from_le_bytes(b);
+            }
+        }
+        LocalIce {
+            credentials: Credentials::from_random(words),
+            candidates,
+            tie_breaker: self.random(),
+        }
     }
 
     /// Opens the call's media on `bind` (`None`: the engine's address); `then`

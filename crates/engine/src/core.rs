@@ -434,13 +434,6 @@ impl Core {
                     self.sip_public,
                 ),
             ) {
-                if account.ice {
-                    warn!(
-                        "account {}: ICE is not supported yet (ICE=1 ignored); calls offer \
-                         one address: publicAddr, the STUN-learned one, or the local one",
-                        account.number
-                    );
-                }
                 registers = true;
                 self.sip(SipAction::StartRegistration(Box::new(rc)));
             }

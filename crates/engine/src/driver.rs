@@ -482,12 +482,24 @@ pub async fn start(
     )
     .map_err(|e| format!("cannot start media: {e}"))?;
     // The server that answered the SIP socket is asked first for each call's RTP.
-    let mut stun_servers = stun_servers;
+    // ICE gathers a server-reflexive candidate from the STUN list even when
+    // enableSTUN is off (the SIP Contact then stays as it is).
+    let mut stun_servers =
+        if stun_servers.is_empty() && setup.config.accounts.iter().any(|a| a.active && a.ice) {
+            let (servers, bad) = microsip_nat::stun::resolve_servers(&setup.config.settings.stun);
+            for b in bad {
+                warn!("STUN server skipped: {b}");
+            }
+            servers
+        } else {
+            stun_servers
+        };
     if let Some(first) = sip.stun_server() {
         stun_servers.retain(|s| *s != first);
         stun_servers.insert(0, first);
     }
     media.set_stun_servers(stun_servers);
+    media.set_rtcp_discovery(setup.config.accounts.iter().any(|a| a.active && a.ice));
     let sip_public = sip.public_udp();
     // Calls we answer carry the public Contact of the default account (or of the
     // first that has one).
@@ -1359,7 +1371,12 @@ fn run_media(
             };
             Some(Done::MediaOpened(
                 result
-                    .map(|(port, public)| OpenedMedia { port, public })
+                    .map(|o| OpenedMedia {
+                        port: o.port,
+                        public: o.public,
+                        rtcp_port: o.rtcp_port,
+                        rtcp_public: o.rtcp_public,
+                    })
                     .map_err(|e| failure_of(&e)),
             ))
         }

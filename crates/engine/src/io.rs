@@ -225,11 +225,20 @@ pub struct OpenedMedia {
     /// The RTP socket's public address as a STUN server saw it (`None`: STUN off,
     /// or no server answered).
     pub public: Option<std::net::SocketAddr>,
+    /// The RTCP port (RTP + 1), when its socket could be bound.
+    pub rtcp_port: Option<u16>,
+    /// The RTCP socket's public address (asked for only when an account has ICE).
+    pub rtcp_public: Option<std::net::SocketAddr>,
 }
 
 impl From<u16> for OpenedMedia {
     fn from(port: u16) -> Self {
-        OpenedMedia { port, public: None }
+        OpenedMedia {
+            port,
+            public: None,
+            rtcp_port: None,
+            rtcp_public: None,
+        }
     }
 }
 

@@ -313,6 +313,22 @@ struct Shared {
     stun: Mutex<Vec<SocketAddr>>,
     /// Stream clients, for listings (those the media thread let go of are pruned).
     streams: Mutex<Vec<Arc<dyn ClientView>>>,
+    /// The RTCP socket's public address is asked for too.
+    rtcp_stun: Mutex<bool>,
+}
+
+/// The sockets [`MediaEngine::open_public`] opened for a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpenedPorts {
+    /// The local RTP port.
+    pub port: u16,
+    /// The RTP socket's public address as a STUN server saw it (`None`: no
+    /// servers set, or none answered).
+    pub public: Option<SocketAddr>,
+    /// The local RTCP port (RTP + 1; `None`: it could not be bound).
+    pub rtcp_port: Option<u16>,
+    /// The RTCP socket's public address (only with [`MediaEngine::set_rtcp_discovery`]).
+    pub rtcp_public: Option<SocketAddr>,
 }
 
 /// How long stopping a recording waits for its file to be finished.
@@ -416,6 +432,7 @@ impl MediaEngine {
             epoch: Instant::now(),
             stun: Mutex::new(Vec::new()),
             streams: Mutex::new(Vec::new()),
+            rtcp_stun: Mutex::new(false),
         });
         let (tx, rx) = mpsc::channel();
         thread::Builder::new()
@@ -458,7 +475,7 @@ impl MediaEngine {
         sink: AudioSpec,
     ) -> Result<u16, MediaError> {
         self.open_public(id, bind, source, sink)
-            .map(|(port, _)| port)
+            .map(|opened| opened.port)
     }
 
     /// The STUN servers asked for the public address of each RTP socket opened from
@@ -467,9 +484,16 @@ impl MediaEngine {
         *lock(&self.shared.stun) = servers;
     }
 
+    /// Whether the RTCP socket's public address is asked for too (ICE gives RTCP
+    /// its own candidates for peers that do not multiplex it); off by default.
+    pub fn set_rtcp_discovery(&self, on: bool) {
+        *lock(&self.shared.rtcp_stun) = on;
+    }
+
     /// [`MediaEngine::open_on`], and the RTP socket's public address as the first
     /// STUN server that answered saw it (`None`: no servers set, or none answered;
-    /// the call goes on with the local address). With STUN on this blocks for the
+    /// the call goes on with the local address), and the RTCP socket's with
+    /// [`MediaEngine::set_rtcp_discovery`]. With STUN on this blocks for the
     /// round trip (at most `stun::PER_SERVER` per silent server).
     pub fn open_public(
         &self,
@@ -477,7 +501,7 @@ impl MediaEngine {
         bind: Option<IpAddr>,
         source: AudioSpec,
         sink: AudioSpec,
-    ) -> Result<(u16, Option<SocketAddr>), MediaError> {
+    ) -> Result<OpenedPorts, MediaError> {
         {
             let sessions = lock(&self.shared.sessions);
             if sessions.contains_key(&id) {
@@ -516,6 +540,23 @@ impl MediaEngine {
                     None
                 }
             }
+        };
+        let rtcp_port = rtcp_socket
+            .as_ref()
+            .and_then(|s| s.local_addr().ok())
+            .map(|a| a.port());
+        let rtcp_public = match (&rtcp_socket, public, *lock(&self.shared.rtcp_stun)) {
+            (Some(rtcp), Some(_), true) => {
+                let servers = lock(&self.shared.stun).clone();
+                match microsip_nat::stun::discover(rtcp, &servers[..servers.len().min(1)]) {
+                    Ok(m) => Some(m.public),
+                    Err(e) => {
+                        tracing::warn!(call = id, "STUN: no public address for RTCP ({e})");
+                        None
+                    }
+                }
+            }
+            _ => None,
         };
         for s in std::iter::once(&socket).chain(rtcp_socket.as_ref()) {
             s.set_nonblocking(true)
@@ -561,7 +602,12 @@ impl MediaEngine {
             socket_error_logged: false,
         };
         match self.request(Request::Add(Box::new(call))) {
-            Ok(()) => Ok((local_port, public)),
+            Ok(()) => Ok(OpenedPorts {
+                port: local_port,
+                public,
+                rtcp_port,
+                rtcp_public,
+            }),
             Err(e) => {
                 lock(&self.shared.sessions).remove(&id);
                 lock(&self.shared.sink_files).remove(&id);

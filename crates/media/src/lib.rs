@@ -43,11 +43,12 @@ mod test_signal;
 pub use audio::{AudioError, AudioSink, AudioSource, AudioSpec, FRAME_SAMPLES};
 pub use engine::{
     DtmfMode, EventSink, Levels, MediaConfig, MediaEngine, MediaError, MediaEvent, MediaStats,
+    OpenedPorts,
 };
 pub use recorder::{PlayEnd, RecordingStatus};
 pub use sdp::{
-    accept_answer, answer, offer, parse as parse_sdp, Codec, Direction, LocalMedia, LocalSrtp,
-    Negotiated, SdpError, SessionDesc,
+    accept_answer, answer, offer, parse as parse_sdp, Codec, Direction, IceParams, LocalIce,
+    LocalMedia, LocalSrtp, Negotiated, SdpError, SessionDesc,
 };
 pub use session::{MediaSession, SessionConfig, TickIo, Transmit, Via};
 pub use stream::{FrameError, StreamClient, StreamInfo, StreamMode, StreamOut, StreamRequest};

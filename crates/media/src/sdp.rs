@@ -20,11 +20,22 @@
 //! effort" form) and take SRTP whenever the other side gives a usable key;
 //! mandatory, we offer `RTP/SAVP` and refuse ([`SdpError::SrtpRequired`]) an offer or
 //! an answer without a usable key. The keys and the crypto are in [`crate::srtp`].
+//!
+//! ICE (RFC 8839) is negotiated here too, by [`LocalMedia::ice`]: with it, our
+//! offers and answers carry `a=ice-ufrag`, `a=ice-pwd`, one `a=candidate` line per
+//! candidate (RTP as component 1, RTCP as 2 unless RTCP is multiplexed) and
+//! (offers) `a=rtcp-mux`; the peer's are read at session or media
+//! level, and [`Negotiated::ice`] holds both sides' (our role: the offerer
+//! controls, or whoever faces an `a=ice-lite` peer). ICE lines in an offer to a
+//! phone without ICE are ignored (plain RFC 3264), and our offer's ICE lines
+//! answered without any mean no ICE. The agent is [`microsip_nat::ice`].
 
 use std::fmt;
 use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
+
+pub use microsip_nat::ice::{Candidate, Credentials};
 
 use crate::srtp::{Crypto, MasterKey, SrtpParams, Suite};
 
@@ -435,6 +446,12 @@ pub struct MediaDesc {
     /// The `a=crypto` lines we can use (SDES, RFC 4568), in the writer's order;
     /// lines with an unknown suite or a bad key are left out.
     pub crypto: Vec<Crypto>,
+    /// Media-level `a=ice-ufrag` (RFC 8839).
+    pub ice_ufrag: Option<String>,
+    /// Media-level `a=ice-pwd`.
+    pub ice_pwd: Option<String>,
+    /// The `a=candidate` lines we can use (UDP, IP literals), in order.
+    pub candidates: Vec<Candidate>,
 }
 
 impl MediaDesc {
@@ -511,6 +528,12 @@ pub struct SessionDesc {
     pub direction: Option<Direction>,
     /// The `m=` sections, in order.
     pub media: Vec<MediaDesc>,
+    /// Session-level `a=ice-ufrag` (RFC 8839).
+    pub ice_ufrag: Option<String>,
+    /// Session-level `a=ice-pwd`.
+    pub ice_pwd: Option<String>,
+    /// `a=ice-lite`: the writer is a lite ICE agent.
+    pub ice_lite: bool,
 }
 
 impl SessionDesc {
@@ -520,6 +543,23 @@ impl SessionDesc {
     pub fn audio_connection(&self) -> Option<IpAddr> {
         let m = self.media.iter().find(|m| m.media == "audio")?;
         self.connection_of(m)
+    }
+
+    /// The ICE credentials and candidates of `m` (media level wins over session
+    /// level); `None` when the writer does not do ICE for it.
+    pub fn ice_of(&self, m: &MediaDesc) -> Option<(Credentials, Vec<Candidate>)> {
+        let ufrag = m.ice_ufrag.as_ref().or(self.ice_ufrag.as_ref())?;
+        let pwd = m.ice_pwd.as_ref().or(self.ice_pwd.as_ref())?;
+        if m.candidates.is_empty() {
+            return None;
+        }
+        Some((
+            Credentials {
+                ufrag: ufrag.clone(),
+                pwd: pwd.clone(),
+            },
+            m.candidates.clone(),
+        ))
     }
 
     /// The address media of `m` goes to (media level wins over session level).
@@ -594,11 +634,16 @@ pub fn parse(text: &str) -> Result<SessionDesc, SdpError> {
                 };
                 match desc.media.last_mut() {
                     Some(m) => apply_media_attribute(m, name, arg),
-                    None => {
-                        if let Some(d) = Direction::from_attribute(name) {
-                            desc.direction = Some(d);
+                    None => match (name, arg) {
+                        ("ice-ufrag", Some(v)) => desc.ice_ufrag = Some(v.to_string()),
+                        ("ice-pwd", Some(v)) => desc.ice_pwd = Some(v.to_string()),
+                        ("ice-lite", _) => desc.ice_lite = true,
+                        _ => {
+                            if let Some(d) = Direction::from_attribute(name) {
+                                desc.direction = Some(d);
+                            }
                         }
-                    }
+                    },
                 }
             }
             _ => {}
@@ -681,6 +726,13 @@ fn apply_media_attribute(m: &mut MediaDesc, name: &str, arg: Option<&str>) {
                 m.crypto.push(c);
             }
         }
+        "ice-ufrag" => m.ice_ufrag = Some(arg.to_string()),
+        "ice-pwd" => m.ice_pwd = Some(arg.to_string()),
+        "candidate" => {
+            if let Some(c) = Candidate::parse(arg) {
+                m.candidates.push(c);
+            }
+        }
         "ptime" => {
             // Some peers write fractional values ("20.0"); keep the whole part.
             let whole = arg.split('.').next().unwrap_or(arg);
@@ -758,6 +810,33 @@ pub struct LocalMedia {
     /// SRTP (SDES) for this call: `None` when off; else our key (drawn once per
     /// call, kept across re-INVITEs) and whether clear RTP is refused.
     pub srtp: Option<LocalSrtp>,
+    /// ICE for this call (the account's `ICE=1`): `None` when off.
+    pub ice: Option<LocalIce>,
+}
+
+/// Our side of ICE for one call (see [`LocalMedia::ice`]): drawn once per call,
+/// kept across re-INVITEs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalIce {
+    /// Our `ice-ufrag` and `ice-pwd`.
+    pub credentials: Credentials,
+    /// Our candidates (host, and server-reflexive when STUN answered).
+    pub candidates: Vec<Candidate>,
+    /// Our tie-breaker for role conflicts (random).
+    pub tie_breaker: u64,
+}
+
+/// What the agent of a call is started with: both sides' ICE and our role.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IceParams {
+    /// Ours (from [`LocalMedia::ice`]).
+    pub local: LocalIce,
+    /// The peer's `ice-ufrag` and `ice-pwd`.
+    pub remote: Credentials,
+    /// The peer's candidates.
+    pub remote_candidates: Vec<Candidate>,
+    /// We control (we offered, or the peer is `ice-lite`).
+    pub controlling: bool,
 }
 
 /// Our side of SDES for one call (see [`LocalMedia::srtp`]).
@@ -798,6 +877,8 @@ pub struct Negotiated {
     pub rtcp_mux: bool,
     /// SRTP, when both sides agreed on a suite and gave keys; `None`: clear RTP.
     pub srtp: Option<SrtpParams>,
+    /// ICE, when both sides do it; `None`: media goes to `remote` as written.
+    pub ice: Option<IceParams>,
 }
 
 impl Negotiated {
@@ -884,8 +965,38 @@ pub fn offer(local: &LocalMedia) -> String {
             write_crypto(&mut out, tag, suite, &srtp.key);
         }
     }
+    if let Some(ice) = &local.ice {
+        // RTCP on the RTP port (RFC 5761) is offered with ICE: one component if
+        // the peer takes it; RTCP's own candidates (component 2) for one that
+        // does not.
+        out.push_str("a=rtcp-mux\r\n");
+        write_ice(&mut out, ice);
+    }
     let _ = write!(out, "a=ptime:20\r\na={}\r\n", local.direction);
     out
+}
+
+impl LocalIce {
+    /// Ours for a stream that multiplexes RTCP (`mux`: component 1 only) or not.
+    fn for_stream(&self, mux: bool) -> LocalIce {
+        let mut ice = self.clone();
+        if mux {
+            ice.candidates.retain(|c| c.component == 1);
+        }
+        ice
+    }
+}
+
+/// Our ICE lines (RFC 8839 section 5): credentials and candidates.
+fn write_ice(out: &mut String, ice: &LocalIce) {
+    let _ = write!(
+        out,
+        "a=ice-ufrag:{}\r\na=ice-pwd:{}\r\n",
+        ice.credentials.ufrag, ice.credentials.pwd
+    );
+    for c in &ice.candidates {
+        let _ = write!(out, "a=candidate:{}\r\n", c.to_sdp());
+    }
 }
 
 /// The tags of our offered `a=crypto` lines: 1, 2... for [`Suite::ALL`].
@@ -1028,6 +1139,15 @@ pub fn answer(offer: &SessionDesc, local: &LocalMedia) -> Result<(String, Negoti
             } else {
                 None
             };
+            // ICE when both do it; the full agent facing a lite one controls.
+            let ice = local.ice.as_ref().zip(offer.ice_of(m)).map(
+                |(ours, (remote, remote_candidates))| IceParams {
+                    local: ours.for_stream(m.rtcp_mux),
+                    remote,
+                    remote_candidates,
+                    controlling: offer.ice_lite,
+                },
+            );
             for (i, other) in offer.media.iter().enumerate() {
                 if i != index {
                     write_rejected(&mut out, other);
@@ -1049,6 +1169,9 @@ pub fn answer(offer: &SessionDesc, local: &LocalMedia) -> Result<(String, Negoti
                 if let (Some(theirs), Some(ours)) = (&crypto, &local.srtp) {
                     write_crypto(&mut out, theirs.tag, theirs.suite, &ours.key);
                 }
+                if let Some(params) = &ice {
+                    write_ice(&mut out, &params.local);
+                }
                 let _ = write!(out, "a=ptime:20\r\na={local_direction}\r\n");
             }
             Negotiated {
@@ -1069,6 +1192,7 @@ pub fn answer(offer: &SessionDesc, local: &LocalMedia) -> Result<(String, Negoti
                         local: ours.key.clone(),
                         remote: theirs.key,
                     }),
+                ice,
             }
         }
         None => {
@@ -1098,6 +1222,7 @@ pub fn answer(offer: &SessionDesc, local: &LocalMedia) -> Result<(String, Negoti
                 rtcp: None,
                 rtcp_mux: false,
                 srtp: None,
+                ice: None,
             }
         }
     };
@@ -1139,6 +1264,7 @@ pub fn accept_answer(answer: &SessionDesc, local: &LocalMedia) -> Result<Negotia
             rtcp: None,
             rtcp_mux: false,
             srtp: None,
+            ice: None,
         });
     }
     let (codec, payload_type) = in_answer_order.ok_or(SdpError::NoCommonCodec)?;
@@ -1178,10 +1304,21 @@ pub fn accept_answer(answer: &SessionDesc, local: &LocalMedia) -> Result<Negotia
         telephone_event: te.map(|(pt, _)| pt),
         telephone_event_rate: te.map_or(8000, |(_, rate)| rate),
         ptime_ms: m.ptime.unwrap_or(20),
-        // We do not offer rtcp-mux; a peer that muxes anyway is followed.
+        // We offer rtcp-mux only with ICE; a peer that muxes anyway is followed.
         rtcp: answer.rtcp_address_of(m, m.rtcp_mux),
         rtcp_mux: m.rtcp_mux,
         srtp,
+        // We offered, so we control (RFC 8445 section 6.1.1).
+        ice: local
+            .ice
+            .as_ref()
+            .zip(answer.ice_of(m))
+            .map(|(ours, (remote, remote_candidates))| IceParams {
+                local: ours.for_stream(m.rtcp_mux),
+                remote,
+                remote_candidates,
+                controlling: true,
+            }),
     })
 }
 
@@ -1202,6 +1339,7 @@ mod tests {
             prefer_own_order: true,
             offer_first_only: false,
             srtp: None,
+            ice: None,
         }
     }
 
@@ -2074,5 +2212,165 @@ a=rtpmap:110 telephone-event/8000\r\n";
             (n.telephone_event, n.telephone_event_rate),
             (Some(101), 8000)
         );
+    }
+
+    fn with_ice() -> LocalMedia {
+        let base: SocketAddr = "10.0.1.2:4000".parse().unwrap();
+        LocalMedia {
+            ip: "203.0.113.11".parse().unwrap(),
+            ice: Some(LocalIce {
+                credentials: Credentials {
+                    ufrag: "ourufrag".into(),
+                    pwd: "our-password-0123456789".into(),
+                },
+                candidates: vec![
+                    Candidate::host(1, base),
+                    Candidate::server_reflexive(1, "203.0.113.11:4000".parse().unwrap(), base),
+                ],
+                tie_breaker: 42,
+            }),
+            ..local()
+        }
+    }
+
+    /// baresip 1.0 with `medianat=ice` and `rtcp_mux yes`: credentials at session
+    /// level, candidates and rtcp-mux at media level.
+    const BARESIP_ICE: &str = "v=0\r\n\
+o=- 3736507464 469263689 IN IP4 10.0.2.2\r\n\
+s=-\r\n\
+c=IN IP4 10.0.2.2\r\n\
+t=0 0\r\n\
+a=ice-ufrag:Z0psPkZ\r\n\
+a=ice-pwd:6VARkAjfN8PlIHA4zdBWTxMiCrhX6KV\r\n\
+m=audio 1070 RTP/AVP 8 0 101\r\n\
+c=IN IP4 203.0.113.12\r\n\
+a=rtpmap:8 PCMA/8000\r\n\
+a=rtpmap:0 PCMU/8000\r\n\
+a=rtpmap:101 telephone-event/8000\r\n\
+a=fmtp:101 0-15\r\n\
+a=sendrecv\r\n\
+a=candidate:0a000202 1 UDP 2113929471 10.0.2.2 1070 typ host\r\n\
+a=candidate:cb00710d 1 UDP 1677721855 203.0.113.12 1070 typ srflx raddr 10.0.2.2 rport 1070\r\n\
+a=rtcp-mux\r\n";
+
+    #[test]
+    fn an_ice_offer_carries_credentials_candidates_and_rtcp_mux() {
+        let text = offer(&with_ice());
+        assert!(text.contains("c=IN IP4 203.0.113.11\r\n"), "{text}");
+        assert!(
+            text.contains("a=ice-ufrag:ourufrag\r\na=ice-pwd:our-password-0123456789\r\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains(" 1 UDP 2130706431 10.0.1.2 4000 typ host\r\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                " 1 UDP 1694498815 203.0.113.11 4000 typ srflx raddr 10.0.1.2 rport 4000\r\n"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("a=rtcp-mux\r\n"), "{text}");
+        // Read back: our own offer is an ICE offer.
+        let parsed = parse(&text).unwrap();
+        let (creds, cands) = parsed.ice_of(&parsed.media[0]).unwrap();
+        assert_eq!(creds.ufrag, "ourufrag");
+        assert_eq!(cands, with_ice().ice.unwrap().candidates);
+        // Without ICE, none of it.
+        let plain = offer(&local());
+        assert!(
+            !plain.contains("ice-") && !plain.contains("candidate") && !plain.contains("rtcp-mux"),
+            "{plain}"
+        );
+    }
+
+    #[test]
+    fn an_ice_offer_is_answered_with_ice_when_we_do_it_and_plainly_when_not() {
+        let offer_desc = parse(BARESIP_ICE).unwrap();
+        let (text, n) = answer(&offer_desc, &with_ice()).unwrap();
+        assert!(text.contains("a=ice-ufrag:ourufrag\r\n"), "{text}");
+        assert!(text.contains("typ srflx"), "{text}");
+        assert!(text.contains("a=rtcp-mux\r\n"), "{text}");
+        let ice = n.ice.unwrap();
+        assert!(!ice.controlling, "the answerer is controlled");
+        assert_eq!(ice.remote.ufrag, "Z0psPkZ");
+        assert_eq!(ice.remote.pwd, "6VARkAjfN8PlIHA4zdBWTxMiCrhX6KV");
+        assert_eq!(ice.remote_candidates.len(), 2);
+        assert_eq!(n.remote, Some("203.0.113.12:1070".parse().unwrap()));
+        assert!(n.rtcp_mux);
+        // ICE=0: an ordinary RFC 3264 answer, no ICE line at all.
+        let (text, n) = answer(&offer_desc, &local()).unwrap();
+        assert!(
+            !text.contains("ice-") && !text.contains("candidate"),
+            "{text}"
+        );
+        assert_eq!(n.ice, None);
+        assert_eq!(n.remote, Some("203.0.113.12:1070".parse().unwrap()));
+        // A lite peer: the full agent controls.
+        let lite = parse(&BARESIP_ICE.replace("t=0 0\r\n", "t=0 0\r\na=ice-lite\r\n")).unwrap();
+        assert!(
+            answer(&lite, &with_ice())
+                .unwrap()
+                .1
+                .ice
+                .unwrap()
+                .controlling
+        );
+    }
+
+    #[test]
+    fn rtcp_gets_its_own_candidates_only_when_it_is_not_multiplexed() {
+        let rtcp_base: SocketAddr = "10.0.1.2:4001".parse().unwrap();
+        let mut local = with_ice();
+        if let Some(ice) = local.ice.as_mut() {
+            ice.candidates.push(Candidate::host(2, rtcp_base));
+        }
+        // Offered: both components (the answerer may not take rtcp-mux).
+        assert!(offer(&local).contains(" 2 UDP 2130706430 10.0.1.2 4001 typ host\r\n"));
+        // Answering a multiplexing offer: component 1 only, in the text and the agent.
+        let (text, n) = answer(&parse(BARESIP_ICE).unwrap(), &local).unwrap();
+        assert!(!text.contains(" 2 UDP "), "{text}");
+        assert!(n
+            .ice
+            .unwrap()
+            .local
+            .candidates
+            .iter()
+            .all(|c| c.component == 1));
+        // Answering one that does not multiplex: RTCP's candidate too.
+        let no_mux = parse(&BARESIP_ICE.replace("a=rtcp-mux\r\n", "")).unwrap();
+        let (text, n) = answer(&no_mux, &local).unwrap();
+        assert!(
+            text.contains(" 2 UDP 2130706430 10.0.1.2 4001 typ host\r\n"),
+            "{text}"
+        );
+        assert!(!n.rtcp_mux);
+        assert_eq!(n.ice.unwrap().local.candidates.len(), 3);
+        // Our offer answered with rtcp-mux: the agent runs component 1 only.
+        let n = accept_answer(&parse(BARESIP_ICE).unwrap(), &local).unwrap();
+        assert!(n
+            .ice
+            .unwrap()
+            .local
+            .candidates
+            .iter()
+            .all(|c| c.component == 1));
+    }
+
+    #[test]
+    fn an_answer_with_ice_makes_us_controlling_and_one_without_turns_it_off() {
+        let n = accept_answer(&parse(BARESIP_ICE).unwrap(), &with_ice()).unwrap();
+        let ice = n.ice.unwrap();
+        assert!(ice.controlling);
+        assert_eq!(ice.local, with_ice().ice.unwrap());
+        let plain = BARESIP_ICE
+            .lines()
+            .filter(|l| !l.starts_with("a=ice") && !l.starts_with("a=candidate"))
+            .collect::<Vec<_>>()
+            .join("\r\n");
+        let n = accept_answer(&parse(&plain).unwrap(), &with_ice()).unwrap();
+        assert_eq!(n.ice, None);
+        assert_eq!(n.remote, Some("203.0.113.12:1070".parse().unwrap()));
     }
 }

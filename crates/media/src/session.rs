@@ -25,6 +25,13 @@
 //! is decoded but not brought to the bus, and in-band DTMF detection listens to the
 //! decoded audio (8 kHz for G.711: no conversion).
 //!
+//! With ICE negotiated ([`Negotiated::ice`]) the session runs the call's ICE agent
+//! ([`microsip_nat::ice::Agent`]): STUN on the RTP port (and the RTCP port) is told
+//! from RTP and RTCP by its first byte (RFC 7983: 0-3) and handed to the agent,
+//! whose checks and answers go out with the media (never through SRTP); media
+//! goes to the pair the agent selected (nothing before there is one; the SDP
+//! address if every pair failed), not to a latched source.
+//!
 //! The media thread ([`crate::engine`]) is the I/O around it: sockets, the clock, the
 //! audio devices. Tests drive two sessions against each other with a fake clock (the
 //! model is str0m's `handle_input` / `poll_output`).
@@ -47,6 +54,7 @@ use crate::rtp::{self, RtpHeader};
 use crate::sdp::{Codec, Negotiated};
 use crate::srtp::SrtpStream;
 use crate::stream::{StreamTap, Streams};
+use microsip_nat::ice::{self, Agent, AgentConfig};
 
 /// Everything a session is given once, at its start (sans-IO: the caller draws the
 /// random numbers and reads the clocks).
@@ -174,6 +182,13 @@ pub struct MediaSession {
     srtp: Option<SrtpStream>,
     /// A decrypted datagram, reused.
     unprotected: Vec<u8>,
+    /// The ICE agent, when ICE was negotiated.
+    ice: Option<Agent>,
+    /// The agent failed and media went to the SDP address (said once).
+    ice_failed: bool,
+    /// The first tick after a configure that gave a remote address, until the
+    /// first RTP packet goes out (then logged with the time it took).
+    awaiting_first_packet: Option<Option<Instant>>,
     /// One bus frame from the source, one payload, one packet: reused every tick.
     pcm: [i16; FRAME_SAMPLES],
     payload: [u8; MAX_PAYLOAD_BYTES],
@@ -224,6 +239,9 @@ impl MediaSession {
             encrypted: false,
             srtp: None,
             unprotected: Vec::new(),
+            ice: None,
+            ice_failed: false,
+            awaiting_first_packet: None,
             pcm: [0; FRAME_SAMPLES],
             payload: [0; MAX_PAYLOAD_BYTES],
             packet: [0; rtp::HEADER_LEN + MAX_PAYLOAD_BYTES],
@@ -281,7 +299,109 @@ impl MediaSession {
             self.dtmf_in.reset();
         }
         self.set_srtp(&negotiated);
+        self.set_ice(&negotiated);
+        if self.ice.is_some() {
+            // ICE decides where media goes: nothing until a pair is valid.
+            self.target = self.ice.as_ref().and_then(|a| a.selected(1));
+            self.latched = true;
+        }
+        if negotiated.remote.is_some()
+            && self.awaiting_first_packet.is_none()
+            && self.packets_sent == 0
+        {
+            self.awaiting_first_packet = Some(None);
+        }
         self.negotiated = Some(negotiated);
+    }
+
+    /// Starts the ICE agent (new credentials: an ICE restart too), or gives the
+    /// running one the candidates of a new offer or answer, or stops it.
+    fn set_ice(&mut self, negotiated: &Negotiated) {
+        let Some(params) = &negotiated.ice else {
+            self.ice = None;
+            return;
+        };
+        if let Some(agent) = self.ice.as_mut() {
+            if agent.remote_credentials() == &params.remote
+                && agent.local_credentials() == &params.local.credentials
+            {
+                agent.add_remote_candidates(params.remote_candidates.clone());
+                return;
+            }
+        }
+        tracing::info!(
+            call = self.id,
+            "ICE: {} local and {} remote candidates, {}",
+            params.local.candidates.len(),
+            params.remote_candidates.len(),
+            if params.controlling {
+                "controlling"
+            } else {
+                "controlled"
+            }
+        );
+        self.ice_failed = false;
+        self.ice = Some(Agent::new(AgentConfig {
+            local: params.local.credentials.clone(),
+            remote: params.remote.clone(),
+            candidates: params.local.candidates.clone(),
+            remote_candidates: params.remote_candidates.clone(),
+            controlling: params.controlling,
+            tie_breaker: params.local.tie_breaker,
+            seed: u64::from(self.ssrc) << 32 | u64::from(self.sequence) ^ params.local.tie_breaker,
+        }));
+    }
+
+    /// Runs the ICE agent at `now`: its checks and answers are queued, and media
+    /// follows its selected pair.
+    fn ice_tick(&mut self, now: Instant) {
+        let Some(agent) = self.ice.as_mut() else {
+            return;
+        };
+        agent.handle_timeout(now);
+        while let Some(t) = agent.poll_transmit() {
+            let via = if t.component == 1 {
+                Via::Rtp
+            } else {
+                Via::Rtcp
+            };
+            self.transmits.push_back(Transmit {
+                via,
+                to: t.to,
+                data: t.data,
+            });
+        }
+        let selected = agent.selected(1);
+        let failed = agent.state() == ice::State::Failed;
+        if let Some(to) = agent.selected(2) {
+            // RTCP not multiplexed: component 2's pair.
+            if self.rtcp_target != Some(to) {
+                tracing::info!(call = self.id, "ICE: RTCP to {to}");
+                self.rtcp_target = Some(to);
+                self.rtcp_latched = true;
+            }
+        }
+        match selected {
+            Some(to) if self.target != Some(to) => {
+                tracing::info!(call = self.id, "ICE: media to {to}");
+                self.target = Some(to);
+            }
+            None if failed && !self.ice_failed => {
+                self.ice_failed = true;
+                let remote = self.negotiated.as_ref().and_then(|n| n.remote);
+                tracing::warn!(
+                    call = self.id,
+                    "ICE: every pair failed; media to the SDP address {remote:?}"
+                );
+                self.target = remote;
+            }
+            _ => {}
+        }
+    }
+
+    /// The ICE agent's view, for the counters: (state, nominated address).
+    pub fn ice_state(&self) -> Option<(ice::State, Option<SocketAddr>)> {
+        self.ice.as_ref().map(|a| (a.state(), a.nominated(1)))
     }
 
     /// Applies the negotiated SRTP: the same keys keep the stream (its rollover
@@ -477,9 +597,21 @@ impl MediaSession {
     /// encoded, or an RFC 4733 event), plays one frame from the jitter buffer into the
     /// sink (decoded, or concealed when lost), and sends an RTCP report when due.
     pub fn tick(&mut self, now: Instant, io: &mut TickIo<'_>) {
+        self.ice_tick(now);
+        if let Some(waiting) = self.awaiting_first_packet.as_mut() {
+            waiting.get_or_insert(now);
+        }
         if let Some(ticks) = self.path.as_ref().map(CodecPath::frame_ticks) {
             match self.target {
                 Some(to) if self.may_send() => {
+                    if let Some(Some(since)) = self.awaiting_first_packet.take() {
+                        tracing::info!(
+                            call = self.id,
+                            "first RTP packet to {to}, {} ms after the answer ({})",
+                            now.saturating_duration_since(since).as_millis(),
+                            if self.ice.is_some() { "ICE" } else { "no ICE" }
+                        );
+                    }
                     self.send_frame(to, io);
                     self.sequence = self.sequence.wrapping_add(1);
                     self.sending = true;
@@ -597,6 +729,9 @@ impl MediaSession {
     /// it is the negotiated payload type, read as DTMF when telephone-event), or RTCP
     /// when muxed.
     pub fn handle_rtp(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
+        if self.is_stun(now, 1, from, data) {
+            return;
+        }
         if !self.encrypted {
             return self.handle_clear_rtp(now, from, data);
         }
@@ -606,6 +741,19 @@ impl MediaSession {
             self.handle_clear_rtp(now, from, &clear);
         }
         self.unprotected = clear;
+    }
+
+    /// RFC 7983: a first byte of 0-3 is STUN, for the ICE agent (`component` is
+    /// the port it came in on: 1 RTP, 2 RTCP); without one it is dropped. `false`:
+    /// not STUN (RTP, RTCP, or their SRTP forms).
+    fn is_stun(&mut self, now: Instant, component: u16, from: SocketAddr, data: &[u8]) -> bool {
+        if data.first().is_none_or(|b| *b > 3) {
+            return false;
+        }
+        if let Some(agent) = self.ice.as_mut() {
+            agent.handle(now, component, from, data);
+        }
+        true
     }
 
     /// Decrypts `data` (SRTCP when `rtcp`, else SRTP) into `clear`; `false` for a
@@ -648,12 +796,14 @@ impl MediaSession {
         if !is_media && n.telephone_event != Some(pt) {
             return;
         }
-        // Symmetric RTP: answer to where the peer's packets come from.
-        if self.latched {
+        // Symmetric RTP: answer to where the peer's packets come from (with ICE,
+        // the agent's pair; media is taken from any of the peer's addresses).
+        let ice = self.ice.is_some();
+        if !ice && self.latched {
             if self.target != Some(from) {
                 return;
             }
-        } else if n.remote.is_some() {
+        } else if !ice && n.remote.is_some() {
             self.latched = true;
             self.target = Some(from);
         }
@@ -685,6 +835,9 @@ impl MediaSession {
 
     /// A datagram that arrived on the RTCP port (RTP port + 1) from `from` at `now`.
     pub fn handle_rtcp(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
+        if self.is_stun(now, 2, from, data) {
+            return;
+        }
         if !self.encrypted {
             return self.on_rtcp(now, data, from, false);
         }

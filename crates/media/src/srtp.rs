@@ -68,6 +68,17 @@ impl fmt::Display for Suite {
 #[derive(Clone, PartialEq, Eq)]
 pub struct MasterKey([u8; MASTER_LEN]);
 
+/// Fills `buf` from the system's secure random source (the one SRTP keys come
+/// from; ICE passwords too). Fails only when the operating system has none.
+pub fn secure_random(buf: &mut [u8]) -> Result<(), SrtpError> {
+    let provider =
+        rtc_srtp::crypto::default_provider().map_err(|e| SrtpError::Crypto(e.to_string()))?;
+    provider
+        .random()
+        .fill(buf)
+        .map_err(|e| SrtpError::Crypto(e.to_string()))
+}
+
 impl MasterKey {
     /// A fresh key from the system's secure random source. Fails only when the
     /// operating system has no random source to give.

@@ -47,6 +47,7 @@ fn negotiated(codec: Codec, remote_port: u16) -> Negotiated {
         rtcp: None,
         rtcp_mux: false,
         srtp: None,
+        ice: None,
     }
 }
 

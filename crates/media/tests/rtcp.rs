@@ -46,6 +46,7 @@ fn negotiated(rtp: SocketAddr, rtcp: SocketAddr, mux: bool) -> Negotiated {
         rtcp: Some(rtcp),
         rtcp_mux: mux,
         srtp: None,
+        ice: None,
     }
 }
 

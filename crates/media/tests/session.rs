@@ -133,6 +133,7 @@ fn negotiated(codec: Codec, remote: SocketAddr, rtcp: Option<SocketAddr>) -> Neg
         rtcp,
         rtcp_mux: false,
         srtp: None,
+        ice: None,
     }
 }
 
@@ -764,4 +765,94 @@ fn levels_scale_and_mute_what_is_sent_and_heard() {
     // And back.
     let ratio = level_of_next_half_second(&mut net, Levels::default()) / full;
     assert!((0.95..=1.05).contains(&ratio), "unmuted: {ratio:.2}");
+}
+
+/// ICE on both sides (A offers and controls): each side's host candidate plus, for
+/// B, an address nobody answers on; the SDP default address of both points
+/// nowhere, so media can only flow where the agents found a path.
+#[test]
+fn with_ice_media_waits_for_a_valid_pair_then_goes_to_the_selected_one() {
+    use microsip_media::{IceParams, LocalIce};
+    use microsip_nat::ice::{Candidate, Credentials};
+    let mut net = Net::new(tone(440.0), tone(1000.0));
+    let (a_rtp, b_rtp) = (net.a.rtp, net.b.rtp);
+    let nowhere = SocketAddr::from(([198, 51, 100, 9], 9));
+    let creds = |u: &str| Credentials {
+        ufrag: u.into(),
+        pwd: format!("{u}-pwd-0123456789abcdefgh"),
+    };
+    let a_ice = LocalIce {
+        credentials: creds("aaaa"),
+        candidates: vec![Candidate::host(1, a_rtp)],
+        tie_breaker: 5,
+    };
+    let b_ice = LocalIce {
+        credentials: creds("bbbb"),
+        candidates: vec![
+            Candidate::host(1, b_rtp),
+            Candidate::server_reflexive(1, SocketAddr::from(([198, 51, 100, 2], 7000)), b_rtp),
+        ],
+        tie_breaker: 9,
+    };
+    let with_ice = |local: &LocalIce, remote: &LocalIce, controlling: bool| Negotiated {
+        rtcp_mux: true,
+        ice: Some(IceParams {
+            local: local.clone(),
+            remote: remote.credentials.clone(),
+            remote_candidates: remote.candidates.clone(),
+            controlling,
+        }),
+        ..negotiated(Codec::Pcma, nowhere, Some(nowhere))
+    };
+    net.a.session.configure(with_ice(&a_ice, &b_ice, true));
+    net.b.session.configure(with_ice(&b_ice, &a_ice, false));
+    // The first tick sends checks only: no pair is valid yet.
+    net.step();
+    assert!(net.a.sent.is_empty() && net.b.sent.is_empty());
+    assert_eq!(net.a.session.stats(net.time()).remote, None);
+    net.steps(60);
+    // Media to the selected pairs, none to the SDP address; the STUN that went
+    // elsewhere is A's check to B's unreachable candidate.
+    let (sa, sb) = (
+        net.a.session.stats(net.time()),
+        net.b.session.stats(net.time()),
+    );
+    assert_eq!(sa.remote, Some(b_rtp));
+    assert_eq!(sb.remote, Some(a_rtp));
+    assert!(
+        sa.packets_sent >= 55 && sb.packets_sent >= 55,
+        "{sa:?} {sb:?}"
+    );
+    assert!(sb.packets_received >= 55 && sa.packets_received >= 55);
+    assert!(!net.elsewhere.iter().any(|(to, _)| *to == nowhere));
+    assert!(net
+        .elsewhere
+        .iter()
+        .all(|(to, d)| *to == SocketAddr::from(([198, 51, 100, 2], 7000)) && d[0] < 4));
+    let (a_state, a_nominated) = net.a.session.ice_state().unwrap();
+    let (b_state, b_nominated) = net.b.session.ice_state().unwrap();
+    assert_eq!(a_nominated, Some(b_rtp));
+    assert_eq!(b_nominated, Some(a_rtp));
+    assert_eq!(
+        (a_state, b_state),
+        (
+            microsip_nat::ice::State::Completed,
+            microsip_nat::ice::State::Completed
+        )
+    );
+    for (heard, hz) in [(net.b.heard.samples(), 440), (net.a.heard.samples(), 1000)] {
+        let tail = &heard[heard.len() - FRAME_SAMPLES * 20..];
+        for w in tail.chunks_exact(FRAME_SAMPLES * 5) {
+            assert_eq!(dominant(w, SAMPLE_RATE), hz);
+        }
+    }
+    // A STUN datagram never reaches the RTP path, even without ICE: a session
+    // without an agent drops it.
+    let mut plain = Net::call(tone(440.0), tone(1000.0), Codec::Pcma);
+    plain.steps(5);
+    let before = plain.b.session.stats(plain.time()).packets_received;
+    let now = plain.time();
+    let stun = microsip_nat::stun::binding_request(&[1; 12]);
+    plain.b.session.handle_rtp(now, plain.a.rtp, &stun);
+    assert_eq!(plain.b.session.stats(now).packets_received, before);
 }

@@ -5,7 +5,7 @@
 //! XOR-MAPPED-ADDRESS. Checked against the RFC 5769 samples.
 //!
 //! This is the wire layer only: candidate gathering, pairing, the check schedule and
-//! nomination (the ICE agent) are not built yet, so nothing in the phone sends these.
+//! nomination are the ICE agent's ([`crate::ice`]).
 
 use std::net::SocketAddr;
 
@@ -15,6 +15,9 @@ use crate::stun::{is_stun, TransactionId, MAGIC_COOKIE};
 
 const BINDING_REQUEST: u16 = 0x0001;
 const BINDING_SUCCESS: u16 = 0x0101;
+const BINDING_ERROR: u16 = 0x0111;
+const BINDING_INDICATION: u16 = 0x0011;
+const ATTR_ERROR_CODE: u16 = 0x0009;
 const ATTR_USERNAME: u16 = 0x0006;
 const ATTR_MESSAGE_INTEGRITY: u16 = 0x0008;
 const ATTR_XOR_MAPPED_ADDRESS: u16 = 0x0020;
@@ -81,6 +84,58 @@ pub fn encode_success(id: &TransactionId, mapped: SocketAddr, password: &[u8]) -
     }
     attr(&mut m, ATTR_XOR_MAPPED_ADDRESS, &value);
     sign(&mut m, password);
+    m
+}
+
+/// The error response to check `id` (RFC 5389 section 15.6: class `code / 100`,
+/// number `code % 100`, reason phrase), signed with our own password: 487 Role
+/// Conflict, 400 Bad Request.
+pub fn encode_error(id: &TransactionId, code: u16, reason: &str, password: &[u8]) -> Vec<u8> {
+    let mut m = header(BINDING_ERROR, id);
+    let mut value = vec![0, 0, (code / 100) as u8, (code % 100) as u8];
+    value.extend(reason.as_bytes());
+    attr(&mut m, ATTR_ERROR_CODE, &value);
+    sign(&mut m, password);
+    m
+}
+
+/// What kind of Binding message `data` is (`None`: not STUN, or another method).
+pub fn kind(data: &[u8]) -> Option<Kind> {
+    if !is_stun(data) {
+        return None;
+    }
+    match u16::from_be_bytes([data[0], data[1]]) {
+        BINDING_REQUEST => Some(Kind::Request),
+        BINDING_INDICATION => Some(Kind::Indication),
+        BINDING_SUCCESS | BINDING_ERROR => Some(Kind::Response),
+        _ => None,
+    }
+}
+
+/// The class of a Binding message ([`kind`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A Binding request (a connectivity check).
+    Request,
+    /// A Binding indication (a keep-alive: nothing to answer).
+    Indication,
+    /// A success or error response.
+    Response,
+}
+
+/// The transaction id of a STUN message (`None`: too short to be one).
+pub fn transaction_of(data: &[u8]) -> Option<TransactionId> {
+    data.get(8..20)?.try_into().ok()
+}
+
+/// A Binding indication (RFC 5389 section 7.1, with FINGERPRINT only): the
+/// keep-alive an agent sends on a selected pair that carries no media.
+pub fn encode_indication(id: &TransactionId) -> Vec<u8> {
+    let mut m = header(BINDING_INDICATION, id);
+    let len = m.len() + 8 - 20;
+    set_length(&mut m, len);
+    let crc = crc32(&m) ^ FINGERPRINT_XOR;
+    attr(&mut m, ATTR_FINGERPRINT, &crc.to_be_bytes());
     m
 }
 
@@ -288,5 +343,15 @@ mod tests {
         let r = encode_success(&id, addr, b"pass");
         assert!(verify(&r, b"pass"));
         assert_eq!(crate::stun::parse_binding_response(&r, &id), Ok(addr));
+        let e = encode_error(&id, 487, "Role Conflict", b"pass");
+        assert!(verify(&e, b"pass"));
+        assert_eq!(kind(&e), Some(Kind::Response));
+        assert_eq!(
+            crate::stun::parse_binding_response(&e, &id),
+            Err(crate::stun::StunError::Refused(487, "Role Conflict".into()))
+        );
+        assert_eq!(kind(&m), Some(Kind::Request));
+        assert_eq!(kind(&encode_indication(&id)), Some(Kind::Indication));
+        assert_eq!(kind(b"\x80\x00rtp"), None);
     }
 }

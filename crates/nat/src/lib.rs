@@ -7,7 +7,10 @@
 //!
 //! * [`stun`] is the Binding request / response codec and [`stun::discover`].
 //! * [`check`] is the wire layer of ICE connectivity checks (MESSAGE-INTEGRITY,
-//!   FINGERPRINT, the ICE attributes); the ICE agent itself is not built yet.
+//!   FINGERPRINT, the ICE attributes);
+//! * [`ice`] is the ICE agent (RFC 8445) that runs them, sans-IO, and the SDP
+//!   candidate line (RFC 8839).
 
 pub mod check;
+pub mod ice;
 pub mod stun;
