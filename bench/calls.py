@@ -51,11 +51,19 @@ import audio  # noqa: E402
 import peers  # noqa: E402
 from peers import Baresip, Kamailio, Phone, Sipp, account, free_port, ini  # noqa: E402
 
-if "MICROSIP_BIN" not in os.environ:
-    for cand in ("release", "debug"):
-        if (ROOT / "target" / cand / "microsip").exists():
-            os.environ["MICROSIP_BIN"] = str(ROOT / "target" / cand / "microsip")
-            break
+
+
+def pick_binary() -> None:
+    """Sets MICROSIP_BIN, unless set, to the release build, else the debug build.
+    Every bench script that imports this module gets it at import."""
+    if "MICROSIP_BIN" not in os.environ:
+        for cand in ("release", "debug"):
+            if (ROOT / "target" / cand / "microsip").exists():
+                os.environ["MICROSIP_BIN"] = str(ROOT / "target" / cand / "microsip")
+                break
+
+
+pick_binary()
 
 N_CALLS = int(os.environ.get("BENCH_CALLS", "20"))
 RATES = [int(r) for r in os.environ.get("BENCH_RATES", "50,100,200,400").split(",")]

@@ -31,12 +31,6 @@ from calls import CONCURRENT, WINDOW, measure_process, rss_kb  # noqa: E402
 from peers import LOOPBACK, Baresip, Phone, free_port, ini  # noqa: E402
 from test_codecs import CASES  # noqa: E402
 
-if "MICROSIP_BIN" not in os.environ:
-    for cand in ("release", "debug"):
-        if (ROOT / "target" / cand / "microsip").exists():
-            os.environ["MICROSIP_BIN"] = str(ROOT / "target" / cand / "microsip")
-            break
-
 CODECS = os.environ.get("BENCH_CODECS", "PCMU,G722,opus").split(",")
 MODULES = ("g711", "g722", "opus")
 

@@ -36,15 +36,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "e2e"))
+sys.path.insert(0, str(ROOT / "bench"))
 
 import peers  # noqa: E402
 from peers import LOOPBACK, Baresip, Phone, Sipp, free_port, ini  # noqa: E402
+from calls import pick_binary  # noqa: E402
 
-if "MICROSIP_BIN" not in os.environ:
-    for cand in ("release", "debug"):
-        if (ROOT / "target" / cand / "microsip").exists():
-            os.environ["MICROSIP_BIN"] = str(ROOT / "target" / cand / "microsip")
-            break
+pick_binary()
 
 N_EVENTS = int(os.environ.get("BENCH_EVENTS", "50"))
 CLIENTS = int(os.environ.get("BENCH_CLIENTS", "10"))

@@ -38,12 +38,9 @@ import peers  # noqa: E402
 from loss_relay import LossRelay  # noqa: E402
 from test_codecs import CASES, CodecCase, pesq_rate  # noqa: E402
 from peers import LOOPBACK, Baresip, Phone, free_port, ini  # noqa: E402
+from calls import pick_binary  # noqa: E402
 
-if "MICROSIP_BIN" not in os.environ:
-    for cand in ("release", "debug"):
-        if (ROOT / "target" / cand / "microsip").exists():
-            os.environ["MICROSIP_BIN"] = str(ROOT / "target" / cand / "microsip")
-            break
+pick_binary()
 
 CODECS = os.environ.get("BENCH_CODECS", "PCMU,G722,opus").split(",")
 LOSS = float(os.environ.get("BENCH_LOSS", "0.05"))

@@ -29,12 +29,6 @@ import peers  # noqa: E402
 from calls import CONCURRENT, WINDOW, measure_process, rss_kb  # noqa: E402
 from peers import LOOPBACK, Baresip, Phone, account, free_port, ini  # noqa: E402
 
-if "MICROSIP_BIN" not in os.environ:
-    for cand in ("release", "debug"):
-        if (ROOT / "target" / cand / "microsip").exists():
-            os.environ["MICROSIP_BIN"] = str(ROOT / "target" / cand / "microsip")
-            break
-
 MODES = [("clear", "", None), ("SRTP", "mandatory", "srtp-mand")]
 
 

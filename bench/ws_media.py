@@ -46,12 +46,6 @@ from peers import Phone, Sipp, free_port, ini  # noqa: E402
 from test_media_stream import Listener, frame_latencies, g711  # noqa: E402
 from websockets.sync.client import connect as ws_connect  # noqa: E402
 
-if "MICROSIP_BIN" not in os.environ:
-    for cand in ("release", "debug"):
-        if (ROOT / "target" / cand / "microsip").exists():
-            os.environ["MICROSIP_BIN"] = str(ROOT / "target" / cand / "microsip")
-            break
-
 CALLS = int(os.environ.get("BENCH_WS_CALLS", "100"))
 WINDOW = float(os.environ.get("BENCH_WS_WINDOW", "10"))
 TONE = 1013
