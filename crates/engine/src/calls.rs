@@ -175,6 +175,37 @@ pub(crate) struct Deferred {
     pub(crate) since: Instant,
 }
 
+/// A call to place: what the `dial` command, `redial`, `callback`, a call on start
+/// and a followed REFER ask for.
+pub(crate) struct DialRequest<'a> {
+    /// What was dialled, before the dial plan.
+    pub(crate) target: &'a str,
+    /// The account to call from (`None`: the active one).
+    pub(crate) account: Option<u32>,
+    /// Put the call in progress on hold first.
+    pub(crate) hold_active: bool,
+    /// Reply in DDE's numeric form (`0` when the call cannot be placed).
+    pub(crate) numeric: bool,
+    /// Placed for a REFER received on this call.
+    pub(crate) transfer_for: Option<CallId>,
+    /// Extra INVITE headers (`Replaces`, for a REFER).
+    pub(crate) headers: Vec<(String, String)>,
+}
+
+impl<'a> DialRequest<'a> {
+    /// A plain call to `target` from `account` that holds the call in progress.
+    pub(crate) fn new(target: &'a str, account: Option<u32>) -> DialRequest<'a> {
+        DialRequest {
+            target,
+            account,
+            hold_active: true,
+            numeric: false,
+            transfer_for: None,
+            headers: Vec::new(),
+        }
+    }
+}
+
 /// What a call being placed waits for: its media, then the INVITE goes.
 pub(crate) struct Placing {
     pub(crate) call: CallId,
@@ -739,49 +770,11 @@ impl Core {
     // ------------------------------------------------------------------ dial
 
     /// `dial`: the call gets its id and media now, the INVITE goes once the media
-    /// is open, and the reply (the call id) comes then. `transfer_for`: placed for
-    /// a REFER received on that call.
-    pub(crate) fn dial(
-        &mut self,
-        target: &str,
-        account: Option<u32>,
-        hold_active: bool,
-        numeric: bool,
-        transfer_for: Option<CallId>,
-        reply: Option<ReplyTo>,
-    ) {
-        self.dial_with(
-            target,
-            account,
-            hold_active,
-            numeric,
-            transfer_for,
-            Vec::new(),
-            reply,
-        )
-    }
-
-    /// [`Self::dial`] with extra INVITE headers (`Replaces`, for a REFER).
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn dial_with(
-        &mut self,
-        target: &str,
-        account: Option<u32>,
-        hold_active: bool,
-        numeric: bool,
-        transfer_for: Option<CallId>,
-        headers: Vec<(String, String)>,
-        reply: Option<ReplyTo>,
-    ) {
-        if let Err(e) = self.place_call(
-            target,
-            account,
-            hold_active,
-            numeric,
-            transfer_for,
-            headers,
-            reply,
-        ) {
+    /// is open, and the reply (the call id) comes then.
+    pub(crate) fn dial(&mut self, request: DialRequest<'_>, reply: Option<ReplyTo>) {
+        let (target, numeric, transfer_for) =
+            (request.target, request.numeric, request.transfer_for);
+        if let Err(e) = self.place_call(request, reply) {
             if let Some(origin) = transfer_for {
                 self.refer_failed(origin, target, &e);
             }
@@ -797,17 +790,19 @@ impl Core {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn place_call(
         &mut self,
-        target: &str,
-        account: Option<u32>,
-        hold_active: bool,
-        numeric: bool,
-        transfer_for: Option<CallId>,
-        headers: Vec<(String, String)>,
+        request: DialRequest<'_>,
         reply: Option<ReplyTo>,
     ) -> Result<(), Reply> {
+        let DialRequest {
+            target,
+            account,
+            hold_active,
+            numeric,
+            transfer_for,
+            headers,
+        } = request;
         let number = account.unwrap_or(self.active_account);
         let account = match self.accounts.get(&number) {
             Some(slot) if slot.account.active => slot.account.clone(),
@@ -2292,7 +2287,15 @@ impl Core {
                 let headers = replaces
                     .map(|r| vec![("Replaces".to_string(), r)])
                     .unwrap_or_default();
-                self.dial_with(&uri, account, false, false, Some(id), headers, None);
+                self.dial(
+                    DialRequest {
+                        hold_active: false,
+                        transfer_for: Some(id),
+                        headers,
+                        ..DialRequest::new(&uri, account)
+                    },
+                    None,
+                );
             }
             LegSignal::ReferProgress { code, reason, done } => {
                 let target = String::new();

@@ -17,7 +17,7 @@ use microsip_sip::{LegId, Outcome, RegistrationConfig, RegistrationEvent, SipTra
 use serde_json::json;
 use tracing::{info, warn};
 
-use crate::calls::{Call, HangupBatch, Then};
+use crate::calls::{Call, DialRequest, HangupBatch, Then};
 use crate::command::{CallId, Command, LevelChange, LevelKind, Secret, WindowState};
 use crate::event::{AccountView, Event, EventKind, Snapshot};
 use crate::io::{Done, Input, MediaAction, Now, Output, ReplyTo, SipAction, StoreAction, Ticket};
@@ -451,7 +451,7 @@ impl Core {
     fn dial_on_start(&mut self) {
         if let Some((target, account)) = self.call_on_start.take() {
             info!("--call {target}: dialling");
-            self.dial(&target, account, true, false, None, None);
+            self.dial(DialRequest::new(&target, account), None);
         }
     }
 
@@ -578,7 +578,14 @@ impl Core {
                 numeric,
             } => {
                 self.remember_dialled(&target, account);
-                return self.dial(&target, account, hold_active, numeric, None, r);
+                return self.dial(
+                    DialRequest {
+                        hold_active,
+                        numeric,
+                        ..DialRequest::new(&target, account)
+                    },
+                    r,
+                );
             }
             Command::Redial => return self.redial(reply),
             Command::Callback => return self.callback(reply),

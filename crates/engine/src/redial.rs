@@ -6,7 +6,7 @@
 
 use serde_json::Value;
 
-use crate::calls::{Call, CallDirection};
+use crate::calls::{Call, CallDirection, DialRequest};
 use crate::core::Core;
 use crate::io::{ReplyTo, StoreAction};
 use crate::reply::{fail, ErrorCode};
@@ -78,7 +78,7 @@ impl Core {
         match last {
             Some(r) => {
                 self.remember_dialled(&r.target, r.account);
-                self.dial(&r.target, r.account, true, false, None, Some(reply));
+                self.dial(DialRequest::new(&r.target, r.account), Some(reply));
             }
             None => self.reply(
                 Some(reply),
@@ -139,6 +139,6 @@ impl Core {
 
     fn call_back(&mut self, r: Remembered, reply: ReplyTo) {
         self.remember_dialled(&r.target, r.account);
-        self.dial(&r.target, r.account, true, false, None, Some(reply));
+        self.dial(DialRequest::new(&r.target, r.account), Some(reply));
     }
 }
