@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import random
 import re
 import secrets
 import shutil
@@ -205,21 +204,6 @@ def holder_replies(holder: subprocess.Popen) -> list[str]:
 
 _handed_out: set[int] = set()
 
-# Under pytest-xdist each worker (gw0, gw1, ...) hands out ports from a band of its
-# own, below the kernel's ephemeral range (32768 up, where bind(0) and the peers'
-# own sockets land), so that two workers never give out the same port.
-_BAND_BASE, _BAND_SIZE, _BANDS = 20000, 3000, 4
-
-
-def _worker_band() -> tuple[int, int] | None:
-    """This xdist worker's port band [low, high), or None outside xdist."""
-    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
-    if not worker.startswith("gw") or not worker[2:].isdigit():
-        return None
-    k = int(worker[2:]) % _BANDS
-    low = _BAND_BASE + k * _BAND_SIZE
-    return (low, low + _BAND_SIZE - 16)  # room for a span
-
 
 def free_port(kind: str = "sip", span: int = 1) -> int:
     """A port on 127.0.0.1 free right now.
@@ -242,15 +226,11 @@ def free_port(kind: str = "sip", span: int = 1) -> int:
         finally:
             probe.close()
 
-    band = _worker_band()
     for _ in range(200):
         first = socket.socket(socket.AF_INET,
                               socket.SOCK_STREAM if kind == "tcp" else socket.SOCK_DGRAM)
         try:
-            try:
-                first.bind((LOOPBACK, random.randrange(*band) if band else 0))
-            except OSError:
-                continue
+            first.bind((LOOPBACK, 0))
             port = first.getsockname()[1]
             ports = range(port, port + span)
             if port + span > 65536 or any(p in _handed_out for p in ports):
