@@ -26,8 +26,7 @@ sys.path.insert(0, str(ROOT / "tests" / "e2e"))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import audio  # noqa: E402
-import peers  # noqa: E402
-from calls import CONCURRENT, WINDOW, measure_process, rss_kb  # noqa: E402
+from calls import CONCURRENT, WINDOW, cleanup_all, measure_process, rss_kb  # noqa: E402
 from peers import LOOPBACK, Baresip, Phone, free_port, ini  # noqa: E402
 from test_codecs import CASES  # noqa: E402
 
@@ -102,15 +101,9 @@ def main() -> None:
                 except Exception as e:  # noqa: BLE001 - report and go on
                     print(f"   FAILED: {type(e).__name__}: {e}")
                 finally:
-                    for o in list(peers.LIVE):
-                        try:
-                            o.cleanup()
-                        except Exception:  # noqa: BLE001
-                            pass
-                    peers.LIVE.clear()
+                    cleanup_all()
         finally:
-            for o in list(peers.LIVE):
-                o.cleanup()
+            cleanup_all()
 
 
 if __name__ == "__main__":

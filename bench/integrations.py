@@ -38,9 +38,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "e2e"))
 sys.path.insert(0, str(ROOT / "bench"))
 
-import peers  # noqa: E402
 from peers import LOOPBACK, Baresip, Phone, Sipp, free_port, ini  # noqa: E402
-from calls import pick_binary  # noqa: E402
+from calls import cleanup_all, pick_binary  # noqa: E402
 
 pick_binary()
 
@@ -191,15 +190,6 @@ class SocketEvents:
             self.sock.close()
         except OSError:
             pass
-
-
-def cleanup_all() -> None:
-    for o in list(peers.LIVE):
-        try:
-            o.cleanup()
-        except Exception as e:  # noqa: BLE001 - keep cleaning up
-            print(f"  (cleanup {type(o).__name__}: {e})")
-    peers.LIVE.clear()
 
 
 STAMP_C = r"""

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import os
 import re
-import statistics
 import sys
 import tempfile
 import time
@@ -36,25 +35,17 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests" / "e2e"))
+sys.path.insert(0, str(ROOT / "bench"))
 
 import netns  # noqa: E402
 import peers  # noqa: E402
+from calls import cleanup_all, pick_binary  # noqa: E402
 from peers import account, ini  # noqa: E402
 
 CALLS = int(os.environ.get("BENCH_CALLS", "10"))
 ICE_CALLS = int(os.environ.get("BENCH_ICE_CALLS", "5"))
 USERS = {"1001": "p;w#1005", "1002": "secret2", "1003": "secret3"}
 FIRST_RTP = re.compile(r"first RTP packet to \S+, (\d+) ms after the answer \((ICE|no ICE)\)")
-
-
-def pick_binary() -> None:
-    if os.environ.get("MICROSIP_BIN"):
-        return
-    for p in (ROOT / "target/release/microsip", ROOT / "target/debug/microsip"):
-        if p.exists():
-            os.environ["MICROSIP_BIN"] = str(p)
-            return
-    sys.exit("no microsip binary: cargo build --release -p microsip")
 
 
 def pct(values: list[float], q: float) -> float:
@@ -162,12 +153,7 @@ def ice_numbers(tmp: Path) -> dict:
             out["phone->baresip ICE: caller"] = first_rtp_ms(a, True)
             del bs
         finally:
-            for obj in sorted(peers.LIVE, key=lambda o: 0 if isinstance(o, peers.Phone) else 1):
-                try:
-                    obj.cleanup()
-                except Exception as e:  # noqa: BLE001 - keep cleaning up
-                    print(f"cleanup {type(obj).__name__}: {e}", file=sys.stderr)
-            peers.LIVE.clear()
+            cleanup_all()
     return out
 
 
@@ -186,12 +172,7 @@ def main() -> None:
             results = {name: run_phone(tmp, world, kam, stun, on)
                        for name, on in (("without STUN", False), ("with STUN", True))}
         finally:
-            for obj in sorted(peers.LIVE, key=lambda o: 0 if isinstance(o, peers.Phone) else 1):
-                try:
-                    obj.cleanup()
-                except Exception as e:  # noqa: BLE001 - keep cleaning up
-                    print(f"cleanup {type(obj).__name__}: {e}", file=sys.stderr)
-            peers.LIVE.clear()
+            cleanup_all()
     print(f"binary: {os.environ['MICROSIP_BIN']}; {CALLS} calls each; NAT: MASQUERADE router")
     for name, r in results.items():
         s = r["setups"]

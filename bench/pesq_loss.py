@@ -34,11 +34,10 @@ sys.path.insert(0, str(ROOT / "tests" / "e2e"))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import audio  # noqa: E402
-import peers  # noqa: E402
 from loss_relay import LossRelay  # noqa: E402
 from test_codecs import CASES, CodecCase, pesq_rate  # noqa: E402
 from peers import LOOPBACK, Baresip, Phone, free_port, ini  # noqa: E402
-from calls import pick_binary  # noqa: E402
+from calls import cleanup_all, pick_binary  # noqa: E402
 
 pick_binary()
 
@@ -164,12 +163,7 @@ def main() -> None:
                 print(f"  {name:5s} {mode} {what}: microsip {ours:.2f}  baresip {theirs:.2f}  "
                       f"difference {ours - theirs:+.2f}")
         finally:
-            for o in list(peers.LIVE):
-                try:
-                    o.cleanup()
-                except Exception as e:  # noqa: BLE001 - keep cleaning up
-                    print(f"  (cleanup {type(o).__name__}: {e})")
-            peers.LIVE.clear()
+            cleanup_all()
 
 
 if __name__ == "__main__":

@@ -24,11 +24,9 @@ Run: MICROSIP_BIN=target/release/microsip python3 bench/ws_media.py
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
