@@ -95,15 +95,20 @@ fuzz_and_small_build >"$background_log" 2>&1 &
 background_pid=$!
 set +m
 
+# Waits for a background job, prints its output, and ends the run if it failed.
+finish_background() {
+  local pid=$1 log=$2 what=$3 rc=0
+  wait "$pid" || rc=$?
+  cat "$log"
+  if [ "$rc" -ne 0 ]; then
+    echo "$what failed (exit $rc)" >&2
+    exit "$rc"
+  fi
+}
+
 step "harness tests (tests/e2e, peers only)"
-harness_rc=0
-wait "$harness_pid" || harness_rc=$?
+finish_background "$harness_pid" "$harness_log" "harness tests"
 harness_pid=""
-cat "$harness_log"
-if [ "$harness_rc" -ne 0 ]; then
-  echo "harness tests failed (exit $harness_rc)" >&2
-  exit "$harness_rc"
-fi
 
 step "end-to-end tests of the phone (tests/e2e)"
 export MICROSIP_BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug/microsip"
@@ -112,14 +117,8 @@ for f in "${HARNESS[@]}"; do ignore+=(--ignore "$f"); done
 "${PYTEST[@]}" -x "${ignore[@]}" tests/e2e
 
 step "fuzz smoke run and small static build (from the background)"
-background_rc=0
-wait "$background_pid" || background_rc=$?
+finish_background "$background_pid" "$background_log" "fuzz smoke run or small build"
 background_pid=""
-cat "$background_log"
-if [ "$background_rc" -ne 0 ]; then
-  echo "fuzz smoke run or small build failed (exit $background_rc)" >&2
-  exit "$background_rc"
-fi
 small_bin=$(cat "$small_path")
 
 if [ -n "$small_bin" ]; then

@@ -54,11 +54,10 @@ def assert_encrypted(tap, ours: int, theirs: int, t0: float, t1: float, what: st
         assert {len(p.payload) for p in flow} <= {164, 170}, {len(p.payload) for p in flow}
 
 
-def test_mandatory_baresip_srtp_mand_calls_us_encrypted_both_ways(isolated_netns, kam,
-                                                                   call_phone, make_baresip,
-                                                                   rtp_tap):
-    ph = srtp_phone(call_phone, "mandatory")
-    a = make_baresip(kam, "1002", tone=TONE_A, mediaenc="srtp-mand")
+def baresip_calls_us_encrypted(ph, a, rtp_tap, want_profile: str, what: str) -> None:
+    """baresip `a` calls the phone and hangs up after CALL_SECONDS; both SDPs carry
+    `want_profile` with a crypto line, each side hears the other's tone, and no
+    packet on the wire between the two RTP ports decodes to a tone."""
     a.dial("sip:1001@127.0.0.1")
     est = a.wait_event("CALL_ESTABLISHED")
     cid = wait_call(ph, "call.confirmed")["call"]
@@ -68,16 +67,23 @@ def test_mandatory_baresip_srtp_mand_calls_us_encrypted_both_ways(isolated_netns
     a.hangup()
     closed = a.wait_event("CALL_CLOSED")
     wait_call(ph, "call.ended", cid)
-
     offer = received(ph, "INVITE")[0].body
     answer = answer_to_invite(sent(ph, code=200))
-    assert profile(offer) == "RTP/SAVP" and CRYPTO.search(offer), offer
-    assert profile(answer) == "RTP/SAVP" and CRYPTO.search(answer), answer
+    assert profile(offer) == want_profile and CRYPTO.search(offer), offer
+    assert profile(answer) == want_profile and CRYPTO.search(answer), answer
     heard(ph.out_path, TONE_A, closed["_t"] - est["_t"], "the phone's output file")
     _, dec = a.recordings()
     assert audio.tone_coverage(dec, TONE_US) >= 0.9, audio.describe(dec, TONE_US)
     assert_encrypted(rtp_tap, rtp.sdp_audio_port(answer), rtp.sdp_audio_port(offer),
-                     t0, t1, "baresip's call")
+                     t0, t1, what)
+
+
+def test_mandatory_baresip_srtp_mand_calls_us_encrypted_both_ways(isolated_netns, kam,
+                                                                   call_phone, make_baresip,
+                                                                   rtp_tap):
+    ph = srtp_phone(call_phone, "mandatory")
+    a = make_baresip(kam, "1002", tone=TONE_A, mediaenc="srtp-mand")
+    baresip_calls_us_encrypted(ph, a, rtp_tap, "RTP/SAVP", "baresip's call")
 
 
 def test_mandatory_we_call_baresip_srtp_mand_and_hold_keeps_the_keys(isolated_netns, kam,
@@ -178,21 +184,4 @@ def test_optional_against_baresip_srtp_is_encrypted(isolated_netns, kam, call_ph
                                                     make_baresip, rtp_tap):
     ph = srtp_phone(call_phone, "optional")
     a = make_baresip(kam, "1002", tone=TONE_A, mediaenc="srtp")
-    a.dial("sip:1001@127.0.0.1")
-    est = a.wait_event("CALL_ESTABLISHED")
-    cid = wait_call(ph, "call.confirmed")["call"]
-    t0 = time.time()
-    time.sleep(CALL_SECONDS)
-    t1 = time.time()
-    a.hangup()
-    closed = a.wait_event("CALL_CLOSED")
-    wait_call(ph, "call.ended", cid)
-    offer = received(ph, "INVITE")[0].body
-    answer = answer_to_invite(sent(ph, code=200))
-    assert profile(offer) == "RTP/AVP" and CRYPTO.search(offer), offer
-    assert profile(answer) == "RTP/AVP" and CRYPTO.search(answer), answer
-    heard(ph.out_path, TONE_A, closed["_t"] - est["_t"], "the phone's output file")
-    _, dec = a.recordings()
-    assert audio.tone_coverage(dec, TONE_US) >= 0.9, audio.describe(dec, TONE_US)
-    assert_encrypted(rtp_tap, rtp.sdp_audio_port(answer), rtp.sdp_audio_port(offer),
-                     t0, t1, "baresip's best-effort call")
+    baresip_calls_us_encrypted(ph, a, rtp_tap, "RTP/AVP", "baresip's best-effort call")
